@@ -1,0 +1,33 @@
+//! Compiles the protos in pure Rust: protox parses them (no system protoc),
+//! tonic-prost-build generates messages and services, and the encoded
+//! descriptor set is kept for gRPC reflection and for JSON output.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/google/longrunning/operations.proto",
+    "proto/google/rpc/error_details.proto",
+    "proto/longrun/v1/metadata.proto",
+    "proto/longrun/v1/watch.proto",
+    "proto/longrun/v1/diagnostics.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    std::fs::write(out_dir.join("longrun_descriptor.bin"), fds.encode_to_vec())?;
+
+    let mut config = tonic_prost_build::Config::new();
+    // Every message gets a prost::Name impl, so it can be packed into an Any
+    // with the type.googleapis.com/<full name> URL.
+    config.enable_type_names();
+    config.type_name_domain(["."], "type.googleapis.com");
+    // Maps encode in key order, so equal requests encode to equal bytes
+    // (idempotency compares request digests).
+    config.btree_map(["."]);
+    tonic_prost_build::configure().compile_fds_with_config(fds, config)?;
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! The `longrun` command line: `serve` runs the server; the other commands
+//! are gRPC clients of a running one.
+
+mod client;
+mod ops;
+mod output;
+mod serve;
+mod sleep;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use self::serve::ServeArgs;
+
+/// A gRPC server for long-running operations.
+#[derive(Debug, Parser)]
+#[command(name = "longrun", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Inspect and manage operations on a running server.
+    #[command(subcommand)]
+    Ops(ops::OpsCommand),
+    /// Start a Diagnostics.Sleep operation, e.g. `longrun sleep 5s --watch`.
+    Sleep(sleep::SleepArgs),
+}
+
+/// Options every client command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server to talk to.
+    #[arg(long, env = "LONGRUN_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// How to print results: text for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable text.
+    Text,
+    /// One JSON document per result (proto3 JSON mapping).
+    Json,
+}
+
+/// Runs a client command (anything but `serve`) and returns the process
+/// exit code: 0 on success, 1 when the operation followed ended in failure
+/// or cancellation, 2 when the command itself failed.
+pub async fn run_client(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Ops(cmd) => ops::run(cmd).await,
+        Command::Sleep(args) => sleep::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

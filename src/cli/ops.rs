@@ -1,0 +1,289 @@
+//! `longrun ops list|get|wait|watch|cancel|delete`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_stream::StreamExt;
+
+use super::client::{Clients, connect, describe};
+use super::output;
+use super::{ClientArgs, Output};
+use crate::pb::google::longrunning::{
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    Operation, WaitOperationRequest, operation,
+};
+use crate::pb::longrun::v1::WatchOperationRequest;
+
+/// Operation commands.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// List operations, newest first.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// A filter such as 'done = false AND kind = "longrun.v1.Diagnostics.Sleep"'.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Operations per page (server default 50, at most 1000).
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        /// Continue from a next_page_token.
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow next_page_token until the last page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one operation.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The operation, operations/{id}.
+        name: String,
+    },
+    /// Block until the operation is done (or --timeout passes).
+    Wait {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The operation, operations/{id}.
+        name: String,
+        /// Give up after this long (e.g. 30s); by default wait until done.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Follow the operation live with a progress bar until it is done.
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The operation, operations/{id}.
+        name: String,
+    },
+    /// Ask the operation to stop.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The operation, operations/{id}.
+        name: String,
+    },
+    /// Forget a finished operation.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The operation, operations/{id}.
+        name: String,
+    },
+}
+
+pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OpsCommand::List {
+            client,
+            filter,
+            page_size,
+            page_token,
+            all,
+        } => {
+            let mut clients = connect(&client).await?;
+            let mut token = page_token;
+            let mut first = true;
+            loop {
+                let page = clients
+                    .operations
+                    .list_operations(ListOperationsRequest {
+                        name: "operations".into(),
+                        filter: filter.clone(),
+                        page_size,
+                        page_token: token.clone(),
+                        return_partial_success: false,
+                    })
+                    .await
+                    .map_err(|s| describe(&s))?
+                    .into_inner();
+                match client.output {
+                    Output::Json => println!("{}", output::json(&page)),
+                    Output::Text => {
+                        if first {
+                            println!(
+                                "{:<48} {:<11} {:>5}  {:<30} CREATED",
+                                "NAME", "STATE", "PROG", "KIND"
+                            );
+                        }
+                        for op in &page.operations {
+                            println!("{}", output::row(op));
+                        }
+                        if !all && !page.next_page_token.is_empty() {
+                            println!("next page: --page-token {}", page.next_page_token);
+                        }
+                    }
+                }
+                first = false;
+                if !all || page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        OpsCommand::Get { client, name } => {
+            let mut clients = connect(&client).await?;
+            let op = clients
+                .operations
+                .get_operation(GetOperationRequest { name })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            print(&op, client.output);
+            Ok(ExitCode::SUCCESS)
+        }
+        OpsCommand::Wait {
+            client,
+            name,
+            timeout,
+        } => {
+            let mut clients = connect(&client).await?;
+            wait(&mut clients, name, timeout, client.output).await
+        }
+        OpsCommand::Watch { client, name } => {
+            let mut clients = connect(&client).await?;
+            watch(&mut clients, name, client.output).await
+        }
+        OpsCommand::Cancel { client, name } => {
+            let mut clients = connect(&client).await?;
+            clients
+                .operations
+                .cancel_operation(CancelOperationRequest { name: name.clone() })
+                .await
+                .map_err(|s| describe(&s))?;
+            acknowledge(client.output, "cancel requested", &name);
+            Ok(ExitCode::SUCCESS)
+        }
+        OpsCommand::Delete { client, name } => {
+            let mut clients = connect(&client).await?;
+            clients
+                .operations
+                .delete_operation(DeleteOperationRequest { name: name.clone() })
+                .await
+                .map_err(|s| describe(&s))?;
+            acknowledge(client.output, "deleted", &name);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn acknowledge(format: Output, what: &str, name: &str) {
+    match format {
+        Output::Json => println!("{}", serde_json::json!({ "name": name, "result": what })),
+        Output::Text => println!("{what}: {name}"),
+    }
+}
+
+/// Prints one operation in the chosen format.
+pub(super) fn print(op: &Operation, format: Output) {
+    match format {
+        Output::Json => println!("{}", output::json(op)),
+        Output::Text => print!("{}", output::text(op)),
+    }
+}
+
+/// The exit code for a finished operation: 0 when it succeeded.
+fn outcome_code(op: &Operation) -> ExitCode {
+    match op.result {
+        Some(operation::Result::Response(_)) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Waits with repeated WaitOperation calls until done or `timeout`.
+pub(super) async fn wait(
+    clients: &mut Clients,
+    name: String,
+    timeout: Option<Duration>,
+    format: Output,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    loop {
+        let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
+        let this_call = remaining
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(60));
+        let op = clients
+            .operations
+            .wait_operation(WaitOperationRequest {
+                name: name.clone(),
+                timeout: Some(prost_types::Duration {
+                    seconds: this_call.as_secs() as i64,
+                    nanos: this_call.subsec_nanos() as i32,
+                }),
+            })
+            .await
+            .map_err(|s| describe(&s))?
+            .into_inner();
+        if op.done || remaining.is_some_and(|r| r.is_zero() || r <= this_call) {
+            print(&op, format);
+            return Ok(if op.done {
+                outcome_code(&op)
+            } else {
+                eprintln!(
+                    "still running after {}",
+                    humantime::format_duration(started.elapsed())
+                );
+                ExitCode::from(1)
+            });
+        }
+    }
+}
+
+/// Follows WatchOperation, drawing a progress bar (text) or printing each
+/// update as a JSON line.
+pub(super) async fn watch(
+    clients: &mut Clients,
+    name: String,
+    format: Output,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = clients
+        .watcher
+        .watch_operation(WatchOperationRequest { name: name.clone() })
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    let bar = match format {
+        Output::Text => {
+            let bar = ProgressBar::new(100);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{bar:40}] {pos:>3}% {wide_msg}")
+                    .expect("the template is valid")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(name.clone());
+            Some(bar)
+        }
+        Output::Json => None,
+    };
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        let op = item.map_err(|s| describe(&s))?;
+        match &bar {
+            Some(bar) => {
+                if let Some(m) = output::metadata(&op) {
+                    bar.set_position(m.progress_percent.clamp(0, 100) as u64);
+                    bar.set_message(format!("{} {}", output::state_name(&op), m.status_message));
+                }
+            }
+            None => println!("{}", output::json(&op)),
+        }
+        last = Some(op);
+    }
+    let Some(op) = last.filter(|op| op.done) else {
+        if let Some(bar) = bar {
+            bar.abandon();
+        }
+        anyhow::bail!("the stream ended before the operation was done");
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+        print!("{}", output::text(&op));
+    }
+    Ok(outcome_code(&op))
+}

@@ -1,0 +1,106 @@
+//! The engine's error type. The gRPC layer maps it to a status in one place
+//! (`grpc/status.rs`); the engine itself never sees a gRPC type.
+
+use std::time::Duration;
+
+use super::task::FieldViolation;
+use crate::engine::operation::Rejection;
+use crate::store::StoreError;
+
+/// What an engine call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The named resource does not exist (or no longer does).
+    #[error("{name} not found")]
+    NotFound { name: String },
+    /// One or more request fields are wrong.
+    #[error("invalid request: {}", describe(violations))]
+    InvalidArgument { violations: Vec<FieldViolation> },
+    /// The resource is not in a state that allows the call.
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
+    /// The request_id was used before for a different request.
+    #[error("{message}")]
+    AlreadyExists {
+        reason: &'static str,
+        message: String,
+    },
+    /// The server is at capacity; the client may retry later.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
+    /// The call asks for something this server does not do.
+    #[error("{message}")]
+    Unimplemented {
+        reason: &'static str,
+        message: String,
+    },
+    /// The server is shutting down.
+    #[error("the server is shutting down; retry on another instance or after restart")]
+    ShuttingDown,
+    /// The store failed.
+    #[error("storage error: {0}")]
+    Store(#[source] StoreError),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl EngineError {
+    /// A single bad field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        EngineError::InvalidArgument {
+            violations: vec![FieldViolation::new(field, description)],
+        }
+    }
+
+    /// The stable UPPER_SNAKE reason reported in google.rpc.ErrorInfo.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EngineError::NotFound { .. } => "NOT_FOUND",
+            EngineError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            EngineError::FailedPrecondition { reason, .. }
+            | EngineError::AlreadyExists { reason, .. }
+            | EngineError::ResourceExhausted { reason, .. }
+            | EngineError::Unimplemented { reason, .. } => reason,
+            EngineError::ShuttingDown => "SHUTTING_DOWN",
+            EngineError::Store(StoreError::Corrupt(_)) => "DATA_CORRUPT",
+            EngineError::Store(_) => "STORAGE_FAILED",
+        }
+    }
+
+    /// Translates a store error about the operation called `name`.
+    pub(crate) fn from_store(name: String, error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => EngineError::NotFound { name },
+            StoreError::Rejected(Rejection::Precondition { reason, message }) => {
+                EngineError::FailedPrecondition {
+                    reason,
+                    message: message.to_owned(),
+                }
+            }
+            StoreError::RequestIdConflict {
+                request_id,
+                existing,
+            } => EngineError::AlreadyExists {
+                reason: "REQUEST_ID_CONFLICT",
+                message: format!(
+                    "request_id {request_id} was already used to create {existing} with a different request; \
+                     use a new request_id for a different request"
+                ),
+            },
+            other => EngineError::Store(other),
+        }
+    }
+}

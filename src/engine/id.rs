@@ -1,0 +1,154 @@
+//! Identifiers that carry meaning: operation ids and idempotency keys.
+//!
+//! Both are UUIDs. Operation ids are version 7, so their byte order is their
+//! creation order, which is what lets the store list newest-first with a
+//! plain range scan.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+/// The collection prefix of every operation name.
+pub const OPERATIONS_COLLECTION: &str = "operations";
+
+/// The id of one operation; its resource name is `operations/{id}`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OperationId(Uuid);
+
+impl OperationId {
+    /// A fresh id that sorts after every id made before it in this process.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Rebuilds an id from the 16 bytes `as_bytes` returned.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The big-endian bytes; they sort in creation order.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// The resource name, `operations/{id}`.
+    pub fn name(&self) -> String {
+        format!("{OPERATIONS_COLLECTION}/{}", self.0)
+    }
+
+    /// Parses a resource name of the form `operations/{uuid}`.
+    pub fn parse_name(name: &str) -> Result<Self, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        let Some(id) = name.strip_prefix("operations/") else {
+            return Err(NameError::Malformed);
+        };
+        // Only the canonical hyphenated form is accepted, so that each
+        // operation has exactly one name.
+        if id.len() != 36 {
+            return Err(NameError::Malformed);
+        }
+        Uuid::parse_str(id)
+            .map(Self)
+            .map_err(|_| NameError::Malformed)
+    }
+}
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{OPERATIONS_COLLECTION}/{}", self.0)
+    }
+}
+
+impl fmt::Debug for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OperationId({})", self.0)
+    }
+}
+
+/// Why an operation name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name was left empty.
+    #[error("name is required")]
+    Empty,
+    /// The name is not `operations/` followed by a UUID.
+    #[error("name must have the form operations/{{uuid}}")]
+    Malformed,
+}
+
+/// A client-chosen idempotency key (AIP-155): repeating a create call with
+/// the same key returns the operation the first call made.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RequestId(Uuid);
+
+impl RequestId {
+    /// Rebuilds a key from its 16 bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The 16 bytes of the UUID.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Reads an optional key: an empty string means none was given.
+    pub fn parse_optional(value: &str) -> Result<Option<Self>, RequestIdError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value.parse().map(Some)
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = RequestIdError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.len() > 36 {
+            return Err(RequestIdError);
+        }
+        Uuid::parse_str(value).map(Self).map_err(|_| RequestIdError)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A request_id that is not a UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request_id must be a UUID, such as 123e4567-e89b-12d3-a456-426614174000")]
+pub struct RequestIdError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort_by_creation() {
+        let a = OperationId::generate();
+        let b = OperationId::generate();
+        assert!(a.as_bytes() < b.as_bytes());
+        assert_eq!(OperationId::parse_name(&a.name()), Ok(a));
+    }
+
+    #[test]
+    fn malformed_names_are_refused() {
+        for bad in [
+            "",
+            "operations/",
+            "operations/xyz",
+            "ops/0190b2d4-7d7c-7f7e-8000-000000000000",
+            "operations/0190b2d47d7c7f7e8000000000000000",
+            "operations/{0190b2d4-7d7c-7f7e-8000-000000000000}",
+        ] {
+            assert!(OperationId::parse_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The engine: accepts operations, runs them on workers, and answers
+//! questions about them. It speaks only its own types; `grpc/` translates.
+//!
+//! - `operation`: the record and its state transitions;
+//! - `task`: the [`Task`] trait for operation kinds, and the registry;
+//! - `queue` and `worker`: event-driven dispatch;
+//! - `watch`: the hub that Wait and Watch follow;
+//! - `filter` and `page_token`: List.
+
+pub mod error;
+pub mod filter;
+pub mod id;
+pub mod operation;
+pub mod page_token;
+mod queue;
+pub mod task;
+pub mod watch;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use self::error::EngineError;
+pub use self::filter::Filter;
+pub use self::id::{OperationId, RequestId};
+pub use self::operation::{Code, Operation, OperationError, Outcome, Payload, Progress, State};
+pub use self::task::{FieldViolation, Registry, Task, TaskContext, TaskError, TaskPolicy};
+pub use self::watch::{Snapshot, Subscription};
+
+use self::page_token::PageTokens;
+use self::queue::Queue;
+use self::worker::Running;
+use crate::store::{Change, Created, DynStore, ListQuery};
+
+/// The default List page size.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// The largest List page; bigger requests are cut down to it.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// The most records one List page examines when a filter is selective.
+pub const LIST_SCAN_BUDGET: usize = 10_000;
+/// The longest filter accepted.
+pub const MAX_FILTER_LEN: usize = 1024;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How many tasks run at once.
+    pub workers: usize,
+    /// How many operations may wait for a worker before creates are refused.
+    pub max_queued: usize,
+    /// The least time between two stored progress reports of one task.
+    pub progress_interval: Duration,
+    /// How long a task may take to stop when the server shuts down before
+    /// it is aborted (and run again after restart).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_queued: 100_000,
+            progress_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A page of operations.
+#[derive(Debug, Clone, Default)]
+pub struct OperationPage {
+    /// Newest first.
+    pub operations: Vec<Operation>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
+/// The running engine; a cheap-clone handle.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: DynStore,
+    registry: Registry,
+    config: EngineConfig,
+    queue: Queue,
+    hub: Arc<watch::Hub>,
+    running: Mutex<HashMap<OperationId, Running>>,
+    page_tokens: PageTokens,
+    tracker: TaskTracker,
+    /// Fires when shutdown begins: workers stop taking work, tasks are asked
+    /// to stop, watch streams end.
+    shutdown: CancellationToken,
+    /// Fires when the grace period is over: remaining tasks are aborted.
+    hard_stop: CancellationToken,
+}
+
+impl Inner {
+    fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<OperationId, Running>> {
+        // Each critical section is one insert, remove or lookup, so a
+        // poisoned lock holds consistent data.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the task running `op` on this process to stop, when a client
+    /// asked for that.
+    fn deliver_cancellation(&self, op: &Operation) {
+        if op.state == State::Cancelling
+            && let Some(running) = self.running_lock().get(&op.id)
+        {
+            running.cancel_by_client();
+        }
+    }
+}
+
+impl Engine {
+    /// Opens the engine over a store. Nothing runs until [`Engine::start`];
+    /// reads already work, so a server can answer while it recovers.
+    pub async fn open(
+        store: DynStore,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let fresh_key: [u8; 32] = rand::random();
+        let key = store
+            .secret("page-token-key", &fresh_key)
+            .await
+            .map_err(EngineError::Store)?;
+        let inner = Arc::new(Inner {
+            queue: Queue::new(config.max_queued),
+            store,
+            registry,
+            config,
+            hub: Arc::default(),
+            running: Mutex::default(),
+            page_tokens: PageTokens::new(key),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+        });
+        inner.tracker.spawn(follow_feed(Arc::clone(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// Recovers unfinished operations and starts the workers. Queued ones
+    /// are queued again; ones whose process died mid-attempt run again
+    /// (attempt + 1), or end ABORTED when their kind is not retry-safe.
+    pub async fn start(&self) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let unfinished = inner.store.unfinished().await.map_err(EngineError::Store)?;
+        let (mut requeued, mut aborted) = (0usize, 0usize);
+        for op in unfinished {
+            if op.state == State::Queued {
+                inner.queue.push_recovered(op.id);
+                requeued += 1;
+                continue;
+            }
+            let retry_safe = inner
+                .registry
+                .get(&op.kind)
+                .is_none_or(|t| t.policy().retry_safe);
+            if retry_safe || op.requested_cancellation {
+                match inner.store.recover_orphan(op.id).await {
+                    Ok(Some(op)) if op.state == State::Queued => {
+                        inner.queue.push_recovered(op.id);
+                        requeued += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(EngineError::Store(e)),
+                }
+            } else {
+                let claim = operation::Claim {
+                    id: op.id,
+                    attempt: op.attempt,
+                };
+                let error = OperationError::new(
+                    Code::Aborted,
+                    "ATTEMPT_INTERRUPTED",
+                    format!(
+                        "attempt {} was interrupted by a server restart, and kind {:?} is not safe to run twice",
+                        op.attempt, op.kind
+                    ),
+                );
+                inner
+                    .store
+                    .finish(
+                        claim,
+                        operation::Finish::Done {
+                            outcome: Outcome::Error(error),
+                            progress: None,
+                        },
+                    )
+                    .await
+                    .map_err(EngineError::Store)?;
+                aborted += 1;
+            }
+        }
+        info!(requeued, aborted, "recovery done");
+        for n in 0..inner.config.workers.max(1) {
+            inner
+                .tracker
+                .spawn(worker::run_worker(Arc::clone(inner), n));
+        }
+        Ok(())
+    }
+
+    /// Fires once shutdown has begun.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Stops the engine: no new work, running tasks asked to stop and given
+    /// the grace period, then aborted. Interrupted attempts are put back in
+    /// the queue so they run again after restart. Ends with a flush.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        inner.tracker.close();
+        if tokio::time::timeout(inner.config.shutdown_grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("tasks still running after the grace period; aborting them");
+            inner.hard_stop.cancel();
+            inner.tracker.wait().await;
+        }
+        if let Err(e) = inner.store.flush().await {
+            warn!(error = %e, "final flush failed");
+        }
+    }
+
+    /// The kinds this engine runs.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Creates an operation of kind `T` and queues it. With a request_id
+    /// seen before, returns the earlier operation (or ALREADY_EXISTS when
+    /// the request differs).
+    pub async fn submit<T: Task>(
+        &self,
+        request: &T::Request,
+        request_id: Option<RequestId>,
+    ) -> Result<Operation, EngineError> {
+        self.submit_payload(T::KIND, Payload::pack(request), request_id)
+            .await
+    }
+
+    /// Creates an operation of a registered kind from an encoded request.
+    pub async fn submit_payload(
+        &self,
+        kind: &str,
+        request: Payload,
+        request_id: Option<RequestId>,
+    ) -> Result<Operation, EngineError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let task = inner
+            .registry
+            .get(kind)
+            .ok_or_else(|| EngineError::Unimplemented {
+                reason: "KIND_NOT_REGISTERED",
+                message: format!("kind {kind:?} is not registered on this server"),
+            })?;
+        task.validate(&request)?;
+        let digest = request_digest(kind, &request);
+        if inner.queue.admit().is_err() {
+            return Err(EngineError::ResourceExhausted {
+                reason: "QUEUE_FULL",
+                message: format!(
+                    "{} operations are already waiting for a worker; retry later",
+                    inner.queue.depth()
+                ),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let op = Operation::new(kind, request, request_id, digest, crate::store::now());
+        let name = op.id.name();
+        match inner.store.create(op).await {
+            Ok(Created::New(op)) => {
+                inner.queue.push_admitted(op.id);
+                Ok(op)
+            }
+            Ok(Created::Existing(op)) => {
+                inner.queue.cancel_admission();
+                Ok(op)
+            }
+            Err(e) => {
+                inner.queue.cancel_admission();
+                Err(EngineError::from_store(name, e))
+            }
+        }
+    }
+
+    /// Reads one operation.
+    pub async fn get(&self, id: OperationId) -> Result<Operation, EngineError> {
+        self.inner
+            .store
+            .get(id)
+            .await
+            .map_err(EngineError::Store)?
+            .ok_or_else(|| EngineError::NotFound { name: id.name() })
+    }
+
+    /// Lists operations newest first.
+    pub async fn list(
+        &self,
+        filter: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<OperationPage, EngineError> {
+        let limit = match page_size {
+            n if n < 0 => {
+                return Err(EngineError::invalid(
+                    "page_size",
+                    format!("page_size must not be negative (got {n})"),
+                ));
+            }
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        if filter.len() > MAX_FILTER_LEN {
+            return Err(EngineError::invalid(
+                "filter",
+                format!(
+                    "filter is {} bytes long; the limit is {MAX_FILTER_LEN}",
+                    filter.len()
+                ),
+            ));
+        }
+        let filter =
+            Filter::parse(filter).map_err(|e| EngineError::invalid("filter", e.to_string()))?;
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(
+                self.inner
+                    .page_tokens
+                    .open(page_token, &filter)
+                    .map_err(|e| EngineError::invalid("page_token", e.to_string()))?,
+            )
+        };
+        let page = self
+            .inner
+            .store
+            .list(ListQuery {
+                after,
+                filter: &filter,
+                limit,
+                scan_budget: LIST_SCAN_BUDGET.max(limit),
+            })
+            .await
+            .map_err(EngineError::Store)?;
+        Ok(OperationPage {
+            next_page_token: page
+                .resume_after
+                .map(|id| self.inner.page_tokens.issue(id, &filter))
+                .unwrap_or_default(),
+            operations: page.operations,
+        })
+    }
+
+    /// Asks for an operation to stop; see [`Operation::cancel`].
+    pub async fn cancel(&self, id: OperationId) -> Result<Operation, EngineError> {
+        let op = self
+            .inner
+            .store
+            .cancel(id)
+            .await
+            .map_err(|e| EngineError::from_store(id.name(), e))?;
+        // The change feed tells the worker too (on every node); doing it here
+        // as well saves a hop on this one.
+        self.inner.deliver_cancellation(&op);
+        Ok(op)
+    }
+
+    /// Deletes a finished operation.
+    pub async fn delete(&self, id: OperationId) -> Result<(), EngineError> {
+        self.inner
+            .store
+            .delete(id)
+            .await
+            .map_err(|e| EngineError::from_store(id.name(), e))
+    }
+
+    /// Follows one operation. The subscription starts at its current state.
+    pub async fn subscribe(&self, id: OperationId) -> Result<Subscription, EngineError> {
+        let mut sub = self.inner.hub.subscribe(id);
+        if let Snapshot::Loading = sub.current() {
+            let loaded = match self.inner.store.get(id).await.map_err(EngineError::Store)? {
+                Some(op) => Snapshot::Present(Arc::new(op)),
+                None => Snapshot::Gone,
+            };
+            self.inner.hub.offer(id, loaded);
+        }
+        if let Snapshot::Gone = sub.current() {
+            return Err(EngineError::NotFound { name: id.name() });
+        }
+        Ok(sub)
+    }
+
+    /// Waits until the operation is done, the timeout passes or the server
+    /// shuts down, and returns its latest state.
+    pub async fn wait(&self, id: OperationId, timeout: Duration) -> Result<Operation, EngineError> {
+        let mut sub = self.subscribe(id).await?;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let latest = match sub.current() {
+                Snapshot::Present(op) => op,
+                Snapshot::Gone => return Err(EngineError::NotFound { name: id.name() }),
+                Snapshot::Loading => unreachable!("subscribe loads the state"),
+            };
+            if latest.is_done() {
+                return Ok(Arc::unwrap_or_clone(latest));
+            }
+            tokio::select! {
+                _ = sub.changed() => {}
+                _ = &mut deadline => return Ok(Arc::unwrap_or_clone(latest)),
+                _ = self.inner.shutdown.cancelled() => return Ok(Arc::unwrap_or_clone(latest)),
+            }
+        }
+    }
+
+    /// How many operations wait for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.queue.depth()
+    }
+
+    /// How many operations have at least one watcher.
+    pub fn watched_operations(&self) -> usize {
+        self.inner.hub.len()
+    }
+}
+
+/// Identifies a request for idempotency checks: kind, type and bytes.
+fn request_digest(kind: &str, request: &Payload) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in [kind.as_bytes(), request.type_url.as_bytes(), &request.value] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// Follows the store's change feed: updates the watch hub, and delivers
+/// cancellation requests to tasks running here (they may have been made on
+/// another node).
+async fn follow_feed(inner: Arc<Inner>) {
+    let mut feed = inner.store.subscribe();
+    loop {
+        let change = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            change = feed.recv() => change,
+        };
+        match change {
+            Ok(change) => {
+                inner.hub.publish(&change);
+                if let Change::Updated(op) = &change {
+                    inner.deliver_cancellation(op);
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "change feed lagged; re-reading watched and running operations"
+                );
+                resync(&inner).await;
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+async fn resync(inner: &Inner) {
+    let running: Vec<OperationId> = inner.running_lock().keys().copied().collect();
+    for id in inner.hub.watched().into_iter().chain(running) {
+        match inner.store.get(id).await {
+            Ok(Some(op)) => {
+                inner.deliver_cancellation(&op);
+                inner.hub.offer(id, Snapshot::Present(Arc::new(op)));
+            }
+            Ok(None) => inner.hub.offer(id, Snapshot::Gone),
+            Err(e) => warn!(%id, error = %e, "could not re-read operation"),
+        }
+    }
+}

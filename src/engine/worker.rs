@@ -1,0 +1,211 @@
+//! Workers: take queued operations, run their task, store the outcome.
+//!
+//! A worker claims an operation (which makes it RUNNING under a new
+//! attempt), spawns the task, forwards its progress to the store at a
+//! bounded rate, and finally ends the attempt under the same claim. If a
+//! newer attempt took over in the meantime, the store refuses the stale
+//! write and the result is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::Inner;
+use super::operation::{Claim, Code, Finish, Operation, OperationError, Outcome, Progress};
+use super::task::{TaskContext, TaskError};
+use crate::store::{Durability, StoreError};
+
+/// A task running on this process, as the cancellation path sees it.
+pub(crate) struct Running {
+    pub(crate) token: CancellationToken,
+    /// Set when a client (not a shutdown) asked for the stop.
+    pub(crate) by_client: Arc<AtomicBool>,
+}
+
+impl Running {
+    pub(crate) fn cancel_by_client(&self) {
+        self.by_client.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
+/// The loop of worker number `n`.
+pub(crate) async fn run_worker(inner: Arc<Inner>, n: usize) {
+    let span = info_span!("worker", n);
+    async move {
+        loop {
+            let id = tokio::select! {
+                _ = inner.shutdown.cancelled() => break,
+                id = inner.queue.pop() => id,
+            };
+            match inner.store.claim(id, Durability::Lazy).await {
+                Ok(Some(op)) => execute(&inner, op).await,
+                Ok(None) => debug!(%id, "no longer queued; skipped"),
+                Err(e) => error!(%id, error = %e, "claim failed; the operation stays queued until restart"),
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn execute(inner: &Arc<Inner>, op: Operation) {
+    let claim = Claim {
+        id: op.id,
+        attempt: op.attempt,
+    };
+    let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt);
+    async move {
+        let Some(task) = inner.registry.get(&op.kind).cloned() else {
+            let error = OperationError::new(
+                Code::Unimplemented,
+                "KIND_NOT_REGISTERED",
+                format!(
+                    "no handler for kind {:?} is registered on this server",
+                    op.kind
+                ),
+            );
+            let finish = Finish::Done {
+                outcome: Outcome::Error(error),
+                progress: None,
+            };
+            end(inner, claim, finish).await;
+            return;
+        };
+        if !task.policy().retry_safe {
+            // The claim must be on disk before work that must not run twice
+            // starts, so that a crash is seen as an interrupted attempt.
+            if let Err(e) = inner.store.flush().await {
+                error!(error = %e, "could not persist the claim; releasing");
+                end(inner, claim, Finish::Release).await;
+                return;
+            }
+        }
+
+        let token = inner.shutdown.child_token();
+        let by_client = Arc::new(AtomicBool::new(false));
+        inner.running_lock().insert(
+            op.id,
+            Running {
+                token: token.clone(),
+                by_client: Arc::clone(&by_client),
+            },
+        );
+        // A cancellation that landed between the claim and the line above
+        // found no running entry; look again now that there is one.
+        if let Ok(Some(now)) = inner.store.get(op.id).await
+            && now.requested_cancellation
+        {
+            by_client.store(true, Ordering::SeqCst);
+            token.cancel();
+        }
+
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let ctx = TaskContext::new(op.id, op.attempt, token.clone(), progress_tx);
+        let handle = inner
+            .tracker
+            .spawn(task.run(ctx, op.request.clone()).in_current_span());
+        let (result, progress) = supervise(inner, claim, handle, progress_rx).await;
+        inner.running_lock().remove(&op.id);
+
+        let outcome = match result {
+            Supervised::Aborted => None,
+            Supervised::Panicked => Some(Outcome::Error(OperationError::new(
+                Code::Internal,
+                "TASK_PANICKED",
+                "the task panicked; see the server log",
+            ))),
+            Supervised::Returned(Ok(response)) => Some(Outcome::Response(response)),
+            Supervised::Returned(Err(e)) => {
+                if by_client.load(Ordering::SeqCst) {
+                    Some(Outcome::Error(OperationError::cancelled()))
+                } else if token.is_cancelled() {
+                    // Stopped by the shutdown: run it again after restart.
+                    None
+                } else {
+                    Some(Outcome::Error(e.error))
+                }
+            }
+        };
+        let finish = match outcome {
+            Some(outcome) => Finish::Done { outcome, progress },
+            None => Finish::Release,
+        };
+        end(inner, claim, finish).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+enum Supervised {
+    Returned(Result<super::operation::Payload, TaskError>),
+    Panicked,
+    Aborted,
+}
+
+/// Waits for the task while forwarding its progress, at most one store
+/// write per `progress_interval`. Returns how the task ended and its last
+/// progress report if that was not stored yet.
+async fn supervise(
+    inner: &Inner,
+    claim: Claim,
+    mut handle: tokio::task::JoinHandle<Result<super::operation::Payload, TaskError>>,
+    mut progress: watch::Receiver<Progress>,
+) -> (Supervised, Option<Progress>) {
+    let mut pending = false;
+    let mut progress_open = true;
+    let mut next_write = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            joined = &mut handle => {
+                let ended = match joined {
+                    Ok(result) => Supervised::Returned(result),
+                    Err(e) if e.is_panic() => Supervised::Panicked,
+                    Err(_) => Supervised::Aborted,
+                };
+                let unsaved = (pending || progress.has_changed().unwrap_or(false))
+                    .then(|| progress.borrow_and_update().clone());
+                return (ended, unsaved);
+            }
+            _ = inner.hard_stop.cancelled() => {
+                warn!("task did not stop within the shutdown grace period; aborting it");
+                handle.abort();
+                let _ = (&mut handle).await;
+                return (Supervised::Aborted, None);
+            }
+            changed = progress.changed(), if progress_open && !pending => {
+                match changed {
+                    Ok(()) => pending = true,
+                    Err(_) => progress_open = false,
+                }
+            }
+            _ = tokio::time::sleep_until(next_write), if pending => {
+                pending = false;
+                next_write = Instant::now() + inner.config.progress_interval;
+                let report = progress.borrow_and_update().clone();
+                match inner.store.progress(claim, report).await {
+                    Ok(_) => {}
+                    Err(StoreError::Rejected(_)) => debug!("progress from a stale attempt dropped"),
+                    Err(e) => warn!(error = %e, "could not record progress"),
+                }
+            }
+        }
+    }
+}
+
+async fn end(inner: &Inner, claim: Claim, finish: Finish) {
+    match inner.store.finish(claim, finish).await {
+        Ok(op) => debug!(state = %op.state, "attempt ended"),
+        Err(StoreError::Rejected(r)) => {
+            debug!(reason = %r, "result of a superseded attempt dropped")
+        }
+        Err(e) => {
+            error!(error = %e, "could not store the result; the operation will be recovered on restart")
+        }
+    }
+}

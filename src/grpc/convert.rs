@@ -1,0 +1,122 @@
+//! Conversions between engine types and the generated protobuf types.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Name;
+use tonic::Status;
+
+use super::status::invalid_field;
+use crate::engine::{Operation, OperationId, Outcome, Payload, RequestId, State};
+use crate::pb::google::longrunning as lro;
+use crate::pb::google::rpc;
+use crate::pb::longrun::v1 as api;
+
+/// Packs an engine payload as a protobuf Any.
+pub fn to_any(payload: &Payload) -> prost_types::Any {
+    prost_types::Any {
+        type_url: payload.type_url.clone(),
+        value: payload.value.to_vec(),
+    }
+}
+
+fn pack<M: Name>(message: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// A protobuf Timestamp for a system time.
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    let (seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i32),
+        Err(e) => {
+            let d = e.duration();
+            let mut seconds = -(d.as_secs() as i64);
+            let mut nanos = -(d.subsec_nanos() as i32);
+            if nanos < 0 {
+                seconds -= 1;
+                nanos += 1_000_000_000;
+            }
+            (seconds, nanos)
+        }
+    };
+    prost_types::Timestamp { seconds, nanos }
+}
+
+/// The public enum value of a state.
+pub fn state(state: State) -> api::State {
+    match state {
+        State::Queued => api::State::Queued,
+        State::Running => api::State::Running,
+        State::Succeeded => api::State::Succeeded,
+        State::Failed => api::State::Failed,
+        State::Cancelling => api::State::Cancelling,
+        State::Cancelled => api::State::Cancelled,
+    }
+}
+
+/// The OperationMetadata of an operation.
+pub fn metadata(op: &Operation) -> api::OperationMetadata {
+    api::OperationMetadata {
+        state: state(op.state) as i32,
+        progress_percent: op.progress_percent as i32,
+        status_message: op.status_message.clone(),
+        kind: op.kind.clone(),
+        attempt: op.attempt as i32,
+        requested_cancellation: op.requested_cancellation,
+        create_time: Some(timestamp(op.create_time)),
+        start_time: op.start_time.map(timestamp),
+        update_time: Some(timestamp(op.update_time)),
+        end_time: op.end_time.map(timestamp),
+    }
+}
+
+/// The google.longrunning.Operation clients see.
+pub fn operation(op: &Operation) -> lro::Operation {
+    let result = op.outcome.as_ref().map(|outcome| match outcome {
+        Outcome::Response(payload) => lro::operation::Result::Response(to_any(payload)),
+        Outcome::Error(e) => {
+            let info = rpc::ErrorInfo {
+                reason: e.reason.clone(),
+                domain: super::status::DOMAIN.to_owned(),
+                metadata: e.metadata.clone().into_iter().collect(),
+            };
+            lro::operation::Result::Error(rpc::Status {
+                code: e.code.as_i32(),
+                message: e.message.clone(),
+                details: vec![pack(&info)],
+            })
+        }
+    });
+    lro::Operation {
+        name: op.id.name(),
+        metadata: Some(pack(&metadata(op))),
+        done: op.is_done(),
+        result,
+    }
+}
+
+/// Parses an operation name from the request field `field`.
+pub fn operation_id(field: &str, name: &str) -> Result<OperationId, Status> {
+    if name.len() > 256 {
+        return Err(invalid_field(field, "name is longer than 256 bytes"));
+    }
+    OperationId::parse_name(name).map_err(|e| invalid_field(field, e.to_string()))
+}
+
+/// Parses the optional request_id field.
+pub fn request_id(value: &str) -> Result<Option<RequestId>, Status> {
+    RequestId::parse_optional(value).map_err(|e| invalid_field("request_id", e.to_string()))
+}
+
+/// Reads a protobuf Duration field that must be non-negative.
+pub fn duration(field: &str, value: &prost_types::Duration) -> Result<Duration, Status> {
+    if value.seconds < 0 || value.nanos < 0 || value.nanos >= 1_000_000_000 {
+        return Err(invalid_field(
+            field,
+            "must be a non-negative, normalized google.protobuf.Duration",
+        ));
+    }
+    Ok(Duration::new(value.seconds as u64, value.nanos as u32))
+}

@@ -1,0 +1,33 @@
+//! longrun.v1.Diagnostics: starts Sleep operations.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::diagnostics::SleepTask;
+use crate::engine::Engine;
+use crate::pb::google::longrunning::Operation;
+use crate::pb::longrun::v1::SleepRequest;
+use crate::pb::longrun::v1::diagnostics_server::Diagnostics;
+
+/// The Diagnostics service.
+#[derive(Clone)]
+pub struct DiagnosticsService {
+    engine: Engine,
+}
+
+impl DiagnosticsService {
+    /// Serves `engine`, which must have [`SleepTask`] registered.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl Diagnostics for DiagnosticsService {
+    async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<Operation>, Status> {
+        let req = request.into_inner();
+        let request_id = convert::request_id(&req.request_id)?;
+        let op = self.engine.submit::<SleepTask>(&req, request_id).await?;
+        Ok(Response::new(convert::operation(&op)))
+    }
+}

@@ -1,0 +1,13 @@
+//! The gRPC layer: the only module that knows tonic. Each service is a thin
+//! struct over an [`Engine`](crate::engine::Engine) handle that converts
+//! requests, calls the engine, and converts the answer back.
+
+pub mod convert;
+pub mod diagnostics;
+pub mod operations;
+pub mod status;
+pub mod watcher;
+
+pub use self::diagnostics::DiagnosticsService;
+pub use self::operations::OperationsService;
+pub use self::watcher::WatcherService;

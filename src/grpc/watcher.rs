@@ -1,0 +1,87 @@
+//! longrun.v1.OperationWatcher: a server stream per watcher, built directly
+//! on the engine's subscription, so an idle watcher costs no task, only its
+//! place in the hub.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use futures_util::stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::engine::{Engine, EngineError, OperationId, Snapshot, Subscription};
+use crate::pb::google::longrunning::Operation;
+use crate::pb::longrun::v1::WatchOperationRequest;
+use crate::pb::longrun::v1::operation_watcher_server::OperationWatcher;
+
+/// The OperationWatcher service.
+#[derive(Clone)]
+pub struct WatcherService {
+    engine: Engine,
+}
+
+impl WatcherService {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+struct Follow {
+    id: OperationId,
+    sub: Subscription,
+    shutdown: CancellationToken,
+    first: bool,
+    finished: bool,
+}
+
+type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
+
+async fn next(mut f: Follow) -> Option<(Result<Operation, Status>, Follow)> {
+    if f.finished {
+        return None;
+    }
+    if !f.first {
+        tokio::select! {
+            _ = f.sub.changed() => {}
+            _ = f.shutdown.cancelled() => {
+                f.finished = true;
+                return Some((Err(EngineError::ShuttingDown.into()), f));
+            }
+        }
+    }
+    f.first = false;
+    let item = match f.sub.current() {
+        Snapshot::Present(op) => {
+            f.finished = op.is_done();
+            Ok(convert::operation(&op))
+        }
+        Snapshot::Gone | Snapshot::Loading => {
+            f.finished = true;
+            Err(EngineError::NotFound { name: f.id.name() }.into())
+        }
+    };
+    Some((item, f))
+}
+
+#[tonic::async_trait]
+impl OperationWatcher for WatcherService {
+    type WatchOperationStream = OperationStream;
+
+    async fn watch_operation(
+        &self,
+        request: Request<WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let id = convert::operation_id("name", &request.get_ref().name)?;
+        let sub = self.engine.subscribe(id).await?;
+        let follow = Follow {
+            id,
+            sub,
+            shutdown: self.engine.shutdown_token().clone(),
+            first: true,
+            finished: false,
+        };
+        Ok(Response::new(Box::pin(stream::unfold(follow, next))))
+    }
+}

@@ -1,0 +1,204 @@
+//! Assembles a serving longrun: store, engine, gRPC services, health and
+//! reflection, and the shutdown sequence.
+//!
+//! The caller owns the listener and the shutdown signal, so tests serve on
+//! `127.0.0.1:0` and stop the server when they like.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tracing::info;
+
+use crate::diagnostics::SleepTask;
+use crate::engine::{Engine, EngineConfig, EngineError, Registry};
+use crate::grpc::{DiagnosticsService, OperationsService, WatcherService};
+use crate::pb;
+use crate::pb::google::longrunning::operations_server::OperationsServer;
+use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
+use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
+use crate::store::{Backend, DynStore, SledStore, StoreError, SyncMode};
+
+/// Everything a server needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// Which store backend.
+    pub backend: Backend,
+    /// How hard the store works to keep acknowledged writes.
+    pub sync: SyncMode,
+    /// Workers, queue and shutdown settings.
+    pub engine: EngineConfig,
+    /// Whether the Diagnostics service (and its Sleep kind) is on.
+    pub diagnostics: bool,
+    /// The longest a WaitOperation call may block.
+    pub max_wait: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./longrun-data"),
+            backend: Backend::Sled,
+            sync: SyncMode::Always,
+            engine: EngineConfig::default(),
+            diagnostics: true,
+            max_wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not open the store in {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection could not read the descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A server that is open but not yet serving. Library users add their own
+/// kinds to the registry before [`Server::open`] and their own gRPC services
+/// with [`Server::routes`] before [`Server::serve`].
+pub struct Server {
+    engine: Engine,
+    config: ServerConfig,
+    routes: RoutesBuilder,
+}
+
+impl Server {
+    /// Opens the store and the engine. The built-in kinds are added to
+    /// `registry`.
+    pub async fn open(config: ServerConfig, mut registry: Registry) -> Result<Self, ServerError> {
+        let store: DynStore = match config.backend {
+            Backend::Sled => Arc::new(SledStore::open(&config.data_dir, config.sync).map_err(
+                |source| ServerError::Store {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                },
+            )?),
+        };
+        if config.diagnostics {
+            registry.register(SleepTask);
+        }
+        let engine = Engine::open(store, registry, config.engine.clone()).await?;
+        Ok(Self {
+            engine,
+            config,
+            routes: RoutesBuilder::default(),
+        })
+    }
+
+    /// The engine, for services that create operations.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Extra gRPC services to serve beside longrun's own.
+    pub fn routes(&mut self) -> &mut RoutesBuilder {
+        &mut self.routes
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops: health
+    /// turns NOT_SERVING, no new calls are accepted, running tasks are asked
+    /// to stop within the grace period, and state is flushed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let Server {
+            engine,
+            config,
+            mut routes,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut names = vec![
+            "",
+            <OperationsServer<OperationsService> as tonic::server::NamedService>::NAME,
+            <OperationWatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
+        ];
+        routes
+            .add_service(OperationsServer::new(OperationsService::new(
+                engine.clone(),
+                config.max_wait,
+            )))
+            .add_service(OperationWatcherServer::new(WatcherService::new(
+                engine.clone(),
+            )));
+        if config.diagnostics {
+            names
+                .push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
+            routes.add_service(DiagnosticsServer::new(DiagnosticsService::new(
+                engine.clone(),
+            )));
+        }
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let local = listener.local_addr().ok();
+        let stop = CancellationToken::new();
+        let serving = {
+            let stop = stop.clone();
+            tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    stop.cancelled().await
+                })
+        };
+        let serving = tokio::spawn(serving);
+
+        engine.start().await?;
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        info!(address = ?local, "serving");
+
+        shutdown.await;
+        info!("shutting down");
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        stop.cancel();
+        let (served, ()) = tokio::join!(serving, engine.shutdown());
+        info!("stopped");
+        match served {
+            Ok(result) => result.map_err(ServerError::from),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The byte encoding of stored operations, shared by every backend that
+//! stores records as blobs.
+//!
+//! It is a private protobuf message, so fields can be added later without
+//! breaking data written by older versions.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use super::{StoreError, StoreResult};
+use crate::engine::operation::{Code, Operation, OperationError, Outcome, Payload, State};
+use crate::engine::{OperationId, RequestId};
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredOperation {
+    #[prost(bytes = "vec", tag = "1")]
+    id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    kind: String,
+    #[prost(uint32, tag = "3")]
+    state: u32,
+    #[prost(uint32, tag = "4")]
+    attempt: u32,
+    #[prost(uint32, tag = "5")]
+    progress_percent: u32,
+    #[prost(string, tag = "6")]
+    status_message: String,
+    #[prost(bool, tag = "7")]
+    requested_cancellation: bool,
+    #[prost(int64, tag = "8")]
+    create_time_us: i64,
+    #[prost(int64, optional, tag = "9")]
+    start_time_us: Option<i64>,
+    #[prost(int64, tag = "10")]
+    update_time_us: i64,
+    #[prost(int64, optional, tag = "11")]
+    end_time_us: Option<i64>,
+    #[prost(string, tag = "12")]
+    request_type_url: String,
+    #[prost(bytes = "bytes", tag = "13")]
+    request_value: bytes::Bytes,
+    #[prost(message, optional, tag = "14")]
+    response: Option<StoredPayload>,
+    #[prost(message, optional, tag = "15")]
+    error: Option<StoredError>,
+    #[prost(bytes = "vec", optional, tag = "16")]
+    request_id: Option<Vec<u8>>,
+    #[prost(bytes = "vec", tag = "17")]
+    request_digest: Vec<u8>,
+    #[prost(uint64, tag = "18")]
+    version: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredPayload {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: bytes::Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredError {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(string, tag = "3")]
+    reason: String,
+    #[prost(btree_map = "string, string", tag = "4")]
+    metadata: BTreeMap<String, String>,
+}
+
+fn to_micros(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_micros(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn id16(bytes: &[u8], what: &str) -> StoreResult<[u8; 16]> {
+    bytes.try_into().map_err(|_| corrupt(what))
+}
+
+/// Encodes an operation for storage.
+pub(crate) fn encode(op: &Operation) -> Vec<u8> {
+    let (response, error) = match &op.outcome {
+        None => (None, None),
+        Some(Outcome::Response(p)) => (
+            Some(StoredPayload {
+                type_url: p.type_url.clone(),
+                value: p.value.clone(),
+            }),
+            None,
+        ),
+        Some(Outcome::Error(e)) => (
+            None,
+            Some(StoredError {
+                code: e.code.as_i32(),
+                message: e.message.clone(),
+                reason: e.reason.clone(),
+                metadata: e.metadata.clone(),
+            }),
+        ),
+    };
+    StoredOperation {
+        id: op.id.as_bytes().to_vec(),
+        kind: op.kind.clone(),
+        state: u32::from(op.state.as_u8()),
+        attempt: op.attempt,
+        progress_percent: op.progress_percent,
+        status_message: op.status_message.clone(),
+        requested_cancellation: op.requested_cancellation,
+        create_time_us: to_micros(op.create_time),
+        start_time_us: op.start_time.map(to_micros),
+        update_time_us: to_micros(op.update_time),
+        end_time_us: op.end_time.map(to_micros),
+        request_type_url: op.request.type_url.clone(),
+        request_value: op.request.value.clone(),
+        response,
+        error,
+        request_id: op.request_id.map(|r| r.as_bytes().to_vec()),
+        request_digest: op.request_digest.to_vec(),
+        version: op.version,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a stored operation, refusing anything inconsistent.
+pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
+    let s = StoredOperation::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let state = u8::try_from(s.state)
+        .ok()
+        .and_then(State::from_u8)
+        .ok_or_else(|| corrupt("unknown state"))?;
+    let outcome = match (s.response, s.error) {
+        (None, None) => None,
+        (Some(p), None) => Some(Outcome::Response(Payload {
+            type_url: p.type_url,
+            value: p.value,
+        })),
+        (None, Some(e)) => Some(Outcome::Error(OperationError {
+            code: Code::from_i32(e.code).ok_or_else(|| corrupt("unknown error code"))?,
+            message: e.message,
+            reason: e.reason,
+            metadata: e.metadata,
+        })),
+        (Some(_), Some(_)) => return Err(corrupt("both response and error are set")),
+    };
+    if outcome.is_some() != state.is_terminal() {
+        return Err(corrupt("outcome does not match state"));
+    }
+    let digest: [u8; 32] = s
+        .request_digest
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("request digest"))?;
+    Ok(Operation {
+        id: OperationId::from_bytes(id16(&s.id, "operation id")?),
+        kind: s.kind,
+        state,
+        attempt: s.attempt,
+        progress_percent: s.progress_percent,
+        status_message: s.status_message,
+        requested_cancellation: s.requested_cancellation,
+        create_time: from_micros(s.create_time_us),
+        start_time: s.start_time_us.map(from_micros),
+        update_time: from_micros(s.update_time_us),
+        end_time: s.end_time_us.map(from_micros),
+        request: Payload {
+            type_url: s.request_type_url,
+            value: s.request_value,
+        },
+        outcome,
+        request_id: match s.request_id {
+            Some(r) => Some(RequestId::from_bytes(id16(&r, "request id")?)),
+            None => None,
+        },
+        request_digest: digest,
+        version: s.version,
+    })
+}

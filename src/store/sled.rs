@@ -1,0 +1,450 @@
+//! The embedded backend: sled, in the data directory. The only file that
+//! knows sled.
+//!
+//! Trees:
+//! - `ops`: operation id (16 bytes, UUIDv7, so key order is creation order)
+//!   to the encoded record;
+//! - `active`: the ids of operations that are not done, so recovery reads
+//!   only those;
+//! - `request_ids`: idempotency key to operation id;
+//! - `meta`: secrets and other small values.
+//!
+//! Every change runs in one sled transaction over the trees it touches, and
+//! durable changes then wait for a group commit: one `flush` covers every
+//! writer that finished writing before it started.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use tokio::sync::{broadcast, watch};
+
+use super::codec::{decode, encode};
+use super::{
+    Change, Created, Durability, ListPage, ListQuery, Store, StoreError, StoreResult, now,
+};
+use crate::engine::OperationId;
+use crate::engine::operation::{Claim, Finish, Operation, Progress, Rejection};
+
+/// How hard the store works to keep acknowledged writes on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Durable writes wait for an fsync, shared by concurrent writers.
+    #[default]
+    Always,
+    /// Durable writes return at once; a background flush runs every few
+    /// milliseconds. A crash loses at most that window.
+    Batch,
+    /// No flush is forced; sled writes back when it chooses. A crash may
+    /// lose any recent write.
+    Never,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "always" => Ok(SyncMode::Always),
+            "batch" => Ok(SyncMode::Batch),
+            "never" => Ok(SyncMode::Never),
+            other => Err(format!(
+                "unknown sync mode {other:?}; expected always, batch or never"
+            )),
+        }
+    }
+}
+
+/// How often `SyncMode::Batch` flushes.
+const BATCH_FLUSH_MS: u64 = 10;
+
+/// Capacity of the change feed. A subscriber that falls further behind is
+/// told it lagged and must re-read what it follows.
+const FEED_CAPACITY: usize = 16 * 1024;
+
+/// The sled backend; a cheap-clone handle.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    ops: Tree,
+    active: Tree,
+    request_ids: Tree,
+    meta: Tree,
+    feed: broadcast::Sender<Change>,
+    commit: GroupCommit,
+    mode: SyncMode,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    }
+}
+
+fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
+    match ops.get(key)? {
+        None => Ok(None),
+        Some(bytes) => match decode(&bytes) {
+            Ok(op) => Ok(Some(op)),
+            Err(e) => abort(e),
+        },
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, mode: SyncMode) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let flush_every = match mode {
+            SyncMode::Always => Some(500),
+            SyncMode::Batch => Some(BATCH_FLUSH_MS),
+            SyncMode::Never => None,
+        };
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(128 * 1024 * 1024)
+            .flush_every_ms(flush_every)
+            .open()
+            .map_err(backend)?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let inner = Inner {
+            ops: db.open_tree("ops").map_err(backend)?,
+            active: db.open_tree("active").map_err(backend)?,
+            request_ids: db.open_tree("request_ids").map_err(backend)?,
+            meta: db.open_tree("meta").map_err(backend)?,
+            commit: GroupCommit::new(db.clone()),
+            db,
+            feed,
+            mode,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    async fn persist(&self, durability: Durability) -> StoreResult<()> {
+        if durability == Durability::Durable && self.inner.mode == SyncMode::Always {
+            self.inner.commit.sync().await?;
+        }
+        Ok(())
+    }
+
+    fn announce(&self, change: Change) {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.inner.feed.send(change);
+    }
+
+    /// Applies `change` to one operation atomically, keeping the `active`
+    /// index in step. `change` returns None to leave the record unchanged.
+    fn modify<F>(&self, id: OperationId, change: F) -> StoreResult<(Operation, bool)>
+    where
+        F: Fn(&Operation) -> Result<Option<Operation>, Rejection>,
+    {
+        let key = id.as_bytes();
+        (&self.inner.ops, &self.inner.active)
+            .transaction(|(ops, active)| {
+                let Some(current) = read_op(ops, key)? else {
+                    return abort(StoreError::NotFound);
+                };
+                match change(&current) {
+                    Err(rejection) => abort(StoreError::Rejected(rejection)),
+                    Ok(None) => Ok((current, false)),
+                    Ok(Some(next)) => {
+                        ops.insert(key, encode(&next))?;
+                        if current.is_done() != next.is_done() {
+                            if next.is_done() {
+                                active.remove(key)?;
+                            } else {
+                                active.insert(key, &[])?;
+                            }
+                        }
+                        Ok((next, true))
+                    }
+                }
+            })
+            .map_err(tx_error)
+    }
+
+    async fn modify_and_announce<F>(
+        &self,
+        id: OperationId,
+        durability: Durability,
+        change: F,
+    ) -> StoreResult<Operation>
+    where
+        F: Fn(&Operation) -> Result<Option<Operation>, Rejection>,
+    {
+        let (op, changed) = self.modify(id, change)?;
+        if changed {
+            self.persist(durability).await?;
+            self.announce(Change::Updated(Arc::new(op.clone())));
+        }
+        Ok(op)
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn create(&self, operation: Operation) -> StoreResult<Created> {
+        let key = *operation.id.as_bytes();
+        let encoded = encode(&operation);
+        let inner = &self.inner;
+        let created = (&inner.ops, &inner.active, &inner.request_ids)
+            .transaction(|(ops, active, request_ids)| {
+                if let Some(request_id) = operation.request_id {
+                    let rid = request_id.as_bytes();
+                    if let Some(existing_key) = request_ids.get(rid)?
+                        && let Some(existing) = read_op(ops, &existing_key)?
+                    {
+                        if existing.request_digest == operation.request_digest {
+                            return Ok(Created::Existing(existing));
+                        }
+                        return abort(StoreError::RequestIdConflict {
+                            request_id: request_id.to_string(),
+                            existing: existing.id,
+                        });
+                    }
+                    request_ids.insert(rid, &key)?;
+                }
+                ops.insert(&key, encoded.as_slice())?;
+                active.insert(&key, &[])?;
+                Ok(Created::New(operation.clone()))
+            })
+            .map_err(tx_error)?;
+        if let Created::New(op) = &created {
+            self.persist(Durability::Durable).await?;
+            self.announce(Change::Updated(Arc::new(op.clone())));
+        }
+        Ok(created)
+    }
+
+    async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        match self.inner.ops.get(id.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some),
+        }
+    }
+
+    async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
+        let mut iter = match query.after {
+            Some(after) => self.inner.ops.range(..*after.as_bytes()).rev(),
+            None => self.inner.ops.iter().rev(),
+        };
+        let mut page = ListPage::default();
+        let mut scanned = 0usize;
+        let mut last_scanned = None;
+        while page.operations.len() < query.limit {
+            if scanned >= query.scan_budget {
+                page.resume_after = last_scanned;
+                return Ok(page);
+            }
+            let Some(entry) = iter.next() else {
+                return Ok(page);
+            };
+            let (_, bytes) = entry.map_err(backend)?;
+            let op = decode(&bytes)?;
+            scanned += 1;
+            last_scanned = Some(op.id);
+            if query.filter.matches(&op) {
+                page.operations.push(op);
+            }
+        }
+        if iter.next().is_some() {
+            page.resume_after = last_scanned;
+        }
+        Ok(page)
+    }
+
+    async fn claim(
+        &self,
+        id: OperationId,
+        durability: Durability,
+    ) -> StoreResult<Option<Operation>> {
+        let time = now();
+        match self
+            .modify_and_announce(id, durability, |op| op.claim(time).map(Some))
+            .await
+        {
+            Ok(op) => Ok(Some(op)),
+            Err(StoreError::NotFound | StoreError::Rejected(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn progress(&self, claim: Claim, progress: Progress) -> StoreResult<Operation> {
+        let time = now();
+        self.modify_and_announce(claim.id, Durability::Lazy, |op| {
+            op.progress(&claim, &progress, time).map(Some)
+        })
+        .await
+    }
+
+    async fn finish(&self, claim: Claim, finish: Finish) -> StoreResult<Operation> {
+        let time = now();
+        self.modify_and_announce(claim.id, Durability::Durable, |op| {
+            op.finish(&claim, &finish, time).map(Some)
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: OperationId) -> StoreResult<Operation> {
+        let time = now();
+        self.modify_and_announce(id, Durability::Durable, |op| op.cancel(time))
+            .await
+    }
+
+    async fn delete(&self, id: OperationId) -> StoreResult<()> {
+        let key = id.as_bytes();
+        let inner = &self.inner;
+        (&inner.ops, &inner.request_ids)
+            .transaction(|(ops, request_ids)| {
+                let Some(op) = read_op(ops, key)? else {
+                    return abort(StoreError::NotFound);
+                };
+                if let Err(rejection) = op.check_deletable() {
+                    return abort(StoreError::Rejected(rejection));
+                }
+                ops.remove(key)?;
+                if let Some(request_id) = op.request_id {
+                    request_ids.remove(request_id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.persist(Durability::Durable).await?;
+        self.announce(Change::Deleted(id));
+        Ok(())
+    }
+
+    async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
+        let mut out = Vec::new();
+        for entry in self.inner.active.iter() {
+            let (key, _) = entry.map_err(backend)?;
+            if let Some(bytes) = self.inner.ops.get(&key).map_err(backend)? {
+                out.push(decode(&bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn recover_orphan(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        let time = now();
+        match self
+            .modify_and_announce(id, Durability::Durable, |op| Ok(op.recover_orphan(time)))
+            .await
+        {
+            Ok(op) => Ok(Some(op)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
+        let key = format!("secret/{name}");
+        let stored = match self
+            .inner
+            .meta
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(initial))
+            .map_err(backend)?
+        {
+            Ok(()) => {
+                self.inner.commit.sync().await?;
+                initial.to_vec()
+            }
+            Err(cas) => cas.current.map(|v| v.to_vec()).unwrap_or_default(),
+        };
+        Ok(stored)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.inner.commit.sync().await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.feed.subscribe()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: whatever is still in sled's buffers goes to disk when
+        // the last handle closes, whatever the sync mode.
+        let _ = self.db.flush();
+    }
+}
+
+/// Shares one fsync among every writer waiting for durability.
+///
+/// A writer takes a ticket after its write is applied. A flush started after
+/// that moment covers the write, so it records the highest ticket issued
+/// when it began and, when done, releases every writer up to that ticket.
+/// While one flush runs, later writers queue up behind it and the next flush
+/// covers them all.
+struct GroupCommit {
+    db: sled::Db,
+    issued: AtomicU64,
+    flushed: watch::Sender<u64>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    fn new(db: sled::Db) -> Self {
+        Self {
+            db,
+            issued: AtomicU64::new(0),
+            flushed: watch::channel(0).0,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn sync(&self) -> StoreResult<()> {
+        let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.flushed.subscribe();
+        loop {
+            if *flushed.borrow_and_update() >= ticket {
+                return Ok(());
+            }
+            if let Ok(_guard) = self.running.try_lock() {
+                if *self.flushed.borrow() >= ticket {
+                    return Ok(());
+                }
+                let covers = self.issued.load(Ordering::SeqCst);
+                let db = self.db.clone();
+                let result = tokio::task::spawn_blocking(move || db.flush())
+                    .await
+                    .map_err(backend)
+                    .and_then(|r| r.map_err(backend));
+                // Always wake the queue, so that on failure the next writer
+                // takes its own turn at flushing.
+                self.flushed.send_modify(|done| {
+                    if result.is_ok() {
+                        *done = (*done).max(covers);
+                    }
+                });
+                result?;
+                continue;
+            }
+            if flushed.changed().await.is_err() {
+                return Err(StoreError::Backend("store closed".into()));
+            }
+        }
+    }
+}
