@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=examples/proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let fds = protox::compile(PROTOS, ["proto"])?;
     std::fs::write(out_dir.join("longrun_descriptor.bin"), fds.encode_to_vec())?;
@@ -29,5 +30,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (idempotency compares request digests).
     config.btree_map(["."]);
     tonic_prost_build::configure().compile_fds_with_config(fds, config)?;
+
+    // The API of examples/custom_kind.rs, compiled apart from the library's
+    // so that it never becomes part of longrun's own API. It reuses the
+    // library's generated types for everything it imports.
+    let example_dir = out_dir.join("examples");
+    std::fs::create_dir_all(&example_dir)?;
+    let fds = protox::compile(
+        ["examples/proto/wordcount.proto"],
+        ["examples/proto", "proto"],
+    )?;
+    std::fs::write(
+        example_dir.join("wordcount_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    config.type_name_domain(["."], "type.googleapis.com");
+    tonic_prost_build::configure()
+        .out_dir(&example_dir)
+        .extern_path(".google.longrunning", "::longrun::pb::google::longrunning")
+        .extern_path(".google.rpc", "::longrun::pb::google::rpc")
+        .extern_path(".google.api", "::longrun::pb::google::api")
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -79,6 +79,7 @@ pub struct Server {
     engine: Engine,
     config: ServerConfig,
     routes: RoutesBuilder,
+    descriptors: Vec<&'static [u8]>,
 }
 
 impl Server {
@@ -101,6 +102,10 @@ impl Server {
             engine,
             config,
             routes: RoutesBuilder::default(),
+            descriptors: vec![
+                pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
         })
     }
 
@@ -112,6 +117,12 @@ impl Server {
     /// Extra gRPC services to serve beside longrun's own.
     pub fn routes(&mut self) -> &mut RoutesBuilder {
         &mut self.routes
+    }
+
+    /// Adds an encoded FileDescriptorSet to what reflection serves, so that
+    /// grpcurl can call services added with [`Server::routes`].
+    pub fn reflect(&mut self, descriptor_set: &'static [u8]) {
+        self.descriptors.push(descriptor_set);
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops: health
@@ -126,6 +137,7 @@ impl Server {
             engine,
             config,
             mut routes,
+            descriptors,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut names = vec![
@@ -153,14 +165,14 @@ impl Server {
                 .set_service_status(*name, ServingStatus::NotServing)
                 .await;
         }
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection = || {
+            descriptors.iter().fold(
+                tonic_reflection::server::Builder::configure(),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
+            )
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         routes
             .add_service(health_service)
             .add_service(reflection_v1)

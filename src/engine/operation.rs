@@ -150,19 +150,27 @@ pub struct Payload {
     pub value: Bytes,
 }
 
+/// The canonical Any type URL of a message: `type.googleapis.com/` and its
+/// full name, whatever domain its `prost::Name` impl declares.
+pub fn type_url_of<M: prost::Name>() -> String {
+    format!("type.googleapis.com/{}", M::full_name())
+}
+
 impl Payload {
     /// Encodes a message under its canonical type URL.
     pub fn pack<M: prost::Name>(message: &M) -> Self {
         Self {
-            type_url: M::type_url(),
+            type_url: type_url_of::<M>(),
             value: message.encode_to_vec().into(),
         }
     }
 
-    /// Decodes the message, checking that the type URL names it.
+    /// Decodes the message, checking that the type URL names it (in any
+    /// domain).
     pub fn unpack<M: prost::Name + Default>(&self) -> Result<M, PayloadError> {
-        let expected = M::type_url();
-        if self.type_url != expected {
+        let expected = type_url_of::<M>();
+        let named = self.type_url.rsplit_once('/').map(|(_, name)| name);
+        if named != Some(M::full_name().as_str()) {
             return Err(PayloadError::WrongType {
                 expected,
                 found: self.type_url.clone(),
@@ -302,6 +310,15 @@ pub enum Rejection {
     Stale { held: u32 },
 }
 
+/// Cuts a time to whole microseconds, the precision operations are stored
+/// with, so that a record read back equals the one that was written.
+pub fn to_micros_precision(time: SystemTime) -> SystemTime {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => std::time::UNIX_EPOCH + std::time::Duration::from_micros(d.as_micros() as u64),
+        Err(_) => time,
+    }
+}
+
 impl Operation {
     /// A new queued operation.
     pub fn new(
@@ -311,6 +328,7 @@ impl Operation {
         request_digest: [u8; 32],
         now: SystemTime,
     ) -> Self {
+        let now = to_micros_precision(now);
         Self {
             id: OperationId::generate(),
             kind: kind.into(),

@@ -39,9 +39,14 @@ pub(crate) async fn run_worker(inner: Arc<Inner>, n: usize) {
     async move {
         loop {
             let id = tokio::select! {
+                biased;
                 _ = inner.shutdown.cancelled() => break,
                 id = inner.queue.pop() => id,
             };
+            if inner.shutdown.is_cancelled() {
+                // Leave it queued in the store; recovery picks it up.
+                break;
+            }
             match inner.store.claim(id, Durability::Lazy).await {
                 Ok(Some(op)) => execute(&inner, op).await,
                 Ok(None) => debug!(%id, "no longer queued; skipped"),
@@ -158,6 +163,7 @@ async fn supervise(
 ) -> (Supervised, Option<Progress>) {
     let mut pending = false;
     let mut progress_open = true;
+    let mut stored = Progress::default();
     let mut next_write = Instant::now();
     loop {
         tokio::select! {
@@ -168,8 +174,10 @@ async fn supervise(
                     Err(e) if e.is_panic() => Supervised::Panicked,
                     Err(_) => Supervised::Aborted,
                 };
-                let unsaved = (pending || progress.has_changed().unwrap_or(false))
-                    .then(|| progress.borrow_and_update().clone());
+                // The task's sender is gone by now, so compare values rather
+                // than asking the channel whether it changed.
+                let last = progress.borrow_and_update().clone();
+                let unsaved = (last != stored).then_some(last);
                 return (ended, unsaved);
             }
             _ = inner.hard_stop.cancelled() => {
@@ -188,6 +196,7 @@ async fn supervise(
                 pending = false;
                 next_write = Instant::now() + inner.config.progress_interval;
                 let report = progress.borrow_and_update().clone();
+                stored = report.clone();
                 match inner.store.progress(claim, report).await {
                     Ok(_) => {}
                     Err(StoreError::Rejected(_)) => debug!("progress from a stale attempt dropped"),

@@ -20,10 +20,7 @@ pub fn to_any(payload: &Payload) -> prost_types::Any {
 }
 
 fn pack<M: Name>(message: &M) -> prost_types::Any {
-    prost_types::Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    }
+    to_any(&Payload::pack(message))
 }
 
 /// A protobuf Timestamp for a system time.

@@ -182,7 +182,9 @@ impl FromStr for Backend {
 }
 
 /// The clock used for state changes. One function, so that every backend
-/// stamps times the same way.
+/// stamps times the same way. Times are cut to whole microseconds, the
+/// precision records are stored with, so that an operation read back from
+/// disk equals the one announced on the change feed.
 pub(crate) fn now() -> SystemTime {
-    SystemTime::now()
+    crate::engine::operation::to_micros_precision(SystemTime::now())
 }
