@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use longrun::engine::{Code, FieldViolation};
+use longrun::engine::{Code, FieldViolation, SubmitOptions};
 use longrun::grpc::convert;
 use longrun::pb::google::longrunning::Operation;
 use longrun::{Engine, Registry, Server, ServerConfig, Task, TaskContext, TaskError};
@@ -99,10 +99,13 @@ impl WordCounter for WordCounterService {
         request: Request<CountWordsRequest>,
     ) -> Result<Response<Operation>, Status> {
         let request = request.into_inner();
-        let request_id = convert::request_id(&request.request_id)?;
+        let options = SubmitOptions {
+            request_id: convert::request_id(&request.request_id)?,
+            timeout: None,
+        };
         let op = self
             .engine
-            .submit::<WordCountTask>(&request, request_id)
+            .submit::<WordCountTask>(&request, options)
             .await?;
         Ok(Response::new(convert::operation(&op)))
     }

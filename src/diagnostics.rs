@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{Code, FieldViolation, Task, TaskContext, TaskError};
+use crate::engine::{Code, FieldViolation, Task, TaskContext, TaskError, TaskPolicy};
 use crate::pb::longrun::v1::{SleepRequest, SleepResponse};
 
 /// The longest sleep accepted.
@@ -45,12 +45,26 @@ impl Task for SleepTask {
 
     const KIND: &'static str = "longrun.v1.Diagnostics.Sleep";
 
+    fn policy(&self) -> TaskPolicy {
+        TaskPolicy {
+            // Long enough for the longest sleep allowed.
+            timeout: MAX_SLEEP + Duration::from_secs(3600),
+            ..TaskPolicy::default()
+        }
+    }
+
     fn validate(&self, request: &SleepRequest) -> Result<(), FieldViolation> {
         requested_duration(request)?;
         if !(0..=MAX_STEPS).contains(&request.steps) {
             return Err(FieldViolation::new(
                 "steps",
                 format!("steps must be between 0 and {MAX_STEPS}"),
+            ));
+        }
+        if request.fail_attempts < 0 {
+            return Err(FieldViolation::new(
+                "fail_attempts",
+                "fail_attempts must not be negative",
             ));
         }
         if request.fail_code != 0 && Code::from_i32(request.fail_code).is_none() {
@@ -81,6 +95,17 @@ impl Task for SleepTask {
                 return Err(TaskError::cancelled());
             }
             ctx.set_progress(done * 100 / steps, format!("step {done} of {steps}"));
+        }
+        if ctx.attempt() <= request.fail_attempts as u32 {
+            return Err(TaskError::retryable(
+                Code::Unavailable,
+                "REQUESTED_TRANSIENT_FAILURE",
+                format!(
+                    "attempt {} failed because fail_attempts is {}",
+                    ctx.attempt(),
+                    request.fail_attempts
+                ),
+            ));
         }
         if let Some(code) = Code::from_i32(request.fail_code) {
             return Err(TaskError::new(

@@ -1,6 +1,7 @@
 //! The `longrun` binary: parses arguments, sets up logging, and hands over
 //! to the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             match runtime.block_on(serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 use tracing::info;
 
 use crate::diagnostics::SleepTask;
-use crate::engine::{Engine, EngineConfig, EngineError, Registry};
+use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
 use crate::grpc::{DiagnosticsService, OperationsService, WatcherService};
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
@@ -38,8 +38,15 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Whether the Diagnostics service (and its Sleep kind) is on.
     pub diagnostics: bool,
+    /// The policy Sleep operations run under.
+    pub sleep_policy: TaskPolicy,
     /// The longest a WaitOperation call may block.
     pub max_wait: Duration,
+    /// The largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// The most calls one connection may have in progress; beyond it, calls
+    /// are shed at once with RESOURCE_EXHAUSTED rather than queued.
+    pub max_calls_per_connection: usize,
 }
 
 impl Default for ServerConfig {
@@ -50,7 +57,10 @@ impl Default for ServerConfig {
             sync: SyncMode::Always,
             engine: EngineConfig::default(),
             diagnostics: true,
+            sleep_policy: SleepTask.policy(),
             max_wait: Duration::from_secs(600),
+            max_message_size: 4 * 1024 * 1024,
+            max_calls_per_connection: 1024,
         }
     }
 }
@@ -95,7 +105,7 @@ impl Server {
             )?),
         };
         if config.diagnostics {
-            registry.register(SleepTask);
+            registry.register_with(SleepTask, config.sleep_policy.clone());
         }
         let engine = Engine::open(store, registry, config.engine.clone()).await?;
         Ok(Self {
@@ -145,20 +155,22 @@ impl Server {
             <OperationsServer<OperationsService> as tonic::server::NamedService>::NAME,
             <OperationWatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
         ];
+        let max = config.max_message_size;
         routes
-            .add_service(OperationsServer::new(OperationsService::new(
-                engine.clone(),
-                config.max_wait,
-            )))
-            .add_service(OperationWatcherServer::new(WatcherService::new(
-                engine.clone(),
-            )));
+            .add_service(
+                OperationsServer::new(OperationsService::new(engine.clone(), config.max_wait))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                OperationWatcherServer::new(WatcherService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            );
         if config.diagnostics {
-            names
-                .push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
-            routes.add_service(DiagnosticsServer::new(DiagnosticsService::new(
-                engine.clone(),
-            )));
+            names.push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
+            routes.add_service(
+                DiagnosticsServer::new(DiagnosticsService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            );
         }
         for name in &names {
             health
@@ -183,6 +195,11 @@ impl Server {
         let serving = {
             let stop = stop.clone();
             tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(config.max_calls_per_connection)
+                .load_shed(true)
+                .layer(tower::util::MapResponseLayer::new(
+                    crate::grpc::limits::explain_limit_errors,
+                ))
                 .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     stop.cancelled().await
@@ -196,7 +213,11 @@ impl Server {
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
         }
-        info!(address = ?local, "serving");
+        match local {
+            // A stable line that scripts and tests can wait for.
+            Some(address) => info!("listening on {address}"),
+            None => info!("serving"),
+        }
 
         shutdown.await;
         info!("shutting down");

@@ -82,7 +82,7 @@ async fn a_custom_kind_runs_and_reports_through_operations() {
         text: "hello".into(),
         panic: false,
     };
-    let op = server.engine.submit::<Echo>(&request, None).await.unwrap();
+    let op = server.engine.submit::<Echo>(&request, Default::default()).await.unwrap();
     let done = wait_done(&server, &op.id.name()).await;
     assert_eq!(meta(&done).kind, "test.v1.Echo");
     assert_eq!(state(&done), State::Succeeded);
@@ -102,7 +102,7 @@ async fn validation_errors_and_task_errors_and_panics_are_reported() {
     let server = server().await;
     let err = server
         .engine
-        .submit::<Echo>(&EchoRequest::default(), None)
+        .submit::<Echo>(&EchoRequest::default(), Default::default())
         .await
         .unwrap_err();
     let status = tonic::Status::from(err);
@@ -117,7 +117,7 @@ async fn validation_errors_and_task_errors_and_panics_are_reported() {
         text: "fail".into(),
         panic: false,
     };
-    let op = server.engine.submit::<Echo>(&failing, None).await.unwrap();
+    let op = server.engine.submit::<Echo>(&failing, Default::default()).await.unwrap();
     let done = wait_done(&server, &op.id.name()).await;
     assert_eq!(state(&done), State::Failed);
     assert_eq!(op_error(&done).code, Code::DataLoss.as_i32());
@@ -128,7 +128,7 @@ async fn validation_errors_and_task_errors_and_panics_are_reported() {
     };
     let op = server
         .engine
-        .submit::<Echo>(&panicking, None)
+        .submit::<Echo>(&panicking, Default::default())
         .await
         .unwrap();
     let done = wait_done(&server, &op.id.name()).await;

@@ -3,9 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use longrun::engine::operation::{Claim, Finish, Operation, Outcome, Payload, Progress, Rejection};
+use longrun::engine::operation::{
+    Claim, Finish, Limits, Operation, OrphanRetry, Outcome, Payload, Progress, Rejection,
+};
 use longrun::engine::{Filter, OperationError, RequestId, State};
 use longrun::store::{Change, Created, Durability, DynStore, ListQuery, StoreError};
 
@@ -18,6 +20,10 @@ fn new_op(kind: &str, request_id: Option<RequestId>, digest: u8) -> Operation {
         },
         request_id,
         [digest; 32],
+        Limits {
+            timeout: Duration::from_secs(60),
+            max_attempts: 3,
+        },
         SystemTime::now(),
     )
 }
@@ -311,7 +317,11 @@ pub async fn unfinished_and_orphans(store: DynStore) {
     expected.sort();
     assert_eq!(unfinished, expected);
 
-    let recovered = store.recover_orphan(running.id).await.unwrap().unwrap();
+    let recovered = store
+        .recover_orphan(running.id, OrphanRetry::Allowed)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(recovered.state, State::Queued);
     let (again, _) = claim(&store, &recovered).await;
     assert_eq!(again.attempt, 2);

@@ -45,6 +45,17 @@ pub struct ServeArgs {
     /// aborted (and run again after restart).
     #[arg(long, env = "LONGRUN_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// How long done operations are kept before they expire (with their
+    /// request_ids and artifacts).
+    #[arg(long, env = "LONGRUN_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// The largest request message accepted, in bytes.
+    #[arg(long, env = "LONGRUN_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_size: usize,
+    /// The most calls one connection may have in progress; more are refused
+    /// at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LONGRUN_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_calls_per_connection: usize,
     /// Turn off the Diagnostics service and its Sleep operations.
     #[arg(long, env = "LONGRUN_NO_DIAGNOSTICS")]
     pub no_diagnostics: bool,
@@ -62,9 +73,13 @@ impl ServeArgs {
                 max_queued: self.max_queued,
                 progress_interval: self.progress_interval,
                 shutdown_grace: self.shutdown_grace,
+                retention: self.retention,
             },
             diagnostics: !self.no_diagnostics,
             max_wait: self.max_wait,
+            max_message_size: self.max_message_size,
+            max_calls_per_connection: self.max_calls_per_connection.max(1),
+            ..ServerConfig::default()
         }
     }
 }

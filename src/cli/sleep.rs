@@ -22,6 +22,12 @@ pub struct SleepArgs {
     /// End with this google.rpc.Code instead of succeeding (1-16).
     #[arg(long, default_value_t = 0)]
     fail_code: i32,
+    /// Fail the first N attempts with a retryable error, to watch retries.
+    #[arg(long, default_value_t = 0)]
+    fail_attempts: i32,
+    /// A shorter timeout per attempt than the server's default, e.g. 2s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
     /// An idempotency key (UUID): repeating it returns the same operation.
     #[arg(long, default_value = "")]
     request_id: String,
@@ -33,18 +39,24 @@ pub struct SleepArgs {
     watch: bool,
 }
 
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 pub(super) async fn run(args: SleepArgs) -> anyhow::Result<ExitCode> {
     let mut clients = connect(&args.client).await?;
     let op = clients
         .diagnostics
         .sleep(SleepRequest {
-            duration: Some(prost_types::Duration {
-                seconds: args.duration.as_secs() as i64,
-                nanos: args.duration.subsec_nanos() as i32,
-            }),
+            duration: Some(proto_duration(args.duration)),
             steps: args.steps,
             fail_code: args.fail_code,
             request_id: args.request_id,
+            fail_attempts: args.fail_attempts,
+            timeout: args.timeout.map(proto_duration),
         })
         .await
         .map_err(|s| describe(&s))?

@@ -13,6 +13,7 @@ pub mod id;
 pub mod operation;
 pub mod page_token;
 mod queue;
+mod schedule;
 pub mod task;
 pub mod watch;
 mod worker;
@@ -25,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::error::EngineError;
 pub use self::filter::Filter;
@@ -57,9 +58,11 @@ pub struct EngineConfig {
     pub max_queued: usize,
     /// The least time between two stored progress reports of one task.
     pub progress_interval: Duration,
-    /// How long a task may take to stop when the server shuts down before
-    /// it is aborted (and run again after restart).
+    /// How long a task may take to stop when the server shuts down (or its
+    /// deadline passes) before it is aborted.
     pub shutdown_grace: Duration,
+    /// How long done operations are kept before they expire.
+    pub retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -69,9 +72,22 @@ impl Default for EngineConfig {
             max_queued: 100_000,
             progress_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
+
+/// Per-call options of a create.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// The idempotency key (AIP-155).
+    pub request_id: Option<RequestId>,
+    /// A shorter execution timeout per attempt than the kind's default.
+    pub timeout: Option<Duration>,
+}
+
+/// How many expired operations the sweeper deletes in one batch.
+const SWEEP_BATCH: usize = 1000;
 
 /// A page of operations.
 #[derive(Debug, Clone, Default)]
@@ -93,6 +109,7 @@ pub(crate) struct Inner {
     registry: Registry,
     config: EngineConfig,
     queue: Queue,
+    schedule: schedule::Schedule,
     hub: Arc<watch::Hub>,
     running: Mutex<HashMap<OperationId, Running>>,
     page_tokens: PageTokens,
@@ -109,6 +126,14 @@ impl Inner {
         // Each critical section is one insert, remove or lookup, so a
         // poisoned lock holds consistent data.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a queued operation in line: now, or when its backoff ends.
+    fn enqueue(&self, op: &Operation) {
+        match op.not_before {
+            Some(at) => self.schedule.add(op.id, at),
+            None => self.queue.push_recovered(op.id),
+        }
     }
 
     /// Tells the task running `op` on this process to stop, when a client
@@ -137,6 +162,7 @@ impl Engine {
             .map_err(EngineError::Store)?;
         let inner = Arc::new(Inner {
             queue: Queue::new(config.max_queued),
+            schedule: schedule::Schedule::default(),
             store,
             registry,
             config,
@@ -151,64 +177,44 @@ impl Engine {
         Ok(Self { inner })
     }
 
-    /// Recovers unfinished operations and starts the workers. Queued ones
-    /// are queued again; ones whose process died mid-attempt run again
-    /// (attempt + 1), or end ABORTED when their kind is not retry-safe.
+    /// Recovers unfinished operations and starts the workers, the retry
+    /// scheduler and the retention sweeper. Queued operations are queued
+    /// again (after their backoff, if they wait for a retry); ones whose
+    /// process died mid-attempt run again as attempt + 1, or end ABORTED
+    /// when their kind is not retry-safe or they used up their attempts.
     pub async fn start(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
         let unfinished = inner.store.unfinished().await.map_err(EngineError::Store)?;
-        let (mut requeued, mut aborted) = (0usize, 0usize);
+        let (mut requeued, mut ended) = (0usize, 0usize);
         for op in unfinished {
-            if op.state == State::Queued {
-                inner.queue.push_recovered(op.id);
-                requeued += 1;
-                continue;
-            }
-            let retry_safe = inner
-                .registry
-                .get(&op.kind)
-                .is_none_or(|t| t.policy().retry_safe);
-            if retry_safe || op.requested_cancellation {
-                match inner.store.recover_orphan(op.id).await {
-                    Ok(Some(op)) if op.state == State::Queued => {
-                        inner.queue.push_recovered(op.id);
-                        requeued += 1;
-                    }
-                    Ok(_) => {}
+            let op = if op.state == State::Queued {
+                op
+            } else {
+                let retry = orphan_retry(inner.registry.policy(&op.kind), &op);
+                match inner.store.recover_orphan(op.id, retry).await {
+                    Ok(Some(op)) => op,
+                    Ok(None) => continue,
                     Err(e) => return Err(EngineError::Store(e)),
                 }
+            };
+            if op.state == State::Queued {
+                inner.enqueue(&op);
+                requeued += 1;
             } else {
-                let claim = operation::Claim {
-                    id: op.id,
-                    attempt: op.attempt,
-                };
-                let error = OperationError::new(
-                    Code::Aborted,
-                    "ATTEMPT_INTERRUPTED",
-                    format!(
-                        "attempt {} was interrupted by a server restart, and kind {:?} is not safe to run twice",
-                        op.attempt, op.kind
-                    ),
-                );
-                inner
-                    .store
-                    .finish(
-                        claim,
-                        operation::Finish::Done {
-                            outcome: Outcome::Error(error),
-                            progress: None,
-                        },
-                    )
-                    .await
-                    .map_err(EngineError::Store)?;
-                aborted += 1;
+                ended += 1;
             }
         }
-        info!(requeued, aborted, "recovery done");
+        info!(requeued, ended, "recovery done");
+        let scheduler = Arc::clone(inner);
+        inner.tracker.spawn(async move {
+            scheduler
+                .schedule
+                .run(&scheduler.queue, &scheduler.shutdown)
+                .await
+        });
+        inner.tracker.spawn(sweep(Arc::clone(inner)));
         for n in 0..inner.config.workers.max(1) {
-            inner
-                .tracker
-                .spawn(worker::run_worker(Arc::clone(inner), n));
+            inner.tracker.spawn(worker::run_worker(Arc::clone(inner), n));
         }
         Ok(())
     }
@@ -249,9 +255,9 @@ impl Engine {
     pub async fn submit<T: Task>(
         &self,
         request: &T::Request,
-        request_id: Option<RequestId>,
+        options: SubmitOptions,
     ) -> Result<Operation, EngineError> {
-        self.submit_payload(T::KIND, Payload::pack(request), request_id)
+        self.submit_payload(T::KIND, Payload::pack(request), options)
             .await
     }
 
@@ -260,20 +266,27 @@ impl Engine {
         &self,
         kind: &str,
         request: Payload,
-        request_id: Option<RequestId>,
+        options: SubmitOptions,
     ) -> Result<Operation, EngineError> {
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
-        let task = inner
+        let registered = inner
             .registry
             .get(kind)
             .ok_or_else(|| EngineError::Unimplemented {
                 reason: "KIND_NOT_REGISTERED",
                 message: format!("kind {kind:?} is not registered on this server"),
             })?;
-        task.validate(&request)?;
+        registered.task.validate(&request)?;
+        let timeout = match options.timeout {
+            Some(t) if t.is_zero() => {
+                return Err(EngineError::invalid("timeout", "timeout must be positive"));
+            }
+            Some(t) => t.min(registered.policy.timeout),
+            None => registered.policy.timeout,
+        };
         let digest = request_digest(kind, &request);
         if inner.queue.admit().is_err() {
             return Err(EngineError::ResourceExhausted {
@@ -285,7 +298,18 @@ impl Engine {
                 retry_after: Duration::from_secs(1),
             });
         }
-        let op = Operation::new(kind, request, request_id, digest, crate::store::now());
+        let limits = operation::Limits {
+            timeout,
+            max_attempts: registered.policy.max_attempts.max(1),
+        };
+        let op = Operation::new(
+            kind,
+            request,
+            options.request_id,
+            digest,
+            limits,
+            crate::store::now(),
+        );
         let name = op.id.name();
         match inner.store.create(op).await {
             Ok(Created::New(op)) => {
@@ -441,6 +465,61 @@ impl Engine {
     /// How many operations have at least one watcher.
     pub fn watched_operations(&self) -> usize {
         self.inner.hub.len()
+    }
+}
+
+/// Decides whether an attempt interrupted by a crash may run again.
+fn orphan_retry(policy: Option<&TaskPolicy>, op: &Operation) -> operation::OrphanRetry {
+    use operation::OrphanRetry;
+    match policy {
+        Some(policy) if !policy.retry_safe => OrphanRetry::Refused(format!(
+            "attempt {} was interrupted by a server restart, and kind {:?} is not safe to run twice",
+            op.attempt, op.kind
+        )),
+        Some(_) if op.attempt >= op.max_attempts => OrphanRetry::Refused(format!(
+            "attempt {} of {} was interrupted by a server restart; no attempts are left",
+            op.attempt, op.max_attempts
+        )),
+        // An unknown kind is queued again: its worker ends it with a clear
+        // error, and registering the kind later lets it run.
+        _ => OrphanRetry::Allowed,
+    }
+}
+
+/// Deletes done operations once they are older than the retention, in
+/// bounded batches, often enough that none outlives its expiry by much.
+async fn sweep(inner: Arc<Inner>) {
+    let retention = inner.config.retention;
+    let interval = (retention / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(retention) else {
+            continue;
+        };
+        loop {
+            let batch = match inner.store.expired(cutoff, SWEEP_BATCH).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(error = %e, "could not read expired operations");
+                    break;
+                }
+            };
+            let ids: Vec<OperationId> = batch.iter().map(|op| op.id).collect();
+            match inner.store.purge(&ids).await {
+                Ok(purged) => debug!(purged, "expired operations deleted"),
+                Err(e) => {
+                    warn!(error = %e, "could not delete expired operations");
+                    break;
+                }
+            }
+            if ids.len() < SWEEP_BATCH || inner.shutdown.is_cancelled() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 

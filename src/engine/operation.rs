@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
@@ -270,6 +270,14 @@ pub struct Operation {
     /// Grows by one with every stored change; watchers use it to drop
     /// updates that arrive out of order.
     pub version: u64,
+    /// How long one attempt may run before it ends DEADLINE_EXCEEDED.
+    pub timeout: Duration,
+    /// The most attempts it gets (its kind's policy when it was created).
+    pub max_attempts: u32,
+    /// While queued for a retry: not to be claimed before this time.
+    pub not_before: Option<SystemTime>,
+    /// Why the previous attempt failed, while a retry is pending or after.
+    pub last_error: Option<OperationError>,
 }
 
 /// The token a worker holds while it runs an attempt. Writes made with a
@@ -283,6 +291,12 @@ pub struct Claim {
 /// How a claimed attempt ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finish {
+    /// Failed in a way worth retrying: back to the queue, to be claimed
+    /// again (as attempt + 1) no earlier than `not_before`.
+    Retry {
+        error: OperationError,
+        not_before: SystemTime,
+    },
     /// Done with this outcome. `progress` is the task's last report, when
     /// it had not been stored yet.
     Done {
@@ -326,6 +340,7 @@ impl Operation {
         request: Payload,
         request_id: Option<RequestId>,
         request_digest: [u8; 32],
+        limits: Limits,
         now: SystemTime,
     ) -> Self {
         let now = to_micros_precision(now);
@@ -346,6 +361,10 @@ impl Operation {
             request_id,
             request_digest,
             version: 1,
+            timeout: limits.timeout,
+            max_attempts: limits.max_attempts,
+            not_before: None,
+            last_error: None,
         }
     }
 
@@ -374,6 +393,7 @@ impl Operation {
         next.progress_percent = 0;
         next.status_message.clear();
         next.start_time = Some(now);
+        next.not_before = None;
         Ok(next.touched(now))
     }
 
@@ -422,6 +442,16 @@ impl Operation {
             Finish::Release => {
                 next.state = State::Queued;
                 next.start_time = None;
+            }
+            Finish::Retry { error, not_before } => {
+                next.state = State::Queued;
+                next.start_time = None;
+                next.not_before = Some(*not_before);
+                next.last_error = Some(error.clone());
+                next.status_message = format!(
+                    "attempt {} failed ({}); retrying",
+                    self.attempt, error.message
+                );
             }
             Finish::Done { outcome, progress } => {
                 if let Some(p) = progress {
@@ -486,12 +516,53 @@ impl Operation {
 
     /// After a restart: an attempt that was running when the process died
     /// has no live worker. It goes back to the queue (the next claim makes
-    /// attempt + 1), or ends as cancelled when cancellation was asked for.
-    pub fn recover_orphan(&self, now: SystemTime) -> Option<Operation> {
+    /// attempt + 1) when `retry` allows; otherwise it ends ABORTED with
+    /// `retry`'s reason. One that was being cancelled ends CANCELLED.
+    /// Returns None when the operation is not orphaned.
+    pub fn recover_orphan(&self, retry: OrphanRetry, now: SystemTime) -> Option<Operation> {
         let claim = Claim {
             id: self.id,
             attempt: self.attempt,
         };
-        self.finish(&claim, &Finish::Release, now).ok()
+        let finish = match retry {
+            _ if self.state == State::Cancelling => Finish::Release,
+            OrphanRetry::Allowed => Finish::Release,
+            OrphanRetry::Refused(message) => Finish::Done {
+                outcome: Outcome::Error(OperationError::new(
+                    Code::Aborted,
+                    "ATTEMPT_INTERRUPTED",
+                    message,
+                )),
+                progress: None,
+            },
+        };
+        self.finish(&claim, &finish, now).ok()
     }
+}
+
+/// The per-operation limits fixed when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How long one attempt may run.
+    pub timeout: Duration,
+    /// How many attempts it gets.
+    pub max_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(3600),
+            max_attempts: 1,
+        }
+    }
+}
+
+/// Whether an orphaned attempt may run again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrphanRetry {
+    /// Run it again.
+    Allowed,
+    /// End it ABORTED, with this explanation.
+    Refused(String),
 }

@@ -51,17 +51,51 @@ pub trait Task: Send + Sync + 'static {
 }
 
 /// Per-kind settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskPolicy {
     /// Whether an attempt that was interrupted (by a crash or a restart) may
     /// run again from the start. Kinds with outside effects that must not
     /// happen twice say false; their interrupted attempts end ABORTED.
     pub retry_safe: bool,
+    /// The most attempts an operation gets, counting the first.
+    pub max_attempts: u32,
+    /// The first retry waits up to this long; each later one up to twice
+    /// the previous bound (exponential backoff with full jitter).
+    pub backoff_base: Duration,
+    /// No retry waits longer than this.
+    pub backoff_max: Duration,
+    /// How long one attempt may run before it ends DEADLINE_EXCEEDED.
+    /// Create requests may ask for less, never more.
+    pub timeout: Duration,
 }
 
 impl Default for TaskPolicy {
     fn default() -> Self {
-        Self { retry_safe: true }
+        Self {
+            retry_safe: true,
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl TaskPolicy {
+    /// How long to wait before the attempt after `failed_attempt`: a random
+    /// time between zero and the exponential bound ("full jitter"), so that
+    /// many operations failing together do not retry together.
+    pub fn backoff(&self, failed_attempt: u32) -> Duration {
+        use backon::BackoffBuilder;
+        let bound = backon::ExponentialBuilder::default()
+            .with_min_delay(self.backoff_base)
+            .with_max_delay(self.backoff_max)
+            .with_factor(2.0)
+            .with_max_times(usize::MAX)
+            .build()
+            .nth(failed_attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.backoff_max);
+        bound.mul_f64(rand::random::<f64>())
     }
 }
 
@@ -89,13 +123,25 @@ impl FieldViolation {
 pub struct TaskError {
     /// The error the operation ends with.
     pub error: OperationError,
+    /// Whether another attempt might succeed. Retryable errors are retried
+    /// up to the kind's `max_attempts`; permanent ones end the operation.
+    pub retryable: bool,
 }
 
 impl TaskError {
-    /// A failure with a canonical code and an UPPER_SNAKE reason.
+    /// A permanent failure with a canonical code and an UPPER_SNAKE reason.
     pub fn new(code: Code, reason: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             error: OperationError::new(code, reason, message),
+            retryable: false,
+        }
+    }
+
+    /// A transient failure, worth another attempt after a backoff.
+    pub fn retryable(code: Code, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            ..Self::new(code, reason, message)
         }
     }
 
@@ -103,6 +149,7 @@ impl TaskError {
     pub fn cancelled() -> Self {
         Self {
             error: OperationError::cancelled(),
+            retryable: false,
         }
     }
 
@@ -189,7 +236,6 @@ pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<Payload, TaskErr
 
 /// A task with its types erased, as the registry holds it.
 pub(crate) trait ErasedTask: Send + Sync {
-    fn policy(&self) -> TaskPolicy;
     fn validate(&self, request: &Payload) -> Result<(), EngineError>;
     fn run(&self, ctx: TaskContext, request: Payload) -> TaskFuture;
 }
@@ -197,10 +243,6 @@ pub(crate) trait ErasedTask: Send + Sync {
 struct Erased<T>(Arc<T>);
 
 impl<T: Task> ErasedTask for Erased<T> {
-    fn policy(&self) -> TaskPolicy {
-        self.0.policy()
-    }
-
     fn validate(&self, request: &Payload) -> Result<(), EngineError> {
         let request: T::Request = request.unpack().map_err(|e| EngineError::InvalidArgument {
             violations: vec![FieldViolation::new("request", e.to_string())],
@@ -224,10 +266,17 @@ impl<T: Task> ErasedTask for Erased<T> {
     }
 }
 
+/// A registered kind: its handler and the policy it runs under.
+#[derive(Clone)]
+pub(crate) struct Kind {
+    pub(crate) task: Arc<dyn ErasedTask>,
+    pub(crate) policy: TaskPolicy,
+}
+
 /// The kinds a server can run.
 #[derive(Default, Clone)]
 pub struct Registry {
-    tasks: HashMap<&'static str, Arc<dyn ErasedTask>>,
+    kinds: HashMap<&'static str, Kind>,
 }
 
 impl Registry {
@@ -236,18 +285,36 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a kind. A later registration of the same kind replaces it.
+    /// Adds a kind with the policy it declares. A later registration of the
+    /// same kind replaces it.
     pub fn register<T: Task>(&mut self, task: T) -> &mut Self {
-        self.tasks.insert(T::KIND, Arc::new(Erased(Arc::new(task))));
+        let policy = task.policy();
+        self.register_with(task, policy)
+    }
+
+    /// Adds a kind with an operator-chosen policy (retries, timeout, ...).
+    pub fn register_with<T: Task>(&mut self, task: T, policy: TaskPolicy) -> &mut Self {
+        self.kinds.insert(
+            T::KIND,
+            Kind {
+                task: Arc::new(Erased(Arc::new(task))),
+                policy,
+            },
+        );
         self
     }
 
     /// True when the kind is registered.
     pub fn contains(&self, kind: &str) -> bool {
-        self.tasks.contains_key(kind)
+        self.kinds.contains_key(kind)
     }
 
-    pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn ErasedTask>> {
-        self.tasks.get(kind)
+    /// The policy of a registered kind.
+    pub fn policy(&self, kind: &str) -> Option<&TaskPolicy> {
+        self.kinds.get(kind).map(|k| &k.policy)
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<&Kind> {
+        self.kinds.get(kind)
     }
 }

@@ -2,27 +2,32 @@
 //!
 //! A worker claims an operation (which makes it RUNNING under a new
 //! attempt), spawns the task, forwards its progress to the store at a
-//! bounded rate, and finally ends the attempt under the same claim. If a
-//! newer attempt took over in the meantime, the store refuses the stale
-//! write and the result is dropped.
+//! bounded rate, enforces the attempt's deadline, and finally ends the
+//! attempt under the same claim: done, retried after a backoff, or released
+//! back to the queue on shutdown. If a newer attempt took over meanwhile,
+//! the store refuses the stale write and the result is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::Inner;
-use super::operation::{Claim, Code, Finish, Operation, OperationError, Outcome, Progress};
+use super::operation::{
+    Claim, Code, Finish, Operation, OperationError, Outcome, Payload, Progress, State,
+};
 use super::task::{TaskContext, TaskError};
 use crate::store::{Durability, StoreError};
 
 /// A task running on this process, as the cancellation path sees it.
 pub(crate) struct Running {
     pub(crate) token: CancellationToken,
-    /// Set when a client (not a shutdown) asked for the stop.
+    /// Set when a client (not a shutdown or a deadline) asked for the stop.
     pub(crate) by_client: Arc<AtomicBool>,
 }
 
@@ -65,23 +70,16 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
     };
     let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt);
     async move {
-        let Some(task) = inner.registry.get(&op.kind).cloned() else {
+        let Some(kind) = inner.registry.get(&op.kind).cloned() else {
             let error = OperationError::new(
                 Code::Unimplemented,
                 "KIND_NOT_REGISTERED",
-                format!(
-                    "no handler for kind {:?} is registered on this server",
-                    op.kind
-                ),
+                format!("no handler for kind {:?} is registered on this server", op.kind),
             );
-            let finish = Finish::Done {
-                outcome: Outcome::Error(error),
-                progress: None,
-            };
-            end(inner, claim, finish).await;
+            end(inner, claim, done(Outcome::Error(error), None)).await;
             return;
         };
-        if !task.policy().retry_safe {
+        if !kind.policy.retry_safe {
             // The claim must be on disk before work that must not run twice
             // starts, so that a crash is seen as an interrupted attempt.
             if let Err(e) = inner.store.flush().await {
@@ -103,7 +101,7 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
         // A cancellation that landed between the claim and the line above
         // found no running entry; look again now that there is one.
         if let Ok(Some(now)) = inner.store.get(op.id).await
-            && now.requested_cancellation
+            && now.state == State::Cancelling
         {
             by_client.store(true, Ordering::SeqCst);
             token.cancel();
@@ -113,66 +111,124 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
         let ctx = TaskContext::new(op.id, op.attempt, token.clone(), progress_tx);
         let handle = inner
             .tracker
-            .spawn(task.run(ctx, op.request.clone()).in_current_span());
-        let (result, progress) = supervise(inner, claim, handle, progress_rx).await;
+            .spawn(kind.task.run(ctx, op.request.clone()).in_current_span());
+        let deadline = Instant::now() + op.timeout;
+        let (ended, progress) =
+            supervise(inner, claim, handle, progress_rx, &token, deadline).await;
         inner.running_lock().remove(&op.id);
 
-        let outcome = match result {
-            Supervised::Aborted => None,
-            Supervised::Panicked => Some(Outcome::Error(OperationError::new(
-                Code::Internal,
-                "TASK_PANICKED",
-                "the task panicked; see the server log",
-            ))),
-            Supervised::Returned(Ok(response)) => Some(Outcome::Response(response)),
-            Supervised::Returned(Err(e)) => {
-                if by_client.load(Ordering::SeqCst) {
-                    Some(Outcome::Error(OperationError::cancelled()))
-                } else if token.is_cancelled() {
-                    // Stopped by the shutdown: run it again after restart.
-                    None
-                } else {
-                    Some(Outcome::Error(e.error))
-                }
+        let finish = match ended {
+            Ended::TimedOut => done(
+                Outcome::Error(OperationError::new(
+                    Code::DeadlineExceeded,
+                    "OPERATION_DEADLINE_EXCEEDED",
+                    format!(
+                        "attempt {} ran longer than its timeout of {}",
+                        op.attempt,
+                        humantime::format_duration(op.timeout)
+                    ),
+                )),
+                progress,
+            ),
+            Ended::Aborted => Finish::Release,
+            Ended::Panicked => done(
+                Outcome::Error(OperationError::new(
+                    Code::Internal,
+                    "TASK_PANICKED",
+                    "the task panicked; see the server log",
+                )),
+                progress,
+            ),
+            Ended::Returned(Ok(response)) => done(Outcome::Response(response), progress),
+            Ended::Returned(Err(_)) if by_client.load(Ordering::SeqCst) => {
+                done(Outcome::Error(OperationError::cancelled()), progress)
             }
+            // Stopped by the shutdown: run it again after restart.
+            Ended::Returned(Err(_)) if token.is_cancelled() => Finish::Release,
+            Ended::Returned(Err(e)) => failure(&kind.policy, &op, e, progress),
         };
-        let finish = match outcome {
-            Some(outcome) => Finish::Done { outcome, progress },
-            None => Finish::Release,
-        };
-        end(inner, claim, finish).await;
+        if let Some(op) = end(inner, claim, finish).await
+            && op.state == State::Queued
+        {
+            inner.enqueue(&op);
+        }
     }
     .instrument(span)
     .await;
 }
 
-enum Supervised {
-    Returned(Result<super::operation::Payload, TaskError>),
+fn done(outcome: Outcome, progress: Option<Progress>) -> Finish {
+    Finish::Done { outcome, progress }
+}
+
+/// A failed attempt: retried after a backoff while attempts are left and
+/// the error is retryable, otherwise final.
+fn failure(
+    policy: &super::TaskPolicy,
+    op: &Operation,
+    e: TaskError,
+    progress: Option<Progress>,
+) -> Finish {
+    if !e.retryable {
+        return done(Outcome::Error(e.error), progress);
+    }
+    if op.attempt < op.max_attempts {
+        let delay = policy.backoff(op.attempt);
+        debug!(?delay, "retryable failure; retrying after a backoff");
+        return Finish::Retry {
+            error: e.error,
+            not_before: SystemTime::now() + delay,
+        };
+    }
+    let mut error = e.error;
+    error.message = format!(
+        "gave up after {} attempts; the last failed with: {}",
+        op.attempt, error.message
+    );
+    error
+        .metadata
+        .insert("attempts".to_owned(), op.attempt.to_string());
+    done(Outcome::Error(error), progress)
+}
+
+enum Ended {
+    Returned(Result<Payload, TaskError>),
     Panicked,
+    /// Aborted after the shutdown grace period.
     Aborted,
+    /// The attempt's deadline passed.
+    TimedOut,
 }
 
 /// Waits for the task while forwarding its progress, at most one store
-/// write per `progress_interval`. Returns how the task ended and its last
-/// progress report if that was not stored yet.
+/// write per `progress_interval`, and enforcing `deadline`: when it passes,
+/// the task's token fires, and after the grace period the task is aborted.
+/// Returns how the task ended and its last progress report if that was not
+/// stored yet.
 async fn supervise(
     inner: &Inner,
     claim: Claim,
-    mut handle: tokio::task::JoinHandle<Result<super::operation::Payload, TaskError>>,
+    mut handle: JoinHandle<Result<Payload, TaskError>>,
     mut progress: watch::Receiver<Progress>,
-) -> (Supervised, Option<Progress>) {
+    token: &CancellationToken,
+    deadline: Instant,
+) -> (Ended, Option<Progress>) {
     let mut pending = false;
     let mut progress_open = true;
     let mut stored = Progress::default();
     let mut next_write = Instant::now();
+    let mut timed_out = false;
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
             joined = &mut handle => {
                 let ended = match joined {
-                    Ok(result) => Supervised::Returned(result),
-                    Err(e) if e.is_panic() => Supervised::Panicked,
-                    Err(_) => Supervised::Aborted,
+                    _ if timed_out => Ended::TimedOut,
+                    Ok(result) => Ended::Returned(result),
+                    Err(e) if e.is_panic() => Ended::Panicked,
+                    Err(_) => Ended::Aborted,
                 };
                 // The task's sender is gone by now, so compare values rather
                 // than asking the channel whether it changed.
@@ -184,7 +240,18 @@ async fn supervise(
                 warn!("task did not stop within the shutdown grace period; aborting it");
                 handle.abort();
                 let _ = (&mut handle).await;
-                return (Supervised::Aborted, None);
+                return (if timed_out { Ended::TimedOut } else { Ended::Aborted }, None);
+            }
+            _ = &mut timer => {
+                if timed_out {
+                    warn!("task ignored its deadline for the grace period; aborting it");
+                    handle.abort();
+                    let _ = (&mut handle).await;
+                    return (Ended::TimedOut, None);
+                }
+                timed_out = true;
+                token.cancel();
+                timer.as_mut().reset(Instant::now() + inner.config.shutdown_grace);
             }
             changed = progress.changed(), if progress_open && !pending => {
                 match changed {
@@ -207,14 +274,19 @@ async fn supervise(
     }
 }
 
-async fn end(inner: &Inner, claim: Claim, finish: Finish) {
+async fn end(inner: &Inner, claim: Claim, finish: Finish) -> Option<Operation> {
     match inner.store.finish(claim, finish).await {
-        Ok(op) => debug!(state = %op.state, "attempt ended"),
+        Ok(op) => {
+            debug!(state = %op.state, "attempt ended");
+            Some(op)
+        }
         Err(StoreError::Rejected(r)) => {
-            debug!(reason = %r, "result of a superseded attempt dropped")
+            debug!(reason = %r, "result of a superseded attempt dropped");
+            None
         }
         Err(e) => {
-            error!(error = %e, "could not store the result; the operation will be recovered on restart")
+            error!(error = %e, "could not store the result; the operation will be recovered on restart");
+            None
         }
     }
 }

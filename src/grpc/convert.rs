@@ -6,7 +6,9 @@ use prost::Name;
 use tonic::Status;
 
 use super::status::invalid_field;
-use crate::engine::{Operation, OperationId, Outcome, Payload, RequestId, State};
+use crate::engine::{
+    Operation, OperationError, OperationId, Outcome, Payload, RequestId, State,
+};
 use crate::pb::google::longrunning as lro;
 use crate::pb::google::rpc;
 use crate::pb::longrun::v1 as api;
@@ -66,6 +68,23 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         start_time: op.start_time.map(timestamp),
         update_time: Some(timestamp(op.update_time)),
         end_time: op.end_time.map(timestamp),
+        max_attempts: op.max_attempts as i32,
+        next_attempt_time: op.not_before.map(timestamp),
+        last_attempt_error: op.last_error.as_ref().map(status),
+    }
+}
+
+/// A google.rpc.Status with an ErrorInfo detail for an operation error.
+pub fn status(e: &OperationError) -> rpc::Status {
+    let info = rpc::ErrorInfo {
+        reason: e.reason.clone(),
+        domain: super::status::DOMAIN.to_owned(),
+        metadata: e.metadata.clone(),
+    };
+    rpc::Status {
+        code: e.code.as_i32(),
+        message: e.message.clone(),
+        details: vec![pack(&info)],
     }
 }
 
@@ -73,18 +92,7 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
 pub fn operation(op: &Operation) -> lro::Operation {
     let result = op.outcome.as_ref().map(|outcome| match outcome {
         Outcome::Response(payload) => lro::operation::Result::Response(to_any(payload)),
-        Outcome::Error(e) => {
-            let info = rpc::ErrorInfo {
-                reason: e.reason.clone(),
-                domain: super::status::DOMAIN.to_owned(),
-                metadata: e.metadata.clone().into_iter().collect(),
-            };
-            lro::operation::Result::Error(rpc::Status {
-                code: e.code.as_i32(),
-                message: e.message.clone(),
-                details: vec![pack(&info)],
-            })
-        }
+        Outcome::Error(e) => lro::operation::Result::Error(status(e)),
     });
     lro::Operation {
         name: op.id.name(),

@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::diagnostics::SleepTask;
-use crate::engine::Engine;
+use crate::engine::{Engine, SubmitOptions};
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::SleepRequest;
 use crate::pb::longrun::v1::diagnostics_server::Diagnostics;
@@ -26,8 +26,15 @@ impl DiagnosticsService {
 impl Diagnostics for DiagnosticsService {
     async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<Operation>, Status> {
         let req = request.into_inner();
-        let request_id = convert::request_id(&req.request_id)?;
-        let op = self.engine.submit::<SleepTask>(&req, request_id).await?;
+        let options = SubmitOptions {
+            request_id: convert::request_id(&req.request_id)?,
+            timeout: req
+                .timeout
+                .as_ref()
+                .map(|t| convert::duration("timeout", t))
+                .transpose()?,
+        };
+        let op = self.engine.submit::<SleepTask>(&req, options).await?;
         Ok(Response::new(convert::operation(&op)))
     }
 }

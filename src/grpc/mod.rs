@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod diagnostics;
+pub mod limits;
 pub mod operations;
 pub mod status;
 pub mod watcher;

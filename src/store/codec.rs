@@ -51,6 +51,14 @@ struct StoredOperation {
     request_digest: Vec<u8>,
     #[prost(uint64, tag = "18")]
     version: u64,
+    #[prost(uint64, tag = "19")]
+    timeout_us: u64,
+    #[prost(int64, optional, tag = "20")]
+    not_before_us: Option<i64>,
+    #[prost(message, optional, tag = "21")]
+    last_error: Option<StoredError>,
+    #[prost(uint32, tag = "22")]
+    max_attempts: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -107,15 +115,7 @@ pub(crate) fn encode(op: &Operation) -> Vec<u8> {
             }),
             None,
         ),
-        Some(Outcome::Error(e)) => (
-            None,
-            Some(StoredError {
-                code: e.code.as_i32(),
-                message: e.message.clone(),
-                reason: e.reason.clone(),
-                metadata: e.metadata.clone(),
-            }),
-        ),
+        Some(Outcome::Error(e)) => (None, Some(store_error(e))),
     };
     StoredOperation {
         id: op.id.as_bytes().to_vec(),
@@ -136,8 +136,30 @@ pub(crate) fn encode(op: &Operation) -> Vec<u8> {
         request_id: op.request_id.map(|r| r.as_bytes().to_vec()),
         request_digest: op.request_digest.to_vec(),
         version: op.version,
+        timeout_us: u64::try_from(op.timeout.as_micros()).unwrap_or(u64::MAX),
+        not_before_us: op.not_before.map(to_micros),
+        last_error: op.last_error.as_ref().map(store_error),
+        max_attempts: op.max_attempts,
     }
     .encode_to_vec()
+}
+
+fn store_error(e: &OperationError) -> StoredError {
+    StoredError {
+        code: e.code.as_i32(),
+        message: e.message.clone(),
+        reason: e.reason.clone(),
+        metadata: e.metadata.clone(),
+    }
+}
+
+fn load_error(e: StoredError) -> StoreResult<OperationError> {
+    Ok(OperationError {
+        code: Code::from_i32(e.code).ok_or_else(|| corrupt("unknown error code"))?,
+        message: e.message,
+        reason: e.reason,
+        metadata: e.metadata,
+    })
 }
 
 /// Decodes a stored operation, refusing anything inconsistent.
@@ -153,12 +175,7 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
             type_url: p.type_url,
             value: p.value,
         })),
-        (None, Some(e)) => Some(Outcome::Error(OperationError {
-            code: Code::from_i32(e.code).ok_or_else(|| corrupt("unknown error code"))?,
-            message: e.message,
-            reason: e.reason,
-            metadata: e.metadata,
-        })),
+        (None, Some(e)) => Some(Outcome::Error(load_error(e)?)),
         (Some(_), Some(_)) => return Err(corrupt("both response and error are set")),
     };
     if outcome.is_some() != state.is_terminal() {
@@ -192,5 +209,9 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
         },
         request_digest: digest,
         version: s.version,
+        timeout: Duration::from_micros(s.timeout_us),
+        not_before: s.not_before_us.map(from_micros),
+        last_error: s.last_error.map(load_error).transpose()?,
+        max_attempts: s.max_attempts,
     })
 }

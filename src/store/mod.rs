@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use crate::engine::OperationId;
 use crate::engine::filter::Filter;
-use crate::engine::operation::{Claim, Finish, Operation, Progress, Rejection};
+use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
 
 pub use self::sled::{SledStore, SyncMode};
 
@@ -147,8 +147,23 @@ pub trait Store: Send + Sync + 'static {
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
 
-    /// Puts back in the queue an attempt whose process died, durably.
-    async fn recover_orphan(&self, id: OperationId) -> StoreResult<Option<Operation>>;
+    /// Deals with an attempt whose process died, durably: back to the queue
+    /// or ended, as `retry` says (see [`Operation::recover_orphan`]).
+    async fn recover_orphan(
+        &self,
+        id: OperationId,
+        retry: OrphanRetry,
+    ) -> StoreResult<Option<Operation>>;
+
+    /// Up to `limit` done operations that ended before `ended_before`,
+    /// oldest first.
+    async fn expired(&self, ended_before: SystemTime, limit: usize)
+    -> StoreResult<Vec<Operation>>;
+
+    /// Deletes these done operations (and their request_ids) in one durable
+    /// batch; ids that are gone or not done are skipped. Returns how many
+    /// were deleted.
+    async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize>;
 
     /// Returns the named secret, creating it from `initial` on first use.
     /// Secrets are shared by every process that uses the same store.

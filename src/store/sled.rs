@@ -7,6 +7,8 @@
 //! - `active`: the ids of operations that are not done, so recovery reads
 //!   only those;
 //! - `request_ids`: idempotency key to operation id;
+//! - `expiry`: end time (microseconds, big-endian) and id of every done
+//!   operation, so the retention sweeper reads only what has expired;
 //! - `meta`: secrets and other small values.
 //!
 //! Every change runs in one sled transaction over the trees it touches, and
@@ -14,6 +16,7 @@
 //! writer that finished writing before it started.
 
 use std::path::Path;
+use std::time::SystemTime;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,7 +30,7 @@ use super::{
     Change, Created, Durability, ListPage, ListQuery, Store, StoreError, StoreResult, now,
 };
 use crate::engine::OperationId;
-use crate::engine::operation::{Claim, Finish, Operation, Progress, Rejection};
+use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
 
 /// How hard the store works to keep acknowledged writes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +79,7 @@ struct Inner {
     ops: Tree,
     active: Tree,
     request_ids: Tree,
+    expiry: Tree,
     meta: Tree,
     feed: broadcast::Sender<Change>,
     commit: GroupCommit,
@@ -97,6 +101,24 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => backend(e),
     }
+}
+
+/// A time as 8 big-endian bytes of microseconds, so byte order is time
+/// order.
+fn time_key(time: SystemTime) -> [u8; 8] {
+    let micros = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    micros.to_be_bytes()
+}
+
+/// The `expiry` key of a done operation: end time, then id.
+fn expiry_key(op: &Operation) -> Option<[u8; 24]> {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&time_key(op.end_time?));
+    key[8..].copy_from_slice(op.id.as_bytes());
+    Some(key)
 }
 
 fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
@@ -129,6 +151,7 @@ impl SledStore {
             ops: db.open_tree("ops").map_err(backend)?,
             active: db.open_tree("active").map_err(backend)?,
             request_ids: db.open_tree("request_ids").map_err(backend)?,
+            expiry: db.open_tree("expiry").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
             commit: GroupCommit::new(db.clone()),
             db,
@@ -159,8 +182,8 @@ impl SledStore {
         F: Fn(&Operation) -> Result<Option<Operation>, Rejection>,
     {
         let key = id.as_bytes();
-        (&self.inner.ops, &self.inner.active)
-            .transaction(|(ops, active)| {
+        (&self.inner.ops, &self.inner.active, &self.inner.expiry)
+            .transaction(|(ops, active, expiry)| {
                 let Some(current) = read_op(ops, key)? else {
                     return abort(StoreError::NotFound);
                 };
@@ -170,15 +193,49 @@ impl SledStore {
                     Ok(Some(next)) => {
                         ops.insert(key, encode(&next))?;
                         if current.is_done() != next.is_done() {
-                            if next.is_done() {
-                                active.remove(key)?;
-                            } else {
-                                active.insert(key, &[])?;
+                            active.remove(key)?;
+                            if let Some(end) = expiry_key(&next) {
+                                expiry.insert(&end, &[])?;
                             }
                         }
                         Ok((next, true))
                     }
                 }
+            })
+            .map_err(tx_error)
+    }
+
+    /// Removes done operations with their index entries in one
+    /// transaction. With `strict`, a missing or unfinished one fails the
+    /// whole call; otherwise it is skipped. Returns the ids removed.
+    fn remove_done(&self, ids: &[OperationId], strict: bool) -> StoreResult<Vec<OperationId>> {
+        let inner = &self.inner;
+        (&inner.ops, &inner.request_ids, &inner.expiry)
+            .transaction(|(ops, request_ids, expiry)| {
+                let mut removed = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let key = id.as_bytes();
+                    let op = match read_op(ops, key)? {
+                        Some(op) => op,
+                        None if strict => return abort(StoreError::NotFound),
+                        None => continue,
+                    };
+                    if let Err(rejection) = op.check_deletable() {
+                        if strict {
+                            return abort(StoreError::Rejected(rejection));
+                        }
+                        continue;
+                    }
+                    ops.remove(key)?;
+                    if let Some(request_id) = op.request_id {
+                        request_ids.remove(request_id.as_bytes())?;
+                    }
+                    if let Some(end) = expiry_key(&op) {
+                        expiry.remove(&end)?;
+                    }
+                    removed.push(*id);
+                }
+                Ok(removed)
             })
             .map_err(tx_error)
     }
@@ -312,26 +369,42 @@ impl Store for SledStore {
     }
 
     async fn delete(&self, id: OperationId) -> StoreResult<()> {
-        let key = id.as_bytes();
-        let inner = &self.inner;
-        (&inner.ops, &inner.request_ids)
-            .transaction(|(ops, request_ids)| {
-                let Some(op) = read_op(ops, key)? else {
-                    return abort(StoreError::NotFound);
-                };
-                if let Err(rejection) = op.check_deletable() {
-                    return abort(StoreError::Rejected(rejection));
-                }
-                ops.remove(key)?;
-                if let Some(request_id) = op.request_id {
-                    request_ids.remove(request_id.as_bytes())?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)?;
+        let found = self.remove_done(&[id], true)?;
+        debug_assert_eq!(found.len(), 1);
         self.persist(Durability::Durable).await?;
         self.announce(Change::Deleted(id));
         Ok(())
+    }
+
+    async fn expired(
+        &self,
+        ended_before: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Operation>> {
+        let mut out = Vec::new();
+        for entry in self.inner.expiry.range(..time_key(ended_before)).take(limit) {
+            let (key, _) = entry.map_err(backend)?;
+            let id: [u8; 16] = key[8..].try_into().map_err(|_| StoreError::Corrupt("expiry key".into()))?;
+            match self.inner.ops.get(id).map_err(backend)? {
+                Some(bytes) => out.push(decode(&bytes)?),
+                // The record is gone; drop the dangling index entry.
+                None => {
+                    self.inner.expiry.remove(&key).map_err(backend)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize> {
+        let removed = self.remove_done(ids, false)?;
+        if !removed.is_empty() {
+            self.persist(Durability::Durable).await?;
+            for id in &removed {
+                self.announce(Change::Deleted(*id));
+            }
+        }
+        Ok(removed.len())
     }
 
     async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
@@ -345,10 +418,16 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    async fn recover_orphan(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+    async fn recover_orphan(
+        &self,
+        id: OperationId,
+        retry: OrphanRetry,
+    ) -> StoreResult<Option<Operation>> {
         let time = now();
         match self
-            .modify_and_announce(id, Durability::Durable, |op| Ok(op.recover_orphan(time)))
+            .modify_and_announce(id, Durability::Durable, |op| {
+                Ok(op.recover_orphan(retry.clone(), time))
+            })
             .await
         {
             Ok(op) => Ok(Some(op)),

@@ -178,8 +178,7 @@ pub fn sleep(duration: Duration, steps: i32) -> SleepRequest {
             nanos: duration.subsec_nanos() as i32,
         }),
         steps,
-        fail_code: 0,
-        request_id: String::new(),
+        ..Default::default()
     }
 }
 
