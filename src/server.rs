@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -166,7 +166,8 @@ impl Server {
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {
-            names.push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
+            names
+                .push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
             routes.add_service(
                 DiagnosticsServer::new(DiagnosticsService::new(engine.clone()))
                     .max_decoding_message_size(max),
@@ -191,6 +192,8 @@ impl Server {
             .add_service(reflection_v1alpha);
 
         let local = listener.local_addr().ok();
+        // Small gRPC frames must not wait for delayed ACKs (Nagle).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = CancellationToken::new();
         let serving = {
             let stop = stop.clone();
@@ -201,7 +204,7 @@ impl Server {
                     crate::grpc::limits::explain_limit_errors,
                 ))
                 .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     stop.cancelled().await
                 })
         };

@@ -82,7 +82,11 @@ async fn a_custom_kind_runs_and_reports_through_operations() {
         text: "hello".into(),
         panic: false,
     };
-    let op = server.engine.submit::<Echo>(&request, Default::default()).await.unwrap();
+    let op = server
+        .engine
+        .submit::<Echo>(&request, Default::default())
+        .await
+        .unwrap();
     let done = wait_done(&server, &op.id.name()).await;
     assert_eq!(meta(&done).kind, "test.v1.Echo");
     assert_eq!(state(&done), State::Succeeded);
@@ -117,7 +121,11 @@ async fn validation_errors_and_task_errors_and_panics_are_reported() {
         text: "fail".into(),
         panic: false,
     };
-    let op = server.engine.submit::<Echo>(&failing, Default::default()).await.unwrap();
+    let op = server
+        .engine
+        .submit::<Echo>(&failing, Default::default())
+        .await
+        .unwrap();
     let done = wait_done(&server, &op.id.name()).await;
     assert_eq!(state(&done), State::Failed);
     assert_eq!(op_error(&done).code, Code::DataLoss.as_i32());

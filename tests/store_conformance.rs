@@ -438,6 +438,33 @@ macro_rules! conformance {
     };
 }
 
+/// Concurrent durable writers share flushes instead of paying one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_group_commit_shares_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled =
+        longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always).unwrap();
+    let store: DynStore = Arc::new(sled.clone());
+    let before = sled.flushes();
+    let writers = 200;
+    let mut joins = Vec::new();
+    for i in 0..writers {
+        let store = Arc::clone(&store);
+        joins.push(tokio::spawn(async move {
+            created(&store, new_op("k", None, i as u8)).await;
+        }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let flushes = sled.flushes() - before;
+    assert!(flushes >= 1);
+    assert!(
+        flushes < writers / 2,
+        "{flushes} flushes for {writers} concurrent creates"
+    );
+}
+
 conformance!(sled, |dir: &Path| -> DynStore {
     Arc::new(
         longrun::store::SledStore::open(dir, longrun::store::SyncMode::Always).expect("open sled"),

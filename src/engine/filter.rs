@@ -372,7 +372,14 @@ mod tests {
     use std::time::Duration;
 
     fn op(state: State, kind: &str, created: SystemTime) -> Operation {
-        let mut op = Operation::new(kind, Payload::default(), None, [0; 32], Default::default(), created);
+        let mut op = Operation::new(
+            kind,
+            Payload::default(),
+            None,
+            [0; 32],
+            Default::default(),
+            created,
+        );
         op.state = state;
         op
     }

@@ -214,7 +214,9 @@ impl Engine {
         });
         inner.tracker.spawn(sweep(Arc::clone(inner)));
         for n in 0..inner.config.workers.max(1) {
-            inner.tracker.spawn(worker::run_worker(Arc::clone(inner), n));
+            inner
+                .tracker
+                .spawn(worker::run_worker(Arc::clone(inner), n));
         }
         Ok(())
     }

@@ -74,7 +74,10 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
             let error = OperationError::new(
                 Code::Unimplemented,
                 "KIND_NOT_REGISTERED",
-                format!("no handler for kind {:?} is registered on this server", op.kind),
+                format!(
+                    "no handler for kind {:?} is registered on this server",
+                    op.kind
+                ),
             );
             end(inner, claim, done(Outcome::Error(error), None)).await;
             return;

@@ -6,9 +6,7 @@ use prost::Name;
 use tonic::Status;
 
 use super::status::invalid_field;
-use crate::engine::{
-    Operation, OperationError, OperationId, Outcome, Payload, RequestId, State,
-};
+use crate::engine::{Operation, OperationError, OperationId, Outcome, Payload, RequestId, State};
 use crate::pb::google::longrunning as lro;
 use crate::pb::google::rpc;
 use crate::pb::longrun::v1 as api;

@@ -157,8 +157,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` done operations that ended before `ended_before`,
     /// oldest first.
-    async fn expired(&self, ended_before: SystemTime, limit: usize)
-    -> StoreResult<Vec<Operation>>;
+    async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>>;
 
     /// Deletes these done operations (and their request_ids) in one durable
     /// batch; ids that are gone or not done are skipped. Returns how many

@@ -16,9 +16,9 @@
 //! writer that finished writing before it started.
 
 use std::path::Path;
-use std::time::SystemTime;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -161,6 +161,11 @@ impl SledStore {
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// How many flushes group commit has made so far.
+    pub fn flushes(&self) -> u64 {
+        self.inner.commit.flushes.load(Ordering::Relaxed)
     }
 
     async fn persist(&self, durability: Durability) -> StoreResult<()> {
@@ -376,15 +381,18 @@ impl Store for SledStore {
         Ok(())
     }
 
-    async fn expired(
-        &self,
-        ended_before: SystemTime,
-        limit: usize,
-    ) -> StoreResult<Vec<Operation>> {
+    async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
         let mut out = Vec::new();
-        for entry in self.inner.expiry.range(..time_key(ended_before)).take(limit) {
+        for entry in self
+            .inner
+            .expiry
+            .range(..time_key(ended_before))
+            .take(limit)
+        {
             let (key, _) = entry.map_err(backend)?;
-            let id: [u8; 16] = key[8..].try_into().map_err(|_| StoreError::Corrupt("expiry key".into()))?;
+            let id: [u8; 16] = key[8..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("expiry key".into()))?;
             match self.inner.ops.get(id).map_err(backend)? {
                 Some(bytes) => out.push(decode(&bytes)?),
                 // The record is gone; drop the dangling index entry.
@@ -480,6 +488,7 @@ impl Drop for Inner {
 struct GroupCommit {
     db: sled::Db,
     issued: AtomicU64,
+    flushes: AtomicU64,
     flushed: watch::Sender<u64>,
     running: tokio::sync::Mutex<()>,
 }
@@ -489,6 +498,7 @@ impl GroupCommit {
         Self {
             db,
             issued: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             flushed: watch::channel(0).0,
             running: tokio::sync::Mutex::new(()),
         }
@@ -507,6 +517,7 @@ impl GroupCommit {
                 }
                 let covers = self.issued.load(Ordering::SeqCst);
                 let db = self.db.clone();
+                self.flushes.fetch_add(1, Ordering::Relaxed);
                 let result = tokio::task::spawn_blocking(move || db.flush())
                     .await
                     .map_err(backend)
