@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::info;
 
@@ -204,9 +204,7 @@ impl Server {
                     crate::grpc::limits::explain_limit_errors,
                 ))
                 .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(incoming, async move {
-                    stop.cancelled().await
-                })
+                .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
         };
         let serving = tokio::spawn(serving);
 

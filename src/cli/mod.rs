@@ -1,6 +1,7 @@
 //! The `longrun` command line: `serve` runs the server; the other commands
 //! are gRPC clients of a running one.
 
+mod bench;
 mod client;
 mod ops;
 mod output;
@@ -31,6 +32,9 @@ pub enum Command {
     Ops(ops::OpsCommand),
     /// Start a Diagnostics.Sleep operation, e.g. `longrun sleep 5s --watch`.
     Sleep(sleep::SleepArgs),
+    /// Measure a server under load (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Options every client command takes.
@@ -61,6 +65,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Ops(cmd) => ops::run(cmd).await,
         Command::Sleep(args) => sleep::run(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
