@@ -511,7 +511,7 @@ impl GroupCommit {
             if *flushed.borrow_and_update() >= ticket {
                 return Ok(());
             }
-            if let Ok(_guard) = self.running.try_lock() {
+            if let Ok(guard) = self.running.try_lock() {
                 if *self.flushed.borrow() >= ticket {
                     return Ok(());
                 }
@@ -522,6 +522,10 @@ impl GroupCommit {
                     .await
                     .map_err(backend)
                     .and_then(|r| r.map_err(backend));
+                // Release the turn before waking the queue: a woken writer
+                // whose ticket this flush did not cover must find the turn
+                // free, or it would wait for a flush nobody starts.
+                drop(guard);
                 // Always wake the queue, so that on failure the next writer
                 // takes its own turn at flushing.
                 self.flushed.send_modify(|done| {

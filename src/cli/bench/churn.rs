@@ -48,7 +48,7 @@ pub(super) async fn run(
                 // Claim a slot first so the total stays exactly `count`.
                 if created.fetch_add(1, Ordering::SeqCst) >= count {
                     created.fetch_sub(1, Ordering::SeqCst);
-                    return;
+                    return Instant::now();
                 }
                 // A well-behaved client: when the queue is full, wait as
                 // the server's RetryInfo says and try again.
@@ -98,7 +98,11 @@ pub(super) async fn run(
             );
         }
         if done_at.is_none() && clients.iter().all(|c| c.is_finished()) {
-            done_at = Some(Instant::now());
+            let mut last = started;
+            for client in clients.drain(..) {
+                last = last.max(client.await?);
+            }
+            done_at = Some(last);
         }
         if done_at.is_some_and(|at| at.elapsed() >= tail) {
             break;
