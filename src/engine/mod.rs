@@ -408,6 +408,9 @@ impl Engine {
         // The change feed tells the worker too (on every node); doing it here
         // as well saves a hop on this one.
         self.inner.deliver_cancellation(&op);
+        if op.state == State::Cancelled {
+            self.inner.queue.remove(id);
+        }
         Ok(op)
     }
 

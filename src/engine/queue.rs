@@ -66,6 +66,20 @@ impl Queue {
         self.push_admitted(id);
     }
 
+    /// Takes a cancelled operation out of line, so it stops holding a
+    /// place. Returns whether it was waiting.
+    pub(crate) fn remove(&self, id: OperationId) -> bool {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        match items.iter().position(|queued| *queued == id) {
+            Some(at) => {
+                items.remove(at);
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Waits for the next id.
     pub(crate) async fn pop(&self) -> OperationId {
         loop {
