@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/longrun/v1/metadata.proto",
     "proto/longrun/v1/watch.proto",
     "proto/longrun/v1/diagnostics.proto",
+    "proto/longrun/v1/reports.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,6 +14,8 @@
 //!   engine. Only this module (and [`server`], which wires it) knows tonic.
 //! - [`server`]: assembles store, engine, services, health and reflection.
 //! - [`diagnostics`]: the Sleep kind.
+//! - [`reports`]: the report service's domain: order imports and monthly
+//!   reports, as two kinds.
 //! - [`cli`]: the `longrun` command line.
 //! - [`pb`]: generated protobuf code.
 
@@ -22,6 +24,7 @@ pub mod diagnostics;
 pub mod engine;
 pub mod grpc;
 pub mod pb;
+pub mod reports;
 pub mod server;
 pub mod store;
 

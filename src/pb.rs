@@ -27,6 +27,24 @@ pub mod longrun {
     }
 }
 
+/// A protobuf Timestamp for a system time.
+pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
+    let (seconds, nanos) = match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i32),
+        Err(e) => {
+            let d = e.duration();
+            let mut seconds = -(d.as_secs() as i64);
+            let mut nanos = -(d.subsec_nanos() as i32);
+            if nanos < 0 {
+                seconds -= 1;
+                nanos += 1_000_000_000;
+            }
+            (seconds, nanos)
+        }
+    };
+    prost_types::Timestamp { seconds, nanos }
+}
+
 /// Every proto file of the API and its imports, encoded as a
 /// google.protobuf.FileDescriptorSet.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

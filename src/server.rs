@@ -18,12 +18,14 @@ use tracing::info;
 
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
-use crate::grpc::{DiagnosticsService, OperationsService, WatcherService};
+use crate::grpc::{DiagnosticsService, OperationsService, ReportsService, WatcherService};
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
 use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
-use crate::store::{Backend, DynStore, SledStore, StoreError, SyncMode};
+use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
+use crate::reports::Reports;
+use crate::store::{Backend, DynOrderStore, DynStore, SledStore, StoreError, SyncMode};
 
 /// Everything a server needs to know.
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct ServerConfig {
     pub max_wait: Duration,
     /// The largest request message accepted, in bytes.
     pub max_message_size: usize,
+    /// The largest CSV upload accepted by ImportOrders, in bytes.
+    pub max_upload_size: u64,
     /// The most calls one connection may have in progress; beyond it, calls
     /// are shed at once with RESOURCE_EXHAUSTED rather than queued.
     pub max_calls_per_connection: usize,
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             sleep_policy: SleepTask.policy(),
             max_wait: Duration::from_secs(600),
             max_message_size: 4 * 1024 * 1024,
+            max_upload_size: crate::reports::DEFAULT_MAX_UPLOAD,
             max_calls_per_connection: 1024,
         }
     }
@@ -87,6 +92,7 @@ pub enum ServerError {
 /// with [`Server::routes`] before [`Server::serve`].
 pub struct Server {
     engine: Engine,
+    reports: Reports,
     config: ServerConfig,
     routes: RoutesBuilder,
     descriptors: Vec<&'static [u8]>,
@@ -96,20 +102,32 @@ impl Server {
     /// Opens the store and the engine. The built-in kinds are added to
     /// `registry`.
     pub async fn open(config: ServerConfig, mut registry: Registry) -> Result<Self, ServerError> {
-        let store: DynStore = match config.backend {
-            Backend::Sled => Arc::new(SledStore::open(&config.data_dir, config.sync).map_err(
-                |source| ServerError::Store {
-                    path: config.data_dir.display().to_string(),
-                    source,
-                },
-            )?),
+        let (store, orders): (DynStore, DynOrderStore) = match config.backend {
+            Backend::Sled => {
+                let sled = Arc::new(SledStore::open(&config.data_dir, config.sync).map_err(
+                    |source| ServerError::Store {
+                        path: config.data_dir.display().to_string(),
+                        source,
+                    },
+                )?);
+                (sled.clone(), sled)
+            }
         };
+        let reports =
+            Reports::open(&config.data_dir, orders, config.max_upload_size).map_err(|e| {
+                ServerError::Store {
+                    path: config.data_dir.display().to_string(),
+                    source: StoreError::Backend(e.to_string()),
+                }
+            })?;
+        reports.register(&mut registry);
         if config.diagnostics {
             registry.register_with(SleepTask, config.sleep_policy.clone());
         }
         let engine = Engine::open(store, registry, config.engine.clone()).await?;
         Ok(Self {
             engine,
+            reports,
             config,
             routes: RoutesBuilder::default(),
             descriptors: vec![
@@ -145,6 +163,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let Server {
             engine,
+            reports,
             config,
             mut routes,
             descriptors,
@@ -154,6 +173,7 @@ impl Server {
             "",
             <OperationsServer<OperationsService> as tonic::server::NamedService>::NAME,
             <OperationWatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
+            <ReportServiceServer<ReportsService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -163,6 +183,10 @@ impl Server {
             )
             .add_service(
                 OperationWatcherServer::new(WatcherService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                ReportServiceServer::new(ReportsService::new(engine.clone(), reports))
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {

@@ -8,6 +8,7 @@ use tonic_types::StatusExt;
 use crate::pb::google::longrunning::operations_client::OperationsClient;
 use crate::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use crate::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use crate::pb::longrun::v1::report_service_client::ReportServiceClient;
 
 use super::ClientArgs;
 
@@ -16,6 +17,7 @@ pub struct Clients {
     pub operations: OperationsClient<Channel>,
     pub watcher: OperationWatcherClient<Channel>,
     pub diagnostics: DiagnosticsClient<Channel>,
+    pub reports: ReportServiceClient<Channel>,
 }
 
 /// Connects to `--server`. A bare host:port means plain-text HTTP/2.
@@ -27,13 +29,15 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
     };
     let channel = Endpoint::from_shared(address.clone())
         .with_context(|| format!("{address:?} is not a valid server address"))?
+        .tcp_nodelay(true)
         .connect()
         .await
         .with_context(|| format!("could not connect to {address}"))?;
     Ok(Clients {
         operations: OperationsClient::new(channel.clone()),
         watcher: OperationWatcherClient::new(channel.clone()),
-        diagnostics: DiagnosticsClient::new(channel),
+        diagnostics: DiagnosticsClient::new(channel.clone()),
+        reports: ReportServiceClient::new(channel),
     })
 }
 

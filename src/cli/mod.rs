@@ -4,7 +4,9 @@
 mod bench;
 mod client;
 mod ops;
+mod orders;
 mod output;
+mod report;
 mod serve;
 mod sleep;
 
@@ -32,6 +34,12 @@ pub enum Command {
     Ops(ops::OpsCommand),
     /// Start a Diagnostics.Sleep operation, e.g. `longrun sleep 5s --watch`.
     Sleep(sleep::SleepArgs),
+    /// Generate and import order files.
+    #[command(subcommand)]
+    Orders(orders::OrdersCommand),
+    /// Create and download monthly reports.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Measure a server under load (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +73,8 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Ops(cmd) => ops::run(cmd).await,
         Command::Sleep(args) => sleep::run(args).await,
+        Command::Orders(cmd) => orders::run(cmd).await,
+        Command::Report(cmd) => report::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await.map(|()| ExitCode::SUCCESS),
     };
     match result {

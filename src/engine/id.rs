@@ -32,27 +32,39 @@ impl OperationId {
         self.0.as_bytes()
     }
 
-    /// The resource name, `operations/{id}`.
-    pub fn name(&self) -> String {
-        format!("{OPERATIONS_COLLECTION}/{}", self.0)
+    /// The bare UUID, as a string.
+    pub fn uuid(&self) -> String {
+        self.0.to_string()
     }
 
-    /// Parses a resource name of the form `operations/{uuid}`.
-    pub fn parse_name(name: &str) -> Result<Self, NameError> {
+    /// Parses a name of the form `{collection}/{uuid}`, such as
+    /// `reports/{uuid}` for resources named after their operation.
+    pub fn parse_in(collection: &str, name: &str) -> Result<Self, NameError> {
         if name.is_empty() {
             return Err(NameError::Empty);
         }
-        let Some(id) = name.strip_prefix("operations/") else {
-            return Err(NameError::Malformed);
-        };
-        // Only the canonical hyphenated form is accepted, so that each
-        // operation has exactly one name.
+        let id = name
+            .strip_prefix(collection)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .ok_or(NameError::Malformed)?;
         if id.len() != 36 {
             return Err(NameError::Malformed);
         }
         Uuid::parse_str(id)
             .map(Self)
             .map_err(|_| NameError::Malformed)
+    }
+
+    /// The resource name, `operations/{id}`.
+    pub fn name(&self) -> String {
+        format!("{OPERATIONS_COLLECTION}/{}", self.0)
+    }
+
+    /// Parses a resource name of the form `operations/{uuid}`.
+    /// Only the canonical hyphenated UUID is accepted, so that each
+    /// operation has exactly one name.
+    pub fn parse_name(name: &str) -> Result<Self, NameError> {
+        Self::parse_in(OPERATIONS_COLLECTION, name)
     }
 }
 
@@ -74,8 +86,10 @@ pub enum NameError {
     /// The name was left empty.
     #[error("name is required")]
     Empty,
-    /// The name is not `operations/` followed by a UUID.
-    #[error("name must have the form operations/{{uuid}}")]
+    /// The name is not the collection, a slash and a canonical UUID.
+    #[error(
+        "name must have the form {{collection}}/{{uuid}}, such as operations/0190b2d4-7d7c-7f7e-8000-000000000000"
+    )]
     Malformed,
 }
 

@@ -84,6 +84,10 @@ pub struct SubmitOptions {
     pub request_id: Option<RequestId>,
     /// A shorter execution timeout per attempt than the kind's default.
     pub timeout: Option<Duration>,
+    /// What identifies the request for idempotency checks, when the encoded
+    /// request does not (an upload stored under a fresh name, say). By
+    /// default the encoded request itself is used.
+    pub fingerprint: Option<[u8; 32]>,
 }
 
 /// How many expired operations the sweeper deletes in one batch.
@@ -126,6 +130,13 @@ impl Inner {
         // Each critical section is one insert, remove or lookup, so a
         // poisoned lock holds consistent data.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes what a done operation left outside the store.
+    async fn expire_artifacts(&self, op: &Operation) {
+        if let Some(kind) = self.registry.get(&op.kind) {
+            kind.task.expire(op.id, op.request.clone()).await;
+        }
     }
 
     /// Puts a queued operation in line: now, or when its backoff ends.
@@ -289,7 +300,16 @@ impl Engine {
             Some(t) => t.min(registered.policy.timeout),
             None => registered.policy.timeout,
         };
-        let digest = request_digest(kind, &request);
+        let digest = match options.fingerprint {
+            Some(fingerprint) => request_digest(
+                kind,
+                &Payload {
+                    type_url: request.type_url.clone(),
+                    value: fingerprint.to_vec().into(),
+                },
+            ),
+            None => request_digest(kind, &request),
+        };
         if inner.queue.admit().is_err() {
             return Err(EngineError::ResourceExhausted {
                 reason: "QUEUE_FULL",
@@ -414,8 +434,13 @@ impl Engine {
         Ok(op)
     }
 
-    /// Deletes a finished operation.
+    /// Deletes a finished operation, with whatever it left outside the
+    /// store.
     pub async fn delete(&self, id: OperationId) -> Result<(), EngineError> {
+        let op = self.get(id).await?;
+        op.check_deletable()
+            .map_err(|e| EngineError::from_store(id.name(), e.into()))?;
+        self.inner.expire_artifacts(&op).await;
         self.inner
             .store
             .delete(id)
@@ -512,6 +537,9 @@ async fn sweep(inner: Arc<Inner>) {
                     break;
                 }
             };
+            for op in &batch {
+                inner.expire_artifacts(op).await;
+            }
             let ids: Vec<OperationId> = batch.iter().map(|op| op.id).collect();
             match inner.store.purge(&ids).await {
                 Ok(purged) => debug!(purged, "expired operations deleted"),

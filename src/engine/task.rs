@@ -48,6 +48,13 @@ pub trait Task: Send + Sync + 'static {
         ctx: TaskContext,
         request: Self::Request,
     ) -> impl Future<Output = Result<Self::Response, TaskError>> + Send;
+
+    /// Removes whatever the operation left outside the store (files, say)
+    /// when it expires or is deleted. Called before the record goes, and
+    /// possibly more than once, so it must tolerate finding nothing.
+    fn expire(&self, _id: OperationId, _request: Self::Request) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Per-kind settings.
@@ -233,11 +240,13 @@ impl TaskContext {
 }
 
 pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Result<Payload, TaskError>> + Send>>;
+pub(crate) type ExpireFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A task with its types erased, as the registry holds it.
 pub(crate) trait ErasedTask: Send + Sync {
     fn validate(&self, request: &Payload) -> Result<(), EngineError>;
     fn run(&self, ctx: TaskContext, request: Payload) -> TaskFuture;
+    fn expire(&self, id: OperationId, request: Payload) -> ExpireFuture;
 }
 
 struct Erased<T>(Arc<T>);
@@ -262,6 +271,18 @@ impl<T: Task> ErasedTask for Erased<T> {
                 .map_err(|e| TaskError::new(Code::Internal, "REQUEST_UNREADABLE", e.to_string()))?;
             let response = task.run(ctx, request).await?;
             Ok(Payload::pack(&response))
+        })
+    }
+
+    fn expire(&self, id: OperationId, request: Payload) -> ExpireFuture {
+        let task = Arc::clone(&self.0);
+        Box::pin(async move {
+            match request.unpack::<T::Request>() {
+                Ok(request) => task.expire(id, request).await,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "cannot read the request of an expiring operation")
+                }
+            }
         })
     }
 }

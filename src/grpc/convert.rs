@@ -1,6 +1,6 @@
 //! Conversions between engine types and the generated protobuf types.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Name;
 use tonic::Status;
@@ -23,23 +23,7 @@ fn pack<M: Name>(message: &M) -> prost_types::Any {
     to_any(&Payload::pack(message))
 }
 
-/// A protobuf Timestamp for a system time.
-pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
-    let (seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i32),
-        Err(e) => {
-            let d = e.duration();
-            let mut seconds = -(d.as_secs() as i64);
-            let mut nanos = -(d.subsec_nanos() as i32);
-            if nanos < 0 {
-                seconds -= 1;
-                nanos += 1_000_000_000;
-            }
-            (seconds, nanos)
-        }
-    };
-    prost_types::Timestamp { seconds, nanos }
-}
+pub use crate::pb::timestamp;
 
 /// The public enum value of a state.
 pub fn state(state: State) -> api::State {

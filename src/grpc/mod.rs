@@ -6,9 +6,11 @@ pub mod convert;
 pub mod diagnostics;
 pub mod limits;
 pub mod operations;
+pub mod reports;
 pub mod status;
 pub mod watcher;
 
 pub use self::diagnostics::DiagnosticsService;
 pub use self::operations::OperationsService;
+pub use self::reports::ReportsService;
 pub use self::watcher::WatcherService;

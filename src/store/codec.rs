@@ -12,6 +12,7 @@ use prost::Message;
 use super::{StoreError, StoreResult};
 use crate::engine::operation::{Code, Operation, OperationError, Outcome, Payload, State};
 use crate::engine::{OperationId, RequestId};
+use crate::reports::order::{Order, OrderStatus};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct StoredOperation {
@@ -79,6 +80,47 @@ struct StoredError {
     reason: String,
     #[prost(btree_map = "string, string", tag = "4")]
     metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredOrder {
+    #[prost(string, tag = "1")]
+    order_id: String,
+    #[prost(int64, tag = "2")]
+    created_at_us: i64,
+    #[prost(string, tag = "3")]
+    customer_id: String,
+    #[prost(uint32, tag = "4")]
+    status: u32,
+    #[prost(int64, tag = "5")]
+    amount_cents: i64,
+}
+
+/// Encodes an order for storage.
+pub(crate) fn encode_order(order: &Order) -> Vec<u8> {
+    StoredOrder {
+        order_id: order.order_id.clone(),
+        created_at_us: order.created_at,
+        customer_id: order.customer_id.clone(),
+        status: u32::from(order.status.as_u8()),
+        amount_cents: order.amount_cents,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a stored order.
+pub(crate) fn decode_order(bytes: &[u8]) -> StoreResult<Order> {
+    let s = StoredOrder::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Order {
+        order_id: s.order_id,
+        created_at: s.created_at_us,
+        customer_id: s.customer_id,
+        status: u8::try_from(s.status)
+            .ok()
+            .and_then(OrderStatus::from_u8)
+            .ok_or_else(|| corrupt("unknown order status"))?,
+        amount_cents: s.amount_cents,
+    })
 }
 
 fn to_micros(time: SystemTime) -> i64 {

@@ -19,8 +19,12 @@ use tokio::sync::broadcast;
 use crate::engine::OperationId;
 use crate::engine::filter::Filter;
 use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
+use crate::reports::order::{Month, Order};
 
 pub use self::sled::{SledStore, SyncMode};
+
+/// A shared handle on an order store.
+pub type DynOrderStore = Arc<dyn OrderStore>;
 
 /// A shared handle on a backend.
 pub type DynStore = Arc<dyn Store>;
@@ -173,6 +177,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Subscribes to the change feed.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+}
+
+/// Where a month listing continues: an opaque position in the month.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderCursor(pub(crate) Vec<u8>);
+
+/// Storage for the orders that reports are made from.
+///
+/// Orders are kept in month order, then `created_at`, then `order_id`, so
+/// that one month is one contiguous range and a report never reads the rest.
+#[async_trait]
+pub trait OrderStore: Send + Sync + 'static {
+    /// Inserts orders, replacing any stored order with the same order_id
+    /// (wherever its month), and keeps per-month counts in step. The batch
+    /// is applied atomically; it is made durable by the next flush.
+    async fn put_orders(&self, orders: Vec<Order>) -> StoreResult<()>;
+
+    /// How many orders `month` has.
+    async fn month_count(&self, month: Month) -> StoreResult<u64>;
+
+    /// Up to `limit` orders of `month` after `after`, in order; the cursor
+    /// continues the listing and is None at the end.
+    async fn month_page(
+        &self,
+        month: Month,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)>;
 }
 
 /// Which backend to open, as named on the command line.

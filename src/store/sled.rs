@@ -9,7 +9,8 @@
 //! - `request_ids`: idempotency key to operation id;
 //! - `expiry`: end time (microseconds, big-endian) and id of every done
 //!   operation, so the retention sweeper reads only what has expired;
-//! - `meta`: secrets and other small values.
+//! - `meta`: secrets and other small values;
+//! - `orders`: the orders reports are made from (see `order_keys`).
 //!
 //! Every change runs in one sled transaction over the trees it touches, and
 //! durable changes then wait for a group commit: one `flush` covers every
@@ -27,10 +28,12 @@ use tokio::sync::{broadcast, watch};
 
 use super::codec::{decode, encode};
 use super::{
-    Change, Created, Durability, ListPage, ListQuery, Store, StoreError, StoreResult, now,
+    Change, Created, Durability, ListPage, ListQuery, OrderCursor, OrderStore, Store, StoreError,
+    StoreResult, now,
 };
 use crate::engine::OperationId;
 use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
+use crate::reports::order::{Month, Order};
 
 /// How hard the store works to keep acknowledged writes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +84,8 @@ struct Inner {
     request_ids: Tree,
     expiry: Tree,
     meta: Tree,
+    orders: Tree,
+    orders_writer: std::sync::Mutex<()>,
     feed: broadcast::Sender<Change>,
     commit: GroupCommit,
     mode: SyncMode,
@@ -153,6 +158,8 @@ impl SledStore {
             request_ids: db.open_tree("request_ids").map_err(backend)?,
             expiry: db.open_tree("expiry").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
+            orders: db.open_tree("orders").map_err(backend)?,
+            orders_writer: std::sync::Mutex::new(()),
             commit: GroupCommit::new(db.clone()),
             db,
             feed,
@@ -540,5 +547,168 @@ impl GroupCommit {
                 return Err(StoreError::Backend("store closed".into()));
             }
         }
+    }
+}
+
+/// Keys of the `orders` tree. Three kinds share it, so that one sled batch
+/// updates them together:
+/// - `m` month(6) created_at(8) order_id: the order;
+/// - `i` order_id: the `m` key the order is stored under;
+/// - `c` month(6): how many orders the month has (u64, big-endian).
+mod order_keys {
+    use crate::reports::order::{Month, Order};
+
+    pub(super) fn order(order: &Order) -> Vec<u8> {
+        let mut key = Vec::with_capacity(15 + order.order_id.len());
+        key.push(b'm');
+        key.extend_from_slice(&order.month().key());
+        // Flipping the sign bit makes signed times sort as unsigned bytes.
+        key.extend_from_slice(&((order.created_at as u64) ^ (1 << 63)).to_be_bytes());
+        key.extend_from_slice(order.order_id.as_bytes());
+        key
+    }
+
+    pub(super) fn month_start(month: Month) -> Vec<u8> {
+        let mut key = vec![b'm'];
+        key.extend_from_slice(&month.key());
+        key
+    }
+
+    pub(super) fn by_id(order_id: &str) -> Vec<u8> {
+        let mut key = vec![b'i'];
+        key.extend_from_slice(order_id.as_bytes());
+        key
+    }
+
+    pub(super) fn count(month_key: &[u8]) -> Vec<u8> {
+        let mut key = vec![b'c'];
+        key.extend_from_slice(month_key);
+        key
+    }
+
+    /// The month part of an `m` key.
+    pub(super) fn month_of(order_key: &[u8]) -> &[u8] {
+        &order_key[1..7]
+    }
+}
+
+impl SledStore {
+    fn orders_tree(&self) -> &Tree {
+        &self.inner.orders
+    }
+
+    fn put_orders_blocking(&self, orders: Vec<Order>) -> StoreResult<()> {
+        use std::collections::HashMap;
+        let tree = self.orders_tree();
+        // One writer at a time: replacing an order reads where it was
+        // stored, and two batches must not both move the same order.
+        let _turn = self
+            .inner
+            .orders_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut placed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+        for order in &orders {
+            let key = order_keys::order(order);
+            let id_key = order_keys::by_id(&order.order_id);
+            let previous = match placed.get(&id_key) {
+                Some(k) => Some(k.clone()),
+                None => tree.get(&id_key).map_err(backend)?.map(|v| v.to_vec()),
+            };
+            match previous {
+                Some(old) if old == key => {}
+                Some(old) => {
+                    batch.remove(old.as_slice());
+                    *deltas
+                        .entry(order_keys::month_of(&old).to_vec())
+                        .or_default() -= 1;
+                    *deltas
+                        .entry(order_keys::month_of(&key).to_vec())
+                        .or_default() += 1;
+                }
+                None => {
+                    *deltas
+                        .entry(order_keys::month_of(&key).to_vec())
+                        .or_default() += 1
+                }
+            }
+            batch.insert(key.as_slice(), crate::store::codec::encode_order(order));
+            batch.insert(id_key.as_slice(), key.as_slice());
+            placed.insert(id_key, key);
+        }
+        for (month, delta) in deltas {
+            let count_key = order_keys::count(&month);
+            let current = match tree.get(&count_key).map_err(backend)? {
+                Some(v) => u64::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("month count".into()))?,
+                ),
+                None => 0,
+            };
+            let next = (current as i64 + delta).max(0) as u64;
+            batch.insert(count_key, &next.to_be_bytes());
+        }
+        tree.apply_batch(batch).map_err(backend)
+    }
+}
+
+#[async_trait]
+impl OrderStore for SledStore {
+    async fn put_orders(&self, orders: Vec<Order>) -> StoreResult<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.put_orders_blocking(orders))
+            .await
+            .map_err(backend)?
+    }
+
+    async fn month_count(&self, month: Month) -> StoreResult<u64> {
+        let key = order_keys::count(&month.key());
+        match self.orders_tree().get(key).map_err(backend)? {
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("month count".into()))?,
+            )),
+            None => Ok(0),
+        }
+    }
+
+    async fn month_page(
+        &self,
+        month: Month,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)> {
+        use std::ops::Bound;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = match after {
+                Some(OrderCursor(key)) => Bound::Excluded(key),
+                None => Bound::Included(order_keys::month_start(month)),
+            };
+            let end = Bound::Excluded(order_keys::month_start(month.next()));
+            let mut orders = Vec::with_capacity(limit.min(65_536));
+            let mut last = None;
+            for entry in store
+                .orders_tree()
+                .range::<Vec<u8>, _>((start, end))
+                .take(limit)
+            {
+                let (key, value) = entry.map_err(backend)?;
+                orders.push(crate::store::codec::decode_order(&value)?);
+                last = Some(key);
+            }
+            let cursor = if orders.len() == limit {
+                last.map(|k| OrderCursor(k.to_vec()))
+            } else {
+                None
+            };
+            Ok((orders, cursor))
+        })
+        .await
+        .map_err(backend)?
     }
 }

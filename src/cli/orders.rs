@@ -1,0 +1,156 @@
+//! `longrun orders generate|import`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::AsyncReadExt;
+
+use super::ClientArgs;
+use super::client::{connect, describe};
+use super::ops::{print, watch};
+use crate::pb::longrun::v1::ImportOrdersRequest;
+use crate::reports::generate::{Spec, write_csv};
+use crate::reports::order::Month;
+
+/// Bytes per upload message.
+const CHUNK: usize = 1 << 20;
+
+/// Order commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum OrdersCommand {
+    /// Write a realistic, deterministic CSV of orders.
+    Generate {
+        /// How many orders.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// The months they fall in, FIRST..LAST, e.g. 2024-01..2024-12.
+        #[arg(long, default_value = "2024-01..2024-12", value_parser = parse_months)]
+        months: (Month, Month),
+        /// The random seed; the same seed gives the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Upload a CSV file of orders and start importing it.
+    Import {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The CSV file.
+        file: PathBuf,
+        /// Follow the import with a progress bar until it is done.
+        #[arg(long)]
+        watch: bool,
+        /// An idempotency key (UUID).
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+}
+
+fn parse_months(text: &str) -> Result<(Month, Month), String> {
+    let (first, last) = text.split_once("..").unwrap_or((text, text));
+    let first: Month = first.parse().map_err(|e| format!("{e}"))?;
+    let last: Month = last.parse().map_err(|e| format!("{e}"))?;
+    if last < first {
+        return Err(format!("{last} comes before {first}"));
+    }
+    Ok((first, last))
+}
+
+pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OrdersCommand::Generate {
+            count,
+            months,
+            seed,
+            out,
+        } => {
+            let spec = Spec {
+                count,
+                months,
+                seed,
+            };
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                match out {
+                    Some(path) => {
+                        let file = std::fs::File::create(&path)
+                            .with_context(|| format!("cannot create {}", path.display()))?;
+                        write_csv(&spec, &mut std::io::BufWriter::new(file))?;
+                    }
+                    None => write_csv(
+                        &spec,
+                        &mut std::io::BufWriter::new(std::io::stdout().lock()),
+                    )?,
+                }
+                Ok(())
+            })
+            .await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        OrdersCommand::Import {
+            client,
+            file,
+            watch: follow,
+            request_id,
+        } => {
+            let mut clients = connect(&client).await?;
+            let mut input = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let size = input.metadata().await?.len();
+            let bar = ProgressBar::new(size);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "uploading [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("the template is valid")
+                .progress_chars("=> "),
+            );
+            if client.output == super::Output::Json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let reader_bar = bar.clone();
+            let reader = tokio::spawn(async move {
+                let mut first = true;
+                loop {
+                    let mut chunk = vec![0u8; CHUNK];
+                    let n = input.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    chunk.truncate(n);
+                    reader_bar.inc(n as u64);
+                    let message = ImportOrdersRequest {
+                        csv_chunk: chunk,
+                        request_id: if first {
+                            request_id.clone()
+                        } else {
+                            String::new()
+                        },
+                    };
+                    first = false;
+                    if tx.send(message).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            });
+            let reply = clients
+                .reports
+                .import_orders(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            reader.await??;
+            bar.finish_and_clear();
+            let op = reply.map_err(|s| describe(&s))?.into_inner();
+            if follow {
+                watch(&mut clients, op.name, client.output).await
+            } else {
+                print(&op, client.output);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! longrun.v1.ReportService: stages uploads, starts imports and reports,
+//! and serves finished report files.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, stream};
+use tokio::io::AsyncReadExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::status::invalid_field;
+use crate::engine::{Engine, EngineError, Operation, OperationId, Outcome, State, SubmitOptions};
+use crate::pb::google::longrunning::Operation as ProtoOperation;
+use crate::pb::longrun::v1::report_service_server::ReportService;
+use crate::pb::longrun::v1::{
+    CreateReportRequest, GetReportRequest, ImportOrdersRequest, ReadReportRequest,
+    ReadReportResponse, Report, ReportFormat,
+};
+use crate::reports::import::ImportJob;
+use crate::reports::render::REPORTS_COLLECTION;
+use crate::reports::{CreateReportTask, ImportOrdersTask, Reports, UploadError};
+
+/// Bytes per ReadReport message.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The ReportService.
+#[derive(Clone)]
+pub struct ReportsService {
+    engine: Engine,
+    reports: Reports,
+}
+
+impl ReportsService {
+    /// Serves `reports` through `engine`, which must have the report kinds
+    /// registered.
+    pub fn new(engine: Engine, reports: Reports) -> Self {
+        Self { engine, reports }
+    }
+
+    /// The finished report named `name`, with its operation.
+    async fn finished(&self, name: &str) -> Result<(OperationId, Report), Status> {
+        if name.len() > 256 {
+            return Err(invalid_field("name", "name is longer than 256 bytes"));
+        }
+        let id = OperationId::parse_in(REPORTS_COLLECTION, name)
+            .map_err(|_| invalid_field("name", "name must have the form reports/{uuid}"))?;
+        let not_found = || {
+            Status::from(EngineError::NotFound {
+                name: name.to_owned(),
+            })
+        };
+        let op: Operation = match self.engine.get(id).await {
+            Ok(op) => op,
+            Err(EngineError::NotFound { .. }) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        if op.kind != <CreateReportTask as crate::engine::Task>::KIND
+            || op.state != State::Succeeded
+        {
+            return Err(not_found());
+        }
+        match &op.outcome {
+            Some(Outcome::Response(payload)) => {
+                let report = payload.unpack::<Report>().map_err(|e| {
+                    Status::internal(format!("stored report of {name} is unreadable: {e}"))
+                })?;
+                Ok((id, report))
+            }
+            _ => Err(not_found()),
+        }
+    }
+}
+
+fn upload_status(e: UploadError) -> Status {
+    match e {
+        UploadError::Io(io) => Status::from(EngineError::Store(crate::store::StoreError::Backend(
+            io.to_string(),
+        ))),
+        other => invalid_field("csv_chunk", other.to_string()),
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ReadReportResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ReportService for ReportsService {
+    async fn import_orders(
+        &self,
+        request: Request<Streaming<ImportOrdersRequest>>,
+    ) -> Result<Response<ProtoOperation>, Status> {
+        let mut messages = request.into_inner();
+        let mut upload = self.reports.upload().await.map_err(upload_status)?;
+        let mut request_id = None;
+        let mut first = true;
+        while let Some(message) = messages.message().await? {
+            if first {
+                request_id = convert::request_id(&message.request_id)?;
+                first = false;
+            }
+            upload
+                .write(&message.csv_chunk)
+                .await
+                .map_err(upload_status)?;
+        }
+        let staged = upload.finish().await.map_err(upload_status)?;
+        let job = ImportJob {
+            upload: staged.name.clone(),
+            size_bytes: staged.size,
+        };
+        let options = SubmitOptions {
+            request_id,
+            timeout: None,
+            // A retry uploads the same bytes under a new name: compare
+            // content, not names.
+            fingerprint: Some(staged.sha256),
+        };
+        let submitted = self.engine.submit::<ImportOrdersTask>(&job, options).await;
+        let keep = matches!(&submitted, Ok(op) if op.request.unpack::<ImportJob>().is_ok_and(|j| j.upload == staged.name));
+        if !keep {
+            // A repeat of an earlier import, or refused: this copy is unused.
+            let _ = tokio::fs::remove_file(&staged.path).await;
+        }
+        Ok(Response::new(convert::operation(&submitted?)))
+    }
+
+    async fn create_report(
+        &self,
+        request: Request<CreateReportRequest>,
+    ) -> Result<Response<ProtoOperation>, Status> {
+        let req = request.into_inner();
+        let options = SubmitOptions {
+            request_id: convert::request_id(&req.request_id)?,
+            ..SubmitOptions::default()
+        };
+        let op = self
+            .engine
+            .submit::<CreateReportTask>(&req, options)
+            .await?;
+        Ok(Response::new(convert::operation(&op)))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<GetReportRequest>,
+    ) -> Result<Response<Report>, Status> {
+        let (_, report) = self.finished(&request.get_ref().name).await?;
+        Ok(Response::new(report))
+    }
+
+    type ReadReportStream = ChunkStream;
+
+    async fn read_report(
+        &self,
+        request: Request<ReadReportRequest>,
+    ) -> Result<Response<Self::ReadReportStream>, Status> {
+        let name = request.into_inner().name;
+        let (id, report) = self.finished(&name).await?;
+        let format = ReportFormat::try_from(report.format).unwrap_or(ReportFormat::Csv);
+        let file = match tokio::fs::File::open(self.reports.report_path(id, format)).await {
+            Ok(file) => file,
+            // Expiring right now: the record goes next.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(EngineError::NotFound { name }.into());
+            }
+            Err(e) => return Err(Status::internal(format!("cannot open the report: {e}"))),
+        };
+        let chunks = stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; READ_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(ReadReportResponse { data: buf }), Some(file)))
+                }
+                Err(e) => Some((
+                    Err(Status::internal(format!("cannot read the report: {e}"))),
+                    None,
+                )),
+            }
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+}

@@ -1,0 +1,215 @@
+//! The ImportOrders kind: a parser thread reads the staged CSV and sends
+//! batches through a bounded channel to a writer that stores them. The
+//! channel bounds memory, and both ends check for cancellation every batch.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Reports;
+use super::order::{ColumnMap, Order, RowError};
+use crate::engine::{Code, OperationId, Task, TaskContext, TaskError};
+use crate::pb::longrun::v1 as api;
+
+/// Rows per batch: the cancellation check interval and the write unit.
+pub const BATCH_ROWS: usize = 5000;
+/// Batches in flight between parser and writer.
+const PIPELINE_DEPTH: usize = 4;
+/// Row errors kept in the response; the rest are only counted.
+pub const MAX_ROW_ERRORS: usize = 1000;
+
+/// The stored request of an import: which staged upload to load. The
+/// client never sees it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImportJob {
+    /// The upload's file name in the uploads directory.
+    #[prost(string, tag = "1")]
+    pub upload: String,
+    /// Its size, for progress.
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+}
+
+impl prost::Name for ImportJob {
+    const PACKAGE: &'static str = "longrun.internal";
+    const NAME: &'static str = "ImportJob";
+}
+
+/// Loads a staged CSV upload into the order store.
+pub struct ImportOrdersTask {
+    reports: Reports,
+}
+
+impl ImportOrdersTask {
+    /// The kind, over `reports`.
+    pub fn new(reports: Reports) -> Self {
+        Self { reports }
+    }
+}
+
+struct Batch {
+    orders: Vec<Order>,
+    errors: Vec<RowError>,
+    rows: u64,
+    bytes: u64,
+}
+
+fn io_failure(e: impl std::fmt::Display) -> TaskError {
+    TaskError::retryable(
+        Code::Unavailable,
+        "UPLOAD_UNREADABLE",
+        format!("cannot read the upload: {e}"),
+    )
+}
+
+/// Reads the file and sends batches until the end, a cancellation, or the
+/// writer going away.
+fn parse(
+    path: PathBuf,
+    out: mpsc::Sender<Batch>,
+    cancel: CancellationToken,
+) -> Result<(), TaskError> {
+    let file = File::open(&path).map_err(io_failure)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 20, file));
+    let header = reader.headers().map_err(io_failure)?.clone();
+    let columns = ColumnMap::from_header(header.iter())
+        .map_err(|e| TaskError::new(Code::InvalidArgument, "BAD_HEADER", e))?;
+    let mut record = csv::StringRecord::new();
+    let mut batch = Batch {
+        orders: Vec::with_capacity(BATCH_ROWS),
+        errors: Vec::new(),
+        rows: 0,
+        bytes: 0,
+    };
+    let mut row = 1u64;
+    loop {
+        let more = match reader.read_record(&mut record) {
+            Ok(more) => more,
+            Err(e) if e.is_io_error() => return Err(io_failure(e)),
+            Err(e) => {
+                row += 1;
+                batch.errors.push(RowError {
+                    row,
+                    column: String::new(),
+                    reason: format!("not valid CSV: {e}"),
+                });
+                batch.rows += 1;
+                continue;
+            }
+        };
+        if !more {
+            break;
+        }
+        row += 1;
+        let fields: Vec<&str> = record.iter().collect();
+        match columns.parse(row, &fields) {
+            Ok(order) => batch.orders.push(order),
+            Err(e) => batch.errors.push(e),
+        }
+        batch.rows += 1;
+        if batch.rows as usize >= BATCH_ROWS {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            batch.bytes = reader.position().byte();
+            let full = std::mem::replace(
+                &mut batch,
+                Batch {
+                    orders: Vec::with_capacity(BATCH_ROWS),
+                    errors: Vec::new(),
+                    rows: 0,
+                    bytes: 0,
+                },
+            );
+            if out.blocking_send(full).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    batch.bytes = reader.position().byte();
+    let _ = out.blocking_send(batch);
+    Ok(())
+}
+
+impl Task for ImportOrdersTask {
+    type Request = ImportJob;
+    type Response = api::ImportOrdersResponse;
+
+    const KIND: &'static str = "longrun.v1.ReportService.ImportOrders";
+
+    async fn run(
+        &self,
+        ctx: TaskContext,
+        job: ImportJob,
+    ) -> Result<api::ImportOrdersResponse, TaskError> {
+        let path = self.reports.upload_path(&job.upload);
+        let total = job.size_bytes.max(1);
+        let (tx, mut rx) = mpsc::channel(PIPELINE_DEPTH);
+        let cancel = ctx.cancellation().clone();
+        let parser = tokio::task::spawn_blocking(move || parse(path.clone(), tx, cancel));
+
+        let mut response = api::ImportOrdersResponse::default();
+        let mut rows = 0u64;
+        let mut cancelled = false;
+        while let Some(batch) = rx.recv().await {
+            if ctx.is_cancelled() {
+                cancelled = true;
+                break;
+            }
+            let stored = batch.orders.len() as i64;
+            self.reports
+                .orders()
+                .put_orders(batch.orders)
+                .await
+                .map_err(|e| {
+                    TaskError::retryable(Code::Unavailable, "ORDERS_NOT_STORED", e.to_string())
+                })?;
+            response.imported += stored;
+            response.failed += batch.errors.len() as i64;
+            let room = MAX_ROW_ERRORS.saturating_sub(response.errors.len());
+            response
+                .errors
+                .extend(batch.errors.into_iter().take(room).map(|e| api::RowError {
+                    row: e.row as i64,
+                    column: e.column,
+                    reason: e.reason,
+                }));
+            rows += batch.rows;
+            ctx.set_progress(
+                (batch.bytes.min(total) * 100 / total) as u32,
+                format!(
+                    "{rows} rows read: {} imported, {} failed",
+                    response.imported, response.failed
+                ),
+            );
+        }
+        drop(rx);
+        let parsed = parser
+            .await
+            .map_err(|e| TaskError::new(Code::Internal, "PARSER_FAILED", e.to_string()))?;
+        if cancelled || ctx.is_cancelled() {
+            ctx.set_progress(
+                0,
+                format!(
+                    "cancelled after {rows} rows; the {} rows imported so far are kept",
+                    response.imported
+                ),
+            );
+            return Err(TaskError::cancelled());
+        }
+        parsed?;
+        // The upload has served its purpose.
+        let _ = tokio::fs::remove_file(self.reports.upload_path(&job.upload)).await;
+        Ok(response)
+    }
+
+    async fn expire(&self, _id: OperationId, job: ImportJob) {
+        let _ = tokio::fs::remove_file(self.reports.upload_path(&job.upload)).await;
+    }
+}
