@@ -10,6 +10,11 @@ use longrun::cli::{Cli, Command, ServeArgs};
 use longrun::{Registry, Server};
 use tracing_subscriber::EnvFilter;
 
+// sled allocates and frees a node copy on most writes; mimalloc handles
+// that churn far better than the system allocator (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -121,3 +121,59 @@ async fn cancel_wait_and_delete_from_the_command_line() {
     assert!(out.status.success(), "{out:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_readme_demo_generate_import_report_download() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("orders.csv");
+    let out = dir.path().join("march.csv");
+    let (csv_arg, out_arg) = (csv.to_str().unwrap(), out.to_str().unwrap());
+
+    let gen_args = [
+        "orders",
+        "generate",
+        "--count",
+        "5000",
+        "--months",
+        "2024-01..2024-04",
+        "--seed",
+        "42",
+        "--out",
+        csv_arg,
+    ];
+    let generated = longrun(&server, &gen_args).await;
+    assert!(generated.status.success(), "{generated:?}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 5001);
+
+    let imported = longrun(&server, &["orders", "import", csv_arg, "--watch"]).await;
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(stdout(&imported).contains("SUCCEEDED"), "{imported:?}");
+
+    let report = longrun(
+        &server,
+        &[
+            "report", "create", "--month", "2024-03", "--format", "csv", "--out", out_arg,
+            "--output", "json",
+        ],
+    )
+    .await;
+    assert!(report.status.success(), "{report:?}");
+    let march = text.lines().filter(|l| l.contains(",2024-03-")).count();
+    let written = std::fs::read_to_string(&out).unwrap();
+    // Header, one line per order, TOTAL.
+    assert_eq!(written.lines().count(), march + 2);
+
+    let json: serde_json::Value = serde_json::from_str(stdout(&report).trim()).unwrap();
+    let name = json["response"]["name"].as_str().unwrap().to_owned();
+    let again = dir.path().join("again.csv");
+    let read = longrun(
+        &server,
+        &["report", "read", &name, "--out", again.to_str().unwrap()],
+    )
+    .await;
+    assert!(read.status.success(), "{read:?}");
+    assert_eq!(std::fs::read(&again).unwrap(), written.into_bytes());
+    server.stop().await;
+}

@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// The largest request message accepted, in bytes.
     #[arg(long, env = "LONGRUN_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
+    /// The largest CSV upload ImportOrders accepts, in bytes.
+    #[arg(long, env = "LONGRUN_MAX_UPLOAD_SIZE", default_value_t = crate::reports::DEFAULT_MAX_UPLOAD)]
+    pub max_upload_size: u64,
     /// The most calls one connection may have in progress; more are refused
     /// at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "LONGRUN_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
@@ -78,6 +81,7 @@ impl ServeArgs {
             diagnostics: !self.no_diagnostics,
             max_wait: self.max_wait,
             max_message_size: self.max_message_size,
+            max_upload_size: self.max_upload_size,
             max_calls_per_connection: self.max_calls_per_connection.max(1),
             ..ServerConfig::default()
         }

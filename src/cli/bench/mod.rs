@@ -6,6 +6,7 @@
 //! from the load generator's.
 
 mod churn;
+mod reports;
 mod target;
 
 use std::time::Duration;
@@ -58,6 +59,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         tail: Duration,
     },
+
+    /// Import generated orders, then render one month: rows per second for
+    /// each, and the server's peak RSS.
+    Reports {
+        #[command(flatten)]
+        common: Common,
+        /// How many orders to import.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// How many months they spread over (from 2024-01); a month then
+        /// holds about count / months orders.
+        #[arg(long, default_value_t = 10)]
+        months: u8,
+        /// The random seed of the generated file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// Runs a benchmark scenario.
@@ -70,5 +88,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             sample_every,
             tail,
         } => churn::run(common, count, retention, sample_every, tail).await,
+        BenchCommand::Reports {
+            common,
+            count,
+            months,
+            seed,
+        } => reports::run(common, count, months, seed).await,
     }
 }

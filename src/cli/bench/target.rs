@@ -98,6 +98,15 @@ impl Target {
         Some(kib * 1024)
     }
 
+    /// The started server's peak resident memory so far, in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// The started server's data directory.
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_ref().map(|d| d.path())
