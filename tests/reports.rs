@@ -516,3 +516,54 @@ async fn report_files_expire_with_their_operation() {
     assert_eq!(err.code(), Code::NotFound);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_import_keeps_the_rows_it_committed() {
+    let server = TestServer::start().await;
+    let csv = generated(200_000, "2024-08", "2024-08", 8);
+    let op = import(&server, &csv, 1 << 20, "").await.unwrap();
+    let mut stream = server
+        .watcher()
+        .await
+        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(item) = stream.next().await {
+            let item = item.unwrap();
+            assert!(
+                !item.done,
+                "the import finished before it could be cancelled"
+            );
+            if meta(&item).progress_percent > 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    server
+        .operations()
+        .await
+        .cancel_operation(CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&server, &op.name).await;
+    assert_eq!(state(&done), State::Cancelled);
+    let message = meta(&done).status_message;
+    let kept: i64 = message
+        .split("the ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no row count in {message:?}"));
+    assert!(kept > 0 && kept < 200_000, "{message}");
+    let august = report(&server, "2024-08", ReportFormat::Csv).await;
+    assert_eq!(august.order_count, kept, "{message}");
+    server.stop().await;
+}
