@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/longrun/v1/watch.proto",
     "proto/longrun/v1/diagnostics.proto",
     "proto/longrun/v1/reports.proto",
+    "proto/longrun/v1/notification.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -102,6 +102,7 @@ impl WordCounter for WordCounterService {
         let options = SubmitOptions {
             request_id: convert::request_id(&request.request_id)?,
             timeout: None,
+            notification: None,
             fingerprint: None,
         };
         let op = self

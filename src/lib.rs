@@ -16,6 +16,7 @@
 //! - [`diagnostics`]: the Sleep kind.
 //! - [`reports`]: the report service's domain: order imports and monthly
 //!   reports, as two kinds.
+//! - [`webhook`]: signed webhook deliveries from the durable outbox.
 //! - [`cli`]: the `longrun` command line.
 //! - [`pb`]: generated protobuf code.
 
@@ -27,6 +28,7 @@ pub mod pb;
 pub mod reports;
 pub mod server;
 pub mod store;
+pub mod webhook;
 
 pub use engine::{Engine, EngineConfig, Registry, Task, TaskContext, TaskError};
 pub use server::{Server, ServerConfig};

@@ -51,7 +51,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
-    let server = Server::open(args.config(), Registry::new()).await?;
+    let secrets = args
+        .webhook_secrets()
+        .context("could not load the webhook secret")?;
+    let server = Server::open(args.config(secrets), Registry::new()).await?;
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -27,6 +27,28 @@ pub mod longrun {
     }
 }
 
+static POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> = std::sync::LazyLock::new(|| {
+    prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+        .expect("the build embeds a valid descriptor set")
+});
+
+/// A message in the proto3 JSON mapping, with Any values expanded through
+/// the embedded descriptors.
+pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Value {
+    let Some(descriptor) = POOL.get_message_by_name(&M::full_name()) else {
+        return serde_json::Value::Null;
+    };
+    match prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) {
+        Ok(dynamic) => serde_json::to_value(&dynamic).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// The descriptors of every message the server knows.
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    &POOL
+}
+
 /// A protobuf Timestamp for a system time.
 pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
     let (seconds, nanos) = match time.duration_since(std::time::UNIX_EPOCH) {

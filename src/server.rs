@@ -18,14 +18,18 @@ use tracing::info;
 
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
-use crate::grpc::{DiagnosticsService, OperationsService, ReportsService, WatcherService};
+use crate::grpc::{
+    DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
+};
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
 use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
+use crate::pb::longrun::v1::notifications_server::NotificationsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
 use crate::reports::Reports;
 use crate::store::{Backend, DynOrderStore, DynStore, SledStore, StoreError, SyncMode};
+use crate::webhook::{Secret, WebhookConfig};
 
 /// Everything a server needs to know.
 #[derive(Debug, Clone)]
@@ -51,6 +55,8 @@ pub struct ServerConfig {
     /// The most calls one connection may have in progress; beyond it, calls
     /// are shed at once with RESOURCE_EXHAUSTED rather than queued.
     pub max_calls_per_connection: usize,
+    /// How webhooks are signed and sent.
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +72,12 @@ impl Default for ServerConfig {
             max_message_size: 4 * 1024 * 1024,
             max_upload_size: crate::reports::DEFAULT_MAX_UPLOAD,
             max_calls_per_connection: 1024,
+            webhooks: WebhookConfig {
+                secrets: vec![Secret::generate()],
+                allow_private: false,
+                timeout: Duration::from_secs(15),
+                schedule: crate::webhook::default_schedule(),
+            },
         }
     }
 }
@@ -124,7 +136,9 @@ impl Server {
         if config.diagnostics {
             registry.register_with(SleepTask, config.sleep_policy.clone());
         }
-        let engine = Engine::open(store, registry, config.engine.clone()).await?;
+        let mut engine_config = config.engine.clone();
+        engine_config.allow_private_callbacks |= config.webhooks.allow_private;
+        let engine = Engine::open(store, registry, engine_config).await?;
         Ok(Self {
             engine,
             reports,
@@ -174,6 +188,7 @@ impl Server {
             <OperationsServer<OperationsService> as tonic::server::NamedService>::NAME,
             <OperationWatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
             <ReportServiceServer<ReportsService> as tonic::server::NamedService>::NAME,
+            <NotificationsServer<NotificationsService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -187,6 +202,10 @@ impl Server {
             )
             .add_service(
                 ReportServiceServer::new(ReportsService::new(engine.clone(), reports))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                NotificationsServer::new(NotificationsService::new(engine.clone()))
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {
@@ -233,6 +252,11 @@ impl Server {
         let serving = tokio::spawn(serving);
 
         engine.start().await?;
+        let deliverer = tokio::spawn(crate::webhook::deliver::run(
+            engine.store().clone(),
+            Arc::new(config.webhooks.clone()),
+            engine.shutdown_token().clone(),
+        ));
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
@@ -252,7 +276,7 @@ impl Server {
                 .await;
         }
         stop.cancel();
-        let (served, ()) = tokio::join!(serving, engine.shutdown());
+        let (served, (), _) = tokio::join!(serving, engine.shutdown(), deliverer);
         info!("stopped");
         match served {
             Ok(result) => result.map_err(ServerError::from),

@@ -92,6 +92,7 @@ fn random_request(rng: &mut impl Rng) -> SleepRequest {
             String::new()
         },
         timeout: None,
+        notification: None,
     }
 }
 

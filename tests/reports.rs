@@ -47,15 +47,15 @@ async fn import(
         .chunks(chunk.max(1))
         .map(|c| ImportOrdersRequest {
             csv_chunk: c.to_vec(),
-            request_id: String::new(),
+            ..Default::default()
         })
         .collect();
     if let Some(first) = messages.first_mut() {
         first.request_id = request_id.to_owned();
     } else if !request_id.is_empty() {
         messages.push(ImportOrdersRequest {
-            csv_chunk: Vec::new(),
             request_id: request_id.to_owned(),
+            ..Default::default()
         });
     }
     reports(server)
@@ -87,7 +87,7 @@ async fn report(server: &TestServer, month: &str, format: ReportFormat) -> Repor
         .create_report(CreateReportRequest {
             month: month.into(),
             format: format as i32,
-            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -358,7 +358,7 @@ async fn bad_report_requests_are_rejected() {
             .create_report(CreateReportRequest {
                 month: month.into(),
                 format: format as i32,
-                request_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -368,7 +368,7 @@ async fn bad_report_requests_are_rejected() {
         .create_report(CreateReportRequest {
             month: "2024-03".into(),
             format: 42,
-            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -444,7 +444,7 @@ async fn a_cancelled_report_stops_midway_and_leaves_no_file() {
         .create_report(CreateReportRequest {
             month: "2024-07".into(),
             format: ReportFormat::Json as i32,
-            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -342,6 +342,7 @@ pub async fn the_feed_announces_every_change(store: DynStore) {
         .map(|c| match c {
             Change::Updated(op) => op.state.to_string(),
             Change::Deleted(_) => "DELETED".into(),
+            Change::Delivery(_) => "DELIVERY".into(),
         })
         .collect();
     assert_eq!(states, ["QUEUED", "RUNNING", "SUCCEEDED", "DELETED"]);
@@ -350,7 +351,7 @@ pub async fn the_feed_announces_every_change(store: DynStore) {
         .iter()
         .filter_map(|c| match c {
             Change::Updated(op) => Some(op.version),
-            Change::Deleted(_) => None,
+            _ => None,
         })
         .collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");

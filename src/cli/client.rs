@@ -7,6 +7,7 @@ use tonic_types::StatusExt;
 
 use crate::pb::google::longrunning::operations_client::OperationsClient;
 use crate::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use crate::pb::longrun::v1::notifications_client::NotificationsClient;
 use crate::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
 use crate::pb::longrun::v1::report_service_client::ReportServiceClient;
 
@@ -18,6 +19,7 @@ pub struct Clients {
     pub watcher: OperationWatcherClient<Channel>,
     pub diagnostics: DiagnosticsClient<Channel>,
     pub reports: ReportServiceClient<Channel>,
+    pub notifications: NotificationsClient<Channel>,
 }
 
 /// Connects to `--server`. A bare host:port means plain-text HTTP/2.
@@ -37,7 +39,8 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
         operations: OperationsClient::new(channel.clone()),
         watcher: OperationWatcherClient::new(channel.clone()),
         diagnostics: DiagnosticsClient::new(channel.clone()),
-        reports: ReportServiceClient::new(channel),
+        reports: ReportServiceClient::new(channel.clone()),
+        notifications: NotificationsClient::new(channel),
     })
 }
 

@@ -9,6 +9,7 @@ mod output;
 mod report;
 mod serve;
 mod sleep;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,9 @@ pub enum Command {
     /// Create and download monthly reports.
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Webhook signing: print the secret, verify a delivery.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Measure a server under load (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +69,14 @@ pub enum Output {
     Json,
 }
 
+/// The NotificationConfig for a `--notify URL` flag.
+fn notification(url: Option<String>) -> Option<crate::pb::longrun::v1::NotificationConfig> {
+    url.map(|callback_url| crate::pb::longrun::v1::NotificationConfig {
+        callback_url,
+        events: Vec::new(),
+    })
+}
+
 /// Runs a client command (anything but `serve`) and returns the process
 /// exit code: 0 on success, 1 when the operation followed ended in failure
 /// or cancellation, 2 when the command itself failed.
@@ -75,6 +87,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Sleep(args) => sleep::run(args).await,
         Command::Orders(cmd) => orders::run(cmd).await,
         Command::Report(cmd) => report::run(cmd).await,
+        Command::Webhook(cmd) => webhook::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await.map(|()| ExitCode::SUCCESS),
     };
     match result {

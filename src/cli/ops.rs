@@ -14,7 +14,7 @@ use crate::pb::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     Operation, WaitOperationRequest, operation,
 };
-use crate::pb::longrun::v1::WatchOperationRequest;
+use crate::pb::longrun::v1::{ListDeliveriesRequest, WatchOperationRequest};
 
 /// Operation commands.
 #[derive(Debug, Subcommand)]
@@ -130,11 +130,29 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
             let mut clients = connect(&client).await?;
             let op = clients
                 .operations
-                .get_operation(GetOperationRequest { name })
+                .get_operation(GetOperationRequest { name: name.clone() })
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            print(&op, client.output);
+            let deliveries = clients
+                .notifications
+                .list_deliveries(ListDeliveriesRequest { name })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            match client.output {
+                Output::Json => {
+                    let mut json = output::json(&op);
+                    json["deliveries"] = output::json(&deliveries)["deliveries"].clone();
+                    println!("{json}");
+                }
+                Output::Text => {
+                    print!("{}", output::text(&op));
+                    for d in &deliveries.deliveries {
+                        println!("{}", output::delivery(d));
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         OpsCommand::Wait {

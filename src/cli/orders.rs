@@ -47,6 +47,9 @@ pub enum OrdersCommand {
         /// An idempotency key (UUID).
         #[arg(long, default_value = "")]
         request_id: String,
+        /// POST the finished operation to this URL (a signed webhook).
+        #[arg(long)]
+        notify: Option<String>,
     },
 }
 
@@ -95,6 +98,7 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
             file,
             watch: follow,
             request_id,
+            notify,
         } => {
             let mut clients = connect(&client).await?;
             let mut input = tokio::fs::File::open(&file)
@@ -130,6 +134,11 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
                             request_id.clone()
                         } else {
                             String::new()
+                        },
+                        notification: if first {
+                            super::notification(notify.clone())
+                        } else {
+                            None
                         },
                     };
                     first = false;

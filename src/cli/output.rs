@@ -1,30 +1,18 @@
 //! Printing operations: text for people, proto3 JSON for scripts.
 
-use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use prost::{Message, Name};
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 
 use crate::pb;
 use crate::pb::google::longrunning::{Operation, operation};
 use crate::pb::google::rpc::ErrorInfo;
 use crate::pb::longrun::v1::{OperationMetadata, State};
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
-        .expect("the build embeds a valid descriptor set")
-});
-
 /// A message in the proto3 JSON mapping, with Any values expanded.
 pub fn json<M: Message + Name>(message: &M) -> serde_json::Value {
-    let Some(descriptor) = POOL.get_message_by_name(&M::full_name()) else {
-        return serde_json::Value::Null;
-    };
-    match DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) {
-        Ok(dynamic) => serde_json::to_value(&dynamic).unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
-    }
+    pb::to_json(message)
 }
 
 /// The metadata of an operation, when it is longrun's.
@@ -104,13 +92,34 @@ pub fn text(op: &Operation) -> String {
 
 fn any_json(any: &prost_types::Any) -> String {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let Some(descriptor) = POOL.get_message_by_name(name) else {
+    let Some(descriptor) = pb::descriptor_pool().get_message_by_name(name) else {
         return format!("({} bytes of {})", any.value.len(), any.type_url);
     };
     match DynamicMessage::decode(descriptor, any.value.as_slice()) {
         Ok(m) => format!("{name} {}", serde_json::to_string(&m).unwrap_or_default()),
         Err(_) => format!("(undecodable {})", any.type_url),
     }
+}
+
+/// One line about a webhook delivery.
+pub fn delivery(d: &crate::pb::longrun::v1::Delivery) -> String {
+    let state = crate::pb::longrun::v1::delivery::DeliveryState::try_from(d.state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
+    let mut line = format!(
+        "webhook:   {} {} {state} after {} attempt(s)",
+        d.r#type, d.callback_url, d.attempts
+    );
+    if d.last_status_code != 0 {
+        line.push_str(&format!(", last status {}", d.last_status_code));
+    }
+    if !d.last_error.is_empty() {
+        line.push_str(&format!(", last error: {}", d.last_error));
+    }
+    if d.next_attempt_time.is_some() {
+        line.push_str(&format!(", next attempt {}", time(&d.next_attempt_time)));
+    }
+    line
 }
 
 /// One line of the List table.

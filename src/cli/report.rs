@@ -37,6 +37,9 @@ pub enum ReportCommand {
         /// An idempotency key (UUID).
         #[arg(long, default_value = "")]
         request_id: String,
+        /// POST the finished operation to this URL (a signed webhook).
+        #[arg(long)]
+        notify: Option<String>,
     },
     /// Download a finished report.
     Read {
@@ -119,6 +122,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             watch: follow,
             out,
             request_id,
+            notify,
         } => {
             let mut clients = connect(&client).await?;
             let op = clients
@@ -127,6 +131,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
                     month,
                     format: format as i32,
                     request_id,
+                    notification: super::notification(notify),
                 })
                 .await
                 .map_err(|s| describe(&s))?

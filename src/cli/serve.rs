@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::engine::EngineConfig;
 use crate::server::ServerConfig;
 use crate::store::{Backend, SyncMode};
+use crate::webhook::{Secret, WebhookConfig};
 
 fn default_workers() -> usize {
     EngineConfig::default().workers
@@ -59,14 +60,58 @@ pub struct ServeArgs {
     /// at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "LONGRUN_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
     pub max_calls_per_connection: usize,
+    /// A webhook signing secret (whsec_...). Give it twice during a
+    /// rotation, the new one first: deliveries then carry both signatures.
+    /// Without one, a secret is generated and kept in the data directory.
+    #[arg(long, env = "LONGRUN_WEBHOOK_SECRET", value_delimiter = ',')]
+    pub webhook_secret: Vec<Secret>,
+    /// Read the webhook secret(s) from this file, one per line.
+    #[arg(
+        long,
+        env = "LONGRUN_WEBHOOK_SECRET_FILE",
+        conflicts_with = "webhook_secret"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Let callbacks reach loopback, private and link-local addresses (for
+    /// tests and internal deployments).
+    #[arg(long, env = "LONGRUN_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// How long one webhook POST may take.
+    #[arg(long, env = "LONGRUN_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+    /// The delays before each webhook retry, comma separated.
+    #[arg(long, env = "LONGRUN_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h",
+          value_delimiter = ',', value_parser = humantime::parse_duration)]
+    pub webhook_retry_schedule: Vec<Duration>,
     /// Turn off the Diagnostics service and its Sleep operations.
     #[arg(long, env = "LONGRUN_NO_DIAGNOSTICS")]
     pub no_diagnostics: bool,
 }
 
 impl ServeArgs {
-    /// The server configuration these flags describe.
-    pub fn config(&self) -> ServerConfig {
+    /// The webhook secrets: from the flags, the file, or the data
+    /// directory (created there on first use).
+    pub fn webhook_secrets(&self) -> std::io::Result<Vec<Secret>> {
+        if !self.webhook_secret.is_empty() {
+            return Ok(self.webhook_secret.clone());
+        }
+        if let Some(path) = &self.webhook_secret_file {
+            return std::fs::read_to_string(path)?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    l.parse().map_err(|e: String| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+                    })
+                })
+                .collect();
+        }
+        Ok(vec![crate::webhook::load_or_create_secret(&self.data_dir)?])
+    }
+
+    /// The server configuration these flags describe; `secrets` come from
+    /// [`ServeArgs::webhook_secrets`].
+    pub fn config(&self, secrets: Vec<Secret>) -> ServerConfig {
         ServerConfig {
             data_dir: self.data_dir.clone(),
             backend: self.store,
@@ -77,12 +122,19 @@ impl ServeArgs {
                 progress_interval: self.progress_interval,
                 shutdown_grace: self.shutdown_grace,
                 retention: self.retention,
+                allow_private_callbacks: self.webhook_allow_private,
             },
             diagnostics: !self.no_diagnostics,
             max_wait: self.max_wait,
             max_message_size: self.max_message_size,
             max_upload_size: self.max_upload_size,
             max_calls_per_connection: self.max_calls_per_connection.max(1),
+            webhooks: WebhookConfig {
+                secrets,
+                allow_private: self.webhook_allow_private,
+                timeout: self.webhook_timeout,
+                schedule: self.webhook_retry_schedule.clone(),
+            },
             ..ServerConfig::default()
         }
     }

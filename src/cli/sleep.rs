@@ -31,6 +31,9 @@ pub struct SleepArgs {
     /// An idempotency key (UUID): repeating it returns the same operation.
     #[arg(long, default_value = "")]
     request_id: String,
+    /// POST the finished operation to this URL (a signed webhook).
+    #[arg(long)]
+    notify: Option<String>,
     /// Block until the operation is done.
     #[arg(long, conflicts_with = "watch")]
     wait: bool,
@@ -57,6 +60,7 @@ pub(super) async fn run(args: SleepArgs) -> anyhow::Result<ExitCode> {
             request_id: args.request_id,
             fail_attempts: args.fail_attempts,
             timeout: args.timeout.map(proto_duration),
+            notification: super::notification(args.notify),
         })
         .await
         .map_err(|s| describe(&s))?

@@ -10,6 +10,7 @@
 pub mod error;
 pub mod filter;
 pub mod id;
+pub mod notify;
 pub mod operation;
 pub mod page_token;
 mod queue;
@@ -63,6 +64,9 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// How long done operations are kept before they expire.
     pub retention: Duration,
+    /// Whether webhook callbacks may point at loopback and private
+    /// addresses.
+    pub allow_private_callbacks: bool,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +77,7 @@ impl Default for EngineConfig {
             progress_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
+            allow_private_callbacks: false,
         }
     }
 }
@@ -84,6 +89,8 @@ pub struct SubmitOptions {
     pub request_id: Option<RequestId>,
     /// A shorter execution timeout per attempt than the kind's default.
     pub timeout: Option<Duration>,
+    /// A webhook to call on the operation's state changes.
+    pub notification: Option<notify::Notification>,
     /// What identifies the request for idempotency checks, when the encoded
     /// request does not (an upload stored under a fresh name, say). By
     /// default the encoded request itself is used.
@@ -293,6 +300,14 @@ impl Engine {
                 message: format!("kind {kind:?} is not registered on this server"),
             })?;
         registered.task.validate(&request)?;
+        if let Some(notification) = &options.notification {
+            crate::webhook::guard::check_url(
+                &notification.callback_url,
+                inner.config.allow_private_callbacks,
+            )
+            .await
+            .map_err(|reason| EngineError::invalid("notification.callback_url", reason))?;
+        }
         let timeout = match options.timeout {
             Some(t) if t.is_zero() => {
                 return Err(EngineError::invalid("timeout", "timeout must be positive"));
@@ -324,7 +339,7 @@ impl Engine {
             timeout,
             max_attempts: registered.policy.max_attempts.max(1),
         };
-        let op = Operation::new(
+        let mut op = Operation::new(
             kind,
             request,
             options.request_id,
@@ -332,6 +347,7 @@ impl Engine {
             limits,
             crate::store::now(),
         );
+        op.notification = options.notification;
         let name = op.id.name();
         match inner.store.create(op).await {
             Ok(Created::New(op)) => {
@@ -485,6 +501,22 @@ impl Engine {
                 _ = self.inner.shutdown.cancelled() => return Ok(Arc::unwrap_or_clone(latest)),
             }
         }
+    }
+
+    /// The webhook deliveries of an operation, oldest first.
+    pub async fn deliveries(&self, id: OperationId) -> Result<Vec<notify::Delivery>, EngineError> {
+        self.get(id).await?;
+        self.inner
+            .store
+            .deliveries(id)
+            .await
+            .map_err(EngineError::Store)
+    }
+
+    /// The store, for components that run beside the engine (the webhook
+    /// deliverer).
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
     }
 
     /// How many operations wait for a worker.

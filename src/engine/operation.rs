@@ -278,6 +278,8 @@ pub struct Operation {
     pub not_before: Option<SystemTime>,
     /// Why the previous attempt failed, while a retry is pending or after.
     pub last_error: Option<OperationError>,
+    /// The webhook to call on state changes, if one was asked for.
+    pub notification: Option<super::notify::Notification>,
 }
 
 /// The token a worker holds while it runs an attempt. Writes made with a
@@ -365,6 +367,7 @@ impl Operation {
             max_attempts: limits.max_attempts,
             not_before: None,
             last_error: None,
+            notification: None,
         }
     }
 

@@ -88,6 +88,7 @@ impl Hub {
         match change {
             Change::Updated(op) => self.offer(op.id, Snapshot::Present(Arc::clone(op))),
             Change::Deleted(id) => self.offer(*id, Snapshot::Gone),
+            Change::Delivery(_) => {}
         }
     }
 

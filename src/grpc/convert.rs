@@ -6,6 +6,7 @@ use prost::Name;
 use tonic::Status;
 
 use super::status::invalid_field;
+use crate::engine::notify::Notification;
 use crate::engine::{Operation, OperationError, OperationId, Outcome, Payload, RequestId, State};
 use crate::pb::google::longrunning as lro;
 use crate::pb::google::rpc;
@@ -95,6 +96,42 @@ pub fn operation_id(field: &str, name: &str) -> Result<OperationId, Status> {
 /// Parses the optional request_id field.
 pub fn request_id(value: &str) -> Result<Option<RequestId>, Status> {
     RequestId::parse_optional(value).map_err(|e| invalid_field("request_id", e.to_string()))
+}
+
+/// The engine's view of a create request's NotificationConfig. The URL
+/// itself is checked by the engine when the operation is submitted.
+pub fn notification(
+    config: Option<&api::NotificationConfig>,
+) -> Result<Option<Notification>, Status> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    if config.callback_url.is_empty() {
+        return Err(invalid_field(
+            "notification.callback_url",
+            "callback_url is required when notification is set",
+        ));
+    }
+    let states = config
+        .events
+        .iter()
+        .map(|value| match api::State::try_from(*value) {
+            Ok(api::State::Queued) => Ok(State::Queued),
+            Ok(api::State::Running) => Ok(State::Running),
+            Ok(api::State::Succeeded) => Ok(State::Succeeded),
+            Ok(api::State::Failed) => Ok(State::Failed),
+            Ok(api::State::Cancelling) => Ok(State::Cancelling),
+            Ok(api::State::Cancelled) => Ok(State::Cancelled),
+            _ => Err(invalid_field(
+                "notification.events",
+                format!("{value} is not a state to notify on"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Notification {
+        callback_url: config.callback_url.clone(),
+        states,
+    }))
 }
 
 /// Reads a protobuf Duration field that must be non-negative.

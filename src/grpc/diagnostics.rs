@@ -33,6 +33,7 @@ impl Diagnostics for DiagnosticsService {
                 .as_ref()
                 .map(|t| convert::duration("timeout", t))
                 .transpose()?,
+            notification: convert::notification(req.notification.as_ref())?,
             fingerprint: None,
         };
         let op = self.engine.submit::<SleepTask>(&req, options).await?;

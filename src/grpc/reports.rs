@@ -91,10 +91,12 @@ impl ReportService for ReportsService {
         let mut messages = request.into_inner();
         let mut upload = self.reports.upload().await.map_err(upload_status)?;
         let mut request_id = None;
+        let mut notification = None;
         let mut first = true;
         while let Some(message) = messages.message().await? {
             if first {
                 request_id = convert::request_id(&message.request_id)?;
+                notification = convert::notification(message.notification.as_ref())?;
                 first = false;
             }
             upload
@@ -109,6 +111,7 @@ impl ReportService for ReportsService {
         };
         let options = SubmitOptions {
             request_id,
+            notification,
             timeout: None,
             // A retry uploads the same bytes under a new name: compare
             // content, not names.
@@ -130,6 +133,7 @@ impl ReportService for ReportsService {
         let req = request.into_inner();
         let options = SubmitOptions {
             request_id: convert::request_id(&req.request_id)?,
+            notification: convert::notification(req.notification.as_ref())?,
             ..SubmitOptions::default()
         };
         let op = self

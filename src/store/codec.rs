@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use super::{StoreError, StoreResult};
+use crate::engine::notify::{Delivery, DeliveryState, Notification};
 use crate::engine::operation::{Code, Operation, OperationError, Outcome, Payload, State};
 use crate::engine::{OperationId, RequestId};
 use crate::reports::order::{Order, OrderStatus};
@@ -60,6 +61,82 @@ struct StoredOperation {
     last_error: Option<StoredError>,
     #[prost(uint32, tag = "22")]
     max_attempts: u32,
+    #[prost(message, optional, tag = "23")]
+    notification: Option<StoredNotification>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredNotification {
+    #[prost(string, tag = "1")]
+    callback_url: String,
+    #[prost(uint32, repeated, tag = "2")]
+    states: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredDelivery {
+    #[prost(bytes = "vec", tag = "1")]
+    id: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    event: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    snapshot: Vec<u8>,
+    #[prost(string, tag = "4")]
+    callback_url: String,
+    #[prost(int64, tag = "5")]
+    create_time_us: i64,
+    #[prost(uint32, tag = "6")]
+    state: u32,
+    #[prost(uint32, tag = "7")]
+    attempts: u32,
+    #[prost(int64, optional, tag = "8")]
+    next_attempt_us: Option<i64>,
+    #[prost(uint32, tag = "9")]
+    last_status_code: u32,
+    #[prost(string, tag = "10")]
+    last_error: String,
+}
+
+/// Encodes an outbox entry.
+pub(crate) fn encode_delivery(d: &Delivery) -> Vec<u8> {
+    StoredDelivery {
+        id: d.id.as_bytes().to_vec(),
+        event: u32::from(d.event.as_u8()),
+        snapshot: encode(&d.snapshot),
+        callback_url: d.callback_url.clone(),
+        create_time_us: to_micros(d.create_time),
+        state: u32::from(d.state.as_u8()),
+        attempts: d.attempts,
+        next_attempt_us: d.next_attempt.map(to_micros),
+        last_status_code: u32::from(d.last_status_code),
+        last_error: d.last_error.clone(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes an outbox entry.
+pub(crate) fn decode_delivery(bytes: &[u8]) -> StoreResult<Delivery> {
+    let s = StoredDelivery::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let snapshot = decode(&s.snapshot)?;
+    Ok(Delivery {
+        id: uuid::Uuid::from_bytes(id16(&s.id, "delivery id")?),
+        operation: snapshot.id,
+        event: u8::try_from(s.event)
+            .ok()
+            .and_then(State::from_u8)
+            .ok_or_else(|| corrupt("delivery event"))?,
+        snapshot,
+        callback_url: s.callback_url,
+        create_time: from_micros(s.create_time_us),
+        state: u8::try_from(s.state)
+            .ok()
+            .and_then(DeliveryState::from_u8)
+            .ok_or_else(|| corrupt("delivery state"))?,
+        attempts: s.attempts,
+        next_attempt: s.next_attempt_us.map(from_micros),
+        last_status_code: u16::try_from(s.last_status_code).unwrap_or(0),
+        last_error: s.last_error,
+    })
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -182,6 +259,10 @@ pub(crate) fn encode(op: &Operation) -> Vec<u8> {
         not_before_us: op.not_before.map(to_micros),
         last_error: op.last_error.as_ref().map(store_error),
         max_attempts: op.max_attempts,
+        notification: op.notification.as_ref().map(|n| StoredNotification {
+            callback_url: n.callback_url.clone(),
+            states: n.states.iter().map(|s| u32::from(s.as_u8())).collect(),
+        }),
     }
     .encode_to_vec()
 }
@@ -255,5 +336,21 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
         not_before: s.not_before_us.map(from_micros),
         last_error: s.last_error.map(load_error).transpose()?,
         max_attempts: s.max_attempts,
+        notification: match s.notification {
+            Some(n) => Some(Notification {
+                callback_url: n.callback_url,
+                states: n
+                    .states
+                    .into_iter()
+                    .map(|v| {
+                        u8::try_from(v)
+                            .ok()
+                            .and_then(State::from_u8)
+                            .ok_or_else(|| corrupt("notification state"))
+                    })
+                    .collect::<StoreResult<_>>()?,
+            }),
+            None => None,
+        },
     })
 }

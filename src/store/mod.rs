@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 
 use crate::engine::OperationId;
 use crate::engine::filter::Filter;
+use crate::engine::notify::Delivery;
 use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
 use crate::reports::order::{Month, Order};
 
@@ -72,6 +73,8 @@ pub enum Change {
     Updated(Arc<Operation>),
     /// The operation was deleted.
     Deleted(OperationId),
+    /// A webhook delivery of the operation recorded an attempt.
+    Delivery(OperationId),
 }
 
 /// One page of a newest-first listing.
@@ -167,6 +170,20 @@ pub trait Store: Send + Sync + 'static {
     /// batch; ids that are gone or not done are skipped. Returns how many
     /// were deleted.
     async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize>;
+
+    /// Pending webhook deliveries due by `now`, oldest due first. Each was
+    /// written to the outbox in the same transaction as the state change
+    /// that caused it.
+    async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>>;
+
+    /// When the earliest pending delivery is due.
+    async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>>;
+
+    /// Records a delivery attempt's outcome, durably.
+    async fn save_delivery(&self, delivery: &Delivery) -> StoreResult<()>;
+
+    /// The deliveries of one operation, oldest first.
+    async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>>;
 
     /// Returns the named secret, creating it from `initial` on first use.
     /// Secrets are shared by every process that uses the same store.

@@ -10,7 +10,9 @@
 //! - `expiry`: end time (microseconds, big-endian) and id of every done
 //!   operation, so the retention sweeper reads only what has expired;
 //! - `meta`: secrets and other small values;
-//! - `orders`: the orders reports are made from (see `order_keys`).
+//! - `orders`: the orders reports are made from (see `order_keys`);
+//! - `outbox`: webhook deliveries (see `outbox_keys`), written in the same
+//!   transaction as the state change they announce.
 //!
 //! Every change runs in one sled transaction over the trees it touches, and
 //! durable changes then wait for a group commit: one `flush` covers every
@@ -26,12 +28,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 use tokio::sync::{broadcast, watch};
 
-use super::codec::{decode, encode};
+use super::codec::{decode, decode_delivery, encode, encode_delivery};
 use super::{
     Change, Created, Durability, ListPage, ListQuery, OrderCursor, OrderStore, Store, StoreError,
     StoreResult, now,
 };
 use crate::engine::OperationId;
+use crate::engine::notify::{self, Delivery, DeliveryState};
 use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
 use crate::reports::order::{Month, Order};
 
@@ -86,6 +89,7 @@ struct Inner {
     meta: Tree,
     orders: Tree,
     orders_writer: std::sync::Mutex<()>,
+    outbox: Tree,
     feed: broadcast::Sender<Change>,
     commit: GroupCommit,
     mode: SyncMode,
@@ -126,6 +130,40 @@ fn expiry_key(op: &Operation) -> Option<[u8; 24]> {
     Some(key)
 }
 
+/// Keys of the `outbox` tree:
+/// - `d` delivery id: the delivery;
+/// - `q` due time(8) delivery id: pending deliveries by due time;
+/// - `o` operation id delivery id: deliveries by operation.
+mod outbox_keys {
+    use crate::engine::notify::Delivery;
+
+    pub(super) fn record(d: &Delivery) -> Vec<u8> {
+        [b"d".as_slice(), d.id.as_bytes()].concat()
+    }
+
+    pub(super) fn due(d: &Delivery) -> Option<Vec<u8>> {
+        let at = d.next_attempt?;
+        Some([b"q".as_slice(), &super::time_key(at), d.id.as_bytes()].concat())
+    }
+
+    pub(super) fn by_operation(d: &Delivery) -> Vec<u8> {
+        [b"o".as_slice(), d.operation.as_bytes(), d.id.as_bytes()].concat()
+    }
+}
+
+/// Adds a pending delivery of `op`'s new state to the outbox.
+fn enqueue_delivery(outbox: &TransactionalTree, op: &Operation) -> TxResult<()> {
+    let Some(delivery) = Delivery::new(op, now()) else {
+        return Ok(());
+    };
+    outbox.insert(outbox_keys::record(&delivery), encode_delivery(&delivery))?;
+    if let Some(due) = outbox_keys::due(&delivery) {
+        outbox.insert(due, &[])?;
+    }
+    outbox.insert(outbox_keys::by_operation(&delivery), &[])?;
+    Ok(())
+}
+
 fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
     match ops.get(key)? {
         None => Ok(None),
@@ -159,6 +197,7 @@ impl SledStore {
             expiry: db.open_tree("expiry").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
             orders: db.open_tree("orders").map_err(backend)?,
+            outbox: db.open_tree("outbox").map_err(backend)?,
             orders_writer: std::sync::Mutex::new(()),
             commit: GroupCommit::new(db.clone()),
             db,
@@ -194,8 +233,9 @@ impl SledStore {
         F: Fn(&Operation) -> Result<Option<Operation>, Rejection>,
     {
         let key = id.as_bytes();
-        (&self.inner.ops, &self.inner.active, &self.inner.expiry)
-            .transaction(|(ops, active, expiry)| {
+        let inner = &self.inner;
+        (&inner.ops, &inner.active, &inner.expiry, &inner.outbox)
+            .transaction(|(ops, active, expiry, outbox)| {
                 let Some(current) = read_op(ops, key)? else {
                     return abort(StoreError::NotFound);
                 };
@@ -204,6 +244,9 @@ impl SledStore {
                     Ok(None) => Ok((current, false)),
                     Ok(Some(next)) => {
                         ops.insert(key, encode(&next))?;
+                        if notify::event(Some(&current), &next).is_some() {
+                            enqueue_delivery(outbox, &next)?;
+                        }
                         if current.is_done() != next.is_done() {
                             active.remove(key)?;
                             if let Some(end) = expiry_key(&next) {
@@ -215,6 +258,28 @@ impl SledStore {
                 }
             })
             .map_err(tx_error)
+    }
+
+    /// Drops the outbox entries of deleted operations. Done after the
+    /// records go (sled transactions cannot scan a prefix); an entry left by
+    /// a crash in between is only a finished delivery nobody can list.
+    fn forget_deliveries(&self, ids: &[OperationId]) -> StoreResult<()> {
+        let outbox = &self.inner.outbox;
+        for id in ids {
+            let prefix = [b"o".as_slice(), id.as_bytes()].concat();
+            for entry in outbox.scan_prefix(&prefix) {
+                let (key, _) = entry.map_err(backend)?;
+                let record = [b"d".as_slice(), &key[17..]].concat();
+                if let Some(bytes) = outbox.remove(&record).map_err(backend)?
+                    && let Ok(d) = decode_delivery(&bytes)
+                    && let Some(due) = outbox_keys::due(&d)
+                {
+                    outbox.remove(due).map_err(backend)?;
+                }
+                outbox.remove(&key).map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes done operations with their index entries in one
@@ -276,8 +341,8 @@ impl Store for SledStore {
         let key = *operation.id.as_bytes();
         let encoded = encode(&operation);
         let inner = &self.inner;
-        let created = (&inner.ops, &inner.active, &inner.request_ids)
-            .transaction(|(ops, active, request_ids)| {
+        let created = (&inner.ops, &inner.active, &inner.request_ids, &inner.outbox)
+            .transaction(|(ops, active, request_ids, outbox)| {
                 if let Some(request_id) = operation.request_id {
                     let rid = request_id.as_bytes();
                     if let Some(existing_key) = request_ids.get(rid)?
@@ -295,6 +360,9 @@ impl Store for SledStore {
                 }
                 ops.insert(&key, encoded.as_slice())?;
                 active.insert(&key, &[])?;
+                if notify::event(None, &operation).is_some() {
+                    enqueue_delivery(outbox, &operation)?;
+                }
                 Ok(Created::New(operation.clone()))
             })
             .map_err(tx_error)?;
@@ -383,6 +451,7 @@ impl Store for SledStore {
     async fn delete(&self, id: OperationId) -> StoreResult<()> {
         let found = self.remove_done(&[id], true)?;
         debug_assert_eq!(found.len(), 1);
+        self.forget_deliveries(&found)?;
         self.persist(Durability::Durable).await?;
         self.announce(Change::Deleted(id));
         Ok(())
@@ -413,6 +482,7 @@ impl Store for SledStore {
 
     async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize> {
         let removed = self.remove_done(ids, false)?;
+        self.forget_deliveries(&removed)?;
         if !removed.is_empty() {
             self.persist(Durability::Durable).await?;
             for id in &removed {
@@ -449,6 +519,78 @@ impl Store for SledStore {
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let end = [b"q".as_slice(), &time_key(now), &[0xff; 16]].concat();
+        let mut out = Vec::new();
+        for entry in self.inner.outbox.range(b"q".to_vec()..=end).take(limit) {
+            let (key, _) = entry.map_err(backend)?;
+            let record = [b"d".as_slice(), &key[9..]].concat();
+            match self.inner.outbox.get(record).map_err(backend)? {
+                Some(bytes) => out.push(decode_delivery(&bytes)?),
+                None => {
+                    self.inner.outbox.remove(&key).map_err(backend)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>> {
+        let first = self
+            .inner
+            .outbox
+            .scan_prefix(b"q")
+            .next()
+            .transpose()
+            .map_err(backend)?;
+        Ok(first.map(|(key, _)| {
+            let micros = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros)
+        }))
+    }
+
+    async fn save_delivery(&self, delivery: &Delivery) -> StoreResult<()> {
+        let record_key = outbox_keys::record(delivery);
+        self.inner
+            .outbox
+            .transaction(|outbox| {
+                if let Some(old) = outbox.get(&record_key)? {
+                    let old = match decode_delivery(&old) {
+                        Ok(old) => old,
+                        Err(e) => return abort(e),
+                    };
+                    if let Some(due) = outbox_keys::due(&old) {
+                        outbox.remove(due)?;
+                    }
+                }
+                outbox.insert(record_key.as_slice(), encode_delivery(delivery))?;
+                if delivery.state == DeliveryState::Pending
+                    && let Some(due) = outbox_keys::due(delivery)
+                {
+                    outbox.insert(due, &[])?;
+                }
+                outbox.insert(outbox_keys::by_operation(delivery), &[])?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.persist(Durability::Durable).await?;
+        self.announce(Change::Delivery(delivery.operation));
+        Ok(())
+    }
+
+    async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>> {
+        let prefix = [b"o".as_slice(), id.as_bytes()].concat();
+        let mut out = Vec::new();
+        for entry in self.inner.outbox.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(backend)?;
+            let record = [b"d".as_slice(), &key[17..]].concat();
+            if let Some(bytes) = self.inner.outbox.get(record).map_err(backend)? {
+                out.push(decode_delivery(&bytes)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
@@ -500,6 +642,41 @@ struct GroupCommit {
     running: tokio::sync::Mutex<()>,
 }
 
+/// The flushing turn of one writer. Handing it on releases the turn before
+/// waking the queue: a woken writer whose ticket the flush did not cover
+/// must find the turn free, or it would wait for a flush nobody starts.
+struct Turn<'a> {
+    commit: &'a GroupCommit,
+    guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Turn<'_> {
+    /// Ends the turn; `covered` is the highest ticket the flush made
+    /// durable, or None when it failed.
+    fn finish(mut self, covered: Option<u64>) {
+        self.hand_on(covered);
+    }
+
+    fn hand_on(&mut self, covered: Option<u64>) {
+        if self.guard.take().is_none() {
+            return;
+        }
+        // Always wake the queue, so that after a failure (or a cancelled
+        // flush) the next writer takes its own turn.
+        self.commit.flushed.send_modify(|done| {
+            if let Some(covered) = covered {
+                *done = (*done).max(covered);
+            }
+        });
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.hand_on(None);
+    }
+}
+
 impl GroupCommit {
     fn new(db: sled::Db) -> Self {
         Self {
@@ -523,23 +700,20 @@ impl GroupCommit {
                     return Ok(());
                 }
                 let covers = self.issued.load(Ordering::SeqCst);
+                // If this future is dropped mid-flush (a caller was
+                // cancelled), the turn must still be handed on, or the
+                // writers queued behind it would wait forever.
+                let turn = Turn {
+                    commit: self,
+                    guard: Some(guard),
+                };
                 let db = self.db.clone();
                 self.flushes.fetch_add(1, Ordering::Relaxed);
                 let result = tokio::task::spawn_blocking(move || db.flush())
                     .await
                     .map_err(backend)
                     .and_then(|r| r.map_err(backend));
-                // Release the turn before waking the queue: a woken writer
-                // whose ticket this flush did not cover must find the turn
-                // free, or it would wait for a flush nobody starts.
-                drop(guard);
-                // Always wake the queue, so that on failure the next writer
-                // takes its own turn at flushing.
-                self.flushed.send_modify(|done| {
-                    if result.is_ok() {
-                        *done = (*done).max(covers);
-                    }
-                });
+                turn.finish(result.as_ref().ok().map(|_| covers));
                 result?;
                 continue;
             }

@@ -71,6 +71,10 @@ impl TestServer {
 
     /// Starts a server with extra kinds.
     pub async fn start_registry(config: ServerConfig, registry: Registry) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -104,6 +104,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
             let message = ImportOrdersRequest {
                 csv_chunk: chunk,
                 request_id: String::new(),
+                notification: None,
             };
             if tx.send(message).await.is_err() {
                 return Ok(());
@@ -128,6 +129,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
             month: month.to_string(),
             format: ReportFormat::Csv as i32,
             request_id: String::new(),
+            notification: None,
         })
         .await?
         .into_inner();

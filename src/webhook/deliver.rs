@@ -1,0 +1,250 @@
+//! The deliverer: takes due deliveries from the outbox, POSTs them, and
+//! records each attempt. It runs beside the engine and never holds up an
+//! operation or a worker.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::guard::{GuardedResolver, check_url};
+use super::{WebhookConfig, sign};
+use crate::engine::notify::{Delivery, DeliveryState};
+use crate::store::{Change, DynStore};
+
+/// Deliveries in flight at once.
+const IN_FLIGHT: usize = 32;
+/// The longest Retry-After honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The body of a delivery: the event, when it happened, and the operation
+/// in the proto3 JSON mapping.
+pub fn body(delivery: &Delivery) -> Vec<u8> {
+    let operation = crate::pb::to_json(&crate::grpc::convert::operation(&delivery.snapshot));
+    let timestamp = time::OffsetDateTime::from(delivery.create_time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    serde_json::to_vec(&serde_json::json!({
+        "type": delivery.event_type(),
+        "timestamp": timestamp,
+        "data": operation,
+    }))
+    .unwrap_or_default()
+}
+
+/// What one attempt came to.
+struct Attempt {
+    status: Option<StatusCode>,
+    error: String,
+    retry_after: Option<Duration>,
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+async fn attempt(client: &reqwest::Client, config: &WebhookConfig, delivery: &Delivery) -> Attempt {
+    let failed = |error: String| Attempt {
+        status: None,
+        error,
+        retry_after: None,
+    };
+    // Literal IP addresses skip the resolver, so check them here too.
+    let url = match check_url(&delivery.callback_url, config.allow_private).await {
+        Ok(url) => url,
+        Err(e) => return failed(e),
+    };
+    let body = body(delivery);
+    let id = delivery.webhook_id();
+    let timestamp = sign::unix_seconds(SystemTime::now());
+    let signature = sign::sign(&config.secrets, &id, timestamp, &body);
+    let sent = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status();
+            let retry_after = matches!(status.as_u16(), 429 | 502 | 504)
+                .then(|| retry_after(&response))
+                .flatten();
+            Attempt {
+                status: Some(status),
+                error: if status.is_success() {
+                    String::new()
+                } else {
+                    format!("the receiver answered {status}")
+                },
+                retry_after,
+            }
+        }
+        Err(e) => failed(format!("{e}")),
+    }
+}
+
+/// Applies an attempt's outcome to the delivery.
+fn record(config: &WebhookConfig, mut delivery: Delivery, outcome: Attempt) -> Delivery {
+    delivery.attempts += 1;
+    delivery.last_status_code = outcome.status.map_or(0, |s| s.as_u16());
+    delivery.last_error = outcome.error;
+    let status = outcome.status.map(|s| s.as_u16());
+    delivery.state = match status {
+        Some(200..=299) => DeliveryState::Delivered,
+        Some(410) => DeliveryState::Disabled,
+        _ if (delivery.attempts as usize) <= config.schedule.len() => DeliveryState::Pending,
+        _ => DeliveryState::Failed,
+    };
+    delivery.next_attempt = (delivery.state == DeliveryState::Pending).then(|| {
+        let planned = config.schedule[delivery.attempts as usize - 1];
+        // Up to 20% either way, so receivers that failed together are not
+        // retried together.
+        let jittered = planned.mul_f64(0.8 + 0.4 * rand::random::<f64>());
+        SystemTime::now()
+            + outcome
+                .retry_after
+                .unwrap_or(jittered)
+                .max(jittered.min(planned))
+    });
+    delivery
+}
+
+/// Waits for a change that may have queued a delivery: an operation with a
+/// notification changed state (or the feed lagged, and anything may have).
+/// None when the feed closed.
+async fn next_relevant(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> Option<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match feed.recv().await {
+            Ok(Change::Updated(op)) if op.notification.is_some() => return Some(()),
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => return Some(()),
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
+/// Runs until `stop` fires.
+pub async fn run(store: DynStore, config: Arc<WebhookConfig>, stop: CancellationToken) {
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.timeout)
+        .user_agent(concat!("longrun/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(GuardedResolver))
+        .build()
+    {
+        Ok(client) if !config.allow_private => client,
+        _ => match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.timeout)
+            .user_agent(concat!("longrun/", env!("CARGO_PKG_VERSION")))
+            .build()
+        {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(error = %e, "webhooks are off: no HTTP client");
+                return;
+            }
+        },
+    };
+    let mut feed = store.subscribe();
+    let mut in_flight: JoinSet<Option<Delivery>> = JoinSet::new();
+    let mut busy: HashSet<uuid::Uuid> = HashSet::new();
+    info!("webhook deliverer started");
+    loop {
+        // Start everything due, up to the in-flight bound.
+        let room = IN_FLIGHT.saturating_sub(in_flight.len());
+        if room > 0 {
+            match store
+                .due_deliveries(SystemTime::now(), room + busy.len())
+                .await
+            {
+                Ok(due) => {
+                    let fresh: Vec<Delivery> = due
+                        .into_iter()
+                        .filter(|d| !busy.contains(&d.id))
+                        .take(room)
+                        .collect();
+                    for delivery in fresh {
+                        busy.insert(delivery.id);
+                        let client = client.clone();
+                        let config = Arc::clone(&config);
+                        let store = Arc::clone(&store);
+                        in_flight.spawn(async move {
+                            let outcome = attempt(&client, &config, &delivery).await;
+                            let updated = record(&config, delivery, outcome);
+                            debug!(id = %updated.webhook_id(), state = ?updated.state, "delivery attempt recorded");
+                            match store.save_delivery(&updated).await {
+                                Ok(()) => Some(updated),
+                                Err(e) => {
+                                    warn!(error = %e, "could not record a delivery attempt");
+                                    None
+                                }
+                            }
+                        });
+                    }
+                }
+                Err(e) => warn!(error = %e, "could not read the outbox"),
+            }
+        }
+        // Sleep until the next delivery is due. One that is already due is
+        // in flight (everything due and not in flight was started above),
+        // so its completion is what to wait for.
+        let wake_at = match store.next_delivery_due().await {
+            Ok(Some(at)) => at
+                .duration_since(SystemTime::now())
+                .ok()
+                .filter(|d| !d.is_zero()),
+            _ => None,
+        };
+        let sleep = async {
+            match wake_at {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(Some(d)) = done {
+                    busy.remove(&d.id);
+                } else {
+                    // A failed save: forget which ids were busy; the outbox
+                    // still has them and they are retried when due.
+                    busy.clear();
+                }
+            }
+            changed = next_relevant(&mut feed) => {
+                if changed.is_none() {
+                    // The store is closing.
+                    break;
+                }
+            }
+            _ = sleep => {}
+        }
+    }
+    // Attempts in flight are dropped; their deliveries stay pending in the
+    // outbox and are retried after restart.
+    in_flight.abort_all();
+}

@@ -1,0 +1,67 @@
+//! Webhooks: signed POSTs of an operation's state changes, from the
+//! durable outbox, with retries.
+//!
+//! - `sign`: Standard Webhooks signing and the `verify` function receivers
+//!   (and `longrun webhook verify`) use;
+//! - `guard`: the SSRF guard on callback URLs;
+//! - `deliver`: the background deliverer.
+
+pub mod deliver;
+pub mod guard;
+pub mod sign;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use self::sign::{Secret, VerifyError, sign, verify};
+
+/// The retry schedule after the first attempt, as the Standard Webhooks
+/// spec recommends: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+pub fn default_schedule() -> Vec<Duration> {
+    [5, 300, 1800, 7200, 18_000, 36_000, 36_000]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+
+/// How webhooks are sent.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Signing secrets: the current one first, then any being rotated out.
+    pub secrets: Vec<Secret>,
+    /// Whether callbacks may reach loopback and private addresses.
+    pub allow_private: bool,
+    /// How long one POST may take.
+    pub timeout: Duration,
+    /// The delays before each retry; attempts are one more than its length.
+    pub schedule: Vec<Duration>,
+}
+
+/// The file a generated secret is kept in, inside the data directory.
+pub fn secret_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("webhook-secret")
+}
+
+/// Reads the data directory's secret, creating one (readable by the owner
+/// only) on first use.
+pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<Secret> {
+    let path = secret_file(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .parse()
+            .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let secret = Secret::generate();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&path)?;
+            std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())?;
+            file.sync_all()?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}
