@@ -6,6 +6,7 @@
 //! from the load generator's.
 
 mod churn;
+mod load;
 mod reports;
 mod target;
 
@@ -38,9 +39,51 @@ pub struct Common {
     pub output: Output,
 }
 
+/// The gRPC scenarios `bench run` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// grpc.health Check: the practical limit of gRPC here.
+    Ceiling,
+    /// Durable Diagnostics.Sleep(0) creations.
+    Create,
+    /// Zero-work operations from create to done, followed with Wait.
+    E2e,
+    /// Create acknowledgement to task start, at low and high load.
+    Dispatch,
+    /// GetOperation while end-to-end load runs at half its peak.
+    Get,
+    /// Many WatchOperation streams on one operation.
+    Fanout,
+    /// List and Get with many stored operations.
+    Scale,
+}
+
 /// The scenarios.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Run gRPC scenarios one after another against one server and print a
+    /// table, each rate also as a ratio of the ceiling.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Which scenarios, comma separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ceiling,create,e2e,dispatch,get,fanout"
+        )]
+        scenarios: Vec<Scenario>,
+        /// How long each timed scenario runs.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Watch streams in the fan-out scenario.
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+        /// Stored operations in the scale scenario.
+        #[arg(long, default_value_t = 1_000_000)]
+        scale_count: u64,
+    },
     /// Steady stream of operations with a short retention: data-directory
     /// size and server RSS over time must stay flat.
     Churn {
@@ -88,11 +131,132 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             sample_every,
             tail,
         } => churn::run(common, count, retention, sample_every, tail).await,
+        BenchCommand::Run {
+            common,
+            scenarios,
+            duration,
+            watchers,
+            scale_count,
+        } => run_scenarios(common, scenarios, duration, watchers, scale_count).await,
         BenchCommand::Reports {
             common,
             count,
             months,
             seed,
         } => reports::run(common, count, months, seed).await,
+    }
+}
+
+async fn run_scenarios(
+    common: Common,
+    scenarios: Vec<Scenario>,
+    duration: Duration,
+    watchers: usize,
+    scale_count: u64,
+) -> anyhow::Result<()> {
+    use serde_json::{Map, Value, json};
+    // Enough connections for the fan-out's streams at the default HTTP/2
+    // stream limits.
+    let stream_connections = watchers.div_ceil(500).max(common.connections);
+    let c = common.concurrency;
+    let mut results = Map::new();
+    let mut ceiling = None::<f64>;
+    let ratio = |rate: f64, ceiling: Option<f64>| ceiling.map(|c| rate / c);
+    for scenario in scenarios {
+        let name = format!("{scenario:?}").to_lowercase();
+        // Each scenario gets a fresh server (unless --server names one), so
+        // work queued by one does not slow the next.
+        let target = target::Target::start(&common, &[]).await?;
+        let channels = target.channels(common.connections).await?;
+        let value: Value = match scenario {
+            Scenario::Ceiling => {
+                let s = load::ceiling(&channels, c, duration).await;
+                ceiling = Some(s.rate());
+                report(&common, &name, &s.line());
+                s.json()
+            }
+            Scenario::Create => {
+                let s = load::creates(&channels, c, duration).await;
+                report(
+                    &common,
+                    &name,
+                    &with_ratio(&s.line(), ratio(s.rate(), ceiling)),
+                );
+                json!({ "stats": s.json(), "of_ceiling": ratio(s.rate(), ceiling) })
+            }
+            Scenario::E2e => {
+                let (s, _) = load::end_to_end(&channels, c, duration, None).await;
+                report(
+                    &common,
+                    &name,
+                    &with_ratio(&s.line(), ratio(s.rate(), ceiling)),
+                );
+                json!({ "stats": s.json(), "of_ceiling": ratio(s.rate(), ceiling) })
+            }
+            Scenario::Dispatch => {
+                let mut out = Map::new();
+                for (label, conc) in [("low", 1usize), ("high", c)] {
+                    let (s, d) = load::end_to_end(&channels, conc, duration, None).await;
+                    let line = format!(
+                        "{label:>4} load ({:.0} ops/s): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                        s.rate(),
+                        d.value_at_quantile(0.5) as f64 / 1000.0,
+                        d.value_at_quantile(0.99) as f64 / 1000.0,
+                        d.max() as f64 / 1000.0
+                    );
+                    report(&common, &name, &line);
+                    out.insert(
+                        label.into(),
+                        json!({
+                            "ops_per_second": s.rate(),
+                            "p50_ms": d.value_at_quantile(0.5) as f64 / 1000.0,
+                            "p99_ms": d.value_at_quantile(0.99) as f64 / 1000.0,
+                            "max_ms": d.max() as f64 / 1000.0,
+                        }),
+                    );
+                }
+                Value::Object(out)
+            }
+            Scenario::Get => {
+                let (peak, _) = load::end_to_end(&channels, c, duration / 2, None).await;
+                let (gets, load) =
+                    load::get_under_load(&channels, c, duration, peak.rate() / 2.0).await?;
+                report(
+                    &common,
+                    &name,
+                    &format!("{} while e2e ran at {:.0}/s", gets.line(), load.rate()),
+                );
+                json!({ "get": gets.json(), "background_e2e_per_second": load.rate(), "peak_e2e_per_second": peak.rate() })
+            }
+            Scenario::Fanout => {
+                let stream_channels = target.channels(stream_connections).await?;
+                let v = load::fanout(&target, &stream_channels, watchers).await?;
+                report(&common, &name, &v.to_string());
+                v
+            }
+            Scenario::Scale => {
+                let v = load::scale(&target, &channels, scale_count, c).await?;
+                report(&common, &name, &v.to_string());
+                v
+            }
+        };
+        results.insert(name, value);
+    }
+    if common.output == super::Output::Json {
+        println!("{}", Value::Object(results));
+    }
+    Ok(())
+}
+
+fn with_ratio(line: &str, ratio: Option<f64>) -> String {
+    match ratio {
+        Some(r) => format!("{line}  [{:.0}% of ceiling]", r * 100.0),
+        None => line.to_owned(),
+    }
+}
+
+fn report(common: &Common, scenario: &str, line: &str) {
+    if common.output == super::Output::Text {
+        println!("{scenario:<9} {line}");
     }
 }
