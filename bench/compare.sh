@@ -15,9 +15,10 @@ DURATION=${DURATION:-10s}
 N=${N:-20000}
 RUNS=${RUNS:-3}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 
 cargo build --release --quiet
-(cd bench/peers/bullmq && npm ci --silent --no-audit --no-fund)
+(cd bench/peers/bullmq && npm install --silent --no-audit --no-fund)
 
 for sync in always batch never; do
   for run in $(seq "$RUNS"); do
