@@ -134,6 +134,30 @@ async fn check(p: &Process, acked: &[String], finished: &mut HashMap<String, Ope
     }
 }
 
+/// Waits with WaitOperation until `name` is done.
+async fn wait_done(ops: &mut OperationsClient<Channel>, name: &str) -> Operation {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let op = ops
+                .wait_operation(WaitOperationRequest {
+                    name: name.to_owned(),
+                    timeout: Some(prost_types::Duration {
+                        seconds: 10,
+                        nanos: 0,
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if op.done {
+                return op;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never finished"))
+}
+
 fn assert_finished_once(op: &Operation) {
     let m = meta(op);
     match &op.result {
@@ -195,26 +219,7 @@ async fn acknowledged_operations_survive_sigkill_and_finish_once() {
     // Everything finishes.
     let mut ops = OperationsClient::new(channel(&process).await);
     for name in &all {
-        let op = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let op = ops
-                    .wait_operation(WaitOperationRequest {
-                        name: name.clone(),
-                        timeout: Some(prost_types::Duration {
-                            seconds: 10,
-                            nanos: 0,
-                        }),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                if op.done {
-                    return op;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} never finished"));
+        let op = wait_done(&mut ops, name).await;
         assert_finished_once(&op);
     }
     check(&process, &all, &mut finished).await;
@@ -306,26 +311,7 @@ async fn sigterm_releases_running_work_which_resumes_after_restart() {
 
     let process = start(dir.path()).await;
     let mut ops = OperationsClient::new(channel(&process).await);
-    let done = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let op = ops
-                .wait_operation(WaitOperationRequest {
-                    name: op.name.clone(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 10,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if op.done {
-                return op;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let done = wait_done(&mut ops, &op.name).await;
     assert_eq!(meta(&done).state, State::Succeeded as i32);
     assert_eq!(meta(&done).attempt, 2);
 }

@@ -195,6 +195,35 @@ async fn an_imported_month_reports_exactly_what_the_csv_says() {
     server.stop().await;
 }
 
+/// Waits until the operation reports progress (so it is mid-way), then
+/// cancels it.
+async fn cancel_once_progressing(server: &TestServer, name: &str) {
+    let mut stream = server
+        .watcher()
+        .await
+        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(item) = stream.next().await {
+            let item = item.unwrap();
+            assert!(!item.done, "it finished before it could be cancelled");
+            if meta(&item).progress_percent > 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    server
+        .operations()
+        .await
+        .cancel_operation(CancelOperationRequest { name: name.into() })
+        .await
+        .unwrap();
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -449,37 +478,7 @@ async fn a_cancelled_report_stops_midway_and_leaves_no_file() {
         .await
         .unwrap()
         .into_inner();
-    // Wait until rows are being written, then cancel.
-    let mut watcher = server.watcher().await;
-    let mut stream = watcher
-        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(item) = stream.next().await {
-            let item = item.unwrap();
-            assert!(
-                !item.done,
-                "the report finished before it could be cancelled"
-            );
-            if meta(&item).progress_percent > 0 {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    server
-        .operations()
-        .await
-        .cancel_operation(CancelOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap();
+    cancel_once_progressing(&server, &op.name).await;
     let done = wait_done(&server, &op.name).await;
     assert_eq!(state(&done), State::Cancelled);
     assert!(meta(&done).progress_percent < 100);
@@ -522,37 +521,7 @@ async fn a_cancelled_import_keeps_the_rows_it_committed() {
     let server = TestServer::start().await;
     let csv = generated(200_000, "2024-08", "2024-08", 8);
     let op = import(&server, &csv, 1 << 20, "").await.unwrap();
-    let mut stream = server
-        .watcher()
-        .await
-        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(item) = stream.next().await {
-            let item = item.unwrap();
-            assert!(
-                !item.done,
-                "the import finished before it could be cancelled"
-            );
-            if meta(&item).progress_percent > 0 {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    server
-        .operations()
-        .await
-        .cancel_operation(CancelOperationRequest {
-            name: op.name.clone(),
-        })
-        .await
-        .unwrap();
+    cancel_once_progressing(&server, &op.name).await;
     let done = wait_done(&server, &op.name).await;
     assert_eq!(state(&done), State::Cancelled);
     let message = meta(&done).status_message;

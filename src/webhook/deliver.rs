@@ -147,26 +147,19 @@ async fn next_relevant(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> O
 
 /// Runs until `stop` fires.
 pub async fn run(store: DynStore, config: Arc<WebhookConfig>, stop: CancellationToken) {
-    let client = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.timeout)
-        .user_agent(concat!("longrun/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(Arc::new(GuardedResolver))
-        .build()
-    {
-        Ok(client) if !config.allow_private => client,
-        _ => match reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
-            .user_agent(concat!("longrun/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
-            Ok(client) => client,
-            Err(e) => {
-                warn!(error = %e, "webhooks are off: no HTTP client");
-                return;
-            }
-        },
+        .user_agent(concat!("longrun/", env!("CARGO_PKG_VERSION")));
+    if !config.allow_private {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    let client = match builder.build() {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, "webhooks are off: no HTTP client");
+            return;
+        }
     };
     let mut feed = store.subscribe();
     let mut in_flight: JoinSet<Option<Delivery>> = JoinSet::new();

@@ -152,7 +152,8 @@ async fn create(channel: Channel) -> Result<Operation, tonic::Status> {
         .into_inner())
 }
 
-async fn wait_done(channel: Channel, name: String) -> Result<Operation, tonic::Status> {
+/// Waits with WaitOperation until the operation is done.
+pub(super) async fn wait_done(channel: Channel, name: String) -> Result<Operation, tonic::Status> {
     let mut ops = OperationsClient::new(channel);
     loop {
         let op = ops

@@ -12,8 +12,7 @@ use tokio_stream::StreamExt;
 use super::Common;
 use super::target::{Target, mib};
 use crate::cli::Output;
-use crate::pb::google::longrunning::operations_client::OperationsClient;
-use crate::pb::google::longrunning::{Operation, WaitOperationRequest, operation};
+use crate::pb::google::longrunning::{Operation, operation};
 use crate::pb::longrun::v1::report_service_client::ReportServiceClient;
 use crate::pb::longrun::v1::{
     CreateReportRequest, ImportOrdersRequest, OperationMetadata, ReadReportRequest, Report,
@@ -21,27 +20,6 @@ use crate::pb::longrun::v1::{
 };
 use crate::reports::generate::{Spec, write_csv};
 use crate::reports::order::Month;
-
-async fn wait(
-    ops: &mut OperationsClient<tonic::transport::Channel>,
-    name: &str,
-) -> anyhow::Result<Operation> {
-    loop {
-        let op = ops
-            .wait_operation(WaitOperationRequest {
-                name: name.to_owned(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            })
-            .await?
-            .into_inner();
-        if op.done {
-            return Ok(op);
-        }
-    }
-}
 
 /// How long the operation ran, from its metadata.
 fn run_time(op: &Operation) -> anyhow::Result<Duration> {
@@ -87,7 +65,6 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
     let target = Target::start(&common, &[]).await?;
     let channel = target.channels(1).await?.remove(0);
     let mut reports = ReportServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-    let mut ops = OperationsClient::new(channel);
 
     // Upload.
     let upload_started = Instant::now();
@@ -118,7 +95,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
     reader.await??;
     let upload_time = upload_started.elapsed();
 
-    let imported_op = wait(&mut ops, &created.name).await?;
+    let imported_op = super::load::wait_done(channel.clone(), created.name).await?;
     let import_time = run_time(&imported_op)?;
     let imported: crate::pb::longrun::v1::ImportOrdersResponse = result(&imported_op)?;
 
@@ -133,7 +110,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
         })
         .await?
         .into_inner();
-    let report_op = wait(&mut ops, &created.name).await?;
+    let report_op = super::load::wait_done(channel.clone(), created.name).await?;
     let report_time = run_time(&report_op)?;
     let report: Report = result(&report_op)?;
 
