@@ -150,11 +150,20 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
             Ended::Returned(Err(_)) if token.is_cancelled() => Finish::Release,
             Ended::Returned(Err(e)) => failure(&kind.policy, &op, e, progress),
         };
-        if let Some(op) = end(inner, claim, finish).await
-            && op.state == State::Queued
-        {
-            inner.enqueue(&op);
-        }
+        // Storing the result waits for a flush; the worker need not. It
+        // takes its next operation while the write joins the next group
+        // commit, so the finishes of all workers share fsyncs.
+        let storing = Arc::clone(inner);
+        inner.tracker.spawn(
+            async move {
+                if let Some(op) = end(&storing, claim, finish).await
+                    && op.state == State::Queued
+                {
+                    storing.enqueue(&op);
+                }
+            }
+            .in_current_span(),
+        );
     }
     .instrument(span)
     .await;
