@@ -67,7 +67,8 @@ impl Stats {
             "calls": self.calls,
             "errors": self.errors,
             "seconds": self.elapsed.as_secs_f64(),
-            "per_second": self.rate(),
+            // Only timed runs have a rate; sampled latencies do not.
+            "per_second": (!self.elapsed.is_zero()).then(|| self.rate()),
             "p50_ms": self.ms(0.5),
             "p99_ms": self.ms(0.99),
             "max_ms": self.micros.max() as f64 / 1000.0,
