@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub backend: Backend,
     /// How hard the store works to keep acknowledged writes.
     pub sync: SyncMode,
+    /// The store's page cache, in bytes.
+    pub cache_bytes: u64,
     /// Workers, queue and shutdown settings.
     pub engine: EngineConfig,
     /// Whether the Diagnostics service (and its Sleep kind) is on.
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./longrun-data"),
             backend: Backend::Sled,
             sync: SyncMode::Always,
+            cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             engine: EngineConfig::default(),
             diagnostics: true,
             sleep_policy: SleepTask.policy(),
@@ -116,12 +119,13 @@ impl Server {
     pub async fn open(config: ServerConfig, mut registry: Registry) -> Result<Self, ServerError> {
         let (store, orders): (DynStore, DynOrderStore) = match config.backend {
             Backend::Sled => {
-                let sled = Arc::new(SledStore::open(&config.data_dir, config.sync).map_err(
-                    |source| ServerError::Store {
+                let sled =
+                    SledStore::open_with_cache(&config.data_dir, config.sync, config.cache_bytes)
+                        .map_err(|source| ServerError::Store {
                         path: config.data_dir.display().to_string(),
                         source,
-                    },
-                )?);
+                    })?;
+                let sled = Arc::new(sled);
                 (sled.clone(), sled)
             }
         };

@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// by concurrent writers), batch (every 10ms) or never (left to sled).
     #[arg(long, env = "LONGRUN_SYNC", default_value = "always")]
     pub sync: SyncMode,
+    /// sled's page cache in MiB. sled counts it loosely; the server's
+    /// memory grows to several times this under write load.
+    #[arg(long, env = "LONGRUN_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_CACHE_BYTES / (1024 * 1024))]
+    pub cache_mib: u64,
     /// How many operations run at once [default: number of CPUs].
     #[arg(long, env = "LONGRUN_WORKERS", default_value_t = default_workers())]
     pub workers: usize,
@@ -116,6 +120,7 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             backend: self.store,
             sync: self.sync,
+            cache_bytes: self.cache_mib.max(1) * 1024 * 1024,
             engine: EngineConfig {
                 workers: self.workers.max(1),
                 max_queued: self.max_queued,

@@ -67,6 +67,11 @@ impl std::str::FromStr for SyncMode {
     }
 }
 
+/// sled's page cache by default. sled undercounts it: with 300,000
+/// operations, 128 MiB let the server grow to 874 MiB and 32 MiB to 193 MiB,
+/// but writing slows as the store outgrows a small cache (BENCHMARKS.md).
+pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 /// How often `SyncMode::Batch` flushes.
 const BATCH_FLUSH_MS: u64 = 10;
 
@@ -175,8 +180,15 @@ fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir` with the default cache.
     pub fn open(dir: &Path, mode: SyncMode) -> StoreResult<Self> {
+        Self::open_with_cache(dir, mode, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database in `dir`, giving sled's page cache
+    /// `cache_bytes`. sled counts its cache loosely: the process's memory
+    /// grows to several times this figure under write load.
+    pub fn open_with_cache(dir: &Path, mode: SyncMode, cache_bytes: u64) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let flush_every = match mode {
             SyncMode::Always => Some(500),
@@ -185,7 +197,7 @@ impl SledStore {
         };
         let db = sled::Config::new()
             .path(dir.join("sled"))
-            .cache_capacity(128 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(flush_every)
             .open()
             .map_err(backend)?;
