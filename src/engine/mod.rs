@@ -315,16 +315,11 @@ impl Engine {
             Some(t) => t.min(registered.policy.timeout),
             None => registered.policy.timeout,
         };
-        let digest = match options.fingerprint {
-            Some(fingerprint) => request_digest(
-                kind,
-                &Payload {
-                    type_url: request.type_url.clone(),
-                    value: fingerprint.to_vec().into(),
-                },
-            ),
-            None => request_digest(kind, &request),
+        let identity: &[u8] = match &options.fingerprint {
+            Some(fingerprint) => fingerprint,
+            None => &request.value,
         };
+        let digest = request_digest(kind, &request.type_url, identity);
         if inner.queue.admit().is_err() {
             return Err(EngineError::ResourceExhausted {
                 reason: "QUEUE_FULL",
@@ -588,10 +583,11 @@ async fn sweep(inner: Arc<Inner>) {
     }
 }
 
-/// Identifies a request for idempotency checks: kind, type and bytes.
-fn request_digest(kind: &str, request: &Payload) -> [u8; 32] {
+/// Identifies a request for idempotency checks: kind, type, and the bytes
+/// (or fingerprint) that stand for its content.
+fn request_digest(kind: &str, type_url: &str, identity: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    for part in [kind.as_bytes(), request.type_url.as_bytes(), &request.value] {
+    for part in [kind.as_bytes(), type_url.as_bytes(), identity] {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }

@@ -152,7 +152,18 @@ mod outbox_keys {
     }
 
     pub(super) fn by_operation(d: &Delivery) -> Vec<u8> {
-        [b"o".as_slice(), d.operation.as_bytes(), d.id.as_bytes()].concat()
+        [operation_prefix(d.operation).as_slice(), d.id.as_bytes()].concat()
+    }
+
+    /// The prefix of an operation's `o` keys.
+    pub(super) fn operation_prefix(id: crate::engine::OperationId) -> Vec<u8> {
+        [b"o".as_slice(), id.as_bytes()].concat()
+    }
+
+    /// The record key a `q` or `o` index key points at: both end with the
+    /// delivery id.
+    pub(super) fn record_of(index_key: &[u8]) -> Vec<u8> {
+        [b"d".as_slice(), &index_key[index_key.len() - 16..]].concat()
     }
 }
 
@@ -278,10 +289,9 @@ impl SledStore {
     fn forget_deliveries(&self, ids: &[OperationId]) -> StoreResult<()> {
         let outbox = &self.inner.outbox;
         for id in ids {
-            let prefix = [b"o".as_slice(), id.as_bytes()].concat();
-            for entry in outbox.scan_prefix(&prefix) {
+            for entry in outbox.scan_prefix(outbox_keys::operation_prefix(*id)) {
                 let (key, _) = entry.map_err(backend)?;
-                let record = [b"d".as_slice(), &key[17..]].concat();
+                let record = outbox_keys::record_of(&key);
                 if let Some(bytes) = outbox.remove(&record).map_err(backend)?
                     && let Ok(d) = decode_delivery(&bytes)
                     && let Some(due) = outbox_keys::due(&d)
@@ -538,7 +548,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for entry in self.inner.outbox.range(b"q".to_vec()..=end).take(limit) {
             let (key, _) = entry.map_err(backend)?;
-            let record = [b"d".as_slice(), &key[9..]].concat();
+            let record = outbox_keys::record_of(&key);
             match self.inner.outbox.get(record).map_err(backend)? {
                 Some(bytes) => out.push(decode_delivery(&bytes)?),
                 None => {
@@ -593,11 +603,14 @@ impl Store for SledStore {
     }
 
     async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>> {
-        let prefix = [b"o".as_slice(), id.as_bytes()].concat();
         let mut out = Vec::new();
-        for entry in self.inner.outbox.scan_prefix(&prefix) {
+        for entry in self
+            .inner
+            .outbox
+            .scan_prefix(outbox_keys::operation_prefix(id))
+        {
             let (key, _) = entry.map_err(backend)?;
-            let record = [b"d".as_slice(), &key[17..]].concat();
+            let record = outbox_keys::record_of(&key);
             if let Some(bytes) = self.inner.outbox.get(record).map_err(backend)? {
                 out.push(decode_delivery(&bytes)?);
             }
@@ -778,6 +791,18 @@ mod order_keys {
     }
 }
 
+/// A month's order count (0 when it has none).
+fn read_count(tree: &Tree, count_key: &[u8]) -> StoreResult<u64> {
+    match tree.get(count_key).map_err(backend)? {
+        Some(v) => Ok(u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("month count".into()))?,
+        )),
+        None => Ok(0),
+    }
+}
+
 impl SledStore {
     fn orders_tree(&self) -> &Tree {
         &self.inner.orders
@@ -826,14 +851,7 @@ impl SledStore {
         }
         for (month, delta) in deltas {
             let count_key = order_keys::count(&month);
-            let current = match tree.get(&count_key).map_err(backend)? {
-                Some(v) => u64::from_be_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("month count".into()))?,
-                ),
-                None => 0,
-            };
+            let current = read_count(tree, &count_key)?;
             let next = (current as i64 + delta).max(0) as u64;
             batch.insert(count_key, &next.to_be_bytes());
         }
@@ -851,15 +869,7 @@ impl OrderStore for SledStore {
     }
 
     async fn month_count(&self, month: Month) -> StoreResult<u64> {
-        let key = order_keys::count(&month.key());
-        match self.orders_tree().get(key).map_err(backend)? {
-            Some(v) => Ok(u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("month count".into()))?,
-            )),
-            None => Ok(0),
-        }
+        read_count(self.orders_tree(), &order_keys::count(&month.key()))
     }
 
     async fn month_page(
