@@ -98,8 +98,12 @@ impl WordCounter for WordCounterService {
         &self,
         request: Request<CountWordsRequest>,
     ) -> Result<Response<Operation>, Status> {
+        // The server's door has authenticated the caller; the operation
+        // belongs to its tenant.
+        let caller = longrun::grpc::auth::caller(&request)?;
         let request = request.into_inner();
         let options = SubmitOptions {
+            tenant: caller.tenant.clone(),
             request_id: convert::request_id(&request.request_id)?,
             timeout: None,
             notification: None,

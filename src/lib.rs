@@ -13,6 +13,8 @@
 //! - [`grpc`]: tonic services that translate between protobuf and the
 //!   engine. Only this module (and [`server`], which wires it) knows tonic.
 //! - [`server`]: assembles store, engine, services, health and reflection.
+//! - [`auth`]: principals, roles and tenants; the auth file and tokens.
+//! - [`tls`]: rustls configuration for the gRPC port, reloadable.
 //! - [`diagnostics`]: the Sleep kind.
 //! - [`reports`]: the report service's domain: order imports and monthly
 //!   reports, as two kinds.
@@ -20,6 +22,7 @@
 //! - [`cli`]: the `longrun` command line.
 //! - [`pb`]: generated protobuf code.
 
+pub mod auth;
 pub mod cli;
 pub mod diagnostics;
 pub mod engine;
@@ -28,6 +31,7 @@ pub mod pb;
 pub mod reports;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 
 pub use engine::{Engine, EngineConfig, Registry, Task, TaskContext, TaskError};

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();
-            match runtime.block_on(serve(args)) {
+            match runtime.block_on(serve(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -55,8 +55,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .webhook_secrets()
         .context("could not load the webhook secret")?;
     let server = Server::open(args.config(secrets), Registry::new()).await?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(server.reloader()));
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Reloads the auth file and TLS certificates on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_hangup(reloader: longrun::server::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading needs a restart");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the auth file and certificates");
+        reloader.reload();
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,5 +1,6 @@
-//! Assembles a serving longrun: store, engine, gRPC services, health and
-//! reflection, and the shutdown sequence.
+//! Assembles a serving longrun: store, engine, gRPC services behind the
+//! authentication door, health and reflection, TLS, and the shutdown
+//! sequence.
 //!
 //! The caller owns the listener and the shutdown signal, so tests serve on
 //! `127.0.0.1:0` and stop the server when they like.
@@ -14,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tracing::info;
+use tracing::{error, info};
 
+use crate::auth::{Authenticator, LoadError};
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
+use crate::grpc::auth::AuthLayer;
 use crate::grpc::{
     DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
 };
@@ -29,6 +32,7 @@ use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
 use crate::reports::Reports;
 use crate::store::{Backend, DynOrderStore, DynStore, SledStore, StoreError, SyncMode};
+use crate::tls::{TlsError, TlsFiles, TlsPaths};
 use crate::webhook::{Secret, WebhookConfig};
 
 /// Everything a server needs to know.
@@ -59,6 +63,22 @@ pub struct ServerConfig {
     pub max_calls_per_connection: usize,
     /// How webhooks are signed and sent.
     pub webhooks: WebhookConfig,
+    /// The auth file. Without one, every caller is an anonymous admin, which
+    /// is only allowed on a loopback address unless `insecure_no_auth`.
+    pub auth_file: Option<PathBuf>,
+    /// Serve without authentication on any address.
+    pub insecure_no_auth: bool,
+    /// Serve over TLS with these files.
+    pub tls: Option<TlsPaths>,
+    /// The most orders one tenant may store; None for no limit.
+    pub max_orders_per_tenant: Option<u64>,
+    /// How often an idle connection is pinged (HTTP/2 keepalive); one that
+    /// does not answer within `keepalive_timeout` is closed.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// How long a new connection has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +101,13 @@ impl Default for ServerConfig {
                 timeout: Duration::from_secs(15),
                 schedule: crate::webhook::default_schedule(),
             },
+            auth_file: None,
+            insecure_no_auth: false,
+            tls: None,
+            max_orders_per_tenant: None,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +127,41 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection could not read the descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Auth(#[from] LoadError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "refusing to serve without authentication on {address}, which is not a loopback address: \
+         anyone who could reach it could read, cancel and delete every operation. \
+         Pass --auth-file FILE, or --insecure-no-auth to accept that"
+    )]
+    InsecureNoAuth { address: String },
+}
+
+/// Re-reads the auth file and the TLS files of a running server (on
+/// SIGHUP). A file that fails to load leaves the one in force unchanged.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<TlsFiles>>,
+}
+
+impl Reloader {
+    /// Reloads everything, logging what happened.
+    pub fn reload(&self) {
+        match self.auth.reload() {
+            Ok(_) if !self.auth.is_enforcing() => {}
+            Ok(principals) => info!(principals, "auth file reloaded"),
+            Err(e) => error!("{e}; keeping the auth file in force"),
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificates reloaded"),
+                Err(e) => error!("{e}; keeping the certificates in force"),
+            }
+        }
+    }
 }
 
 /// A server that is open but not yet serving. Library users add their own
@@ -108,6 +170,8 @@ pub enum ServerError {
 pub struct Server {
     engine: Engine,
     reports: Reports,
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<TlsFiles>>,
     config: ServerConfig,
     routes: RoutesBuilder,
     descriptors: Vec<&'static [u8]>,
@@ -117,6 +181,14 @@ impl Server {
     /// Opens the store and the engine. The built-in kinds are added to
     /// `registry`.
     pub async fn open(config: ServerConfig, mut registry: Registry) -> Result<Self, ServerError> {
+        let auth = Arc::new(match &config.auth_file {
+            Some(path) => Authenticator::from_file(path)?,
+            None => Authenticator::open(),
+        });
+        let tls = match &config.tls {
+            Some(paths) => Some(Arc::new(TlsFiles::load(paths.clone())?)),
+            None => None,
+        };
         let (store, orders): (DynStore, DynOrderStore) = match config.backend {
             Backend::Sled => {
                 let sled =
@@ -129,13 +201,16 @@ impl Server {
                 (sled.clone(), sled)
             }
         };
-        let reports =
-            Reports::open(&config.data_dir, orders, config.max_upload_size).map_err(|e| {
-                ServerError::Store {
-                    path: config.data_dir.display().to_string(),
-                    source: StoreError::Backend(e.to_string()),
-                }
-            })?;
+        let reports = Reports::open(
+            &config.data_dir,
+            orders,
+            config.max_upload_size,
+            config.max_orders_per_tenant,
+        )
+        .map_err(|e| ServerError::Store {
+            path: config.data_dir.display().to_string(),
+            source: StoreError::Backend(e.to_string()),
+        })?;
         reports.register(&mut registry);
         if config.diagnostics {
             registry.register_with(SleepTask, config.sleep_policy.clone());
@@ -146,6 +221,8 @@ impl Server {
         Ok(Self {
             engine,
             reports,
+            auth,
+            tls,
             config,
             routes: RoutesBuilder::default(),
             descriptors: vec![
@@ -160,7 +237,19 @@ impl Server {
         &self.engine
     }
 
-    /// Extra gRPC services to serve beside longrun's own.
+    /// A handle that reloads the auth file and certificates while the
+    /// server runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            auth: Arc::clone(&self.auth),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Extra gRPC services to serve beside longrun's own. They sit behind
+    /// the same door: every method needs a writer unless it is one of
+    /// longrun's read methods, and handlers find the caller with
+    /// [`crate::grpc::auth::caller`].
     pub fn routes(&mut self) -> &mut RoutesBuilder {
         &mut self.routes
     }
@@ -179,9 +268,20 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        let local = listener.local_addr().ok();
+        if !self.auth.is_enforcing()
+            && !self.config.insecure_no_auth
+            && !local.is_some_and(|a| a.ip().is_loopback())
+        {
+            return Err(ServerError::InsecureNoAuth {
+                address: local.map_or_else(|| "an unknown address".into(), |a| a.to_string()),
+            });
+        }
         let Server {
             engine,
             reports,
+            auth,
+            tls,
             config,
             mut routes,
             descriptors,
@@ -238,27 +338,41 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
-        let local = listener.local_addr().ok();
-        // Small gRPC frames must not wait for delayed ACKs (Nagle).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
+        // keepalive finds peers that vanished without a word.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(config.keepalive_interval));
         let stop = CancellationToken::new();
-        let serving = {
+        let streams = u32::try_from(config.max_calls_per_connection).unwrap_or(u32::MAX);
+        let router = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(config.max_calls_per_connection)
+            .max_concurrent_streams(streams)
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .load_shed(true)
+            .layer(tower::util::MapResponseLayer::new(
+                crate::grpc::limits::explain_limit_errors,
+            ))
+            .layer(AuthLayer::new(Arc::clone(&auth)))
+            .add_routes(routes.routes());
+        let stopped = {
             let stop = stop.clone();
-            tonic::transport::Server::builder()
-                .concurrency_limit_per_connection(config.max_calls_per_connection)
-                .load_shed(true)
-                .layer(tower::util::MapResponseLayer::new(
-                    crate::grpc::limits::explain_limit_errors,
-                ))
-                .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
+            async move { stop.cancelled().await }
         };
-        let serving = tokio::spawn(serving);
+        let serving = match &tls {
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(incoming, Arc::clone(tls), config.handshake_timeout),
+                stopped,
+            )),
+        };
 
         engine.start().await?;
         let deliverer = tokio::spawn(crate::webhook::deliver::run(
             engine.store().clone(),
             Arc::new(config.webhooks.clone()),
+            auth.clone(),
             engine.shutdown_token().clone(),
         ));
         for name in &names {
@@ -268,7 +382,10 @@ impl Server {
         }
         match local {
             // A stable line that scripts and tests can wait for.
-            Some(address) => info!("listening on {address}"),
+            Some(address) => {
+                info!(tls = tls.is_some(), auth = auth.is_enforcing(), "security");
+                info!("listening on {address}")
+            }
             None => info!("serving"),
         }
 

@@ -208,7 +208,11 @@ async fn done_operations_expire_after_the_retention() {
     };
     let op = start_sleep(&server, request.clone()).await;
     let id = OperationId::parse_name(&op.name).unwrap();
-    let mut sub = server.engine.subscribe(id).await.unwrap();
+    let mut sub = server
+        .engine
+        .subscribe(&longrun::engine::Scope::All, id)
+        .await
+        .unwrap();
     tokio::time::timeout(PATIENCE, async {
         loop {
             if let Snapshot::Gone = sub.current() {
@@ -243,7 +247,11 @@ async fn running_operations_never_expire() {
     // sweeper has run while the long one was still going.
     let short = start_sleep(&server, sleep(Duration::ZERO, 1)).await;
     let id = OperationId::parse_name(&short.name).unwrap();
-    let mut sub = server.engine.subscribe(id).await.unwrap();
+    let mut sub = server
+        .engine
+        .subscribe(&longrun::engine::Scope::All, id)
+        .await
+        .unwrap();
     tokio::time::timeout(PATIENCE, async {
         while !matches!(sub.current(), Snapshot::Gone) {
             sub.changed().await;

@@ -498,7 +498,11 @@ async fn report_files_expire_with_their_operation() {
     let path = server.data_dir.join("reports").join(format!("{uuid}.csv"));
     assert!(path.exists());
     let id = OperationId::parse_name(&format!("operations/{uuid}")).unwrap();
-    let mut sub = server.engine.subscribe(id).await.unwrap();
+    let mut sub = server
+        .engine
+        .subscribe(&longrun::engine::Scope::All, id)
+        .await
+        .unwrap();
     tokio::time::timeout(PATIENCE, async {
         while !matches!(sub.current(), Snapshot::Gone) {
             sub.changed().await;

@@ -1,8 +1,11 @@
-//! Connecting to a server, and rendering gRPC errors for people.
+//! Connecting to a server (plain or TLS, with a token or a client
+//! certificate), and rendering gRPC errors for people.
 
 use anyhow::Context;
-use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
 use crate::pb::google::longrunning::operations_client::OperationsClient;
@@ -13,34 +16,88 @@ use crate::pb::longrun::v1::report_service_client::ReportServiceClient;
 
 use super::ClientArgs;
 
-/// Clients of every service, sharing one connection.
-pub struct Clients {
-    pub operations: OperationsClient<Channel>,
-    pub watcher: OperationWatcherClient<Channel>,
-    pub diagnostics: DiagnosticsClient<Channel>,
-    pub reports: ReportServiceClient<Channel>,
-    pub notifications: NotificationsClient<Channel>,
+/// Adds the bearer token, when there is one, to every call.
+#[derive(Clone)]
+pub struct Token(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
-/// Connects to `--server`. A bare host:port means plain-text HTTP/2.
+/// A connection that carries the caller's credentials.
+pub type Connection = InterceptedService<Channel, Token>;
+
+/// Clients of every service, sharing one connection.
+pub struct Clients {
+    pub operations: OperationsClient<Connection>,
+    pub watcher: OperationWatcherClient<Connection>,
+    pub diagnostics: DiagnosticsClient<Connection>,
+    pub reports: ReportServiceClient<Connection>,
+    pub notifications: NotificationsClient<Connection>,
+}
+
+/// The TLS settings the flags ask for, if any.
+fn tls_config(args: &ClientArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let https = args.server.starts_with("https://");
+    if !https && args.ca.is_none() && args.cert.is_none() {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &args.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        let cert =
+            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
+}
+
+/// Connects to `--server`. A bare host:port means plain-text HTTP/2, as
+/// does http://; https://, --ca or --cert mean TLS.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
-    let address = if args.server.contains("://") {
-        args.server.clone()
-    } else {
-        format!("http://{}", args.server)
+    let tls = tls_config(args)?;
+    let address = match args.server.split_once("://") {
+        Some(("http", rest)) if tls.is_some() => format!("https://{rest}"),
+        Some(_) => args.server.clone(),
+        None if tls.is_some() => format!("https://{}", args.server),
+        None => format!("http://{}", args.server),
     };
-    let channel = Endpoint::from_shared(address.clone())
+    let mut endpoint = Endpoint::from_shared(address.clone())
         .with_context(|| format!("{address:?} is not a valid server address"))?
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("could not connect to {address}"))?;
+    let token = match &args.token {
+        Some(token) => Some(
+            format!("Bearer {}", token.trim())
+                .parse()
+                .context("the token holds characters a header cannot carry")?,
+        ),
+        None => None,
+    };
+    let connection = InterceptedService::new(channel, Token(token));
     Ok(Clients {
-        operations: OperationsClient::new(channel.clone()),
-        watcher: OperationWatcherClient::new(channel.clone()),
-        diagnostics: DiagnosticsClient::new(channel.clone()),
-        reports: ReportServiceClient::new(channel.clone()),
-        notifications: NotificationsClient::new(channel),
+        operations: OperationsClient::new(connection.clone()),
+        watcher: OperationWatcherClient::new(connection.clone()),
+        diagnostics: DiagnosticsClient::new(connection.clone()),
+        reports: ReportServiceClient::new(connection.clone()),
+        notifications: NotificationsClient::new(connection),
     })
 }
 

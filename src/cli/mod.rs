@@ -1,6 +1,7 @@
 //! The `longrun` command line: `serve` runs the server; the other commands
 //! are gRPC clients of a running one.
 
+mod auth;
 mod bench;
 mod client;
 mod ops;
@@ -29,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect and manage operations on a running server.
     #[command(subcommand)]
     Ops(ops::OpsCommand),
@@ -44,6 +45,9 @@ pub enum Command {
     /// Webhook signing: print the secret, verify a delivery.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// Authentication: make tokens for the auth file.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Measure a server under load (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +62,18 @@ pub struct ClientArgs {
     /// How to print results: text for people, json for scripts.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// The bearer token to authenticate with.
+    #[arg(long, env = "LONGRUN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust this PEM CA for the server's certificate (implies TLS).
+    #[arg(long, env = "LONGRUN_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Present this PEM client certificate (mTLS; implies TLS).
+    #[arg(long, env = "LONGRUN_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, env = "LONGRUN_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// Output formats.
@@ -88,6 +104,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Orders(cmd) => orders::run(cmd).await,
         Command::Report(cmd) => report::run(cmd).await,
         Command::Webhook(cmd) => webhook::run(cmd).await,
+        Command::Auth(cmd) => auth::run(cmd),
         Command::Bench(cmd) => bench::run(cmd).await.map(|()| ExitCode::SUCCESS),
     };
     match result {

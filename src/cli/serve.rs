@@ -1,12 +1,14 @@
 //! `longrun serve`: flags (with environment fallbacks) to a ServerConfig.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, TenantQuotas};
 use crate::server::ServerConfig;
 use crate::store::{Backend, SyncMode};
+use crate::tls::TlsPaths;
 use crate::webhook::{Secret, WebhookConfig};
 
 fn default_workers() -> usize {
@@ -90,6 +92,51 @@ pub struct ServeArgs {
     /// Turn off the Diagnostics service and its Sleep operations.
     #[arg(long, env = "LONGRUN_NO_DIAGNOSTICS")]
     pub no_diagnostics: bool,
+    /// The principals allowed in (TOML; see README, Security). Re-read on
+    /// SIGHUP. Without it the server is open, and only on loopback.
+    #[arg(long, env = "LONGRUN_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address: anyone who
+    /// can reach the port can read, cancel and delete every operation.
+    #[arg(long, env = "LONGRUN_INSECURE_NO_AUTH", conflicts_with = "auth_file")]
+    pub insecure_no_auth: bool,
+    /// Serve over TLS with this PEM certificate chain (re-read on SIGHUP).
+    #[arg(long, env = "LONGRUN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LONGRUN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by this PEM CA (mTLS): a verified
+    /// certificate's subject CN names a principal of the auth file.
+    #[arg(long, env = "LONGRUN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Creates per second each tenant may make (token bucket); beyond it,
+    /// RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "LONGRUN_TENANT_CREATE_RATE")]
+    pub tenant_create_rate: Option<NonZeroU32>,
+    /// Creates a tenant may make in one burst [default: one second's worth].
+    #[arg(
+        long,
+        env = "LONGRUN_TENANT_CREATE_BURST",
+        requires = "tenant_create_rate"
+    )]
+    pub tenant_create_burst: Option<NonZeroU32>,
+    /// Operations one tenant may have waiting for a worker.
+    #[arg(long, env = "LONGRUN_TENANT_MAX_QUEUED")]
+    pub tenant_max_queued: Option<usize>,
+    /// WatchOperation streams one tenant may have open at once.
+    #[arg(long, env = "LONGRUN_TENANT_MAX_WATCHES")]
+    pub tenant_max_watches: Option<usize>,
+    /// Orders one tenant may store.
+    #[arg(long, env = "LONGRUN_TENANT_MAX_ORDERS")]
+    pub tenant_max_orders: Option<u64>,
+    /// How often idle connections are pinged; one that does not answer
+    /// within 10 seconds is closed.
+    #[arg(long, env = "LONGRUN_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+    /// How long a new connection has to finish its TLS handshake.
+    #[arg(long, env = "LONGRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -128,6 +175,12 @@ impl ServeArgs {
                 shutdown_grace: self.shutdown_grace,
                 retention: self.retention,
                 allow_private_callbacks: self.webhook_allow_private,
+                quotas: TenantQuotas {
+                    creates_per_second: self.tenant_create_rate,
+                    create_burst: self.tenant_create_burst,
+                    max_queued: self.tenant_max_queued,
+                    max_watches: self.tenant_max_watches,
+                },
             },
             diagnostics: !self.no_diagnostics,
             max_wait: self.max_wait,
@@ -140,6 +193,19 @@ impl ServeArgs {
                 timeout: self.webhook_timeout,
                 schedule: self.webhook_retry_schedule.clone(),
             },
+            auth_file: self.auth_file.clone(),
+            insecure_no_auth: self.insecure_no_auth,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsPaths {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            max_orders_per_tenant: self.tenant_max_orders,
+            keepalive_interval: self.keepalive.max(Duration::from_secs(1)),
+            handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
             ..ServerConfig::default()
         }
     }

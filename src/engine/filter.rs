@@ -3,14 +3,18 @@
 //! ```text
 //! filter     = [ condition { "AND" condition } ]
 //! condition  = field op value
-//! field      = "done" | "state" | "kind" | "create_time" | "update_time"
+//! field      = "done" | "state" | "kind" | "tenant" | "create_time" | "update_time"
 //! op         = "=" | "!=" | "<" | "<=" | ">" | ">="
 //! value      = bare word | "quoted string"
 //! ```
 //!
 //! `done` takes true or false, `state` a state name such as RUNNING, `kind`
-//! a string, and the times an RFC 3339 timestamp. Order comparisons apply to
-//! times only.
+//! and `tenant` a string, and the times an RFC 3339 timestamp. Order
+//! comparisons apply to times only.
+//!
+//! A caller confined to one tenant gets that tenant ANDed to whatever it
+//! asked for ([`Filter::restrict_to_tenant`]), so scoping is one more
+//! condition, and page tokens (bound to the filter) cannot cross tenants.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -37,6 +41,10 @@ enum Condition {
         value: State,
     },
     Kind {
+        equal: bool,
+        value: String,
+    },
+    Tenant {
         equal: bool,
         value: String,
     },
@@ -92,7 +100,7 @@ impl Op {
 #[error("{0}")]
 pub struct FilterError(String);
 
-const FIELDS: &str = "done, state, kind, create_time, update_time";
+const FIELDS: &str = "done, state, kind, tenant, create_time, update_time";
 
 impl Filter {
     /// Parses a filter expression.
@@ -127,12 +135,21 @@ impl Filter {
         Ok(Self { conditions })
     }
 
+    /// Narrows the filter to one tenant's operations.
+    pub fn restrict_to_tenant(&mut self, tenant: &str) {
+        self.conditions.push(Condition::Tenant {
+            equal: true,
+            value: tenant.to_owned(),
+        });
+    }
+
     /// True when the operation satisfies every condition.
     pub fn matches(&self, op: &Operation) -> bool {
         self.conditions.iter().all(|c| match c {
             Condition::Done { equal, value } => (op.is_done() == *value) == *equal,
             Condition::State { equal, value } => (op.state == *value) == *equal,
             Condition::Kind { equal, value } => (op.kind == *value) == *equal,
+            Condition::Tenant { equal, value } => (op.tenant == *value) == *equal,
             Condition::Time {
                 field,
                 op: cmp,
@@ -160,6 +177,7 @@ impl fmt::Display for Filter {
                 Condition::Done { equal, value } => write!(f, "done {} {value}", eq(*equal))?,
                 Condition::State { equal, value } => write!(f, "state {} {value}", eq(*equal))?,
                 Condition::Kind { equal, value } => write!(f, "kind {} {value:?}", eq(*equal))?,
+                Condition::Tenant { equal, value } => write!(f, "tenant {} {value:?}", eq(*equal))?,
                 Condition::Time { field, op, value } => {
                     let name = match field {
                         TimeField::Create => "create_time",
@@ -334,6 +352,10 @@ fn parse_condition(tokens: &[Token]) -> Result<(Condition, &[Token]), FilterErro
             })?,
         },
         "kind" => Condition::Kind {
+            equal: equality(field)?,
+            value: text.to_owned(),
+        },
+        "tenant" => Condition::Tenant {
             equal: equality(field)?,
             value: text.to_owned(),
         },

@@ -5,7 +5,8 @@
 //! - `task`: the [`Task`] trait for operation kinds, and the registry;
 //! - `queue` and `worker`: event-driven dispatch;
 //! - `watch`: the hub that Wait and Watch follow;
-//! - `filter` and `page_token`: List.
+//! - `filter` and `page_token`: List;
+//! - `scope` and `quota`: tenants, and what each may use.
 
 pub mod error;
 pub mod filter;
@@ -14,7 +15,9 @@ pub mod notify;
 pub mod operation;
 pub mod page_token;
 mod queue;
+pub mod quota;
 mod schedule;
+pub mod scope;
 pub mod task;
 pub mod watch;
 mod worker;
@@ -33,11 +36,14 @@ pub use self::error::EngineError;
 pub use self::filter::Filter;
 pub use self::id::{OperationId, RequestId};
 pub use self::operation::{Code, Operation, OperationError, Outcome, Payload, Progress, State};
+pub use self::quota::{TenantQuotas, WatchPermit};
+pub use self::scope::{DEFAULT_TENANT, Scope};
 pub use self::task::{FieldViolation, Registry, Task, TaskContext, TaskError, TaskPolicy};
 pub use self::watch::{Snapshot, Subscription};
 
 use self::page_token::PageTokens;
-use self::queue::Queue;
+use self::queue::{Full, Queue};
+use self::quota::Quotas;
 use self::worker::Running;
 use crate::store::{Change, Created, DynStore, ListQuery};
 
@@ -67,6 +73,8 @@ pub struct EngineConfig {
     /// Whether webhook callbacks may point at loopback and private
     /// addresses.
     pub allow_private_callbacks: bool,
+    /// What each tenant may use.
+    pub quotas: TenantQuotas,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +86,7 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
             allow_private_callbacks: false,
+            quotas: TenantQuotas::default(),
         }
     }
 }
@@ -85,6 +94,8 @@ impl Default for EngineConfig {
 /// Per-call options of a create.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
+    /// The tenant that will own the operation.
+    pub tenant: String,
     /// The idempotency key (AIP-155).
     pub request_id: Option<RequestId>,
     /// A shorter execution timeout per attempt than the kind's default.
@@ -124,6 +135,7 @@ pub(crate) struct Inner {
     hub: Arc<watch::Hub>,
     running: Mutex<HashMap<OperationId, Running>>,
     page_tokens: PageTokens,
+    quotas: Arc<Quotas>,
     tracker: TaskTracker,
     /// Fires when shutdown begins: workers stop taking work, tasks are asked
     /// to stop, watch streams end.
@@ -149,8 +161,8 @@ impl Inner {
     /// Puts a queued operation in line: now, or when its backoff ends.
     fn enqueue(&self, op: &Operation) {
         match op.not_before {
-            Some(at) => self.schedule.add(op.id, at),
-            None => self.queue.push_recovered(op.id),
+            Some(at) => self.schedule.add(op.id, &op.tenant, at),
+            None => self.queue.push_recovered(op.id, &op.tenant),
         }
     }
 
@@ -179,7 +191,8 @@ impl Engine {
             .await
             .map_err(EngineError::Store)?;
         let inner = Arc::new(Inner {
-            queue: Queue::new(config.max_queued),
+            queue: Queue::new(config.max_queued, config.quotas.max_queued),
+            quotas: Quotas::new(&config.quotas),
             schedule: schedule::Schedule::default(),
             store,
             registry,
@@ -320,15 +333,27 @@ impl Engine {
             None => &request.value,
         };
         let digest = request_digest(kind, &request.type_url, identity);
-        if inner.queue.admit().is_err() {
-            return Err(EngineError::ResourceExhausted {
-                reason: "QUEUE_FULL",
-                message: format!(
-                    "{} operations are already waiting for a worker; retry later",
-                    inner.queue.depth()
-                ),
-                retry_after: Duration::from_secs(1),
-            });
+        let tenant = options.tenant;
+        inner.quotas.create(&tenant)?;
+        match inner.queue.admit(&tenant) {
+            Ok(()) => {}
+            Err(Full::Server) => {
+                return Err(EngineError::ResourceExhausted {
+                    reason: "QUEUE_FULL",
+                    message: format!(
+                        "{} operations are already waiting for a worker; retry later",
+                        inner.queue.depth()
+                    ),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            Err(Full::Tenant) => {
+                return Err(EngineError::ResourceExhausted {
+                    reason: "TENANT_QUEUE_FULL",
+                    message: "this tenant has as many operations waiting for a worker as it may; retry later".into(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
         }
         let limits = operation::Limits {
             timeout,
@@ -343,36 +368,31 @@ impl Engine {
             crate::store::now(),
         );
         op.notification = options.notification;
+        op.tenant = tenant.clone();
         let name = op.id.name();
-        match inner.store.create(op).await {
-            Ok(Created::New(op)) => {
-                inner.queue.push_admitted(op.id);
-                Ok(op)
-            }
-            Ok(Created::Existing(op)) => {
-                inner.queue.cancel_admission();
-                Ok(op)
-            }
-            Err(e) => {
-                inner.queue.cancel_admission();
-                Err(EngineError::from_store(name, e))
-            }
+        let created = inner.store.create(op).await;
+        match &created {
+            Ok(Created::New(op)) => inner.queue.push_admitted(op.id, &tenant),
+            Ok(Created::Existing(_)) | Err(_) => inner.queue.cancel_admission(&tenant),
+        }
+        match created {
+            Ok(Created::New(op) | Created::Existing(op)) => Ok(op),
+            Err(e) => Err(EngineError::from_store(name, e)),
         }
     }
 
-    /// Reads one operation.
-    pub async fn get(&self, id: OperationId) -> Result<Operation, EngineError> {
-        self.inner
-            .store
-            .get(id)
-            .await
-            .map_err(EngineError::Store)?
-            .ok_or_else(|| EngineError::NotFound { name: id.name() })
+    /// Reads one operation, if `scope` reaches it.
+    pub async fn get(&self, scope: &Scope, id: OperationId) -> Result<Operation, EngineError> {
+        match self.inner.store.get(id).await.map_err(EngineError::Store)? {
+            Some(op) if scope.permits(&op.tenant) => Ok(op),
+            _ => Err(EngineError::NotFound { name: id.name() }),
+        }
     }
 
-    /// Lists operations newest first.
+    /// Lists the operations `scope` reaches, newest first.
     pub async fn list(
         &self,
+        scope: &Scope,
         filter: &str,
         page_size: i32,
         page_token: &str,
@@ -396,8 +416,11 @@ impl Engine {
                 ),
             ));
         }
-        let filter =
+        let mut filter =
             Filter::parse(filter).map_err(|e| EngineError::invalid("filter", e.to_string()))?;
+        if let Scope::Tenant(tenant) = scope {
+            filter.restrict_to_tenant(tenant);
+        }
         let after = if page_token.is_empty() {
             None
         } else {
@@ -429,7 +452,11 @@ impl Engine {
     }
 
     /// Asks for an operation to stop; see [`Operation::cancel`].
-    pub async fn cancel(&self, id: OperationId) -> Result<Operation, EngineError> {
+    pub async fn cancel(&self, scope: &Scope, id: OperationId) -> Result<Operation, EngineError> {
+        if *scope != Scope::All {
+            // The tenant never changes, so checking it first is enough.
+            self.get(scope, id).await?;
+        }
         let op = self
             .inner
             .store
@@ -447,8 +474,8 @@ impl Engine {
 
     /// Deletes a finished operation, with whatever it left outside the
     /// store.
-    pub async fn delete(&self, id: OperationId) -> Result<(), EngineError> {
-        let op = self.get(id).await?;
+    pub async fn delete(&self, scope: &Scope, id: OperationId) -> Result<(), EngineError> {
+        let op = self.get(scope, id).await?;
         op.check_deletable()
             .map_err(|e| EngineError::from_store(id.name(), e.into()))?;
         self.inner.expire_artifacts(&op).await;
@@ -459,8 +486,13 @@ impl Engine {
             .map_err(|e| EngineError::from_store(id.name(), e))
     }
 
-    /// Follows one operation. The subscription starts at its current state.
-    pub async fn subscribe(&self, id: OperationId) -> Result<Subscription, EngineError> {
+    /// Follows one operation that `scope` reaches. The subscription starts
+    /// at its current state.
+    pub async fn subscribe(
+        &self,
+        scope: &Scope,
+        id: OperationId,
+    ) -> Result<Subscription, EngineError> {
         let mut sub = self.inner.hub.subscribe(id);
         if let Snapshot::Loading = sub.current() {
             let loaded = match self.inner.store.get(id).await.map_err(EngineError::Store)? {
@@ -469,16 +501,27 @@ impl Engine {
             };
             self.inner.hub.offer(id, loaded);
         }
-        if let Snapshot::Gone = sub.current() {
-            return Err(EngineError::NotFound { name: id.name() });
+        match sub.current() {
+            Snapshot::Present(op) if scope.permits(&op.tenant) => Ok(sub),
+            _ => Err(EngineError::NotFound { name: id.name() }),
         }
-        Ok(sub)
+    }
+
+    /// Counts one more Watch stream against `tenant`'s limit, until the
+    /// permit is dropped.
+    pub fn watch_permit(&self, tenant: &str) -> Result<WatchPermit, EngineError> {
+        self.inner.quotas.watch(tenant)
     }
 
     /// Waits until the operation is done, the timeout passes or the server
     /// shuts down, and returns its latest state.
-    pub async fn wait(&self, id: OperationId, timeout: Duration) -> Result<Operation, EngineError> {
-        let mut sub = self.subscribe(id).await?;
+    pub async fn wait(
+        &self,
+        scope: &Scope,
+        id: OperationId,
+        timeout: Duration,
+    ) -> Result<Operation, EngineError> {
+        let mut sub = self.subscribe(scope, id).await?;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
@@ -499,8 +542,12 @@ impl Engine {
     }
 
     /// The webhook deliveries of an operation, oldest first.
-    pub async fn deliveries(&self, id: OperationId) -> Result<Vec<notify::Delivery>, EngineError> {
-        self.get(id).await?;
+    pub async fn deliveries(
+        &self,
+        scope: &Scope,
+        id: OperationId,
+    ) -> Result<Vec<notify::Delivery>, EngineError> {
+        self.get(scope, id).await?;
         self.inner
             .store
             .deliveries(id)

@@ -280,6 +280,9 @@ pub struct Operation {
     pub last_error: Option<OperationError>,
     /// The webhook to call on state changes, if one was asked for.
     pub notification: Option<super::notify::Notification>,
+    /// The tenant that owns it; empty for the default tenant of a server
+    /// that runs without authentication.
+    pub tenant: String,
 }
 
 /// The token a worker holds while it runs an attempt. Writes made with a
@@ -368,6 +371,7 @@ impl Operation {
             not_before: None,
             last_error: None,
             notification: None,
+            tenant: String::new(),
         }
     }
 

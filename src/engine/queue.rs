@@ -4,75 +4,147 @@
 //! The queue only orders work; the store is the truth. Losing the queue (a
 //! crash) loses nothing, because recovery rebuilds it from the store's
 //! unfinished operations.
+//!
+//! It also counts, per tenant, the operations that wait (and the creates
+//! admitted but not yet stored), so one tenant cannot fill it for everyone.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
 use super::OperationId;
 
+/// A tenant name, shared by every queue entry of that tenant.
+pub(crate) type TenantKey = Arc<str>;
+
 pub(crate) struct Queue {
-    items: Mutex<VecDeque<OperationId>>,
+    state: Mutex<State>,
     notify: Notify,
-    /// Queued plus admitted-but-not-yet-pushed operations.
+    /// Queued plus admitted-but-not-yet-pushed operations, readable without
+    /// the lock.
     depth: AtomicUsize,
     capacity: usize,
+    /// The most one tenant may have waiting; None for no limit.
+    tenant_capacity: Option<usize>,
 }
 
-/// The queue is full.
-pub(crate) struct Full;
+#[derive(Default)]
+struct State {
+    items: VecDeque<(OperationId, TenantKey)>,
+    /// Per tenant: queued plus admitted. Entries at zero are removed.
+    tenants: HashMap<TenantKey, usize>,
+}
+
+impl State {
+    /// The shared key for `tenant`, and a mutable count for it.
+    fn count(&mut self, tenant: &str) -> (TenantKey, &mut usize) {
+        let key = match self.tenants.get_key_value(tenant) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(tenant),
+        };
+        let count = self.tenants.entry(Arc::clone(&key)).or_insert(0);
+        (key, count)
+    }
+
+    fn release(&mut self, tenant: &str) {
+        if let Some(count) = self.tenants.get_mut(tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.tenants.remove(tenant);
+            }
+        }
+    }
+}
+
+/// Why an operation could not be admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The whole queue is at capacity.
+    Server,
+    /// This tenant has its share waiting already.
+    Tenant,
+}
 
 impl Queue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, tenant_capacity: Option<usize>) -> Self {
         Self {
-            items: Mutex::new(VecDeque::new()),
+            state: Mutex::default(),
             notify: Notify::new(),
             depth: AtomicUsize::new(0),
             capacity,
+            tenant_capacity,
         }
     }
 
-    /// Reserves room for one new operation before it is created, so that
-    /// the server never accepts work it has no room to queue.
-    pub(crate) fn admit(&self) -> Result<(), Full> {
-        self.depth
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
-                (d < self.capacity).then_some(d + 1)
-            })
-            .map(|_| ())
-            .map_err(|_| Full)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves room for one new operation of `tenant` before it is
+    /// created, so that the server never accepts work it has no room to
+    /// queue.
+    pub(crate) fn admit(&self, tenant: &str) -> Result<(), Full> {
+        let mut state = self.lock();
+        if self.depth.load(Ordering::SeqCst) >= self.capacity {
+            return Err(Full::Server);
+        }
+        let (_, count) = state.count(tenant);
+        if self.tenant_capacity.is_some_and(|cap| *count >= cap) {
+            if *count == 0 {
+                state.tenants.remove(tenant);
+            }
+            return Err(Full::Tenant);
+        }
+        *count += 1;
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Gives back a reservation that was not used.
-    pub(crate) fn cancel_admission(&self) {
+    pub(crate) fn cancel_admission(&self, tenant: &str) {
+        let mut state = self.lock();
+        state.release(tenant);
         self.depth.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Queues an admitted operation.
-    pub(crate) fn push_admitted(&self, id: OperationId) {
-        self.items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(id);
+    pub(crate) fn push_admitted(&self, id: OperationId, tenant: &str) {
+        {
+            let mut state = self.lock();
+            let key = match state.tenants.get_key_value(tenant) {
+                Some((key, _)) => Arc::clone(key),
+                None => Arc::from(tenant),
+            };
+            state.items.push_back((id, key));
+        }
         self.notify.notify_one();
     }
 
-    /// Queues an operation found during recovery; it may exceed capacity,
-    /// because it was accepted before.
-    pub(crate) fn push_recovered(&self, id: OperationId) {
-        self.depth.fetch_add(1, Ordering::SeqCst);
-        self.push_admitted(id);
+    /// Queues an operation accepted earlier (found during recovery, or due
+    /// after a retry backoff); it may exceed the capacities.
+    pub(crate) fn push_recovered(&self, id: OperationId, tenant: &str) {
+        {
+            let mut state = self.lock();
+            let (key, count) = state.count(tenant);
+            *count += 1;
+            state.items.push_back((id, key));
+            self.depth.fetch_add(1, Ordering::SeqCst);
+        }
+        self.notify.notify_one();
     }
 
     /// Takes a cancelled operation out of line, so it stops holding a
     /// place. Returns whether it was waiting.
     pub(crate) fn remove(&self, id: OperationId) -> bool {
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        match items.iter().position(|queued| *queued == id) {
+        let mut state = self.lock();
+        match state.items.iter().position(|(queued, _)| *queued == id) {
             Some(at) => {
-                items.remove(at);
+                if let Some((_, tenant)) = state.items.remove(at) {
+                    state.release(&tenant);
+                }
                 self.depth.fetch_sub(1, Ordering::SeqCst);
                 true
             }
@@ -83,15 +155,18 @@ impl Queue {
     /// Waits for the next id.
     pub(crate) async fn pop(&self) -> OperationId {
         loop {
-            let next = self
-                .items
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            if let Some(id) = next {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
+            let (next, more) = {
+                let mut state = self.lock();
+                let next = state.items.pop_front();
+                if let Some((_, tenant)) = &next {
+                    state.release(tenant);
+                    self.depth.fetch_sub(1, Ordering::SeqCst);
+                }
+                (next, !state.items.is_empty())
+            };
+            if let Some((id, _)) = next {
                 // Another item may be waiting and another worker idle.
-                if !self.is_empty() {
+                if more {
                     self.notify.notify_one();
                 }
                 return id;
@@ -100,15 +175,38 @@ impl Queue {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-    }
-
     /// How many operations wait for a worker.
     pub(crate) fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_tenant_is_held_to_its_share() {
+        let queue = Queue::new(10, Some(2));
+        queue.admit("a").unwrap();
+        queue.admit("a").unwrap();
+        assert_eq!(queue.admit("a"), Err(Full::Tenant));
+        queue.admit("b").unwrap();
+        let first = OperationId::generate();
+        queue.push_admitted(first, "a");
+        queue.cancel_admission("a");
+        assert_eq!(queue.pop().await, first);
+        // Both of a's places are free again.
+        queue.admit("a").unwrap();
+        queue.admit("a").unwrap();
+        assert_eq!(queue.depth(), 3);
+    }
+
+    #[test]
+    fn the_server_capacity_binds_every_tenant() {
+        let queue = Queue::new(2, None);
+        queue.admit("a").unwrap();
+        queue.admit("b").unwrap();
+        assert_eq!(queue.admit("c"), Err(Full::Server));
     }
 }

@@ -14,24 +14,26 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::OperationId;
-use super::queue::Queue;
+use super::queue::{Queue, TenantKey};
 
 #[derive(Default)]
 pub(crate) struct Schedule {
-    due: Mutex<BTreeSet<(Instant, OperationId)>>,
+    due: Mutex<BTreeSet<(Instant, OperationId, TenantKey)>>,
     changed: Notify,
 }
 
 impl Schedule {
-    /// Queues `id` at `not_before` (at once when that has passed).
-    pub(crate) fn add(&self, id: OperationId, not_before: SystemTime) {
+    /// Queues `id` of `tenant` at `not_before` (at once when that has
+    /// passed).
+    pub(crate) fn add(&self, id: OperationId, tenant: &str, not_before: SystemTime) {
         let delay = not_before
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        self.due
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((Instant::now() + delay, id));
+        self.due.lock().unwrap_or_else(|e| e.into_inner()).insert((
+            Instant::now() + delay,
+            id,
+            TenantKey::from(tenant),
+        ));
         self.changed.notify_one();
     }
 
@@ -41,14 +43,15 @@ impl Schedule {
             let next = {
                 let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
-                while let Some(&(at, id)) = due.first() {
-                    if at > now {
+                while let Some((at, _, _)) = due.first() {
+                    if *at > now {
                         break;
                     }
-                    due.pop_first();
-                    queue.push_recovered(id);
+                    if let Some((_, id, tenant)) = due.pop_first() {
+                        queue.push_recovered(id, &tenant);
+                    }
                 }
-                due.first().map(|&(at, _)| at)
+                due.first().map(|(at, _, _)| *at)
             };
             let sleep = async {
                 match next {

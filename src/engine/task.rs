@@ -170,6 +170,7 @@ impl TaskError {
 /// What a running task can see and do.
 pub struct TaskContext {
     id: OperationId,
+    tenant: String,
     attempt: u32,
     cancel: CancellationToken,
     progress: watch::Sender<Progress>,
@@ -178,12 +179,14 @@ pub struct TaskContext {
 impl TaskContext {
     pub(crate) fn new(
         id: OperationId,
+        tenant: String,
         attempt: u32,
         cancel: CancellationToken,
         progress: watch::Sender<Progress>,
     ) -> Self {
         Self {
             id,
+            tenant,
             attempt,
             cancel,
             progress,
@@ -193,6 +196,12 @@ impl TaskContext {
     /// The operation being run.
     pub fn operation_id(&self) -> OperationId {
         self.id
+    }
+
+    /// The tenant that owns the operation: a task reads and writes only
+    /// that tenant's data.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     /// The attempt number, from 1.

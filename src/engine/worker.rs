@@ -111,7 +111,13 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
         }
 
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
-        let ctx = TaskContext::new(op.id, op.attempt, token.clone(), progress_tx);
+        let ctx = TaskContext::new(
+            op.id,
+            op.tenant.clone(),
+            op.attempt,
+            token.clone(),
+            progress_tx,
+        );
         let handle = inner
             .tracker
             .spawn(kind.task.run(ctx, op.request.clone()).in_current_span());

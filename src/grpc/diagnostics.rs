@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{audit, caller, created_name};
 use super::convert;
+use crate::auth::Principal;
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, SubmitOptions};
 use crate::pb::google::longrunning::Operation;
@@ -25,8 +27,22 @@ impl DiagnosticsService {
 #[tonic::async_trait]
 impl Diagnostics for DiagnosticsService {
     async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<Operation>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
+        let result = self.create(&caller, &req).await;
+        audit(&caller, "Sleep", created_name(&result), &result);
+        result
+    }
+}
+
+impl DiagnosticsService {
+    async fn create(
+        &self,
+        caller: &Principal,
+        req: &SleepRequest,
+    ) -> Result<Response<Operation>, Status> {
         let options = SubmitOptions {
+            tenant: caller.tenant.clone(),
             request_id: convert::request_id(&req.request_id)?,
             timeout: req
                 .timeout
@@ -36,7 +52,7 @@ impl Diagnostics for DiagnosticsService {
             notification: convert::notification(req.notification.as_ref())?,
             fingerprint: None,
         };
-        let op = self.engine.submit::<SleepTask>(&req, options).await?;
+        let op = self.engine.submit::<SleepTask>(req, options).await?;
         Ok(Response::new(convert::operation(&op)))
     }
 }

@@ -2,6 +2,7 @@
 //! struct over an [`Engine`](crate::engine::Engine) handle that converts
 //! requests, calls the engine, and converts the answer back.
 
+pub mod auth;
 pub mod convert;
 pub mod diagnostics;
 pub mod limits;

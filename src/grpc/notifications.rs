@@ -48,8 +48,9 @@ impl Notifications for NotificationsService {
         &self,
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let scope = super::auth::caller(&request)?.scope();
         let id = convert::operation_id("name", &request.get_ref().name)?;
-        let deliveries = self.engine.deliveries(id).await?;
+        let deliveries = self.engine.deliveries(&scope, id).await?;
         Ok(Response::new(ListDeliveriesResponse {
             deliveries: deliveries.iter().map(delivery).collect(),
         }))

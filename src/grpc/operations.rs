@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{audit, caller};
 use super::convert;
 use super::status::invalid_field;
 use crate::engine::Engine;
@@ -52,6 +53,7 @@ impl Operations for OperationsService {
         &self,
         request: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
+        let scope = caller(&request)?.scope();
         let req = request.into_inner();
         if !matches!(req.name.as_str(), "" | "operations") {
             return Err(invalid_field(
@@ -68,7 +70,7 @@ impl Operations for OperationsService {
         }
         let page = self
             .engine
-            .list(&req.filter, req.page_size, &req.page_token)
+            .list(&scope, &req.filter, req.page_size, &req.page_token)
             .await?;
         Ok(Response::new(ListOperationsResponse {
             operations: page.operations.iter().map(convert::operation).collect(),
@@ -81,8 +83,9 @@ impl Operations for OperationsService {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let scope = caller(&request)?.scope();
         let id = convert::operation_id("name", &request.get_ref().name)?;
-        let op = self.engine.get(id).await?;
+        let op = self.engine.get(&scope, id).await?;
         Ok(Response::new(convert::operation(&op)))
     }
 
@@ -90,24 +93,39 @@ impl Operations for OperationsService {
         &self,
         request: Request<DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = convert::operation_id("name", &request.get_ref().name)?;
-        self.engine.delete(id).await?;
-        Ok(Response::new(()))
+        let caller = caller(&request)?;
+        let name = &request.get_ref().name;
+        let result = async {
+            let id = convert::operation_id("name", name)?;
+            self.engine.delete(&caller.scope(), id).await?;
+            Ok(Response::new(()))
+        }
+        .await;
+        audit(&caller, "DeleteOperation", name, &result);
+        result
     }
 
     async fn cancel_operation(
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = convert::operation_id("name", &request.get_ref().name)?;
-        self.engine.cancel(id).await?;
-        Ok(Response::new(()))
+        let caller = caller(&request)?;
+        let name = &request.get_ref().name;
+        let result = async {
+            let id = convert::operation_id("name", name)?;
+            self.engine.cancel(&caller.scope(), id).await?;
+            Ok(Response::new(()))
+        }
+        .await;
+        audit(&caller, "CancelOperation", name, &result);
+        result
     }
 
     async fn wait_operation(
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let scope = caller(&request)?.scope();
         let deadline = call_deadline(&request);
         let req = request.into_inner();
         let id = convert::operation_id("name", &req.name)?;
@@ -122,7 +140,7 @@ impl Operations for OperationsService {
             let margin = (deadline / 10).min(Duration::from_millis(200));
             timeout = timeout.min(deadline.saturating_sub(margin));
         }
-        let op = self.engine.wait(id, timeout).await?;
+        let op = self.engine.wait(&scope, id, timeout).await?;
         Ok(Response::new(convert::operation(&op)))
     }
 }

@@ -7,9 +7,13 @@ use futures_util::{Stream, stream};
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{audit, caller, created_name};
 use super::convert;
 use super::status::invalid_field;
-use crate::engine::{Engine, EngineError, Operation, OperationId, Outcome, State, SubmitOptions};
+use crate::auth::Principal;
+use crate::engine::{
+    Engine, EngineError, Operation, OperationId, Outcome, Scope, State, SubmitOptions,
+};
 use crate::pb::google::longrunning::Operation as ProtoOperation;
 use crate::pb::longrun::v1::report_service_server::ReportService;
 use crate::pb::longrun::v1::{
@@ -37,8 +41,68 @@ impl ReportsService {
         Self { engine, reports }
     }
 
-    /// The finished report named `name`, with its operation.
-    async fn finished(&self, name: &str) -> Result<(OperationId, Report), Status> {
+    /// Stages an upload and starts its import, for `caller`'s tenant.
+    async fn import(
+        &self,
+        caller: &Principal,
+        mut messages: Streaming<ImportOrdersRequest>,
+    ) -> Result<Response<ProtoOperation>, Status> {
+        let mut upload = self.reports.upload().await.map_err(upload_status)?;
+        let mut request_id = None;
+        let mut notification = None;
+        let mut first = true;
+        while let Some(message) = messages.message().await? {
+            if first {
+                request_id = convert::request_id(&message.request_id)?;
+                notification = convert::notification(message.notification.as_ref())?;
+                first = false;
+            }
+            upload
+                .write(&message.csv_chunk)
+                .await
+                .map_err(upload_status)?;
+        }
+        let staged = upload.finish().await.map_err(upload_status)?;
+        let job = ImportJob {
+            upload: staged.name.clone(),
+            size_bytes: staged.size,
+        };
+        if self
+            .reports
+            .order_room(&caller.tenant)
+            .await
+            .map_err(EngineError::Store)?
+            == Some(0)
+        {
+            let _ = tokio::fs::remove_file(&staged.path).await;
+            return Err(EngineError::ResourceExhausted {
+                reason: "TENANT_ORDER_LIMIT",
+                message: "this tenant stores as many orders as it may; nothing was imported".into(),
+                retry_after: std::time::Duration::from_secs(60),
+            }
+            .into());
+        }
+        let options = SubmitOptions {
+            tenant: caller.tenant.clone(),
+            request_id,
+            notification,
+            timeout: None,
+            // A retry uploads the same bytes under a new name: compare
+            // content, not names.
+            fingerprint: Some(staged.sha256),
+        };
+        let submitted = self.engine.submit::<ImportOrdersTask>(&job, options).await;
+        let keep = matches!(&submitted, Ok(op) if op.request.unpack::<ImportJob>().is_ok_and(|j| j.upload == staged.name));
+        if !keep {
+            // A repeat of an earlier import, or refused: this copy is unused.
+            let _ = tokio::fs::remove_file(&staged.path).await;
+        }
+        Ok(Response::new(convert::operation(&submitted?)))
+    }
+
+    /// The finished report named `name` that `scope` reaches, with its
+    /// operation.
+    async fn finished(&self, scope: &Scope, name: &str) -> Result<(OperationId, Report), Status> {
         if name.len() > 256 {
             return Err(invalid_field("name", "name is longer than 256 bytes"));
         }
@@ -49,7 +113,7 @@ impl ReportsService {
                 name: name.to_owned(),
             })
         };
-        let op: Operation = match self.engine.get(id).await {
+        let op: Operation = match self.engine.get(scope, id).await {
             Ok(op) => op,
             Err(EngineError::NotFound { .. }) => return Err(not_found()),
             Err(e) => return Err(e.into()),
@@ -88,66 +152,42 @@ impl ReportService for ReportsService {
         &self,
         request: Request<Streaming<ImportOrdersRequest>>,
     ) -> Result<Response<ProtoOperation>, Status> {
-        let mut messages = request.into_inner();
-        let mut upload = self.reports.upload().await.map_err(upload_status)?;
-        let mut request_id = None;
-        let mut notification = None;
-        let mut first = true;
-        while let Some(message) = messages.message().await? {
-            if first {
-                request_id = convert::request_id(&message.request_id)?;
-                notification = convert::notification(message.notification.as_ref())?;
-                first = false;
-            }
-            upload
-                .write(&message.csv_chunk)
-                .await
-                .map_err(upload_status)?;
-        }
-        let staged = upload.finish().await.map_err(upload_status)?;
-        let job = ImportJob {
-            upload: staged.name.clone(),
-            size_bytes: staged.size,
-        };
-        let options = SubmitOptions {
-            request_id,
-            notification,
-            timeout: None,
-            // A retry uploads the same bytes under a new name: compare
-            // content, not names.
-            fingerprint: Some(staged.sha256),
-        };
-        let submitted = self.engine.submit::<ImportOrdersTask>(&job, options).await;
-        let keep = matches!(&submitted, Ok(op) if op.request.unpack::<ImportJob>().is_ok_and(|j| j.upload == staged.name));
-        if !keep {
-            // A repeat of an earlier import, or refused: this copy is unused.
-            let _ = tokio::fs::remove_file(&staged.path).await;
-        }
-        Ok(Response::new(convert::operation(&submitted?)))
+        let caller = caller(&request)?;
+        let result = self.import(&caller, request.into_inner()).await;
+        audit(&caller, "ImportOrders", created_name(&result), &result);
+        result
     }
 
     async fn create_report(
         &self,
         request: Request<CreateReportRequest>,
     ) -> Result<Response<ProtoOperation>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let options = SubmitOptions {
-            request_id: convert::request_id(&req.request_id)?,
-            notification: convert::notification(req.notification.as_ref())?,
-            ..SubmitOptions::default()
-        };
-        let op = self
-            .engine
-            .submit::<CreateReportTask>(&req, options)
-            .await?;
-        Ok(Response::new(convert::operation(&op)))
+        let result = async {
+            let options = SubmitOptions {
+                tenant: caller.tenant.clone(),
+                request_id: convert::request_id(&req.request_id)?,
+                notification: convert::notification(req.notification.as_ref())?,
+                ..SubmitOptions::default()
+            };
+            let op = self
+                .engine
+                .submit::<CreateReportTask>(&req, options)
+                .await?;
+            Ok(Response::new(convert::operation(&op)))
+        }
+        .await;
+        audit(&caller, "CreateReport", created_name(&result), &result);
+        result
     }
 
     async fn get_report(
         &self,
         request: Request<GetReportRequest>,
     ) -> Result<Response<Report>, Status> {
-        let (_, report) = self.finished(&request.get_ref().name).await?;
+        let scope = caller(&request)?.scope();
+        let (_, report) = self.finished(&scope, &request.get_ref().name).await?;
         Ok(Response::new(report))
     }
 
@@ -157,8 +197,9 @@ impl ReportService for ReportsService {
         &self,
         request: Request<ReadReportRequest>,
     ) -> Result<Response<Self::ReadReportStream>, Status> {
+        let scope = caller(&request)?.scope();
         let name = request.into_inner().name;
-        let (id, report) = self.finished(&name).await?;
+        let (id, report) = self.finished(&scope, &name).await?;
         let format = ReportFormat::try_from(report.format).unwrap_or(ReportFormat::Csv);
         let file = match tokio::fs::File::open(self.reports.report_path(id, format)).await {
             Ok(file) => file,

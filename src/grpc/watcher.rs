@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::engine::{Engine, EngineError, OperationId, Snapshot, Subscription};
+use crate::engine::{Engine, EngineError, OperationId, Snapshot, Subscription, WatchPermit};
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::WatchOperationRequest;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcher;
@@ -31,6 +31,8 @@ impl WatcherService {
 struct Follow {
     id: OperationId,
     sub: Subscription,
+    /// Counts this stream against its tenant's limit until it ends.
+    _permit: WatchPermit,
     shutdown: CancellationToken,
     first: bool,
     finished: bool,
@@ -73,11 +75,14 @@ impl OperationWatcher for WatcherService {
         &self,
         request: Request<WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let caller = super::auth::caller(&request)?;
         let id = convert::operation_id("name", &request.get_ref().name)?;
-        let sub = self.engine.subscribe(id).await?;
+        let sub = self.engine.subscribe(&caller.scope(), id).await?;
+        let permit = self.engine.watch_permit(&caller.tenant)?;
         let follow = Follow {
             id,
             sub,
+            _permit: permit,
             shutdown: self.engine.shutdown_token().clone(),
             first: true,
             finished: false,

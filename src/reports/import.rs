@@ -163,9 +163,22 @@ impl Task for ImportOrdersTask {
                 break;
             }
             let stored = batch.orders.len() as i64;
+            if let Some(room) = self.reports.order_room(ctx.tenant()).await.map_err(|e| {
+                TaskError::retryable(Code::Unavailable, "ORDERS_NOT_STORED", e.to_string())
+            })? && stored as u64 > room
+            {
+                return Err(TaskError::new(
+                    Code::ResourceExhausted,
+                    "TENANT_ORDER_LIMIT",
+                    format!(
+                        "the tenant's order limit was reached after {} orders; the orders imported so far are kept",
+                        response.imported
+                    ),
+                ));
+            }
             self.reports
                 .orders()
-                .put_orders(batch.orders)
+                .put_orders(ctx.tenant(), batch.orders)
                 .await
                 .map_err(|e| {
                     TaskError::retryable(Code::Unavailable, "ORDERS_NOT_STORED", e.to_string())

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::{OperationId, Registry};
 use crate::pb::longrun::v1::ReportFormat;
-use crate::store::DynOrderStore;
+use crate::store::{DynOrderStore, StoreResult};
 
 pub use self::import::ImportOrdersTask;
 pub use self::render::CreateReportTask;
@@ -36,12 +36,19 @@ pub struct Reports {
     uploads: PathBuf,
     files: PathBuf,
     max_upload: u64,
+    max_orders: Option<u64>,
 }
 
 impl Reports {
     /// Uses `orders` for storage and `data_dir` for uploads and report
-    /// files, refusing uploads over `max_upload` bytes.
-    pub fn open(data_dir: &Path, orders: DynOrderStore, max_upload: u64) -> io::Result<Self> {
+    /// files, refusing uploads over `max_upload` bytes and keeping each
+    /// tenant to `max_orders` stored orders.
+    pub fn open(
+        data_dir: &Path,
+        orders: DynOrderStore,
+        max_upload: u64,
+        max_orders: Option<u64>,
+    ) -> io::Result<Self> {
         let uploads = data_dir.join("uploads");
         let files = data_dir.join("reports");
         std::fs::create_dir_all(&uploads)?;
@@ -51,7 +58,17 @@ impl Reports {
             uploads,
             files,
             max_upload,
+            max_orders,
         })
+    }
+
+    /// How many more orders `tenant` may store; None when unlimited.
+    pub async fn order_room(&self, tenant: &str) -> StoreResult<Option<u64>> {
+        let Some(max) = self.max_orders else {
+            return Ok(None);
+        };
+        let stored = self.orders.order_count(tenant).await?;
+        Ok(Some(max.saturating_sub(stored)))
     }
 
     /// Adds the ImportOrders and CreateReport kinds.

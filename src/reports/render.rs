@@ -230,7 +230,10 @@ impl Task for CreateReportTask {
             .map_err(|v| TaskError::new(Code::InvalidArgument, "INVALID_REQUEST", v.description))?;
         let format = ReportFormat::try_from(request.format).unwrap_or(ReportFormat::Csv);
         let orders = self.reports.orders();
-        let expected = orders.month_count(month).await.map_err(disk_failure)?;
+        let expected = orders
+            .month_count(ctx.tenant(), month)
+            .await
+            .map_err(disk_failure)?;
         let path = self.reports.report_path(ctx.operation_id(), format);
         let temp = path.with_extension("part");
         let file = File::create(&temp).map_err(disk_failure)?;
@@ -252,7 +255,7 @@ impl Task for CreateReportTask {
                 return Err(TaskError::cancelled());
             }
             let (page, next) = orders
-                .month_page(month, cursor, PAGE_ROWS)
+                .month_page(ctx.tenant(), month, cursor, PAGE_ROWS)
                 .await
                 .map_err(disk_failure)?;
             let (r, ()) = on_disk(renderer, move |r| r.page(&page)).await?;

@@ -63,6 +63,8 @@ struct StoredOperation {
     max_attempts: u32,
     #[prost(message, optional, tag = "23")]
     notification: Option<StoredNotification>,
+    #[prost(string, tag = "24")]
+    tenant: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -263,6 +265,7 @@ pub(crate) fn encode(op: &Operation) -> Vec<u8> {
             callback_url: n.callback_url.clone(),
             states: n.states.iter().map(|s| u32::from(s.as_u8())).collect(),
         }),
+        tenant: op.tenant.clone(),
     }
     .encode_to_vec()
 }
@@ -352,5 +355,6 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
             }),
             None => None,
         },
+        tenant: s.tenant,
     })
 }

@@ -202,22 +202,30 @@ pub struct OrderCursor(pub(crate) Vec<u8>);
 
 /// Storage for the orders that reports are made from.
 ///
-/// Orders are kept in month order, then `created_at`, then `order_id`, so
-/// that one month is one contiguous range and a report never reads the rest.
+/// Each tenant's orders are apart from every other tenant's: an order_id is
+/// unique within a tenant, and a report reads only its own tenant's orders.
+/// Within a tenant, orders are kept in month order, then `created_at`, then
+/// `order_id`, so that one month is one contiguous range and a report never
+/// reads the rest.
 #[async_trait]
 pub trait OrderStore: Send + Sync + 'static {
-    /// Inserts orders, replacing any stored order with the same order_id
-    /// (wherever its month), and keeps per-month counts in step. The batch
-    /// is applied atomically; it is made durable by the next flush.
-    async fn put_orders(&self, orders: Vec<Order>) -> StoreResult<()>;
+    /// Inserts orders of `tenant`, replacing any of its stored orders with
+    /// the same order_id (wherever its month), and keeps per-month counts in
+    /// step. The batch is applied atomically; it is made durable by the next
+    /// flush.
+    async fn put_orders(&self, tenant: &str, orders: Vec<Order>) -> StoreResult<()>;
 
-    /// How many orders `month` has.
-    async fn month_count(&self, month: Month) -> StoreResult<u64>;
+    /// How many orders `tenant` has in `month`.
+    async fn month_count(&self, tenant: &str, month: Month) -> StoreResult<u64>;
 
-    /// Up to `limit` orders of `month` after `after`, in order; the cursor
-    /// continues the listing and is None at the end.
+    /// How many orders `tenant` has in all.
+    async fn order_count(&self, tenant: &str) -> StoreResult<u64>;
+
+    /// Up to `limit` orders of `tenant` in `month` after `after`, in order;
+    /// the cursor continues the listing and is None at the end.
     async fn month_page(
         &self,
+        tenant: &str,
         month: Month,
         after: Option<OrderCursor>,
         limit: usize,

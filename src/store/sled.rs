@@ -10,7 +10,9 @@
 //! - `expiry`: end time (microseconds, big-endian) and id of every done
 //!   operation, so the retention sweeper reads only what has expired;
 //! - `meta`: secrets and other small values;
-//! - `orders`: the orders reports are made from (see `order_keys`);
+//! - `orders`: the default tenant's orders, which reports are made from (see
+//!   `order_keys`); every other tenant has a tree `orders/{tenant}` of the
+//!   same layout, so no key range is shared between tenants;
 //! - `outbox`: webhook deliveries (see `outbox_keys`), written in the same
 //!   transaction as the state change they announce.
 //!
@@ -180,6 +182,17 @@ fn enqueue_delivery(outbox: &TransactionalTree, op: &Operation) -> TxResult<()> 
     Ok(())
 }
 
+/// The request_ids key of an operation: its key's 16 bytes, then its
+/// tenant, so that tenants never share idempotency keys. (The default
+/// tenant's keys are the bare 16 bytes.)
+fn request_id_key(op: &Operation) -> Option<Vec<u8>> {
+    let request_id = op.request_id?;
+    let mut key = Vec::with_capacity(16 + op.tenant.len());
+    key.extend_from_slice(request_id.as_bytes());
+    key.extend_from_slice(op.tenant.as_bytes());
+    Some(key)
+}
+
 fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
     match ops.get(key)? {
         None => Ok(None),
@@ -326,8 +339,8 @@ impl SledStore {
                         continue;
                     }
                     ops.remove(key)?;
-                    if let Some(request_id) = op.request_id {
-                        request_ids.remove(request_id.as_bytes())?;
+                    if let Some(rid) = request_id_key(&op) {
+                        request_ids.remove(rid)?;
                     }
                     if let Some(end) = expiry_key(&op) {
                         expiry.remove(&end)?;
@@ -362,11 +375,12 @@ impl Store for SledStore {
     async fn create(&self, operation: Operation) -> StoreResult<Created> {
         let key = *operation.id.as_bytes();
         let encoded = encode(&operation);
+        let rid_key = request_id_key(&operation);
         let inner = &self.inner;
         let created = (&inner.ops, &inner.active, &inner.request_ids, &inner.outbox)
             .transaction(|(ops, active, request_ids, outbox)| {
-                if let Some(request_id) = operation.request_id {
-                    let rid = request_id.as_bytes();
+                if let (Some(request_id), Some(rid)) = (operation.request_id, &rid_key) {
+                    let rid = rid.as_slice();
                     if let Some(existing_key) = request_ids.get(rid)?
                         && let Some(existing) = read_op(ops, &existing_key)?
                     {
@@ -794,23 +808,34 @@ mod order_keys {
 /// A month's order count (0 when it has none).
 fn read_count(tree: &Tree, count_key: &[u8]) -> StoreResult<u64> {
     match tree.get(count_key).map_err(backend)? {
-        Some(v) => Ok(u64::from_be_bytes(
-            v.as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("month count".into()))?,
-        )),
+        Some(v) => decode_count(&v),
         None => Ok(0),
     }
 }
 
+fn decode_count(value: &[u8]) -> StoreResult<u64> {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("month count".into()))
+}
+
 impl SledStore {
-    fn orders_tree(&self) -> &Tree {
-        &self.inner.orders
+    /// The order tree of `tenant` (sled keeps opened trees, so this is a
+    /// lookup after the first call).
+    fn orders_tree(&self, tenant: &str) -> StoreResult<Tree> {
+        if tenant.is_empty() {
+            return Ok(self.inner.orders.clone());
+        }
+        self.inner
+            .db
+            .open_tree(format!("orders/{tenant}"))
+            .map_err(backend)
     }
 
-    fn put_orders_blocking(&self, orders: Vec<Order>) -> StoreResult<()> {
+    fn put_orders_blocking(&self, tenant: &str, orders: Vec<Order>) -> StoreResult<()> {
         use std::collections::HashMap;
-        let tree = self.orders_tree();
+        let tree = &self.orders_tree(tenant)?;
         // One writer at a time: replacing an order reads where it was
         // stored, and two batches must not both move the same order.
         let _turn = self
@@ -861,25 +886,36 @@ impl SledStore {
 
 #[async_trait]
 impl OrderStore for SledStore {
-    async fn put_orders(&self, orders: Vec<Order>) -> StoreResult<()> {
+    async fn put_orders(&self, tenant: &str, orders: Vec<Order>) -> StoreResult<()> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.put_orders_blocking(orders))
+        let tenant = tenant.to_owned();
+        tokio::task::spawn_blocking(move || store.put_orders_blocking(&tenant, orders))
             .await
             .map_err(backend)?
     }
 
-    async fn month_count(&self, month: Month) -> StoreResult<u64> {
-        read_count(self.orders_tree(), &order_keys::count(&month.key()))
+    async fn month_count(&self, tenant: &str, month: Month) -> StoreResult<u64> {
+        read_count(&self.orders_tree(tenant)?, &order_keys::count(&month.key()))
+    }
+
+    async fn order_count(&self, tenant: &str) -> StoreResult<u64> {
+        let mut total = 0u64;
+        for entry in self.orders_tree(tenant)?.scan_prefix([b'c']) {
+            let (_, value) = entry.map_err(backend)?;
+            total = total.saturating_add(decode_count(&value)?);
+        }
+        Ok(total)
     }
 
     async fn month_page(
         &self,
+        tenant: &str,
         month: Month,
         after: Option<OrderCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)> {
         use std::ops::Bound;
-        let store = self.clone();
+        let tree = self.orders_tree(tenant)?;
         tokio::task::spawn_blocking(move || {
             let start = match after {
                 Some(OrderCursor(key)) => Bound::Excluded(key),
@@ -888,11 +924,7 @@ impl OrderStore for SledStore {
             let end = Bound::Excluded(order_keys::month_start(month.next()));
             let mut orders = Vec::with_capacity(limit.min(65_536));
             let mut last = None;
-            for entry in store
-                .orders_tree()
-                .range::<Vec<u8>, _>((start, end))
-                .take(limit)
-            {
+            for entry in tree.range::<Vec<u8>, _>((start, end)).take(limit) {
                 let (key, value) = entry.map_err(backend)?;
                 orders.push(crate::store::codec::decode_order(&value)?);
                 last = Some(key);

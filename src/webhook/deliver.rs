@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::guard::{GuardedResolver, check_url};
-use super::{WebhookConfig, sign};
+use super::{TenantSecrets, WebhookConfig, sign};
 use crate::engine::notify::{Delivery, DeliveryState};
 use crate::store::{Change, DynStore};
 
@@ -60,7 +60,12 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     )
 }
 
-async fn attempt(client: &reqwest::Client, config: &WebhookConfig, delivery: &Delivery) -> Attempt {
+async fn attempt(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    tenants: &dyn TenantSecrets,
+    delivery: &Delivery,
+) -> Attempt {
     let failed = |error: String| Attempt {
         status: None,
         error,
@@ -74,7 +79,9 @@ async fn attempt(client: &reqwest::Client, config: &WebhookConfig, delivery: &De
     let body = body(delivery);
     let id = delivery.webhook_id();
     let timestamp = sign::unix_seconds(SystemTime::now());
-    let signature = sign::sign(&config.secrets, &id, timestamp, &body);
+    let own = tenants.secrets_for(&delivery.snapshot.tenant);
+    let secrets = own.as_deref().unwrap_or(&config.secrets);
+    let signature = sign::sign(secrets, &id, timestamp, &body);
     let sent = client
         .post(url)
         .header("content-type", "application/json")
@@ -145,8 +152,14 @@ async fn next_relevant(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> O
     }
 }
 
-/// Runs until `stop` fires.
-pub async fn run(store: DynStore, config: Arc<WebhookConfig>, stop: CancellationToken) {
+/// Runs until `stop` fires. Deliveries are signed with their tenant's own
+/// secrets where `tenants` has some, else with the server's.
+pub async fn run(
+    store: DynStore,
+    config: Arc<WebhookConfig>,
+    tenants: Arc<dyn TenantSecrets>,
+    stop: CancellationToken,
+) {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.timeout)
@@ -183,9 +196,10 @@ pub async fn run(store: DynStore, config: Arc<WebhookConfig>, stop: Cancellation
                         busy.insert(delivery.id);
                         let client = client.clone();
                         let config = Arc::clone(&config);
+                        let tenants = Arc::clone(&tenants);
                         let store = Arc::clone(&store);
                         in_flight.spawn(async move {
-                            let outcome = attempt(&client, &config, &delivery).await;
+                            let outcome = attempt(&client, &config, &*tenants, &delivery).await;
                             let updated = record(&config, delivery, outcome);
                             debug!(id = %updated.webhook_id(), state = ?updated.state, "delivery attempt recorded");
                             match store.save_delivery(&updated).await {

@@ -37,6 +37,13 @@ pub struct WebhookConfig {
     pub schedule: Vec<Duration>,
 }
 
+/// Secrets of tenants that sign with their own, looked up per delivery so
+/// that a reloaded auth file takes effect at once.
+pub trait TenantSecrets: Send + Sync + 'static {
+    /// The secrets of `tenant`, current first; None to use the server's.
+    fn secrets_for(&self, tenant: &str) -> Option<Vec<Secret>>;
+}
+
 /// The file a generated secret is kept in, inside the data directory.
 pub fn secret_file(data_dir: &Path) -> PathBuf {
     data_dir.join("webhook-secret")

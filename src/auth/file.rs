@@ -1,0 +1,259 @@
+//! The auth file: principals and per-tenant settings, in TOML.
+//!
+//! ```toml
+//! [[principal]]
+//! name = "alice"
+//! tenant = "acme"
+//! roles = ["writer"]
+//! token_sha256 = "<64 hex digits: the SHA-256 of alice's token>"
+//!
+//! [[principal]]
+//! name = "reporting.acme.internal"   # a client certificate's subject CN
+//! tenant = "acme"
+//! roles = ["reader"]
+//!
+//! [tenant.acme]
+//! webhook_secrets = ["whsec_..."]    # the current one first
+//! ```
+//!
+//! Parsing checks everything a typo could break (unknown keys, bad hex,
+//! duplicate names or tokens, bad tenant names), so that a reload either
+//! applies a whole, valid file or changes nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+use super::{Principal, Role};
+use crate::engine::scope::check_tenant_name;
+use crate::webhook::Secret;
+
+/// A principal as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrincipal {
+    name: String,
+    tenant: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    token_sha256: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    #[serde(default)]
+    webhook_secrets: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    principal: Vec<RawPrincipal>,
+    #[serde(default)]
+    tenant: HashMap<String, RawTenant>,
+}
+
+/// A principal with the digest of its token, if it has one.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) principal: std::sync::Arc<Principal>,
+    pub(crate) token_sha256: Option<[u8; 32]>,
+}
+
+/// A parsed, checked auth file.
+#[derive(Debug, Default)]
+pub struct AuthFile {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) webhook_secrets: HashMap<String, Vec<Secret>>,
+}
+
+/// Why an auth file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthFileError(pub String);
+
+impl AuthFile {
+    /// Parses and checks the text of an auth file.
+    pub fn parse(text: &str) -> Result<Self, AuthFileError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| AuthFileError(e.to_string()))?;
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        let mut entries = Vec::with_capacity(raw.principal.len());
+        for (index, p) in raw.principal.into_iter().enumerate() {
+            let at = |what: String| {
+                AuthFileError(format!("principal {} ({:?}): {what}", index + 1, p.name))
+            };
+            if p.name.trim().is_empty()
+                || p.name.len() > 256
+                || p.name.chars().any(char::is_control)
+            {
+                return Err(at("name must be 1 to 256 printable characters".into()));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(at("the name is used twice".into()));
+            }
+            check_tenant_name(&p.tenant).map_err(at)?;
+            let role = p.roles.iter().copied().max().ok_or_else(|| {
+                at("roles must name at least one of reader, writer, admin".into())
+            })?;
+            let token_sha256 = match &p.token_sha256 {
+                None => None,
+                Some(hex_digest) => {
+                    let mut digest = [0u8; 32];
+                    hex::decode_to_slice(hex_digest.trim(), &mut digest).map_err(|_| {
+                        at("token_sha256 must be 64 hex digits (the SHA-256 of the token)".into())
+                    })?;
+                    if !digests.insert(digest) {
+                        return Err(at("the same token is given to two principals".into()));
+                    }
+                    Some(digest)
+                }
+            };
+            entries.push(Entry {
+                principal: std::sync::Arc::new(Principal {
+                    name: p.name,
+                    tenant: p.tenant,
+                    role,
+                }),
+                token_sha256,
+            });
+        }
+        let mut webhook_secrets = HashMap::new();
+        for (tenant, settings) in raw.tenant {
+            check_tenant_name(&tenant)
+                .map_err(|e| AuthFileError(format!("[tenant.{tenant}]: {e}")))?;
+            if settings.webhook_secrets.is_empty() {
+                continue;
+            }
+            let secrets = settings
+                .webhook_secrets
+                .iter()
+                .map(|s| s.parse::<Secret>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| AuthFileError(format!("[tenant.{tenant}] webhook_secrets: {e}")))?;
+            webhook_secrets.insert(tenant, secrets);
+        }
+        Ok(Self {
+            entries,
+            webhook_secrets,
+        })
+    }
+
+    /// How many principals the file names.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the file names no principal.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn a_full_file_parses() {
+        let file = AuthFile::parse(&format!(
+            r#"
+            [[principal]]
+            name = "alice"
+            tenant = "acme"
+            roles = ["reader", "writer"]
+            token_sha256 = "{DIGEST}"
+
+            [[principal]]
+            name = "cert-only"
+            tenant = "acme"
+            roles = ["reader"]
+
+            [tenant.acme]
+            webhook_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+            "#
+        ))
+        .unwrap();
+        assert_eq!(file.len(), 2);
+        assert_eq!(file.entries[0].principal.role, Role::Writer);
+        assert!(file.entries[1].token_sha256.is_none());
+        assert_eq!(file.webhook_secrets["acme"].len(), 1);
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_a_reason() {
+        let principal = |body: &str| format!("[[principal]]\n{body}\n");
+        let cases = [
+            (
+                principal(
+                    r#"name = "a"
+tenant = "acme"
+roles = []"#,
+                ),
+                "roles",
+            ),
+            (
+                principal(
+                    r#"name = "a"
+tenant = "Acme"
+roles = ["reader"]"#,
+                ),
+                "tenant",
+            ),
+            (
+                principal(
+                    r#"name = "a"
+tenant = "acme"
+roles = ["root"]"#,
+                ),
+                "root",
+            ),
+            (
+                principal(
+                    r#"name = "a"
+tenant = "acme"
+roles = ["reader"]
+token_sha256 = "abc""#,
+                ),
+                "64 hex",
+            ),
+            (
+                principal(
+                    r#"name = "a"
+tenant = "acme"
+roles = ["reader"]
+password = "x""#,
+                ),
+                "password",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    principal(
+                        r#"name = "a"
+tenant = "acme"
+roles = ["reader"]"#
+                    ),
+                    principal(
+                        r#"name = "a"
+tenant = "acme"
+roles = ["reader"]"#
+                    )
+                ),
+                "twice",
+            ),
+            (
+                "[tenant.acme]\nwebhook_secrets = [\"whsec_!!\"]".to_owned(),
+                "webhook_secrets",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = AuthFile::parse(&text).unwrap_err();
+            assert!(error.0.contains(expected), "{text:?}: {error}");
+        }
+    }
+}

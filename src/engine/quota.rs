@@ -1,0 +1,145 @@
+//! Per-tenant limits on abuse: a token bucket on creates and a cap on
+//! concurrent watch streams. (The cap on queued operations lives in the
+//! run queue, which already counts them.)
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::EngineError;
+
+/// What each tenant may use. `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantQuotas {
+    /// Creates per second, sustained.
+    pub creates_per_second: Option<NonZeroU32>,
+    /// Creates allowed in one burst; defaults to one second's worth.
+    pub create_burst: Option<NonZeroU32>,
+    /// Operations waiting for a worker.
+    pub max_queued: Option<usize>,
+    /// Concurrent Watch streams.
+    pub max_watches: Option<usize>,
+}
+
+pub(crate) struct Quotas {
+    creates: Option<DefaultKeyedRateLimiter<String>>,
+    clock: DefaultClock,
+    max_watches: Option<usize>,
+    watches: Mutex<HashMap<String, usize>>,
+}
+
+impl Quotas {
+    pub(crate) fn new(quotas: &TenantQuotas) -> Arc<Self> {
+        let creates = quotas.creates_per_second.map(|rate| {
+            let burst = quotas.create_burst.unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Arc::new(Self {
+            creates,
+            clock: DefaultClock::default(),
+            max_watches: quotas.max_watches,
+            watches: Mutex::default(),
+        })
+    }
+
+    /// Takes one create from `tenant`'s bucket.
+    pub(crate) fn create(&self, tenant: &str) -> Result<(), EngineError> {
+        let Some(limiter) = &self.creates else {
+            return Ok(());
+        };
+        limiter.check_key(&tenant.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            EngineError::ResourceExhausted {
+                reason: "RATE_LIMITED",
+                message: format!(
+                    "too many creates from this tenant; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                retry_after: wait.max(Duration::from_millis(1)),
+            }
+        })
+    }
+
+    /// Counts one more watch stream of `tenant` until the permit is
+    /// dropped.
+    pub(crate) fn watch(self: &Arc<Self>, tenant: &str) -> Result<WatchPermit, EngineError> {
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let count = watches.entry(tenant.to_owned()).or_insert(0);
+        if self.max_watches.is_some_and(|max| *count >= max) {
+            return Err(EngineError::ResourceExhausted {
+                reason: "TOO_MANY_WATCHES",
+                message: format!(
+                    "this tenant already has {count} watch streams open, its limit; close one first"
+                ),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        *count += 1;
+        Ok(WatchPermit {
+            quotas: Arc::clone(self),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+/// One open watch stream, counted against its tenant while it lives.
+pub struct WatchPermit {
+    quotas: Arc<Quotas>,
+    tenant: String,
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut watches = self
+            .quotas
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = watches.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                watches.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_create_bucket_is_per_tenant() {
+        let quotas = Quotas::new(&TenantQuotas {
+            creates_per_second: NonZeroU32::new(1),
+            create_burst: NonZeroU32::new(2),
+            ..TenantQuotas::default()
+        });
+        assert!(quotas.create("a").is_ok());
+        assert!(quotas.create("a").is_ok());
+        match quotas.create("a") {
+            Err(EngineError::ResourceExhausted { retry_after, .. }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+        assert!(quotas.create("b").is_ok());
+    }
+
+    #[test]
+    fn watch_permits_are_given_back_on_drop() {
+        let quotas = Quotas::new(&TenantQuotas {
+            max_watches: Some(1),
+            ..TenantQuotas::default()
+        });
+        let permit = quotas.watch("a").unwrap();
+        assert!(quotas.watch("a").is_err());
+        assert!(quotas.watch("b").is_ok());
+        drop(permit);
+        assert!(quotas.watch("a").is_ok());
+    }
+}

@@ -1,0 +1,290 @@
+//! The door: every call except health and reflection is authenticated
+//! here, checked against the role its method needs, and tagged with the
+//! caller, before any handler runs. Handlers read the caller with
+//! [`caller`] and record mutations with [`audit`].
+//!
+//! Methods are classed by path: the read methods below need `reader`;
+//! every other protected method (creates, cancel, delete, and any service
+//! an embedder adds) needs `writer`. A role that is too low is refused
+//! before the target is looked at, so the refusal says nothing about
+//! whether the target exists.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+use tracing::info;
+
+use super::status::{DOMAIN, status};
+use crate::auth::{AuthError, Authenticator, Credentials, Principal, Role};
+
+/// Paths that need no credentials.
+const OPEN_PREFIXES: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Methods a reader may call; everything else protected needs a writer.
+const READ_METHODS: [&str; 7] = [
+    "/google.longrunning.Operations/GetOperation",
+    "/google.longrunning.Operations/ListOperations",
+    "/google.longrunning.Operations/WaitOperation",
+    "/longrun.v1.OperationWatcher/WatchOperation",
+    "/longrun.v1.ReportService/GetReport",
+    "/longrun.v1.ReportService/ReadReport",
+    "/longrun.v1.Notifications/ListDeliveries",
+];
+
+/// The role `path` needs; None when it is open to all.
+pub fn required_role(path: &str) -> Option<Role> {
+    if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        None
+    } else if READ_METHODS.contains(&path) {
+        Some(Role::Reader)
+    } else {
+        Some(Role::Writer)
+    }
+}
+
+/// The authenticated caller, as handlers find it in the request.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Arc<Principal>);
+
+/// The caller of a call that passed the door. A request that did not pass
+/// it (a service mounted some other way) is refused, never let through.
+pub fn caller<T>(request: &Request<T>) -> Result<Arc<Principal>, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| Arc::clone(&c.0))
+        .ok_or_else(|| {
+            status(
+                Code::Unauthenticated,
+                "CREDENTIALS_MISSING",
+                "this call was not authenticated",
+            )
+        })
+}
+
+/// The short method name of a gRPC path, for logs.
+fn method(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Records a mutating call as one structured event: who, for which tenant,
+/// which call, on what, and how it ended.
+pub fn audit<T>(caller: &Principal, rpc: &str, target: &str, result: &Result<T, Status>) {
+    let outcome = match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    info!(
+        target: "longrun::audit",
+        principal = %caller.name,
+        tenant = %caller.tenant,
+        rpc,
+        target_name = target,
+        outcome = ?outcome,
+        "audit"
+    );
+}
+
+/// The name of the operation a create call returned, for the audit log.
+pub fn created_name(
+    result: &Result<tonic::Response<crate::pb::google::longrunning::Operation>, Status>,
+) -> &str {
+    match result {
+        Ok(response) => &response.get_ref().name,
+        Err(_) => "",
+    }
+}
+
+/// The subject CN of the verified client certificate, if one was shown.
+fn client_cn<B>(request: &http::Request<B>) -> Option<String> {
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// The token of an `authorization: Bearer` header. A header that is there
+/// but malformed counts as a wrong token, not a missing one.
+fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, AuthError> {
+    let Some(value) = request.headers().get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| AuthError::UnknownToken)?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AuthError::UnknownToken),
+    }
+}
+
+fn unauthenticated(error: &AuthError) -> Status {
+    status(Code::Unauthenticated, error.reason(), error.to_string())
+}
+
+fn permission_denied(principal: &Principal, needed: Role) -> Status {
+    let details = ErrorDetails::with_error_info(
+        "ROLE_TOO_LOW",
+        DOMAIN,
+        [
+            ("required_role".to_owned(), needed.to_string()),
+            ("role".to_owned(), principal.role.to_string()),
+        ],
+    );
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!(
+            "{} has role {}; this call needs {needed}",
+            principal.name, principal.role
+        ),
+        details,
+    )
+}
+
+/// Decides whether a call may go on, and as whom.
+fn admit<B>(
+    auth: &Authenticator,
+    request: &http::Request<B>,
+    needed: Role,
+) -> Result<Arc<Principal>, Status> {
+    let cn = client_cn(request);
+    let credentials = Credentials {
+        bearer: bearer(request).map_err(|e| unauthenticated(&e))?,
+        client_cn: cn.as_deref(),
+    };
+    let principal = auth
+        .authenticate(credentials)
+        .map_err(|e| unauthenticated(&e))?;
+    if principal.role < needed {
+        return Err(permission_denied(&principal, needed));
+    }
+    Ok(principal)
+}
+
+/// Puts the door in front of a service.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// Authenticates with `auth`.
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Self::Response, Self::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let Some(needed) = required_role(path) else {
+            return Either::Left(self.inner.call(request));
+        };
+        match admit(&self.auth, &request, needed) {
+            Ok(principal) => {
+                request.extensions_mut().insert(Caller(principal));
+                Either::Left(self.inner.call(request))
+            }
+            Err(refusal) => {
+                if needed >= Role::Writer {
+                    info!(
+                        target: "longrun::audit",
+                        principal = "-",
+                        rpc = method(path),
+                        outcome = ?refusal.code(),
+                        "audit"
+                    );
+                }
+                Either::Right(ready(Ok(refusal.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_classed_by_path() {
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            required_role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+        assert_eq!(
+            required_role("/google.longrunning.Operations/GetOperation"),
+            Some(Role::Reader)
+        );
+        assert_eq!(
+            required_role("/google.longrunning.Operations/CancelOperation"),
+            Some(Role::Writer)
+        );
+        assert_eq!(required_role("/acme.Custom/Anything"), Some(Role::Writer));
+        // A look-alike of an open path is not open.
+        assert_eq!(
+            required_role("/grpc.health.v1.HealthX/Check"),
+            Some(Role::Writer)
+        );
+    }
+
+    #[test]
+    fn bearer_headers_are_read_strictly() {
+        let request = |value: &str| {
+            http::Request::builder()
+                .header("authorization", value)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(bearer(&request("Bearer abc")), Ok(Some("abc")));
+        assert_eq!(bearer(&request("bearer abc")), Ok(Some("abc")));
+        assert_eq!(bearer(&request("Basic abc")), Err(AuthError::UnknownToken));
+        assert_eq!(bearer(&request("Bearer ")), Err(AuthError::UnknownToken));
+        assert_eq!(bearer(&http::Request::new(())), Ok(None));
+    }
+}

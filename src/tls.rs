@@ -1,0 +1,164 @@
+//! TLS on the gRPC port, with rustls (ring): the server's certificate and
+//! key, and optionally a CA whose client certificates are accepted (mTLS).
+//!
+//! The files are read again on [`TlsFiles`] reload (SIGHUP), so a renewed
+//! certificate is served without a restart: each new connection takes the
+//! configuration current when it arrives. Client certificates are optional
+//! even with a CA configured; a caller without one authenticates with a
+//! token instead.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::debug;
+
+/// Where the PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// CA certificates that sign accepted client certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why the TLS files could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(String);
+
+fn read_certs(path: &PathBuf, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError(format!("cannot read the {what} {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "the {what} {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn build(paths: &TlsPaths) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = read_certs(&paths.cert, "certificate file")?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
+        TlsError(format!(
+            "cannot read the private key {}: {e}",
+            paths.key.display()
+        ))
+    })?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?;
+    let builder = match &paths.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca, "client CA file")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The TLS configuration in force, reloadable.
+#[derive(Debug)]
+pub struct TlsFiles {
+    paths: TlsPaths,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsFiles {
+    /// Reads and checks the files.
+    pub fn load(paths: TlsPaths) -> Result<Self, TlsError> {
+        let config = build(&paths)?;
+        Ok(Self {
+            paths,
+            current: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// Reads the files again; on any error the configuration in force is
+    /// kept.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = build(&self.paths)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(
+            &self.current.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// Turns accepted TCP connections into TLS ones. Handshakes run side by
+/// side, each with `timeout`, so a client that stalls mid-handshake holds
+/// up no one and is dropped when its time is up.
+pub fn incoming<S>(
+    tcp: S,
+    tls: Arc<TlsFiles>,
+    timeout: Duration,
+) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>>
+where
+    S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut tcp = std::pin::pin!(tcp);
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                next = tcp.next() => next,
+            };
+            let stream = match next {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
+                    debug!(error = %e, "accept failed");
+                    continue;
+                }
+                None => return,
+            };
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
