@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub engine: longrun::Engine,
+    /// Reloads the auth file and certificates, as SIGHUP does.
+    pub reloader: longrun::server::Reloader,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -80,8 +82,10 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let data_dir = config.data_dir.clone();
+        let tls = config.tls.is_some();
         let server = Server::open(config, registry).await.expect("open server");
         let engine = server.engine().clone();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.serve(listener, async move {
             let _ = rx.await;
@@ -89,12 +93,16 @@ impl TestServer {
         let this = Self {
             addr,
             engine,
+            reloader,
             data_dir,
             _temp: None,
             stop: Some(tx),
             handle: Some(handle),
         };
-        this.wait_serving().await;
+        // A TLS server's tests connect (and wait) with their own clients.
+        if !tls {
+            this.wait_serving().await;
+        }
         this
     }
 
@@ -284,4 +292,80 @@ pub fn assert_status(status: &tonic::Status, code: tonic::Code, reason: &str, fi
             "no violation for {field}: {bad:?}"
         );
     }
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a
+/// token.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that presents a token.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+impl TestServer {
+    /// A connection that presents `token` (or nothing).
+    pub async fn authed(&self, token: Option<&str>) -> Authed {
+        tonic::service::interceptor::InterceptedService::new(
+            self.channel().await,
+            Bearer(token.map(str::to_owned)),
+        )
+    }
+}
+
+/// One principal of a test auth file: name, tenant, role, and its token
+/// (None for a certificate-only principal).
+pub struct Person {
+    pub name: &'static str,
+    pub tenant: &'static str,
+    pub role: &'static str,
+    pub token: Option<String>,
+}
+
+impl Person {
+    /// A principal with a fresh token.
+    pub fn new(name: &'static str, tenant: &'static str, role: &'static str) -> Self {
+        Self {
+            name,
+            tenant,
+            role,
+            token: Some(longrun::auth::token::generate()),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+/// The TOML of an auth file naming `people`, with extra text after.
+pub fn auth_toml(people: &[&Person], extra: &str) -> String {
+    let mut text = String::new();
+    for p in people {
+        text.push_str(&format!(
+            "[[principal]]\nname = \"{}\"\ntenant = \"{}\"\nroles = [\"{}\"]\n",
+            p.name, p.tenant, p.role
+        ));
+        if let Some(token) = &p.token {
+            text.push_str(&format!(
+                "token_sha256 = \"{}\"\n",
+                longrun::auth::token::digest_hex(token)
+            ));
+        }
+        text.push('\n');
+    }
+    text.push_str(extra);
+    text
 }
