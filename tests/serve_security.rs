@@ -22,7 +22,9 @@ fn longrun() -> Command {
 /// `longrun auth token`: (the TOML entry, the token).
 async fn make_token(name: &str, tenant: &str, role: &str) -> (String, String) {
     let out = longrun()
-        .args(["auth", "token", "--name", name, "--tenant", tenant, "--role", role])
+        .args([
+            "auth", "token", "--name", name, "--tenant", tenant, "--role", role,
+        ])
         .output()
         .await
         .unwrap();
@@ -135,7 +137,13 @@ async fn it_refuses_to_serve_open_beyond_loopback_unless_told_to() {
 
     // Told to, it serves.
     let mut child = longrun()
-        .args(["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-no-auth",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("LONGRUN_LOG", "info")
         .stderr(Stdio::piped())
@@ -168,7 +176,11 @@ async fn tokens_from_auth_token_work_and_sighup_reloads_the_file() {
     assert!(created.status.success(), "{}", stderr(&created));
     let refused = served.client(&bob, &["ops", "list"]).await;
     assert_eq!(refused.status.code(), Some(2));
-    assert!(stderr(&refused).contains("Unauthenticated"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("Unauthenticated"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(!stderr(&refused).contains(&bob), "a token was echoed");
 
     // Bob joins and Alice leaves, without a restart.
@@ -178,7 +190,11 @@ async fn tokens_from_auth_token_work_and_sighup_reloads_the_file() {
     let listed = served.client(&bob, &["ops", "list"]).await;
     assert!(listed.status.success(), "{}", stderr(&listed));
     let gone = served.client(&alice, &["ops", "list"]).await;
-    assert!(stderr(&gone).contains("Unauthenticated"), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("Unauthenticated"),
+        "{}",
+        stderr(&gone)
+    );
 
     // A broken file is refused and the one in force kept.
     std::fs::write(&auth, "[[principal]]\nname = ").unwrap();

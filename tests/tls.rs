@@ -64,7 +64,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Installs a server certificate signed by `ca` at the server's paths.
 fn install_server_cert(dir: &Path, ca: &Ca) -> (PathBuf, PathBuf) {
     let (cert, key) = leaf(ca, "longrun test server", false);
-    (write(dir, "server.pem", &cert), write(dir, "server.key", &key))
+    (
+        write(dir, "server.pem", &cert),
+        write(dir, "server.key", &key),
+    )
 }
 
 /// A TLS channel trusting `ca`, optionally presenting a client certificate.
