@@ -174,6 +174,18 @@ async fn tokens_from_auth_token_work_and_sighup_reloads_the_file() {
 
     let created = served.client(&alice, &["sleep", "0s", "--wait"]).await;
     assert!(created.status.success(), "{}", stderr(&created));
+    // The create is in the audit log, and the token is not.
+    let audit = served.wait_for("longrun::audit").await;
+    for field in [
+        "principal=alice",
+        "tenant=acme",
+        "rpc=Sleep",
+        "target_name=operations/",
+        "outcome=Ok",
+    ] {
+        assert!(audit.contains(field), "{field} missing from {audit}");
+    }
+    assert!(!audit.contains(&alice));
     let refused = served.client(&bob, &["ops", "list"]).await;
     assert_eq!(refused.status.code(), Some(2));
     assert!(

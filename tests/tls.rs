@@ -42,7 +42,7 @@ fn leaf(ca: &Ca, cn: &str, client: bool) -> (String, String) {
     let names = if client {
         Vec::new()
     } else {
-        vec!["localhost".to_owned()]
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
     };
     let mut params = CertificateParams::new(names).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);
@@ -233,4 +233,52 @@ async fn a_renewed_certificate_is_served_after_a_reload() {
     s.server.reloader.reload();
     let channel = connect(&s.server, &renewed_by, None).await.unwrap();
     assert_eq!(list(channel, s.writer.token()).await, Code::Ok);
+}
+
+#[tokio::test]
+async fn the_cli_connects_with_a_ca_and_a_token_or_a_client_certificate() {
+    let s = start().await;
+    let ca = write(s.dir.path(), "ca.pem", &s.ca.pem());
+    let (cert, key) = leaf(&s.ca, "bot.acme", true);
+    let cert = write(s.dir.path(), "bot.pem", &cert);
+    let key = write(s.dir.path(), "bot.key", &key);
+    let server = format!("https://127.0.0.1:{}", s.server.addr.port());
+    let run = |args: Vec<std::ffi::OsString>, token: Option<String>| {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_longrun"));
+            command
+                .args(["ops", "list", "--server", &server])
+                .args(args);
+            command.env_remove("LONGRUN_TOKEN");
+            if let Some(token) = token {
+                command.env("LONGRUN_TOKEN", token);
+            }
+            command.output().unwrap()
+        })
+    };
+    let with_token = run(
+        vec!["--ca".into(), ca.clone().into()],
+        s.writer.token().map(str::to_owned),
+    )
+    .await
+    .unwrap();
+    assert!(with_token.status.success(), "{with_token:?}");
+    let with_cert = run(
+        vec![
+            "--ca".into(),
+            ca.clone().into(),
+            "--cert".into(),
+            cert.into(),
+            "--key".into(),
+            key.into(),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(with_cert.status.success(), "{with_cert:?}");
+    let neither = run(vec!["--ca".into(), ca.into()], None).await.unwrap();
+    assert_eq!(neither.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("Unauthenticated"));
 }

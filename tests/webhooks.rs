@@ -403,3 +403,62 @@ async fn a_tampered_body_fails_verification() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenant_with_its_own_secret_gets_deliveries_signed_with_it() {
+    let server_secret = Secret::generate();
+    let acme_secret = Secret::generate();
+    let acme = Person::new("alice", "acme", "writer");
+    let globex = Person::new("gary", "globex", "writer");
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        auth_toml(
+            &[&acme, &globex],
+            &format!("[tenant.acme]\nwebhook_secrets = [\"{acme_secret}\"]\n"),
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(|c| {
+        webhook_config(c, &server_secret, &[10]);
+        c.auth_file = Some(auth);
+    })
+    .await;
+    let mut acme_hooks = receiver(&acme_secret, &[]).await;
+    let mut globex_hooks = receiver(&server_secret, &[]).await;
+
+    let sleep_as = |person: &Person, url: &str| {
+        let token = person.token().map(str::to_owned);
+        let request = notify(url, &[]);
+        let server = &server;
+        async move {
+            longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient::new(
+                server.authed(token.as_deref()).await,
+            )
+            .sleep(request)
+            .await
+            .unwrap()
+        }
+    };
+    sleep_as(&acme, &acme_hooks.url).await;
+    sleep_as(&globex, &globex_hooks.url).await;
+
+    // Each receiver checks its own secret; acme's delivery must not verify
+    // with the server's.
+    let post = acme_hooks.next().await;
+    let with_server_secret = verify(
+        std::slice::from_ref(&server_secret),
+        &post.id,
+        &post.timestamp,
+        &post.signature,
+        &post.body,
+        SystemTime::now(),
+        Duration::from_secs(300),
+    );
+    assert!(
+        matches!(with_server_secret, Err(VerifyError::NoMatch)),
+        "{with_server_secret:?}"
+    );
+    globex_hooks.next().await;
+}

@@ -88,8 +88,8 @@ pub fn audit<T>(caller: &Principal, rpc: &str, target: &str, result: &Result<T, 
         target: "longrun::audit",
         principal = %caller.name,
         tenant = %caller.tenant,
-        rpc,
-        target_name = target,
+        rpc = %rpc,
+        target_name = %target,
         outcome = ?outcome,
         "audit"
     );
@@ -235,7 +235,7 @@ where
                     info!(
                         target: "longrun::audit",
                         principal = "-",
-                        rpc = method(path),
+                        rpc = %method(path),
                         outcome = ?refusal.code(),
                         "audit"
                     );
