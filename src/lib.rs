@@ -14,7 +14,8 @@
 //!   engine. Only this module (and [`server`], which wires it) knows tonic.
 //! - [`server`]: assembles store, engine, services, health and reflection.
 //! - [`auth`]: principals, roles and tenants; the auth file and tokens.
-//! - [`tls`]: rustls configuration for the gRPC port, reloadable.
+//! - [`tls`]: rustls configuration for the gRPC port, reloadable;
+//!   [`listen`]: accepting connections, each with a deadline to start.
 //! - [`diagnostics`]: the Sleep kind.
 //! - [`reports`]: the report service's domain: order imports and monthly
 //!   reports, as two kinds.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod diagnostics;
 pub mod engine;
 pub mod grpc;
+pub mod listen;
 pub mod pb;
 pub mod reports;
 pub mod server;

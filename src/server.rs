@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{Authenticator, LoadError};
 use crate::diagnostics::SleepTask;
@@ -24,7 +24,6 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::{
     DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
 };
-use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
 use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
 use crate::pb::longrun::v1::notifications_server::NotificationsServer;
@@ -34,6 +33,7 @@ use crate::reports::Reports;
 use crate::store::{Backend, DynOrderStore, DynStore, SledStore, StoreError, SyncMode};
 use crate::tls::{TlsError, TlsFiles, TlsPaths};
 use crate::webhook::{Secret, WebhookConfig};
+use crate::{listen, pb};
 
 /// Everything a server needs to know.
 #[derive(Debug, Clone)]
@@ -77,7 +77,8 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
     pub keepalive_timeout: Duration,
-    /// How long a new connection has to finish its TLS handshake.
+    /// How long a new connection has to send its first bytes, or finish
+    /// its TLS handshake, before it is dropped.
     pub handshake_timeout: Duration,
 }
 
@@ -189,6 +190,11 @@ impl Server {
             Some(paths) => Some(Arc::new(TlsFiles::load(paths.clone())?)),
             None => None,
         };
+        if !auth.is_enforcing() && config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            warn!(
+                "client certificates are checked, but without an auth file they name no one: every caller is let in"
+            );
+        }
         let (store, orders): (DynStore, DynOrderStore) = match config.backend {
             Backend::Sled => {
                 let sled =
@@ -360,10 +366,13 @@ impl Server {
             let stop = stop.clone();
             async move { stop.cancelled().await }
         };
+        let deadline = config.handshake_timeout;
         let serving = match &tls {
-            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+            None => tokio::spawn(
+                router.serve_with_incoming_shutdown(listen::plain(incoming, deadline), stopped),
+            ),
             Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(incoming, Arc::clone(tls), config.handshake_timeout),
+                listen::tls(incoming, Arc::clone(tls), deadline),
                 stopped,
             )),
         };

@@ -7,22 +7,15 @@
 //! even with a CA configured; a caller without one authenticates with a
 //! token instead.
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::debug;
 
 /// Where the PEM files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,52 +106,10 @@ impl TlsFiles {
         Ok(())
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
+    /// An acceptor with the configuration now in force.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(
             &self.current.read().unwrap_or_else(|e| e.into_inner()),
         ))
     }
-}
-
-/// Turns accepted TCP connections into TLS ones. Handshakes run side by
-/// side, each with `timeout`, so a client that stalls mid-handshake holds
-/// up no one and is dropped when its time is up.
-pub fn incoming<S>(
-    tcp: S,
-    tls: Arc<TlsFiles>,
-    timeout: Duration,
-) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>>
-where
-    S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut tcp = std::pin::pin!(tcp);
-        loop {
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                next = tcp.next() => next,
-            };
-            let stream = match next {
-                Some(Ok(stream)) => stream,
-                Some(Err(e)) => {
-                    debug!(error = %e, "accept failed");
-                    continue;
-                }
-                None => return,
-            };
-            let acceptor = tls.acceptor();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => debug!("TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

@@ -470,6 +470,14 @@ async fn list_shows_only_the_callers_tenant_and_admins_may_filter_by_tenant() {
         world.list(Who::Admin, "tenant = \"globex\"").await,
         vec![g1.clone()]
     );
+    let globex_op = world
+        .ops(Who::Admin)
+        .await
+        .get_operation(GetOperationRequest { name: g1.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta(&globex_op).tenant, "globex");
     // A tenant filter cannot reach past the caller's own tenant.
     assert!(
         world
@@ -712,4 +720,24 @@ async fn a_tenant_may_store_only_so_many_orders() {
     // Another tenant is not affected.
     let other = world.import(Who::OtherTenant, &rows(&["a"])).await.unwrap();
     assert_eq!(state(&world.wait_done(&other.name).await), State::Succeeded);
+}
+
+#[tokio::test]
+async fn a_connection_that_says_nothing_is_dropped() {
+    let world = World::start(|c| c.handshake_timeout = Duration::from_millis(200)).await;
+    let mut silent = tokio::net::TcpStream::connect(world.server.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // The server closes it: the read ends (EOF, or a reset) instead of
+    // waiting forever.
+    let read = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("the server closed the silent connection in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Real clients are not affected.
+    assert_eq!(world.list(Who::Writer, "").await.len(), 0);
 }

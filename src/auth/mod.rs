@@ -162,6 +162,15 @@ fn load(path: &Path) -> Result<AuthFile, LoadError> {
         path: path.display().to_string(),
         message,
     };
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path)
+        && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o004 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "the auth file is readable by every user; it may hold webhook secrets (chmod 600 it)"
+        );
+    }
     let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
     AuthFile::parse(&text).map_err(|e| failed(e.0))
 }

@@ -134,7 +134,8 @@ pub struct ServeArgs {
     /// within 10 seconds is closed.
     #[arg(long, env = "LONGRUN_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
-    /// How long a new connection has to finish its TLS handshake.
+    /// How long a new connection has to send its first bytes (or finish
+    /// its TLS handshake) before it is dropped.
     #[arg(long, env = "LONGRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 }

@@ -54,6 +54,7 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         max_attempts: op.max_attempts as i32,
         next_attempt_time: op.not_before.map(timestamp),
         last_attempt_error: op.last_error.as_ref().map(status),
+        tenant: op.tenant.clone(),
     }
 }
 
