@@ -115,27 +115,7 @@ impl World {
     }
 
     async fn wait_done(&self, name: &str) -> Operation {
-        let mut ops = self.ops(Who::Admin).await;
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                let op = ops
-                    .wait_operation(WaitOperationRequest {
-                        name: name.to_owned(),
-                        timeout: Some(prost_types::Duration {
-                            seconds: 10,
-                            nanos: 0,
-                        }),
-                    })
-                    .await
-                    .expect("wait")
-                    .into_inner();
-                if op.done {
-                    return op;
-                }
-            }
-        })
-        .await
-        .expect("operation finished in time")
+        wait_done_as(&self.server, self.admin.token(), name).await
     }
 
     /// A finished zero-length Sleep of `who`'s tenant.

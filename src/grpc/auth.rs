@@ -163,14 +163,22 @@ fn admit<B>(
     request: &http::Request<B>,
     needed: Role,
 ) -> Result<Arc<Principal>, Status> {
-    let cn = client_cn(request);
-    let credentials = Credentials {
-        bearer: bearer(request).map_err(|e| unauthenticated(&e))?,
-        client_cn: cn.as_deref(),
-    };
-    let principal = auth
-        .authenticate(credentials)
-        .map_err(|e| unauthenticated(&e))?;
+    let principal = if auth.is_enforcing() {
+        let bearer = bearer(request).map_err(|e| unauthenticated(&e))?;
+        // A token decides alone; the certificate is read only without one.
+        let cn = if bearer.is_none() {
+            client_cn(request)
+        } else {
+            None
+        };
+        auth.authenticate(Credentials {
+            bearer,
+            client_cn: cn.as_deref(),
+        })
+    } else {
+        auth.authenticate(Credentials::default())
+    }
+    .map_err(|e| unauthenticated(&e))?;
     if principal.role < needed {
         return Err(permission_denied(&principal, needed));
     }

@@ -223,7 +223,13 @@ pub fn state(op: &Operation) -> State {
 
 /// Waits until the operation is done, with WaitOperation.
 pub async fn wait_done(server: &TestServer, name: &str) -> Operation {
-    let mut ops = server.operations().await;
+    wait_done_as(server, None, name).await
+}
+
+/// Waits until the operation is done, with WaitOperation, presenting
+/// `token`.
+pub async fn wait_done_as(server: &TestServer, token: Option<&str>, name: &str) -> Operation {
+    let mut ops = OperationsClient::new(server.authed(token).await);
     tokio::time::timeout(PATIENCE, async {
         loop {
             let op = ops
