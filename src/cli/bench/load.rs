@@ -113,7 +113,12 @@ where
             while !stop.load(Ordering::Relaxed) {
                 match call(channel.clone()).await {
                     Ok(latency) => stats.record(latency),
-                    Err(_) => stats.errors += 1,
+                    Err(_) => {
+                        stats.errors += 1;
+                        // A call that fails at once must not spin this
+                        // thread: the timer that ends the run needs it too.
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             stats
@@ -292,7 +297,7 @@ pub async fn get_under_load(
         },
     )
     .await;
-    pace.close();
+    // The load ends on its own clock; the pacer feeds it until then.
     let load = load.await?;
     pacer.abort();
     Ok((gets, load))
