@@ -64,3 +64,23 @@ fn the_churn_and_reports_scenarios_run() {
     assert_eq!(v["imported"], 3000, "{v}");
     assert!(v["report_rows"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[test]
+fn the_scenarios_run_against_a_server_that_wants_a_token() {
+    let v = bench(&[
+        "run",
+        "--scenarios",
+        "create,get",
+        "--auth",
+        "--duration",
+        "300ms",
+        "--concurrency",
+        "4",
+        "--connections",
+        "2",
+    ]);
+    // A refused token would show as errors and no calls.
+    assert!(v["create"]["stats"]["calls"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["create"]["stats"]["errors"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["get"]["get"]["errors"].as_u64(), Some(0), "{v}");
+}

@@ -20,6 +20,21 @@ use super::ClientArgs;
 #[derive(Clone)]
 pub struct Token(Option<MetadataValue<tonic::metadata::Ascii>>);
 
+impl Token {
+    /// The `authorization` value for `token`, if any.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let value = match token {
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .context("the token holds characters a header cannot carry")?,
+            ),
+            None => None,
+        };
+        Ok(Self(value))
+    }
+}
+
 impl tonic::service::Interceptor for Token {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
@@ -83,15 +98,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
         .connect()
         .await
         .with_context(|| format!("could not connect to {address}"))?;
-    let token = match &args.token {
-        Some(token) => Some(
-            format!("Bearer {}", token.trim())
-                .parse()
-                .context("the token holds characters a header cannot carry")?,
-        ),
-        None => None,
-    };
-    let connection = InterceptedService::new(channel, Token(token));
+    let connection = InterceptedService::new(channel, Token::new(args.token.as_deref())?);
     Ok(Clients {
         operations: OperationsClient::new(connection.clone()),
         watcher: OperationWatcherClient::new(connection.clone()),

@@ -3,7 +3,7 @@
 
 mod auth;
 mod bench;
-mod client;
+pub(crate) mod client;
 mod ops;
 mod orders;
 mod output;

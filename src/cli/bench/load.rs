@@ -9,11 +9,11 @@ use hdrhistogram::Histogram;
 use prost::Message;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::target::{Target, mib};
+use crate::cli::client::Connection;
 use crate::pb::google::longrunning::operations_client::OperationsClient;
 use crate::pb::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
@@ -92,13 +92,13 @@ impl Stats {
 /// Runs `concurrency` loops of `call` for `duration` and gathers latencies.
 /// `call` returns the latency to record, or an error.
 pub async fn drive<F, Fut>(
-    channels: &[Channel],
+    channels: &[Connection],
     concurrency: usize,
     duration: Duration,
     call: F,
 ) -> Stats
 where
-    F: Fn(Channel) -> Fut + Clone + Send + 'static,
+    F: Fn(Connection) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<Duration, tonic::Status>> + Send,
 {
     let started = Instant::now();
@@ -151,7 +151,7 @@ fn dispatch_latency(op: &Operation) -> Option<Duration> {
     ts(&m.start_time)?.duration_since(ts(&m.create_time)?).ok()
 }
 
-async fn create(channel: Channel) -> Result<Operation, tonic::Status> {
+async fn create(channel: Connection) -> Result<Operation, tonic::Status> {
     Ok(DiagnosticsClient::new(channel)
         .sleep(SleepRequest::default())
         .await?
@@ -159,7 +159,10 @@ async fn create(channel: Channel) -> Result<Operation, tonic::Status> {
 }
 
 /// Waits with WaitOperation until the operation is done.
-pub(super) async fn wait_done(channel: Channel, name: String) -> Result<Operation, tonic::Status> {
+pub(super) async fn wait_done(
+    channel: Connection,
+    name: String,
+) -> Result<Operation, tonic::Status> {
     let mut ops = OperationsClient::new(channel);
     loop {
         let op = ops
@@ -179,7 +182,7 @@ pub(super) async fn wait_done(channel: Channel, name: String) -> Result<Operatio
 }
 
 /// The ceiling: the cheapest unary RPC, grpc.health Check.
-pub async fn ceiling(channels: &[Channel], concurrency: usize, duration: Duration) -> Stats {
+pub async fn ceiling(channels: &[Connection], concurrency: usize, duration: Duration) -> Stats {
     drive(channels, concurrency, duration, |channel| async move {
         let started = Instant::now();
         HealthClient::new(channel)
@@ -191,7 +194,7 @@ pub async fn ceiling(channels: &[Channel], concurrency: usize, duration: Duratio
 }
 
 /// Durable creates of Sleep(0).
-pub async fn creates(channels: &[Channel], concurrency: usize, duration: Duration) -> Stats {
+pub async fn creates(channels: &[Connection], concurrency: usize, duration: Duration) -> Stats {
     drive(channels, concurrency, duration, |channel| async move {
         let started = Instant::now();
         create(channel).await?;
@@ -203,7 +206,7 @@ pub async fn creates(channels: &[Channel], concurrency: usize, duration: Duratio
 /// End to end: create, then WaitOperation until done. Returns the
 /// end-to-end stats and the dispatch latencies seen.
 pub async fn end_to_end(
-    channels: &[Channel],
+    channels: &[Connection],
     concurrency: usize,
     duration: Duration,
     pace: Option<Arc<tokio::sync::Semaphore>>,
@@ -241,7 +244,7 @@ pub async fn end_to_end(
 
 /// Get latency while end-to-end load runs at `rate` operations per second.
 pub async fn get_under_load(
-    channels: &[Channel],
+    channels: &[Connection],
     concurrency: usize,
     duration: Duration,
     rate: f64,
@@ -308,7 +311,7 @@ pub async fn get_under_load(
 /// RSS with the streams open.
 pub async fn fanout(
     target: &Target,
-    channels: &[Channel],
+    channels: &[Connection],
     watchers: usize,
 ) -> anyhow::Result<Value> {
     let rss_before = target.rss();
@@ -389,7 +392,7 @@ pub async fn fanout(
 /// pages) and Get, and report bytes per operation and RSS.
 pub async fn scale(
     target: &Target,
-    channels: &[Channel],
+    channels: &[Connection],
     count: u64,
     concurrency: usize,
 ) -> anyhow::Result<Value> {

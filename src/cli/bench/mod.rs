@@ -34,6 +34,18 @@ pub struct Common {
     /// The started server's --workers (default: its own default).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Start the server with an auth file and call it with a bearer token,
+    /// to measure what authentication costs.
+    #[arg(long, conflicts_with = "server")]
+    pub auth: bool,
+    /// The bearer token for --server.
+    #[arg(
+        long,
+        env = "LONGRUN_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    pub token: Option<String>,
     /// Print results as a table (text) or JSON.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,

@@ -7,14 +7,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 
 use super::Common;
+use crate::cli::client::{Connection, Token};
 
 /// A server to drive.
 pub struct Target {
     /// Its address, `http://host:port`.
     pub url: String,
+    /// The bearer token calls carry, if the server wants one.
+    token: Option<String>,
     child: Option<Child>,
     data_dir: Option<tempfile::TempDir>,
 }
@@ -31,14 +35,30 @@ impl Target {
             };
             return Ok(Self {
                 url,
+                token: common.token.clone(),
                 child: None,
                 data_dir: None,
             });
         }
         let dir = tempfile::tempdir().context("temporary data directory")?;
+        let token = common.auth.then(crate::auth::token::generate);
         let mut command = Command::new(std::env::current_exe()?);
+        if let Some(token) = &token {
+            let file = dir.path().join("auth.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "[[principal]]\nname = \"bench\"\ntenant = \"bench\"\nroles = [\"writer\"]\ntoken_sha256 = \"{}\"\n",
+                    crate::auth::token::digest_hex(token)
+                ),
+            )
+            .context("write the auth file")?;
+            command.args(["serve", "--auth-file"]).arg(file);
+        } else {
+            command.arg("serve");
+        }
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--sync", &common.sync])
+            .args(["--listen", "127.0.0.1:0", "--sync", &common.sync])
             .arg("--data-dir")
             .arg(dir.path())
             .args(extra)
@@ -69,22 +89,23 @@ impl Target {
         });
         Ok(Self {
             url: format!("http://{address}"),
+            token,
             child: Some(child),
             data_dir: Some(dir),
         })
     }
 
     /// `count` connections to the server.
-    pub async fn channels(&self, count: usize) -> anyhow::Result<Vec<Channel>> {
+    pub async fn channels(&self, count: usize) -> anyhow::Result<Vec<Connection>> {
+        let token = Token::new(self.token.as_deref())?;
         let mut out = Vec::with_capacity(count.max(1));
         for _ in 0..count.max(1) {
-            out.push(
-                Endpoint::from_shared(self.url.clone())?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .with_context(|| format!("connect to {}", self.url))?,
-            );
+            let channel = Endpoint::from_shared(self.url.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("connect to {}", self.url))?;
+            out.push(InterceptedService::new(channel, token.clone()));
         }
         Ok(out)
     }
