@@ -109,6 +109,29 @@ pub async fn request_ids_dedupe_and_conflict(store: DynStore) {
     assert_eq!(ids.len(), 1);
 }
 
+pub async fn request_ids_are_per_tenant(store: DynStore) {
+    let rid: RequestId = "5d0c9a3b-2e71-4f6a-8c1d-9b7e3f2a4c58".parse().unwrap();
+    let of = |tenant: &str, digest: u8| {
+        let mut op = new_op("k", Some(rid), digest);
+        op.tenant = tenant.into();
+        op
+    };
+    let acme = created(&store, of("acme", 1)).await;
+    // Another tenant's same key, even with another request, is its own.
+    let globex = created(&store, of("globex", 2)).await;
+    assert_ne!(acme.id, globex.id);
+    assert_eq!(
+        store.get(globex.id).await.unwrap().unwrap().tenant,
+        "globex"
+    );
+    for (tenant, digest, first) in [("acme", 1, &acme), ("globex", 2, &globex)] {
+        match store.create(of(tenant, digest)).await.unwrap() {
+            Created::Existing(op) => assert_eq!(op.id, first.id),
+            Created::New(op) => panic!("duplicate created {op:?}"),
+        }
+    }
+}
+
 pub async fn claims_fence_stale_attempts(store: DynStore) {
     let op = created(&store, new_op("k", None, 1)).await;
     let (running, first) = claim(&store, &op).await;
@@ -399,6 +422,11 @@ macro_rules! conformance {
             async fn request_ids_dedupe_and_conflict() {
                 let (_d, s) = fresh();
                 super::request_ids_dedupe_and_conflict(s).await;
+            }
+            #[tokio::test]
+            async fn request_ids_are_per_tenant() {
+                let (_d, s) = fresh();
+                super::request_ids_are_per_tenant(s).await;
             }
             #[tokio::test]
             async fn claims_fence_stale_attempts() {
