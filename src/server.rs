@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     /// The largest CSV upload accepted by ImportOrders, in bytes.
     pub max_upload_size: u64,
+    /// How long an ImportOrders upload may send nothing before it is
+    /// abandoned (DEADLINE_EXCEEDED).
+    pub upload_idle_timeout: Duration,
     /// The most calls one connection may have in progress; beyond it, calls
     /// are shed at once with RESOURCE_EXHAUSTED rather than queued.
     pub max_calls_per_connection: usize,
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             max_wait: Duration::from_secs(600),
             max_message_size: 4 * 1024 * 1024,
             max_upload_size: crate::reports::DEFAULT_MAX_UPLOAD,
+            upload_idle_timeout: Duration::from_secs(60),
             max_calls_per_connection: 1024,
             webhooks: WebhookConfig {
                 secrets: vec![Secret::generate()],
@@ -311,8 +315,12 @@ impl Server {
                     .max_decoding_message_size(max),
             )
             .add_service(
-                ReportServiceServer::new(ReportsService::new(engine.clone(), reports))
-                    .max_decoding_message_size(max),
+                ReportServiceServer::new(ReportsService::new(
+                    engine.clone(),
+                    reports,
+                    config.upload_idle_timeout,
+                ))
+                .max_decoding_message_size(max),
             )
             .add_service(
                 NotificationsServer::new(NotificationsService::new(engine.clone()))

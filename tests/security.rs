@@ -721,3 +721,32 @@ async fn a_connection_that_says_nothing_is_dropped() {
     // Real clients are not affected.
     assert_eq!(world.list(Who::Writer, "").await.len(), 0);
 }
+
+#[tokio::test]
+async fn a_stalled_upload_is_abandoned_and_leaves_nothing_behind() {
+    let world = World::start(|c| c.upload_idle_timeout = Duration::from_millis(200)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(ImportOrdersRequest {
+        csv_chunk: b"order_id,created_at,customer_id,status,amount_cents\n".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The stream stays open (tx lives) but nothing more comes.
+    let status = tokio::time::timeout(
+        PATIENCE,
+        world
+            .reports(Who::Writer)
+            .await
+            .import_orders(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("the server gave up on the upload in time")
+    .unwrap_err();
+    assert_status(&status, Code::DeadlineExceeded, "UPLOAD_STALLED", None);
+    drop(tx);
+    let staged = std::fs::read_dir(world.server.data_dir.join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0, "the abandoned upload left a file");
+}

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// The largest CSV upload ImportOrders accepts, in bytes.
     #[arg(long, env = "LONGRUN_MAX_UPLOAD_SIZE", default_value_t = crate::reports::DEFAULT_MAX_UPLOAD)]
     pub max_upload_size: u64,
+    /// How long an ImportOrders upload may send nothing before it is
+    /// abandoned.
+    #[arg(long, env = "LONGRUN_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upload_idle_timeout: Duration,
     /// The most calls one connection may have in progress; more are refused
     /// at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "LONGRUN_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
@@ -187,6 +191,7 @@ impl ServeArgs {
             max_wait: self.max_wait,
             max_message_size: self.max_message_size,
             max_upload_size: self.max_upload_size,
+            upload_idle_timeout: self.upload_idle_timeout.max(Duration::from_millis(100)),
             max_calls_per_connection: self.max_calls_per_connection.max(1),
             webhooks: WebhookConfig {
                 secrets,

@@ -2,14 +2,15 @@
 //! and serves finished report files.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::{Stream, stream};
 use tokio::io::AsyncReadExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::auth::{audit, caller, created_name};
 use super::convert;
-use super::status::invalid_field;
+use super::status::{invalid_field, status};
 use crate::auth::Principal;
 use crate::engine::{
     Engine, EngineError, Operation, OperationId, Outcome, Scope, State, SubmitOptions,
@@ -32,13 +33,19 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct ReportsService {
     engine: Engine,
     reports: Reports,
+    upload_idle: Duration,
 }
 
 impl ReportsService {
     /// Serves `reports` through `engine`, which must have the report kinds
-    /// registered.
-    pub fn new(engine: Engine, reports: Reports) -> Self {
-        Self { engine, reports }
+    /// registered. An upload that sends nothing for `upload_idle` is
+    /// abandoned, so a stalled client cannot hold a staged file open.
+    pub fn new(engine: Engine, reports: Reports, upload_idle: Duration) -> Self {
+        Self {
+            engine,
+            reports,
+            upload_idle,
+        }
     }
 
     /// Stages an upload and starts its import, for `caller`'s tenant.
@@ -51,7 +58,18 @@ impl ReportsService {
         let mut request_id = None;
         let mut notification = None;
         let mut first = true;
-        while let Some(message) = messages.message().await? {
+        loop {
+            let Ok(next) = tokio::time::timeout(self.upload_idle, messages.message()).await else {
+                return Err(status(
+                    Code::DeadlineExceeded,
+                    "UPLOAD_STALLED",
+                    format!(
+                        "no part of the upload arrived for {} s; it was abandoned",
+                        self.upload_idle.as_secs_f64()
+                    ),
+                ));
+            };
+            let Some(message) = next? else { break };
             if first {
                 request_id = convert::request_id(&message.request_id)?;
                 notification = convert::notification(message.notification.as_ref())?;
