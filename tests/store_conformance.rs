@@ -132,6 +132,49 @@ pub async fn request_ids_are_per_tenant(store: DynStore) {
     }
 }
 
+pub async fn a_tenants_listing_sees_only_its_own(store: DynStore) {
+    let mut mine = Vec::new();
+    for i in 0..6u8 {
+        let mut op = new_op("k", None, i);
+        op.tenant = if i % 2 == 0 { "acme" } else { "globex" }.into();
+        let op = created(&store, op).await;
+        if i % 2 == 0 {
+            mine.push(op.id);
+        }
+    }
+    mine.reverse();
+    let mut filter = Filter::parse("").unwrap();
+    filter.restrict_to_tenant("acme");
+    // Page by one with a small scan budget: every page and every resume
+    // point is acme's.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(ListQuery {
+                after,
+                tenant: Some("acme"),
+                filter: &filter,
+                limit: 1,
+                scan_budget: 1,
+            })
+            .await
+            .unwrap();
+        for op in &page.operations {
+            assert_eq!(op.tenant, "acme");
+            seen.push(op.id);
+        }
+        match page.resume_after {
+            Some(id) => {
+                assert!(mine.contains(&id), "resumes at another tenant's {id}");
+                after = Some(id);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, mine);
+}
+
 pub async fn claims_fence_stale_attempts(store: DynStore) {
     let op = created(&store, new_op("k", None, 1)).await;
     let (running, first) = claim(&store, &op).await;
@@ -270,6 +313,7 @@ pub async fn list_is_newest_first_filtered_and_bounded(store: DynStore) {
     let all = Filter::default();
     let page = store
         .list(ListQuery {
+            tenant: None,
             after: None,
             filter: &all,
             limit: 4,
@@ -282,6 +326,7 @@ pub async fn list_is_newest_first_filtered_and_bounded(store: DynStore) {
     assert_eq!(page.resume_after, Some(ids[6]));
     let page = store
         .list(ListQuery {
+            tenant: None,
             after: Some(ids[6]),
             filter: &all,
             limit: 10,
@@ -295,6 +340,7 @@ pub async fn list_is_newest_first_filtered_and_bounded(store: DynStore) {
     let even = Filter::parse("kind = even").unwrap();
     let page = store
         .list(ListQuery {
+            tenant: None,
             after: None,
             filter: &even,
             limit: 10,
@@ -308,6 +354,7 @@ pub async fn list_is_newest_first_filtered_and_bounded(store: DynStore) {
     // A small scan budget returns a short page with a resume point.
     let page = store
         .list(ListQuery {
+            tenant: None,
             after: None,
             filter: &even,
             limit: 10,
@@ -427,6 +474,11 @@ macro_rules! conformance {
             async fn request_ids_are_per_tenant() {
                 let (_d, s) = fresh();
                 super::request_ids_are_per_tenant(s).await;
+            }
+            #[tokio::test]
+            async fn a_tenants_listing_sees_only_its_own() {
+                let (_d, s) = fresh();
+                super::a_tenants_listing_sees_only_its_own(s).await;
             }
             #[tokio::test]
             async fn claims_fence_stale_attempts() {

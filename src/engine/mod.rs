@@ -436,6 +436,10 @@ impl Engine {
             .store
             .list(ListQuery {
                 after,
+                tenant: match scope {
+                    Scope::Tenant(tenant) if !tenant.is_empty() => Some(tenant),
+                    _ => None,
+                },
                 filter: &filter,
                 limit,
                 scan_budget: LIST_SCAN_BUDGET.max(limit),

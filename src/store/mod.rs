@@ -91,6 +91,10 @@ pub struct ListPage {
 pub struct ListQuery<'a> {
     /// Start with the operation just older than this one.
     pub after: Option<OperationId>,
+    /// Only this (named, non-empty) tenant's operations, read through a
+    /// per-tenant index rather than by filtering everything. The filter
+    /// must agree.
+    pub tenant: Option<&'a str>,
     /// Only operations that match.
     pub filter: &'a Filter,
     /// At most this many results.

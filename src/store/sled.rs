@@ -7,6 +7,10 @@
 //! - `active`: the ids of operations that are not done, so recovery reads
 //!   only those;
 //! - `request_ids`: idempotency key to operation id;
+//! - `by_tenant`: tenant, a zero byte, and operation id, for every
+//!   operation of a named tenant, so that one tenant's listing reads only
+//!   its own operations (the default tenant of an open server is not
+//!   indexed: it is only ever listed whole);
 //! - `expiry`: end time (microseconds, big-endian) and id of every done
 //!   operation, so the retention sweeper reads only what has expired;
 //! - `meta`: secrets and other small values;
@@ -92,6 +96,7 @@ struct Inner {
     ops: Tree,
     active: Tree,
     request_ids: Tree,
+    by_tenant: Tree,
     expiry: Tree,
     meta: Tree,
     orders: Tree,
@@ -193,6 +198,25 @@ fn request_id_key(op: &Operation) -> Option<Vec<u8>> {
     Some(key)
 }
 
+/// The `by_tenant` key of an operation; None for the default tenant.
+fn tenant_key(op: &Operation) -> Option<Vec<u8>> {
+    if op.tenant.is_empty() {
+        return None;
+    }
+    let mut key = tenant_prefix(&op.tenant);
+    key.extend_from_slice(op.id.as_bytes());
+    Some(key)
+}
+
+/// Where a tenant's `by_tenant` keys start: the name and a zero byte
+/// (which no tenant name contains).
+fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + 17);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key
+}
+
 fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
     match ops.get(key)? {
         None => Ok(None),
@@ -230,6 +254,7 @@ impl SledStore {
             ops: db.open_tree("ops").map_err(backend)?,
             active: db.open_tree("active").map_err(backend)?,
             request_ids: db.open_tree("request_ids").map_err(backend)?,
+            by_tenant: db.open_tree("by_tenant").map_err(backend)?,
             expiry: db.open_tree("expiry").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
             orders: db.open_tree("orders").map_err(backend)?,
@@ -322,8 +347,13 @@ impl SledStore {
     /// whole call; otherwise it is skipped. Returns the ids removed.
     fn remove_done(&self, ids: &[OperationId], strict: bool) -> StoreResult<Vec<OperationId>> {
         let inner = &self.inner;
-        (&inner.ops, &inner.request_ids, &inner.expiry)
-            .transaction(|(ops, request_ids, expiry)| {
+        (
+            &inner.ops,
+            &inner.request_ids,
+            &inner.expiry,
+            &inner.by_tenant,
+        )
+            .transaction(|(ops, request_ids, expiry, by_tenant)| {
                 let mut removed = Vec::with_capacity(ids.len());
                 for id in ids {
                     let key = id.as_bytes();
@@ -344,6 +374,9 @@ impl SledStore {
                     }
                     if let Some(end) = expiry_key(&op) {
                         expiry.remove(&end)?;
+                    }
+                    if let Some(tenant) = tenant_key(&op) {
+                        by_tenant.remove(tenant)?;
                     }
                     removed.push(*id);
                 }
@@ -376,9 +409,16 @@ impl Store for SledStore {
         let key = *operation.id.as_bytes();
         let encoded = encode(&operation);
         let rid_key = request_id_key(&operation);
+        let tenant = tenant_key(&operation);
         let inner = &self.inner;
-        let created = (&inner.ops, &inner.active, &inner.request_ids, &inner.outbox)
-            .transaction(|(ops, active, request_ids, outbox)| {
+        let created = (
+            &inner.ops,
+            &inner.active,
+            &inner.request_ids,
+            &inner.outbox,
+            &inner.by_tenant,
+        )
+            .transaction(|(ops, active, request_ids, outbox, by_tenant)| {
                 if let (Some(request_id), Some(rid)) = (operation.request_id, &rid_key) {
                     let rid = rid.as_slice();
                     if let Some(existing_key) = request_ids.get(rid)?
@@ -396,6 +436,9 @@ impl Store for SledStore {
                 }
                 ops.insert(&key, encoded.as_slice())?;
                 active.insert(&key, &[])?;
+                if let Some(tenant) = &tenant {
+                    by_tenant.insert(tenant.as_slice(), &[])?;
+                }
                 if notify::event(None, &operation).is_some() {
                     enqueue_delivery(outbox, &operation)?;
                 }
@@ -417,10 +460,48 @@ impl Store for SledStore {
     }
 
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
-        let mut iter = match query.after {
-            Some(after) => self.inner.ops.range(..*after.as_bytes()).rev(),
-            None => self.inner.ops.iter().rev(),
-        };
+        let ops = &self.inner.ops;
+        // Newest first: every operation, or one tenant's through its index
+        // (so neither the page nor its resume point ever touches another
+        // tenant's).
+        let mut iter: Box<dyn Iterator<Item = StoreResult<Operation>>> =
+            match query.tenant {
+                None => {
+                    let range = match query.after {
+                        Some(after) => ops.range(..*after.as_bytes()),
+                        None => ops.range::<&[u8], _>(..),
+                    };
+                    Box::new(range.rev().map(|entry| {
+                        let (_, bytes) = entry.map_err(backend)?;
+                        decode(&bytes)
+                    }))
+                }
+                Some(tenant) => {
+                    let start = tenant_prefix(tenant);
+                    let end = match query.after {
+                        Some(after) => [start.as_slice(), after.as_bytes()].concat(),
+                        None => {
+                            let mut end = start.clone();
+                            *end.last_mut().expect("the prefix ends in a zero byte") = 1;
+                            end
+                        }
+                    };
+                    Box::new(self.inner.by_tenant.range(start..end).rev().filter_map(
+                        move |entry| {
+                            let id = match entry {
+                                Ok((key, _)) => key[key.len() - 16..].to_vec(),
+                                Err(e) => return Some(Err(backend(e))),
+                            };
+                            // Gone between the index and the record: skip.
+                            match ops.get(&id) {
+                                Ok(Some(bytes)) => Some(decode(&bytes)),
+                                Ok(None) => None,
+                                Err(e) => Some(Err(backend(e))),
+                            }
+                        },
+                    ))
+                }
+            };
         let mut page = ListPage::default();
         let mut scanned = 0usize;
         let mut last_scanned = None;
@@ -429,11 +510,10 @@ impl Store for SledStore {
                 page.resume_after = last_scanned;
                 return Ok(page);
             }
-            let Some(entry) = iter.next() else {
+            let Some(op) = iter.next() else {
                 return Ok(page);
             };
-            let (_, bytes) = entry.map_err(backend)?;
-            let op = decode(&bytes)?;
+            let op = op?;
             scanned += 1;
             last_scanned = Some(op.id);
             if query.filter.matches(&op) {
