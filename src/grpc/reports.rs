@@ -85,21 +85,6 @@ impl ReportsService {
             upload: staged.name.clone(),
             size_bytes: staged.size,
         };
-        if self
-            .reports
-            .order_room(&caller.tenant)
-            .await
-            .map_err(EngineError::Store)?
-            == Some(0)
-        {
-            let _ = tokio::fs::remove_file(&staged.path).await;
-            return Err(EngineError::ResourceExhausted {
-                reason: "TENANT_ORDER_LIMIT",
-                message: "this tenant stores as many orders as it may; nothing was imported".into(),
-                retry_after: std::time::Duration::from_secs(60),
-            }
-            .into());
-        }
         let options = SubmitOptions {
             tenant: caller.tenant.clone(),
             request_id,

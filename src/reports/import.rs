@@ -13,6 +13,7 @@ use super::Reports;
 use super::order::{ColumnMap, Order, RowError};
 use crate::engine::{Code, OperationId, Task, TaskContext, TaskError};
 use crate::pb::longrun::v1 as api;
+use crate::store::PutOrders;
 
 /// Rows per batch: the cancellation check interval and the write unit.
 pub const BATCH_ROWS: usize = 5000;
@@ -163,26 +164,24 @@ impl Task for ImportOrdersTask {
                 break;
             }
             let stored = batch.orders.len() as i64;
-            if let Some(room) = self.reports.order_room(ctx.tenant()).await.map_err(|e| {
-                TaskError::retryable(Code::Unavailable, "ORDERS_NOT_STORED", e.to_string())
-            })? && stored as u64 > room
-            {
-                return Err(TaskError::new(
-                    Code::ResourceExhausted,
-                    "TENANT_ORDER_LIMIT",
-                    format!(
-                        "the tenant's order limit was reached after {} orders; the orders imported so far are kept",
-                        response.imported
-                    ),
-                ));
-            }
-            self.reports
+            let put = self
+                .reports
                 .orders()
-                .put_orders(ctx.tenant(), batch.orders)
+                .put_orders(ctx.tenant(), batch.orders, self.reports.max_orders())
                 .await
                 .map_err(|e| {
                     TaskError::retryable(Code::Unavailable, "ORDERS_NOT_STORED", e.to_string())
                 })?;
+            if let PutOrders::OverLimit { stored: held } = put {
+                return Err(TaskError::new(
+                    Code::ResourceExhausted,
+                    "TENANT_ORDER_LIMIT",
+                    format!(
+                        "the tenant's order limit would be passed (it stores {held}); the {} orders imported before this batch are kept",
+                        response.imported
+                    ),
+                ));
+            }
             response.imported += stored;
             response.failed += batch.errors.len() as i64;
             let room = MAX_ROW_ERRORS.saturating_sub(response.errors.len());

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::{OperationId, Registry};
 use crate::pb::longrun::v1::ReportFormat;
-use crate::store::{DynOrderStore, StoreResult};
+use crate::store::DynOrderStore;
 
 pub use self::import::ImportOrdersTask;
 pub use self::render::CreateReportTask;
@@ -62,13 +62,9 @@ impl Reports {
         })
     }
 
-    /// How many more orders `tenant` may store; None when unlimited.
-    pub async fn order_room(&self, tenant: &str) -> StoreResult<Option<u64>> {
-        let Some(max) = self.max_orders else {
-            return Ok(None);
-        };
-        let stored = self.orders.order_count(tenant).await?;
-        Ok(Some(max.saturating_sub(stored)))
+    /// The most orders one tenant may store; None when unlimited.
+    pub fn max_orders(&self) -> Option<u64> {
+        self.max_orders
     }
 
     /// Adds the ImportOrders and CreateReport kinds.

@@ -200,6 +200,16 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Change>;
 }
 
+/// What `put_orders` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOrders {
+    /// The batch is stored.
+    Stored,
+    /// Nothing was stored: the batch would pass the limit. The tenant
+    /// stores this many orders.
+    OverLimit { stored: u64 },
+}
+
 /// Where a month listing continues: an opaque position in the month.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderCursor(pub(crate) Vec<u8>);
@@ -215,9 +225,15 @@ pub struct OrderCursor(pub(crate) Vec<u8>);
 pub trait OrderStore: Send + Sync + 'static {
     /// Inserts orders of `tenant`, replacing any of its stored orders with
     /// the same order_id (wherever its month), and keeps per-month counts in
-    /// step. The batch is applied atomically; it is made durable by the next
-    /// flush.
-    async fn put_orders(&self, tenant: &str, orders: Vec<Order>) -> StoreResult<()>;
+    /// step. The batch is applied atomically, or not at all when it would
+    /// take the tenant past `limit` orders (replacements do not count); it
+    /// is made durable by the next flush.
+    async fn put_orders(
+        &self,
+        tenant: &str,
+        orders: Vec<Order>,
+        limit: Option<u64>,
+    ) -> StoreResult<PutOrders>;
 
     /// How many orders `tenant` has in `month`.
     async fn month_count(&self, tenant: &str, month: Month) -> StoreResult<u64>;

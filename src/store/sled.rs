@@ -36,8 +36,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::codec::{decode, decode_delivery, encode, encode_delivery};
 use super::{
-    Change, Created, Durability, ListPage, ListQuery, OrderCursor, OrderStore, Store, StoreError,
-    StoreResult, now,
+    Change, Created, Durability, ListPage, ListQuery, OrderCursor, OrderStore, PutOrders, Store,
+    StoreError, StoreResult, now,
 };
 use crate::engine::OperationId;
 use crate::engine::notify::{self, Delivery, DeliveryState};
@@ -893,6 +893,16 @@ fn read_count(tree: &Tree, count_key: &[u8]) -> StoreResult<u64> {
     }
 }
 
+/// All orders of one tenant's tree: the sum of its month counts.
+fn total_count(tree: &Tree) -> StoreResult<u64> {
+    let mut total = 0u64;
+    for entry in tree.scan_prefix([b'c']) {
+        let (_, value) = entry.map_err(backend)?;
+        total = total.saturating_add(decode_count(&value)?);
+    }
+    Ok(total)
+}
+
 fn decode_count(value: &[u8]) -> StoreResult<u64> {
     value
         .try_into()
@@ -913,7 +923,12 @@ impl SledStore {
             .map_err(backend)
     }
 
-    fn put_orders_blocking(&self, tenant: &str, orders: Vec<Order>) -> StoreResult<()> {
+    fn put_orders_blocking(
+        &self,
+        tenant: &str,
+        orders: Vec<Order>,
+        limit: Option<u64>,
+    ) -> StoreResult<PutOrders> {
         use std::collections::HashMap;
         let tree = &self.orders_tree(tenant)?;
         // One writer at a time: replacing an order reads where it was
@@ -954,22 +969,39 @@ impl SledStore {
             batch.insert(id_key.as_slice(), key.as_slice());
             placed.insert(id_key, key);
         }
+        // Checked under the writer's turn, so concurrent imports of one
+        // tenant cannot both pass it.
+        let added: i64 = deltas.values().sum();
+        if let Some(limit) = limit
+            && added > 0
+        {
+            let stored = total_count(tree)?;
+            if stored.saturating_add(added as u64) > limit {
+                return Ok(PutOrders::OverLimit { stored });
+            }
+        }
         for (month, delta) in deltas {
             let count_key = order_keys::count(&month);
             let current = read_count(tree, &count_key)?;
             let next = (current as i64 + delta).max(0) as u64;
             batch.insert(count_key, &next.to_be_bytes());
         }
-        tree.apply_batch(batch).map_err(backend)
+        tree.apply_batch(batch).map_err(backend)?;
+        Ok(PutOrders::Stored)
     }
 }
 
 #[async_trait]
 impl OrderStore for SledStore {
-    async fn put_orders(&self, tenant: &str, orders: Vec<Order>) -> StoreResult<()> {
+    async fn put_orders(
+        &self,
+        tenant: &str,
+        orders: Vec<Order>,
+        limit: Option<u64>,
+    ) -> StoreResult<PutOrders> {
         let store = self.clone();
         let tenant = tenant.to_owned();
-        tokio::task::spawn_blocking(move || store.put_orders_blocking(&tenant, orders))
+        tokio::task::spawn_blocking(move || store.put_orders_blocking(&tenant, orders, limit))
             .await
             .map_err(backend)?
     }
@@ -979,12 +1011,7 @@ impl OrderStore for SledStore {
     }
 
     async fn order_count(&self, tenant: &str) -> StoreResult<u64> {
-        let mut total = 0u64;
-        for entry in self.orders_tree(tenant)?.scan_prefix([b'c']) {
-            let (_, value) = entry.map_err(backend)?;
-            total = total.saturating_add(decode_count(&value)?);
-        }
-        Ok(total)
+        total_count(&self.orders_tree(tenant)?)
     }
 
     async fn month_page(
