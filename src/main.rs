@@ -54,24 +54,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let secrets = args
         .webhook_secrets()
         .context("could not load the webhook secret")?;
+    // Listen for SIGHUP before the (possibly long) recovery, so that a
+    // reload sent meanwhile waits instead of killing the process.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = Server::open(args.config(secrets), Registry::new()).await?;
     #[cfg(unix)]
-    tokio::spawn(reload_on_hangup(server.reloader()));
+    match hangups {
+        Ok(hangups) => {
+            tokio::spawn(reload_on_hangup(hangups, server.reloader()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading needs a restart")
+        }
+    }
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }
 
 /// Reloads the auth file and TLS certificates on every SIGHUP.
 #[cfg(unix)]
-async fn reload_on_hangup(reloader: longrun::server::Reloader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(signal) => signal,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading needs a restart");
-            return;
-        }
-    };
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: longrun::server::Reloader,
+) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the auth file and certificates");
         reloader.reload();

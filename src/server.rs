@@ -156,8 +156,8 @@ impl Reloader {
     /// Reloads everything, logging what happened.
     pub fn reload(&self) {
         match self.auth.reload() {
-            Ok(_) if !self.auth.is_enforcing() => {}
-            Ok(principals) => info!(principals, "auth file reloaded"),
+            Ok(None) => {}
+            Ok(Some(principals)) => info!(principals, "auth file reloaded"),
             Err(e) => error!("{e}; keeping the auth file in force"),
         }
         if let Some(tls) = &self.tls {

@@ -648,6 +648,20 @@ async fn a_tenant_may_not_fill_the_queue_or_open_unbounded_watches() {
         .await
         .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES", None);
+    // A long poll holds a subscription just the same.
+    let status = world
+        .ops(Who::Writer)
+        .await
+        .wait_operation(WaitOperationRequest {
+            name: running.name.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::ResourceExhausted, "TOO_MANY_WATCHES", None);
     // Closing it gives the place back.
     drop(stream);
     tokio::time::timeout(PATIENCE, async {

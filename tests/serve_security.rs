@@ -180,7 +180,7 @@ async fn tokens_from_auth_token_work_and_sighup_reloads_the_file() {
         "principal=alice",
         "tenant=acme",
         "rpc=Sleep",
-        "target_name=operations/",
+        "target_name=\"operations/",
         "outcome=Ok",
     ] {
         assert!(audit.contains(field), "{field} missing from {audit}");

@@ -218,15 +218,16 @@ impl Authenticator {
     }
 
     /// Reads the auth file again. On any error the file in use is kept.
-    /// Returns how many principals the new file names.
-    pub fn reload(&self) -> Result<usize, LoadError> {
+    /// Returns how many principals the new file names; None when there is
+    /// no file to read.
+    pub fn reload(&self) -> Result<Option<usize>, LoadError> {
         let Some(path) = &self.path else {
-            return Ok(0);
+            return Ok(None);
         };
         let file = load(path)?;
         let count = file.len();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(file);
-        Ok(count)
+        Ok(Some(count))
     }
 
     /// Finds the principal `credentials` stand for. A bearer token, when

@@ -340,10 +340,7 @@ impl Engine {
             Err(Full::Server) => {
                 return Err(EngineError::ResourceExhausted {
                     reason: "QUEUE_FULL",
-                    message: format!(
-                        "{} operations are already waiting for a worker; retry later",
-                        inner.queue.depth()
-                    ),
+                    message: "the server has as many operations waiting for a worker as it may; retry later".into(),
                     retry_after: Duration::from_secs(1),
                 });
             }

@@ -38,12 +38,17 @@ struct State {
 }
 
 impl State {
-    /// The shared key for `tenant`, and a mutable count for it.
-    fn count(&mut self, tenant: &str) -> (TenantKey, &mut usize) {
-        let key = match self.tenants.get_key_value(tenant) {
+    /// The shared key for `tenant` (a new one when it has no count).
+    fn key(&self, tenant: &str) -> TenantKey {
+        match self.tenants.get_key_value(tenant) {
             Some((key, _)) => Arc::clone(key),
             None => Arc::from(tenant),
-        };
+        }
+    }
+
+    /// The shared key for `tenant`, and a mutable count for it.
+    fn count(&mut self, tenant: &str) -> (TenantKey, &mut usize) {
+        let key = self.key(tenant);
         let count = self.tenants.entry(Arc::clone(&key)).or_insert(0);
         (key, count)
     }
@@ -114,10 +119,7 @@ impl Queue {
     pub(crate) fn push_admitted(&self, id: OperationId, tenant: &str) {
         {
             let mut state = self.lock();
-            let key = match state.tenants.get_key_value(tenant) {
-                Some((key, _)) => Arc::clone(key),
-                None => Arc::from(tenant),
-            };
+            let key = state.key(tenant);
             state.items.push_back((id, key));
         }
         self.notify.notify_one();

@@ -67,42 +67,43 @@ impl Quotas {
     /// Counts one more watch stream of `tenant` until the permit is
     /// dropped.
     pub(crate) fn watch(self: &Arc<Self>, tenant: &str) -> Result<WatchPermit, EngineError> {
+        if self.max_watches.is_none() {
+            return Ok(WatchPermit { counted: None });
+        }
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         let count = watches.entry(tenant.to_owned()).or_insert(0);
         if self.max_watches.is_some_and(|max| *count >= max) {
             return Err(EngineError::ResourceExhausted {
                 reason: "TOO_MANY_WATCHES",
                 message: format!(
-                    "this tenant already has {count} watch streams open, its limit; close one first"
+                    "this tenant already follows {count} operations (Watch streams and WaitOperation calls), its limit; end one first"
                 ),
                 retry_after: Duration::from_secs(1),
             });
         }
         *count += 1;
         Ok(WatchPermit {
-            quotas: Arc::clone(self),
-            tenant: tenant.to_owned(),
+            counted: Some((Arc::clone(self), tenant.to_owned())),
         })
     }
 }
 
-/// One open watch stream, counted against its tenant while it lives.
+/// One open watch stream (or long poll), counted against its tenant while
+/// it lives, when there is a limit to count against.
 pub struct WatchPermit {
-    quotas: Arc<Quotas>,
-    tenant: String,
+    counted: Option<(Arc<Quotas>, String)>,
 }
 
 impl Drop for WatchPermit {
     fn drop(&mut self) {
-        let mut watches = self
-            .quotas
-            .watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = watches.get_mut(&self.tenant) {
+        let Some((quotas, tenant)) = &self.counted else {
+            return;
+        };
+        let mut watches = quotas.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = watches.get_mut(tenant) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                watches.remove(&self.tenant);
+                watches.remove(tenant);
             }
         }
     }

@@ -89,7 +89,8 @@ pub fn audit<T>(caller: &Principal, rpc: &str, target: &str, result: &Result<T, 
         principal = %caller.name,
         tenant = %caller.tenant,
         rpc = %rpc,
-        target_name = %target,
+        // Debug formatting quotes and escapes what a caller sent.
+        target_name = ?target,
         outcome = ?outcome,
         "audit"
     );
@@ -157,14 +158,24 @@ fn permission_denied(principal: &Principal, needed: Role) -> Status {
     )
 }
 
+/// A call refused at the door, and by whom when that is known.
+struct Refusal {
+    principal: Option<Arc<Principal>>,
+    status: Status,
+}
+
 /// Decides whether a call may go on, and as whom.
 fn admit<B>(
     auth: &Authenticator,
     request: &http::Request<B>,
     needed: Role,
-) -> Result<Arc<Principal>, Status> {
+) -> Result<Arc<Principal>, Refusal> {
+    let anonymous = |e: AuthError| Refusal {
+        principal: None,
+        status: unauthenticated(&e),
+    };
     let principal = if auth.is_enforcing() {
-        let bearer = bearer(request).map_err(|e| unauthenticated(&e))?;
+        let bearer = bearer(request).map_err(anonymous)?;
         // A token decides alone; the certificate is read only without one.
         let cn = if bearer.is_none() {
             client_cn(request)
@@ -178,9 +189,12 @@ fn admit<B>(
     } else {
         auth.authenticate(Credentials::default())
     }
-    .map_err(|e| unauthenticated(&e))?;
+    .map_err(anonymous)?;
     if principal.role < needed {
-        return Err(permission_denied(&principal, needed));
+        return Err(Refusal {
+            status: permission_denied(&principal, needed),
+            principal: Some(principal),
+        });
     }
     Ok(principal)
 }
@@ -238,17 +252,21 @@ where
                 request.extensions_mut().insert(Caller(principal));
                 Either::Left(self.inner.call(request))
             }
-            Err(refusal) => {
+            Err(Refusal { principal, status }) => {
                 if needed >= Role::Writer {
+                    let (name, tenant) = principal
+                        .as_deref()
+                        .map_or(("-", "-"), |p| (p.name.as_str(), p.tenant.as_str()));
                     info!(
                         target: "longrun::audit",
-                        principal = "-",
+                        principal = %name,
+                        tenant = %tenant,
                         rpc = %method(path),
-                        outcome = ?refusal.code(),
+                        outcome = ?status.code(),
                         "audit"
                     );
                 }
-                Either::Right(ready(Ok(refusal.into_http())))
+                Either::Right(ready(Ok(status.into_http())))
             }
         }
     }

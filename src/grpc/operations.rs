@@ -125,7 +125,8 @@ impl Operations for OperationsService {
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let scope = caller(&request)?.scope();
+        let caller = caller(&request)?;
+        let scope = caller.scope();
         let deadline = call_deadline(&request);
         let req = request.into_inner();
         let id = convert::operation_id("name", &req.name)?;
@@ -140,6 +141,9 @@ impl Operations for OperationsService {
             let margin = (deadline / 10).min(Duration::from_millis(200));
             timeout = timeout.min(deadline.saturating_sub(margin));
         }
+        // A long poll holds a subscription like a Watch stream does, and
+        // counts against the same per-tenant limit.
+        let _permit = self.engine.watch_permit(&caller.tenant)?;
         let op = self.engine.wait(&scope, id, timeout).await?;
         Ok(Response::new(convert::operation(&op)))
     }
