@@ -80,8 +80,8 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
     pub keepalive_timeout: Duration,
-    /// How long a new connection has to send its first bytes, or finish
-    /// its TLS handshake, before it is dropped.
+    /// How long a new connection has to finish its TLS handshake and send
+    /// the HTTP/2 preface before it is dropped.
     pub handshake_timeout: Duration,
 }
 

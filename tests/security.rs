@@ -738,19 +738,25 @@ async fn a_tenant_may_store_only_so_many_orders() {
 #[tokio::test]
 async fn a_connection_that_says_nothing_is_dropped() {
     let world = World::start(|c| c.handshake_timeout = Duration::from_millis(200)).await;
-    let mut silent = tokio::net::TcpStream::connect(world.server.addr)
+    // Silent, a few bytes then silence, and not HTTP/2 at all.
+    for opening in [&b""[..], b"PRI * HT", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        let mut socket = tokio::net::TcpStream::connect(world.server.addr)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut socket, opening)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        // The server closes it without a word: the read ends (EOF, or a
+        // reset) instead of waiting forever.
+        let read = tokio::time::timeout(
+            PATIENCE,
+            tokio::io::AsyncReadExt::read(&mut socket, &mut buf),
+        )
         .await
-        .unwrap();
-    let mut buf = [0u8; 64];
-    // The server closes it: the read ends (EOF, or a reset) instead of
-    // waiting forever.
-    let read = tokio::time::timeout(
-        PATIENCE,
-        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
-    )
-    .await
-    .expect("the server closed the silent connection in time");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        .expect("the server closed the connection in time");
+        assert!(matches!(read, Ok(0) | Err(_)), "{opening:?}: {read:?}");
+    }
     // Real clients are not affected.
     assert_eq!(world.list(Who::Writer, "").await.len(), 0);
 }

@@ -128,7 +128,8 @@ pub struct ServeArgs {
     /// Operations one tenant may have waiting for a worker.
     #[arg(long, env = "LONGRUN_TENANT_MAX_QUEUED")]
     pub tenant_max_queued: Option<usize>,
-    /// WatchOperation streams one tenant may have open at once.
+    /// WatchOperation streams and WaitOperation calls one tenant may have
+    /// open at once.
     #[arg(long, env = "LONGRUN_TENANT_MAX_WATCHES")]
     pub tenant_max_watches: Option<usize>,
     /// Orders one tenant may store.
@@ -138,8 +139,8 @@ pub struct ServeArgs {
     /// within 10 seconds is closed.
     #[arg(long, env = "LONGRUN_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
-    /// How long a new connection has to send its first bytes (or finish
-    /// its TLS handshake) before it is dropped.
+    /// How long a new connection has to finish its TLS handshake and send
+    /// the HTTP/2 preface before it is dropped.
     #[arg(long, env = "LONGRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 }

@@ -21,7 +21,7 @@ pub struct TenantQuotas {
     pub create_burst: Option<NonZeroU32>,
     /// Operations waiting for a worker.
     pub max_queued: Option<usize>,
-    /// Concurrent Watch streams.
+    /// Concurrent Watch streams and WaitOperation calls.
     pub max_watches: Option<usize>,
 }
 
