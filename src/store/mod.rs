@@ -238,9 +238,6 @@ pub trait OrderStore: Send + Sync + 'static {
     /// How many orders `tenant` has in `month`.
     async fn month_count(&self, tenant: &str, month: Month) -> StoreResult<u64>;
 
-    /// How many orders `tenant` has in all.
-    async fn order_count(&self, tenant: &str) -> StoreResult<u64>;
-
     /// Up to `limit` orders of `tenant` in `month` after `after`, in order;
     /// the cursor continues the listing and is None at the end.
     async fn month_page(

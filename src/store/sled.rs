@@ -911,16 +911,39 @@ fn decode_count(value: &[u8]) -> StoreResult<u64> {
 }
 
 impl SledStore {
-    /// The order tree of `tenant` (sled keeps opened trees, so this is a
-    /// lookup after the first call).
+    /// The name of `tenant`'s order tree; the default tenant has the
+    /// original `orders` tree.
+    fn orders_tree_name(tenant: &str) -> String {
+        format!("orders/{tenant}")
+    }
+
+    /// The order tree of `tenant`, created on its first write (sled keeps
+    /// opened trees, so this is a lookup after the first call).
     fn orders_tree(&self, tenant: &str) -> StoreResult<Tree> {
         if tenant.is_empty() {
             return Ok(self.inner.orders.clone());
         }
         self.inner
             .db
-            .open_tree(format!("orders/{tenant}"))
+            .open_tree(Self::orders_tree_name(tenant))
             .map_err(backend)
+    }
+
+    /// The order tree of `tenant` if it has ever stored an order: reading
+    /// creates nothing.
+    fn existing_orders_tree(&self, tenant: &str) -> StoreResult<Option<Tree>> {
+        let name = Self::orders_tree_name(tenant);
+        if !tenant.is_empty()
+            && !self
+                .inner
+                .db
+                .tree_names()
+                .iter()
+                .any(|existing| existing.as_ref() == name.as_bytes())
+        {
+            return Ok(None);
+        }
+        self.orders_tree(tenant).map(Some)
     }
 
     fn put_orders_blocking(
@@ -1007,11 +1030,10 @@ impl OrderStore for SledStore {
     }
 
     async fn month_count(&self, tenant: &str, month: Month) -> StoreResult<u64> {
-        read_count(&self.orders_tree(tenant)?, &order_keys::count(&month.key()))
-    }
-
-    async fn order_count(&self, tenant: &str) -> StoreResult<u64> {
-        total_count(&self.orders_tree(tenant)?)
+        match self.existing_orders_tree(tenant)? {
+            Some(tree) => read_count(&tree, &order_keys::count(&month.key())),
+            None => Ok(0),
+        }
     }
 
     async fn month_page(
@@ -1022,7 +1044,9 @@ impl OrderStore for SledStore {
         limit: usize,
     ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)> {
         use std::ops::Bound;
-        let tree = self.orders_tree(tenant)?;
+        let Some(tree) = self.existing_orders_tree(tenant)? else {
+            return Ok((Vec::new(), None));
+        };
         tokio::task::spawn_blocking(move || {
             let start = match after {
                 Some(OrderCursor(key)) => Bound::Excluded(key),
