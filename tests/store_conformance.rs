@@ -547,7 +547,17 @@ async fn sled_group_commit_shares_flushes() {
 }
 
 conformance!(sled, |dir: &Path| -> DynStore {
-    Arc::new(
-        longrun::store::SledStore::open(dir, longrun::store::SyncMode::Always).expect("open sled"),
-    )
+    // sled lets go of its directory lock from its own threads, a moment
+    // after the last handle is dropped, and announces nothing; a reopen
+    // right after a close may have to try again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match longrun::store::SledStore::open(dir, longrun::store::SyncMode::Always) {
+            Ok(store) => return Arc::new(store),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    }
 });
