@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use longrun::engine::{OperationId, Snapshot};
 use longrun::pb::google::longrunning::{CancelOperationRequest, GetOperationRequest};
 use longrun::pb::longrun::v1::{SleepRequest, State};
 use tonic::Code;
@@ -207,22 +206,7 @@ async fn done_operations_expire_after_the_retention() {
         ..sleep(Duration::ZERO, 1)
     };
     let op = start_sleep(&server, request.clone()).await;
-    let id = OperationId::parse_name(&op.name).unwrap();
-    let mut sub = server
-        .engine
-        .subscribe(&longrun::engine::Scope::All, id)
-        .await
-        .unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Snapshot::Gone = sub.current() {
-                return;
-            }
-            sub.changed().await;
-        }
-    })
-    .await
-    .expect("the operation expired in time");
+    wait_gone(&server, &op.name).await;
 
     let err = server
         .operations()
@@ -246,19 +230,7 @@ async fn running_operations_never_expire() {
     // A short operation started after it expires first, which shows the
     // sweeper has run while the long one was still going.
     let short = start_sleep(&server, sleep(Duration::ZERO, 1)).await;
-    let id = OperationId::parse_name(&short.name).unwrap();
-    let mut sub = server
-        .engine
-        .subscribe(&longrun::engine::Scope::All, id)
-        .await
-        .unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        while !matches!(sub.current(), Snapshot::Gone) {
-            sub.changed().await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_gone(&server, &short.name).await;
     let got = server
         .operations()
         .await

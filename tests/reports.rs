@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use longrun::engine::{OperationId, Snapshot};
 use longrun::pb::google::longrunning::{CancelOperationRequest, Operation, operation};
 use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
 use longrun::pb::longrun::v1::{
@@ -497,19 +496,7 @@ async fn report_files_expire_with_their_operation() {
     let uuid = report.name.trim_start_matches("reports/").to_owned();
     let path = server.data_dir.join("reports").join(format!("{uuid}.csv"));
     assert!(path.exists());
-    let id = OperationId::parse_name(&format!("operations/{uuid}")).unwrap();
-    let mut sub = server
-        .engine
-        .subscribe(&longrun::engine::Scope::All, id)
-        .await
-        .unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        while !matches!(sub.current(), Snapshot::Gone) {
-            sub.changed().await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_gone(&server, &format!("operations/{uuid}")).await;
     assert!(!path.exists(), "the report file outlived its operation");
     let err = reports(&server)
         .await

@@ -252,6 +252,24 @@ pub async fn wait_done_as(server: &TestServer, token: Option<&str>, name: &str) 
     .expect("operation finished in time")
 }
 
+/// Waits until the operation is gone from the store (deleted, or expired
+/// by the retention sweeper), following the engine's own subscription.
+pub async fn wait_gone(server: &TestServer, name: &str) {
+    let id = longrun::engine::OperationId::parse_name(name).expect("an operation name");
+    let mut sub = server
+        .engine
+        .subscribe(&longrun::engine::Scope::All, id)
+        .await
+        .expect("subscribed");
+    tokio::time::timeout(PATIENCE, async {
+        while !matches!(sub.current(), longrun::engine::Snapshot::Gone) {
+            sub.changed().await;
+        }
+    })
+    .await
+    .expect("the operation was gone in time");
+}
+
 /// Waits until the operation reaches `wanted` (or is done), by watching.
 pub async fn wait_state(server: &TestServer, name: &str, wanted: State) -> Operation {
     let mut watcher = server.watcher().await;
