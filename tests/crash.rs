@@ -2,6 +2,8 @@
 //! create operations, restarted each time. Every acknowledged operation must
 //! survive and finish exactly once; SIGTERM must shut down cleanly.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
 use longrun::pb::google::longrunning::{
-    GetOperationRequest, ListOperationsRequest, Operation, WaitOperationRequest, operation,
+    GetOperationRequest, ListOperationsRequest, Operation, operation,
 };
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::{OperationMetadata, SleepRequest, SleepResponse, State};
@@ -70,6 +72,14 @@ async fn channel(p: &Process) -> Channel {
         .connect()
         .await
         .expect("connect")
+}
+
+/// An Operations client that waits with the shared test helper.
+async fn operations(p: &Process) -> OperationsClient<common::Authed> {
+    OperationsClient::new(tonic::service::interceptor::InterceptedService::new(
+        channel(p).await,
+        common::Bearer(None),
+    ))
 }
 
 fn meta(op: &Operation) -> OperationMetadata {
@@ -135,27 +145,10 @@ async fn check(p: &Process, acked: &[String], finished: &mut HashMap<String, Ope
 }
 
 /// Waits with WaitOperation until `name` is done.
-async fn wait_done(ops: &mut OperationsClient<Channel>, name: &str) -> Operation {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let op = ops
-                .wait_operation(WaitOperationRequest {
-                    name: name.to_owned(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 10,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if op.done {
-                return op;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name} never finished"))
+async fn wait_done(ops: &mut OperationsClient<common::Authed>, name: &str) -> Operation {
+    tokio::time::timeout(PATIENCE, common::wait_done_on(ops, name))
+        .await
+        .unwrap_or_else(|_| panic!("{name} never finished"))
 }
 
 fn assert_finished_once(op: &Operation) {
@@ -217,7 +210,7 @@ async fn acknowledged_operations_survive_sigkill_and_finish_once() {
     check(&process, &all, &mut finished).await;
 
     // Everything finishes.
-    let mut ops = OperationsClient::new(channel(&process).await);
+    let mut ops = operations(&process).await;
     for name in &all {
         let op = wait_done(&mut ops, name).await;
         assert_finished_once(&op);
@@ -310,7 +303,7 @@ async fn sigterm_releases_running_work_which_resumes_after_restart() {
     assert!(exit.success());
 
     let process = start(dir.path()).await;
-    let mut ops = OperationsClient::new(channel(&process).await);
+    let mut ops = operations(&process).await;
     let done = wait_done(&mut ops, &op.name).await;
     assert_eq!(meta(&done).state, State::Succeeded as i32);
     assert_eq!(meta(&done).attempt, 2);

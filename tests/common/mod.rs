@@ -230,26 +230,30 @@ pub async fn wait_done(server: &TestServer, name: &str) -> Operation {
 /// `token`.
 pub async fn wait_done_as(server: &TestServer, token: Option<&str>, name: &str) -> Operation {
     let mut ops = OperationsClient::new(server.authed(token).await);
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let op = ops
-                .wait_operation(WaitOperationRequest {
-                    name: name.to_owned(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 10,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .expect("wait")
-                .into_inner();
-            if op.done {
-                return op;
-            }
+    tokio::time::timeout(PATIENCE, wait_done_on(&mut ops, name))
+        .await
+        .expect("operation finished in time")
+}
+
+/// Waits, with no time limit of its own, until the operation is done,
+/// with WaitOperation on `ops`.
+pub async fn wait_done_on(ops: &mut OperationsClient<Authed>, name: &str) -> Operation {
+    loop {
+        let op = ops
+            .wait_operation(WaitOperationRequest {
+                name: name.to_owned(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .expect("wait")
+            .into_inner();
+        if op.done {
+            return op;
         }
-    })
-    .await
-    .expect("operation finished in time")
+    }
 }
 
 /// Waits until the operation is gone from the store (deleted, or expired
