@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use longrun::engine::{Code, FieldViolation, SubmitOptions};
-use longrun::grpc::convert;
+use longrun::pb::convert;
 use longrun::pb::google::longrunning::Operation;
 use longrun::{Engine, Registry, Server, ServerConfig, Task, TaskContext, TaskError};
 use tonic::{Request, Response, Status};

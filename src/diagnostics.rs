@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::engine::{Code, FieldViolation, Task, TaskContext, TaskError, TaskPolicy};
+use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
+use crate::model::{Code, FieldViolation};
 use crate::pb::longrun::v1::{SleepRequest, SleepResponse};
 
 /// The longest sleep accepted.

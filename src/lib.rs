@@ -5,35 +5,37 @@
 //! streaming WatchOperation, and can cancel it. The work runs on background
 //! workers, and its state survives restarts in an embedded sled store.
 //!
-//! The map:
-//! - [`engine`]: operations, the task API for operation kinds, the queue,
-//!   workers and the watch hub. Knows neither tonic nor sled.
-//! - [`store`]: the storage trait and its sled backend. Only `store::sled`
+//! The map, from the bottom up (each layer uses only those below it):
+//! - [`model`]: the domain: ids, tenants, the operation record and its pure
+//!   transitions, deliveries, the List filter, orders. Depends on nothing
+//!   else here.
+//! - [`store`]: the storage traits and the sled backend. Only `store::sled`
 //!   knows sled.
+//! - [`engine`]: admission, dispatch, workers, recovery, retention and the
+//!   watch hub, over the store traits; the [`Task`] API for kinds.
+//! - [`pb`]: generated protobuf code, and `pb::convert` between the model
+//!   and the messages.
+//! - [`reports`], [`diagnostics`]: kinds built on the Task API (orders and
+//!   monthly reports; Sleep).
+//! - [`webhook`]: signed deliveries from the durable outbox;
+//!   [`auth`]: principals, roles, the auth file and tokens.
 //! - [`grpc`]: tonic services that translate between protobuf and the
-//!   engine. Only this module (and [`server`], which wires it) knows tonic.
-//! - [`server`]: assembles store, engine, services, health and reflection.
-//! - [`auth`]: principals, roles and tenants; the auth file and tokens.
-//! - [`tls`]: rustls configuration for the gRPC port, reloadable;
-//!   [`listen`]: accepting connections, each with a deadline to start.
-//! - [`diagnostics`]: the Sleep kind.
-//! - [`reports`]: the report service's domain: order imports and monthly
-//!   reports, as two kinds.
-//! - [`webhook`]: signed webhook deliveries from the durable outbox.
-//! - [`cli`]: the `longrun` command line.
-//! - [`pb`]: generated protobuf code.
+//!   engine, behind the authentication door.
+//! - [`server`]: assembles store, engine, services, health and reflection,
+//!   and owns the listener, TLS and shutdown. With [`grpc`], the only code
+//!   that knows tonic.
+//!
+//! The `longrun` binary adds the command line on top (`src/cli/`).
 
 pub mod auth;
-pub mod cli;
 pub mod diagnostics;
 pub mod engine;
 pub mod grpc;
-pub mod listen;
+pub mod model;
 pub mod pb;
 pub mod reports;
 pub mod server;
 pub mod store;
-pub mod tls;
 pub mod webhook;
 
 pub use engine::{Engine, EngineConfig, Registry, Task, TaskContext, TaskError};

@@ -1,13 +1,17 @@
 //! The `longrun` binary: parses arguments, sets up logging, and hands over
-//! to the library.
+//! to the library. The command line (`cli/`) lives here, not in the
+//! library, so that embedders of the engine do not compile it.
+
+mod cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use longrun::cli::{Cli, Command, ServeArgs};
+use cli::{Cli, Command, ServeArgs};
 use longrun::{Registry, Server};
+use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 
 // sled allocates and frees a node copy on most writes; mimalloc handles
@@ -43,7 +47,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        command => runtime.block_on(longrun::cli::run_client(command)),
+        command => runtime.block_on(cli::run_client(command)),
     }
 }
 
@@ -59,16 +63,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = Server::open(args.config(secrets), Registry::new()).await?;
+    let reloading = TaskTracker::new();
     #[cfg(unix)]
     match hangups {
         Ok(hangups) => {
-            tokio::spawn(reload_on_hangup(hangups, server.reloader()));
+            reloading.spawn(reload_on_hangup(hangups, server.reloader()));
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading needs a restart")
         }
     }
-    server.serve(listener, shutdown_signal()).await?;
+    let served = server.serve(listener, shutdown_signal()).await;
+    // The reloader waits for signals forever; the process ends with it.
+    reloading.close();
+    served?;
     Ok(())
 }
 

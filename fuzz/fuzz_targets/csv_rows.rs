@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use longrun::reports::order::ColumnMap;
+use longrun::reports::rows::ColumnMap;
 
 fuzz_target!(|data: &[u8]| {
     let mut reader = csv::ReaderBuilder::new()

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use longrun::engine::filter::Filter;
+use longrun::model::Filter;
 
 fuzz_target!(|text: &str| {
     if let Ok(filter) = Filter::parse(text) {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use longrun::engine::{OperationId, RequestId};
+use longrun::model::{OperationId, RequestId};
 
 fuzz_target!(|text: &str| {
     if let Ok(id) = OperationId::parse_name(text) {
@@ -10,5 +10,5 @@ fuzz_target!(|text: &str| {
     }
     let _ = OperationId::parse_in("reports", text);
     let _ = text.parse::<RequestId>();
-    let _ = longrun::engine::scope::check_tenant_name(text);
+    let _ = longrun::model::tenant::check_tenant_name(text);
 });

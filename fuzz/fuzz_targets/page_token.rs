@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use longrun::engine::filter::Filter;
+use longrun::model::Filter;
 use longrun::engine::page_token::PageTokens;
 
 fuzz_target!(|text: &str| {

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 
 use super::{Principal, Role};
-use crate::engine::scope::check_tenant_name;
+use crate::model::Tenant;
 use crate::webhook::Secret;
 
 /// A principal as written in the file.
@@ -66,7 +66,7 @@ pub(crate) struct Entry {
 #[derive(Debug, Default)]
 pub struct AuthFile {
     pub(crate) entries: Vec<Entry>,
-    pub(crate) webhook_secrets: HashMap<String, Vec<Secret>>,
+    pub(crate) webhook_secrets: HashMap<Tenant, Vec<Secret>>,
 }
 
 /// Why an auth file was refused.
@@ -94,7 +94,7 @@ impl AuthFile {
             if !names.insert(p.name.clone()) {
                 return Err(at("the name is used twice".into()));
             }
-            check_tenant_name(&p.tenant).map_err(at)?;
+            let tenant = Tenant::named(&p.tenant).map_err(at)?;
             let role = p.roles.iter().copied().max().ok_or_else(|| {
                 at("roles must name at least one of reader, writer, admin".into())
             })?;
@@ -114,7 +114,7 @@ impl AuthFile {
             entries.push(Entry {
                 principal: std::sync::Arc::new(Principal {
                     name: p.name,
-                    tenant: p.tenant,
+                    tenant,
                     role,
                 }),
                 token_sha256,
@@ -122,7 +122,7 @@ impl AuthFile {
         }
         let mut webhook_secrets = HashMap::new();
         for (tenant, settings) in raw.tenant {
-            check_tenant_name(&tenant)
+            let named = Tenant::named(&tenant)
                 .map_err(|e| AuthFileError(format!("[tenant.{tenant}]: {e}")))?;
             if settings.webhook_secrets.is_empty() {
                 continue;
@@ -133,7 +133,7 @@ impl AuthFile {
                 .map(|s| s.parse::<Secret>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| AuthFileError(format!("[tenant.{tenant}] webhook_secrets: {e}")))?;
-            webhook_secrets.insert(tenant, secrets);
+            webhook_secrets.insert(named, secrets);
         }
         Ok(Self {
             entries,
@@ -181,7 +181,10 @@ mod tests {
         assert_eq!(file.len(), 2);
         assert_eq!(file.entries[0].principal.role, Role::Writer);
         assert!(file.entries[1].token_sha256.is_none());
-        assert_eq!(file.webhook_secrets["acme"].len(), 1);
+        assert_eq!(
+            file.webhook_secrets[&Tenant::named("acme").unwrap()].len(),
+            1
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use self::file::{AuthFile, AuthFileError};
-use crate::engine::{DEFAULT_TENANT, Scope};
+use crate::model::{Scope, Tenant};
 use crate::webhook::{Secret, TenantSecrets};
 
 /// What a principal may do. Each role includes the ones before it.
@@ -73,7 +73,7 @@ impl std::str::FromStr for Role {
 pub struct Principal {
     pub name: String,
     /// The tenant it works in; what it creates belongs to this tenant.
-    pub tenant: String,
+    pub tenant: Tenant,
     /// Its highest role.
     pub role: Role,
 }
@@ -84,7 +84,7 @@ impl Principal {
     pub fn anonymous() -> Self {
         Self {
             name: "anonymous".into(),
-            tenant: DEFAULT_TENANT.into(),
+            tenant: Tenant::default_tenant(),
             role: Role::Admin,
         }
     }
@@ -265,7 +265,7 @@ impl Authenticator {
 }
 
 impl TenantSecrets for Authenticator {
-    fn secrets_for(&self, tenant: &str) -> Option<Vec<Secret>> {
+    fn secrets_for(&self, tenant: &Tenant) -> Option<Vec<Secret>> {
         self.file().webhook_secrets.get(tenant).cloned()
     }
 }
@@ -295,7 +295,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!((alice.name.as_str(), alice.role), ("alice", Role::Writer));
-        assert_eq!(alice.scope(), Scope::Tenant("acme".into()));
+        assert_eq!(alice.scope(), Scope::Tenant(Tenant::named("acme").unwrap()));
         let bot = auth
             .authenticate(Credentials {
                 bearer: None,

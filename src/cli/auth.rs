@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use crate::auth::{Role, token};
-use crate::engine::scope::check_tenant_name;
+use longrun::auth::{Role, token};
+use longrun::model::tenant::check_tenant_name;
 
 /// Authentication commands.
 #[derive(Debug, clap::Subcommand)]

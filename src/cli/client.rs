@@ -8,11 +8,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
-use crate::pb::google::longrunning::operations_client::OperationsClient;
-use crate::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
-use crate::pb::longrun::v1::notifications_client::NotificationsClient;
-use crate::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
-use crate::pb::longrun::v1::report_service_client::ReportServiceClient;
+use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::notifications_client::NotificationsClient;
+use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
 
 use super::ClientArgs;
 

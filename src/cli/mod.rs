@@ -86,11 +86,13 @@ pub enum Output {
 }
 
 /// The NotificationConfig for a `--notify URL` flag.
-fn notification(url: Option<String>) -> Option<crate::pb::longrun::v1::NotificationConfig> {
-    url.map(|callback_url| crate::pb::longrun::v1::NotificationConfig {
-        callback_url,
-        events: Vec::new(),
-    })
+fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::NotificationConfig> {
+    url.map(
+        |callback_url| longrun::pb::longrun::v1::NotificationConfig {
+            callback_url,
+            events: Vec::new(),
+        },
+    )
 }
 
 /// Runs a client command (anything but `serve`) and returns the process

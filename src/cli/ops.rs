@@ -10,11 +10,11 @@ use tokio_stream::StreamExt;
 use super::client::{Clients, connect, describe};
 use super::output;
 use super::{ClientArgs, Output};
-use crate::pb::google::longrunning::{
+use longrun::pb::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     Operation, WaitOperationRequest, operation,
 };
-use crate::pb::longrun::v1::{ListDeliveriesRequest, WatchOperationRequest};
+use longrun::pb::longrun::v1::{ListDeliveriesRequest, WatchOperationRequest};
 
 /// Operation commands.
 #[derive(Debug, Subcommand)]

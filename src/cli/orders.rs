@@ -10,9 +10,9 @@ use tokio::io::AsyncReadExt;
 use super::ClientArgs;
 use super::client::{connect, describe};
 use super::ops::{print, watch};
-use crate::pb::longrun::v1::ImportOrdersRequest;
-use crate::reports::generate::{Spec, write_csv};
-use crate::reports::order::Month;
+use longrun::model::order::Month;
+use longrun::pb::longrun::v1::ImportOrdersRequest;
+use longrun::reports::generate::{Spec, write_csv};
 
 /// Bytes per upload message.
 const CHUNK: usize = 1 << 20;

@@ -5,10 +5,10 @@ use std::time::SystemTime;
 use prost::{Message, Name};
 use prost_reflect::DynamicMessage;
 
-use crate::pb;
-use crate::pb::google::longrunning::{Operation, operation};
-use crate::pb::google::rpc::ErrorInfo;
-use crate::pb::longrun::v1::{OperationMetadata, State};
+use longrun::pb;
+use longrun::pb::google::longrunning::{Operation, operation};
+use longrun::pb::google::rpc::ErrorInfo;
+use longrun::pb::longrun::v1::{OperationMetadata, State};
 
 /// A message in the proto3 JSON mapping, with Any values expanded.
 pub fn json<M: Message + Name>(message: &M) -> serde_json::Value {
@@ -102,8 +102,8 @@ fn any_json(any: &prost_types::Any) -> String {
 }
 
 /// One line about a webhook delivery.
-pub fn delivery(d: &crate::pb::longrun::v1::Delivery) -> String {
-    let state = crate::pb::longrun::v1::delivery::DeliveryState::try_from(d.state)
+pub fn delivery(d: &longrun::pb::longrun::v1::Delivery) -> String {
+    let state = longrun::pb::longrun::v1::delivery::DeliveryState::try_from(d.state)
         .map(|s| s.as_str_name())
         .unwrap_or("?");
     let mut line = format!(

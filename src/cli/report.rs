@@ -11,8 +11,8 @@ use tokio_stream::StreamExt;
 use super::client::{Clients, connect, describe};
 use super::ops::{print, wait, watch};
 use super::{ClientArgs, Output};
-use crate::pb::google::longrunning::operation;
-use crate::pb::longrun::v1::{CreateReportRequest, ReadReportRequest, Report, ReportFormat};
+use longrun::pb::google::longrunning::operation;
+use longrun::pb::longrun::v1::{CreateReportRequest, ReadReportRequest, Report, ReportFormat};
 
 /// Report commands.
 #[derive(Debug, clap::Subcommand)]
@@ -148,7 +148,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             if let Some(out) = out {
                 let done = clients
                     .operations
-                    .get_operation(crate::pb::google::longrunning::GetOperationRequest {
+                    .get_operation(longrun::pb::google::longrunning::GetOperationRequest {
                         name: op.name,
                     })
                     .await

@@ -5,11 +5,11 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::{EngineConfig, TenantQuotas};
-use crate::server::ServerConfig;
-use crate::store::{Backend, SyncMode};
-use crate::tls::TlsPaths;
-use crate::webhook::{Secret, WebhookConfig};
+use longrun::engine::{EngineConfig, TenantQuotas};
+use longrun::server::ServerConfig;
+use longrun::server::tls::TlsPaths;
+use longrun::store::{Backend, SyncMode};
+use longrun::webhook::{Secret, WebhookConfig};
 
 fn default_workers() -> usize {
     EngineConfig::default().workers
@@ -33,7 +33,7 @@ pub struct ServeArgs {
     pub sync: SyncMode,
     /// sled's page cache in MiB. sled counts it loosely; the server's
     /// memory grows to several times this under write load.
-    #[arg(long, env = "LONGRUN_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_CACHE_BYTES / (1024 * 1024))]
+    #[arg(long, env = "LONGRUN_CACHE_MIB", default_value_t = longrun::store::sled::DEFAULT_CACHE_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
     /// How many operations run at once [default: number of CPUs].
     #[arg(long, env = "LONGRUN_WORKERS", default_value_t = default_workers())]
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LONGRUN_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
     /// The largest CSV upload ImportOrders accepts, in bytes.
-    #[arg(long, env = "LONGRUN_MAX_UPLOAD_SIZE", default_value_t = crate::reports::DEFAULT_MAX_UPLOAD)]
+    #[arg(long, env = "LONGRUN_MAX_UPLOAD_SIZE", default_value_t = longrun::reports::DEFAULT_MAX_UPLOAD)]
     pub max_upload_size: u64,
     /// How long an ImportOrders upload may send nothing before it is
     /// abandoned.
@@ -163,7 +163,9 @@ impl ServeArgs {
                 })
                 .collect();
         }
-        Ok(vec![crate::webhook::load_or_create_secret(&self.data_dir)?])
+        Ok(vec![longrun::webhook::load_or_create_secret(
+            &self.data_dir,
+        )?])
     }
 
     /// The server configuration these flags describe; `secrets` come from
@@ -180,13 +182,13 @@ impl ServeArgs {
                 progress_interval: self.progress_interval,
                 shutdown_grace: self.shutdown_grace,
                 retention: self.retention,
-                allow_private_callbacks: self.webhook_allow_private,
                 quotas: TenantQuotas {
                     creates_per_second: self.tenant_create_rate,
                     create_burst: self.tenant_create_burst,
                     max_queued: self.tenant_max_queued,
                     max_watches: self.tenant_max_watches,
                 },
+                ..EngineConfig::default()
             },
             diagnostics: !self.no_diagnostics,
             max_wait: self.max_wait,

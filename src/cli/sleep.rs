@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::ClientArgs;
 use super::client::{connect, describe};
 use super::ops::{print, wait, watch};
-use crate::pb::longrun::v1::SleepRequest;
+use longrun::pb::longrun::v1::SleepRequest;
 
 /// Arguments of `longrun sleep`.
 #[derive(Debug, clap::Args)]

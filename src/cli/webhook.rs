@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
-use crate::webhook::{Secret, load_or_create_secret, secret_file, verify};
+use longrun::webhook::{Secret, load_or_create_secret, secret_file, verify};
 
 /// Webhook commands.
 #[derive(Debug, clap::Subcommand)]

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use super::task::FieldViolation;
-use crate::engine::operation::Rejection;
+use crate::model::{FieldViolation, Rejection};
 use crate::store::StoreError;
 
 /// What an engine call can fail with.

@@ -1,63 +1,64 @@
 //! The engine: accepts operations, runs them on workers, and answers
-//! questions about them. It speaks only its own types; `grpc/` translates.
+//! questions about them. It speaks only the model's types and its own;
+//! `grpc/` translates.
 //!
-//! - `operation`: the record and its state transitions;
+//! - `admission`: creates, from the checks to the durable write;
+//! - `listing`: List, with its filter and signed page tokens;
+//! - `recovery`: what a restart does with unfinished operations;
+//! - `retention`: the sweeper of expired operations;
+//! - `feed`: follows the store's change feed into the watch hub;
 //! - `task`: the [`Task`] trait for operation kinds, and the registry;
-//! - `queue` and `worker`: event-driven dispatch;
+//! - `queue`, `schedule` and `worker`: event-driven dispatch;
 //! - `watch`: the hub that Wait and Watch follow;
-//! - `filter` and `page_token`: List;
-//! - `scope` and `quota`: tenants, and what each may use.
+//! - `quota`: what each tenant may use; `clock`: the time source.
+//!
+//! **Invariant:** the engine knows neither tonic nor sled.
 
+mod admission;
+pub mod clock;
 pub mod error;
-pub mod filter;
-pub mod id;
-pub mod notify;
-pub mod operation;
+mod feed;
+mod listing;
 pub mod page_token;
 mod queue;
 pub mod quota;
+mod recovery;
+mod retention;
 mod schedule;
-pub mod scope;
 pub mod task;
 pub mod watch;
 mod worker;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
+pub use self::admission::{CallbackGuard, SubmitOptions};
+pub use self::clock::Clock;
 pub use self::error::EngineError;
-pub use self::filter::Filter;
-pub use self::id::{OperationId, RequestId};
-pub use self::operation::{Code, Operation, OperationError, Outcome, Payload, Progress, State};
+pub use self::listing::{
+    DEFAULT_PAGE_SIZE, LIST_SCAN_BUDGET, MAX_FILTER_LEN, MAX_PAGE_SIZE, OperationPage,
+};
 pub use self::quota::{TenantQuotas, WatchPermit};
-pub use self::scope::{DEFAULT_TENANT, Scope};
-pub use self::task::{FieldViolation, Registry, Task, TaskContext, TaskError, TaskPolicy};
+pub use self::task::{Registry, Task, TaskContext, TaskError, TaskPolicy};
 pub use self::watch::{Snapshot, Subscription};
+/// The model types a [`Task`] implementation needs.
+pub use crate::model::{Code, FieldViolation, OperationId, Payload};
 
 use self::page_token::PageTokens;
-use self::queue::{Full, Queue};
+use self::queue::Queue;
 use self::quota::Quotas;
 use self::worker::Running;
-use crate::store::{Change, Created, DynStore, ListQuery};
-
-/// The default List page size.
-pub const DEFAULT_PAGE_SIZE: usize = 50;
-/// The largest List page; bigger requests are cut down to it.
-pub const MAX_PAGE_SIZE: usize = 1000;
-/// The most records one List page examines when a filter is selective.
-pub const LIST_SCAN_BUDGET: usize = 10_000;
-/// The longest filter accepted.
-pub const MAX_FILTER_LEN: usize = 1024;
+use crate::model::{Delivery, Edit, Operation, Scope, State, Tenant};
+use crate::store::{OperationStore, OutboxStore, Stores};
 
 /// Engine settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// How many tasks run at once.
     pub workers: usize,
@@ -70,11 +71,13 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// How long done operations are kept before they expire.
     pub retention: Duration,
-    /// Whether webhook callbacks may point at loopback and private
-    /// addresses.
-    pub allow_private_callbacks: bool,
     /// What each tenant may use.
     pub quotas: TenantQuotas,
+    /// Checks webhook callback URLs before an operation that names one is
+    /// created; None accepts any URL.
+    pub callback_guard: Option<Arc<dyn CallbackGuard>>,
+    /// Where times come from.
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -85,39 +88,26 @@ impl Default for EngineConfig {
             progress_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
-            allow_private_callbacks: false,
             quotas: TenantQuotas::default(),
+            callback_guard: None,
+            clock: Clock::system(),
         }
     }
 }
 
-/// Per-call options of a create.
-#[derive(Debug, Clone, Default)]
-pub struct SubmitOptions {
-    /// The tenant that will own the operation.
-    pub tenant: String,
-    /// The idempotency key (AIP-155).
-    pub request_id: Option<RequestId>,
-    /// A shorter execution timeout per attempt than the kind's default.
-    pub timeout: Option<Duration>,
-    /// A webhook to call on the operation's state changes.
-    pub notification: Option<notify::Notification>,
-    /// What identifies the request for idempotency checks, when the encoded
-    /// request does not (an upload stored under a fresh name, say). By
-    /// default the encoded request itself is used.
-    pub fingerprint: Option<[u8; 32]>,
-}
-
-/// How many expired operations the sweeper deletes in one batch.
-const SWEEP_BATCH: usize = 1000;
-
-/// A page of operations.
-#[derive(Debug, Clone, Default)]
-pub struct OperationPage {
-    /// Newest first.
-    pub operations: Vec<Operation>,
-    /// Empty on the last page.
-    pub next_page_token: String,
+impl fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("workers", &self.workers)
+            .field("max_queued", &self.max_queued)
+            .field("progress_interval", &self.progress_interval)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("retention", &self.retention)
+            .field("quotas", &self.quotas)
+            .field("callback_guard", &self.callback_guard.is_some())
+            .field("clock", &self.clock)
+            .finish()
+    }
 }
 
 /// The running engine; a cheap-clone handle.
@@ -127,9 +117,11 @@ pub struct Engine {
 }
 
 pub(crate) struct Inner {
-    store: DynStore,
+    ops: Arc<dyn OperationStore>,
+    outbox: Arc<dyn OutboxStore>,
     registry: Registry,
     config: EngineConfig,
+    clock: Clock,
     queue: Queue,
     schedule: schedule::Schedule,
     hub: Arc<watch::Hub>,
@@ -161,7 +153,7 @@ impl Inner {
     /// Puts a queued operation in line: now, or when its backoff ends.
     fn enqueue(&self, op: &Operation) {
         match op.not_before {
-            Some(at) => self.schedule.add(op.id, &op.tenant, at),
+            Some(at) => self.schedule.add(op.id, &op.tenant, self.clock.until(at)),
             None => self.queue.push_recovered(op.id, &op.tenant),
         }
     }
@@ -178,15 +170,17 @@ impl Inner {
 }
 
 impl Engine {
-    /// Opens the engine over a store. Nothing runs until [`Engine::start`];
-    /// reads already work, so a server can answer while it recovers.
+    /// Opens the engine over a backend's stores. Nothing runs until
+    /// [`Engine::start`]; reads already work, so a server can answer while
+    /// it recovers.
     pub async fn open(
-        store: DynStore,
+        stores: &Stores,
         registry: Registry,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         let fresh_key: [u8; 32] = rand::random();
-        let key = store
+        let key = stores
+            .secrets
             .secret("page-token-key", &fresh_key)
             .await
             .map_err(EngineError::Store)?;
@@ -194,8 +188,10 @@ impl Engine {
             queue: Queue::new(config.max_queued, config.quotas.max_queued),
             quotas: Quotas::new(&config.quotas),
             schedule: schedule::Schedule::default(),
-            store,
+            ops: Arc::clone(&stores.operations),
+            outbox: Arc::clone(&stores.outbox),
             registry,
+            clock: config.clock,
             config,
             hub: Arc::default(),
             running: Mutex::default(),
@@ -204,38 +200,15 @@ impl Engine {
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
         });
-        inner.tracker.spawn(follow_feed(Arc::clone(&inner)));
+        inner.tracker.spawn(feed::follow(Arc::clone(&inner)));
         Ok(Self { inner })
     }
 
-    /// Recovers unfinished operations and starts the workers, the retry
-    /// scheduler and the retention sweeper. Queued operations are queued
-    /// again (after their backoff, if they wait for a retry); ones whose
-    /// process died mid-attempt run again as attempt + 1, or end ABORTED
-    /// when their kind is not retry-safe or they used up their attempts.
+    /// Recovers unfinished operations (see `recovery`) and starts the
+    /// workers, the retry scheduler and the retention sweeper.
     pub async fn start(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let unfinished = inner.store.unfinished().await.map_err(EngineError::Store)?;
-        let (mut requeued, mut ended) = (0usize, 0usize);
-        for op in unfinished {
-            let op = if op.state == State::Queued {
-                op
-            } else {
-                let retry = orphan_retry(inner.registry.policy(&op.kind), &op);
-                match inner.store.recover_orphan(op.id, retry).await {
-                    Ok(Some(op)) => op,
-                    Ok(None) => continue,
-                    Err(e) => return Err(EngineError::Store(e)),
-                }
-            };
-            if op.state == State::Queued {
-                inner.enqueue(&op);
-                requeued += 1;
-            } else {
-                ended += 1;
-            }
-        }
-        info!(requeued, ended, "recovery done");
+        recovery::recover(inner).await?;
         let scheduler = Arc::clone(inner);
         inner.tracker.spawn(async move {
             scheduler
@@ -243,7 +216,7 @@ impl Engine {
                 .run(&scheduler.queue, &scheduler.shutdown)
                 .await
         });
-        inner.tracker.spawn(sweep(Arc::clone(inner)));
+        inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
         for n in 0..inner.config.workers.max(1) {
             inner
                 .tracker
@@ -272,7 +245,7 @@ impl Engine {
             inner.hard_stop.cancel();
             inner.tracker.wait().await;
         }
-        if let Err(e) = inner.store.flush().await {
+        if let Err(e) = inner.ops.flush().await {
             warn!(error = %e, "final flush failed");
         }
     }
@@ -282,177 +255,17 @@ impl Engine {
         &self.inner.registry
     }
 
-    /// Creates an operation of kind `T` and queues it. With a request_id
-    /// seen before, returns the earlier operation (or ALREADY_EXISTS when
-    /// the request differs).
-    pub async fn submit<T: Task>(
-        &self,
-        request: &T::Request,
-        options: SubmitOptions,
-    ) -> Result<Operation, EngineError> {
-        self.submit_payload(T::KIND, Payload::pack(request), options)
-            .await
-    }
-
-    /// Creates an operation of a registered kind from an encoded request.
-    pub async fn submit_payload(
-        &self,
-        kind: &str,
-        request: Payload,
-        options: SubmitOptions,
-    ) -> Result<Operation, EngineError> {
-        let inner = &self.inner;
-        if inner.shutdown.is_cancelled() {
-            return Err(EngineError::ShuttingDown);
-        }
-        let registered = inner
-            .registry
-            .get(kind)
-            .ok_or_else(|| EngineError::Unimplemented {
-                reason: "KIND_NOT_REGISTERED",
-                message: format!("kind {kind:?} is not registered on this server"),
-            })?;
-        registered.task.validate(&request)?;
-        if let Some(notification) = &options.notification {
-            crate::webhook::guard::check_url(
-                &notification.callback_url,
-                inner.config.allow_private_callbacks,
-            )
-            .await
-            .map_err(|reason| EngineError::invalid("notification.callback_url", reason))?;
-        }
-        let timeout = match options.timeout {
-            Some(t) if t.is_zero() => {
-                return Err(EngineError::invalid("timeout", "timeout must be positive"));
-            }
-            Some(t) => t.min(registered.policy.timeout),
-            None => registered.policy.timeout,
-        };
-        let identity: &[u8] = match &options.fingerprint {
-            Some(fingerprint) => fingerprint,
-            None => &request.value,
-        };
-        let digest = request_digest(kind, &request.type_url, identity);
-        let tenant = options.tenant;
-        inner.quotas.create(&tenant)?;
-        match inner.queue.admit(&tenant) {
-            Ok(()) => {}
-            Err(Full::Server) => {
-                return Err(EngineError::ResourceExhausted {
-                    reason: "QUEUE_FULL",
-                    message: "the server has as many operations waiting for a worker as it may; retry later".into(),
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-            Err(Full::Tenant) => {
-                return Err(EngineError::ResourceExhausted {
-                    reason: "TENANT_QUEUE_FULL",
-                    message: "this tenant has as many operations waiting for a worker as it may; retry later".into(),
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-        }
-        let limits = operation::Limits {
-            timeout,
-            max_attempts: registered.policy.max_attempts.max(1),
-        };
-        let mut op = Operation::new(
-            kind,
-            request,
-            options.request_id,
-            digest,
-            limits,
-            crate::store::now(),
-        );
-        op.notification = options.notification;
-        op.tenant = tenant.clone();
-        let name = op.id.name();
-        let created = inner.store.create(op).await;
-        match &created {
-            Ok(Created::New(op)) => inner.queue.push_admitted(op.id, &tenant),
-            Ok(Created::Existing(_)) | Err(_) => inner.queue.cancel_admission(&tenant),
-        }
-        match created {
-            Ok(Created::New(op) | Created::Existing(op)) => Ok(op),
-            Err(e) => Err(EngineError::from_store(name, e)),
-        }
-    }
-
     /// Reads one operation, if `scope` reaches it.
     pub async fn get(&self, scope: &Scope, id: OperationId) -> Result<Operation, EngineError> {
-        match self.inner.store.get(id).await.map_err(EngineError::Store)? {
+        match self.inner.ops.get(id).await.map_err(EngineError::Store)? {
             Some(op) if scope.permits(&op.tenant) => Ok(op),
             _ => Err(EngineError::NotFound { name: id.name() }),
         }
     }
 
-    /// Lists the operations `scope` reaches, newest first.
-    pub async fn list(
-        &self,
-        scope: &Scope,
-        filter: &str,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<OperationPage, EngineError> {
-        let limit = match page_size {
-            n if n < 0 => {
-                return Err(EngineError::invalid(
-                    "page_size",
-                    format!("page_size must not be negative (got {n})"),
-                ));
-            }
-            0 => DEFAULT_PAGE_SIZE,
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
-        if filter.len() > MAX_FILTER_LEN {
-            return Err(EngineError::invalid(
-                "filter",
-                format!(
-                    "filter is {} bytes long; the limit is {MAX_FILTER_LEN}",
-                    filter.len()
-                ),
-            ));
-        }
-        let mut filter =
-            Filter::parse(filter).map_err(|e| EngineError::invalid("filter", e.to_string()))?;
-        if let Scope::Tenant(tenant) = scope {
-            filter.restrict_to_tenant(tenant);
-        }
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(
-                self.inner
-                    .page_tokens
-                    .open(page_token, &filter)
-                    .map_err(|e| EngineError::invalid("page_token", e.to_string()))?,
-            )
-        };
-        let page = self
-            .inner
-            .store
-            .list(ListQuery {
-                after,
-                tenant: match scope {
-                    Scope::Tenant(tenant) if !tenant.is_empty() => Some(tenant),
-                    _ => None,
-                },
-                filter: &filter,
-                limit,
-                scan_budget: LIST_SCAN_BUDGET.max(limit),
-            })
-            .await
-            .map_err(EngineError::Store)?;
-        Ok(OperationPage {
-            next_page_token: page
-                .resume_after
-                .map(|id| self.inner.page_tokens.issue(id, &filter))
-                .unwrap_or_default(),
-            operations: page.operations,
-        })
-    }
-
-    /// Asks for an operation to stop; see [`Operation::cancel`].
+    /// Asks for an operation to stop: a queued one ends at once, a running
+    /// one's task is told to stop. Cancelling twice is fine; cancelling a
+    /// finished operation is not.
     pub async fn cancel(&self, scope: &Scope, id: OperationId) -> Result<Operation, EngineError> {
         if *scope != Scope::All {
             // The tenant never changes, so checking it first is enough.
@@ -460,8 +273,8 @@ impl Engine {
         }
         let op = self
             .inner
-            .store
-            .cancel(id)
+            .ops
+            .update(id, Edit::Cancel, self.inner.clock.now())
             .await
             .map_err(|e| EngineError::from_store(id.name(), e))?;
         // The change feed tells the worker too (on every node); doing it here
@@ -481,7 +294,7 @@ impl Engine {
             .map_err(|e| EngineError::from_store(id.name(), e.into()))?;
         self.inner.expire_artifacts(&op).await;
         self.inner
-            .store
+            .ops
             .delete(id)
             .await
             .map_err(|e| EngineError::from_store(id.name(), e))
@@ -496,7 +309,7 @@ impl Engine {
     ) -> Result<Subscription, EngineError> {
         let mut sub = self.inner.hub.subscribe(id);
         if let Snapshot::Loading = sub.current() {
-            let loaded = match self.inner.store.get(id).await.map_err(EngineError::Store)? {
+            let loaded = match self.inner.ops.get(id).await.map_err(EngineError::Store)? {
                 Some(op) => Snapshot::Present(Arc::new(op)),
                 None => Snapshot::Gone,
             };
@@ -510,7 +323,7 @@ impl Engine {
 
     /// Counts one more Watch stream against `tenant`'s limit, until the
     /// permit is dropped.
-    pub fn watch_permit(&self, tenant: &str) -> Result<WatchPermit, EngineError> {
+    pub fn watch_permit(&self, tenant: &Tenant) -> Result<WatchPermit, EngineError> {
         self.inner.quotas.watch(tenant)
     }
 
@@ -528,8 +341,9 @@ impl Engine {
         loop {
             let latest = match sub.current() {
                 Snapshot::Present(op) => op,
-                Snapshot::Gone => return Err(EngineError::NotFound { name: id.name() }),
-                Snapshot::Loading => unreachable!("subscribe loads the state"),
+                Snapshot::Gone | Snapshot::Loading => {
+                    return Err(EngineError::NotFound { name: id.name() });
+                }
             };
             if latest.is_done() {
                 return Ok(Arc::unwrap_or_clone(latest));
@@ -547,19 +361,13 @@ impl Engine {
         &self,
         scope: &Scope,
         id: OperationId,
-    ) -> Result<Vec<notify::Delivery>, EngineError> {
+    ) -> Result<Vec<Delivery>, EngineError> {
         self.get(scope, id).await?;
         self.inner
-            .store
+            .outbox
             .deliveries(id)
             .await
             .map_err(EngineError::Store)
-    }
-
-    /// The store, for components that run beside the engine (the webhook
-    /// deliverer).
-    pub fn store(&self) -> &DynStore {
-        &self.inner.store
     }
 
     /// How many operations wait for a worker.
@@ -570,117 +378,5 @@ impl Engine {
     /// How many operations have at least one watcher.
     pub fn watched_operations(&self) -> usize {
         self.inner.hub.len()
-    }
-}
-
-/// Decides whether an attempt interrupted by a crash may run again.
-fn orphan_retry(policy: Option<&TaskPolicy>, op: &Operation) -> operation::OrphanRetry {
-    use operation::OrphanRetry;
-    match policy {
-        Some(policy) if !policy.retry_safe => OrphanRetry::Refused(format!(
-            "attempt {} was interrupted by a server restart, and kind {:?} is not safe to run twice",
-            op.attempt, op.kind
-        )),
-        Some(_) if op.attempt >= op.max_attempts => OrphanRetry::Refused(format!(
-            "attempt {} of {} was interrupted by a server restart; no attempts are left",
-            op.attempt, op.max_attempts
-        )),
-        // An unknown kind is queued again: its worker ends it with a clear
-        // error, and registering the kind later lets it run.
-        _ => OrphanRetry::Allowed,
-    }
-}
-
-/// Deletes done operations once they are older than the retention, in
-/// bounded batches, often enough that none outlives its expiry by much.
-async fn sweep(inner: Arc<Inner>) {
-    let retention = inner.config.retention;
-    let interval = (retention / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        let Some(cutoff) = std::time::SystemTime::now().checked_sub(retention) else {
-            continue;
-        };
-        loop {
-            let batch = match inner.store.expired(cutoff, SWEEP_BATCH).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    warn!(error = %e, "could not read expired operations");
-                    break;
-                }
-            };
-            for op in &batch {
-                inner.expire_artifacts(op).await;
-            }
-            let ids: Vec<OperationId> = batch.iter().map(|op| op.id).collect();
-            match inner.store.purge(&ids).await {
-                Ok(purged) => debug!(purged, "expired operations deleted"),
-                Err(e) => {
-                    warn!(error = %e, "could not delete expired operations");
-                    break;
-                }
-            }
-            if ids.len() < SWEEP_BATCH || inner.shutdown.is_cancelled() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-}
-
-/// Identifies a request for idempotency checks: kind, type, and the bytes
-/// (or fingerprint) that stand for its content.
-fn request_digest(kind: &str, type_url: &str, identity: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for part in [kind.as_bytes(), type_url.as_bytes(), identity] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    hasher.finalize().into()
-}
-
-/// Follows the store's change feed: updates the watch hub, and delivers
-/// cancellation requests to tasks running here (they may have been made on
-/// another node).
-async fn follow_feed(inner: Arc<Inner>) {
-    let mut feed = inner.store.subscribe();
-    loop {
-        let change = tokio::select! {
-            _ = inner.shutdown.cancelled() => break,
-            change = feed.recv() => change,
-        };
-        match change {
-            Ok(change) => {
-                inner.hub.publish(&change);
-                if let Change::Updated(op) = &change {
-                    inner.deliver_cancellation(op);
-                }
-            }
-            Err(RecvError::Lagged(missed)) => {
-                warn!(
-                    missed,
-                    "change feed lagged; re-reading watched and running operations"
-                );
-                resync(&inner).await;
-            }
-            Err(RecvError::Closed) => break,
-        }
-    }
-}
-
-async fn resync(inner: &Inner) {
-    let running: Vec<OperationId> = inner.running_lock().keys().copied().collect();
-    for id in inner.hub.watched().into_iter().chain(running) {
-        match inner.store.get(id).await {
-            Ok(Some(op)) => {
-                inner.deliver_cancellation(&op);
-                inner.hub.offer(id, Snapshot::Present(Arc::new(op)));
-            }
-            Ok(None) => inner.hub.offer(id, Snapshot::Gone),
-            Err(e) => warn!(%id, error = %e, "could not re-read operation"),
-        }
     }
 }

@@ -11,8 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::OperationId;
-use super::filter::Filter;
+use crate::model::{Filter, OperationId};
 
 const VERSION: u8 = 1;
 const PAYLOAD_LEN: usize = 1 + 16 + 8;

@@ -10,14 +10,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::OperationId;
-
-/// A tenant name, shared by every queue entry of that tenant.
-pub(crate) type TenantKey = Arc<str>;
+use crate::model::{OperationId, Tenant};
 
 pub(crate) struct Queue {
     state: Mutex<State>,
@@ -32,28 +29,18 @@ pub(crate) struct Queue {
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<(OperationId, TenantKey)>,
+    items: VecDeque<(OperationId, Tenant)>,
     /// Per tenant: queued plus admitted. Entries at zero are removed.
-    tenants: HashMap<TenantKey, usize>,
+    tenants: HashMap<Tenant, usize>,
 }
 
 impl State {
-    /// The shared key for `tenant` (a new one when it has no count).
-    fn key(&self, tenant: &str) -> TenantKey {
-        match self.tenants.get_key_value(tenant) {
-            Some((key, _)) => Arc::clone(key),
-            None => Arc::from(tenant),
-        }
+    /// A mutable count for `tenant`.
+    fn count(&mut self, tenant: &Tenant) -> &mut usize {
+        self.tenants.entry(tenant.clone()).or_insert(0)
     }
 
-    /// The shared key for `tenant`, and a mutable count for it.
-    fn count(&mut self, tenant: &str) -> (TenantKey, &mut usize) {
-        let key = self.key(tenant);
-        let count = self.tenants.entry(Arc::clone(&key)).or_insert(0);
-        (key, count)
-    }
-
-    fn release(&mut self, tenant: &str) {
+    fn release(&mut self, tenant: &Tenant) {
         if let Some(count) = self.tenants.get_mut(tenant) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -91,12 +78,12 @@ impl Queue {
     /// Reserves room for one new operation of `tenant` before it is
     /// created, so that the server never accepts work it has no room to
     /// queue.
-    pub(crate) fn admit(&self, tenant: &str) -> Result<(), Full> {
+    pub(crate) fn admit(&self, tenant: &Tenant) -> Result<(), Full> {
         let mut state = self.lock();
         if self.depth.load(Ordering::SeqCst) >= self.capacity {
             return Err(Full::Server);
         }
-        let (_, count) = state.count(tenant);
+        let count = state.count(tenant);
         if self.tenant_capacity.is_some_and(|cap| *count >= cap) {
             if *count == 0 {
                 state.tenants.remove(tenant);
@@ -109,30 +96,25 @@ impl Queue {
     }
 
     /// Gives back a reservation that was not used.
-    pub(crate) fn cancel_admission(&self, tenant: &str) {
+    pub(crate) fn cancel_admission(&self, tenant: &Tenant) {
         let mut state = self.lock();
         state.release(tenant);
         self.depth.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Queues an admitted operation.
-    pub(crate) fn push_admitted(&self, id: OperationId, tenant: &str) {
-        {
-            let mut state = self.lock();
-            let key = state.key(tenant);
-            state.items.push_back((id, key));
-        }
+    pub(crate) fn push_admitted(&self, id: OperationId, tenant: &Tenant) {
+        self.lock().items.push_back((id, tenant.clone()));
         self.notify.notify_one();
     }
 
     /// Queues an operation accepted earlier (found during recovery, or due
     /// after a retry backoff); it may exceed the capacities.
-    pub(crate) fn push_recovered(&self, id: OperationId, tenant: &str) {
+    pub(crate) fn push_recovered(&self, id: OperationId, tenant: &Tenant) {
         {
             let mut state = self.lock();
-            let (key, count) = state.count(tenant);
-            *count += 1;
-            state.items.push_back((id, key));
+            *state.count(tenant) += 1;
+            state.items.push_back((id, tenant.clone()));
             self.depth.fetch_add(1, Ordering::SeqCst);
         }
         self.notify.notify_one();
@@ -187,28 +169,32 @@ impl Queue {
 mod tests {
     use super::*;
 
+    fn t(name: &str) -> Tenant {
+        Tenant::named(name).unwrap()
+    }
+
     #[tokio::test]
     async fn each_tenant_is_held_to_its_share() {
         let queue = Queue::new(10, Some(2));
-        queue.admit("a").unwrap();
-        queue.admit("a").unwrap();
-        assert_eq!(queue.admit("a"), Err(Full::Tenant));
-        queue.admit("b").unwrap();
+        queue.admit(&t("a")).unwrap();
+        queue.admit(&t("a")).unwrap();
+        assert_eq!(queue.admit(&t("a")), Err(Full::Tenant));
+        queue.admit(&t("b")).unwrap();
         let first = OperationId::generate();
-        queue.push_admitted(first, "a");
-        queue.cancel_admission("a");
+        queue.push_admitted(first, &t("a"));
+        queue.cancel_admission(&t("a"));
         assert_eq!(queue.pop().await, first);
         // Both of a's places are free again.
-        queue.admit("a").unwrap();
-        queue.admit("a").unwrap();
+        queue.admit(&t("a")).unwrap();
+        queue.admit(&t("a")).unwrap();
         assert_eq!(queue.depth(), 3);
     }
 
     #[test]
     fn the_server_capacity_binds_every_tenant() {
         let queue = Queue::new(2, None);
-        queue.admit("a").unwrap();
-        queue.admit("b").unwrap();
-        assert_eq!(queue.admit("c"), Err(Full::Server));
+        queue.admit(&t("a")).unwrap();
+        queue.admit(&t("b")).unwrap();
+        assert_eq!(queue.admit(&t("c")), Err(Full::Server));
     }
 }

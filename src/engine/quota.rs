@@ -11,6 +11,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::EngineError;
+use crate::model::Tenant;
 
 /// What each tenant may use. `None` means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,10 +27,10 @@ pub struct TenantQuotas {
 }
 
 pub(crate) struct Quotas {
-    creates: Option<DefaultKeyedRateLimiter<String>>,
+    creates: Option<DefaultKeyedRateLimiter<Tenant>>,
     clock: DefaultClock,
     max_watches: Option<usize>,
-    watches: Mutex<HashMap<String, usize>>,
+    watches: Mutex<HashMap<Tenant, usize>>,
 }
 
 impl Quotas {
@@ -47,11 +48,11 @@ impl Quotas {
     }
 
     /// Takes one create from `tenant`'s bucket.
-    pub(crate) fn create(&self, tenant: &str) -> Result<(), EngineError> {
+    pub(crate) fn create(&self, tenant: &Tenant) -> Result<(), EngineError> {
         let Some(limiter) = &self.creates else {
             return Ok(());
         };
-        limiter.check_key(&tenant.to_owned()).map_err(|not_until| {
+        limiter.check_key(tenant).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             EngineError::ResourceExhausted {
                 reason: "RATE_LIMITED",
@@ -66,12 +67,12 @@ impl Quotas {
 
     /// Counts one more watch stream of `tenant` until the permit is
     /// dropped.
-    pub(crate) fn watch(self: &Arc<Self>, tenant: &str) -> Result<WatchPermit, EngineError> {
+    pub(crate) fn watch(self: &Arc<Self>, tenant: &Tenant) -> Result<WatchPermit, EngineError> {
         if self.max_watches.is_none() {
             return Ok(WatchPermit { counted: None });
         }
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-        let count = watches.entry(tenant.to_owned()).or_insert(0);
+        let count = watches.entry(tenant.clone()).or_insert(0);
         if self.max_watches.is_some_and(|max| *count >= max) {
             return Err(EngineError::ResourceExhausted {
                 reason: "TOO_MANY_WATCHES",
@@ -83,7 +84,7 @@ impl Quotas {
         }
         *count += 1;
         Ok(WatchPermit {
-            counted: Some((Arc::clone(self), tenant.to_owned())),
+            counted: Some((Arc::clone(self), tenant.clone())),
         })
     }
 }
@@ -91,7 +92,7 @@ impl Quotas {
 /// One open watch stream (or long poll), counted against its tenant while
 /// it lives, when there is a limit to count against.
 pub struct WatchPermit {
-    counted: Option<(Arc<Quotas>, String)>,
+    counted: Option<(Arc<Quotas>, Tenant)>,
 }
 
 impl Drop for WatchPermit {
@@ -113,6 +114,10 @@ impl Drop for WatchPermit {
 mod tests {
     use super::*;
 
+    fn t(name: &str) -> Tenant {
+        Tenant::named(name).unwrap()
+    }
+
     #[test]
     fn the_create_bucket_is_per_tenant() {
         let quotas = Quotas::new(&TenantQuotas {
@@ -120,15 +125,15 @@ mod tests {
             create_burst: NonZeroU32::new(2),
             ..TenantQuotas::default()
         });
-        assert!(quotas.create("a").is_ok());
-        assert!(quotas.create("a").is_ok());
-        match quotas.create("a") {
+        assert!(quotas.create(&t("a")).is_ok());
+        assert!(quotas.create(&t("a")).is_ok());
+        match quotas.create(&t("a")) {
             Err(EngineError::ResourceExhausted { retry_after, .. }) => {
                 assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
             }
             other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
         }
-        assert!(quotas.create("b").is_ok());
+        assert!(quotas.create(&t("b")).is_ok());
     }
 
     #[test]
@@ -137,10 +142,10 @@ mod tests {
             max_watches: Some(1),
             ..TenantQuotas::default()
         });
-        let permit = quotas.watch("a").unwrap();
-        assert!(quotas.watch("a").is_err());
-        assert!(quotas.watch("b").is_ok());
+        let permit = quotas.watch(&t("a")).unwrap();
+        assert!(quotas.watch(&t("a")).is_err());
+        assert!(quotas.watch(&t("b")).is_ok());
         drop(permit);
-        assert!(quotas.watch("a").is_ok());
+        assert!(quotas.watch(&t("a")).is_ok());
     }
 }

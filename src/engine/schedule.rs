@@ -7,32 +7,28 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::OperationId;
-use super::queue::{Queue, TenantKey};
+use super::queue::Queue;
+use crate::model::{OperationId, Tenant};
 
 #[derive(Default)]
 pub(crate) struct Schedule {
-    due: Mutex<BTreeSet<(Instant, OperationId, TenantKey)>>,
+    due: Mutex<BTreeSet<(Instant, OperationId, Tenant)>>,
     changed: Notify,
 }
 
 impl Schedule {
-    /// Queues `id` of `tenant` at `not_before` (at once when that has
-    /// passed).
-    pub(crate) fn add(&self, id: OperationId, tenant: &str, not_before: SystemTime) {
-        let delay = not_before
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+    /// Queues `id` of `tenant` after `delay` (at once when it is zero).
+    pub(crate) fn add(&self, id: OperationId, tenant: &Tenant, delay: Duration) {
         self.due.lock().unwrap_or_else(|e| e.into_inner()).insert((
             Instant::now() + delay,
             id,
-            TenantKey::from(tenant),
+            tenant.clone(),
         ));
         self.changed.notify_one();
     }

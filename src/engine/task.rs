@@ -11,9 +11,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::OperationId;
 use super::error::EngineError;
-use super::operation::{Code, OperationError, Payload, Progress};
+use crate::model::{Code, FieldViolation, OperationError, OperationId, Payload, Progress, Tenant};
 
 /// One kind of long-running work.
 ///
@@ -106,25 +105,6 @@ impl TaskPolicy {
     }
 }
 
-/// A request field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// The field path, as in google.rpc.BadRequest.
-    pub field: String,
-    /// What is wrong with it.
-    pub description: String,
-}
-
-impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
-
 /// How a task failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
@@ -170,7 +150,7 @@ impl TaskError {
 /// What a running task can see and do.
 pub struct TaskContext {
     id: OperationId,
-    tenant: String,
+    tenant: Tenant,
     attempt: u32,
     cancel: CancellationToken,
     progress: watch::Sender<Progress>,
@@ -179,7 +159,7 @@ pub struct TaskContext {
 impl TaskContext {
     pub(crate) fn new(
         id: OperationId,
-        tenant: String,
+        tenant: Tenant,
         attempt: u32,
         cancel: CancellationToken,
         progress: watch::Sender<Progress>,
@@ -200,7 +180,7 @@ impl TaskContext {
 
     /// The tenant that owns the operation: a task reads and writes only
     /// that tenant's data.
-    pub fn tenant(&self) -> &str {
+    pub fn tenant(&self) -> &Tenant {
         &self.tenant
     }
 

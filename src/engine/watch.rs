@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::OperationId;
-use super::operation::Operation;
+use crate::model::{Operation, OperationId};
 use crate::store::Change;
 
 /// What the hub knows of one operation.

@@ -9,8 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
-
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -18,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::Inner;
-use super::operation::{
-    Claim, Code, Finish, Operation, OperationError, Outcome, Payload, Progress, State,
-};
 use super::task::{TaskContext, TaskError};
-use crate::store::{Durability, StoreError};
+use crate::model::{
+    Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress, State,
+};
+use crate::store::StoreError;
 
 /// A task running on this process, as the cancellation path sees it.
 pub(crate) struct Running {
@@ -52,9 +50,11 @@ pub(crate) async fn run_worker(inner: Arc<Inner>, n: usize) {
                 // Leave it queued in the store; recovery picks it up.
                 break;
             }
-            match inner.store.claim(id, Durability::Lazy).await {
-                Ok(Some(op)) => execute(&inner, op).await,
-                Ok(None) => debug!(%id, "no longer queued; skipped"),
+            match inner.ops.update(id, Edit::Claim, inner.clock.now()).await {
+                Ok(op) => execute(&inner, op).await,
+                Err(StoreError::NotFound | StoreError::Rejected(_)) => {
+                    debug!(%id, "no longer queued; skipped")
+                }
                 Err(e) => error!(%id, error = %e, "claim failed; the operation stays queued until restart"),
             }
         }
@@ -64,10 +64,7 @@ pub(crate) async fn run_worker(inner: Arc<Inner>, n: usize) {
 }
 
 async fn execute(inner: &Arc<Inner>, op: Operation) {
-    let claim = Claim {
-        id: op.id,
-        attempt: op.attempt,
-    };
+    let claim = Claim::of(&op);
     let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt);
     async move {
         let Some(kind) = inner.registry.get(&op.kind).cloned() else {
@@ -85,7 +82,7 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
         if !kind.policy.retry_safe {
             // The claim must be on disk before work that must not run twice
             // starts, so that a crash is seen as an interrupted attempt.
-            if let Err(e) = inner.store.flush().await {
+            if let Err(e) = inner.ops.flush().await {
                 error!(error = %e, "could not persist the claim; releasing");
                 end(inner, claim, Finish::Release).await;
                 return;
@@ -103,7 +100,7 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
         );
         // A cancellation that landed between the claim and the line above
         // found no running entry; look again now that there is one.
-        if let Ok(Some(now)) = inner.store.get(op.id).await
+        if let Ok(Some(now)) = inner.ops.get(op.id).await
             && now.state == State::Cancelling
         {
             by_client.store(true, Ordering::SeqCst);
@@ -154,7 +151,7 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
             }
             // Stopped by the shutdown: run it again after restart.
             Ended::Returned(Err(_)) if token.is_cancelled() => Finish::Release,
-            Ended::Returned(Err(e)) => failure(&kind.policy, &op, e, progress),
+            Ended::Returned(Err(e)) => failure(inner, &kind.policy, &op, e, progress),
         };
         // Storing the result waits for a flush; the worker need not. It
         // takes its next operation while the write joins the next group
@@ -182,6 +179,7 @@ fn done(outcome: Outcome, progress: Option<Progress>) -> Finish {
 /// A failed attempt: retried after a backoff while attempts are left and
 /// the error is retryable, otherwise final.
 fn failure(
+    inner: &Inner,
     policy: &super::TaskPolicy,
     op: &Operation,
     e: TaskError,
@@ -195,7 +193,7 @@ fn failure(
         debug!(?delay, "retryable failure; retrying after a backoff");
         return Finish::Retry {
             error: e.error,
-            not_before: SystemTime::now() + delay,
+            not_before: inner.clock.now() + delay,
         };
     }
     let mut error = e.error;
@@ -282,7 +280,8 @@ async fn supervise(
                 next_write = Instant::now() + inner.config.progress_interval;
                 let report = progress.borrow_and_update().clone();
                 stored = report.clone();
-                match inner.store.progress(claim, report).await {
+                let edit = Edit::Progress { claim, progress: report };
+                match inner.ops.update(claim.id, edit, inner.clock.now()).await {
                     Ok(_) => {}
                     Err(StoreError::Rejected(_)) => debug!("progress from a stale attempt dropped"),
                     Err(e) => warn!(error = %e, "could not record progress"),
@@ -293,7 +292,8 @@ async fn supervise(
 }
 
 async fn end(inner: &Inner, claim: Claim, finish: Finish) -> Option<Operation> {
-    match inner.store.finish(claim, finish).await {
+    let edit = Edit::Finish { claim, finish };
+    match inner.ops.update(claim.id, edit, inner.clock.now()).await {
         Ok(op) => {
             debug!(state = %op.state, "attempt ended");
             Some(op)

@@ -16,11 +16,10 @@ use futures_util::future::{Either, Ready, ready};
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 use tracing::info;
 
-use super::status::{DOMAIN, status};
+use super::status::{not_through_the_door, permission_denied, unauthenticated};
 use crate::auth::{AuthError, Authenticator, Credentials, Principal, Role};
 
 /// Paths that need no credentials.
@@ -63,13 +62,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<Arc<Principal>, Status> {
         .extensions()
         .get::<Caller>()
         .map(|c| Arc::clone(&c.0))
-        .ok_or_else(|| {
-            status(
-                Code::Unauthenticated,
-                "CREDENTIALS_MISSING",
-                "this call was not authenticated",
-            )
-        })
+        .ok_or_else(not_through_the_door)
 }
 
 /// The short method name of a gRPC path, for logs.
@@ -133,29 +126,6 @@ fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, AuthError> {
         }
         _ => Err(AuthError::UnknownToken),
     }
-}
-
-fn unauthenticated(error: &AuthError) -> Status {
-    status(Code::Unauthenticated, error.reason(), error.to_string())
-}
-
-fn permission_denied(principal: &Principal, needed: Role) -> Status {
-    let details = ErrorDetails::with_error_info(
-        "ROLE_TOO_LOW",
-        DOMAIN,
-        [
-            ("required_role".to_owned(), needed.to_string()),
-            ("role".to_owned(), principal.role.to_string()),
-        ],
-    );
-    Status::with_error_details(
-        Code::PermissionDenied,
-        format!(
-            "{} has role {}; this call needs {needed}",
-            principal.name, principal.role
-        ),
-        details,
-    )
 }
 
 /// A call refused at the door, and by whom when that is known.

@@ -3,10 +3,10 @@
 use tonic::{Request, Response, Status};
 
 use super::auth::{audit, caller, created_name};
-use super::convert;
 use crate::auth::Principal;
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, SubmitOptions};
+use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::SleepRequest;
 use crate::pb::longrun::v1::diagnostics_server::Diagnostics;

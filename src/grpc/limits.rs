@@ -8,7 +8,7 @@
 use tonic::Status;
 use tonic::body::Body;
 
-use super::status::DOMAIN;
+use super::status::message_too_large;
 
 const TOO_LARGE: &str = "message length too large";
 
@@ -29,16 +29,7 @@ pub fn explain_limit_errors(mut response: http::Response<Body>) -> http::Respons
     if !original.message().contains(TOO_LARGE) {
         return response;
     }
-    let mut details = tonic_types::ErrorDetails::with_error_info("MESSAGE_TOO_LARGE", DOMAIN, []);
-    details.add_bad_request_violation("request", original.message().to_owned());
-    let replacement = <Status as tonic_types::StatusExt>::with_error_details(
-        tonic::Code::InvalidArgument,
-        format!(
-            "the request message is larger than this server accepts ({})",
-            original.message()
-        ),
-        details,
-    );
+    let replacement = message_too_large(original.message());
     let headers = response.headers_mut();
     for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
         headers.remove(name);

@@ -1,9 +1,10 @@
-//! The gRPC layer: the only module that knows tonic. Each service is a thin
-//! struct over an [`Engine`](crate::engine::Engine) handle that converts
-//! requests, calls the engine, and converts the answer back.
+//! The gRPC layer: with `server/`, the only code that names tonic. Each
+//! service is a thin struct over an [`Engine`](crate::engine::Engine)
+//! handle that converts requests (with `pb::convert`), calls the engine or
+//! the report domain, and converts the answer back. `status` builds every
+//! status; `auth` is the door every call passes.
 
 pub mod auth;
-pub mod convert;
 pub mod diagnostics;
 pub mod limits;
 pub mod notifications;

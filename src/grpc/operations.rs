@@ -5,9 +5,9 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::auth::{audit, caller};
-use super::convert;
-use super::status::invalid_field;
+use super::status::{invalid_field, unimplemented};
 use crate::engine::Engine;
+use crate::pb::convert;
 use crate::pb::google::longrunning::operations_server::Operations;
 use crate::pb::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
@@ -62,8 +62,7 @@ impl Operations for OperationsService {
             ));
         }
         if req.return_partial_success {
-            return Err(super::status::status(
-                tonic::Code::Unimplemented,
+            return Err(unimplemented(
                 "PARTIAL_SUCCESS_UNSUPPORTED",
                 "return_partial_success is not supported: the operations collection is never partly unreachable",
             ));

@@ -1,27 +1,24 @@
-//! The one place where engine errors become gRPC statuses.
+//! The one place where gRPC statuses are built.
 //!
 //! Every status carries a google.rpc.ErrorInfo (domain `longrun`, an
 //! UPPER_SNAKE reason); argument errors add a BadRequest listing the fields,
-//! and capacity errors a RetryInfo.
+//! and capacity errors a RetryInfo. Engine errors, refusals at the door and
+//! tonic's own limit errors all come through here.
+
+use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::error;
 
+use crate::auth::{AuthError, Principal, Role};
 use crate::engine::EngineError;
+use crate::model::FieldViolation;
+pub use crate::pb::convert::DOMAIN;
 
-/// The ErrorInfo domain of every longrun error.
-pub const DOMAIN: &str = "longrun";
-
-/// Builds a status with an ErrorInfo detail.
-pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
+fn with_info(code: Code, reason: &str, message: impl Into<String>) -> Status {
     let details = ErrorDetails::with_error_info(reason, DOMAIN, []);
     Status::with_error_details(code, message, details)
-}
-
-/// INVALID_ARGUMENT for one bad field, with ErrorInfo and BadRequest.
-pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
-    to_status(EngineError::invalid(field, description))
 }
 
 /// Maps an engine error to its status.
@@ -57,4 +54,84 @@ impl From<EngineError> for Status {
     fn from(error: EngineError) -> Self {
         to_status(error)
     }
+}
+
+/// INVALID_ARGUMENT for one bad field, with ErrorInfo and BadRequest.
+pub fn invalid(violation: FieldViolation) -> Status {
+    to_status(EngineError::InvalidArgument {
+        violations: vec![violation],
+    })
+}
+
+impl From<FieldViolation> for Status {
+    fn from(violation: FieldViolation) -> Self {
+        invalid(violation)
+    }
+}
+
+/// INVALID_ARGUMENT for one bad field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    invalid(FieldViolation::new(field, description))
+}
+
+/// A feature this server does not offer.
+pub fn unimplemented(reason: &str, message: impl Into<String>) -> Status {
+    with_info(Code::Unimplemented, reason, message)
+}
+
+/// A caller the door could not identify.
+pub fn unauthenticated(error: &AuthError) -> Status {
+    with_info(Code::Unauthenticated, error.reason(), error.to_string())
+}
+
+/// A call that reached a handler without passing the door.
+pub fn not_through_the_door() -> Status {
+    with_info(
+        Code::Unauthenticated,
+        "CREDENTIALS_MISSING",
+        "this call was not authenticated",
+    )
+}
+
+/// A principal whose role is too low for the call.
+pub fn permission_denied(principal: &Principal, needed: Role) -> Status {
+    let details = ErrorDetails::with_error_info(
+        "ROLE_TOO_LOW",
+        DOMAIN,
+        [
+            ("required_role".to_owned(), needed.to_string()),
+            ("role".to_owned(), principal.role.to_string()),
+        ],
+    );
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!(
+            "{} has role {}; this call needs {needed}",
+            principal.name, principal.role
+        ),
+        details,
+    )
+}
+
+/// A request message over the size limit, as tonic reported it.
+pub fn message_too_large(tonic_message: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info("MESSAGE_TOO_LARGE", DOMAIN, []);
+    details.add_bad_request_violation("request", tonic_message.to_owned());
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("the request message is larger than this server accepts ({tonic_message})"),
+        details,
+    )
+}
+
+/// A client stream that sent nothing for `idle`.
+pub fn stalled(reason: &str, idle: Duration) -> Status {
+    with_info(
+        Code::DeadlineExceeded,
+        reason,
+        format!(
+            "no part of the upload arrived for {} s; it was abandoned",
+            idle.as_secs_f64()
+        ),
+    )
 }

@@ -9,8 +9,9 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use crate::engine::{Engine, EngineError, OperationId, Snapshot, Subscription, WatchPermit};
+use crate::engine::{Engine, EngineError, Snapshot, Subscription, WatchPermit};
+use crate::model::OperationId;
+use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::WatchOperationRequest;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcher;

@@ -7,7 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use time::OffsetDateTime;
 
-use super::order::{COLUMNS, Month, OrderStatus, format_micros};
+use super::rows::COLUMNS;
+use crate::model::order::{Month, OrderStatus, format_micros};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ pub fn write_csv(spec: &Spec, out: &mut impl Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reports::order::ColumnMap;
+    use crate::reports::rows::ColumnMap;
 
     #[test]
     fn the_same_seed_gives_the_same_file_and_every_row_parses() {

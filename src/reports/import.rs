@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Reports;
-use super::order::{ColumnMap, Order, RowError};
-use crate::engine::{Code, OperationId, Task, TaskContext, TaskError};
+use super::rows::{ColumnMap, RowError};
+use crate::engine::{Task, TaskContext, TaskError};
+use crate::model::order::Order;
+use crate::model::{Code, OperationId};
 use crate::pb::longrun::v1 as api;
 use crate::store::PutOrders;
 

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::Reports;
-use super::order::{COLUMNS, Month, Order, OrderStatus};
-use crate::engine::{Code, FieldViolation, OperationId, Task, TaskContext, TaskError};
+use super::rows::COLUMNS;
+use crate::engine::{Task, TaskContext, TaskError};
+use crate::model::order::{Month, Order, OrderStatus};
+use crate::model::{Code, FieldViolation, OperationId};
 use crate::pb::longrun::v1::{self as api, ReportFormat};
 
 /// Orders read per page; also the cancellation check interval.

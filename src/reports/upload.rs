@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::fs::File;
 use tokio::io::AsyncWriteExt;
 
-use super::order::ColumnMap;
+use super::rows::ColumnMap;
 
 /// The longest header line accepted.
 const MAX_HEADER: usize = 64 * 1024;

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use super::{StoreError, StoreResult};
-use crate::engine::notify::{Delivery, DeliveryState, Notification};
-use crate::engine::operation::{Code, Operation, OperationError, Outcome, Payload, State};
-use crate::engine::{OperationId, RequestId};
-use crate::reports::order::{Order, OrderStatus};
+use crate::model::order::{Order, OrderStatus};
+use crate::model::{
+    Code, Delivery, DeliveryState, Notification, Operation, OperationError, OperationId, Outcome,
+    Payload, RequestId, State, Tenant,
+};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct StoredOperation {
@@ -265,7 +266,7 @@ pub(crate) fn encode(op: &Operation) -> Vec<u8> {
             callback_url: n.callback_url.clone(),
             states: n.states.iter().map(|s| u32::from(s.as_u8())).collect(),
         }),
-        tenant: op.tenant.clone(),
+        tenant: op.tenant.as_str().to_owned(),
     }
     .encode_to_vec()
 }
@@ -355,6 +356,6 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
             }),
             None => None,
         },
-        tenant: s.tenant,
+        tenant: Tenant::from_stored(&s.tenant).map_err(StoreError::Corrupt)?,
     })
 }

@@ -1,12 +1,24 @@
-//! Durable state behind one trait, so that backends can be swapped.
+//! Durable state behind focused traits, so that backends can be swapped.
 //!
-//! The engine only ever sees [`Store`]; `sled.rs` is the embedded backend and
-//! the only file that knows sled. The trait is shaped for a shared database
-//! too: work is taken with claims that carry a fencing token (the attempt
-//! number), and changes are announced on a feed that the watch hub follows
-//! rather than assuming one process sees every write.
+//! - [`OperationStore`]: operations, their indexes and the change feed;
+//! - [`OutboxStore`]: webhook deliveries;
+//! - [`SecretStore`]: small named secrets shared by every process on the
+//!   store;
+//! - [`OrderStore`]: the orders reports are made from.
+//!
+//! A backend implements all four and hands them out together as
+//! [`Stores`]. It persists decisions and never makes them: every state
+//! change is an [`Edit`] that the model's [`Operation::apply`] turns into a
+//! [`Transition`](crate::model::Transition), and the backend stores the
+//! record and the delivery it was handed in one atomic write. The shapes are
+//! meant for a shared database too: claims carry a fencing token (the
+//! attempt), and changes are announced on a feed rather than assumed seen.
+//!
+//! **Invariant:** only `store/sled/` knows sled; this module knows only the
+//! model.
 
 mod codec;
+mod error;
 pub mod sled;
 
 use std::str::FromStr;
@@ -16,45 +28,11 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use crate::engine::OperationId;
-use crate::engine::filter::Filter;
-use crate::engine::notify::Delivery;
-use crate::engine::operation::{Claim, Finish, Operation, OrphanRetry, Progress, Rejection};
-use crate::reports::order::{Month, Order};
+use crate::model::order::{Month, Order};
+use crate::model::{Delivery, Edit, Filter, Operation, OperationId, Tenant};
 
+pub use self::error::{StoreError, StoreResult};
 pub use self::sled::{SledStore, SyncMode};
-
-/// A shared handle on an order store.
-pub type DynOrderStore = Arc<dyn OrderStore>;
-
-/// A shared handle on a backend.
-pub type DynStore = Arc<dyn Store>;
-
-/// What a backend can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No operation has that id.
-    #[error("operation not found")]
-    NotFound,
-    /// The state change is not allowed from the operation's current state.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// The request_id was used before with a different request.
-    #[error("request_id {request_id} was already used for a different request ({existing})")]
-    RequestIdConflict {
-        request_id: String,
-        existing: OperationId,
-    },
-    /// A stored record could not be decoded.
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    /// The backend itself failed (I/O, connection, ...).
-    #[error("storage failed: {0}")]
-    Backend(String),
-}
-
-/// Result alias for store calls.
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// What `create` did.
 #[derive(Debug, Clone)]
@@ -91,10 +69,9 @@ pub struct ListPage {
 pub struct ListQuery<'a> {
     /// Start with the operation just older than this one.
     pub after: Option<OperationId>,
-    /// Only this (named, non-empty) tenant's operations, read through a
-    /// per-tenant index rather than by filtering everything. The filter
-    /// must agree.
-    pub tenant: Option<&'a str>,
+    /// Only this named tenant's operations, read through a per-tenant index
+    /// rather than by filtering everything. The filter must agree.
+    pub tenant: Option<&'a Tenant>,
     /// Only operations that match.
     pub filter: &'a Filter,
     /// At most this many results.
@@ -105,25 +82,24 @@ pub struct ListQuery<'a> {
     pub scan_budget: usize,
 }
 
-/// When a write must be on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Before the call returns.
-    Durable,
-    /// Whenever the backend next flushes.
-    Lazy,
+/// Whether a change must be on disk before the call that made it returns
+/// (under `--sync always`). Claims and progress are lazy: a crash loses at
+/// most a claim, which recovery then treats as never made, or a progress
+/// report. Everything else a client may have been told about is durable.
+pub fn is_durable(edit: &Edit) -> bool {
+    !matches!(edit, Edit::Claim | Edit::Progress { .. })
 }
 
 /// Storage for operations.
 ///
-/// Every state change goes through the pure transition functions of
-/// [`Operation`], applied atomically by the backend. Every successful write
-/// is announced on the change feed after it is committed.
+/// Every successful write is announced on the change feed after it is
+/// committed (and, when durable, after it is on disk).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Stores a new operation durably. With a request_id that was seen
-    /// before, returns the earlier operation instead, or
-    /// [`StoreError::RequestIdConflict`] when its request differed.
+pub trait OperationStore: Send + Sync + 'static {
+    /// Stores a new operation durably, with the delivery its creation calls
+    /// for. With a request_id seen before in its tenant, returns the earlier
+    /// operation instead, or [`StoreError::RequestIdConflict`] when its
+    /// request differed.
     async fn create(&self, operation: Operation) -> StoreResult<Created>;
 
     /// Reads one operation.
@@ -132,72 +108,60 @@ pub trait Store: Send + Sync + 'static {
     /// Lists operations newest first.
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage>;
 
-    /// Takes a queued operation for a worker: it becomes RUNNING under the
-    /// next attempt number, which is the claim's fencing token. Returns None
-    /// when the operation is gone or no longer queued.
-    async fn claim(
-        &self,
-        id: OperationId,
-        durability: Durability,
-    ) -> StoreResult<Option<Operation>>;
+    /// Applies `edit` to one operation at `now` (see [`Operation::apply`]),
+    /// with whatever delivery it produces, and returns the operation as it
+    /// now is (unchanged when the edit changed nothing). Durable as
+    /// [`is_durable`] says. Fails with `NotFound`, or `Rejected` when the
+    /// model refuses the edit.
+    async fn update(&self, id: OperationId, edit: Edit, now: SystemTime) -> StoreResult<Operation>;
 
-    /// Records progress under a claim. Progress is never made durable on its
-    /// own. Fails with `Rejected(Stale)` when the claim was superseded.
-    async fn progress(&self, claim: Claim, progress: Progress) -> StoreResult<Operation>;
-
-    /// Ends or releases an attempt under its claim, durably.
-    async fn finish(&self, claim: Claim, finish: Finish) -> StoreResult<Operation>;
-
-    /// Applies a client's cancellation durably. Returns the operation as it
-    /// now is (unchanged when it was already cancelling or cancelled).
-    async fn cancel(&self, id: OperationId) -> StoreResult<Operation>;
-
-    /// Deletes a finished operation durably.
+    /// Deletes a finished operation durably, with its deliveries.
     async fn delete(&self, id: OperationId) -> StoreResult<()>;
 
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
 
-    /// Deals with an attempt whose process died, durably: back to the queue
-    /// or ended, as `retry` says (see [`Operation::recover_orphan`]).
-    async fn recover_orphan(
-        &self,
-        id: OperationId,
-        retry: OrphanRetry,
-    ) -> StoreResult<Option<Operation>>;
-
     /// Up to `limit` done operations that ended before `ended_before`,
     /// oldest first.
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>>;
 
-    /// Deletes these done operations (and their request_ids) in one durable
-    /// batch; ids that are gone or not done are skipped. Returns how many
-    /// were deleted.
+    /// Deletes these done operations (with their request_ids and
+    /// deliveries) in one durable batch; ids that are gone or not done are
+    /// skipped. Returns how many were deleted.
     async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize>;
-
-    /// Pending webhook deliveries due by `now`, oldest due first. Each was
-    /// written to the outbox in the same transaction as the state change
-    /// that caused it.
-    async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>>;
-
-    /// When the earliest pending delivery is due.
-    async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>>;
-
-    /// Records a delivery attempt's outcome, durably.
-    async fn save_delivery(&self, delivery: &Delivery) -> StoreResult<()>;
-
-    /// The deliveries of one operation, oldest first.
-    async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>>;
-
-    /// Returns the named secret, creating it from `initial` on first use.
-    /// Secrets are shared by every process that uses the same store.
-    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>>;
 
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;
 
     /// Subscribes to the change feed.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+}
+
+/// The webhook outbox. Deliveries are added with the state change that
+/// causes them (by [`OperationStore`]); this trait reads and updates them.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Pending deliveries due by `now`, oldest due first.
+    async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>>;
+
+    /// When the earliest pending delivery is due.
+    async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>>;
+
+    /// Records a delivery attempt's outcome, durably, and announces it on
+    /// the change feed.
+    async fn save_delivery(&self, delivery: &Delivery) -> StoreResult<()>;
+
+    /// The deliveries of one operation, oldest first.
+    async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>>;
+}
+
+/// Small named secrets (the page-token key, say), shared by every process
+/// that uses the same store.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// Returns the named secret, creating it durably from `initial` on
+    /// first use. Every caller gets the same value, whoever came first.
+    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// What `put_orders` did.
@@ -230,23 +194,48 @@ pub trait OrderStore: Send + Sync + 'static {
     /// is made durable by the next flush.
     async fn put_orders(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         orders: Vec<Order>,
         limit: Option<u64>,
     ) -> StoreResult<PutOrders>;
 
     /// How many orders `tenant` has in `month`.
-    async fn month_count(&self, tenant: &str, month: Month) -> StoreResult<u64>;
+    async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64>;
 
     /// Up to `limit` orders of `tenant` in `month` after `after`, in order;
     /// the cursor continues the listing and is None at the end.
     async fn month_page(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         month: Month,
         after: Option<OrderCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)>;
+}
+
+/// Every store a server uses, from one backend; cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    pub operations: Arc<dyn OperationStore>,
+    pub outbox: Arc<dyn OutboxStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub orders: Arc<dyn OrderStore>,
+}
+
+impl Stores {
+    /// All four from one backend value.
+    pub fn from_backend<B>(backend: B) -> Self
+    where
+        B: OperationStore + OutboxStore + SecretStore + OrderStore,
+    {
+        let backend = Arc::new(backend);
+        Self {
+            operations: backend.clone(),
+            outbox: backend.clone(),
+            secrets: backend.clone(),
+            orders: backend,
+        }
+    }
 }
 
 /// Which backend to open, as named on the command line.
@@ -267,12 +256,4 @@ impl FromStr for Backend {
             )),
         }
     }
-}
-
-/// The clock used for state changes. One function, so that every backend
-/// stamps times the same way. Times are cut to whole microseconds, the
-/// precision records are stored with, so that an operation read back from
-/// disk equals the one announced on the change feed.
-pub(crate) fn now() -> SystemTime {
-    crate::engine::operation::to_micros_precision(SystemTime::now())
 }

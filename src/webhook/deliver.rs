@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::guard::{GuardedResolver, check_url};
 use super::{TenantSecrets, WebhookConfig, sign};
-use crate::engine::notify::{Delivery, DeliveryState};
-use crate::store::{Change, DynStore};
+use crate::model::{Delivery, DeliveryState};
+use crate::pb::convert;
+use crate::store::{Change, OutboxStore};
 
 /// Deliveries in flight at once.
 const IN_FLIGHT: usize = 32;
@@ -22,9 +23,9 @@ const IN_FLIGHT: usize = 32;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// The body of a delivery: the event, when it happened, and the operation
-/// in the proto3 JSON mapping.
+/// in the proto3 JSON mapping, the same JSON as the CLI's `--output json`.
 pub fn body(delivery: &Delivery) -> Vec<u8> {
-    let operation = crate::pb::to_json(&crate::grpc::convert::operation(&delivery.snapshot));
+    let operation = crate::pb::to_json(&convert::operation(&delivery.snapshot));
     let timestamp = time::OffsetDateTime::from(delivery.create_time)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -152,10 +153,12 @@ async fn next_relevant(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> O
     }
 }
 
-/// Runs until `stop` fires. Deliveries are signed with their tenant's own
-/// secrets where `tenants` has some, else with the server's.
+/// Runs until `stop` fires, waking for changes on `feed`. Deliveries are
+/// signed with their tenant's own secrets where `tenants` has some, else
+/// with the server's.
 pub async fn run(
-    store: DynStore,
+    store: Arc<dyn OutboxStore>,
+    mut feed: tokio::sync::broadcast::Receiver<Change>,
     config: Arc<WebhookConfig>,
     tenants: Arc<dyn TenantSecrets>,
     stop: CancellationToken,
@@ -174,7 +177,6 @@ pub async fn run(
             return;
         }
     };
-    let mut feed = store.subscribe();
     let mut in_flight: JoinSet<Option<Delivery>> = JoinSet::new();
     let mut busy: HashSet<uuid::Uuid> = HashSet::new();
     info!("webhook deliverer started");

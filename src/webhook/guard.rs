@@ -6,8 +6,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use async_trait::async_trait;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::engine::CallbackGuard;
 
 /// True for addresses a webhook must not reach by default: loopback,
 /// private, link-local, multicast, unspecified, and similar.
@@ -82,6 +85,20 @@ pub async fn check_url(text: &str, allow_private: bool) -> Result<Url, String> {
         return Err(format!("callback_url's host {host} has no addresses"));
     }
     Ok(url)
+}
+
+/// The guard as the engine asks it, at create time.
+#[derive(Clone, Copy, Debug)]
+pub struct CreateTimeGuard {
+    /// Whether loopback and private addresses are allowed.
+    pub allow_private: bool,
+}
+
+#[async_trait]
+impl CallbackGuard for CreateTimeGuard {
+    async fn check(&self, url: &str) -> Result<(), String> {
+        check_url(url, self.allow_private).await.map(|_| ())
+    }
 }
 
 /// A resolver for the HTTP client that drops forbidden addresses, so the

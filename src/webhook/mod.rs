@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::sign::{Secret, VerifyError, sign, verify};
+use crate::model::Tenant;
 
 /// The retry schedule after the first attempt, as the Standard Webhooks
 /// spec recommends: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
@@ -41,7 +42,7 @@ pub struct WebhookConfig {
 /// that a reloaded auth file takes effect at once.
 pub trait TenantSecrets: Send + Sync + 'static {
     /// The secrets of `tenant`, current first; None to use the server's.
-    fn secrets_for(&self, tenant: &str) -> Option<Vec<Secret>>;
+    fn secrets_for(&self, tenant: &Tenant) -> Option<Vec<Secret>>;
 }
 
 /// The file a generated secret is kept in, inside the data directory.

@@ -12,8 +12,8 @@ use tonic_types::StatusExt;
 use super::Common;
 use super::target::{Target, mib};
 use crate::cli::Output;
-use crate::pb::longrun::v1::SleepRequest;
-use crate::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::SleepRequest;
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 
 struct Sample {
     at: Duration,

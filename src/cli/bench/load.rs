@@ -14,14 +14,14 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::target::{Target, mib};
 use crate::cli::client::Connection;
-use crate::pb::google::longrunning::operations_client::OperationsClient;
-use crate::pb::google::longrunning::{
+use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
     WaitOperationRequest,
 };
-use crate::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
-use crate::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
-use crate::pb::longrun::v1::{OperationMetadata, SleepRequest, WatchOperationRequest};
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use longrun::pb::longrun::v1::{OperationMetadata, SleepRequest, WatchOperationRequest};
 
 /// Latencies in microseconds, and how many calls made them.
 pub struct Stats {

@@ -12,14 +12,14 @@ use tokio_stream::StreamExt;
 use super::Common;
 use super::target::{Target, mib};
 use crate::cli::Output;
-use crate::pb::google::longrunning::{Operation, operation};
-use crate::pb::longrun::v1::report_service_client::ReportServiceClient;
-use crate::pb::longrun::v1::{
+use longrun::model::order::Month;
+use longrun::pb::google::longrunning::{Operation, operation};
+use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
+use longrun::pb::longrun::v1::{
     CreateReportRequest, ImportOrdersRequest, OperationMetadata, ReadReportRequest, Report,
     ReportFormat,
 };
-use crate::reports::generate::{Spec, write_csv};
-use crate::reports::order::Month;
+use longrun::reports::generate::{Spec, write_csv};
 
 /// How long the operation ran, from its metadata.
 fn run_time(op: &Operation) -> anyhow::Result<Duration> {
@@ -97,7 +97,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
 
     let imported_op = super::load::wait_done(channel.clone(), created.name).await?;
     let import_time = run_time(&imported_op)?;
-    let imported: crate::pb::longrun::v1::ImportOrdersResponse = result(&imported_op)?;
+    let imported: longrun::pb::longrun::v1::ImportOrdersResponse = result(&imported_op)?;
 
     // Render the third month (or the last, with fewer months).
     let month = Month::new(2024, months.min(3)).expect("valid");

@@ -41,7 +41,7 @@ impl Target {
             });
         }
         let dir = tempfile::tempdir().context("temporary data directory")?;
-        let token = common.auth.then(crate::auth::token::generate);
+        let token = common.auth.then(longrun::auth::token::generate);
         let mut command = Command::new(std::env::current_exe()?);
         if let Some(token) = &token {
             let file = dir.path().join("auth.toml");
@@ -49,7 +49,7 @@ impl Target {
                 &file,
                 format!(
                     "[[principal]]\nname = \"bench\"\ntenant = \"bench\"\nroles = [\"writer\"]\ntoken_sha256 = \"{}\"\n",
-                    crate::auth::token::digest_hex(token)
+                    longrun::auth::token::digest_hex(token)
                 ),
             )
             .context("write the auth file")?;

@@ -1,0 +1,146 @@
+//! Creating operations: the kind checks its request, the callback URL is
+//! checked, the tenant's quota and the queue are asked for room, and only
+//! then is the operation stored (durably) and queued.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use super::queue::Full;
+use super::{Engine, EngineError, Task};
+use crate::model::{Limits, Notification, Operation, Payload, RequestId, Tenant};
+use crate::store::Created;
+
+/// Checks a webhook callback URL before an operation that names it is
+/// created. The server plugs in the webhook module's SSRF guard.
+#[async_trait]
+pub trait CallbackGuard: Send + Sync + 'static {
+    /// Ok when the URL may be called; otherwise why not.
+    async fn check(&self, url: &str) -> Result<(), String>;
+}
+
+/// Per-call options of a create.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// The tenant that will own the operation.
+    pub tenant: Tenant,
+    /// The idempotency key (AIP-155).
+    pub request_id: Option<RequestId>,
+    /// A shorter execution timeout per attempt than the kind's default.
+    pub timeout: Option<Duration>,
+    /// A webhook to call on the operation's state changes.
+    pub notification: Option<Notification>,
+    /// What identifies the request for idempotency checks, when the encoded
+    /// request does not (an upload stored under a fresh name, say). By
+    /// default the encoded request itself is used.
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+impl Engine {
+    /// Creates an operation of kind `T` and queues it. With a request_id
+    /// seen before, returns the earlier operation (or ALREADY_EXISTS when
+    /// the request differs).
+    pub async fn submit<T: Task>(
+        &self,
+        request: &T::Request,
+        options: SubmitOptions,
+    ) -> Result<Operation, EngineError> {
+        self.submit_payload(T::KIND, Payload::pack(request), options)
+            .await
+    }
+
+    /// Creates an operation of a registered kind from an encoded request.
+    pub async fn submit_payload(
+        &self,
+        kind: &str,
+        request: Payload,
+        options: SubmitOptions,
+    ) -> Result<Operation, EngineError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let registered = inner
+            .registry
+            .get(kind)
+            .ok_or_else(|| EngineError::Unimplemented {
+                reason: "KIND_NOT_REGISTERED",
+                message: format!("kind {kind:?} is not registered on this server"),
+            })?;
+        registered.task.validate(&request)?;
+        if let (Some(notification), Some(guard)) =
+            (&options.notification, &inner.config.callback_guard)
+        {
+            guard
+                .check(&notification.callback_url)
+                .await
+                .map_err(|reason| EngineError::invalid("notification.callback_url", reason))?;
+        }
+        let timeout = match options.timeout {
+            Some(t) if t.is_zero() => {
+                return Err(EngineError::invalid("timeout", "timeout must be positive"));
+            }
+            Some(t) => t.min(registered.policy.timeout),
+            None => registered.policy.timeout,
+        };
+        let identity: &[u8] = match &options.fingerprint {
+            Some(fingerprint) => fingerprint,
+            None => &request.value,
+        };
+        let digest = request_digest(kind, &request.type_url, identity);
+        let tenant = options.tenant;
+        inner.quotas.create(&tenant)?;
+        inner.queue.admit(&tenant).map_err(|full| match full {
+            Full::Server => EngineError::ResourceExhausted {
+                reason: "QUEUE_FULL",
+                message:
+                    "the server has as many operations waiting for a worker as it may; retry later"
+                        .into(),
+                retry_after: Duration::from_secs(1),
+            },
+            Full::Tenant => EngineError::ResourceExhausted {
+                reason: "TENANT_QUEUE_FULL",
+                message:
+                    "this tenant has as many operations waiting for a worker as it may; retry later"
+                        .into(),
+                retry_after: Duration::from_secs(1),
+            },
+        })?;
+        let limits = Limits {
+            timeout,
+            max_attempts: registered.policy.max_attempts.max(1),
+        };
+        let mut op = Operation::new(
+            kind,
+            request,
+            options.request_id,
+            digest,
+            limits,
+            tenant.clone(),
+            inner.clock.now(),
+        );
+        op.notification = options.notification;
+        let name = op.id.name();
+        let created = inner.ops.create(op).await;
+        match &created {
+            Ok(Created::New(op)) => inner.queue.push_admitted(op.id, &tenant),
+            Ok(Created::Existing(_)) | Err(_) => inner.queue.cancel_admission(&tenant),
+        }
+        match created {
+            Ok(Created::New(op) | Created::Existing(op)) => Ok(op),
+            Err(e) => Err(EngineError::from_store(name, e)),
+        }
+    }
+}
+
+/// Identifies a request for idempotency checks: kind, type, and the bytes
+/// (or fingerprint) that stand for its content.
+fn request_digest(kind: &str, type_url: &str, identity: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in [kind.as_bytes(), type_url.as_bytes(), identity] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}

@@ -1,0 +1,54 @@
+//! Follows the store's change feed: updates the watch hub, and delivers
+//! cancellation requests to tasks running here (they may have been made on
+//! another node). A feed that lagged is made good by re-reading what is
+//! watched or running.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tracing::warn;
+
+use super::{Inner, Snapshot};
+use crate::model::OperationId;
+use crate::store::Change;
+
+/// Runs until shutdown or until the store closes its feed.
+pub(super) async fn follow(inner: Arc<Inner>) {
+    let mut feed = inner.ops.subscribe();
+    loop {
+        let change = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            change = feed.recv() => change,
+        };
+        match change {
+            Ok(change) => {
+                inner.hub.publish(&change);
+                if let Change::Updated(op) = &change {
+                    inner.deliver_cancellation(op);
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "change feed lagged; re-reading watched and running operations"
+                );
+                resync(&inner).await;
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+async fn resync(inner: &Inner) {
+    let running: Vec<OperationId> = inner.running_lock().keys().copied().collect();
+    for id in inner.hub.watched().into_iter().chain(running) {
+        match inner.ops.get(id).await {
+            Ok(Some(op)) => {
+                inner.deliver_cancellation(&op);
+                inner.hub.offer(id, Snapshot::Present(Arc::new(op)));
+            }
+            Ok(None) => inner.hub.offer(id, Snapshot::Gone),
+            Err(e) => warn!(%id, error = %e, "could not re-read operation"),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The operation record: its states, its outcome, and the limits fixed when
+//! it is created. How it moves between states lives in `transition`.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use super::id::{OperationId, RequestId};
+use super::notify::Notification;
+use super::payload::Payload;
+use super::status::OperationError;
+use super::tenant::Tenant;
+
+/// Where an operation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// A worker holds a claim on it and runs it.
+    Running,
+    /// Finished with a response.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// A client asked to cancel while it ran; the task is winding down.
+    Cancelling,
+    /// Finished because it was cancelled.
+    Cancelled,
+}
+
+impl State {
+    /// Every state, in the order of the public enum.
+    pub const ALL: [State; 6] = [
+        State::Queued,
+        State::Running,
+        State::Succeeded,
+        State::Failed,
+        State::Cancelling,
+        State::Cancelled,
+    ];
+
+    /// True for the three final states.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+
+    /// The name used by the public enum and the List filter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "QUEUED",
+            State::Running => "RUNNING",
+            State::Succeeded => "SUCCEEDED",
+            State::Failed => "FAILED",
+            State::Cancelling => "CANCELLING",
+            State::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses the public enum name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// A stable small number, used by storage encodings.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            State::Queued => 1,
+            State::Running => 2,
+            State::Succeeded => 3,
+            State::Failed => 4,
+            State::Cancelling => 5,
+            State::Cancelled => 6,
+        }
+    }
+
+    /// The inverse of `as_u8`.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_u8() == value)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of a finished operation: exactly one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task's response.
+    Response(Payload),
+    /// The error it ended with.
+    Error(OperationError),
+}
+
+/// Progress as a task reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// 0 to 100.
+    pub percent: u32,
+    /// What the task is doing.
+    pub message: String,
+}
+
+/// One operation, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    pub id: OperationId,
+    /// The registered kind that runs it.
+    pub kind: String,
+    pub state: State,
+    /// The attempt now or last running, from 1; 0 before the first claim. It
+    /// is also the fencing token of claims: only the holder of the current
+    /// attempt may write.
+    pub attempt: u32,
+    pub progress_percent: u32,
+    pub status_message: String,
+    pub requested_cancellation: bool,
+    pub create_time: SystemTime,
+    pub start_time: Option<SystemTime>,
+    pub update_time: SystemTime,
+    pub end_time: Option<SystemTime>,
+    /// The request the task runs on.
+    pub request: Payload,
+    /// Set exactly when the state is terminal.
+    pub outcome: Option<Outcome>,
+    /// The idempotency key it was created with, if any.
+    pub request_id: Option<RequestId>,
+    /// A digest of kind and request, to tell a true retry from a reused key.
+    pub request_digest: [u8; 32],
+    /// Grows by one with every stored change; watchers use it to drop
+    /// updates that arrive out of order.
+    pub version: u64,
+    /// How long one attempt may run before it ends DEADLINE_EXCEEDED.
+    pub timeout: Duration,
+    /// The most attempts it gets (its kind's policy when it was created).
+    pub max_attempts: u32,
+    /// While queued for a retry: not to be claimed before this time.
+    pub not_before: Option<SystemTime>,
+    /// Why the previous attempt failed, while a retry is pending or after.
+    pub last_error: Option<OperationError>,
+    /// The webhook to call on state changes, if one was asked for.
+    pub notification: Option<Notification>,
+    /// The tenant that owns it.
+    pub tenant: Tenant,
+}
+
+/// Cuts a time to whole microseconds, the precision operations are stored
+/// with, so that a record read back equals the one that was written.
+pub fn to_micros_precision(time: SystemTime) -> SystemTime {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => std::time::UNIX_EPOCH + std::time::Duration::from_micros(d.as_micros() as u64),
+        Err(_) => time,
+    }
+}
+
+impl Operation {
+    /// A new queued operation of `tenant`, with no webhook.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: impl Into<String>,
+        request: Payload,
+        request_id: Option<RequestId>,
+        request_digest: [u8; 32],
+        limits: Limits,
+        tenant: Tenant,
+        now: SystemTime,
+    ) -> Self {
+        let now = to_micros_precision(now);
+        Self {
+            id: OperationId::generate(),
+            kind: kind.into(),
+            state: State::Queued,
+            attempt: 0,
+            progress_percent: 0,
+            status_message: String::new(),
+            requested_cancellation: false,
+            create_time: now,
+            start_time: None,
+            update_time: now,
+            end_time: None,
+            request,
+            outcome: None,
+            request_id,
+            request_digest,
+            version: 1,
+            timeout: limits.timeout,
+            max_attempts: limits.max_attempts,
+            not_before: None,
+            last_error: None,
+            notification: None,
+            tenant,
+        }
+    }
+
+    /// True once the operation has its final outcome.
+    pub fn is_done(&self) -> bool {
+        self.state.is_terminal()
+    }
+}
+
+/// The per-operation limits fixed when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How long one attempt may run.
+    pub timeout: Duration,
+    /// How many attempts it gets.
+    pub max_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(3600),
+            max_attempts: 1,
+        }
+    }
+}

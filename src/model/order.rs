@@ -1,0 +1,207 @@
+//! Orders and months: the data the report service imports and reports on.
+
+use std::fmt;
+use std::str::FromStr;
+
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+/// An order's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrderStatus {
+    Placed,
+    Approved,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every status.
+    pub const ALL: [OrderStatus; 4] = [
+        OrderStatus::Placed,
+        OrderStatus::Approved,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+    ];
+
+    /// The CSV spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Placed => "placed",
+            OrderStatus::Approved => "approved",
+            OrderStatus::Delivered => "delivered",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// A small number for storage.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            OrderStatus::Placed => 1,
+            OrderStatus::Approved => 2,
+            OrderStatus::Delivered => 3,
+            OrderStatus::Cancelled => 4,
+        }
+    }
+
+    /// The inverse of `as_u8`.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_u8() == value)
+    }
+
+    /// Parses the CSV spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A calendar month in UTC, the unit reports cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    year: i32,
+    month: u8,
+}
+
+impl Month {
+    /// The month that contains a UTC time given in microseconds since the
+    /// Unix epoch.
+    pub fn of_micros(micros: i64) -> Self {
+        let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Self {
+            year: time.year(),
+            month: u8::from(time.month()),
+        }
+    }
+
+    /// Builds a month; `month` is 1 to 12.
+    pub fn new(year: i32, month: u8) -> Option<Self> {
+        ((1..=12).contains(&month) && (0..=9999).contains(&year)).then_some(Self { year, month })
+    }
+
+    /// The year.
+    pub fn year(self) -> i32 {
+        self.year
+    }
+
+    /// The month number, 1 to 12.
+    pub fn month(self) -> u8 {
+        self.month
+    }
+
+    /// The month after this one.
+    pub fn next(self) -> Self {
+        if self.month == 12 {
+            Self {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    /// Six bytes that sort like months: the storage key prefix.
+    pub fn key(self) -> [u8; 6] {
+        let text = format!("{:04}{:02}", self.year, self.month);
+        let mut out = [0u8; 6];
+        out.copy_from_slice(text.as_bytes());
+        out
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+/// A month that is not "YYYY-MM".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("month must have the form YYYY-MM, such as 2024-03")]
+pub struct MonthError;
+
+impl FromStr for Month {
+    type Err = MonthError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 7 || bytes[4] != b'-' {
+            return Err(MonthError);
+        }
+        let digits = |range: std::ops::Range<usize>| -> Result<u32, MonthError> {
+            let part = &text[range];
+            if part.bytes().all(|b| b.is_ascii_digit()) {
+                part.parse().map_err(|_| MonthError)
+            } else {
+                Err(MonthError)
+            }
+        };
+        let year = digits(0..4)? as i32;
+        let month = digits(5..7)? as u8;
+        Month::new(year, month).ok_or(MonthError)
+    }
+}
+
+/// One order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    pub order_id: String,
+    /// Microseconds since the Unix epoch, UTC.
+    pub created_at: i64,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub amount_cents: i64,
+}
+
+impl Order {
+    /// The month it belongs to.
+    pub fn month(&self) -> Month {
+        Month::of_micros(self.created_at)
+    }
+
+    /// `created_at` in RFC 3339, UTC, to the microsecond.
+    pub fn created_at_rfc3339(&self) -> String {
+        format_micros(self.created_at)
+    }
+}
+
+/// Formats microseconds since the epoch as RFC 3339 in UTC.
+pub fn format_micros(micros: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| t.to_offset(UtcOffset::UTC).format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_parse_strictly_and_order_by_time() {
+        let m: Month = "2024-03".parse().unwrap();
+        assert_eq!(m.to_string(), "2024-03");
+        assert_eq!(m.next().to_string(), "2024-04");
+        assert_eq!(
+            "2024-12".parse::<Month>().unwrap().next().to_string(),
+            "2025-01"
+        );
+        for bad in [
+            "2024-13",
+            "2024-00",
+            "2024-3",
+            "24-03",
+            "2024/03",
+            "abcd-ef",
+            "2024-03-01",
+            "",
+        ] {
+            assert!(bad.parse::<Month>().is_err(), "{bad}");
+        }
+        assert!(Month::new(2024, 2).unwrap().key() < Month::new(2024, 10).unwrap().key());
+    }
+}

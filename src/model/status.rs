@@ -1,0 +1,111 @@
+//! What goes wrong: the canonical codes of google.rpc.Code, the error an
+//! operation ends with, and a request field that fails validation. They are
+//! owned here so that no layer below the gRPC one needs its library's types.
+
+use std::collections::BTreeMap;
+
+/// The canonical error codes of google.rpc.Code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Code {
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// Maps a numeric google.rpc.Code; 0 (OK) and unknown numbers give None.
+    pub fn from_i32(value: i32) -> Option<Self> {
+        use Code::*;
+        Some(match value {
+            1 => Cancelled,
+            2 => Unknown,
+            3 => InvalidArgument,
+            4 => DeadlineExceeded,
+            5 => NotFound,
+            6 => AlreadyExists,
+            7 => PermissionDenied,
+            8 => ResourceExhausted,
+            9 => FailedPrecondition,
+            10 => Aborted,
+            11 => OutOfRange,
+            12 => Unimplemented,
+            13 => Internal,
+            14 => Unavailable,
+            15 => DataLoss,
+            16 => Unauthenticated,
+            _ => return None,
+        })
+    }
+
+    /// The numeric google.rpc.Code.
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Why an operation ended without a response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationError {
+    /// The canonical code.
+    pub code: Code,
+    /// A message for developers.
+    pub message: String,
+    /// An UPPER_SNAKE reason, reported as google.rpc.ErrorInfo.reason.
+    pub reason: String,
+    /// Structured context, reported as ErrorInfo.metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl OperationError {
+    /// An error with no metadata.
+    pub fn new(code: Code, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reason: reason.into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// The error every cancelled operation ends with.
+    pub fn cancelled() -> Self {
+        Self::new(
+            Code::Cancelled,
+            "OPERATION_CANCELLED",
+            "the operation was cancelled at a client's request",
+        )
+    }
+}
+
+/// A request field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field path, as in google.rpc.BadRequest.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! How an operation moves between states, as pure functions.
+//!
+//! A caller asks for an [`Edit`]; [`Operation::apply`] decides whether it is
+//! allowed and what it produces: the next record and, when the change is
+//! one the operation's webhook asked for, the delivery to store with it.
+//! Every backend applies these inside its own atomic write and stores what
+//! it was handed, so the life-cycle rules (and when a webhook fires) exist
+//! exactly once, whatever the backend.
+
+use std::time::SystemTime;
+
+use super::id::OperationId;
+use super::notify::Delivery;
+use super::operation::{Operation, Outcome, Progress, State, to_micros_precision};
+use super::status::{Code, OperationError};
+
+/// The token a worker holds while it runs an attempt. Writes made with a
+/// claim whose attempt is no longer the operation's current one are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub id: OperationId,
+    pub attempt: u32,
+}
+
+impl Claim {
+    /// The claim of the attempt `op` is running now.
+    pub fn of(op: &Operation) -> Self {
+        Self {
+            id: op.id,
+            attempt: op.attempt,
+        }
+    }
+}
+
+/// How a claimed attempt ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Failed in a way worth retrying: back to the queue, to be claimed
+    /// again (as attempt + 1) no earlier than `not_before`.
+    Retry {
+        error: OperationError,
+        not_before: SystemTime,
+    },
+    /// Done with this outcome. `progress` is the task's last report, when
+    /// it had not been stored yet.
+    Done {
+        outcome: Outcome,
+        progress: Option<Progress>,
+    },
+    /// Put back in the queue, as when the server shuts down mid-attempt.
+    Release,
+}
+
+/// Whether an orphaned attempt may run again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrphanRetry {
+    /// Run it again.
+    Allowed,
+    /// End it ABORTED, with this explanation.
+    Refused(String),
+}
+
+/// A change asked of one operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// A worker takes the queued operation: RUNNING under attempt + 1,
+    /// which becomes the fencing token of its claim.
+    Claim,
+    /// Progress reported by the holder of `claim`.
+    Progress { claim: Claim, progress: Progress },
+    /// The attempt held by `claim` ends, or is released.
+    Finish { claim: Claim, finish: Finish },
+    /// A client asks the operation to stop.
+    Cancel,
+    /// After a restart: the attempt that was running has no worker left.
+    RecoverOrphan(OrphanRetry),
+}
+
+/// Why a state change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The operation is not in a state that allows the change.
+    #[error("{message}")]
+    Precondition {
+        /// An UPPER_SNAKE reason for google.rpc.ErrorInfo.
+        reason: &'static str,
+        /// What is wrong, for people.
+        message: &'static str,
+    },
+    /// The claim's attempt is not the current one: a newer attempt owns the
+    /// operation, or it is already finished.
+    #[error("the claim is stale: attempt {held} no longer owns the operation")]
+    Stale { held: u32 },
+}
+
+/// What a state change decided: the operation's next record and, when the
+/// change is one its webhook asked for, the delivery to store with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub operation: Operation,
+    pub delivery: Option<Delivery>,
+}
+
+impl Transition {
+    /// Moving from `previous` (None at creation) to `next`, with the
+    /// delivery that calls for.
+    fn between(previous: Option<&Operation>, next: Operation, now: SystemTime) -> Self {
+        let changed = previous.is_none_or(|p| p.state != next.state);
+        let wanted = next
+            .notification
+            .as_ref()
+            .is_some_and(|n| n.wants(next.state));
+        let delivery = (changed && wanted)
+            .then(|| Delivery::new(&next, now))
+            .flatten();
+        Self {
+            operation: next,
+            delivery,
+        }
+    }
+}
+
+impl Operation {
+    /// The transition that brings a new operation into being.
+    pub fn creation(&self, now: SystemTime) -> Transition {
+        Transition::between(None, self.clone(), now)
+    }
+
+    /// Decides what `edit` does. Ok(None) means it is allowed and changes
+    /// nothing (a second cancel, say); an error says why it is refused.
+    /// Times are kept to the microsecond, as records are stored.
+    pub fn apply(&self, edit: &Edit, now: SystemTime) -> Result<Option<Transition>, Rejection> {
+        let now = to_micros_precision(now);
+        let next = match edit {
+            Edit::Claim => Some(self.claim(now)?),
+            Edit::Progress { claim, progress } => Some(self.progress(claim, progress, now)?),
+            Edit::Finish { claim, finish } => Some(self.finish(claim, finish, now)?),
+            Edit::Cancel => self.cancel(now)?,
+            Edit::RecoverOrphan(retry) => self.recover_orphan(retry, now),
+        };
+        Ok(next.map(|next| Transition::between(Some(self), next, now)))
+    }
+
+    /// Checks that the operation may be deleted: only finished ones may.
+    pub fn check_deletable(&self) -> Result<(), Rejection> {
+        if self.is_done() {
+            Ok(())
+        } else {
+            Err(Rejection::Precondition {
+                reason: "OPERATION_NOT_DONE",
+                message: "the operation is not done yet; cancel it first, then delete it once it is done",
+            })
+        }
+    }
+
+    fn touched(mut self, now: SystemTime) -> Self {
+        self.update_time = now.max(self.update_time);
+        self.version += 1;
+        self
+    }
+
+    /// QUEUED -> RUNNING under a new attempt number.
+    fn claim(&self, now: SystemTime) -> Result<Operation, Rejection> {
+        if self.state != State::Queued {
+            return Err(Rejection::Precondition {
+                reason: "OPERATION_NOT_QUEUED",
+                message: "only a queued operation can be claimed",
+            });
+        }
+        let mut next = self.clone();
+        next.state = State::Running;
+        next.attempt += 1;
+        next.progress_percent = 0;
+        next.status_message.clear();
+        next.start_time = Some(now);
+        next.not_before = None;
+        Ok(next.touched(now))
+    }
+
+    fn check_claim(&self, claim: &Claim) -> Result<(), Rejection> {
+        let owns = self.attempt == claim.attempt
+            && matches!(self.state, State::Running | State::Cancelling);
+        if owns {
+            Ok(())
+        } else {
+            Err(Rejection::Stale {
+                held: claim.attempt,
+            })
+        }
+    }
+
+    /// Progress never goes down within an attempt.
+    fn progress(
+        &self,
+        claim: &Claim,
+        progress: &Progress,
+        now: SystemTime,
+    ) -> Result<Operation, Rejection> {
+        self.check_claim(claim)?;
+        let mut next = self.clone();
+        next.progress_percent = progress.percent.min(100).max(self.progress_percent);
+        next.status_message.clone_from(&progress.message);
+        Ok(next.touched(now))
+    }
+
+    fn finish(
+        &self,
+        claim: &Claim,
+        finish: &Finish,
+        now: SystemTime,
+    ) -> Result<Operation, Rejection> {
+        self.check_claim(claim)?;
+        let mut next = self.clone();
+        match finish {
+            Finish::Release if self.state == State::Cancelling => {
+                // Nobody wants the rest of this work: end it as cancelled
+                // rather than running it again after a restart.
+                next.end(Outcome::Error(OperationError::cancelled()), now);
+            }
+            Finish::Release => {
+                next.state = State::Queued;
+                next.start_time = None;
+            }
+            Finish::Retry { error, not_before } => {
+                next.state = State::Queued;
+                next.start_time = None;
+                next.not_before = Some(*not_before);
+                next.last_error = Some(error.clone());
+                next.status_message = format!(
+                    "attempt {} failed ({}); retrying",
+                    self.attempt, error.message
+                );
+            }
+            Finish::Done { outcome, progress } => {
+                if let Some(p) = progress {
+                    next.progress_percent = p.percent.min(100).max(next.progress_percent);
+                    next.status_message.clone_from(&p.message);
+                }
+                next.end(outcome.clone(), now);
+            }
+        }
+        Ok(next.touched(now))
+    }
+
+    fn end(&mut self, outcome: Outcome, now: SystemTime) {
+        self.state = match &outcome {
+            Outcome::Response(_) => State::Succeeded,
+            Outcome::Error(e) if e.code == Code::Cancelled => State::Cancelled,
+            Outcome::Error(_) => State::Failed,
+        };
+        if self.state == State::Succeeded {
+            self.progress_percent = 100;
+        }
+        self.outcome = Some(outcome);
+        self.end_time = Some(now);
+    }
+
+    /// A queued operation ends at once; a running one moves to CANCELLING
+    /// and its task is told to stop. Cancelling twice is fine; cancelling a
+    /// finished operation is not.
+    fn cancel(&self, now: SystemTime) -> Result<Option<Operation>, Rejection> {
+        match self.state {
+            State::Cancelling | State::Cancelled => Ok(None),
+            State::Succeeded | State::Failed => Err(Rejection::Precondition {
+                reason: "OPERATION_ALREADY_DONE",
+                message: "the operation is already done and can no longer be cancelled",
+            }),
+            State::Queued => {
+                let mut next = self.clone();
+                next.requested_cancellation = true;
+                next.end(Outcome::Error(OperationError::cancelled()), now);
+                Ok(Some(next.touched(now)))
+            }
+            State::Running => {
+                let mut next = self.clone();
+                next.requested_cancellation = true;
+                next.state = State::Cancelling;
+                Ok(Some(next.touched(now)))
+            }
+        }
+    }
+
+    /// An attempt that was running when its process died goes back to the
+    /// queue (the next claim makes attempt + 1) when `retry` allows;
+    /// otherwise it ends ABORTED with `retry`'s reason. One that was being
+    /// cancelled ends CANCELLED. None when the operation is not orphaned.
+    fn recover_orphan(&self, retry: &OrphanRetry, now: SystemTime) -> Option<Operation> {
+        let finish = match retry {
+            _ if self.state == State::Cancelling => Finish::Release,
+            OrphanRetry::Allowed => Finish::Release,
+            OrphanRetry::Refused(message) => Finish::Done {
+                outcome: Outcome::Error(OperationError::new(
+                    Code::Aborted,
+                    "ATTEMPT_INTERRUPTED",
+                    message.clone(),
+                )),
+                progress: None,
+            },
+        };
+        self.finish(&Claim::of(self), &finish, now).ok()
+    }
+}

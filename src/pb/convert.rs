@@ -1,0 +1,182 @@
+//! Conversions between the model and the generated messages, shared by
+//! every face of the server: the gRPC services, webhook bodies and the CLI.
+//!
+//! Reading a request field gives a [`FieldViolation`] when it is wrong;
+//! each face turns that into its own error (a gRPC status with a
+//! BadRequest, say).
+
+use std::time::Duration;
+
+use prost::Name;
+
+use crate::model::{
+    Delivery, DeliveryState, FieldViolation, Notification, Operation, OperationError, OperationId,
+    Outcome, Payload, RequestId, State,
+};
+use crate::pb::google::longrunning as lro;
+use crate::pb::google::rpc;
+use crate::pb::longrun::v1 as api;
+use crate::pb::longrun::v1::delivery::DeliveryState as ProtoDeliveryState;
+
+pub use crate::pb::timestamp;
+
+/// The ErrorInfo domain of every longrun error.
+pub const DOMAIN: &str = "longrun";
+
+/// The longest resource name accepted.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Packs a payload as a protobuf Any.
+pub fn to_any(payload: &Payload) -> prost_types::Any {
+    prost_types::Any {
+        type_url: payload.type_url.clone(),
+        value: payload.value.to_vec(),
+    }
+}
+
+fn pack<M: Name>(message: &M) -> prost_types::Any {
+    to_any(&Payload::pack(message))
+}
+
+/// The public enum value of a state.
+pub fn state(state: State) -> api::State {
+    match state {
+        State::Queued => api::State::Queued,
+        State::Running => api::State::Running,
+        State::Succeeded => api::State::Succeeded,
+        State::Failed => api::State::Failed,
+        State::Cancelling => api::State::Cancelling,
+        State::Cancelled => api::State::Cancelled,
+    }
+}
+
+/// The OperationMetadata of an operation.
+pub fn metadata(op: &Operation) -> api::OperationMetadata {
+    api::OperationMetadata {
+        state: state(op.state) as i32,
+        progress_percent: op.progress_percent as i32,
+        status_message: op.status_message.clone(),
+        kind: op.kind.clone(),
+        attempt: op.attempt as i32,
+        requested_cancellation: op.requested_cancellation,
+        create_time: Some(timestamp(op.create_time)),
+        start_time: op.start_time.map(timestamp),
+        update_time: Some(timestamp(op.update_time)),
+        end_time: op.end_time.map(timestamp),
+        max_attempts: op.max_attempts as i32,
+        next_attempt_time: op.not_before.map(timestamp),
+        last_attempt_error: op.last_error.as_ref().map(status),
+        tenant: op.tenant.as_str().to_owned(),
+    }
+}
+
+/// A google.rpc.Status with an ErrorInfo detail for an operation error.
+pub fn status(e: &OperationError) -> rpc::Status {
+    let info = rpc::ErrorInfo {
+        reason: e.reason.clone(),
+        domain: DOMAIN.to_owned(),
+        metadata: e.metadata.clone(),
+    };
+    rpc::Status {
+        code: e.code.as_i32(),
+        message: e.message.clone(),
+        details: vec![pack(&info)],
+    }
+}
+
+/// The google.longrunning.Operation clients see.
+pub fn operation(op: &Operation) -> lro::Operation {
+    let result = op.outcome.as_ref().map(|outcome| match outcome {
+        Outcome::Response(payload) => lro::operation::Result::Response(to_any(payload)),
+        Outcome::Error(e) => lro::operation::Result::Error(status(e)),
+    });
+    lro::Operation {
+        name: op.id.name(),
+        metadata: Some(pack(&metadata(op))),
+        done: op.is_done(),
+        result,
+    }
+}
+
+/// The public form of a webhook delivery.
+pub fn delivery(d: &Delivery) -> api::Delivery {
+    api::Delivery {
+        id: d.webhook_id(),
+        r#type: d.event_type(),
+        callback_url: d.callback_url.clone(),
+        state: match d.state {
+            DeliveryState::Pending => ProtoDeliveryState::Pending,
+            DeliveryState::Delivered => ProtoDeliveryState::Delivered,
+            DeliveryState::Failed => ProtoDeliveryState::Failed,
+            DeliveryState::Disabled => ProtoDeliveryState::Disabled,
+        } as i32,
+        attempts: d.attempts as i32,
+        last_status_code: i32::from(d.last_status_code),
+        last_error: d.last_error.clone(),
+        create_time: Some(timestamp(d.create_time)),
+        next_attempt_time: d.next_attempt.map(timestamp),
+    }
+}
+
+/// Reads an operation name from the request field `field`.
+pub fn operation_id(field: &str, name: &str) -> Result<OperationId, FieldViolation> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(FieldViolation::new(
+            field,
+            format!("name is longer than {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    OperationId::parse_name(name).map_err(|e| FieldViolation::new(field, e.to_string()))
+}
+
+/// Reads the optional request_id field.
+pub fn request_id(value: &str) -> Result<Option<RequestId>, FieldViolation> {
+    RequestId::parse_optional(value).map_err(|e| FieldViolation::new("request_id", e.to_string()))
+}
+
+/// The model's view of a create request's NotificationConfig. The URL
+/// itself is checked by the engine when the operation is submitted.
+pub fn notification(
+    config: Option<&api::NotificationConfig>,
+) -> Result<Option<Notification>, FieldViolation> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    if config.callback_url.is_empty() {
+        return Err(FieldViolation::new(
+            "notification.callback_url",
+            "callback_url is required when notification is set",
+        ));
+    }
+    let states = config
+        .events
+        .iter()
+        .map(|value| match api::State::try_from(*value) {
+            Ok(api::State::Queued) => Ok(State::Queued),
+            Ok(api::State::Running) => Ok(State::Running),
+            Ok(api::State::Succeeded) => Ok(State::Succeeded),
+            Ok(api::State::Failed) => Ok(State::Failed),
+            Ok(api::State::Cancelling) => Ok(State::Cancelling),
+            Ok(api::State::Cancelled) => Ok(State::Cancelled),
+            _ => Err(FieldViolation::new(
+                "notification.events",
+                format!("{value} is not a state to notify on"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Notification {
+        callback_url: config.callback_url.clone(),
+        states,
+    }))
+}
+
+/// Reads a protobuf Duration field that must be non-negative.
+pub fn duration(field: &str, value: &prost_types::Duration) -> Result<Duration, FieldViolation> {
+    if value.seconds < 0 || value.nanos < 0 || value.nanos >= 1_000_000_000 {
+        return Err(FieldViolation::new(
+            field,
+            "must be a non-negative, normalized google.protobuf.Duration",
+        ));
+    }
+    Ok(Duration::new(value.seconds as u64, value.nanos as u32))
+}

@@ -1,0 +1,455 @@
+//! Assembles a serving longrun: store, engine, gRPC services behind the
+//! authentication door, health and reflection, TLS, and the shutdown
+//! sequence.
+//!
+//! - `listen`: accepting connections, each with a deadline to start;
+//! - `tls`: rustls configuration for the port, reloadable.
+//!
+//! The caller owns the listener and the shutdown signal, so tests serve on
+//! `127.0.0.1:0` and stop the server when they like. Every task the server
+//! starts is tracked and waited for before `serve` returns.
+
+pub mod listen;
+pub mod tls;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+
+use crate::auth::{Authenticator, LoadError};
+use crate::diagnostics::SleepTask;
+use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
+use crate::grpc::auth::AuthLayer;
+use crate::grpc::{
+    DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
+};
+use crate::pb;
+use crate::pb::google::longrunning::operations_server::OperationsServer;
+use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
+use crate::pb::longrun::v1::notifications_server::NotificationsServer;
+use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
+use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
+use crate::reports::Reports;
+use crate::store::{Backend, SledStore, StoreError, Stores, SyncMode};
+use crate::webhook::guard::CreateTimeGuard;
+use crate::webhook::{Secret, WebhookConfig};
+use tls::{TlsError, TlsFiles, TlsPaths};
+
+/// Everything a server needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// Which store backend.
+    pub backend: Backend,
+    /// How hard the store works to keep acknowledged writes.
+    pub sync: SyncMode,
+    /// The store's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Workers, queue and shutdown settings.
+    pub engine: EngineConfig,
+    /// Whether the Diagnostics service (and its Sleep kind) is on.
+    pub diagnostics: bool,
+    /// The policy Sleep operations run under.
+    pub sleep_policy: TaskPolicy,
+    /// The longest a WaitOperation call may block.
+    pub max_wait: Duration,
+    /// The largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// The largest CSV upload accepted by ImportOrders, in bytes.
+    pub max_upload_size: u64,
+    /// How long an ImportOrders upload may send nothing before it is
+    /// abandoned (DEADLINE_EXCEEDED).
+    pub upload_idle_timeout: Duration,
+    /// The most calls one connection may have in progress; beyond it, calls
+    /// are shed at once with RESOURCE_EXHAUSTED rather than queued.
+    pub max_calls_per_connection: usize,
+    /// How webhooks are signed and sent.
+    pub webhooks: WebhookConfig,
+    /// The auth file. Without one, every caller is an anonymous admin, which
+    /// is only allowed on a loopback address unless `insecure_no_auth`.
+    pub auth_file: Option<PathBuf>,
+    /// Serve without authentication on any address.
+    pub insecure_no_auth: bool,
+    /// Serve over TLS with these files.
+    pub tls: Option<TlsPaths>,
+    /// The most orders one tenant may store; None for no limit.
+    pub max_orders_per_tenant: Option<u64>,
+    /// How often an idle connection is pinged (HTTP/2 keepalive); one that
+    /// does not answer within `keepalive_timeout` is closed.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// How long a new connection has to finish its TLS handshake and send
+    /// the HTTP/2 preface before it is dropped.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./longrun-data"),
+            backend: Backend::Sled,
+            sync: SyncMode::Always,
+            cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
+            engine: EngineConfig::default(),
+            diagnostics: true,
+            sleep_policy: SleepTask.policy(),
+            max_wait: Duration::from_secs(600),
+            max_message_size: 4 * 1024 * 1024,
+            max_upload_size: crate::reports::DEFAULT_MAX_UPLOAD,
+            upload_idle_timeout: Duration::from_secs(60),
+            max_calls_per_connection: 1024,
+            webhooks: WebhookConfig {
+                secrets: vec![Secret::generate()],
+                allow_private: false,
+                timeout: Duration::from_secs(15),
+                schedule: crate::webhook::default_schedule(),
+            },
+            auth_file: None,
+            insecure_no_auth: false,
+            tls: None,
+            max_orders_per_tenant: None,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not open the store in {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection could not read the descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Auth(#[from] LoadError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "refusing to serve without authentication on {address}, which is not a loopback address: \
+         anyone who could reach it could read, cancel and delete every operation. \
+         Pass --auth-file FILE, or --insecure-no-auth to accept that"
+    )]
+    InsecureNoAuth { address: String },
+}
+
+/// Re-reads the auth file and the TLS files of a running server (on
+/// SIGHUP). A file that fails to load leaves the one in force unchanged.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<TlsFiles>>,
+}
+
+impl Reloader {
+    /// Reloads everything, logging what happened.
+    pub fn reload(&self) {
+        match self.auth.reload() {
+            Ok(None) => {}
+            Ok(Some(principals)) => info!(principals, "auth file reloaded"),
+            Err(e) => error!("{e}; keeping the auth file in force"),
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificates reloaded"),
+                Err(e) => error!("{e}; keeping the certificates in force"),
+            }
+        }
+    }
+}
+
+/// A server that is open but not yet serving. Library users add their own
+/// kinds to the registry before [`Server::open`] and their own gRPC services
+/// with [`Server::routes`] before [`Server::serve`].
+pub struct Server {
+    engine: Engine,
+    stores: Stores,
+    reports: Reports,
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<TlsFiles>>,
+    config: ServerConfig,
+    routes: RoutesBuilder,
+    descriptors: Vec<&'static [u8]>,
+}
+
+impl Server {
+    /// Opens the store and the engine. The built-in kinds are added to
+    /// `registry`.
+    pub async fn open(config: ServerConfig, mut registry: Registry) -> Result<Self, ServerError> {
+        let auth = Arc::new(match &config.auth_file {
+            Some(path) => Authenticator::from_file(path)?,
+            None => Authenticator::open(),
+        });
+        let tls = match &config.tls {
+            Some(paths) => Some(Arc::new(TlsFiles::load(paths.clone())?)),
+            None => None,
+        };
+        if !auth.is_enforcing() && config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            warn!(
+                "client certificates are checked, but without an auth file they name no one: every caller is let in"
+            );
+        }
+        let stores = match config.backend {
+            Backend::Sled => Stores::from_backend(
+                SledStore::open_with_cache(&config.data_dir, config.sync, config.cache_bytes)
+                    .map_err(|source| ServerError::Store {
+                        path: config.data_dir.display().to_string(),
+                        source,
+                    })?,
+            ),
+        };
+        let reports = Reports::open(
+            &config.data_dir,
+            Arc::clone(&stores.orders),
+            config.max_upload_size,
+            config.max_orders_per_tenant,
+        )
+        .map_err(|e| ServerError::Store {
+            path: config.data_dir.display().to_string(),
+            source: StoreError::Backend(e.to_string()),
+        })?;
+        reports.register(&mut registry);
+        if config.diagnostics {
+            registry.register_with(SleepTask, config.sleep_policy.clone());
+        }
+        let mut engine_config = config.engine.clone();
+        engine_config.callback_guard = Some(Arc::new(CreateTimeGuard {
+            allow_private: config.webhooks.allow_private,
+        }));
+        let engine = Engine::open(&stores, registry, engine_config).await?;
+        Ok(Self {
+            engine,
+            stores,
+            reports,
+            auth,
+            tls,
+            config,
+            routes: RoutesBuilder::default(),
+            descriptors: vec![
+                pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+        })
+    }
+
+    /// The engine, for services that create operations.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The backend's stores.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// A handle that reloads the auth file and certificates while the
+    /// server runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            auth: Arc::clone(&self.auth),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Extra gRPC services to serve beside longrun's own. They sit behind
+    /// the same door: every method needs a writer unless it is one of
+    /// longrun's read methods, and handlers find the caller with
+    /// [`crate::grpc::auth::caller`].
+    pub fn routes(&mut self) -> &mut RoutesBuilder {
+        &mut self.routes
+    }
+
+    /// Adds an encoded FileDescriptorSet to what reflection serves, so that
+    /// grpcurl can call services added with [`Server::routes`].
+    pub fn reflect(&mut self, descriptor_set: &'static [u8]) {
+        self.descriptors.push(descriptor_set);
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops: health
+    /// turns NOT_SERVING, no new calls are accepted, running tasks are asked
+    /// to stop within the grace period, and state is flushed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let local = listener.local_addr().ok();
+        if !self.auth.is_enforcing()
+            && !self.config.insecure_no_auth
+            && !local.is_some_and(|a| a.ip().is_loopback())
+        {
+            return Err(ServerError::InsecureNoAuth {
+                address: local.map_or_else(|| "an unknown address".into(), |a| a.to_string()),
+            });
+        }
+        let Server {
+            engine,
+            stores,
+            reports,
+            auth,
+            tls,
+            config,
+            mut routes,
+            descriptors,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut names = vec![
+            "",
+            <OperationsServer<OperationsService> as tonic::server::NamedService>::NAME,
+            <OperationWatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
+            <ReportServiceServer<ReportsService> as tonic::server::NamedService>::NAME,
+            <NotificationsServer<NotificationsService> as tonic::server::NamedService>::NAME,
+        ];
+        let max = config.max_message_size;
+        routes
+            .add_service(
+                OperationsServer::new(OperationsService::new(engine.clone(), config.max_wait))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                OperationWatcherServer::new(WatcherService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                ReportServiceServer::new(ReportsService::new(
+                    engine.clone(),
+                    reports,
+                    config.upload_idle_timeout,
+                ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                NotificationsServer::new(NotificationsService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            );
+        if config.diagnostics {
+            names
+                .push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
+            routes.add_service(
+                DiagnosticsServer::new(DiagnosticsService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            );
+        }
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        let reflection = || {
+            descriptors.iter().fold(
+                tonic_reflection::server::Builder::configure(),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
+            )
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
+        // keepalive finds peers that vanished without a word.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(config.keepalive_interval));
+        let stop = CancellationToken::new();
+        let streams = u32::try_from(config.max_calls_per_connection).unwrap_or(u32::MAX);
+        let router = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(config.max_calls_per_connection)
+            .max_concurrent_streams(streams)
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .load_shed(true)
+            .layer(tower::util::MapResponseLayer::new(
+                crate::grpc::limits::explain_limit_errors,
+            ))
+            .layer(AuthLayer::new(Arc::clone(&auth)))
+            .add_routes(routes.routes());
+        let stopped = {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        };
+        let deadline = config.handshake_timeout;
+        let tasks = TaskTracker::new();
+        let serving = match &tls {
+            None => tasks.spawn(router.serve_with_incoming_shutdown(
+                listen::plain(incoming, deadline, tasks.clone(), stop.clone()),
+                stopped,
+            )),
+            Some(tls) => tasks.spawn(router.serve_with_incoming_shutdown(
+                listen::tls(
+                    incoming,
+                    Arc::clone(tls),
+                    deadline,
+                    tasks.clone(),
+                    stop.clone(),
+                ),
+                stopped,
+            )),
+        };
+
+        if let Err(e) = engine.start().await {
+            stop.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(e.into());
+        }
+        tasks.spawn(crate::webhook::deliver::run(
+            Arc::clone(&stores.outbox),
+            stores.operations.subscribe(),
+            Arc::new(config.webhooks.clone()),
+            auth.clone(),
+            engine.shutdown_token().clone(),
+        ));
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        match local {
+            // A stable line that scripts and tests can wait for.
+            Some(address) => {
+                info!(tls = tls.is_some(), auth = auth.is_enforcing(), "security");
+                info!("listening on {address}")
+            }
+            None => info!("serving"),
+        }
+
+        shutdown.await;
+        info!("shutting down");
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        stop.cancel();
+        tasks.close();
+        let (served, (), ()) = tokio::join!(serving, engine.shutdown(), tasks.wait());
+        info!("stopped");
+        match served {
+            Ok(result) => result.map_err(ServerError::from),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+}

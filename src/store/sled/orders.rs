@@ -1,0 +1,187 @@
+//! Orders in sled: one tree per tenant, keyed month, `created_at` and
+//! `order_id` (see `keys::orders`), with per-month counts kept in the same
+//! batch as the orders.
+
+use async_trait::async_trait;
+use sled::Tree;
+
+use super::{SledStore, backend, keys};
+use crate::model::Tenant;
+use crate::model::order::{Month, Order};
+use crate::store::codec::{decode_order, encode_order};
+use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
+
+/// A month's order count (0 when it has none).
+fn read_count(tree: &Tree, count_key: &[u8]) -> StoreResult<u64> {
+    match tree.get(count_key).map_err(backend)? {
+        Some(v) => decode_count(&v),
+        None => Ok(0),
+    }
+}
+
+/// All orders of one tenant's tree: the sum of its month counts.
+fn total_count(tree: &Tree) -> StoreResult<u64> {
+    let mut total = 0u64;
+    for entry in tree.scan_prefix([b'c']) {
+        let (_, value) = entry.map_err(backend)?;
+        total = total.saturating_add(decode_count(&value)?);
+    }
+    Ok(total)
+}
+
+fn decode_count(value: &[u8]) -> StoreResult<u64> {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt("month count".into()))
+}
+
+impl SledStore {
+    /// The order tree of `tenant`, created on its first write (sled keeps
+    /// opened trees, so this is a lookup after the first call).
+    fn orders_tree(&self, tenant: &Tenant) -> StoreResult<Tree> {
+        self.inner
+            .db
+            .open_tree(keys::orders::tree_name(tenant))
+            .map_err(backend)
+    }
+
+    /// The order tree of `tenant` if it has ever stored an order: reading
+    /// creates nothing.
+    fn existing_orders_tree(&self, tenant: &Tenant) -> StoreResult<Option<Tree>> {
+        let name = keys::orders::tree_name(tenant);
+        if !self
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|existing| existing.as_ref() == name.as_bytes())
+        {
+            return Ok(None);
+        }
+        self.orders_tree(tenant).map(Some)
+    }
+
+    fn put_orders_blocking(
+        &self,
+        tenant: &Tenant,
+        orders: Vec<Order>,
+        limit: Option<u64>,
+    ) -> StoreResult<PutOrders> {
+        use std::collections::HashMap;
+        let tree = &self.orders_tree(tenant)?;
+        let _turn = self
+            .inner
+            .orders_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut placed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+        for order in &orders {
+            let key = keys::orders::order(order);
+            let id_key = keys::orders::by_id(&order.order_id);
+            let previous = match placed.get(&id_key) {
+                Some(k) => Some(k.clone()),
+                None => tree.get(&id_key).map_err(backend)?.map(|v| v.to_vec()),
+            };
+            match previous {
+                Some(old) if old == key => {}
+                Some(old) => {
+                    batch.remove(old.as_slice());
+                    *deltas
+                        .entry(keys::orders::month_of(&old).to_vec())
+                        .or_default() -= 1;
+                    *deltas
+                        .entry(keys::orders::month_of(&key).to_vec())
+                        .or_default() += 1;
+                }
+                None => {
+                    *deltas
+                        .entry(keys::orders::month_of(&key).to_vec())
+                        .or_default() += 1
+                }
+            }
+            batch.insert(key.as_slice(), encode_order(order));
+            batch.insert(id_key.as_slice(), key.as_slice());
+            placed.insert(id_key, key);
+        }
+        // Checked under the writer's turn, so concurrent imports of one
+        // tenant cannot both pass it.
+        let added: i64 = deltas.values().sum();
+        if let Some(limit) = limit
+            && added > 0
+        {
+            let stored = total_count(tree)?;
+            if stored.saturating_add(added as u64) > limit {
+                return Ok(PutOrders::OverLimit { stored });
+            }
+        }
+        for (month, delta) in deltas {
+            let count_key = keys::orders::count(&month);
+            let current = read_count(tree, &count_key)?;
+            let next = (current as i64 + delta).max(0) as u64;
+            batch.insert(count_key, &next.to_be_bytes());
+        }
+        tree.apply_batch(batch).map_err(backend)?;
+        Ok(PutOrders::Stored)
+    }
+}
+
+#[async_trait]
+impl OrderStore for SledStore {
+    async fn put_orders(
+        &self,
+        tenant: &Tenant,
+        orders: Vec<Order>,
+        limit: Option<u64>,
+    ) -> StoreResult<PutOrders> {
+        let store = self.clone();
+        let tenant = tenant.clone();
+        tokio::task::spawn_blocking(move || store.put_orders_blocking(&tenant, orders, limit))
+            .await
+            .map_err(backend)?
+    }
+
+    async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64> {
+        match self.existing_orders_tree(tenant)? {
+            Some(tree) => read_count(&tree, &keys::orders::count(&month.key())),
+            None => Ok(0),
+        }
+    }
+
+    async fn month_page(
+        &self,
+        tenant: &Tenant,
+        month: Month,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)> {
+        use std::ops::Bound;
+        let Some(tree) = self.existing_orders_tree(tenant)? else {
+            return Ok((Vec::new(), None));
+        };
+        tokio::task::spawn_blocking(move || {
+            let start = match after {
+                Some(OrderCursor(key)) => Bound::Excluded(key),
+                None => Bound::Included(keys::orders::month_start(month)),
+            };
+            let end = Bound::Excluded(keys::orders::month_start(month.next()));
+            let mut orders = Vec::with_capacity(limit.min(65_536));
+            let mut last = None;
+            for entry in tree.range::<Vec<u8>, _>((start, end)).take(limit) {
+                let (key, value) = entry.map_err(backend)?;
+                orders.push(decode_order(&value)?);
+                last = Some(key);
+            }
+            let cursor = if orders.len() == limit {
+                last.map(|k| OrderCursor(k.to_vec()))
+            } else {
+                None
+            };
+            Ok((orders, cursor))
+        })
+        .await
+        .map_err(backend)?
+    }
+}

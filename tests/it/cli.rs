@@ -1,0 +1,177 @@
+//! The `longrun` binary's client commands against a real server.
+
+use std::process::Output;
+
+use crate::common::*;
+
+/// Runs the binary with `args` against `server`, off the async runtime.
+async fn longrun(server: &TestServer, args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let url = server.url();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(&args)
+            .env("LONGRUN_SERVER", url)
+            .output()
+            .expect("run longrun")
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn sleep_wait_prints_the_finished_operation_as_json() {
+    let server = TestServer::start().await;
+    let out = longrun(
+        &server,
+        &[
+            "sleep", "50ms", "--steps", "2", "--wait", "--output", "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(json["done"], true);
+    assert_eq!(
+        json["metadata"]["@type"],
+        "type.googleapis.com/longrun.v1.OperationMetadata"
+    );
+    assert_eq!(json["metadata"]["state"], "SUCCEEDED");
+    assert_eq!(json["metadata"]["progressPercent"], 100);
+    assert_eq!(
+        json["response"]["@type"],
+        "type.googleapis.com/longrun.v1.SleepResponse"
+    );
+    assert_eq!(json["response"]["steps"], 2);
+
+    // get and list see it too.
+    let name = json["name"].as_str().unwrap().to_owned();
+    let get = longrun(&server, &["ops", "get", &name]).await;
+    assert!(get.status.success());
+    assert!(stdout(&get).contains("SUCCEEDED"), "{get:?}");
+    let list = longrun(&server, &["ops", "list", "--filter", "done = true"]).await;
+    assert!(list.status.success());
+    assert!(stdout(&list).contains(&name));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watch_exits_non_zero_when_the_operation_fails() {
+    let server = TestServer::start().await;
+    let out = longrun(&server, &["sleep", "20ms", "--fail-code", "13", "--watch"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).contains("Internal"), "{out:?}");
+
+    let out = longrun(&server, &["sleep", "20ms", "--watch", "--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let last = stdout(&out).lines().last().unwrap().to_owned();
+    let json: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(json["done"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn errors_are_explained_and_exit_with_2() {
+    let server = TestServer::start().await;
+    let out = longrun(&server, &["ops", "get", "operations/nope"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("name"),
+        "{err}"
+    );
+
+    let unknown = "operations/0190b2d4-7d7c-7f7e-8000-000000000000";
+    let out = longrun(&server, &["ops", "cancel", unknown]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("NotFound"));
+
+    let out = longrun(&server, &["sleep", "1s", "--fail-code", "40"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("fail_code"), "{out:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_wait_and_delete_from_the_command_line() {
+    let server = TestServer::start().await;
+    let op = start_sleep(&server, sleep(std::time::Duration::from_secs(300), 1)).await;
+    let name = op.name.clone();
+    let out = longrun(&server, &["ops", "cancel", &name]).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = longrun(&server, &["ops", "wait", &name, "--output", "json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled operation is not a success"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], 1);
+    let out = longrun(&server, &["ops", "delete", &name]).await;
+    assert!(out.status.success(), "{out:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_readme_demo_generate_import_report_download() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("orders.csv");
+    let out = dir.path().join("march.csv");
+    let (csv_arg, out_arg) = (csv.to_str().unwrap(), out.to_str().unwrap());
+
+    let gen_args = [
+        "orders",
+        "generate",
+        "--count",
+        "5000",
+        "--months",
+        "2024-01..2024-04",
+        "--seed",
+        "42",
+        "--out",
+        csv_arg,
+    ];
+    let generated = longrun(&server, &gen_args).await;
+    assert!(generated.status.success(), "{generated:?}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 5001);
+
+    let imported = longrun(&server, &["orders", "import", csv_arg, "--watch"]).await;
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(stdout(&imported).contains("SUCCEEDED"), "{imported:?}");
+
+    let report = longrun(
+        &server,
+        &[
+            "report", "create", "--month", "2024-03", "--format", "csv", "--out", out_arg,
+            "--output", "json",
+        ],
+    )
+    .await;
+    assert!(report.status.success(), "{report:?}");
+    let march = text.lines().filter(|l| l.contains(",2024-03-")).count();
+    let written = std::fs::read_to_string(&out).unwrap();
+    // Header, one line per order, TOTAL.
+    assert_eq!(written.lines().count(), march + 2);
+
+    let json: serde_json::Value = serde_json::from_str(stdout(&report).trim()).unwrap();
+    let name = json["response"]["name"].as_str().unwrap().to_owned();
+    let again = dir.path().join("again.csv");
+    let read = longrun(
+        &server,
+        &["report", "read", &name, "--out", again.to_str().unwrap()],
+    )
+    .await;
+    assert!(read.status.success(), "{read:?}");
+    assert_eq!(std::fs::read(&again).unwrap(), written.into_bytes());
+    server.stop().await;
+}

@@ -1,0 +1,411 @@
+//! Shared test harness: a real longrun server on 127.0.0.1:0 in this
+//! process, and real tonic clients talking to it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::google::longrunning::{Operation, WaitOperationRequest, operation};
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use longrun::pb::longrun::v1::{OperationMetadata, SleepRequest, State};
+use longrun::{Registry, Server, ServerConfig};
+use prost::{Message, Name};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_types::StatusExt;
+
+/// The longest any test waits for an event before failing.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub engine: longrun::Engine,
+    /// The backend's stores, for tests that follow the change feed.
+    pub stores: longrun::store::Stores,
+    /// Reloads the auth file and certificates, as SIGHUP does.
+    pub reloader: longrun::server::Reloader,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), longrun::server::ServerError>>>,
+}
+
+/// Opens a server. sled lets go of its directory lock from its own threads,
+/// a moment after the last handle in this process is dropped, and announces
+/// nothing; a test that wrote a data directory itself may have to try again.
+async fn open_retrying(config: ServerConfig, registry: Registry) -> Server {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match Server::open(config.clone(), registry.clone()).await {
+            Ok(server) => return server,
+            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("open server: {e}"),
+        }
+    }
+}
+
+/// A config for tests: small, fast, in `dir`.
+pub fn config(dir: &Path) -> ServerConfig {
+    let mut config = ServerConfig {
+        data_dir: dir.to_path_buf(),
+        ..ServerConfig::default()
+    };
+    config.engine.workers = 4;
+    config.engine.shutdown_grace = Duration::from_secs(5);
+    config.engine.progress_interval = Duration::from_millis(20);
+    config
+}
+
+impl TestServer {
+    /// Starts a server on a fresh temporary directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server on a fresh temporary directory, after `tweak` has
+    /// adjusted the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut cfg = config(temp.path());
+        tweak(&mut cfg);
+        let mut server = Self::start_config(cfg).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server with exactly this config and registry.
+    pub async fn start_config(config: ServerConfig) -> Self {
+        Self::start_registry(config, Registry::new()).await
+    }
+
+    /// Starts a server with extra kinds.
+    pub async fn start_registry(config: ServerConfig, registry: Registry) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let data_dir = config.data_dir.clone();
+        let tls = config.tls.is_some();
+        let server = open_retrying(config, registry).await;
+        let engine = server.engine().clone();
+        let stores = server.stores().clone();
+        let reloader = server.reloader();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        let this = Self {
+            addr,
+            engine,
+            stores,
+            reloader,
+            data_dir,
+            _temp: None,
+            stop: Some(tx),
+            handle: Some(handle),
+        };
+        // A TLS server's tests connect (and wait) with their own clients.
+        if !tls {
+            this.wait_serving().await;
+        }
+        this
+    }
+
+    /// Waits, through the health service, until recovery is done.
+    pub async fn wait_serving(&self) {
+        let mut health = HealthClient::new(self.channel().await);
+        let mut stream = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(item) = stream.next().await {
+                if item.expect("health item").status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+            panic!("health stream ended before SERVING");
+        })
+        .await
+        .expect("server became SERVING in time");
+    }
+
+    /// Keeps `dir` alive as long as the server.
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self._temp = Some(dir);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn operations(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel().await)
+    }
+
+    pub async fn watcher(&self) -> OperationWatcherClient<Channel> {
+        OperationWatcherClient::new(self.channel().await)
+    }
+
+    pub async fn diagnostics(&self) -> DiagnosticsClient<Channel> {
+        DiagnosticsClient::new(self.channel().await)
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(PATIENCE, handle)
+                .await
+                .expect("server stopped in time")
+                .expect("server task")
+                .expect("server result");
+        }
+    }
+}
+
+/// A Sleep request.
+pub fn sleep(duration: Duration, steps: i32) -> SleepRequest {
+    SleepRequest {
+        duration: Some(prost_types::Duration {
+            seconds: duration.as_secs() as i64,
+            nanos: duration.subsec_nanos() as i32,
+        }),
+        steps,
+        ..Default::default()
+    }
+}
+
+/// Starts a Sleep operation and returns it.
+pub async fn start_sleep(server: &TestServer, request: SleepRequest) -> Operation {
+    server
+        .diagnostics()
+        .await
+        .sleep(request)
+        .await
+        .expect("sleep accepted")
+        .into_inner()
+}
+
+/// The OperationMetadata of an operation.
+pub fn meta(op: &Operation) -> OperationMetadata {
+    let any = op.metadata.as_ref().expect("metadata set");
+    assert_eq!(any.type_url, OperationMetadata::type_url());
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/longrun.v1.OperationMetadata"
+    );
+    OperationMetadata::decode(any.value.as_slice()).expect("metadata decodes")
+}
+
+/// The state of an operation.
+pub fn state(op: &Operation) -> State {
+    State::try_from(meta(op).state).expect("known state")
+}
+
+/// Waits until the operation is done, with WaitOperation.
+pub async fn wait_done(server: &TestServer, name: &str) -> Operation {
+    wait_done_as(server, None, name).await
+}
+
+/// Waits until the operation is done, with WaitOperation, presenting
+/// `token`.
+pub async fn wait_done_as(server: &TestServer, token: Option<&str>, name: &str) -> Operation {
+    let mut ops = OperationsClient::new(server.authed(token).await);
+    tokio::time::timeout(PATIENCE, wait_done_on(&mut ops, name))
+        .await
+        .expect("operation finished in time")
+}
+
+/// Waits, with no time limit of its own, until the operation is done,
+/// with WaitOperation on `ops`.
+pub async fn wait_done_on(ops: &mut OperationsClient<Authed>, name: &str) -> Operation {
+    loop {
+        let op = ops
+            .wait_operation(WaitOperationRequest {
+                name: name.to_owned(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .expect("wait")
+            .into_inner();
+        if op.done {
+            return op;
+        }
+    }
+}
+
+/// Waits until the operation is gone from the store (deleted, or expired
+/// by the retention sweeper), following the engine's own subscription.
+pub async fn wait_gone(server: &TestServer, name: &str) {
+    let id = longrun::engine::OperationId::parse_name(name).expect("an operation name");
+    let mut sub = server
+        .engine
+        .subscribe(&longrun::model::Scope::All, id)
+        .await
+        .expect("subscribed");
+    tokio::time::timeout(PATIENCE, async {
+        while !matches!(sub.current(), longrun::engine::Snapshot::Gone) {
+            sub.changed().await;
+        }
+    })
+    .await
+    .expect("the operation was gone in time");
+}
+
+/// Waits until the operation reaches `wanted` (or is done), by watching.
+pub async fn wait_state(server: &TestServer, name: &str, wanted: State) -> Operation {
+    let mut watcher = server.watcher().await;
+    let mut stream = watcher
+        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(item) = stream.next().await {
+            let op = item.expect("watch item");
+            if state(&op) == wanted || op.done {
+                return op;
+            }
+        }
+        panic!("watch ended before {wanted:?}");
+    })
+    .await
+    .expect("state reached in time")
+}
+
+/// The error of a done operation.
+pub fn op_error(op: &Operation) -> &longrun::pb::google::rpc::Status {
+    match &op.result {
+        Some(operation::Result::Error(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Checks that a status has the code, an ErrorInfo with the reason and
+/// domain longrun, and (for `field`) a BadRequest violation.
+pub fn assert_status(status: &tonic::Status, code: tonic::Code, reason: &str, field: Option<&str>) {
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo present");
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "longrun");
+    if let Some(field) = field {
+        let bad = details.bad_request().expect("BadRequest present");
+        assert!(
+            bad.field_violations.iter().any(|v| v.field == field),
+            "no violation for {field}: {bad:?}"
+        );
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a
+/// token.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that presents a token.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+impl TestServer {
+    /// A connection that presents `token` (or nothing).
+    pub async fn authed(&self, token: Option<&str>) -> Authed {
+        tonic::service::interceptor::InterceptedService::new(
+            self.channel().await,
+            Bearer(token.map(str::to_owned)),
+        )
+    }
+}
+
+/// One principal of a test auth file: name, tenant, role, and its token
+/// (None for a certificate-only principal).
+pub struct Person {
+    pub name: &'static str,
+    pub tenant: &'static str,
+    pub role: &'static str,
+    pub token: Option<String>,
+}
+
+impl Person {
+    /// A principal with a fresh token.
+    pub fn new(name: &'static str, tenant: &'static str, role: &'static str) -> Self {
+        Self {
+            name,
+            tenant,
+            role,
+            token: Some(longrun::auth::token::generate()),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+/// The TOML of an auth file naming `people`, with extra text after.
+pub fn auth_toml(people: &[&Person], extra: &str) -> String {
+    let mut text = String::new();
+    for p in people {
+        text.push_str(&format!(
+            "[[principal]]\nname = \"{}\"\ntenant = \"{}\"\nroles = [\"{}\"]\n",
+            p.name, p.tenant, p.role
+        ));
+        if let Some(token) = &p.token {
+            text.push_str(&format!(
+                "token_sha256 = \"{}\"\n",
+                longrun::auth::token::digest_hex(token)
+            ));
+        }
+        text.push('\n');
+    }
+    text.push_str(extra);
+    text
+}

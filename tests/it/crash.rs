@@ -1,0 +1,308 @@
+//! The real binary, killed with SIGKILL at random moments while clients
+//! create operations, restarted each time. Every acknowledged operation must
+//! survive and finish exactly once; SIGTERM must shut down cleanly.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::google::longrunning::{
+    GetOperationRequest, ListOperationsRequest, Operation, operation,
+};
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::{OperationMetadata, SleepRequest, SleepResponse, State};
+use prost::Message;
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const ROUNDS: usize = 5;
+/// Operations each of the four clients creates per round, at most; enough to
+/// keep both workers busy across the kill, few enough to finish quickly.
+const PER_CLIENT: usize = 15;
+
+struct Process {
+    child: Child,
+    url: String,
+}
+
+/// Starts `longrun serve` on a free port and waits until it is serving.
+async fn start(dir: &Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "4"])
+        .args(["--shutdown-grace", "1s", "--progress-interval", "20ms"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("LONGRUN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start longrun");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, address)) = line.split_once("listening on ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("longrun exited before listening");
+    })
+    .await
+    .expect("longrun listened in time");
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Process {
+        child,
+        url: format!("http://{address}"),
+    }
+}
+
+async fn channel(p: &Process) -> Channel {
+    Channel::from_shared(p.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// An Operations client that waits with the shared test helper.
+async fn operations(p: &Process) -> OperationsClient<crate::common::Authed> {
+    OperationsClient::new(tonic::service::interceptor::InterceptedService::new(
+        channel(p).await,
+        crate::common::Bearer(None),
+    ))
+}
+
+fn meta(op: &Operation) -> OperationMetadata {
+    OperationMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap()
+}
+
+fn random_request(rng: &mut impl Rng) -> SleepRequest {
+    let millis = rng.random_range(0..150u64);
+    SleepRequest {
+        duration: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: (millis * 1_000_000) as i32,
+        }),
+        steps: rng.random_range(1..5),
+        fail_code: if rng.random_bool(0.2) { 13 } else { 0 },
+        fail_attempts: i32::from(rng.random_bool(0.1)),
+        request_id: if rng.random_bool(0.3) {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            String::new()
+        },
+        timeout: None,
+        notification: None,
+    }
+}
+
+/// Creates operations until the server dies or `stop` fires; records every
+/// acknowledged name.
+async fn submit(channel: Channel, acked: Arc<Mutex<Vec<String>>>, stop: CancellationToken) {
+    let mut client = DiagnosticsClient::new(channel);
+    for _ in 0..PER_CLIENT {
+        let request = random_request(&mut rand::rng());
+        let reply = tokio::select! {
+            _ = stop.cancelled() => return,
+            reply = client.sleep(request) => reply,
+        };
+        match reply {
+            Ok(op) => acked.lock().unwrap().push(op.into_inner().name),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Every acknowledged operation exists; a done one is exactly as it was
+/// when first seen done (it never completes twice).
+async fn check(p: &Process, acked: &[String], finished: &mut HashMap<String, Operation>) {
+    let mut ops = OperationsClient::new(channel(p).await);
+    for name in acked {
+        let op = ops
+            .get_operation(GetOperationRequest { name: name.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {name} lost: {e:?}"))
+            .into_inner();
+        if op.done {
+            match finished.get(name) {
+                Some(first) => assert_eq!(first, &op, "{name} changed after it was done"),
+                None => {
+                    finished.insert(name.clone(), op);
+                }
+            }
+        }
+    }
+}
+
+/// Waits with WaitOperation until `name` is done.
+async fn wait_done(ops: &mut OperationsClient<crate::common::Authed>, name: &str) -> Operation {
+    tokio::time::timeout(PATIENCE, crate::common::wait_done_on(ops, name))
+        .await
+        .unwrap_or_else(|_| panic!("{name} never finished"))
+}
+
+fn assert_finished_once(op: &Operation) {
+    let m = meta(op);
+    match &op.result {
+        Some(operation::Result::Response(any)) => {
+            assert_eq!(m.state, State::Succeeded as i32);
+            let response = SleepResponse::decode(any.value.as_slice()).unwrap();
+            assert_eq!(
+                response.attempt, m.attempt,
+                "the response is the last attempt's"
+            );
+        }
+        Some(operation::Result::Error(e)) => {
+            assert_eq!(m.state, State::Failed as i32, "{op:?}");
+            assert!([13, 14, 10].contains(&e.code), "{e:?}");
+        }
+        None => panic!("done without a result: {op:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_operations_survive_sigkill_and_finish_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut finished = HashMap::new();
+
+    for _ in 0..ROUNDS {
+        let mut process = start(dir.path()).await;
+        let snapshot = acked.lock().unwrap().clone();
+        check(&process, &snapshot, &mut finished).await;
+
+        let stop = CancellationToken::new();
+        let mut submitters = Vec::new();
+        for _ in 0..4 {
+            submitters.push(tokio::spawn(submit(
+                channel(&process).await,
+                Arc::clone(&acked),
+                stop.clone(),
+            )));
+        }
+        // A random moment to crash; this picks when, it waits for nothing.
+        let alive = rand::rng().random_range(30..400);
+        tokio::time::sleep(Duration::from_millis(alive)).await;
+        process.child.kill().await.expect("SIGKILL");
+        stop.cancel();
+        for s in submitters {
+            s.await.unwrap();
+        }
+    }
+
+    let mut process = start(dir.path()).await;
+    let all = acked.lock().unwrap().clone();
+    assert!(
+        all.len() > ROUNDS,
+        "only {} operations were acknowledged",
+        all.len()
+    );
+    check(&process, &all, &mut finished).await;
+
+    // Everything finishes.
+    let mut ops = operations(&process).await;
+    for name in &all {
+        let op = wait_done(&mut ops, name).await;
+        assert_finished_once(&op);
+    }
+    check(&process, &all, &mut finished).await;
+
+    // The store reads back whole: every record decodes in a full listing.
+    let mut listed = 0;
+    let mut token = String::new();
+    loop {
+        let page = ops
+            .list_operations(ListOperationsRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        listed += page.operations.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(listed >= all.len());
+
+    // SIGTERM shuts down cleanly.
+    let pid = process.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(PATIENCE, process.child.wait())
+        .await
+        .expect("exited after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_running_work_which_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = start(dir.path()).await;
+    let mut diag = DiagnosticsClient::new(channel(&process).await);
+    let op = diag
+        .sleep(SleepRequest {
+            duration: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            steps: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until it runs.
+    let mut watcher =
+        longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient::new(
+            channel(&process).await,
+        );
+    let mut stream = watcher
+        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(item) = stream.message().await.unwrap() {
+            if meta(&item).state == State::Running as i32 {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let pid = process.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exit = tokio::time::timeout(PATIENCE, process.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+
+    let process = start(dir.path()).await;
+    let mut ops = operations(&process).await;
+    let done = wait_done(&mut ops, &op.name).await;
+    assert_eq!(meta(&done).state, State::Succeeded as i32);
+    assert_eq!(meta(&done).attempt, 2);
+}

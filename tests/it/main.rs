@@ -1,0 +1,26 @@
+//! The integration tests, in one binary so that the crate is linked once.
+//!
+//! Every module talks to the real thing: a server on `127.0.0.1:0` in this
+//! process with real tonic clients (`common`), or the real `longrun` binary
+//! as a child process (`crash`, `restart`, `cli`, `serve_security`,
+//! `bench_smoke`).
+
+mod bench_smoke;
+mod cli;
+mod common;
+mod crash;
+mod custom_kind;
+mod lifecycle;
+mod operations;
+mod parsers;
+mod recovery;
+mod reflection;
+mod reports;
+mod restart;
+mod security;
+mod serve_security;
+mod store_conformance;
+mod timing;
+mod tls;
+mod watch;
+mod webhooks;

@@ -1,0 +1,290 @@
+//! Backoff, deadlines and retention at their real, default lengths, with
+//! tokio's clock paused: the engine runs over a real sled store, its clock
+//! follows tokio's timer, and time jumps ahead whenever everything waits.
+//! Nothing here is shortened to make it fast, and nothing sleeps for real.
+
+use std::time::Duration;
+
+use longrun::diagnostics::SleepTask;
+use longrun::engine::{Clock, Engine, EngineConfig, EngineError, Registry, SubmitOptions, Task};
+use longrun::model::{Code, Operation, Outcome, RequestId, Scope, State};
+use longrun::pb::longrun::v1::SleepRequest;
+use longrun::store::{SledStore, Stores, SyncMode};
+
+/// An engine over a fresh sled store, with the default Sleep policy unless
+/// `tweak` says otherwise.
+struct Paused {
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Paused {
+    async fn start(
+        tweak: impl FnOnce(&mut EngineConfig, &mut longrun::engine::TaskPolicy),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::from_backend(SledStore::open(dir.path(), SyncMode::Always).unwrap());
+        let mut config = EngineConfig {
+            clock: Clock::following_tokio(),
+            ..EngineConfig::default()
+        };
+        let mut policy = SleepTask.policy();
+        tweak(&mut config, &mut policy);
+        let mut registry = Registry::new();
+        registry.register_with(SleepTask, policy);
+        let engine = Engine::open(&stores, registry, config).await.unwrap();
+        engine.start().await.unwrap();
+        Self { engine, _dir: dir }
+    }
+
+    async fn sleep(&self, request: SleepRequest) -> Operation {
+        self.sleep_with(request, SubmitOptions::default()).await
+    }
+
+    async fn sleep_with(&self, request: SleepRequest, options: SubmitOptions) -> Operation {
+        self.engine
+            .submit::<SleepTask>(&request, options)
+            .await
+            .unwrap()
+    }
+
+    /// Waits, in virtual time, until the operation is done.
+    async fn done(&self, op: &Operation) -> Operation {
+        let done = self
+            .engine
+            .wait(&Scope::All, op.id, Duration::from_secs(365 * 24 * 3600))
+            .await
+            .unwrap();
+        assert!(done.is_done(), "{done:?}");
+        done
+    }
+
+    /// Waits, in virtual time, until the retention sweeper removed it.
+    async fn gone(&self, op: &Operation) {
+        let mut sub = self.engine.subscribe(&Scope::All, op.id).await.unwrap();
+        while !matches!(sub.current(), longrun::engine::Snapshot::Gone) {
+            sub.changed().await;
+        }
+    }
+}
+
+fn sleep(duration: Duration) -> SleepRequest {
+    SleepRequest {
+        duration: Some(prost_types::Duration {
+            seconds: duration.as_secs() as i64,
+            nanos: duration.subsec_nanos() as i32,
+        }),
+        steps: 1,
+        ..SleepRequest::default()
+    }
+}
+
+fn took(op: &Operation) -> Duration {
+    op.end_time.unwrap().duration_since(op.create_time).unwrap()
+}
+
+fn error(op: &Operation) -> &longrun::model::OperationError {
+    match &op.outcome {
+        Some(Outcome::Error(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_are_retried_after_a_backoff() {
+    // The default policy: 3 attempts, backoff from 1 s, full jitter.
+    let paused = Paused::start(|_, _| {}).await;
+    let op = paused
+        .sleep(SleepRequest {
+            fail_attempts: 2,
+            ..sleep(Duration::ZERO)
+        })
+        .await;
+    let done = paused.done(&op).await;
+    assert_eq!(done.state, State::Succeeded);
+    assert_eq!(done.attempt, 3);
+    let last = done
+        .last_error
+        .as_ref()
+        .expect("the failure that was retried");
+    assert_eq!(last.code, Code::Unavailable);
+    // Two waits, each at most its bound of 1 s, then 2 s.
+    assert!(took(&done) <= Duration::from_secs(3), "{:?}", took(&done));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_out_its_backoff_before_it_runs_again() {
+    // A floor on the jitter: every retry waits exactly its bound.
+    let paused = Paused::start(|_, policy| {
+        policy.backoff_base = Duration::from_secs(60);
+        policy.backoff_max = Duration::from_secs(60);
+    })
+    .await;
+    let op = paused
+        .sleep(SleepRequest {
+            fail_attempts: 1,
+            ..sleep(Duration::ZERO)
+        })
+        .await;
+    // After the first failure it is queued again, not before its time.
+    let mut sub = paused.engine.subscribe(&Scope::All, op.id).await.unwrap();
+    let waiting = loop {
+        if let longrun::engine::Snapshot::Present(op) = sub.current()
+            && op.state == State::Queued
+            && op.attempt == 1
+        {
+            break op;
+        }
+        sub.changed().await;
+    };
+    let not_before = waiting.not_before.expect("a retry time");
+    let done = paused.done(&op).await;
+    assert_eq!(done.attempt, 2);
+    assert!(done.start_time.unwrap() >= not_before);
+    assert!(not_before.duration_since(waiting.update_time).unwrap() <= Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_after_the_last_attempt() {
+    let paused = Paused::start(|_, _| {}).await;
+    let op = paused
+        .sleep(SleepRequest {
+            fail_attempts: 10,
+            ..sleep(Duration::ZERO)
+        })
+        .await;
+    let done = paused.done(&op).await;
+    assert_eq!(done.state, State::Failed);
+    assert_eq!(done.attempt, 3);
+    let e = error(&done);
+    assert_eq!(e.code, Code::Unavailable);
+    assert!(e.message.contains("gave up after 3 attempts"), "{e:?}");
+    assert_eq!(e.metadata.get("attempts").map(String::as_str), Some("3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_are_not_retried() {
+    let paused = Paused::start(|_, _| {}).await;
+    let op = paused
+        .sleep(SleepRequest {
+            fail_code: Code::InvalidArgument.as_i32(),
+            ..sleep(Duration::ZERO)
+        })
+        .await;
+    let done = paused.done(&op).await;
+    assert_eq!(done.attempt, 1);
+    assert_eq!(error(&done).code, Code::InvalidArgument);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_past_its_deadline_ends_deadline_exceeded() {
+    let paused = Paused::start(|_, policy| policy.timeout = Duration::from_secs(3600)).await;
+    let with_timeout = |timeout| SubmitOptions {
+        timeout: Some(timeout),
+        ..SubmitOptions::default()
+    };
+    let three_hours = sleep(Duration::from_secs(3 * 3600));
+    // A shorter timeout in the request wins.
+    let op = paused
+        .sleep_with(three_hours.clone(), with_timeout(Duration::from_secs(600)))
+        .await;
+    let done = paused.done(&op).await;
+    assert_eq!(done.state, State::Failed);
+    assert_eq!(error(&done).code, Code::DeadlineExceeded);
+    let ran = done
+        .end_time
+        .unwrap()
+        .duration_since(done.start_time.unwrap())
+        .unwrap();
+    assert!(
+        (Duration::from_secs(600)..Duration::from_secs(601)).contains(&ran),
+        "{ran:?}"
+    );
+
+    // A longer one is capped by the kind's.
+    let op = paused
+        .sleep_with(three_hours, with_timeout(Duration::from_secs(24 * 3600)))
+        .await;
+    let done = paused.done(&op).await;
+    assert_eq!(error(&done).code, Code::DeadlineExceeded);
+    let ran = done
+        .end_time
+        .unwrap()
+        .duration_since(done.start_time.unwrap())
+        .unwrap();
+    assert!(
+        (Duration::from_secs(3600)..Duration::from_secs(3601)).contains(&ran),
+        "{ran:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn done_operations_expire_after_the_retention() {
+    let retention = Duration::from_secs(24 * 3600);
+    let paused = Paused::start(|config, _| config.retention = retention).await;
+    let request_id: RequestId = "3b1f4f0e-5d57-4a8b-9c1e-0e6a3c2b7d11".parse().unwrap();
+    let request = sleep(Duration::ZERO);
+    let submit = || {
+        paused.engine.submit::<SleepTask>(
+            &request,
+            SubmitOptions {
+                request_id: Some(request_id),
+                ..SubmitOptions::default()
+            },
+        )
+    };
+    let op = submit().await.unwrap();
+    let done = paused.done(&op).await;
+    let ended = done.end_time.unwrap();
+    paused.gone(&op).await;
+    assert!(matches!(
+        paused.engine.get(&Scope::All, op.id).await,
+        Err(EngineError::NotFound { .. })
+    ));
+    // Its request_id went with it: the same request makes a new operation.
+    let again = submit().await.unwrap();
+    assert_ne!(again.id, op.id);
+    // Not before its time, and not much after (the sweeper runs every 30 s).
+    let kept = again.create_time.duration_since(ended).unwrap();
+    assert!(
+        kept >= retention && kept <= retention + Duration::from_secs(31),
+        "{kept:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_operations_never_expire() {
+    let retention = Duration::from_secs(3600);
+    let paused = Paused::start(|config, _| config.retention = retention).await;
+    let long = paused.sleep(sleep(Duration::from_secs(4 * 3600))).await;
+    // A short operation started after it expires first, which shows the
+    // sweeper has run while the long one was still going.
+    let short = paused.sleep(sleep(Duration::ZERO)).await;
+    paused.gone(&short).await;
+    let still = paused.engine.get(&Scope::All, long.id).await.unwrap();
+    assert_eq!(still.state, State::Running);
+    let done = paused.done(&long).await;
+    assert_eq!(done.state, State::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_returns_the_latest_state_at_its_timeout() {
+    let paused = Paused::start(|_, _| {}).await;
+    let op = paused.sleep(sleep(Duration::from_secs(3600))).await;
+    let started = tokio::time::Instant::now();
+    let latest = paused
+        .engine
+        .wait(&Scope::All, op.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+    assert_eq!(latest.state, State::Running);
+    // A wait that outlasts the operation returns when it is done.
+    let done = paused
+        .engine
+        .wait(&Scope::All, op.id, Duration::from_secs(7200))
+        .await
+        .unwrap();
+    assert_eq!(done.state, State::Succeeded);
+    assert!(started.elapsed() < Duration::from_secs(3600 + 30 + 1));
+}
