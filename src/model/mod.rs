@@ -3,19 +3,19 @@
 //!
 //! - `id`: operation ids and idempotency keys;
 //! - `tenant`: tenants and the scope a caller acts in;
-//! - `operation`: the record, its states and outcome;
+//! - `operation`: the record, its states, outcome and webhook;
 //! - `transition`: the pure state changes, which also decide when a
 //!   webhook delivery is due;
-//! - `notify`: what an operation asked to be notified of, and deliveries;
+//! - `delivery`: the webhook deliveries that state changes produce;
 //! - `payload` and `status`: requests, responses and errors;
 //! - `filter`: the List filter;
 //! - `order`: orders and months, the report service's data.
 //!
 //! **Invariant:** this module depends on nothing else of the crate.
 
+pub mod delivery;
 pub mod filter;
 pub mod id;
-pub mod notify;
 pub mod operation;
 pub mod order;
 pub mod payload;
@@ -23,10 +23,12 @@ pub mod status;
 pub mod tenant;
 pub mod transition;
 
+pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
 pub use self::id::{OperationId, RequestId};
-pub use self::notify::{Delivery, DeliveryState, Notification};
-pub use self::operation::{Limits, Operation, Outcome, Progress, State, to_micros_precision};
+pub use self::operation::{
+    Limits, Notification, Operation, Outcome, Progress, State, to_micros_precision,
+};
 pub use self::payload::Payload;
 pub use self::status::{Code, FieldViolation, OperationError};
 pub use self::tenant::{Scope, Tenant};

@@ -1,11 +1,10 @@
-//! The operation record: its states, its outcome, and the limits fixed when
-//! it is created. How it moves between states lives in `transition`.
+//! The operation record: its states, its outcome, the webhook it asked
+//! for, and the limits fixed when it is created. How it moves between states lives in `transition`.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::id::{OperationId, RequestId};
-use super::notify::Notification;
 use super::payload::Payload;
 use super::status::OperationError;
 use super::tenant::Tenant;
@@ -196,6 +195,26 @@ impl Operation {
     /// True once the operation has its final outcome.
     pub fn is_done(&self) -> bool {
         self.state.is_terminal()
+    }
+}
+
+/// What a create request asked to be notified of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// Where to POST.
+    pub callback_url: String,
+    /// The states to notify on; empty means the final ones.
+    pub states: Vec<State>,
+}
+
+impl Notification {
+    /// Whether reaching `state` calls for a notification.
+    pub fn wants(&self, state: State) -> bool {
+        if self.states.is_empty() {
+            state.is_terminal()
+        } else {
+            self.states.contains(&state)
+        }
     }
 }
 

@@ -9,8 +9,8 @@
 
 use std::time::SystemTime;
 
+use super::delivery::Delivery;
 use super::id::OperationId;
-use super::notify::Delivery;
 use super::operation::{Operation, Outcome, Progress, State, to_micros_precision};
 use super::status::{Code, OperationError};
 

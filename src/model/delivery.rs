@@ -1,34 +1,14 @@
-//! Webhook notifications as the domain sees them: what an operation asked
-//! for, and the durable delivery records (the outbox) its state changes
-//! produce. Which changes produce one is decided in `transition`; sending
-//! them is the `webhook` module's job.
+//! Webhook deliveries as the domain sees them: the durable records (the
+//! outbox) that an operation's state changes produce. Which changes produce
+//! one is decided in `transition`; sending them is the `webhook` module's
+//! job.
 
 use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use super::OperationId;
+use super::id::OperationId;
 use super::operation::{Operation, State};
-
-/// What a create request asked to be notified of.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notification {
-    /// Where to POST.
-    pub callback_url: String,
-    /// The states to notify on; empty means the final ones.
-    pub states: Vec<State>,
-}
-
-impl Notification {
-    /// Whether reaching `state` calls for a notification.
-    pub fn wants(&self, state: State) -> bool {
-        if self.states.is_empty() {
-            state.is_terminal()
-        } else {
-            self.states.contains(&state)
-        }
-    }
-}
 
 /// Where a delivery stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
