@@ -10,6 +10,8 @@ use crate::pb::longrun::v1::{SleepRequest, SleepResponse};
 
 /// The longest sleep accepted.
 pub const MAX_SLEEP: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many sleeps run at once by default.
+pub const SLEEP_CONCURRENCY: usize = 4096;
 /// The most progress steps accepted.
 pub const MAX_STEPS: i32 = 10_000;
 
@@ -45,11 +47,14 @@ impl Task for SleepTask {
     type Response = SleepResponse;
 
     const KIND: &'static str = "longrun.v1.Diagnostics.Sleep";
+    const SHORT_NAME: Option<&'static str> = Some("sleep");
 
     fn policy(&self) -> TaskPolicy {
         TaskPolicy {
             // Long enough for the longest sleep allowed.
             timeout: MAX_SLEEP + Duration::from_secs(3600),
+            // A sleep only waits on a timer: thousands can run at once.
+            concurrency: SLEEP_CONCURRENCY,
             ..TaskPolicy::default()
         }
     }

@@ -8,11 +8,25 @@ use std::time::Duration;
 use longrun::engine::{EngineConfig, TenantQuotas};
 use longrun::server::ServerConfig;
 use longrun::server::tls::TlsPaths;
+use longrun::store::sled::SledConfig;
 use longrun::store::{Backend, SyncMode};
 use longrun::webhook::{Secret, WebhookConfig};
 
-fn default_workers() -> usize {
-    EngineConfig::default().workers
+/// Reads a `KIND=N` concurrency.
+fn parse_concurrency(text: &str) -> Result<(String, usize), String> {
+    let (kind, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KIND=N, such as sleep=2000"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} in {text:?} is not a number of operations"))?;
+    if n == 0 {
+        return Err(format!(
+            "{text:?}: a kind must be able to run at least one operation"
+        ));
+    }
+    Ok((kind.trim().to_owned(), n))
 }
 
 /// Arguments of `longrun serve`.
@@ -35,9 +49,16 @@ pub struct ServeArgs {
     /// memory grows to several times this under write load.
     #[arg(long, env = "LONGRUN_CACHE_MIB", default_value_t = longrun::store::sled::DEFAULT_CACHE_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
-    /// How many operations run at once [default: number of CPUs].
-    #[arg(long, env = "LONGRUN_WORKERS", default_value_t = default_workers())]
-    pub workers: usize,
+    /// Free disk space to keep, in MiB. Below it new operations are refused
+    /// (UNAVAILABLE, STORAGE_FULL) and health turns NOT_SERVING; below a
+    /// quarter of it no write is made. Reads always work. 0 turns it off.
+    #[arg(long, env = "LONGRUN_MIN_FREE_DISK_MIB", default_value_t = longrun::store::sled::DEFAULT_MIN_FREE_BYTES / (1024 * 1024))]
+    pub min_free_disk_mib: u64,
+    /// How many operations of a kind run at once, as KIND=N (the kind's
+    /// full or short name: sleep, import, report). Repeat it for several
+    /// kinds; the others run as many as their kind declares.
+    #[arg(long = "concurrency", env = "LONGRUN_CONCURRENCY", value_delimiter = ',', value_parser = parse_concurrency)]
+    pub concurrency: Vec<(String, usize)>,
     /// How many operations may wait for a worker before creates are refused
     /// with RESOURCE_EXHAUSTED.
     #[arg(long, env = "LONGRUN_MAX_QUEUED", default_value_t = 100_000)]
@@ -174,10 +195,13 @@ impl ServeArgs {
         ServerConfig {
             data_dir: self.data_dir.clone(),
             backend: self.store,
-            sync: self.sync,
-            cache_bytes: self.cache_mib.max(1) * 1024 * 1024,
+            sled: SledConfig {
+                sync: self.sync,
+                cache_bytes: self.cache_mib.max(1) * 1024 * 1024,
+                min_free_bytes: self.min_free_disk_mib * 1024 * 1024,
+            },
             engine: EngineConfig {
-                workers: self.workers.max(1),
+                concurrency: self.concurrency.iter().cloned().collect(),
                 max_queued: self.max_queued,
                 progress_interval: self.progress_interval,
                 shutdown_grace: self.shutdown_grace,

@@ -1,16 +1,17 @@
 //! Creating operations: the kind checks its request, the callback URL is
 //! checked, the tenant's quota and the queue are asked for room, and only
-//! then is the operation stored (durably) and queued.
+//! then is the operation committed (durably), which queues it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use super::queue::Full;
 use super::{Engine, EngineError, Task};
 use crate::model::{Limits, Notification, Operation, Payload, RequestId, Tenant};
-use crate::store::Created;
+use crate::store::{Applied, Created, QueueDepth, StoreError, Write};
 
 /// Checks a webhook callback URL before an operation that names it is
 /// created. The server plugs in the webhook module's SSRF guard.
@@ -88,25 +89,20 @@ impl Engine {
             Some(fingerprint) => fingerprint,
             None => &request.value,
         };
-        let digest = request_digest(kind, &request.type_url, identity);
+        // The digest tells a retry from a reused key; without a key there
+        // is nothing to compare, and no hashing to do.
+        let digest = match options.request_id {
+            Some(_) => request_digest(kind, &request.type_url, identity),
+            None => [0; 32],
+        };
         let tenant = options.tenant;
         inner.quotas.create(&tenant)?;
-        inner.queue.admit(&tenant).map_err(|full| match full {
-            Full::Server => EngineError::ResourceExhausted {
-                reason: "QUEUE_FULL",
-                message:
-                    "the server has as many operations waiting for a worker as it may; retry later"
-                        .into(),
-                retry_after: Duration::from_secs(1),
-            },
-            Full::Tenant => EngineError::ResourceExhausted {
-                reason: "TENANT_QUEUE_FULL",
-                message:
-                    "this tenant has as many operations waiting for a worker as it may; retry later"
-                        .into(),
-                retry_after: Duration::from_secs(1),
-            },
-        })?;
+        let _room = inner.admission.reserve(
+            &tenant,
+            inner.ops.queued(&tenant),
+            inner.config.max_queued,
+            inner.config.quotas.max_queued,
+        )?;
         let limits = Limits {
             timeout,
             max_attempts: registered.policy.max_attempts.max(1),
@@ -122,14 +118,90 @@ impl Engine {
         );
         op.notification = options.notification;
         let name = op.id.name();
-        let created = inner.ops.create(op).await;
-        match &created {
-            Ok(Created::New(op)) => inner.queue.push_admitted(op.id, &tenant),
-            Ok(Created::Existing(_)) | Err(_) => inner.queue.cancel_admission(&tenant),
-        }
-        match created {
-            Ok(Created::New(op) | Created::Existing(op)) => Ok(op),
+        match inner.committer.write(Write::Create(op)).await {
+            Ok(Applied::Created(Created::New(op) | Created::Existing(op))) => Ok(op),
+            Ok(other) => Err(EngineError::Store(StoreError::Backend(format!(
+                "a create was answered with {other:?}"
+            )))),
             Err(e) => Err(EngineError::from_store(name, e)),
+        }
+    }
+}
+
+/// Room in the queue for creates that are on their way to the store, so
+/// that concurrent creates cannot all pass a check made before any of them
+/// is counted there.
+#[derive(Default)]
+pub(crate) struct Admission {
+    in_flight: Mutex<InFlight>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    total: u64,
+    tenants: HashMap<Tenant, u64>,
+}
+
+/// A create's place, held until it is stored (or refused).
+pub(crate) struct Reservation<'a> {
+    admission: &'a Admission,
+    tenant: Tenant,
+}
+
+impl Admission {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        // Each critical section is a few additions; a poisoned lock holds
+        // consistent counts.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds a place for one more create of `tenant`, when what is queued
+    /// (`queued`) plus what is on its way leaves room under the limits.
+    pub(crate) fn reserve(
+        &self,
+        tenant: &Tenant,
+        queued: QueueDepth,
+        max: usize,
+        tenant_max: Option<usize>,
+    ) -> Result<Reservation<'_>, EngineError> {
+        let mut in_flight = self.lock();
+        let mine = in_flight.tenants.get(tenant).copied().unwrap_or(0);
+        if queued.total + in_flight.total >= max as u64 {
+            return Err(EngineError::ResourceExhausted {
+                reason: "QUEUE_FULL",
+                message:
+                    "the server has as many operations waiting for a worker as it may; retry later"
+                        .into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        if tenant_max.is_some_and(|cap| queued.tenant + mine >= cap as u64) {
+            return Err(EngineError::ResourceExhausted {
+                reason: "TENANT_QUEUE_FULL",
+                message:
+                    "this tenant has as many operations waiting for a worker as it may; retry later"
+                        .into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        in_flight.total += 1;
+        *in_flight.tenants.entry(tenant.clone()).or_insert(0) += 1;
+        Ok(Reservation {
+            admission: self,
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.admission.lock();
+        in_flight.total -= 1;
+        if let Some(count) = in_flight.tenants.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.tenants.remove(&self.tenant);
+            }
         }
     }
 }

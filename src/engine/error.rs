@@ -40,12 +40,44 @@ pub enum EngineError {
         reason: &'static str,
         message: String,
     },
+    /// Storage cannot take the call now (a full or failing disk); the
+    /// client may retry later.
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down; retry on another instance or after restart")]
     ShuttingDown,
     /// The store failed.
     #[error("storage error: {0}")]
     Store(#[source] StoreError),
+}
+
+/// How long a client is told to wait when storage cannot take writes.
+pub const STORAGE_RETRY: Duration = Duration::from_secs(5);
+
+impl From<StoreError> for EngineError {
+    /// A full or failing disk is a state the client can wait out, not a bug.
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Full => EngineError::Unavailable {
+                reason: "STORAGE_FULL",
+                message:
+                    "the server's disk is full; new operations are refused until there is room"
+                        .into(),
+                retry_after: STORAGE_RETRY,
+            },
+            StoreError::Backend(e) => EngineError::Unavailable {
+                reason: "STORAGE_UNAVAILABLE",
+                message: format!("storage failed: {e}"),
+                retry_after: STORAGE_RETRY,
+            },
+            other => EngineError::Store(other),
+        }
+    }
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -64,6 +96,17 @@ impl EngineError {
         }
     }
 
+    /// True when storage refused the call for want of disk space.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Unavailable {
+                reason: "STORAGE_FULL",
+                ..
+            }
+        )
+    }
+
     /// The stable UPPER_SNAKE reason reported in google.rpc.ErrorInfo.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -74,6 +117,7 @@ impl EngineError {
             | EngineError::ResourceExhausted { reason, .. }
             | EngineError::Unimplemented { reason, .. } => reason,
             EngineError::ShuttingDown => "SHUTTING_DOWN",
+            EngineError::Unavailable { reason, .. } => reason,
             EngineError::Store(StoreError::Corrupt(_)) => "DATA_CORRUPT",
             EngineError::Store(_) => "STORAGE_FAILED",
         }
@@ -99,7 +143,7 @@ impl EngineError {
                      use a new request_id for a different request"
                 ),
             },
-            other => EngineError::Store(other),
+            other => other.into(),
         }
     }
 }

@@ -40,7 +40,7 @@ pub(super) async fn follow(inner: Arc<Inner>) {
 }
 
 async fn resync(inner: &Inner) {
-    let running: Vec<OperationId> = inner.running_lock().keys().copied().collect();
+    let running: Vec<OperationId> = inner.running_lock().attempts.keys().copied().collect();
     for id in inner.hub.watched().into_iter().chain(running) {
         match inner.ops.get(id).await {
             Ok(Some(op)) => {

@@ -82,7 +82,7 @@ impl Engine {
                 scan_budget: LIST_SCAN_BUDGET.max(limit),
             })
             .await
-            .map_err(EngineError::Store)?;
+            .map_err(EngineError::from)?;
         Ok(OperationPage {
             next_page_token: page
                 .resume_after

@@ -2,34 +2,37 @@
 //! questions about them. It speaks only the model's types and its own;
 //! `grpc/` translates.
 //!
+//! - `commit`: the committer, the one owner of the store's writes, which
+//!   commits whatever waits as one batch;
 //! - `admission`: creates, from the checks to the durable write;
+//! - `dispatch` and `attempt`: claiming queued work in batches, per kind
+//!   up to its concurrency, and running each attempt;
 //! - `listing`: List, with its filter and signed page tokens;
 //! - `recovery`: what a restart does with unfinished operations;
 //! - `retention`: the sweeper of expired operations;
 //! - `feed`: follows the store's change feed into the watch hub;
 //! - `task`: the [`Task`] trait for operation kinds, and the registry;
-//! - `queue`, `schedule` and `worker`: event-driven dispatch;
 //! - `watch`: the hub that Wait and Watch follow;
 //! - `quota`: what each tenant may use; `clock`: the time source.
 //!
 //! **Invariant:** the engine knows neither tonic nor sled.
 
 mod admission;
+mod attempt;
 pub mod clock;
+mod commit;
+mod dispatch;
 pub mod error;
 mod feed;
 mod listing;
 pub mod page_token;
-mod queue;
 pub mod quota;
 mod recovery;
 mod retention;
-mod schedule;
 pub mod task;
 pub mod watch;
-mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,28 +43,34 @@ use tracing::warn;
 
 pub use self::admission::{CallbackGuard, SubmitOptions};
 pub use self::clock::Clock;
+pub use self::dispatch::CLAIM_BATCH;
 pub use self::error::EngineError;
 pub use self::listing::{
     DEFAULT_PAGE_SIZE, LIST_SCAN_BUDGET, MAX_FILTER_LEN, MAX_PAGE_SIZE, OperationPage,
 };
 pub use self::quota::{TenantQuotas, WatchPermit};
-pub use self::task::{Registry, Task, TaskContext, TaskError, TaskPolicy};
+pub use self::task::{DEFAULT_CONCURRENCY, Registry, Task, TaskContext, TaskError, TaskPolicy};
 pub use self::watch::{Snapshot, Subscription};
 /// The model types a [`Task`] implementation needs.
 pub use crate::model::{Code, FieldViolation, OperationId, Payload};
 
+use self::admission::Admission;
+use self::attempt::Running;
+use self::commit::Committer;
+use self::dispatch::Slots;
 use self::page_token::PageTokens;
-use self::queue::Queue;
 use self::quota::Quotas;
-use self::worker::Running;
 use crate::model::{Delivery, Edit, Operation, Scope, State, Tenant};
-use crate::store::{OperationStore, OutboxStore, Stores};
+use crate::store::{
+    Applied, Health, OperationStore, OutboxStore, QueueDepth, StoreError, Stores, Write,
+};
 
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// How many tasks run at once.
-    pub workers: usize,
+    /// How many operations of a kind may run at once, for the kinds named
+    /// here (by name or short name); the others run as their policy says.
+    pub concurrency: HashMap<String, usize>,
     /// How many operations may wait for a worker before creates are refused.
     pub max_queued: usize,
     /// The least time between two stored progress reports of one task.
@@ -83,7 +92,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            concurrency: HashMap::new(),
             max_queued: 100_000,
             progress_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
@@ -98,7 +107,7 @@ impl Default for EngineConfig {
 impl fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EngineConfig")
-            .field("workers", &self.workers)
+            .field("concurrency", &self.concurrency)
             .field("max_queued", &self.max_queued)
             .field("progress_interval", &self.progress_interval)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -119,28 +128,55 @@ pub struct Engine {
 pub(crate) struct Inner {
     ops: Arc<dyn OperationStore>,
     outbox: Arc<dyn OutboxStore>,
+    committer: Committer,
     registry: Registry,
     config: EngineConfig,
     clock: Clock,
-    queue: Queue,
-    schedule: schedule::Schedule,
+    slots: Slots,
+    admission: Admission,
     hub: Arc<watch::Hub>,
-    running: Mutex<HashMap<OperationId, Running>>,
+    running: Mutex<RunningHere>,
     page_tokens: PageTokens,
     quotas: Arc<Quotas>,
     tracker: TaskTracker,
-    /// Fires when shutdown begins: workers stop taking work, tasks are asked
-    /// to stop, watch streams end.
+    /// The committer's task, apart from `tracker`: it must outlive every
+    /// task that writes.
+    writer: TaskTracker,
+    /// Fires when shutdown begins: the dispatcher stops, tasks are asked to
+    /// stop, watch streams end.
     shutdown: CancellationToken,
     /// Fires when the grace period is over: remaining tasks are aborted.
     hard_stop: CancellationToken,
+    /// Fires once every task has stopped: the committer finishes.
+    stop_writes: CancellationToken,
+}
+
+/// The attempts running on this process, and cancellations that arrived
+/// for an operation claimed here before its attempt was under way.
+#[derive(Default)]
+struct RunningHere {
+    attempts: HashMap<OperationId, Running>,
+    cancelled: HashSet<OperationId>,
 }
 
 impl Inner {
-    fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<OperationId, Running>> {
+    fn running_lock(&self) -> std::sync::MutexGuard<'_, RunningHere> {
         // Each critical section is one insert, remove or lookup, so a
         // poisoned lock holds consistent data.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers an attempt; true when its operation was cancelled before.
+    fn register_running(&self, id: OperationId, running: Running) -> bool {
+        let mut here = self.running_lock();
+        here.attempts.insert(id, running);
+        here.cancelled.remove(&id)
+    }
+
+    fn forget_running(&self, id: OperationId) {
+        let mut here = self.running_lock();
+        here.attempts.remove(&id);
+        here.cancelled.remove(&id);
     }
 
     /// Removes what a done operation left outside the store.
@@ -150,23 +186,42 @@ impl Inner {
         }
     }
 
-    /// Puts a queued operation in line: now, or when its backoff ends.
-    fn enqueue(&self, op: &Operation) {
-        match op.not_before {
-            Some(at) => self.schedule.add(op.id, &op.tenant, self.clock.until(at)),
-            None => self.queue.push_recovered(op.id, &op.tenant),
+    /// Tells the task running `op` on this process to stop, when a client
+    /// asked for that. A cancellation that finds no attempt here is kept
+    /// until the operation is done, for an attempt that is about to start
+    /// (its claim was made before the cancellation, but it is not
+    /// registered yet).
+    fn deliver_cancellation(&self, op: &Operation) {
+        let mut here = self.running_lock();
+        match op.state {
+            State::Cancelling => match here.attempts.get(&op.id) {
+                Some(running) => running.cancel_by_client(),
+                None => {
+                    here.cancelled.insert(op.id);
+                }
+            },
+            state if state.is_terminal() => {
+                here.cancelled.remove(&op.id);
+            }
+            _ => {}
         }
     }
 
-    /// Tells the task running `op` on this process to stop, when a client
-    /// asked for that.
-    fn deliver_cancellation(&self, op: &Operation) {
-        if op.state == State::Cancelling
-            && let Some(running) = self.running_lock().get(&op.id)
-        {
-            running.cancel_by_client();
+    /// Commits one edit of the operation called `name`.
+    async fn edit(&self, id: OperationId, edit: Edit) -> Result<Operation, EngineError> {
+        match self.committer.write(Write::Update { id, edit }).await {
+            Ok(Applied::Updated(op)) => Ok(op),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(EngineError::from_store(id.name(), e)),
         }
     }
+}
+
+/// A store that answered a write with another write's kind of answer.
+fn unexpected(applied: &Applied) -> EngineError {
+    EngineError::Store(StoreError::Backend(format!(
+        "the store answered with {applied:?}"
+    )))
 }
 
 impl Engine {
@@ -183,13 +238,23 @@ impl Engine {
             .secrets
             .secret("page-token-key", &fresh_key)
             .await
-            .map_err(EngineError::Store)?;
+            .map_err(EngineError::from)?;
+        let slots = Slots::new(&registry, &config.concurrency)?;
+        let writer = TaskTracker::new();
+        let stop_writes = CancellationToken::new();
+        let committer = Committer::start(
+            Arc::clone(&stores.operations),
+            config.clock,
+            &writer,
+            stop_writes.clone(),
+        );
         let inner = Arc::new(Inner {
-            queue: Queue::new(config.max_queued, config.quotas.max_queued),
             quotas: Quotas::new(&config.quotas),
-            schedule: schedule::Schedule::default(),
             ops: Arc::clone(&stores.operations),
             outbox: Arc::clone(&stores.outbox),
+            committer,
+            slots,
+            admission: Admission::default(),
             registry,
             clock: config.clock,
             config,
@@ -197,31 +262,45 @@ impl Engine {
             running: Mutex::default(),
             page_tokens: PageTokens::new(key),
             tracker: TaskTracker::new(),
+            writer,
             shutdown: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
+            stop_writes,
         });
         inner.tracker.spawn(feed::follow(Arc::clone(&inner)));
         Ok(Self { inner })
     }
 
     /// Recovers unfinished operations (see `recovery`) and starts the
-    /// workers, the retry scheduler and the retention sweeper.
+    /// dispatcher and the retention sweeper. A store too full to take
+    /// recovery's writes does not stop the start: recovery runs once there
+    /// is room, and reads are served meanwhile.
     pub async fn start(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
-        recovery::recover(inner).await?;
-        let scheduler = Arc::clone(inner);
-        inner.tracker.spawn(async move {
-            scheduler
-                .schedule
-                .run(&scheduler.queue, &scheduler.shutdown)
-                .await
-        });
-        inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
-        for n in 0..inner.config.workers.max(1) {
-            inner
-                .tracker
-                .spawn(worker::run_worker(Arc::clone(inner), n));
+        match recovery::recover(inner).await {
+            Ok(()) => {}
+            Err(e) if e.is_storage_full() => {
+                warn!("the disk is full: recovery waits until there is room");
+                let later = Arc::clone(inner);
+                inner.tracker.spawn(async move {
+                    let mut health = later.ops.health();
+                    loop {
+                        tokio::select! {
+                            _ = later.shutdown.cancelled() => return,
+                            _ = health.wait_for(|h| *h == Health::Writable) => {}
+                        }
+                        match recovery::recover(&later).await {
+                            Err(e) if e.is_storage_full() => continue,
+                            Err(e) => return warn!(error = %e, "recovery failed"),
+                            Ok(()) => return,
+                        }
+                    }
+                });
+            }
+            Err(e) => return Err(e),
         }
+        inner.tracker.spawn(dispatch::run(Arc::clone(inner)));
+        inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
         Ok(())
     }
 
@@ -245,6 +324,10 @@ impl Engine {
             inner.hard_stop.cancel();
             inner.tracker.wait().await;
         }
+        // Every attempt has handed over its last write; commit them.
+        inner.stop_writes.cancel();
+        inner.writer.close();
+        inner.writer.wait().await;
         if let Err(e) = inner.ops.flush().await {
             warn!(error = %e, "final flush failed");
         }
@@ -257,7 +340,7 @@ impl Engine {
 
     /// Reads one operation, if `scope` reaches it.
     pub async fn get(&self, scope: &Scope, id: OperationId) -> Result<Operation, EngineError> {
-        match self.inner.ops.get(id).await.map_err(EngineError::Store)? {
+        match self.inner.ops.get(id).await.map_err(EngineError::from)? {
             Some(op) if scope.permits(&op.tenant) => Ok(op),
             _ => Err(EngineError::NotFound { name: id.name() }),
         }
@@ -271,18 +354,10 @@ impl Engine {
             // The tenant never changes, so checking it first is enough.
             self.get(scope, id).await?;
         }
-        let op = self
-            .inner
-            .ops
-            .update(id, Edit::Cancel, self.inner.clock.now())
-            .await
-            .map_err(|e| EngineError::from_store(id.name(), e))?;
-        // The change feed tells the worker too (on every node); doing it here
-        // as well saves a hop on this one.
+        let op = self.inner.edit(id, Edit::Cancel).await?;
+        // The change feed tells the attempt too (on every node); doing it
+        // here as well saves a hop on this one.
         self.inner.deliver_cancellation(&op);
-        if op.state == State::Cancelled {
-            self.inner.queue.remove(id);
-        }
         Ok(op)
     }
 
@@ -293,11 +368,20 @@ impl Engine {
         op.check_deletable()
             .map_err(|e| EngineError::from_store(id.name(), e.into()))?;
         self.inner.expire_artifacts(&op).await;
+        match self.inner.committer.write(Write::Delete(id)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(EngineError::from_store(id.name(), e)),
+        }
+    }
+
+    /// Records a webhook delivery attempt (the deliverer's write).
+    pub async fn save_delivery(&self, delivery: Delivery) -> Result<(), EngineError> {
         self.inner
-            .ops
-            .delete(id)
+            .committer
+            .write(Write::SaveDelivery(delivery))
             .await
-            .map_err(|e| EngineError::from_store(id.name(), e))
+            .map(|_| ())
+            .map_err(EngineError::from)
     }
 
     /// Follows one operation that `scope` reaches. The subscription starts
@@ -309,7 +393,7 @@ impl Engine {
     ) -> Result<Subscription, EngineError> {
         let mut sub = self.inner.hub.subscribe(id);
         if let Snapshot::Loading = sub.current() {
-            let loaded = match self.inner.ops.get(id).await.map_err(EngineError::Store)? {
+            let loaded = match self.inner.ops.get(id).await.map_err(EngineError::from)? {
                 Some(op) => Snapshot::Present(Arc::new(op)),
                 None => Snapshot::Gone,
             };
@@ -367,12 +451,18 @@ impl Engine {
             .outbox
             .deliveries(id)
             .await
-            .map_err(EngineError::Store)
+            .map_err(EngineError::from)
     }
 
-    /// How many operations wait for a worker.
-    pub fn queue_depth(&self) -> usize {
-        self.inner.queue.depth()
+    /// How many operations wait for a worker, in all and for `tenant`.
+    pub fn queue_depth(&self, tenant: &Tenant) -> QueueDepth {
+        self.inner.ops.queued(tenant)
+    }
+
+    /// How many operations of each kind run on this process, against the
+    /// kind's concurrency: (kind, running, limit).
+    pub fn running(&self) -> Vec<(&'static str, usize, usize)> {
+        self.inner.slots.usage()
     }
 
     /// How many operations have at least one watcher.

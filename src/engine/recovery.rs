@@ -1,58 +1,100 @@
 //! What a restart does with the operations it finds unfinished.
 //!
-//! Queued ones are queued again (after their backoff, if they wait for a
-//! retry). One whose process died mid-attempt runs again as attempt + 1, or
-//! ends ABORTED when its kind is not retry-safe or it used up its attempts.
+//! Queued ones stay queued: the store's queue of claimable work already
+//! holds them (after their backoff, if they wait for a retry). One whose
+//! process died mid-attempt runs again as attempt + 1, or ends ABORTED when
+//! its kind is not retry-safe or it used up its attempts. One of a kind
+//! this server does not run ends UNIMPLEMENTED, rather than waiting
+//! forever for a worker. All of it is committed in batches.
 
 use tracing::info;
 
 use super::{EngineError, Inner, TaskPolicy};
-use crate::model::{Edit, Operation, OrphanRetry, State};
-use crate::store::StoreError;
+use crate::model::{
+    Claim, Code, Edit, Finish, Operation, OperationError, OrphanRetry, Outcome, State,
+};
+use crate::store::{StoreError, Write};
 
-/// Recovers every unfinished operation; done before the workers start.
+/// Recovers every unfinished operation; done before the dispatcher starts.
 pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
-    let unfinished = inner.ops.unfinished().await.map_err(EngineError::Store)?;
-    let (mut requeued, mut ended) = (0usize, 0usize);
-    for op in unfinished {
-        let op = if op.state == State::Queued {
-            op
-        } else {
-            let retry = orphan_retry(inner.registry.policy(&op.kind), &op);
-            match inner
-                .ops
-                .update(op.id, Edit::RecoverOrphan(retry), inner.clock.now())
-                .await
-            {
-                Ok(op) => op,
-                Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(EngineError::Store(e)),
+    let unfinished = inner.ops.unfinished().await.map_err(EngineError::from)?;
+    let mut writes = Vec::new();
+    let (mut orphans, mut unknown) = (0usize, 0usize);
+    for op in &unfinished {
+        let policy = inner.registry.policy(&op.kind);
+        match (op.state, policy) {
+            (State::Queued, Some(_)) => {}
+            (State::Queued, None) => {
+                unknown += 1;
+                // A claim first, so that the attempt that ends it owns it.
+                writes.push(Write::Update {
+                    id: op.id,
+                    edit: Edit::Claim { lease: None },
+                });
+                writes.push(finish_unknown(op, op.attempt + 1));
             }
-        };
-        if op.state == State::Queued {
-            inner.enqueue(&op);
-            requeued += 1;
-        } else {
-            ended += 1;
+            (_, None) => {
+                unknown += 1;
+                writes.push(finish_unknown(op, op.attempt));
+            }
+            (_, Some(policy)) => {
+                orphans += 1;
+                writes.push(Write::Update {
+                    id: op.id,
+                    edit: Edit::RecoverOrphan(orphan_retry(policy, op)),
+                });
+            }
         }
     }
-    info!(requeued, ended, "recovery done");
+    for result in inner.committer.write_all(writes).await {
+        match result {
+            Ok(_) | Err(StoreError::NotFound | StoreError::Rejected(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    info!(
+        unfinished = unfinished.len(),
+        orphans, unknown, "recovery done"
+    );
     Ok(())
 }
 
+/// Ends an operation of a kind this server does not run, under the claim
+/// of `attempt`.
+fn finish_unknown(op: &Operation, attempt: u32) -> Write {
+    let error = OperationError::new(
+        Code::Unimplemented,
+        "KIND_NOT_REGISTERED",
+        format!(
+            "no handler for kind {:?} is registered on this server",
+            op.kind
+        ),
+    );
+    Write::Update {
+        id: op.id,
+        edit: Edit::Finish {
+            claim: Claim { id: op.id, attempt },
+            finish: Finish::Done {
+                outcome: Outcome::Error(error),
+                progress: None,
+            },
+        },
+    }
+}
+
 /// Decides whether an attempt interrupted by a crash may run again.
-fn orphan_retry(policy: Option<&TaskPolicy>, op: &Operation) -> OrphanRetry {
-    match policy {
-        Some(policy) if !policy.retry_safe => OrphanRetry::Refused(format!(
+fn orphan_retry(policy: &TaskPolicy, op: &Operation) -> OrphanRetry {
+    if !policy.retry_safe {
+        OrphanRetry::Refused(format!(
             "attempt {} was interrupted by a server restart, and kind {:?} is not safe to run twice",
             op.attempt, op.kind
-        )),
-        Some(_) if op.attempt >= op.max_attempts => OrphanRetry::Refused(format!(
+        ))
+    } else if op.attempt >= op.max_attempts {
+        OrphanRetry::Refused(format!(
             "attempt {} of {} was interrupted by a server restart; no attempts are left",
             op.attempt, op.max_attempts
-        )),
-        // An unknown kind is queued again: its worker ends it with a clear
-        // error, and registering the kind later lets it run.
-        _ => OrphanRetry::Allowed,
+        ))
+    } else {
+        OrphanRetry::Allowed
     }
 }

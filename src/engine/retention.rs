@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::Inner;
-use crate::model::OperationId;
+use crate::store::{Applied, Write};
 
 /// How many expired operations the sweeper deletes in one batch.
 const SWEEP_BATCH: usize = 1000;
@@ -36,15 +36,17 @@ pub(super) async fn sweep(inner: Arc<Inner>) {
             for op in &batch {
                 inner.expire_artifacts(op).await;
             }
-            let ids: Vec<OperationId> = batch.iter().map(|op| op.id).collect();
-            match inner.ops.purge(&ids).await {
-                Ok(purged) => debug!(purged, "expired operations deleted"),
-                Err(e) => {
-                    warn!(error = %e, "could not delete expired operations");
-                    break;
+            let writes = batch.iter().map(|op| Write::Purge(op.id)).collect();
+            let mut purged = 0usize;
+            for result in inner.committer.write_all(writes).await {
+                match result {
+                    Ok(Applied::Deleted(true)) => purged += 1,
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "could not delete an expired operation"),
                 }
             }
-            if ids.len() < SWEEP_BATCH || inner.shutdown.is_cancelled() {
+            debug!(purged, "expired operations deleted");
+            if batch.len() < SWEEP_BATCH || purged == 0 || inner.shutdown.is_cancelled() {
                 break;
             }
             tokio::task::yield_now().await;

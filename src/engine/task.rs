@@ -29,6 +29,10 @@ pub trait Task: Send + Sync + 'static {
     /// The kind's unique name, shown in the metadata and usable in filters.
     const KIND: &'static str;
 
+    /// A short name for the command line (`--concurrency sleep=100`), if
+    /// the kind has one.
+    const SHORT_NAME: Option<&'static str> = None;
+
     /// Checks a request before any operation exists. An error here fails the
     /// create call with INVALID_ARGUMENT.
     fn validate(&self, _request: &Self::Request) -> Result<(), FieldViolation> {
@@ -73,7 +77,16 @@ pub struct TaskPolicy {
     /// How long one attempt may run before it ends DEADLINE_EXCEEDED.
     /// Create requests may ask for less, never more.
     pub timeout: Duration,
+    /// How many operations of the kind may run at once on this server.
+    /// Kinds that mostly wait (on the network, a timer, another service)
+    /// can run hundreds; kinds that keep a core busy should run about one
+    /// per core ([`TaskPolicy::cpu_bound`]).
+    pub concurrency: usize,
 }
+
+/// The concurrency of a kind that does not say: enough for work that
+/// mostly waits.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 impl Default for TaskPolicy {
     fn default() -> Self {
@@ -83,11 +96,21 @@ impl Default for TaskPolicy {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(3600),
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
 
 impl TaskPolicy {
+    /// The default policy for a kind that keeps a core busy: one operation
+    /// at a time per core.
+    pub fn cpu_bound() -> Self {
+        Self {
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ..Self::default()
+        }
+    }
+
     /// How long to wait before the attempt after `failed_attempt`: a random
     /// time between zero and the exponential bound ("full jitter"), so that
     /// many operations failing together do not retry together.
@@ -281,6 +304,7 @@ impl<T: Task> ErasedTask for Erased<T> {
 pub(crate) struct Kind {
     pub(crate) task: Arc<dyn ErasedTask>,
     pub(crate) policy: TaskPolicy,
+    pub(crate) short_name: Option<&'static str>,
 }
 
 /// The kinds a server can run.
@@ -309,6 +333,7 @@ impl Registry {
             Kind {
                 task: Arc::new(Erased(Arc::new(task))),
                 policy,
+                short_name: T::SHORT_NAME,
             },
         );
         self
@@ -326,5 +351,32 @@ impl Registry {
 
     pub(crate) fn get(&self, kind: &str) -> Option<&Kind> {
         self.kinds.get(kind)
+    }
+
+    /// The registered kinds.
+    pub(crate) fn kinds(&self) -> impl Iterator<Item = (&'static str, &Kind)> {
+        self.kinds.iter().map(|(name, kind)| (*name, kind))
+    }
+
+    /// The kind `name` means: its full name or its short name.
+    pub fn resolve(&self, name: &str) -> Option<&'static str> {
+        self.kinds
+            .iter()
+            .find(|(full, kind)| **full == name || kind.short_name == Some(name))
+            .map(|(full, _)| *full)
+    }
+
+    /// Every kind's name (and short name), for messages.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(full, kind)| match kind.short_name {
+                Some(short) => format!("{short} ({full})"),
+                None => (*full).to_owned(),
+            })
+            .collect();
+        names.sort();
+        names.join(", ")
     }
 }

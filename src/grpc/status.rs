@@ -42,6 +42,10 @@ pub fn to_status(error: EngineError) -> Status {
         }
         EngineError::Unimplemented { .. } => Code::Unimplemented,
         EngineError::ShuttingDown => Code::Unavailable,
+        EngineError::Unavailable { retry_after, .. } => {
+            details.set_retry_info(Some(*retry_after));
+            Code::Unavailable
+        }
         EngineError::Store(e) => {
             error!(error = %e, "storage failure");
             Code::Internal

@@ -27,7 +27,7 @@ pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
 pub use self::id::{OperationId, RequestId};
 pub use self::operation::{
-    Limits, Notification, Operation, Outcome, Progress, State, to_micros_precision,
+    Lease, Limits, Notification, Operation, Outcome, Progress, State, to_micros_precision,
 };
 pub use self::payload::Payload;
 pub use self::status::{Code, FieldViolation, OperationError};

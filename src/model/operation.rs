@@ -125,7 +125,8 @@ pub struct Operation {
     pub outcome: Option<Outcome>,
     /// The idempotency key it was created with, if any.
     pub request_id: Option<RequestId>,
-    /// A digest of kind and request, to tell a true retry from a reused key.
+    /// A digest of kind and request, to tell a true retry from a reused
+    /// key; all zero when there is no request_id.
     pub request_digest: [u8; 32],
     /// Grows by one with every stored change; watchers use it to drop
     /// updates that arrive out of order.
@@ -142,6 +143,8 @@ pub struct Operation {
     pub notification: Option<Notification>,
     /// The tenant that owns it.
     pub tenant: Tenant,
+    /// While running under a leased claim: who holds it, until when.
+    pub lease: Option<Lease>,
 }
 
 /// Cuts a time to whole microseconds, the precision operations are stored
@@ -166,6 +169,13 @@ impl Operation {
         now: SystemTime,
     ) -> Self {
         let now = to_micros_precision(now);
+        // The digest tells a retry of a request_id from a reuse; without a
+        // request_id there is nothing to tell apart.
+        let request_digest = if request_id.is_some() {
+            request_digest
+        } else {
+            [0; 32]
+        };
         Self {
             id: OperationId::generate(),
             kind: kind.into(),
@@ -189,6 +199,7 @@ impl Operation {
             last_error: None,
             notification: None,
             tenant,
+            lease: None,
         }
     }
 
@@ -216,6 +227,17 @@ impl Notification {
             self.states.contains(&state)
         }
     }
+}
+
+/// Who holds a claim and until when, for claims that must be renewed (an
+/// attempt run by another node or an outside worker). A claim without a
+/// lease lasts until its attempt ends or the process that holds it dies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The node or worker that holds it.
+    pub holder: String,
+    /// When it lapses unless renewed.
+    pub expires: SystemTime,
 }
 
 /// The per-operation limits fixed when it is created.

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use super::delivery::Delivery;
 use super::id::OperationId;
-use super::operation::{Operation, Outcome, Progress, State, to_micros_precision};
+use super::operation::{Lease, Operation, Outcome, Progress, State, to_micros_precision};
 use super::status::{Code, OperationError};
 
 /// The token a worker holds while it runs an attempt. Writes made with a
@@ -64,8 +64,9 @@ pub enum OrphanRetry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Edit {
     /// A worker takes the queued operation: RUNNING under attempt + 1,
-    /// which becomes the fencing token of its claim.
-    Claim,
+    /// which becomes the fencing token of its claim, held under `lease`
+    /// when it has one.
+    Claim { lease: Option<Lease> },
     /// Progress reported by the holder of `claim`.
     Progress { claim: Claim, progress: Progress },
     /// The attempt held by `claim` ends, or is released.
@@ -132,7 +133,7 @@ impl Operation {
     pub fn apply(&self, edit: &Edit, now: SystemTime) -> Result<Option<Transition>, Rejection> {
         let now = to_micros_precision(now);
         let next = match edit {
-            Edit::Claim => Some(self.claim(now)?),
+            Edit::Claim { lease } => Some(self.claim(lease, now)?),
             Edit::Progress { claim, progress } => Some(self.progress(claim, progress, now)?),
             Edit::Finish { claim, finish } => Some(self.finish(claim, finish, now)?),
             Edit::Cancel => self.cancel(now)?,
@@ -160,7 +161,7 @@ impl Operation {
     }
 
     /// QUEUED -> RUNNING under a new attempt number.
-    fn claim(&self, now: SystemTime) -> Result<Operation, Rejection> {
+    fn claim(&self, lease: &Option<Lease>, now: SystemTime) -> Result<Operation, Rejection> {
         if self.state != State::Queued {
             return Err(Rejection::Precondition {
                 reason: "OPERATION_NOT_QUEUED",
@@ -174,6 +175,7 @@ impl Operation {
         next.status_message.clear();
         next.start_time = Some(now);
         next.not_before = None;
+        next.lease.clone_from(lease);
         Ok(next.touched(now))
     }
 
@@ -211,6 +213,8 @@ impl Operation {
     ) -> Result<Operation, Rejection> {
         self.check_claim(claim)?;
         let mut next = self.clone();
+        // However it ends, the attempt holds nothing any more.
+        next.lease = None;
         match finish {
             Finish::Release if self.state == State::Cancelling => {
                 // Nobody wants the rest of this work: end it as cancelled

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Reports;
 use super::rows::{ColumnMap, RowError};
-use crate::engine::{Task, TaskContext, TaskError};
+use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
 use crate::model::order::Order;
 use crate::model::{Code, OperationId};
 use crate::pb::longrun::v1 as api;
@@ -145,6 +145,12 @@ impl Task for ImportOrdersTask {
     type Response = api::ImportOrdersResponse;
 
     const KIND: &'static str = "longrun.v1.ReportService.ImportOrders";
+    const SHORT_NAME: Option<&'static str> = Some("import");
+
+    /// Parsing and storing keep a core busy.
+    fn policy(&self) -> TaskPolicy {
+        TaskPolicy::cpu_bound()
+    }
 
     async fn run(
         &self,

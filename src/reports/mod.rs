@@ -110,7 +110,7 @@ pub const READ_CHUNK: usize = 64 * 1024;
 impl From<UploadError> for EngineError {
     fn from(e: UploadError) -> Self {
         match e {
-            UploadError::Io(io) => EngineError::Store(StoreError::Backend(io.to_string())),
+            UploadError::Io(io) => StoreError::Backend(io.to_string()).into(),
             other => EngineError::invalid("csv_chunk", other.to_string()),
         }
     }
@@ -223,5 +223,5 @@ impl Reports {
 }
 
 fn io_failure(what: &str, e: io::Error) -> EngineError {
-    EngineError::Store(StoreError::Backend(format!("{what}: {e}")))
+    StoreError::Backend(format!("{what}: {e}")).into()
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::Reports;
 use super::rows::COLUMNS;
-use crate::engine::{Task, TaskContext, TaskError};
+use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
 use crate::model::order::{Month, Order, OrderStatus};
 use crate::model::{Code, FieldViolation, OperationId};
 use crate::pb::longrun::v1::{self as api, ReportFormat};
@@ -218,6 +218,12 @@ impl Task for CreateReportTask {
     type Response = api::Report;
 
     const KIND: &'static str = "longrun.v1.ReportService.CreateReport";
+    const SHORT_NAME: Option<&'static str> = Some("report");
+
+    /// Rendering keeps a core busy.
+    fn policy(&self) -> TaskPolicy {
+        TaskPolicy::cpu_bound()
+    }
 
     fn validate(&self, request: &api::CreateReportRequest) -> Result<(), FieldViolation> {
         validate(request).map(|_| ())

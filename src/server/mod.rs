@@ -39,7 +39,8 @@ use crate::pb::longrun::v1::notifications_server::NotificationsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
 use crate::reports::Reports;
-use crate::store::{Backend, SledStore, StoreError, Stores, SyncMode};
+use crate::store::sled::SledConfig;
+use crate::store::{Backend, Health, OperationStore, SledStore, StoreError, Stores};
 use crate::webhook::guard::CreateTimeGuard;
 use crate::webhook::{Secret, WebhookConfig};
 use tls::{TlsError, TlsFiles, TlsPaths};
@@ -51,11 +52,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Which store backend.
     pub backend: Backend,
-    /// How hard the store works to keep acknowledged writes.
-    pub sync: SyncMode,
-    /// The store's page cache, in bytes.
-    pub cache_bytes: u64,
-    /// Workers, queue and shutdown settings.
+    /// The sled backend's settings: sync mode, cache, disk reserve.
+    pub sled: SledConfig,
+    /// Concurrency, queue and shutdown settings.
     pub engine: EngineConfig,
     /// Whether the Diagnostics service (and its Sleep kind) is on.
     pub diagnostics: bool,
@@ -99,8 +98,7 @@ impl Default for ServerConfig {
         Self {
             data_dir: PathBuf::from("./longrun-data"),
             backend: Backend::Sled,
-            sync: SyncMode::Always,
-            cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
+            sled: SledConfig::default(),
             engine: EngineConfig::default(),
             diagnostics: true,
             sleep_policy: SleepTask.policy(),
@@ -151,6 +149,52 @@ pub enum ServerError {
          Pass --auth-file FILE, or --insecure-no-auth to accept that"
     )]
     InsecureNoAuth { address: String },
+}
+
+/// How often a store short of disk space is looked at again, so that
+/// health comes back without waiting for a write.
+const FULL_PROBE: Duration = Duration::from_secs(1);
+
+/// Keeps every service's health in step with the store's: SERVING while it
+/// takes writes, NOT_SERVING while its disk is full (reads still work).
+async fn follow_store_health(
+    ops: Arc<dyn OperationStore>,
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<&'static str>,
+    stop: CancellationToken,
+) {
+    let mut health = ops.health();
+    loop {
+        let now = *health.borrow_and_update();
+        let status = match now {
+            Health::Writable => ServingStatus::Serving,
+            Health::Full => {
+                warn!("the store's disk is full: NOT_SERVING, new operations refused");
+                ServingStatus::NotServing
+            }
+        };
+        for name in &names {
+            reporter.set_service_status(*name, status).await;
+        }
+        loop {
+            let probe = async {
+                match now {
+                    Health::Full => tokio::time::sleep(FULL_PROBE).await,
+                    Health::Writable => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = probe => ops.probe().await,
+            }
+        }
+    }
 }
 
 /// Re-reads the auth file and the TLS files of a running server (on
@@ -211,11 +255,12 @@ impl Server {
         }
         let stores = match config.backend {
             Backend::Sled => Stores::from_backend(
-                SledStore::open_with_cache(&config.data_dir, config.sync, config.cache_bytes)
-                    .map_err(|source| ServerError::Store {
+                SledStore::open_with(&config.data_dir, &config.sled).map_err(|source| {
+                    ServerError::Store {
                         path: config.data_dir.display().to_string(),
                         source,
-                    })?,
+                    }
+                })?,
             ),
         };
         let reports = Reports::open(
@@ -417,16 +462,21 @@ impl Server {
         }
         tasks.spawn(crate::webhook::deliver::run(
             Arc::clone(&stores.outbox),
+            engine.clone(),
             stores.operations.subscribe(),
             Arc::new(config.webhooks.clone()),
             auth.clone(),
             engine.shutdown_token().clone(),
         ));
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
+        // Health follows the store from here on: SERVING while it takes
+        // writes, NOT_SERVING while its disk is full.
+        let watching = CancellationToken::new();
+        let follower = tasks.spawn(follow_store_health(
+            Arc::clone(&stores.operations),
+            health.clone(),
+            names.clone(),
+            watching.clone(),
+        ));
         match local {
             // A stable line that scripts and tests can wait for.
             Some(address) => {
@@ -438,6 +488,8 @@ impl Server {
 
         shutdown.await;
         info!("shutting down");
+        watching.cancel();
+        let _ = follower.await;
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::NotServing)

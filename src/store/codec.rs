@@ -1,10 +1,17 @@
-//! The byte encoding of stored operations, shared by every backend that
-//! stores records as blobs.
+//! The byte encoding of stored records, for backends that store records as
+//! blobs.
 //!
-//! It is a private protobuf message, so fields can be added later without
-//! breaking data written by older versions.
+//! Records are private protobuf messages, so fields can be added without
+//! breaking data written by older versions. To keep them small, the id is
+//! left out (it is the key), the long strings every record repeats (the
+//! kind and the type URLs) are stored as numbers from a [`Strings`] table,
+//! times after the creation time are stored as offsets from it, and the
+//! request digest is kept only when a request_id needs it. Records written
+//! before that (with the id, the strings and absolute times inline) still
+//! decode.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -12,16 +19,27 @@ use prost::Message;
 use super::{StoreError, StoreResult};
 use crate::model::order::{Order, OrderStatus};
 use crate::model::{
-    Code, Delivery, DeliveryState, Notification, Operation, OperationError, OperationId, Outcome,
-    Payload, RequestId, State, Tenant,
+    Code, Delivery, DeliveryState, Lease, Notification, Operation, OperationError, OperationId,
+    Outcome, Payload, RequestId, State, Tenant,
 };
 
+/// Numbers for the strings records repeat.
+pub(crate) trait Strings {
+    /// The number of `text`, giving it one if it has none yet. Numbers
+    /// start at 1.
+    fn intern(&mut self, text: &str) -> u32;
+    /// The string numbered `number`.
+    fn resolve(&self, number: u32) -> Option<Arc<str>>;
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
-struct StoredOperation {
+pub(crate) struct StoredOperation {
+    /// Written by the first layout only; the key holds it now.
     #[prost(bytes = "vec", tag = "1")]
-    id: Vec<u8>,
+    pub(crate) id: Vec<u8>,
+    /// Written by the first layout only; now `kind_ref`.
     #[prost(string, tag = "2")]
-    kind: String,
+    pub(crate) kind: String,
     #[prost(uint32, tag = "3")]
     state: u32,
     #[prost(uint32, tag = "4")]
@@ -33,15 +51,17 @@ struct StoredOperation {
     #[prost(bool, tag = "7")]
     requested_cancellation: bool,
     #[prost(int64, tag = "8")]
-    create_time_us: i64,
+    pub(crate) create_time_us: i64,
+    /// The first layout's absolute times; now the `_after_us` offsets.
     #[prost(int64, optional, tag = "9")]
     start_time_us: Option<i64>,
     #[prost(int64, tag = "10")]
     update_time_us: i64,
     #[prost(int64, optional, tag = "11")]
     end_time_us: Option<i64>,
+    /// Written by the first layout only; now `request_type_ref`.
     #[prost(string, tag = "12")]
-    request_type_url: String,
+    pub(crate) request_type_url: String,
     #[prost(bytes = "bytes", tag = "13")]
     request_value: bytes::Bytes,
     #[prost(message, optional, tag = "14")]
@@ -66,6 +86,26 @@ struct StoredOperation {
     notification: Option<StoredNotification>,
     #[prost(string, tag = "24")]
     tenant: String,
+    #[prost(uint32, tag = "25")]
+    kind_ref: u32,
+    #[prost(uint32, tag = "26")]
+    request_type_ref: u32,
+    #[prost(sint64, optional, tag = "27")]
+    start_after_us: Option<i64>,
+    #[prost(sint64, tag = "28")]
+    update_after_us: i64,
+    #[prost(sint64, optional, tag = "29")]
+    end_after_us: Option<i64>,
+    #[prost(message, optional, tag = "30")]
+    lease: Option<StoredLease>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredLease {
+    #[prost(string, tag = "1")]
+    holder: String,
+    #[prost(int64, tag = "2")]
+    expires_us: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,6 +114,29 @@ struct StoredNotification {
     callback_url: String,
     #[prost(uint32, repeated, tag = "2")]
     states: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredPayload {
+    /// Written by the first layout only; now `type_ref`.
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: bytes::Bytes,
+    #[prost(uint32, tag = "3")]
+    type_ref: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredError {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(string, tag = "3")]
+    reason: String,
+    #[prost(btree_map = "string, string", tag = "4")]
+    metadata: BTreeMap<String, String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -98,68 +161,9 @@ struct StoredDelivery {
     last_status_code: u32,
     #[prost(string, tag = "10")]
     last_error: String,
-}
-
-/// Encodes an outbox entry.
-pub(crate) fn encode_delivery(d: &Delivery) -> Vec<u8> {
-    StoredDelivery {
-        id: d.id.as_bytes().to_vec(),
-        event: u32::from(d.event.as_u8()),
-        snapshot: encode(&d.snapshot),
-        callback_url: d.callback_url.clone(),
-        create_time_us: to_micros(d.create_time),
-        state: u32::from(d.state.as_u8()),
-        attempts: d.attempts,
-        next_attempt_us: d.next_attempt.map(to_micros),
-        last_status_code: u32::from(d.last_status_code),
-        last_error: d.last_error.clone(),
-    }
-    .encode_to_vec()
-}
-
-/// Decodes an outbox entry.
-pub(crate) fn decode_delivery(bytes: &[u8]) -> StoreResult<Delivery> {
-    let s = StoredDelivery::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let snapshot = decode(&s.snapshot)?;
-    Ok(Delivery {
-        id: uuid::Uuid::from_bytes(id16(&s.id, "delivery id")?),
-        operation: snapshot.id,
-        event: u8::try_from(s.event)
-            .ok()
-            .and_then(State::from_u8)
-            .ok_or_else(|| corrupt("delivery event"))?,
-        snapshot,
-        callback_url: s.callback_url,
-        create_time: from_micros(s.create_time_us),
-        state: u8::try_from(s.state)
-            .ok()
-            .and_then(DeliveryState::from_u8)
-            .ok_or_else(|| corrupt("delivery state"))?,
-        attempts: s.attempts,
-        next_attempt: s.next_attempt_us.map(from_micros),
-        last_status_code: u16::try_from(s.last_status_code).unwrap_or(0),
-        last_error: s.last_error,
-    })
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct StoredPayload {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "bytes", tag = "2")]
-    value: bytes::Bytes,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct StoredError {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(string, tag = "3")]
-    reason: String,
-    #[prost(btree_map = "string, string", tag = "4")]
-    metadata: BTreeMap<String, String>,
+    /// The operation's id; the snapshot leaves it out.
+    #[prost(bytes = "vec", tag = "11")]
+    operation: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -174,6 +178,270 @@ struct StoredOrder {
     status: u32,
     #[prost(int64, tag = "5")]
     amount_cents: i64,
+}
+
+fn to_micros(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_micros(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn id16(bytes: &[u8], what: &str) -> StoreResult<[u8; 16]> {
+    bytes.try_into().map_err(|_| corrupt(what))
+}
+
+fn state_of(value: u32, what: &str) -> StoreResult<State> {
+    u8::try_from(value)
+        .ok()
+        .and_then(State::from_u8)
+        .ok_or_else(|| corrupt(what))
+}
+
+/// A string stored inline (first layout) or by number.
+fn text(inline: String, number: u32, strings: &impl Strings, what: &str) -> StoreResult<String> {
+    if number == 0 {
+        return Ok(inline);
+    }
+    strings
+        .resolve(number)
+        .map(|s| s.to_string())
+        .ok_or_else(|| corrupt(what))
+}
+
+fn store_error(e: &OperationError) -> StoredError {
+    StoredError {
+        code: e.code.as_i32(),
+        message: e.message.clone(),
+        reason: e.reason.clone(),
+        metadata: e.metadata.clone(),
+    }
+}
+
+fn load_error(e: StoredError) -> StoreResult<OperationError> {
+    Ok(OperationError {
+        code: Code::from_i32(e.code).ok_or_else(|| corrupt("unknown error code"))?,
+        message: e.message,
+        reason: e.reason,
+        metadata: e.metadata,
+    })
+}
+
+/// Encodes an operation (without its id, which is the key).
+pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
+    let (response, error) = match &op.outcome {
+        None => (None, None),
+        Some(Outcome::Response(p)) => (
+            Some(StoredPayload {
+                type_url: String::new(),
+                value: p.value.clone(),
+                type_ref: strings.intern(&p.type_url),
+            }),
+            None,
+        ),
+        Some(Outcome::Error(e)) => (None, Some(store_error(e))),
+    };
+    let created = to_micros(op.create_time);
+    let after = |time: SystemTime| to_micros(time) - created;
+    StoredOperation {
+        state: u32::from(op.state.as_u8()),
+        attempt: op.attempt,
+        progress_percent: op.progress_percent,
+        status_message: op.status_message.clone(),
+        requested_cancellation: op.requested_cancellation,
+        create_time_us: created,
+        start_after_us: op.start_time.map(after),
+        update_after_us: after(op.update_time),
+        end_after_us: op.end_time.map(after),
+        request_value: op.request.value.clone(),
+        response,
+        error,
+        request_id: op.request_id.map(|r| r.as_bytes().to_vec()),
+        request_digest: if op.request_id.is_some() {
+            op.request_digest.to_vec()
+        } else {
+            Vec::new()
+        },
+        version: op.version,
+        timeout_us: u64::try_from(op.timeout.as_micros()).unwrap_or(u64::MAX),
+        not_before_us: op.not_before.map(to_micros),
+        last_error: op.last_error.as_ref().map(store_error),
+        max_attempts: op.max_attempts,
+        notification: op.notification.as_ref().map(|n| StoredNotification {
+            callback_url: n.callback_url.clone(),
+            states: n.states.iter().map(|s| u32::from(s.as_u8())).collect(),
+        }),
+        tenant: op.tenant.as_str().to_owned(),
+        kind_ref: strings.intern(&op.kind),
+        request_type_ref: strings.intern(&op.request.type_url),
+        lease: op.lease.as_ref().map(|l| StoredLease {
+            holder: l.holder.clone(),
+            expires_us: to_micros(l.expires),
+        }),
+        ..StoredOperation::default()
+    }
+    .encode_to_vec()
+}
+
+/// Decodes the stored operation `id`, refusing anything inconsistent.
+pub(crate) fn decode(
+    id: OperationId,
+    bytes: &[u8],
+    strings: &impl Strings,
+) -> StoreResult<Operation> {
+    let s = StoredOperation::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    from_stored(id, s, strings)
+}
+
+pub(crate) fn from_stored(
+    id: OperationId,
+    s: StoredOperation,
+    strings: &impl Strings,
+) -> StoreResult<Operation> {
+    let state = state_of(s.state, "unknown state")?;
+    let outcome = match (s.response, s.error) {
+        (None, None) => None,
+        (Some(p), None) => Some(Outcome::Response(Payload {
+            type_url: text(p.type_url, p.type_ref, strings, "response type")?,
+            value: p.value,
+        })),
+        (None, Some(e)) => Some(Outcome::Error(load_error(e)?)),
+        (Some(_), Some(_)) => return Err(corrupt("both response and error are set")),
+    };
+    if outcome.is_some() != state.is_terminal() {
+        return Err(corrupt("outcome does not match state"));
+    }
+    let request_digest: [u8; 32] = match s.request_digest.len() {
+        0 => [0; 32],
+        _ => s
+            .request_digest
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("request digest"))?,
+    };
+    let created = s.create_time_us;
+    // Offsets from the creation time, or (first layout) absolute times.
+    let time = |offset: Option<i64>, absolute: Option<i64>| match offset {
+        Some(offset) => Some(from_micros(created + offset)),
+        None => absolute.map(from_micros),
+    };
+    Ok(Operation {
+        id,
+        kind: text(s.kind, s.kind_ref, strings, "kind")?,
+        state,
+        attempt: s.attempt,
+        progress_percent: s.progress_percent,
+        status_message: s.status_message,
+        requested_cancellation: s.requested_cancellation,
+        create_time: from_micros(created),
+        start_time: time(s.start_after_us, s.start_time_us),
+        // The first layout's absolute time, never written since.
+        update_time: if s.update_time_us != 0 {
+            from_micros(s.update_time_us)
+        } else {
+            from_micros(created + s.update_after_us)
+        },
+        end_time: time(s.end_after_us, s.end_time_us),
+        request: Payload {
+            type_url: text(
+                s.request_type_url,
+                s.request_type_ref,
+                strings,
+                "request type",
+            )?,
+            value: s.request_value,
+        },
+        outcome,
+        request_id: match s.request_id {
+            Some(r) => Some(RequestId::from_bytes(id16(&r, "request id")?)),
+            None => None,
+        },
+        request_digest,
+        version: s.version,
+        timeout: Duration::from_micros(s.timeout_us),
+        not_before: s.not_before_us.map(from_micros),
+        last_error: s.last_error.map(load_error).transpose()?,
+        max_attempts: s.max_attempts,
+        notification: match s.notification {
+            Some(n) => Some(Notification {
+                callback_url: n.callback_url,
+                states: n
+                    .states
+                    .into_iter()
+                    .map(|v| state_of(v, "notification state"))
+                    .collect::<StoreResult<_>>()?,
+            }),
+            None => None,
+        },
+        tenant: Tenant::from_stored(&s.tenant).map_err(StoreError::Corrupt)?,
+        lease: s.lease.map(|l| Lease {
+            holder: l.holder,
+            expires: from_micros(l.expires_us),
+        }),
+    })
+}
+
+/// Encodes an outbox entry.
+pub(crate) fn encode_delivery(d: &Delivery, strings: &mut impl Strings) -> Vec<u8> {
+    StoredDelivery {
+        id: d.id.as_bytes().to_vec(),
+        event: u32::from(d.event.as_u8()),
+        snapshot: encode(&d.snapshot, strings),
+        callback_url: d.callback_url.clone(),
+        create_time_us: to_micros(d.create_time),
+        state: u32::from(d.state.as_u8()),
+        attempts: d.attempts,
+        next_attempt_us: d.next_attempt.map(to_micros),
+        last_status_code: u32::from(d.last_status_code),
+        last_error: d.last_error.clone(),
+        operation: d.operation.as_bytes().to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes an outbox entry.
+pub(crate) fn decode_delivery(bytes: &[u8], strings: &impl Strings) -> StoreResult<Delivery> {
+    let s = StoredDelivery::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let snapshot = StoredOperation::decode(s.snapshot.as_slice())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // The first layout kept the id in the snapshot, not beside it.
+    let operation = OperationId::from_bytes(id16(
+        if s.operation.is_empty() {
+            &snapshot.id
+        } else {
+            &s.operation
+        },
+        "delivery operation",
+    )?);
+    let snapshot = from_stored(operation, snapshot, strings)?;
+    Ok(Delivery {
+        id: uuid::Uuid::from_bytes(id16(&s.id, "delivery id")?),
+        operation,
+        event: state_of(s.event, "delivery event")?,
+        snapshot,
+        callback_url: s.callback_url,
+        create_time: from_micros(s.create_time_us),
+        state: u8::try_from(s.state)
+            .ok()
+            .and_then(DeliveryState::from_u8)
+            .ok_or_else(|| corrupt("delivery state"))?,
+        attempts: s.attempts,
+        next_attempt: s.next_attempt_us.map(from_micros),
+        last_status_code: u16::try_from(s.last_status_code).unwrap_or(0),
+        last_error: s.last_error,
+    })
 }
 
 /// Encodes an order for storage.
@@ -200,162 +468,5 @@ pub(crate) fn decode_order(bytes: &[u8]) -> StoreResult<Order> {
             .and_then(OrderStatus::from_u8)
             .ok_or_else(|| corrupt("unknown order status"))?,
         amount_cents: s.amount_cents,
-    })
-}
-
-fn to_micros(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
-    }
-}
-
-fn from_micros(micros: i64) -> SystemTime {
-    if micros >= 0 {
-        UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
-    }
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(what.to_owned())
-}
-
-fn id16(bytes: &[u8], what: &str) -> StoreResult<[u8; 16]> {
-    bytes.try_into().map_err(|_| corrupt(what))
-}
-
-/// Encodes an operation for storage.
-pub(crate) fn encode(op: &Operation) -> Vec<u8> {
-    let (response, error) = match &op.outcome {
-        None => (None, None),
-        Some(Outcome::Response(p)) => (
-            Some(StoredPayload {
-                type_url: p.type_url.clone(),
-                value: p.value.clone(),
-            }),
-            None,
-        ),
-        Some(Outcome::Error(e)) => (None, Some(store_error(e))),
-    };
-    StoredOperation {
-        id: op.id.as_bytes().to_vec(),
-        kind: op.kind.clone(),
-        state: u32::from(op.state.as_u8()),
-        attempt: op.attempt,
-        progress_percent: op.progress_percent,
-        status_message: op.status_message.clone(),
-        requested_cancellation: op.requested_cancellation,
-        create_time_us: to_micros(op.create_time),
-        start_time_us: op.start_time.map(to_micros),
-        update_time_us: to_micros(op.update_time),
-        end_time_us: op.end_time.map(to_micros),
-        request_type_url: op.request.type_url.clone(),
-        request_value: op.request.value.clone(),
-        response,
-        error,
-        request_id: op.request_id.map(|r| r.as_bytes().to_vec()),
-        request_digest: op.request_digest.to_vec(),
-        version: op.version,
-        timeout_us: u64::try_from(op.timeout.as_micros()).unwrap_or(u64::MAX),
-        not_before_us: op.not_before.map(to_micros),
-        last_error: op.last_error.as_ref().map(store_error),
-        max_attempts: op.max_attempts,
-        notification: op.notification.as_ref().map(|n| StoredNotification {
-            callback_url: n.callback_url.clone(),
-            states: n.states.iter().map(|s| u32::from(s.as_u8())).collect(),
-        }),
-        tenant: op.tenant.as_str().to_owned(),
-    }
-    .encode_to_vec()
-}
-
-fn store_error(e: &OperationError) -> StoredError {
-    StoredError {
-        code: e.code.as_i32(),
-        message: e.message.clone(),
-        reason: e.reason.clone(),
-        metadata: e.metadata.clone(),
-    }
-}
-
-fn load_error(e: StoredError) -> StoreResult<OperationError> {
-    Ok(OperationError {
-        code: Code::from_i32(e.code).ok_or_else(|| corrupt("unknown error code"))?,
-        message: e.message,
-        reason: e.reason,
-        metadata: e.metadata,
-    })
-}
-
-/// Decodes a stored operation, refusing anything inconsistent.
-pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Operation> {
-    let s = StoredOperation::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let state = u8::try_from(s.state)
-        .ok()
-        .and_then(State::from_u8)
-        .ok_or_else(|| corrupt("unknown state"))?;
-    let outcome = match (s.response, s.error) {
-        (None, None) => None,
-        (Some(p), None) => Some(Outcome::Response(Payload {
-            type_url: p.type_url,
-            value: p.value,
-        })),
-        (None, Some(e)) => Some(Outcome::Error(load_error(e)?)),
-        (Some(_), Some(_)) => return Err(corrupt("both response and error are set")),
-    };
-    if outcome.is_some() != state.is_terminal() {
-        return Err(corrupt("outcome does not match state"));
-    }
-    let digest: [u8; 32] = s
-        .request_digest
-        .as_slice()
-        .try_into()
-        .map_err(|_| corrupt("request digest"))?;
-    Ok(Operation {
-        id: OperationId::from_bytes(id16(&s.id, "operation id")?),
-        kind: s.kind,
-        state,
-        attempt: s.attempt,
-        progress_percent: s.progress_percent,
-        status_message: s.status_message,
-        requested_cancellation: s.requested_cancellation,
-        create_time: from_micros(s.create_time_us),
-        start_time: s.start_time_us.map(from_micros),
-        update_time: from_micros(s.update_time_us),
-        end_time: s.end_time_us.map(from_micros),
-        request: Payload {
-            type_url: s.request_type_url,
-            value: s.request_value,
-        },
-        outcome,
-        request_id: match s.request_id {
-            Some(r) => Some(RequestId::from_bytes(id16(&r, "request id")?)),
-            None => None,
-        },
-        request_digest: digest,
-        version: s.version,
-        timeout: Duration::from_micros(s.timeout_us),
-        not_before: s.not_before_us.map(from_micros),
-        last_error: s.last_error.map(load_error).transpose()?,
-        max_attempts: s.max_attempts,
-        notification: match s.notification {
-            Some(n) => Some(Notification {
-                callback_url: n.callback_url,
-                states: n
-                    .states
-                    .into_iter()
-                    .map(|v| {
-                        u8::try_from(v)
-                            .ok()
-                            .and_then(State::from_u8)
-                            .ok_or_else(|| corrupt("notification state"))
-                    })
-                    .collect::<StoreResult<_>>()?,
-            }),
-            None => None,
-        },
-        tenant: Tenant::from_stored(&s.tenant).map_err(StoreError::Corrupt)?,
     })
 }

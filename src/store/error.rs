@@ -17,6 +17,10 @@ pub enum StoreError {
         request_id: String,
         existing: OperationId,
     },
+    /// The disk is (nearly) full: the write was refused before it could
+    /// fail halfway. Reads still work.
+    #[error("the store's disk is full; writes resume once there is room")]
+    Full,
     /// A stored record could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -1,6 +1,7 @@
 //! Durable state behind focused traits, so that backends can be swapped.
 //!
-//! - [`OperationStore`]: operations, their indexes and the change feed;
+//! - [`OperationStore`]: operations, their indexes, claims of queued work
+//!   and the change feed;
 //! - [`OutboxStore`]: webhook deliveries;
 //! - [`SecretStore`]: small named secrets shared by every process on the
 //!   store;
@@ -10,15 +11,21 @@
 //! [`Stores`]. It persists decisions and never makes them: every state
 //! change is an [`Edit`] that the model's [`Operation::apply`] turns into a
 //! [`Transition`](crate::model::Transition), and the backend stores the
-//! record and the delivery it was handed in one atomic write. The shapes are
-//! meant for a shared database too: claims carry a fencing token (the
-//! attempt), and changes are announced on a feed rather than assumed seen.
+//! record and the delivery it was handed in one atomic write.
+//!
+//! The shapes are batch-shaped, for a shared database too: writes are
+//! committed many at a time ([`OperationStore::commit`]), claims take up to
+//! N operations at once and carry a fencing token (the attempt) and an
+//! optional [`Lease`], and changes are announced on a feed rather than
+//! assumed seen. `ready` is the in-memory queue of claimable work for
+//! backends that keep one.
 //!
 //! **Invariant:** only `store/sled/` knows sled; this module knows only the
 //! model.
 
 mod codec;
 mod error;
+pub mod ready;
 pub mod sled;
 
 use std::str::FromStr;
@@ -26,12 +33,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::model::order::{Month, Order};
-use crate::model::{Delivery, Edit, Filter, Operation, OperationId, Tenant};
+use crate::model::{Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant};
 
 pub use self::error::{StoreError, StoreResult};
+pub use self::ready::QueueDepth;
 pub use self::sled::{SledStore, SyncMode};
 
 /// What `create` did.
@@ -82,41 +90,123 @@ pub struct ListQuery<'a> {
     pub scan_budget: usize,
 }
 
-/// Whether a change must be on disk before the call that made it returns
-/// (under `--sync always`). Claims and progress are lazy: a crash loses at
-/// most a claim, which recovery then treats as never made, or a progress
-/// report. Everything else a client may have been told about is durable.
-pub fn is_durable(edit: &Edit) -> bool {
-    !matches!(edit, Edit::Claim | Edit::Progress { .. })
+/// One change in a commit.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// A new operation, with the delivery its creation calls for. With a
+    /// request_id seen before in its tenant, the earlier operation is the
+    /// answer instead, or [`StoreError::RequestIdConflict`] when its
+    /// request differed.
+    Create(Operation),
+    /// An edit of one operation (see [`Operation::apply`]), with whatever
+    /// delivery it produces.
+    Update { id: OperationId, edit: Edit },
+    /// Deletes a finished operation with its request_id and deliveries;
+    /// `NotFound`, or `Rejected` when it is not done.
+    Delete(OperationId),
+    /// Deletes a finished operation if it still is one, and skips it
+    /// otherwise (the retention sweeper's delete).
+    Purge(OperationId),
+    /// Records a webhook delivery attempt.
+    SaveDelivery(Delivery),
+}
+
+impl Write {
+    /// Whether the write must be on disk before its caller hears of it
+    /// (under `--sync always`). Claims and progress are lazy: a crash loses
+    /// at most a claim, which recovery then treats as never made, or a
+    /// progress report. Everything a client may have been told is durable.
+    pub fn is_durable(&self) -> bool {
+        !matches!(
+            self,
+            Write::Update {
+                edit: Edit::Claim { .. } | Edit::Progress { .. },
+                ..
+            }
+        )
+    }
+
+    /// Whether the write adds to what is stored (a new operation), so that
+    /// a store short of disk space refuses it first.
+    pub fn grows(&self) -> bool {
+        matches!(self, Write::Create(_))
+    }
+}
+
+/// What a write did.
+#[derive(Clone, Debug)]
+pub enum Applied {
+    /// A create: new, or the earlier operation of its request_id.
+    Created(Created),
+    /// An edit: the operation as it now is (unchanged when the edit
+    /// changed nothing).
+    Updated(Operation),
+    /// A delete or purge: whether an operation was removed.
+    Deleted(bool),
+    /// A delivery attempt was recorded.
+    DeliverySaved,
+}
+
+/// A claim of queued work.
+#[derive(Clone, Debug, Default)]
+pub struct ClaimRequest {
+    /// How many operations of each kind the caller can take now.
+    pub wants: Vec<(String, usize)>,
+    /// The lease every claimed attempt is held under, if claims lapse.
+    pub lease: Option<Lease>,
+}
+
+/// What a claim took.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    /// The operations now RUNNING for the caller, each under attempt + 1.
+    pub operations: Vec<Operation>,
+    /// When the earliest operation that waits out a backoff becomes due.
+    pub next_due: Option<SystemTime>,
+}
+
+/// Whether the store can take writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Reads and writes work.
+    Writable,
+    /// The disk is (nearly) full: new operations are refused, and below a
+    /// smaller floor every write is; reads still work.
+    Full,
 }
 
 /// Storage for operations.
 ///
-/// Every successful write is announced on the change feed after it is
-/// committed (and, when durable, after it is on disk).
+/// Every change is a [`Write`] in a batch handed to
+/// [`OperationStore::commit`]: the batch is applied atomically, made
+/// durable once, and then announced on the change feed.
 #[async_trait]
 pub trait OperationStore: Send + Sync + 'static {
-    /// Stores a new operation durably, with the delivery its creation calls
-    /// for. With a request_id seen before in its tenant, returns the earlier
-    /// operation instead, or [`StoreError::RequestIdConflict`] when its
-    /// request differed.
-    async fn create(&self, operation: Operation) -> StoreResult<Created>;
+    /// Applies `writes` in order, at `now`, as one atomic batch, and makes
+    /// it durable once (under `--sync always`, when any write
+    /// [`is_durable`](Write::is_durable)). Each write succeeds or fails on
+    /// its own, and sees the writes before it. The results come in the
+    /// same order; a failure of the batch as a whole fails every write.
+    async fn commit(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>>;
+
+    /// Takes up to the wanted number of queued, due operations of each
+    /// kind, oldest first, with the tenants of a kind taking turns. Each
+    /// becomes RUNNING under attempt + 1 (the claim's fencing token),
+    /// lazily: a crash may lose a claim, never a finish.
+    async fn claim(&self, request: &ClaimRequest, now: SystemTime) -> StoreResult<Claimed>;
+
+    /// How many operations wait to be claimed.
+    fn queued(&self, tenant: &Tenant) -> QueueDepth;
+
+    /// Bumps whenever work may have become claimable (a create, a retry, a
+    /// release), so that a dispatcher can wait for it.
+    fn work(&self) -> watch::Receiver<u64>;
 
     /// Reads one operation.
     async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>>;
 
     /// Lists operations newest first.
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage>;
-
-    /// Applies `edit` to one operation at `now` (see [`Operation::apply`]),
-    /// with whatever delivery it produces, and returns the operation as it
-    /// now is (unchanged when the edit changed nothing). Durable as
-    /// [`is_durable`] says. Fails with `NotFound`, or `Rejected` when the
-    /// model refuses the edit.
-    async fn update(&self, id: OperationId, edit: Edit, now: SystemTime) -> StoreResult<Operation>;
-
-    /// Deletes a finished operation durably, with its deliveries.
-    async fn delete(&self, id: OperationId) -> StoreResult<()>;
 
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
@@ -125,20 +215,23 @@ pub trait OperationStore: Send + Sync + 'static {
     /// oldest first.
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>>;
 
-    /// Deletes these done operations (with their request_ids and
-    /// deliveries) in one durable batch; ids that are gone or not done are
-    /// skipped. Returns how many were deleted.
-    async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize>;
-
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;
 
     /// Subscribes to the change feed.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+
+    /// Whether writes work; changes as the disk fills and frees.
+    fn health(&self) -> watch::Receiver<Health>;
+
+    /// Looks again at what limits writes (free disk space), so that health
+    /// recovers without waiting for the next write.
+    async fn probe(&self);
 }
 
 /// The webhook outbox. Deliveries are added with the state change that
-/// causes them (by [`OperationStore`]); this trait reads and updates them.
+/// causes them, and updated with [`Write::SaveDelivery`]; this trait reads
+/// them.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
     /// Pending deliveries due by `now`, oldest due first.
@@ -146,10 +239,6 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// When the earliest pending delivery is due.
     async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>>;
-
-    /// Records a delivery attempt's outcome, durably, and announces it on
-    /// the change feed.
-    async fn save_delivery(&self, delivery: &Delivery) -> StoreResult<()>;
 
     /// The deliveries of one operation, oldest first.
     async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>>;

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::guard::{GuardedResolver, check_url};
 use super::{TenantSecrets, WebhookConfig, sign};
+use crate::engine::Engine;
 use crate::model::{Delivery, DeliveryState};
 use crate::pb::convert;
 use crate::store::{Change, OutboxStore};
@@ -153,11 +154,13 @@ async fn next_relevant(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> O
     }
 }
 
-/// Runs until `stop` fires, waking for changes on `feed`. Deliveries are
-/// signed with their tenant's own secrets where `tenants` has some, else
-/// with the server's.
+/// Runs until `stop` fires, waking for changes on `feed`: reads due
+/// deliveries from `store` and records each attempt through `engine`'s
+/// committer. Deliveries are signed with their tenant's own secrets where
+/// `tenants` has some, else with the server's.
 pub async fn run(
     store: Arc<dyn OutboxStore>,
+    engine: Engine,
     mut feed: tokio::sync::broadcast::Receiver<Change>,
     config: Arc<WebhookConfig>,
     tenants: Arc<dyn TenantSecrets>,
@@ -199,12 +202,12 @@ pub async fn run(
                         let client = client.clone();
                         let config = Arc::clone(&config);
                         let tenants = Arc::clone(&tenants);
-                        let store = Arc::clone(&store);
+                        let engine = engine.clone();
                         in_flight.spawn(async move {
                             let outcome = attempt(&client, &config, &*tenants, &delivery).await;
                             let updated = record(&config, delivery, outcome);
                             debug!(id = %updated.webhook_id(), state = ?updated.state, "delivery attempt recorded");
-                            match store.save_delivery(&updated).await {
+                            match engine.save_delivery(updated.clone()).await {
                                 Ok(()) => Some(updated),
                                 Err(e) => {
                                     warn!(error = %e, "could not record a delivery attempt");

@@ -53,13 +53,17 @@ async fn open_retrying(config: ServerConfig, registry: Registry) -> Server {
     }
 }
 
+/// Runs one Sleep at a time, so that the next ones stay queued.
+pub fn one_sleep_at_a_time(config: &mut ServerConfig) {
+    config.engine.concurrency.insert("sleep".into(), 1);
+}
+
 /// A config for tests: small, fast, in `dir`.
 pub fn config(dir: &Path) -> ServerConfig {
     let mut config = ServerConfig {
         data_dir: dir.to_path_buf(),
         ..ServerConfig::default()
     };
-    config.engine.workers = 4;
     config.engine.shutdown_grace = Duration::from_secs(5);
     config.engine.progress_interval = Duration::from_millis(20);
     config

@@ -23,20 +23,23 @@ use tonic::transport::Channel;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const ROUNDS: usize = 5;
-/// Operations each of the four clients creates per round, at most; enough to
-/// keep both workers busy across the kill, few enough to finish quickly.
-const PER_CLIENT: usize = 15;
+/// Clients creating operations at once.
+const CLIENTS: usize = 8;
+/// Operations each client creates per round, at most: enough to have many
+/// running and many queued at the kill, few enough to check quickly.
+const PER_CLIENT: usize = 60;
 
 struct Process {
     child: Child,
     url: String,
 }
 
-/// Starts `longrun serve` on a free port and waits until it is serving.
+/// Starts `longrun serve` on a free port, with default settings but for
+/// a short shutdown grace, and waits until it is serving.
 async fn start(dir: &Path) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "4"])
-        .args(["--shutdown-grace", "1s", "--progress-interval", "20ms"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--shutdown-grace", "1s"])
         .arg("--data-dir")
         .arg(dir)
         .env("LONGRUN_LOG", "info")
@@ -85,7 +88,7 @@ fn meta(op: &Operation) -> OperationMetadata {
 }
 
 fn random_request(rng: &mut impl Rng) -> SleepRequest {
-    let millis = rng.random_range(0..150u64);
+    let millis = rng.random_range(0..1000u64);
     SleepRequest {
         duration: Some(prost_types::Duration {
             seconds: 0,
@@ -181,7 +184,7 @@ async fn acknowledged_operations_survive_sigkill_and_finish_once() {
 
         let stop = CancellationToken::new();
         let mut submitters = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..CLIENTS {
             submitters.push(tokio::spawn(submit(
                 channel(&process).await,
                 Arc::clone(&acked),

@@ -31,7 +31,7 @@ async fn a_timeout_must_be_a_positive_duration() {
 #[tokio::test]
 async fn a_full_queue_refuses_creates_with_retry_info() {
     let server = TestServer::start_with(|c| {
-        c.engine.workers = 1;
+        one_sleep_at_a_time(c);
         c.engine.max_queued = 2;
     })
     .await;

@@ -370,7 +370,7 @@ async fn list_page_size_defaults_to_50_and_is_capped_at_1000() {
 
 #[tokio::test]
 async fn list_filters_by_done_state_kind_and_create_time() {
-    let server = TestServer::start_with(|c| c.engine.workers = 1).await;
+    let server = TestServer::start_with(one_sleep_at_a_time).await;
     let finished = start_sleep(&server, sleep(Duration::ZERO, 1)).await;
     wait_done(&server, &finished.name).await;
     let before_running = time::OffsetDateTime::now_utc();
@@ -419,7 +419,7 @@ async fn list_filters_by_done_state_kind_and_create_time() {
 
 #[tokio::test]
 async fn cancel_ends_queued_at_once_and_stops_running_tasks() {
-    let server = TestServer::start_with(|c| c.engine.workers = 1).await;
+    let server = TestServer::start_with(one_sleep_at_a_time).await;
     let running = start_sleep(&server, sleep(Duration::from_secs(300), 300)).await;
     wait_state(&server, &running.name, State::Running).await;
     let queued = start_sleep(&server, sleep(Duration::from_secs(1), 1)).await;

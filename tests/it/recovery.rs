@@ -9,7 +9,7 @@ use crate::common::*;
 use longrun::engine::{Registry, Task, TaskContext, TaskError, TaskPolicy};
 use longrun::model::{Claim, Code, Edit, Finish, Limits, Operation, Payload, Tenant};
 use longrun::pb::longrun::v1::{SleepRequest, State};
-use longrun::store::{Created, OperationStore, SledStore, SyncMode};
+use longrun::store::{Applied, Created, OperationStore, SledStore, SyncMode, Write};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ChargeRequest {
@@ -49,20 +49,30 @@ impl Task for Charge {
 /// Leaves `op` as a crash would: claimed (running), no result.
 async fn crashed_while_running(dir: &std::path::Path, op: Operation, claims: u32) -> String {
     let store: Arc<dyn OperationStore> = Arc::new(SledStore::open(dir, SyncMode::Always).unwrap());
-    let Created::New(op) = store.create(op).await.unwrap() else {
+    let one = |write| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .commit(vec![write], SystemTime::now())
+                .await
+                .remove(0)
+                .unwrap()
+        }
+    };
+    let Applied::Created(Created::New(op)) = one(Write::Create(op)).await else {
         panic!("new");
     };
     for i in 0..claims {
-        let claimed = store
-            .update(op.id, Edit::Claim, SystemTime::now())
-            .await
-            .unwrap();
+        let edit = Edit::Claim { lease: None };
+        let Applied::Updated(claimed) = one(Write::Update { id: op.id, edit }).await else {
+            panic!("claimed");
+        };
         if i + 1 < claims {
             let edit = Edit::Finish {
                 claim: Claim::of(&claimed),
                 finish: Finish::Release,
             };
-            store.update(op.id, edit, SystemTime::now()).await.unwrap();
+            one(Write::Update { id: op.id, edit }).await;
         }
     }
     store.flush().await.unwrap();

@@ -11,7 +11,7 @@ use prost::Message;
 async fn a_restart_finds_acknowledged_operations_and_reruns_unfinished_ones() {
     let temp = tempfile::tempdir().unwrap();
     let mut cfg = config(temp.path());
-    cfg.engine.workers = 1;
+    one_sleep_at_a_time(&mut cfg);
     cfg.engine.shutdown_grace = Duration::from_secs(2);
 
     let server = TestServer::start_config(cfg.clone()).await;

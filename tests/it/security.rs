@@ -607,7 +607,7 @@ async fn creates_are_rate_limited_per_tenant_with_retry_info() {
 #[tokio::test]
 async fn a_tenant_may_not_fill_the_queue_or_open_unbounded_watches() {
     let world = World::start(|c| {
-        c.engine.workers = 1;
+        one_sleep_at_a_time(c);
         c.engine.quotas.max_queued = Some(1);
         c.engine.quotas.max_watches = Some(1);
     })

@@ -31,9 +31,10 @@ pub struct Common {
     /// The started server's --sync mode.
     #[arg(long, default_value = "always")]
     pub sync: String,
-    /// The started server's --workers (default: its own default).
-    #[arg(long)]
-    pub workers: Option<usize>,
+    /// The started server's --concurrency, as KIND=N (default: each kind's
+    /// own). Repeat it for several kinds.
+    #[arg(long = "server-concurrency")]
+    pub server_concurrency: Vec<String>,
     /// Start the server with an auth file and call it with a bearer token,
     /// to measure what authentication costs.
     #[arg(long, conflicts_with = "server")]

@@ -66,8 +66,8 @@ impl Target {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(workers) = common.workers {
-            command.args(["--workers", &workers.to_string()]);
+        for concurrency in &common.server_concurrency {
+            command.args(["--concurrency", concurrency]);
         }
         let mut child = command.spawn().context("start longrun serve")?;
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();

@@ -1,105 +1,326 @@
-//! Group commit: one fsync shared by every writer waiting for durability.
+//! The write path: a batch of writes applied against an overlay of the
+//! tree, so that each write sees those before it, then handed to sled as
+//! one atomic `apply_batch`.
+//!
+//! Each write is decided whole before anything of it is staged, so a write
+//! that is refused leaves no trace and the rest of the batch goes on.
+//! Everything the batch changed is collected for the caller: the feed
+//! announcements, and the operations whose place in the ready queue moved.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use tokio::sync::watch;
+use sled::{IVec, Tree};
 
-use super::backend;
-use crate::store::{StoreError, StoreResult};
+use super::keys;
+use super::strings::Staged;
+use crate::model::{Delivery, DeliveryState, Edit, Operation, OperationId, Transition};
+use crate::store::codec::{decode, decode_delivery, encode, encode_delivery};
+use crate::store::{Applied, Change, Created, StoreError, StoreResult, Write};
 
-/// Shares one fsync among every writer waiting for durability.
-///
-/// A writer takes a ticket after its write is applied. A flush started after
-/// that moment covers the write, so it records the highest ticket issued
-/// when it began and, when done, releases every writer up to that ticket.
-/// While one flush runs, later writers queue up behind it and the next flush
-/// covers them all.
-pub(super) struct GroupCommit {
-    db: sled::Db,
-    issued: AtomicU64,
-    pub(super) flushes: AtomicU64,
-    flushed: watch::Sender<u64>,
-    running: tokio::sync::Mutex<()>,
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
 }
 
-/// The flushing turn of one writer. Handing it on releases the turn before
-/// waking the queue: a woken writer whose ticket the flush did not cover
-/// must find the turn free, or it would wait for a flush nobody starts.
-struct Turn<'a> {
-    commit: &'a GroupCommit,
-    guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+/// The tree as the batch so far would leave it.
+struct Overlay<'a> {
+    tree: &'a Tree,
+    staged: BTreeMap<Vec<u8>, Option<IVec>>,
 }
 
-impl Turn<'_> {
-    /// Ends the turn; `covered` is the highest ticket the flush made
-    /// durable, or None when it failed.
-    fn finish(mut self, covered: Option<u64>) {
-        self.hand_on(covered);
-    }
-
-    fn hand_on(&mut self, covered: Option<u64>) {
-        if self.guard.take().is_none() {
-            return;
+impl<'a> Overlay<'a> {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<IVec>> {
+        match self.staged.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.tree.get(key).map_err(backend),
         }
-        // Always wake the queue, so that after a failure (or a cancelled
-        // flush) the next writer takes its own turn.
-        self.commit.flushed.send_modify(|done| {
-            if let Some(covered) = covered {
-                *done = (*done).max(covered);
-            }
-        });
+    }
+
+    fn insert(&mut self, key: &[u8], value: impl Into<IVec>) {
+        self.staged.insert(key.to_vec(), Some(value.into()));
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.staged.insert(key.to_vec(), None);
+    }
+
+    /// The keys with `prefix`, stored or staged, as the batch would leave
+    /// them.
+    fn keys_with_prefix(&self, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
+        let mut keys = std::collections::BTreeSet::new();
+        for entry in self.tree.scan_prefix(prefix) {
+            let (key, _) = entry.map_err(backend)?;
+            keys.insert(key.to_vec());
+        }
+        let staged = self
+            .staged
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix));
+        for (key, value) in staged {
+            match value {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        Ok(keys.into_iter().collect())
     }
 }
 
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.hand_on(None);
+/// What an operation's place in the ready queue became.
+pub(super) enum Moved {
+    /// It is queued now (again, or with another due time).
+    Queued(Queued),
+    /// It is not queued any more (claimed, done, or gone).
+    Left(OperationId),
+}
+
+/// A queued operation, as the ready queue keeps it.
+pub(super) struct Queued {
+    pub(super) id: OperationId,
+    pub(super) kind: String,
+    pub(super) tenant: crate::model::Tenant,
+    pub(super) due: Option<SystemTime>,
+}
+
+impl Moved {
+    fn of(op: &Operation) -> Self {
+        if op.state == crate::model::State::Queued {
+            Moved::Queued(Queued {
+                id: op.id,
+                kind: op.kind.clone(),
+                tenant: op.tenant.clone(),
+                due: op.not_before,
+            })
+        } else {
+            Moved::Left(op.id)
+        }
     }
 }
 
-impl GroupCommit {
-    pub(super) fn new(db: sled::Db) -> Self {
+/// A staged batch, ready for sled.
+pub(super) struct Finished {
+    pub(super) writes: sled::Batch,
+    /// The strings the batch adds to the table.
+    pub(super) strings: Vec<Arc<str>>,
+    pub(super) changes: Vec<Change>,
+    pub(super) moved: Vec<Moved>,
+    pub(super) durable: bool,
+}
+
+/// One batch being applied.
+pub(super) struct Batch<'a> {
+    overlay: Overlay<'a>,
+    strings: Staged<'a>,
+    now: SystemTime,
+    /// What the feed announces once the batch is committed.
+    changes: Vec<Change>,
+    /// Operations whose place in the ready queue may have moved.
+    moved: Vec<Moved>,
+    /// Whether a write that succeeded must be made durable.
+    durable: bool,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(tree: &'a Tree, strings: Staged<'a>, now: SystemTime) -> Self {
         Self {
-            db,
-            issued: AtomicU64::new(0),
-            flushes: AtomicU64::new(0),
-            flushed: watch::channel(0).0,
-            running: tokio::sync::Mutex::new(()),
+            overlay: Overlay {
+                tree,
+                staged: BTreeMap::new(),
+            },
+            strings,
+            now,
+            changes: Vec::new(),
+            moved: Vec::new(),
+            durable: false,
         }
     }
 
-    pub(super) async fn sync(&self) -> StoreResult<()> {
-        let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut flushed = self.flushed.subscribe();
-        loop {
-            if *flushed.borrow_and_update() >= ticket {
-                return Ok(());
+    /// Applies one write, or refuses it leaving nothing staged.
+    pub(super) fn write(&mut self, write: Write) -> StoreResult<Applied> {
+        let durable = write.is_durable();
+        let applied = match write {
+            Write::Create(op) => self.create(op).map(Applied::Created),
+            Write::Update { id, edit } => {
+                self.update(id, &edit).map(|(op, _)| Applied::Updated(op))
             }
-            if let Ok(guard) = self.running.try_lock() {
-                if *self.flushed.borrow() >= ticket {
-                    return Ok(());
+            Write::Delete(id) => {
+                let op = self.read(id)?.ok_or(StoreError::NotFound)?;
+                op.check_deletable()?;
+                self.remove(&op)?;
+                Ok(Applied::Deleted(true))
+            }
+            Write::Purge(id) => match self.read(id)? {
+                Some(op) if op.check_deletable().is_ok() => {
+                    self.remove(&op)?;
+                    Ok(Applied::Deleted(true))
                 }
-                let covers = self.issued.load(Ordering::SeqCst);
-                // If this future is dropped mid-flush (a caller was
-                // cancelled), the turn must still be handed on, or the
-                // writers queued behind it would wait forever.
-                let turn = Turn {
-                    commit: self,
-                    guard: Some(guard),
-                };
-                let db = self.db.clone();
-                self.flushes.fetch_add(1, Ordering::Relaxed);
-                let result = tokio::task::spawn_blocking(move || db.flush())
-                    .await
-                    .map_err(backend)
-                    .and_then(|r| r.map_err(backend));
-                turn.finish(result.as_ref().ok().map(|_| covers));
-                result?;
-                continue;
+                _ => Ok(Applied::Deleted(false)),
+            },
+            Write::SaveDelivery(delivery) => {
+                self.save_delivery(&delivery)?;
+                self.changes.push(Change::Delivery(delivery.operation));
+                Ok(Applied::DeliverySaved)
             }
-            if flushed.changed().await.is_err() {
-                return Err(StoreError::Backend("store closed".into()));
+        }?;
+        self.durable |= durable;
+        Ok(applied)
+    }
+
+    /// A claim of an operation taken from the ready queue: its record, now
+    /// RUNNING, or None when it is no longer claimable.
+    pub(super) fn claim(&mut self, id: OperationId, edit: &Edit) -> StoreResult<Option<Operation>> {
+        match self.update(id, edit) {
+            Ok((op, true)) => Ok(Some(op)),
+            Ok((_, false)) | Err(StoreError::NotFound | StoreError::Rejected(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The staged writes, with the batch's new strings, for sled.
+    pub(super) fn finish(mut self) -> Finished {
+        let added: Vec<(u32, String)> = self
+            .strings
+            .added()
+            .map(|(n, s)| (n, s.to_owned()))
+            .collect();
+        for (number, text) in added {
+            self.overlay.insert(&keys::string(number), text.as_bytes());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.overlay.staged {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
             }
         }
+        Finished {
+            writes: batch,
+            strings: self.strings.into_added(),
+            changes: self.changes,
+            moved: self.moved,
+            durable: self.durable,
+        }
+    }
+
+    fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        match self.overlay.get(&keys::op(id))? {
+            Some(bytes) => decode(id, &bytes, &self.strings).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn create(&mut self, op: Operation) -> StoreResult<Created> {
+        let request_key = keys::request_id(&op);
+        if let (Some(request_id), Some(key)) = (op.request_id, &request_key)
+            && let Some(existing) = self.overlay.get(key)?
+            && let Some(id) = keys::id_at_end(&existing)
+            && let Some(existing) = self.read(id)?
+        {
+            if existing.request_digest == op.request_digest {
+                return Ok(Created::Existing(existing));
+            }
+            return Err(StoreError::RequestIdConflict {
+                request_id: request_id.to_string(),
+                existing: existing.id,
+            });
+        }
+        let transition = op.creation(op.create_time);
+        let record = encode(&op, &mut self.strings);
+        self.overlay.insert(&keys::op(op.id), record);
+        self.overlay.insert(&keys::unfinished(op.id), &[]);
+        if let Some(key) = request_key {
+            self.overlay.insert(&key, op.id.as_bytes());
+        }
+        if let Some(key) = keys::by_tenant(&op) {
+            self.overlay.insert(&key, &[]);
+        }
+        if let Some(delivery) = &transition.delivery {
+            self.save_delivery(delivery)?;
+        }
+        self.moved.push(Moved::of(&op));
+        self.changes.push(Change::Updated(Arc::new(op.clone())));
+        Ok(Created::New(op))
+    }
+
+    /// Applies an edit; returns the operation as it now is, and whether it
+    /// changed.
+    fn update(&mut self, id: OperationId, edit: &Edit) -> StoreResult<(Operation, bool)> {
+        let current = self.read(id)?.ok_or(StoreError::NotFound)?;
+        let Some(Transition {
+            operation: next,
+            delivery,
+        }) = current.apply(edit, self.now)?
+        else {
+            return Ok((current, false));
+        };
+        let record = encode(&next, &mut self.strings);
+        self.overlay.insert(&keys::op(id), record);
+        if let Some(delivery) = &delivery {
+            self.save_delivery(delivery)?;
+        }
+        if !current.is_done() && next.is_done() {
+            self.overlay.remove(&keys::unfinished(id));
+            if let Some(key) = keys::expiry(&next) {
+                self.overlay.insert(&key, &[]);
+            }
+        }
+        self.moved.push(Moved::of(&next));
+        self.changes.push(Change::Updated(Arc::new(next.clone())));
+        Ok((next, true))
+    }
+
+    /// Removes a done operation with its index entries and deliveries.
+    fn remove(&mut self, op: &Operation) -> StoreResult<()> {
+        self.overlay.remove(&keys::op(op.id));
+        self.overlay.remove(&keys::unfinished(op.id));
+        if let Some(key) = keys::request_id(op) {
+            // Only if it still names this operation.
+            if self.overlay.get(&key)?.as_deref() == Some(op.id.as_bytes()) {
+                self.overlay.remove(&key);
+            }
+        }
+        if let Some(key) = keys::by_tenant(op) {
+            self.overlay.remove(&key);
+        }
+        if let Some(key) = keys::expiry(op) {
+            self.overlay.remove(&key);
+        }
+        for key in self.overlay.keys_with_prefix(&keys::deliveries_of(op.id))? {
+            let record = keys::delivery_of(&key);
+            if let Some(bytes) = self.overlay.get(&record)?
+                && let Ok(d) = decode_delivery(&bytes, &self.strings)
+                && let Some(due) = keys::due(&d)
+            {
+                self.overlay.remove(&due);
+            }
+            self.overlay.remove(&record);
+            self.overlay.remove(&key);
+        }
+        self.changes.push(Change::Deleted(op.id));
+        self.moved.push(Moved::Left(op.id));
+        Ok(())
+    }
+
+    /// Stores a delivery, replacing its earlier version and keeping the due
+    /// index in step.
+    fn save_delivery(&mut self, delivery: &Delivery) -> StoreResult<()> {
+        let record = keys::delivery(delivery);
+        if let Some(old) = self.overlay.get(&record)? {
+            let old = decode_delivery(&old, &self.strings)?;
+            if let Some(due) = keys::due(&old) {
+                self.overlay.remove(&due);
+            }
+        }
+        let encoded = encode_delivery(delivery, &mut self.strings);
+        self.overlay.insert(&record, encoded);
+        if delivery.state == DeliveryState::Pending
+            && let Some(due) = keys::due(delivery)
+        {
+            self.overlay.insert(&due, &[]);
+        }
+        self.overlay.insert(&keys::of_operation(delivery), &[]);
+        Ok(())
     }
 }

@@ -1,12 +1,38 @@
-//! Key layouts of the sled trees, in one place.
+//! Key layouts, in one place.
+//!
+//! Operations, their indexes, the outbox, the string table and secrets
+//! share one tree, so that one sled batch updates any of them atomically.
+//! The first byte says what a key is:
+//! - `o` id: the operation record;
+//! - `u` id: an operation that is not done (recovery reads only these);
+//! - `r` request_id(16) tenant: the idempotency key, to the operation id;
+//! - `t` tenant 0 id: every operation of a named tenant, so that one
+//!   tenant's listing reads only its own;
+//! - `e` end(8) id: every done operation by end time, for retention;
+//! - `d` delivery id: a webhook delivery;
+//! - `q` due(8) delivery id: pending deliveries by due time;
+//! - `w` operation id, delivery id: deliveries by operation;
+//! - `s` number(4): a string of the table records refer to;
+//! - `m` name: a secret.
 //!
 //! Ids are 16-byte UUIDv7s, so key order is creation order; times are 8
-//! big-endian bytes of microseconds, so byte order is time order.
+//! big-endian bytes of microseconds, so byte order is time order. Orders
+//! keep trees of their own (one per tenant), laid out in `orders`.
 
 use std::time::SystemTime;
 
-use crate::model::order::{Month, Order};
-use crate::model::{Operation, OperationId, Tenant};
+use crate::model::{Delivery, Operation, OperationId, Tenant};
+
+/// The tree everything but orders lives in.
+pub(super) const TREE: &str = "longrun";
+
+pub(super) const OP: u8 = b'o';
+pub(super) const UNFINISHED: u8 = b'u';
+pub(super) const BY_TENANT: u8 = b't';
+pub(super) const EXPIRY: u8 = b'e';
+pub(super) const DELIVERY: u8 = b'd';
+pub(super) const DUE: u8 = b'q';
+pub(super) const STRING: u8 = b's';
 
 /// A time as 8 big-endian bytes of microseconds.
 pub(super) fn time_key(time: SystemTime) -> [u8; 8] {
@@ -23,33 +49,57 @@ pub(super) fn time_of(key: &[u8]) -> Option<SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros))
 }
 
-/// The `expiry` key of a done operation: end time, then id.
-pub(super) fn expiry(op: &Operation) -> Option<[u8; 24]> {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&time_key(op.end_time?));
-    key[8..].copy_from_slice(op.id.as_bytes());
+/// The id at the end of a key.
+pub(super) fn id_at_end(key: &[u8]) -> Option<OperationId> {
+    let start = key.len().checked_sub(16)?;
+    Some(OperationId::from_bytes(key[start..].try_into().ok()?))
+}
+
+fn with_id(prefix: u8, id: OperationId) -> [u8; 17] {
+    let mut key = [prefix; 17];
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+/// The record of an operation.
+pub(super) fn op(id: OperationId) -> [u8; 17] {
+    with_id(OP, id)
+}
+
+/// The mark of an operation that is not done.
+pub(super) fn unfinished(id: OperationId) -> [u8; 17] {
+    with_id(UNFINISHED, id)
+}
+
+/// The `e` key of a done operation: end time, then id.
+pub(super) fn expiry(op: &Operation) -> Option<[u8; 25]> {
+    let mut key = [EXPIRY; 25];
+    key[1..9].copy_from_slice(&time_key(op.end_time?));
+    key[9..].copy_from_slice(op.id.as_bytes());
     Some(key)
 }
 
-/// The id at the end of an `expiry` key.
-pub(super) fn expiry_id(key: &[u8]) -> Option<OperationId> {
-    Some(OperationId::from_bytes(key.get(8..24)?.try_into().ok()?))
+/// Every `e` key of an operation that ended before `time`.
+pub(super) fn expiry_before(time: SystemTime) -> [u8; 9] {
+    let mut key = [EXPIRY; 9];
+    key[1..].copy_from_slice(&time_key(time));
+    key
 }
 
-/// The `request_ids` key of an operation: its key's 16 bytes, then its
-/// tenant's name, so that tenants never share idempotency keys. (The
-/// default tenant's keys are the bare 16 bytes.)
+/// The idempotency key of an operation, with its tenant, so that tenants
+/// never share request_ids.
 pub(super) fn request_id(op: &Operation) -> Option<Vec<u8>> {
     let request_id = op.request_id?;
     let tenant = op.tenant.as_str();
-    let mut key = Vec::with_capacity(16 + tenant.len());
+    let mut key = Vec::with_capacity(17 + tenant.len());
+    key.push(b'r');
     key.extend_from_slice(request_id.as_bytes());
     key.extend_from_slice(tenant.as_bytes());
     Some(key)
 }
 
-/// The `by_tenant` key of an operation; None for the default tenant, which
-/// is only ever listed whole.
+/// The `t` key of an operation; None for the default tenant, which is only
+/// ever listed whole.
 pub(super) fn by_tenant(op: &Operation) -> Option<Vec<u8>> {
     if op.tenant.is_default() {
         return None;
@@ -59,56 +109,70 @@ pub(super) fn by_tenant(op: &Operation) -> Option<Vec<u8>> {
     Some(key)
 }
 
-/// Where a tenant's `by_tenant` keys start: the name and a zero byte
-/// (which no tenant name contains).
+/// Where a tenant's `t` keys start: the name and a zero byte (which no
+/// tenant name contains).
 pub(super) fn tenant_prefix(tenant: &Tenant) -> Vec<u8> {
     let name = tenant.as_str();
-    let mut key = Vec::with_capacity(name.len() + 17);
+    let mut key = Vec::with_capacity(name.len() + 18);
+    key.push(BY_TENANT);
     key.extend_from_slice(name.as_bytes());
     key.push(0);
     key
 }
 
-/// Keys of the `outbox` tree:
-/// - `d` delivery id: the delivery;
-/// - `q` due time(8) delivery id: pending deliveries by due time;
-/// - `o` operation id delivery id: deliveries by operation.
-pub(super) mod outbox {
-    use crate::model::{Delivery, OperationId};
+/// The record of a delivery.
+pub(super) fn delivery(d: &Delivery) -> [u8; 17] {
+    let mut key = [DELIVERY; 17];
+    key[1..].copy_from_slice(d.id.as_bytes());
+    key
+}
 
-    pub(in crate::store::sled) fn record(d: &Delivery) -> Vec<u8> {
-        [b"d".as_slice(), d.id.as_bytes()].concat()
-    }
+/// The `q` key of a pending delivery.
+pub(super) fn due(d: &Delivery) -> Option<[u8; 25]> {
+    let mut key = [DUE; 25];
+    key[1..9].copy_from_slice(&time_key(d.next_attempt?));
+    key[9..].copy_from_slice(d.id.as_bytes());
+    Some(key)
+}
 
-    pub(in crate::store::sled) fn due(d: &Delivery) -> Option<Vec<u8>> {
-        let at = d.next_attempt?;
-        Some([b"q".as_slice(), &super::time_key(at), d.id.as_bytes()].concat())
-    }
+/// The end of the `q` keys due by `now`.
+pub(super) fn due_by(now: SystemTime) -> [u8; 25] {
+    let mut key = [0xff; 25];
+    key[0] = DUE;
+    key[1..9].copy_from_slice(&time_key(now));
+    key
+}
 
-    /// Every `q` key due by `now`, and none after: the end of a range.
-    pub(in crate::store::sled) fn due_by(now: std::time::SystemTime) -> Vec<u8> {
-        [b"q".as_slice(), &super::time_key(now), &[0xff; 16]].concat()
-    }
+/// The `w` key of a delivery: its operation, then its id.
+pub(super) fn of_operation(d: &Delivery) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[..17].copy_from_slice(&deliveries_of(d.operation));
+    key[17..].copy_from_slice(d.id.as_bytes());
+    key
+}
 
-    pub(in crate::store::sled) fn by_operation(d: &Delivery) -> Vec<u8> {
-        [operation_prefix(d.operation).as_slice(), d.id.as_bytes()].concat()
-    }
+/// The prefix of an operation's `w` keys.
+pub(super) fn deliveries_of(id: OperationId) -> [u8; 17] {
+    with_id(b'w', id)
+}
 
-    /// The prefix of an operation's `o` keys.
-    pub(in crate::store::sled) fn operation_prefix(id: OperationId) -> Vec<u8> {
-        [b"o".as_slice(), id.as_bytes()].concat()
-    }
+/// The delivery record a `q` or `w` key points at: both end with its id.
+pub(super) fn delivery_of(index_key: &[u8]) -> [u8; 17] {
+    let mut key = [DELIVERY; 17];
+    key[1..].copy_from_slice(&index_key[index_key.len() - 16..]);
+    key
+}
 
-    /// The record key a `q` or `o` index key points at: both end with the
-    /// delivery id.
-    pub(in crate::store::sled) fn record_of(index_key: &[u8]) -> Vec<u8> {
-        [b"d".as_slice(), &index_key[index_key.len() - 16..]].concat()
-    }
+/// The entry of string number `number`.
+pub(super) fn string(number: u32) -> [u8; 5] {
+    let mut key = [STRING; 5];
+    key[1..].copy_from_slice(&number.to_be_bytes());
+    key
+}
 
-    /// The due time of a `q` key.
-    pub(in crate::store::sled) fn due_time(key: &[u8]) -> Option<std::time::SystemTime> {
-        super::time_of(key.get(1..)?)
-    }
+/// A secret.
+pub(super) fn secret(name: &str) -> Vec<u8> {
+    [b"m".as_slice(), name.as_bytes()].concat()
 }
 
 /// Keys of an orders tree. Three kinds share it, so that one sled batch
@@ -117,7 +181,8 @@ pub(super) mod outbox {
 /// - `i` order_id: the `m` key the order is stored under;
 /// - `c` month(6): how many orders the month has (u64, big-endian).
 pub(super) mod orders {
-    use super::{Month, Order};
+    use crate::model::Tenant;
+    use crate::model::order::{Month, Order};
 
     pub(in crate::store::sled) fn order(order: &Order) -> Vec<u8> {
         let mut key = Vec::with_capacity(15 + order.order_id.len());
@@ -152,18 +217,12 @@ pub(super) mod orders {
         &order_key[1..7]
     }
 
-    /// The name of `tenant`'s order tree; the default tenant has the
-    /// original `orders` tree.
-    pub(in crate::store::sled) fn tree_name(tenant: &crate::model::Tenant) -> String {
+    /// The name of `tenant`'s order tree; the default tenant's is `orders`.
+    pub(in crate::store::sled) fn tree_name(tenant: &Tenant) -> String {
         if tenant.is_default() {
             "orders".to_owned()
         } else {
             format!("orders/{tenant}")
         }
     }
-}
-
-/// Secrets in the `meta` tree.
-pub(super) fn secret(name: &str) -> Vec<u8> {
-    format!("secret/{name}").into_bytes()
 }

@@ -1,52 +1,53 @@
 //! The embedded backend: sled, in the data directory. The only module that
 //! knows sled.
 //!
-//! Trees (key layouts in `keys`):
-//! - `ops`: operation id to the encoded record;
-//! - `active`: the ids of operations that are not done, so recovery reads
-//!   only those;
-//! - `request_ids`: idempotency key (with the tenant) to operation id;
-//! - `by_tenant`: tenant, a zero byte, and operation id, for every
-//!   operation of a named tenant, so that one tenant's listing reads only
-//!   its own operations;
-//! - `expiry`: end time and id of every done operation, so the retention
-//!   sweeper reads only what has expired;
-//! - `meta`: secrets and other small values;
-//! - `orders`, and `orders/{tenant}` per named tenant: orders, so no key
-//!   range is shared between tenants;
-//! - `outbox`: webhook deliveries, written in the same transaction as the
-//!   state change they announce.
+//! Operations, their indexes, the webhook outbox, the string table and
+//! secrets live in one tree (layout in `keys`), so that a batch of writes
+//! is one atomic `apply_batch`; each tenant's orders have a tree of their
+//! own. Files:
+//! - `commit`: applying a batch of writes (and claims) against an overlay;
+//! - `operations`, `outbox`, `orders`: the store traits of those names;
+//! - `strings`: the string table records refer to;
+//! - `space`: the guard that stops writes before the disk is full;
+//! - `migrate`: moving a data directory of the first layout (one tree per
+//!   index) into this one.
 //!
-//! Files: `operations`, `outbox` and `orders` implement the store traits of
-//! the same names; `commit` is the group commit every durable write waits
-//! on: one `flush` covers every writer that finished writing before it
-//! started.
+//! One batch applies at a time (the `apply` lock, held while a batch is
+//! staged and handed to sled, never while it is flushed), so reading a
+//! record and writing its successor needs no transaction. The queue of
+//! claimable work is kept in memory (`store::ready`) and rebuilt at open
+//! from the operations that are not done.
 
 mod commit;
 mod keys;
+mod migrate;
 mod operations;
 mod orders;
 mod outbox;
+mod space;
+mod strings;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
 use sled::Tree;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use self::commit::GroupCommit;
-use super::{Change, SecretStore, StoreError, StoreResult};
+use self::commit::backend;
+use self::space::{Room, Space};
+use self::strings::StringTable;
+use super::ready::Ready;
+use super::{Change, Health, SecretStore, StoreError, StoreResult};
 
 /// How hard the store works to keep acknowledged writes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
-    /// Durable writes wait for an fsync, shared by concurrent writers.
+    /// A batch with a durable write is flushed before anyone hears of it.
     #[default]
     Always,
-    /// Durable writes return at once; a background flush runs every few
+    /// Writes return at once; a background flush runs every few
     /// milliseconds. A crash loses at most that window.
     Batch,
     /// No flush is forced; sled writes back when it chooses. A crash may
@@ -69,17 +70,40 @@ impl std::str::FromStr for SyncMode {
     }
 }
 
-/// sled's page cache by default. sled undercounts it: with 300,000
-/// operations, 128 MiB let the server grow to 874 MiB and 32 MiB to 193 MiB,
-/// but writing slows as the store outgrows a small cache (BENCHMARKS.md).
+/// sled's page cache by default. sled undercounts it: the process's memory
+/// grows to several times this figure under write load (BENCHMARKS.md).
 pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The free disk space kept in reserve by default.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How often `SyncMode::Batch` flushes.
 const BATCH_FLUSH_MS: u64 = 10;
 
 /// Capacity of the change feed. A subscriber that falls further behind is
 /// told it lagged and must re-read what it follows.
-const FEED_CAPACITY: usize = 16 * 1024;
+const FEED_CAPACITY: usize = 64 * 1024;
+
+/// How the sled backend is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledConfig {
+    pub sync: SyncMode,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Free disk space to keep: below it new operations are refused, below
+    /// a quarter of it every write is. Zero turns the guard off.
+    pub min_free_bytes: u64,
+}
+
+impl Default for SledConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Always,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
+    }
+}
 
 /// The sled backend; a cheap-clone handle.
 #[derive(Clone)]
@@ -89,97 +113,128 @@ pub struct SledStore {
 
 struct Inner {
     db: sled::Db,
-    ops: Tree,
-    active: Tree,
-    request_ids: Tree,
-    by_tenant: Tree,
-    expiry: Tree,
-    meta: Tree,
+    tree: Tree,
+    strings: RwLock<StringTable>,
+    /// Held while a batch is staged and applied.
+    apply: Mutex<()>,
+    ready: Mutex<Ready>,
+    /// Bumped when claimable work may have appeared.
+    work: watch::Sender<u64>,
+    feed: broadcast::Sender<Change>,
+    health: watch::Sender<Health>,
+    space: Space,
+    mode: SyncMode,
+    flushes: AtomicU64,
     /// One order writer at a time: replacing an order reads where it was
     /// stored, and two batches must not both move the same order.
-    orders_writer: std::sync::Mutex<()>,
-    outbox: Tree,
-    feed: broadcast::Sender<Change>,
-    commit: GroupCommit,
-    mode: SyncMode,
+    orders_writer: Mutex<()>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
-fn tx_error(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => backend(e),
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent (a panic inside one
+    // is a bug in sled or ours, not a half-made change), so a poisoned lock
+    // is still usable.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir` with the default cache.
-    pub fn open(dir: &Path, mode: SyncMode) -> StoreResult<Self> {
-        Self::open_with_cache(dir, mode, DEFAULT_CACHE_BYTES)
+    /// Opens (or creates) the database in `dir` with the default cache and
+    /// reserve.
+    pub fn open(dir: &Path, sync: SyncMode) -> StoreResult<Self> {
+        Self::open_with(
+            dir,
+            &SledConfig {
+                sync,
+                ..SledConfig::default()
+            },
+        )
     }
 
-    /// Opens (or creates) the database in `dir`, giving sled's page cache
-    /// `cache_bytes`. sled counts its cache loosely: the process's memory
-    /// grows to several times this figure under write load.
-    pub fn open_with_cache(dir: &Path, mode: SyncMode, cache_bytes: u64) -> StoreResult<Self> {
+    /// Opens (or creates) the database in `dir`. A data directory of the
+    /// first layout is moved into this one first.
+    pub fn open_with(dir: &Path, config: &SledConfig) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(backend)?;
-        let flush_every = match mode {
-            SyncMode::Always => Some(500),
+        let flush_every = match config.sync {
+            SyncMode::Always | SyncMode::Never => None,
             SyncMode::Batch => Some(BATCH_FLUSH_MS),
-            SyncMode::Never => None,
         };
         let db = sled::Config::new()
             .path(dir.join("sled"))
-            .cache_capacity(cache_bytes)
+            .cache_capacity(config.cache_bytes)
             .flush_every_ms(flush_every)
             .open()
             .map_err(backend)?;
-        let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let inner = Inner {
-            ops: db.open_tree("ops").map_err(backend)?,
-            active: db.open_tree("active").map_err(backend)?,
-            request_ids: db.open_tree("request_ids").map_err(backend)?,
-            by_tenant: db.open_tree("by_tenant").map_err(backend)?,
-            expiry: db.open_tree("expiry").map_err(backend)?,
-            meta: db.open_tree("meta").map_err(backend)?,
-            outbox: db.open_tree("outbox").map_err(backend)?,
-            orders_writer: std::sync::Mutex::new(()),
-            commit: GroupCommit::new(db.clone()),
-            db,
-            feed,
-            mode,
-        };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
-    }
-
-    /// How many flushes group commit has made so far.
-    pub fn flushes(&self) -> u64 {
-        self.inner.commit.flushes.load(Ordering::Relaxed)
-    }
-
-    /// Waits until what was written is on disk, when the sync mode asks
-    /// for that.
-    async fn persist(&self) -> StoreResult<()> {
-        if self.inner.mode == SyncMode::Always {
-            self.inner.commit.sync().await?;
+        let tree = db.open_tree(keys::TREE).map_err(backend)?;
+        migrate::from_first_layout(&db, &tree)?;
+        let mut strings = StringTable::default();
+        for entry in tree.scan_prefix([keys::STRING]) {
+            let (key, value) = entry.map_err(backend)?;
+            let number = key
+                .get(1..5)
+                .and_then(|n| n.try_into().ok())
+                .map(u32::from_be_bytes)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| StoreError::Corrupt("string key".into()))?;
+            let text = std::str::from_utf8(&value)
+                .map_err(|_| StoreError::Corrupt("string value".into()))?;
+            strings.load(number, text);
         }
-        Ok(())
+        let space = Space::new(dir.to_path_buf(), config.min_free_bytes);
+        let health = match space.room() {
+            Room::Plenty => Health::Writable,
+            Room::Low | Room::None => Health::Full,
+        };
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                strings: RwLock::new(strings),
+                apply: Mutex::new(()),
+                ready: Mutex::new(Ready::default()),
+                work: watch::channel(0).0,
+                feed: broadcast::channel(FEED_CAPACITY).0,
+                health: watch::channel(health).0,
+                space,
+                mode: config.sync,
+                flushes: AtomicU64::new(0),
+                orders_writer: Mutex::new(()),
+            }),
+        };
+        store.load_ready()?;
+        Ok(store)
     }
 
-    fn announce(&self, change: Change) {
-        // No subscriber is not an error: nobody is watching.
-        let _ = self.inner.feed.send(change);
+    /// How many flushes the store has made so far.
+    pub fn flushes(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Makes what was applied durable.
+    fn sync(&self) -> StoreResult<()> {
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    /// How much room writes have, telling health watchers when it changes.
+    fn room(&self) -> Room {
+        let room = self.inner.space.room();
+        let health = match room {
+            Room::Plenty => Health::Writable,
+            Room::Low | Room::None => Health::Full,
+        };
+        self.inner.health.send_if_modified(|current| {
+            let changed = *current != health;
+            *current = health;
+            changed
+        });
+        room
+    }
+
+    fn announce(&self, changes: Vec<Change>) {
+        for change in changes {
+            // No subscriber is not an error: nobody is watching.
+            let _ = self.inner.feed.send(change);
+        }
     }
 }
 
@@ -189,12 +244,15 @@ impl SecretStore for SledStore {
         let key = keys::secret(name);
         match self
             .inner
-            .meta
+            .tree
             .compare_and_swap(key, None as Option<&[u8]>, Some(initial))
             .map_err(backend)?
         {
             Ok(()) => {
-                self.inner.commit.sync().await?;
+                let store = self.clone();
+                tokio::task::spawn_blocking(move || store.sync())
+                    .await
+                    .map_err(backend)??;
                 Ok(initial.to_vec())
             }
             Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or_default()),

@@ -1,165 +1,227 @@
-//! Operations in sled: the records, their indexes, and the outbox entries
-//! their transitions produce, each change in one sled transaction.
+//! [`OperationStore`] on sled: commits and claims through `commit`, reads
+//! straight from the tree.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use sled::Transactional;
-use sled::transaction::TransactionalTree;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use super::{SledStore, TxResult, abort, backend, keys, tx_error};
-use crate::model::{Delivery, Edit, Operation, OperationId, Transition};
-use crate::store::codec::{decode, decode_delivery, encode, encode_delivery};
+use super::commit::{Batch, Finished, Moved, backend};
+use super::space::Room;
+use super::{SledStore, SyncMode, keys, lock};
+use crate::model::{Edit, Operation, OperationId, State};
+use crate::store::codec::decode;
 use crate::store::{
-    Change, Created, ListPage, ListQuery, OperationStore, StoreError, StoreResult, is_durable,
+    Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
+    QueueDepth, StoreError, StoreResult, Write,
 };
 
-fn read_op(ops: &TransactionalTree, key: &[u8]) -> TxResult<Option<Operation>> {
-    match ops.get(key)? {
-        None => Ok(None),
-        Some(bytes) => match decode(&bytes) {
-            Ok(op) => Ok(Some(op)),
-            Err(e) => abort(e),
-        },
-    }
-}
-
-/// Adds a delivery a transition produced to the outbox.
-fn add_delivery(outbox: &TransactionalTree, delivery: &Delivery) -> TxResult<()> {
-    outbox.insert(keys::outbox::record(delivery), encode_delivery(delivery))?;
-    if let Some(due) = keys::outbox::due(delivery) {
-        outbox.insert(due, &[])?;
-    }
-    outbox.insert(keys::outbox::by_operation(delivery), &[])?;
-    Ok(())
-}
-
 impl SledStore {
-    /// Applies `edit` to one operation in one transaction, keeping the
-    /// `active` and `expiry` indexes in step and storing the delivery the
-    /// transition produced. Returns the operation and whether it changed.
-    fn modify(
-        &self,
-        id: OperationId,
-        edit: &Edit,
-        now: SystemTime,
-    ) -> StoreResult<(Operation, bool)> {
-        let key = id.as_bytes();
-        let inner = &self.inner;
-        (&inner.ops, &inner.active, &inner.expiry, &inner.outbox)
-            .transaction(|(ops, active, expiry, outbox)| {
-                let Some(current) = read_op(ops, key)? else {
-                    return abort(StoreError::NotFound);
-                };
-                match current.apply(edit, now) {
-                    Err(rejection) => abort(StoreError::Rejected(rejection)),
-                    Ok(None) => Ok((current, false)),
-                    Ok(Some(Transition {
-                        operation: next,
-                        delivery,
-                    })) => {
-                        ops.insert(key, encode(&next))?;
-                        if let Some(delivery) = &delivery {
-                            add_delivery(outbox, delivery)?;
-                        }
-                        if current.is_done() != next.is_done() {
-                            active.remove(key)?;
-                            if let Some(end) = keys::expiry(&next) {
-                                expiry.insert(&end, &[])?;
-                            }
-                        }
-                        Ok((next, true))
-                    }
-                }
-            })
-            .map_err(tx_error)
+    /// Reads one record.
+    fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        match self.inner.tree.get(keys::op(id)).map_err(backend)? {
+            Some(bytes) => {
+                let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
+                decode(id, &bytes, &strings.stage()).map(Some)
+            }
+            None => Ok(None),
+        }
     }
 
-    /// Drops the outbox entries of deleted operations. Done after the
-    /// records go (sled transactions cannot scan a prefix); an entry left by
-    /// a crash in between is only a finished delivery nobody can list.
-    fn forget_deliveries(&self, ids: &[OperationId]) -> StoreResult<()> {
-        let outbox = &self.inner.outbox;
-        for id in ids {
-            for entry in outbox.scan_prefix(keys::outbox::operation_prefix(*id)) {
-                let (key, _) = entry.map_err(backend)?;
-                let record = keys::outbox::record_of(&key);
-                if let Some(bytes) = outbox.remove(&record).map_err(backend)?
-                    && let Ok(d) = decode_delivery(&bytes)
-                    && let Some(due) = keys::outbox::due(&d)
-                {
-                    outbox.remove(due).map_err(backend)?;
-                }
-                outbox.remove(&key).map_err(backend)?;
+    /// Puts every queued operation in the ready queue; done at open.
+    pub(super) fn load_ready(&self) -> StoreResult<()> {
+        let mut ready = lock(&self.inner.ready);
+        for op in self.read_unfinished()? {
+            if op.state == State::Queued {
+                ready.track(&op);
             }
         }
         Ok(())
     }
 
-    /// Removes done operations with their index entries in one
-    /// transaction. With `strict`, a missing or unfinished one fails the
-    /// whole call; otherwise it is skipped. Returns the ids removed.
-    fn remove_done(&self, ids: &[OperationId], strict: bool) -> StoreResult<Vec<OperationId>> {
-        let inner = &self.inner;
-        (
-            &inner.ops,
-            &inner.request_ids,
-            &inner.expiry,
-            &inner.by_tenant,
-        )
-            .transaction(|(ops, request_ids, expiry, by_tenant)| {
-                let mut removed = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let key = id.as_bytes();
-                    let op = match read_op(ops, key)? {
-                        Some(op) => op,
-                        None if strict => return abort(StoreError::NotFound),
-                        None => continue,
-                    };
-                    if let Err(rejection) = op.check_deletable() {
-                        if strict {
-                            return abort(StoreError::Rejected(rejection));
-                        }
-                        continue;
-                    }
-                    ops.remove(key)?;
-                    if let Some(rid) = keys::request_id(&op) {
-                        request_ids.remove(rid)?;
-                    }
-                    if let Some(end) = keys::expiry(&op) {
-                        expiry.remove(&end)?;
-                    }
-                    if let Some(tenant) = keys::by_tenant(&op) {
-                        by_tenant.remove(tenant)?;
-                    }
-                    removed.push(*id);
-                }
-                Ok(removed)
-            })
-            .map_err(tx_error)
+    fn read_unfinished(&self) -> StoreResult<Vec<Operation>> {
+        let mut out = Vec::new();
+        for entry in self.inner.tree.scan_prefix([keys::UNFINISHED]) {
+            let (key, _) = entry.map_err(backend)?;
+            let id = keys::id_at_end(&key)
+                .ok_or_else(|| StoreError::Corrupt("unfinished key".into()))?;
+            if let Some(op) = self.read(id)? {
+                out.push(op);
+            }
+        }
+        Ok(out)
     }
 
-    /// Newest first: every operation, or one tenant's through its index
-    /// (so neither the page nor its resume point ever touches another
-    /// tenant's).
-    fn newest_first<'a>(
-        &'a self,
-        query: &ListQuery<'_>,
-    ) -> Box<dyn Iterator<Item = StoreResult<Operation>> + 'a> {
-        let ops = &self.inner.ops;
-        match query.tenant {
-            None => {
-                let range = match query.after {
-                    Some(after) => ops.range(..*after.as_bytes()),
-                    None => ops.range::<&[u8], _>(..),
-                };
-                Box::new(range.rev().map(|entry| {
-                    let (_, bytes) = entry.map_err(backend)?;
-                    decode(&bytes)
-                }))
+    /// Hands a staged batch to sled and takes in what it changed: new
+    /// strings, and the ready queue. Returns the feed announcements and
+    /// whether the batch must be flushed. Called under the apply lock.
+    fn apply(&self, finished: Finished) -> StoreResult<(Vec<Change>, bool)> {
+        self.inner
+            .tree
+            .apply_batch(finished.writes)
+            .map_err(backend)?;
+        self.inner
+            .strings
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(finished.strings);
+        let mut ready = lock(&self.inner.ready);
+        let mut queued = false;
+        for moved in finished.moved {
+            match moved {
+                Moved::Queued(op) => {
+                    queued = true;
+                    ready.queue(op.id, &op.kind, &op.tenant, op.due);
+                }
+                Moved::Left(id) => ready.remove(id),
             }
+        }
+        drop(ready);
+        if queued {
+            self.inner.work.send_modify(|n| *n += 1);
+        }
+        Ok((finished.changes, finished.durable))
+    }
+
+    fn commit_blocking(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
+        let room = self.room();
+        let apply = lock(&self.inner.apply);
+        let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Batch::new(&self.inner.tree, strings.stage(), now);
+        let mut results: Vec<StoreResult<Applied>> = writes
+            .into_iter()
+            .map(|write| match room {
+                Room::None => Err(StoreError::Full),
+                Room::Low if write.grows() => Err(StoreError::Full),
+                _ => batch.write(write),
+            })
+            .collect();
+        let finished = batch.finish();
+        drop(strings);
+        let applied = self.apply(finished);
+        drop(apply);
+        let failure = match applied {
+            Ok((changes, durable)) => {
+                let synced = if durable && self.inner.mode == SyncMode::Always {
+                    self.sync()
+                } else {
+                    Ok(())
+                };
+                match synced {
+                    Ok(()) => {
+                        self.announce(changes);
+                        return results;
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        // The batch failed as a whole: every write that had succeeded fails.
+        let message = failure.to_string();
+        for result in &mut results {
+            if result.is_ok() {
+                *result = Err(StoreError::Backend(message.clone()));
+            }
+        }
+        results
+    }
+
+    fn claim_blocking(&self, request: ClaimRequest, now: SystemTime) -> StoreResult<Claimed> {
+        if self.room() == Room::None {
+            return Err(StoreError::Full);
+        }
+        let edit = Edit::Claim {
+            lease: request.lease.clone(),
+        };
+        let apply = lock(&self.inner.apply);
+        let ids = lock(&self.inner.ready).take(&request.wants, now);
+        let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Batch::new(&self.inner.tree, strings.stage(), now);
+        let mut operations = Vec::with_capacity(ids.len());
+        let mut failed = None;
+        for id in &ids {
+            match batch.claim(*id, &edit) {
+                Ok(Some(op)) => operations.push(op),
+                Ok(None) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let finished = batch.finish();
+        drop(strings);
+        let applied = match failed {
+            None => self.apply(finished),
+            Some(e) => Err(e),
+        };
+        let changes = match applied {
+            Ok((changes, _)) => changes,
+            Err(e) => {
+                // Nothing was claimed: what was taken from the queue goes back.
+                let mut ready = lock(&self.inner.ready);
+                for id in ids {
+                    if let Ok(Some(op)) = self.read(id) {
+                        ready.track(&op);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        drop(apply);
+        self.announce(changes);
+        Ok(Claimed {
+            operations,
+            next_due: lock(&self.inner.ready).next_due(),
+        })
+    }
+}
+
+#[async_trait]
+impl OperationStore for SledStore {
+    async fn commit(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
+        let store = self.clone();
+        let count = writes.len();
+        match tokio::task::spawn_blocking(move || store.commit_blocking(writes, now)).await {
+            Ok(results) => results,
+            Err(e) => (0..count).map(|_| Err(backend(&e))).collect(),
+        }
+    }
+
+    async fn claim(&self, request: &ClaimRequest, now: SystemTime) -> StoreResult<Claimed> {
+        let store = self.clone();
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || store.claim_blocking(request, now))
+            .await
+            .map_err(backend)?
+    }
+
+    fn queued(&self, tenant: &crate::model::Tenant) -> QueueDepth {
+        lock(&self.inner.ready).depth(tenant)
+    }
+
+    fn work(&self) -> watch::Receiver<u64> {
+        self.inner.work.subscribe()
+    }
+
+    async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        self.read(id)
+    }
+
+    async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
+        let tree = &self.inner.tree;
+        // Newest first: every operation, or one tenant's through its index
+        // (so neither the page nor its resume point ever touches another
+        // tenant's).
+        let (start, end) = match query.tenant {
+            None => (
+                vec![keys::OP],
+                match query.after {
+                    Some(after) => keys::op(after).to_vec(),
+                    None => vec![keys::OP + 1],
+                },
+            ),
             Some(tenant) => {
                 let start = keys::tenant_prefix(tenant);
                 let end = match query.after {
@@ -170,88 +232,13 @@ impl SledStore {
                         end
                     }
                 };
-                Box::new(
-                    self.inner
-                        .by_tenant
-                        .range(start..end)
-                        .rev()
-                        .filter_map(move |entry| {
-                            let id = match entry {
-                                Ok((key, _)) => key[key.len() - 16..].to_vec(),
-                                Err(e) => return Some(Err(backend(e))),
-                            };
-                            // Gone between the index and the record: skip.
-                            match ops.get(&id) {
-                                Ok(Some(bytes)) => Some(decode(&bytes)),
-                                Ok(None) => None,
-                                Err(e) => Some(Err(backend(e))),
-                            }
-                        }),
-                )
+                (start, end)
             }
-        }
-    }
-}
-
-#[async_trait]
-impl OperationStore for SledStore {
-    async fn create(&self, operation: Operation) -> StoreResult<Created> {
-        let key = *operation.id.as_bytes();
-        let transition = operation.creation(operation.create_time);
-        let encoded = encode(&operation);
-        let rid_key = keys::request_id(&operation);
-        let tenant = keys::by_tenant(&operation);
-        let inner = &self.inner;
-        let created = (
-            &inner.ops,
-            &inner.active,
-            &inner.request_ids,
-            &inner.outbox,
-            &inner.by_tenant,
-        )
-            .transaction(|(ops, active, request_ids, outbox, by_tenant)| {
-                if let (Some(request_id), Some(rid)) = (operation.request_id, &rid_key) {
-                    let rid = rid.as_slice();
-                    if let Some(existing_key) = request_ids.get(rid)?
-                        && let Some(existing) = read_op(ops, &existing_key)?
-                    {
-                        if existing.request_digest == operation.request_digest {
-                            return Ok(Created::Existing(existing));
-                        }
-                        return abort(StoreError::RequestIdConflict {
-                            request_id: request_id.to_string(),
-                            existing: existing.id,
-                        });
-                    }
-                    request_ids.insert(rid, &key)?;
-                }
-                ops.insert(&key, encoded.as_slice())?;
-                active.insert(&key, &[])?;
-                if let Some(tenant) = &tenant {
-                    by_tenant.insert(tenant.as_slice(), &[])?;
-                }
-                if let Some(delivery) = &transition.delivery {
-                    add_delivery(outbox, delivery)?;
-                }
-                Ok(Created::New(operation.clone()))
-            })
-            .map_err(tx_error)?;
-        if let Created::New(op) = &created {
-            self.persist().await?;
-            self.announce(Change::Updated(Arc::new(op.clone())));
-        }
-        Ok(created)
-    }
-
-    async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>> {
-        match self.inner.ops.get(id.as_bytes()).map_err(backend)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some),
-        }
-    }
-
-    async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
-        let mut iter = self.newest_first(&query);
+        };
+        let mut ids = tree.range(start..end).rev().map(|entry| {
+            let (key, _) = entry.map_err(backend)?;
+            keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("listing key".into()))
+        });
         let mut page = ListPage::default();
         let mut scanned = 0usize;
         let mut last_scanned = None;
@@ -260,91 +247,67 @@ impl OperationStore for SledStore {
                 page.resume_after = last_scanned;
                 return Ok(page);
             }
-            let Some(op) = iter.next() else {
+            let Some(id) = ids.next() else {
                 return Ok(page);
             };
-            let op = op?;
+            let id = id?;
             scanned += 1;
-            last_scanned = Some(op.id);
-            if query.filter.matches(&op) {
+            last_scanned = Some(id);
+            // Gone between the index and the record: skip it.
+            if let Some(op) = self.read(id)?
+                && query.filter.matches(&op)
+            {
                 page.operations.push(op);
             }
         }
-        if iter.next().is_some() {
+        if ids.next().is_some() {
             page.resume_after = last_scanned;
         }
         Ok(page)
     }
 
-    async fn update(&self, id: OperationId, edit: Edit, now: SystemTime) -> StoreResult<Operation> {
-        let (op, changed) = self.modify(id, &edit, now)?;
-        if changed {
-            if is_durable(&edit) {
-                self.persist().await?;
-            }
-            self.announce(Change::Updated(Arc::new(op.clone())));
-        }
-        Ok(op)
-    }
-
-    async fn delete(&self, id: OperationId) -> StoreResult<()> {
-        let found = self.remove_done(&[id], true)?;
-        self.forget_deliveries(&found)?;
-        self.persist().await?;
-        self.announce(Change::Deleted(id));
-        Ok(())
-    }
-
     async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
-        let mut out = Vec::new();
-        for entry in self.inner.active.iter() {
-            let (key, _) = entry.map_err(backend)?;
-            if let Some(bytes) = self.inner.ops.get(&key).map_err(backend)? {
-                out.push(decode(&bytes)?);
-            }
-        }
-        Ok(out)
+        self.read_unfinished()
     }
 
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
         let mut out = Vec::new();
-        for entry in self
+        let range = self
             .inner
-            .expiry
-            .range(..keys::time_key(ended_before))
-            .take(limit)
-        {
+            .tree
+            .range([keys::EXPIRY].as_slice()..keys::expiry_before(ended_before).as_slice());
+        for entry in range {
+            if out.len() >= limit {
+                break;
+            }
             let (key, _) = entry.map_err(backend)?;
             let id =
-                keys::expiry_id(&key).ok_or_else(|| StoreError::Corrupt("expiry key".into()))?;
-            match self.inner.ops.get(id.as_bytes()).map_err(backend)? {
-                Some(bytes) => out.push(decode(&bytes)?),
-                // The record is gone; drop the dangling index entry.
-                None => {
-                    self.inner.expiry.remove(&key).map_err(backend)?;
-                }
+                keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("expiry key".into()))?;
+            // An entry whose record is gone is left for the record's
+            // removal to have taken; skip it.
+            if let Some(op) = self.read(id)? {
+                out.push(op);
             }
         }
         Ok(out)
     }
 
-    async fn purge(&self, ids: &[OperationId]) -> StoreResult<usize> {
-        let removed = self.remove_done(ids, false)?;
-        self.forget_deliveries(&removed)?;
-        if !removed.is_empty() {
-            self.persist().await?;
-            for id in &removed {
-                self.announce(Change::Deleted(*id));
-            }
-        }
-        Ok(removed.len())
-    }
-
     async fn flush(&self) -> StoreResult<()> {
-        self.inner.commit.sync().await
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(backend)?
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.feed.subscribe()
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.inner.health.subscribe()
+    }
+
+    async fn probe(&self) {
+        self.room();
     }
 }

@@ -5,7 +5,8 @@
 use async_trait::async_trait;
 use sled::Tree;
 
-use super::{SledStore, backend, keys};
+use super::commit::backend;
+use super::{SledStore, keys, lock};
 use crate::model::Tenant;
 use crate::model::order::{Month, Order};
 use crate::store::codec::{decode_order, encode_order};
@@ -70,11 +71,7 @@ impl SledStore {
     ) -> StoreResult<PutOrders> {
         use std::collections::HashMap;
         let tree = &self.orders_tree(tenant)?;
-        let _turn = self
-            .inner
-            .orders_writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _turn = lock(&self.inner.orders_writer);
         let mut batch = sled::Batch::default();
         let mut placed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();

@@ -1,14 +1,17 @@
-//! Workers: take queued operations, run their task, store the outcome.
-//!
-//! A worker claims an operation (which makes it RUNNING under a new
-//! attempt), spawns the task, forwards its progress to the store at a
-//! bounded rate, enforces the attempt's deadline, and finally ends the
-//! attempt under the same claim: done, retried after a backoff, or released
+//! One attempt of one operation, claimed by the dispatcher: runs its task,
+//! forwards its progress at a bounded rate, enforces its deadline, and ends
+//! it under the same claim: done, retried after a backoff, or released
 //! back to the queue on shutdown. If a newer attempt took over meanwhile,
 //! the store refuses the stale write and the result is dropped.
+//!
+//! The attempt gives its kind's slot back as soon as the task is over, and
+//! only then waits for its result to be committed: the next operation does
+//! not wait for this one's fsync.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -16,11 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::Inner;
-use super::task::{TaskContext, TaskError};
+use super::task::{Kind, TaskContext, TaskError};
 use crate::model::{
-    Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress, State,
+    Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress,
 };
-use crate::store::StoreError;
+use crate::store::{StoreError, Write};
+
+/// How long a result that found the disk full waits before it is written
+/// again.
+const FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// A task running on this process, as the cancellation path sees it.
 pub(crate) struct Running {
@@ -36,73 +43,20 @@ impl Running {
     }
 }
 
-/// The loop of worker number `n`.
-pub(crate) async fn run_worker(inner: Arc<Inner>, n: usize) {
-    let span = info_span!("worker", n);
-    async move {
-        loop {
-            let id = tokio::select! {
-                biased;
-                _ = inner.shutdown.cancelled() => break,
-                id = inner.queue.pop() => id,
-            };
-            if inner.shutdown.is_cancelled() {
-                // Leave it queued in the store; recovery picks it up.
-                break;
-            }
-            match inner.ops.update(id, Edit::Claim, inner.clock.now()).await {
-                Ok(op) => execute(&inner, op).await,
-                Err(StoreError::NotFound | StoreError::Rejected(_)) => {
-                    debug!(%id, "no longer queued; skipped")
-                }
-                Err(e) => error!(%id, error = %e, "claim failed; the operation stays queued until restart"),
-            }
-        }
-    }
-    .instrument(span)
-    .await;
-}
-
-async fn execute(inner: &Arc<Inner>, op: Operation) {
+/// Runs the attempt the claim of `op` started, with `kind`'s handler.
+pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
     let claim = Claim::of(&op);
     let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt);
     async move {
-        let Some(kind) = inner.registry.get(&op.kind).cloned() else {
-            let error = OperationError::new(
-                Code::Unimplemented,
-                "KIND_NOT_REGISTERED",
-                format!(
-                    "no handler for kind {:?} is registered on this server",
-                    op.kind
-                ),
-            );
-            end(inner, claim, done(Outcome::Error(error), None)).await;
-            return;
-        };
-        if !kind.policy.retry_safe {
-            // The claim must be on disk before work that must not run twice
-            // starts, so that a crash is seen as an interrupted attempt.
-            if let Err(e) = inner.ops.flush().await {
-                error!(error = %e, "could not persist the claim; releasing");
-                end(inner, claim, Finish::Release).await;
-                return;
-            }
-        }
-
         let token = inner.shutdown.child_token();
         let by_client = Arc::new(AtomicBool::new(false));
-        inner.running_lock().insert(
-            op.id,
-            Running {
-                token: token.clone(),
-                by_client: Arc::clone(&by_client),
-            },
-        );
-        // A cancellation that landed between the claim and the line above
-        // found no running entry; look again now that there is one.
-        if let Ok(Some(now)) = inner.ops.get(op.id).await
-            && now.state == State::Cancelling
-        {
+        let running = Running {
+            token: token.clone(),
+            by_client: Arc::clone(&by_client),
+        };
+        // A cancellation that landed before this entry existed was kept
+        // for it (see `Inner::deliver_cancellation`).
+        if inner.register_running(op.id, running) {
             by_client.store(true, Ordering::SeqCst);
             token.cancel();
         }
@@ -120,8 +74,8 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
             .spawn(kind.task.run(ctx, op.request.clone()).in_current_span());
         let deadline = Instant::now() + op.timeout;
         let (ended, progress) =
-            supervise(inner, claim, handle, progress_rx, &token, deadline).await;
-        inner.running_lock().remove(&op.id);
+            supervise(&inner, claim, handle, progress_rx, &token, deadline).await;
+        inner.forget_running(op.id);
 
         let finish = match ended {
             Ended::TimedOut => done(
@@ -151,22 +105,10 @@ async fn execute(inner: &Arc<Inner>, op: Operation) {
             }
             // Stopped by the shutdown: run it again after restart.
             Ended::Returned(Err(_)) if token.is_cancelled() => Finish::Release,
-            Ended::Returned(Err(e)) => failure(inner, &kind.policy, &op, e, progress),
+            Ended::Returned(Err(e)) => failure(&inner, &kind.policy, &op, e, progress),
         };
-        // Storing the result waits for a flush; the worker need not. It
-        // takes its next operation while the write joins the next group
-        // commit, so the finishes of all workers share fsyncs.
-        let storing = Arc::clone(inner);
-        inner.tracker.spawn(
-            async move {
-                if let Some(op) = end(&storing, claim, finish).await
-                    && op.state == State::Queued
-                {
-                    storing.enqueue(&op);
-                }
-            }
-            .in_current_span(),
-        );
+        inner.slots.release(&op.kind);
+        end(&inner, claim, finish).await;
     }
     .instrument(span)
     .await;
@@ -280,31 +222,48 @@ async fn supervise(
                 next_write = Instant::now() + inner.config.progress_interval;
                 let report = progress.borrow_and_update().clone();
                 stored = report.clone();
+                // Progress is lazy and nobody waits for it: a stale or lost
+                // report is only a report.
                 let edit = Edit::Progress { claim, progress: report };
-                match inner.ops.update(claim.id, edit, inner.clock.now()).await {
-                    Ok(_) => {}
-                    Err(StoreError::Rejected(_)) => debug!("progress from a stale attempt dropped"),
-                    Err(e) => warn!(error = %e, "could not record progress"),
-                }
+                inner.committer.write_and_forget(Write::Update { id: claim.id, edit });
             }
         }
     }
 }
 
-async fn end(inner: &Inner, claim: Claim, finish: Finish) -> Option<Operation> {
-    let edit = Edit::Finish { claim, finish };
-    match inner.ops.update(claim.id, edit, inner.clock.now()).await {
-        Ok(op) => {
-            debug!(state = %op.state, "attempt ended");
-            Some(op)
-        }
-        Err(StoreError::Rejected(r)) => {
-            debug!(reason = %r, "result of a superseded attempt dropped");
-            None
-        }
-        Err(e) => {
-            error!(error = %e, "could not store the result; the operation will be recovered on restart");
-            None
+/// Stores how the attempt ended. A full disk is waited out (the result is
+/// kept until it can be written, or until shutdown, after which recovery
+/// deals with the attempt); a stale claim's result is dropped.
+async fn end(inner: &Inner, claim: Claim, finish: Finish) {
+    loop {
+        let edit = Edit::Finish {
+            claim,
+            finish: finish.clone(),
+        };
+        match inner
+            .committer
+            .write(Write::Update { id: claim.id, edit })
+            .await
+        {
+            Ok(_) => {
+                debug!("attempt ended");
+                return;
+            }
+            Err(StoreError::Rejected(r)) => {
+                debug!(reason = %r, "result of a superseded attempt dropped");
+                return;
+            }
+            Err(StoreError::Full) => {
+                warn!("the disk is full; the result waits until it can be stored");
+                tokio::select! {
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(FULL_RETRY) => {}
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "could not store the result; the operation will be recovered on restart");
+                return;
+            }
         }
     }
 }

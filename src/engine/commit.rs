@@ -1,0 +1,145 @@
+//! The committer: the one owner of the store's writes.
+//!
+//! Callers hand it writes and await their results. One task takes
+//! everything that is waiting, commits it as one batch (atomic, and made
+//! durable once), then answers every caller; the store publishes the
+//! changes. The batch is whatever waited, not a timer's worth: a lone write
+//! goes at once, and under load the batch grows by itself while the
+//! previous one is on its way to disk.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::Clock;
+use crate::store::{Applied, OperationStore, StoreError, StoreResult, Write};
+
+/// The most writes in one batch; more wait for the next.
+pub const MAX_BATCH: usize = 4096;
+/// Writes that may wait for the committer; callers wait beyond it.
+const QUEUE: usize = 16 * 1024;
+
+struct Pending {
+    write: Write,
+    /// None when the caller does not wait for the result.
+    reply: Option<oneshot::Sender<StoreResult<Applied>>>,
+}
+
+/// A handle to hand writes to the committer; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Committer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts the committer over `store` on `tasks`, stamping each batch
+    /// with `clock`'s time. When `stop` fires it commits what is already
+    /// waiting and ends; writes handed over later fail as closed.
+    pub(crate) fn start(
+        store: Arc<dyn OperationStore>,
+        clock: Clock,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tasks.spawn(run(rx, store, clock, stop));
+        Self { tx }
+    }
+
+    /// Commits one write and returns what it did.
+    pub(crate) async fn write(&self, write: Write) -> StoreResult<Applied> {
+        let (reply, result) = oneshot::channel();
+        self.tx
+            .send(Pending {
+                write,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| closed())?;
+        result.await.map_err(|_| closed())?
+    }
+
+    /// Commits several writes (in one batch when they fit) and returns
+    /// what each did, in order.
+    pub(crate) async fn write_all(&self, writes: Vec<Write>) -> Vec<StoreResult<Applied>> {
+        let mut waiting = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (reply, result) = oneshot::channel();
+            let sent = self
+                .tx
+                .send(Pending {
+                    write,
+                    reply: Some(reply),
+                })
+                .await;
+            waiting.push(sent.ok().map(|()| result));
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for result in waiting {
+            results.push(match result {
+                Some(result) => result.await.unwrap_or_else(|_| Err(closed())),
+                None => Err(closed()),
+            });
+        }
+        results
+    }
+
+    /// Hands over a write whose result nobody waits for (progress).
+    pub(crate) fn write_and_forget(&self, write: Write) {
+        if self.tx.try_send(Pending { write, reply: None }).is_err() {
+            debug!("committer busy or closed; a lazy write was dropped");
+        }
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Backend("the store is closed".into())
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Pending>,
+    store: Arc<dyn OperationStore>,
+    clock: Clock,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let stopping = tokio::select! {
+            // recv_many is cancel-safe: nothing is taken when stop wins.
+            received = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                false
+            }
+            _ = stop.cancelled() => {
+                while batch.len() < MAX_BATCH && let Ok(pending) = rx.try_recv() {
+                    batch.push(pending);
+                }
+                true
+            }
+        };
+        if !batch.is_empty() {
+            commit(&mut batch, &*store, &clock).await;
+        }
+        if stopping && rx.is_empty() {
+            // Dropping the receiver fails every later write as closed.
+            return;
+        }
+    }
+}
+
+async fn commit(batch: &mut Vec<Pending>, store: &dyn OperationStore, clock: &Clock) {
+    let (writes, replies): (Vec<Write>, Vec<_>) =
+        batch.drain(..).map(|p| (p.write, p.reply)).unzip();
+    let results = store.commit(writes, clock.now()).await;
+    for (reply, result) in replies.into_iter().zip(results) {
+        if let Some(reply) = reply {
+            // A caller that gave up is not an error.
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The free-space guard. sled cannot be trusted to fail gracefully on a
+//! full disk (its I/O thread can hit the error first and then refuse
+//! everything, reads included), so writes stop before the disk is full:
+//! below the reserve, new operations are refused, while writes that finish
+//! or remove work still go through; below a quarter of it, every write is
+//! refused. Reads never are.
+
+use std::path::PathBuf;
+
+/// How full the disk is, as writes see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Room {
+    /// Above the reserve.
+    Plenty,
+    /// Below the reserve: nothing new is accepted.
+    Low,
+    /// Below a quarter of it: nothing is written.
+    None,
+}
+
+/// Watches the free space of the data directory's file system.
+pub(super) struct Space {
+    dir: PathBuf,
+    reserve: u64,
+}
+
+impl Space {
+    pub(super) fn new(dir: PathBuf, reserve: u64) -> Self {
+        Self { dir, reserve }
+    }
+
+    /// Bytes an unprivileged writer may still use.
+    fn available(&self) -> std::io::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.dir)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
+    /// How much room there is now. A file system that cannot say counts as
+    /// having room: the writes themselves then tell.
+    pub(super) fn room(&self) -> Room {
+        if self.reserve == 0 {
+            return Room::Plenty;
+        }
+        match self.available() {
+            Ok(free) if free < self.reserve / 4 => Room::None,
+            Ok(free) if free < self.reserve => Room::Low,
+            _ => Room::Plenty,
+        }
+    }
+}
