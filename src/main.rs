@@ -30,12 +30,22 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
+            // Log lines (an audit line per mutating call among them) are
+            // written by a thread of their own, several to a write, so a
+            // call never waits on stderr. None is dropped: a full buffer
+            // makes the logging call wait instead. The guard flushes what is
+            // left at exit.
+            let (writer, _flush_at_exit) =
+                tracing_appender::non_blocking::NonBlockingBuilder::default()
+                    .lossy(false)
+                    .thread_name("longrun-log")
+                    .finish(std::io::BufWriter::new(std::io::stderr()));
             tracing_subscriber::fmt()
                 .with_env_filter(
                     EnvFilter::try_from_env("LONGRUN_LOG")
                         .unwrap_or_else(|_| EnvFilter::new("info")),
                 )
-                .with_writer(std::io::stderr)
+                .with_writer(writer)
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();
             match runtime.block_on(serve(*args)) {

@@ -8,6 +8,7 @@
 //! previous one is on its way to disk.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,24 @@ struct Pending {
 #[derive(Clone)]
 pub(crate) struct Committer {
     tx: mpsc::Sender<Pending>,
+    stats: Arc<Stats>,
+}
+
+/// What the committer has done so far.
+#[derive(Default)]
+pub(crate) struct Stats {
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Stats {
+    /// Batches committed, and the writes in them.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Committer {
@@ -45,8 +64,14 @@ impl Committer {
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tasks.spawn(run(rx, store, clock, stop));
-        Self { tx }
+        let stats = Arc::new(Stats::default());
+        tasks.spawn(run(rx, store, clock, stop, Arc::clone(&stats)));
+        Self { tx, stats }
+    }
+
+    /// Batches committed so far, and the writes in them.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        self.stats.get()
     }
 
     /// Commits one write and returns what it did.
@@ -104,6 +129,7 @@ async fn run(
     store: Arc<dyn OperationStore>,
     clock: Clock,
     stop: CancellationToken,
+    stats: Arc<Stats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -123,6 +149,10 @@ async fn run(
             }
         };
         if !batch.is_empty() {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             commit(&mut batch, &*store, &clock).await;
         }
         if stopping && rx.is_empty() {

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use self::admission::{CallbackGuard, SubmitOptions};
 pub use self::clock::Clock;
@@ -328,6 +328,8 @@ impl Engine {
         inner.stop_writes.cancel();
         inner.writer.close();
         inner.writer.wait().await;
+        let (batches, writes) = inner.committer.stats();
+        info!(batches, writes, "writes committed since start");
         if let Err(e) = inner.ops.flush().await {
             warn!(error = %e, "final flush failed");
         }
@@ -457,6 +459,12 @@ impl Engine {
     /// How many operations wait for a worker, in all and for `tenant`.
     pub fn queue_depth(&self, tenant: &Tenant) -> QueueDepth {
         self.inner.ops.queued(tenant)
+    }
+
+    /// Batches the committer has committed since start, and the writes in
+    /// them.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        self.inner.committer.stats()
     }
 
     /// How many operations of each kind run on this process, against the

@@ -6,8 +6,13 @@
 //! that is refused leaves no trace and the rest of the batch goes on.
 //! Everything the batch changed is collected for the caller: the feed
 //! announcements, and the operations whose place in the ready queue moved.
+//!
+//! Claims are lazy, so a claim is not written on its own: its record waits
+//! in memory (`claimed`), where reads find it, and goes to disk with the
+//! next commit, unless that commit writes a newer version first (a quick
+//! task's finish), in which case the claim is never written at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -109,10 +114,14 @@ pub(super) struct Finished {
     pub(super) durable: bool,
 }
 
+/// Records claimed but not written yet.
+pub(super) type Claimed = HashMap<OperationId, Operation>;
+
 /// One batch being applied.
 pub(super) struct Batch<'a> {
     overlay: Overlay<'a>,
     strings: Staged<'a>,
+    claimed: &'a mut Claimed,
     now: SystemTime,
     /// What the feed announces once the batch is committed.
     changes: Vec<Change>,
@@ -123,13 +132,19 @@ pub(super) struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    pub(super) fn new(tree: &'a Tree, strings: Staged<'a>, now: SystemTime) -> Self {
+    pub(super) fn new(
+        tree: &'a Tree,
+        strings: Staged<'a>,
+        claimed: &'a mut Claimed,
+        now: SystemTime,
+    ) -> Self {
         Self {
             overlay: Overlay {
                 tree,
                 staged: BTreeMap::new(),
             },
             strings,
+            claimed,
             now,
             changes: Vec::new(),
             moved: Vec::new(),
@@ -169,17 +184,42 @@ impl<'a> Batch<'a> {
     }
 
     /// A claim of an operation taken from the ready queue: its record, now
-    /// RUNNING, or None when it is no longer claimable.
+    /// RUNNING, or None when it is no longer claimable. The record waits in
+    /// memory for the next commit, unless the claim calls for a webhook
+    /// delivery, which is staged with it as any change is.
     pub(super) fn claim(&mut self, id: OperationId, edit: &Edit) -> StoreResult<Option<Operation>> {
-        match self.update(id, edit) {
-            Ok((op, true)) => Ok(Some(op)),
-            Ok((_, false)) | Err(StoreError::NotFound | StoreError::Rejected(_)) => Ok(None),
-            Err(e) => Err(e),
+        let current = match self.read(id)? {
+            Some(op) => op,
+            None => return Ok(None),
+        };
+        let Ok(Some(transition)) = current.apply(edit, self.now) else {
+            return Ok(None);
+        };
+        if transition.delivery.is_some() {
+            return self.update(id, edit).map(|(op, _)| Some(op));
         }
+        let op = transition.operation;
+        self.moved.push(Moved::of(&op));
+        self.changes.push(Change::Updated(Arc::new(op.clone())));
+        self.claimed.insert(id, op.clone());
+        Ok(Some(op))
     }
 
-    /// The staged writes, with the batch's new strings, for sled.
-    pub(super) fn finish(mut self) -> Finished {
+    /// The staged writes, with the batch's new strings, for sled. With
+    /// `claims`, the claims waiting in memory are written too, unless the
+    /// batch already writes a newer version of their records.
+    pub(super) fn finish(mut self, claims: bool) -> Finished {
+        if claims {
+            // Left in the map until the batch is applied: if it fails, the
+            // claims are still there to read and to write next time.
+            for (id, op) in self.claimed.iter() {
+                let key = keys::op(*id);
+                if !self.overlay.staged.contains_key(key.as_slice()) {
+                    let record = encode(op, &mut self.strings);
+                    self.overlay.insert(&key, record);
+                }
+            }
+        }
         let added: Vec<(u32, String)> = self
             .strings
             .added()
@@ -204,8 +244,16 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// An operation as the batch so far leaves it: staged, claimed in
+    /// memory, or stored.
     fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
-        match self.overlay.get(&keys::op(id))? {
+        let key = keys::op(id);
+        if !self.overlay.staged.contains_key(key.as_slice())
+            && let Some(op) = self.claimed.get(&id)
+        {
+            return Ok(Some(op.clone()));
+        }
+        match self.overlay.get(&key)? {
             Some(bytes) => decode(id, &bytes, &self.strings).map(Some),
             None => Ok(None),
         }

@@ -117,6 +117,8 @@ struct Inner {
     strings: RwLock<StringTable>,
     /// Held while a batch is staged and applied.
     apply: Mutex<()>,
+    /// Claims not written yet (see `commit`): the next commit writes them.
+    claimed: Mutex<commit::Claimed>,
     ready: Mutex<Ready>,
     /// Bumped when claimable work may have appeared.
     work: watch::Sender<u64>,
@@ -180,7 +182,7 @@ impl SledStore {
             strings.load(number, text);
         }
         let space = Space::new(dir.to_path_buf(), config.min_free_bytes);
-        let health = match space.room() {
+        let health = match space.room(true) {
             Room::Plenty => Health::Writable,
             Room::Low | Room::None => Health::Full,
         };
@@ -190,6 +192,7 @@ impl SledStore {
                 tree,
                 strings: RwLock::new(strings),
                 apply: Mutex::new(()),
+                claimed: Mutex::default(),
                 ready: Mutex::new(Ready::default()),
                 work: watch::channel(0).0,
                 feed: broadcast::channel(FEED_CAPACITY).0,
@@ -215,9 +218,20 @@ impl SledStore {
         self.inner.db.flush().map(|_| ()).map_err(backend)
     }
 
-    /// How much room writes have, telling health watchers when it changes.
-    fn room(&self) -> Room {
-        let room = self.inner.space.room();
+    /// Writes the claims waiting in memory, then makes everything durable.
+    fn flush_all(&self) -> StoreResult<()> {
+        if !lock(&self.inner.claimed).is_empty() {
+            for result in self.commit_blocking(Vec::new(), std::time::SystemTime::now()) {
+                result?;
+            }
+        }
+        self.sync()
+    }
+
+    /// How much room writes have, telling health watchers when it
+    /// changes; `look_again` reads the disk even if a reading is fresh.
+    fn room(&self, look_again: bool) -> Room {
+        let room = self.inner.space.room(look_again);
         let health = match room {
             Room::Plenty => Health::Writable,
             Room::Low | Room::None => Health::Full,

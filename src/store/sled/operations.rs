@@ -17,8 +17,11 @@ use crate::store::{
 };
 
 impl SledStore {
-    /// Reads one record.
+    /// Reads one record: a claim not written yet, or the stored one.
     fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        if let Some(op) = lock(&self.inner.claimed).get(&id) {
+            return Ok(Some(op.clone()));
+        }
         match self.inner.tree.get(keys::op(id)).map_err(backend)? {
             Some(bytes) => {
                 let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
@@ -83,11 +86,16 @@ impl SledStore {
         Ok((finished.changes, finished.durable))
     }
 
-    fn commit_blocking(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
-        let room = self.room();
+    pub(super) fn commit_blocking(
+        &self,
+        writes: Vec<Write>,
+        now: SystemTime,
+    ) -> Vec<StoreResult<Applied>> {
+        let room = self.room(false);
         let apply = lock(&self.inner.apply);
+        let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Batch::new(&self.inner.tree, strings.stage(), now);
+        let mut batch = Batch::new(&self.inner.tree, strings.stage(), &mut claimed, now);
         let mut results: Vec<StoreResult<Applied>> = writes
             .into_iter()
             .map(|write| match room {
@@ -96,9 +104,14 @@ impl SledStore {
                 _ => batch.write(write),
             })
             .collect();
-        let finished = batch.finish();
+        let finished = batch.finish(true);
         drop(strings);
         let applied = self.apply(finished);
+        if applied.is_ok() {
+            // Written, or superseded by what the batch wrote.
+            claimed.clear();
+        }
+        drop(claimed);
         drop(apply);
         let failure = match applied {
             Ok((changes, durable)) => {
@@ -128,7 +141,7 @@ impl SledStore {
     }
 
     fn claim_blocking(&self, request: ClaimRequest, now: SystemTime) -> StoreResult<Claimed> {
-        if self.room() == Room::None {
+        if self.room(false) == Room::None {
             return Err(StoreError::Full);
         }
         let edit = Edit::Claim {
@@ -136,8 +149,9 @@ impl SledStore {
         };
         let apply = lock(&self.inner.apply);
         let ids = lock(&self.inner.ready).take(&request.wants, now);
+        let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Batch::new(&self.inner.tree, strings.stage(), now);
+        let mut batch = Batch::new(&self.inner.tree, strings.stage(), &mut claimed, now);
         let mut operations = Vec::with_capacity(ids.len());
         let mut failed = None;
         for id in &ids {
@@ -150,8 +164,9 @@ impl SledStore {
                 }
             }
         }
-        let finished = batch.finish();
+        let finished = batch.finish(false);
         drop(strings);
+        drop(claimed);
         let applied = match failed {
             None => self.apply(finished),
             Some(e) => Err(e),
@@ -160,6 +175,12 @@ impl SledStore {
             Ok((changes, _)) => changes,
             Err(e) => {
                 // Nothing was claimed: what was taken from the queue goes back.
+                {
+                    let mut claimed = lock(&self.inner.claimed);
+                    for id in &ids {
+                        claimed.remove(id);
+                    }
+                }
                 let mut ready = lock(&self.inner.ready);
                 for id in ids {
                     if let Ok(Some(op)) = self.read(id) {
@@ -294,7 +315,7 @@ impl OperationStore for SledStore {
 
     async fn flush(&self) -> StoreResult<()> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.sync())
+        tokio::task::spawn_blocking(move || store.flush_all())
             .await
             .map_err(backend)?
     }
@@ -308,6 +329,6 @@ impl OperationStore for SledStore {
     }
 
     async fn probe(&self) {
-        self.room();
+        self.room(true);
     }
 }
