@@ -151,9 +151,9 @@ pub enum ServerError {
     InsecureNoAuth { address: String },
 }
 
-/// How often a store short of disk space is looked at again, so that
-/// health comes back without waiting for a write.
-const FULL_PROBE: Duration = Duration::from_secs(1);
+/// How often the store's free space is looked at, so that health follows
+/// the disk (both ways) without waiting for a write.
+const SPACE_PROBE: Duration = Duration::from_secs(1);
 
 /// Keeps every service's health in step with the store's: SERVING while it
 /// takes writes, NOT_SERVING while its disk is full (reads still work).
@@ -177,12 +177,7 @@ async fn follow_store_health(
             reporter.set_service_status(*name, status).await;
         }
         loop {
-            let probe = async {
-                match now {
-                    Health::Full => tokio::time::sleep(FULL_PROBE).await,
-                    Health::Writable => std::future::pending().await,
-                }
-            };
+            let probe = tokio::time::sleep(SPACE_PROBE);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = health.changed() => {

@@ -93,6 +93,22 @@ impl TestServer {
 
     /// Starts a server with extra kinds.
     pub async fn start_registry(config: ServerConfig, registry: Registry) -> Self {
+        let tls = config.tls.is_some();
+        let this = Self::start_unready_registry(config, registry).await;
+        // A TLS server's tests connect (and wait) with their own clients.
+        if !tls {
+            this.wait_serving().await;
+        }
+        this
+    }
+
+    /// Starts a server and returns once it listens, without waiting until
+    /// it reports SERVING (it may not, on a full disk).
+    pub async fn start_unready(config: ServerConfig) -> Self {
+        Self::start_unready_registry(config, Registry::new()).await
+    }
+
+    async fn start_unready_registry(config: ServerConfig, registry: Registry) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
             .with_test_writer()
@@ -102,7 +118,6 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let data_dir = config.data_dir.clone();
-        let tls = config.tls.is_some();
         let server = open_retrying(config, registry).await;
         let engine = server.engine().clone();
         let stores = server.stores().clone();
@@ -111,7 +126,7 @@ impl TestServer {
         let handle = tokio::spawn(server.serve(listener, async move {
             let _ = rx.await;
         }));
-        let this = Self {
+        Self {
             addr,
             engine,
             stores,
@@ -120,12 +135,7 @@ impl TestServer {
             _temp: None,
             stop: Some(tx),
             handle: Some(handle),
-        };
-        // A TLS server's tests connect (and wait) with their own clients.
-        if !tls {
-            this.wait_serving().await;
         }
-        this
     }
 
     /// Waits, through the health service, until recovery is done.

@@ -309,3 +309,70 @@ async fn sigterm_releases_running_work_which_resumes_after_restart() {
     assert_eq!(meta(&done).state, State::Succeeded as i32);
     assert_eq!(meta(&done).attempt, 2);
 }
+
+/// A batch cut short by a crash is all or nothing: `longrun bench store`
+/// commits batches of creates, each create carrying its batch number, and
+/// is killed at a random moment; reopened, the store holds every batch the
+/// process reported as committed, whole, and no part of any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_by_sigkill_is_all_or_nothing() {
+    const BATCH: usize = 50;
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["bench", "store", "--batch", &BATCH.to_string()])
+            .args(["--batches", "1000000", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start longrun bench store");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // A random number of batches reported before the kill; the kill
+        // lands wherever the writer is then.
+        let before_kill = rand::rng().random_range(5..60u64);
+        let mut reported = 0u64;
+        tokio::time::timeout(PATIENCE, async {
+            while reported < before_kill {
+                let line = lines.next_line().await.unwrap().expect("still running");
+                assert_eq!(line, format!("committed {reported}"));
+                reported += 1;
+            }
+        })
+        .await
+        .expect("batches were committed in time");
+        child.kill().await.expect("SIGKILL");
+        // What it managed to print between the read and the kill counts too.
+        while let Ok(Some(line)) = lines.next_line().await {
+            assert_eq!(line, format!("committed {reported}"));
+            reported += 1;
+        }
+
+        let store = loop {
+            match longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always) {
+                Ok(store) => break store,
+                Err(e) if e.to_string().contains("lock") => std::thread::yield_now(),
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let unfinished = longrun::store::OperationStore::unfinished(&store)
+            .await
+            .expect("every record reads back");
+        let mut per_batch: HashMap<u64, usize> = HashMap::new();
+        for op in &unfinished {
+            let number = u64::from_be_bytes(op.request.value[..].try_into().unwrap());
+            *per_batch.entry(number).or_default() += 1;
+        }
+        for (number, count) in &per_batch {
+            assert_eq!(*count, BATCH, "batch {number} is partly there");
+        }
+        for number in 0..reported {
+            assert_eq!(
+                per_batch.get(&number),
+                Some(&BATCH),
+                "batch {number} was reported committed and is not whole"
+            );
+        }
+    }
+}

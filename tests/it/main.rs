@@ -10,6 +10,8 @@ mod cli;
 mod common;
 mod crash;
 mod custom_kind;
+mod full_disk;
+mod hot_path;
 mod lifecycle;
 mod operations;
 mod parsers;

@@ -8,6 +8,7 @@
 mod churn;
 mod load;
 mod reports;
+mod store;
 mod target;
 
 use std::time::Duration;
@@ -132,6 +133,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Commit batches of creates straight to a sled store in this process,
+    /// printing `committed N` once batch N is durable: the store's own
+    /// rate, and what the crash test kills mid-batch.
+    Store {
+        /// The data directory (a fresh one each run).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Creates per batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// How many batches.
+        #[arg(long, default_value_t = 1000)]
+        batches: u64,
+        /// The store's sync mode.
+        #[arg(long, default_value = "always")]
+        sync: longrun::store::SyncMode,
+    },
 }
 
 /// Runs a benchmark scenario.
@@ -157,6 +175,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             months,
             seed,
         } => reports::run(common, count, months, seed).await,
+        BenchCommand::Store {
+            data_dir,
+            batch,
+            batches,
+            sync,
+        } => store::run(&data_dir, batch, batches, sync).await,
     }
 }
 

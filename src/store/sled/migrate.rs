@@ -88,3 +88,200 @@ pub(super) fn from_first_layout(db: &Db, tree: &Tree) -> StoreResult<usize> {
     );
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::model::{
+        Delivery, Edit, Filter, Limits, Notification, Operation, Outcome, Payload, RequestId,
+        Tenant, to_micros_precision,
+    };
+    use crate::store::codec::first_layout;
+    use crate::store::sled::{SledStore, SyncMode};
+    use crate::store::{
+        Applied, Created, ListQuery, OperationStore, OutboxStore, SecretStore, Write,
+    };
+
+    fn id_key(prefix: &[u8], op: &Operation) -> Vec<u8> {
+        [prefix, op.id.as_bytes()].concat()
+    }
+
+    #[tokio::test]
+    async fn a_first_layout_directory_is_moved_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = Tenant::named("acme").unwrap();
+        let now = to_micros_precision(SystemTime::now());
+        let request_id: RequestId = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0".parse().unwrap();
+        let mut done = Operation::new(
+            "longrun.v1.Diagnostics.Sleep",
+            Payload {
+                type_url: "type.googleapis.com/longrun.v1.SleepRequest".into(),
+                value: vec![8, 1].into(),
+            },
+            Some(request_id),
+            [7; 32],
+            Limits::default(),
+            acme.clone(),
+            now,
+        );
+        done.notification = Some(Notification {
+            callback_url: "https://example.com/hook".into(),
+            states: Vec::new(),
+        });
+        let claimed = done
+            .apply(&Edit::Claim { lease: None }, now)
+            .unwrap()
+            .unwrap();
+        let finish = Edit::Finish {
+            claim: crate::model::Claim::of(&claimed.operation),
+            finish: crate::model::Finish::Done {
+                outcome: Outcome::Response(Payload {
+                    type_url: "type.googleapis.com/longrun.v1.SleepResponse".into(),
+                    value: vec![24, 1].into(),
+                }),
+                progress: None,
+            },
+        };
+        let ended = claimed
+            .operation
+            .apply(&finish, now + Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
+        let done = ended.operation;
+        let delivery: Delivery = ended.delivery.expect("the final state is notified");
+        let queued = Operation::new(
+            "longrun.v1.Diagnostics.Sleep",
+            Payload::default(),
+            None,
+            [0; 32],
+            Limits::default(),
+            Tenant::default_tenant(),
+            now,
+        );
+
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("sled"))
+                .open()
+                .unwrap();
+            let tree = |name: &str| db.open_tree(name).unwrap();
+            for op in [&done, &queued] {
+                tree("ops")
+                    .insert(op.id.as_bytes(), first_layout::encode(op))
+                    .unwrap();
+            }
+            tree("active").insert(queued.id.as_bytes(), &[]).unwrap();
+            tree("request_ids")
+                .insert(
+                    [request_id.as_bytes().as_slice(), b"acme"].concat(),
+                    done.id.as_bytes(),
+                )
+                .unwrap();
+            tree("by_tenant")
+                .insert([b"acme\0".as_slice(), done.id.as_bytes()].concat(), &[])
+                .unwrap();
+            tree("expiry")
+                .insert(
+                    [
+                        keys::time_key(done.end_time.unwrap()).as_slice(),
+                        done.id.as_bytes(),
+                    ]
+                    .concat(),
+                    &[],
+                )
+                .unwrap();
+            tree("meta")
+                .insert("secret/kept", b"value".as_slice())
+                .unwrap();
+            let outbox = tree("outbox");
+            outbox
+                .insert(
+                    [b"d".as_slice(), delivery.id.as_bytes()].concat(),
+                    first_layout::encode_delivery(&delivery),
+                )
+                .unwrap();
+            outbox
+                .insert(
+                    [
+                        b"q".as_slice(),
+                        &keys::time_key(delivery.next_attempt.unwrap()),
+                        delivery.id.as_bytes(),
+                    ]
+                    .concat(),
+                    &[],
+                )
+                .unwrap();
+            outbox
+                .insert(
+                    [id_key(b"o", &done), delivery.id.as_bytes().to_vec()].concat(),
+                    &[],
+                )
+                .unwrap();
+            db.flush().unwrap();
+        }
+
+        let store = SledStore::open(dir.path(), SyncMode::Always).unwrap();
+        assert_eq!(store.get(done.id).await.unwrap(), Some(done.clone()));
+        assert_eq!(store.get(queued.id).await.unwrap(), Some(queued.clone()));
+        let unfinished: Vec<_> = store
+            .unfinished()
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(unfinished, [queued.id]);
+        assert_eq!(store.queued(&Tenant::default_tenant()).total, 1);
+        let filter = Filter::default();
+        let page = store
+            .list(ListQuery {
+                after: None,
+                tenant: Some(&acme),
+                filter: &filter,
+                limit: 10,
+                scan_budget: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.operations, std::slice::from_ref(&done));
+        let expired = store
+            .expired(now + Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(expired, std::slice::from_ref(&done));
+        assert_eq!(store.secret("kept", b"other").await.unwrap(), b"value");
+        assert_eq!(
+            store.deliveries(done.id).await.unwrap(),
+            std::slice::from_ref(&delivery)
+        );
+        assert_eq!(
+            store
+                .due_deliveries(now + Duration::from_secs(60), 10)
+                .await
+                .unwrap(),
+            [delivery]
+        );
+        // The request_id still names its operation.
+        let mut retry = done.clone();
+        retry.id = crate::model::OperationId::generate();
+        let answer = store
+            .commit(vec![Write::Create(retry)], SystemTime::now())
+            .await
+            .remove(0)
+            .unwrap();
+        assert!(matches!(answer, Applied::Created(Created::Existing(op)) if op.id == done.id));
+        // The old trees are gone, and a second open moves nothing.
+        drop(store);
+        let db = loop {
+            match sled::Config::new().path(dir.path().join("sled")).open() {
+                Ok(db) => break db,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"ops"));
+        let tree = db.open_tree(keys::TREE).unwrap();
+        assert_eq!(from_first_layout(&db, &tree).unwrap(), 0);
+    }
+}
