@@ -175,7 +175,10 @@ impl Operation {
         next.status_message.clear();
         next.start_time = Some(now);
         next.not_before = None;
-        next.lease.clone_from(lease);
+        next.lease = lease.as_ref().map(|lease| Lease {
+            holder: lease.holder.clone(),
+            expires: to_micros_precision(lease.expires),
+        });
         Ok(next.touched(now))
     }
 
@@ -228,7 +231,7 @@ impl Operation {
             Finish::Retry { error, not_before } => {
                 next.state = State::Queued;
                 next.start_time = None;
-                next.not_before = Some(*not_before);
+                next.not_before = Some(to_micros_precision(*not_before));
                 next.last_error = Some(error.clone());
                 next.status_message = format!(
                     "attempt {} failed ({}); retrying",

@@ -35,11 +35,15 @@ fn every_grpc_scenario_runs() {
     assert!(v["ceiling"]["calls"].as_u64().unwrap() > 0, "{v}");
     assert!(v["create"]["stats"]["calls"].as_u64().unwrap() > 0, "{v}");
     assert!(v["e2e"]["stats"]["calls"].as_u64().unwrap() > 0, "{v}");
-    assert!(
-        v["dispatch"]["low"]["ops_per_second"].as_f64().unwrap() > 0.0,
-        "{v}"
-    );
-    assert!(v["get"]["get"]["calls"].as_u64().unwrap() > 0, "{v}");
+    for load in ["low", "paced", "high"] {
+        assert!(
+            v["dispatch"][load]["ops_per_second"].as_f64().unwrap() > 0.0,
+            "{v}"
+        );
+    }
+    for gets in ["paced", "flat"] {
+        assert!(v["get"][gets]["get"]["calls"].as_u64().unwrap() > 0, "{v}");
+    }
     assert_eq!(v["fanout"]["received_final"], 50, "{v}");
     assert!(v["scale"]["get"]["calls"].as_u64().unwrap() > 0, "{v}");
 }
@@ -82,5 +86,5 @@ fn the_scenarios_run_against_a_server_that_wants_a_token() {
     // A refused token would show as errors and no calls.
     assert!(v["create"]["stats"]["calls"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["create"]["stats"]["errors"].as_u64(), Some(0), "{v}");
-    assert_eq!(v["get"]["get"]["errors"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["get"]["flat"]["get"]["errors"].as_u64(), Some(0), "{v}");
 }

@@ -242,12 +242,47 @@ pub async fn end_to_end(
     (stats, hist)
 }
 
-/// Get latency while end-to-end load runs at `rate` operations per second.
+/// A pacer: a semaphore that gains `rate` permits a second (at most a
+/// thousand banked), and the task that feeds it, to abort when done.
+fn pacer(rate: f64) -> (Arc<tokio::sync::Semaphore>, tokio::task::JoinHandle<()>) {
+    let pace = Arc::new(tokio::sync::Semaphore::new(0));
+    let feeding = Arc::clone(&pace);
+    let task = tokio::spawn(async move {
+        let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tick.tick().await;
+            if feeding.available_permits() < 1000 {
+                feeding.add_permits(1);
+            }
+        }
+    });
+    (pace, task)
+}
+
+/// End to end at a steady `rate` operations per second, with enough
+/// clients that none waits for another: the dispatch latencies seen.
+pub async fn end_to_end_paced(
+    channels: &[Connection],
+    concurrency: usize,
+    duration: Duration,
+    rate: f64,
+) -> (Stats, Histogram<u64>) {
+    let (pace, feeder) = pacer(rate);
+    let result = end_to_end(channels, concurrency, duration, Some(pace)).await;
+    feeder.abort();
+    result
+}
+
+/// Get latency while end-to-end load runs at `rate` operations per second:
+/// Gets at a steady `get_rate` a second, or as fast as they go when None.
 pub async fn get_under_load(
     channels: &[Connection],
     concurrency: usize,
     duration: Duration,
     rate: f64,
+    get_rate: Option<f64>,
 ) -> anyhow::Result<(Stats, Stats)> {
     // Some done operations to read.
     let mut names = Vec::new();
@@ -255,22 +290,7 @@ pub async fn get_under_load(
         names.push(create(channels[0].clone()).await?.name);
     }
     let names = Arc::new(names);
-    // A pacer hands out `rate` permits a second to the load.
-    let pace = Arc::new(tokio::sync::Semaphore::new(0));
-    let pacer = {
-        let pace = Arc::clone(&pace);
-        tokio::spawn(async move {
-            let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            loop {
-                tick.tick().await;
-                if pace.available_permits() < 1000 {
-                    pace.add_permits(1);
-                }
-            }
-        })
-    };
+    let (pace, feeder) = pacer(rate);
     let load = {
         let channels = channels.to_vec();
         let pace = Arc::clone(&pace);
@@ -281,6 +301,8 @@ pub async fn get_under_load(
         })
     };
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let get_pace = get_rate.map(pacer);
+    let get_permits = get_pace.as_ref().map(|(pace, _)| Arc::clone(pace));
     let gets = drive(
         channels,
         concurrency.div_ceil(2),
@@ -288,7 +310,15 @@ pub async fn get_under_load(
         move |channel| {
             let names = Arc::clone(&names);
             let i = counter.fetch_add(1, Ordering::Relaxed);
+            let permits = get_permits.clone();
             async move {
+                if let Some(permits) = &permits {
+                    permits
+                        .acquire()
+                        .await
+                        .map_err(|_| tonic::Status::cancelled("stopped"))?
+                        .forget();
+                }
                 let started = Instant::now();
                 OperationsClient::new(channel)
                     .get_operation(GetOperationRequest {
@@ -302,7 +332,10 @@ pub async fn get_under_load(
     .await;
     // The load ends on its own clock; the pacer feeds it until then.
     let load = load.await?;
-    pacer.abort();
+    feeder.abort();
+    if let Some((_, get_pacer)) = get_pace {
+        get_pacer.abort();
+    }
     Ok((gets, load))
 }
 

@@ -53,6 +53,9 @@ pub struct Common {
     pub output: Output,
 }
 
+/// The steady rate of the paced dispatch measure, operations per second.
+const PACED_RATE: f64 = 1000.0;
+
 /// The gRPC scenarios `bench run` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -62,7 +65,7 @@ pub enum Scenario {
     Create,
     /// Zero-work operations from create to done, followed with Wait.
     E2e,
-    /// Create acknowledgement to task start, at low and high load.
+    /// Create to task start: one client, a steady 1,000/s, and flat out.
     Dispatch,
     /// GetOperation while end-to-end load runs at half its peak.
     Get,
@@ -232,8 +235,15 @@ async fn run_scenarios(
             }
             Scenario::Dispatch => {
                 let mut out = Map::new();
-                for (label, conc) in [("low", 1usize), ("high", c)] {
-                    let (s, d) = load::end_to_end(&channels, conc, duration, None).await;
+                for (label, conc, rate) in [
+                    ("low", 1usize, None),
+                    ("paced", c, Some(PACED_RATE)),
+                    ("high", c, None),
+                ] {
+                    let (s, d) = match rate {
+                        None => load::end_to_end(&channels, conc, duration, None).await,
+                        Some(rate) => load::end_to_end_paced(&channels, conc, duration, rate).await,
+                    };
                     let line = format!(
                         "{label:>4} load ({:.0} ops/s): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
                         s.rate(),
@@ -256,14 +266,29 @@ async fn run_scenarios(
             }
             Scenario::Get => {
                 let (peak, _) = load::end_to_end(&channels, c, duration / 2, None).await;
-                let (gets, load) =
-                    load::get_under_load(&channels, c, duration, peak.rate() / 2.0).await?;
-                report(
-                    &common,
-                    &name,
-                    &format!("{} while e2e ran at {:.0}/s", gets.line(), load.rate()),
-                );
-                json!({ "get": gets.json(), "background_e2e_per_second": load.rate(), "peak_e2e_per_second": peak.rate() })
+                let mut out = Map::new();
+                out.insert("peak_e2e_per_second".into(), json!(peak.rate()));
+                // Gets at a steady rate measure their latency; flat out,
+                // they measure how many the server answers beside the load.
+                for (label, get_rate) in [("paced", Some(PACED_RATE)), ("flat", None)] {
+                    let (gets, load) =
+                        load::get_under_load(&channels, c, duration, peak.rate() / 2.0, get_rate)
+                            .await?;
+                    report(
+                        &common,
+                        &name,
+                        &format!(
+                            "{label:>5} {} while e2e ran at {:.0}/s",
+                            gets.line(),
+                            load.rate()
+                        ),
+                    );
+                    out.insert(
+                        label.into(),
+                        json!({ "get": gets.json(), "background_e2e_per_second": load.rate() }),
+                    );
+                }
+                Value::Object(out)
             }
             Scenario::Fanout => {
                 let stream_channels = target.channels(stream_connections).await?;

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use sled::{IVec, Tree};
 
 use super::keys;
+use super::recent::Recent;
 use super::strings::Staged;
 use crate::model::{Delivery, DeliveryState, Edit, Operation, OperationId, Transition};
 use crate::store::codec::{decode, decode_delivery, encode, encode_delivery};
@@ -122,6 +123,7 @@ pub(super) struct Batch<'a> {
     overlay: Overlay<'a>,
     strings: Staged<'a>,
     claimed: &'a mut Claimed,
+    recent: &'a Recent,
     now: SystemTime,
     /// What the feed announces once the batch is committed.
     changes: Vec<Change>,
@@ -136,6 +138,7 @@ impl<'a> Batch<'a> {
         tree: &'a Tree,
         strings: Staged<'a>,
         claimed: &'a mut Claimed,
+        recent: &'a Recent,
         now: SystemTime,
     ) -> Self {
         Self {
@@ -145,6 +148,7 @@ impl<'a> Batch<'a> {
             },
             strings,
             claimed,
+            recent,
             now,
             changes: Vec::new(),
             moved: Vec::new(),
@@ -245,13 +249,16 @@ impl<'a> Batch<'a> {
     }
 
     /// An operation as the batch so far leaves it: staged, claimed in
-    /// memory, or stored.
+    /// memory, recently written, or stored.
     fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
         let key = keys::op(id);
-        if !self.overlay.staged.contains_key(key.as_slice())
-            && let Some(op) = self.claimed.get(&id)
-        {
-            return Ok(Some(op.clone()));
+        if !self.overlay.staged.contains_key(key.as_slice()) {
+            if let Some(op) = self.claimed.get(&id) {
+                return Ok(Some(op.clone()));
+            }
+            if let Some(op) = self.recent.get(&id) {
+                return Ok(Some(Operation::clone(&op)));
+            }
         }
         match self.overlay.get(&key)? {
             Some(bytes) => decode(id, &bytes, &self.strings).map(Some),

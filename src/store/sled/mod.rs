@@ -8,6 +8,7 @@
 //! - `commit`: applying a batch of writes (and claims) against an overlay;
 //! - `operations`, `outbox`, `orders`: the store traits of those names;
 //! - `strings`: the string table records refer to;
+//! - `recent`: the records written last, which reads find in memory;
 //! - `space`: the guard that stops writes before the disk is full;
 //! - `migrate`: moving a data directory of the first layout (one tree per
 //!   index) into this one.
@@ -24,6 +25,7 @@ mod migrate;
 mod operations;
 mod orders;
 mod outbox;
+mod recent;
 mod space;
 mod strings;
 
@@ -119,6 +121,7 @@ struct Inner {
     apply: Mutex<()>,
     /// Claims not written yet (see `commit`): the next commit writes them.
     claimed: Mutex<commit::Claimed>,
+    recent: RwLock<recent::Recent>,
     ready: Mutex<Ready>,
     /// Bumped when claimable work may have appeared.
     work: watch::Sender<u64>,
@@ -193,6 +196,7 @@ impl SledStore {
                 strings: RwLock::new(strings),
                 apply: Mutex::new(()),
                 claimed: Mutex::default(),
+                recent: RwLock::default(),
                 ready: Mutex::new(Ready::default()),
                 work: watch::channel(0).0,
                 feed: broadcast::channel(FEED_CAPACITY).0,

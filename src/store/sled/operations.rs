@@ -17,10 +17,14 @@ use crate::store::{
 };
 
 impl SledStore {
-    /// Reads one record: a claim not written yet, or the stored one.
+    /// Reads one record: a claim not written yet, a record written
+    /// lately, or the stored one.
     fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
         if let Some(op) = lock(&self.inner.claimed).get(&id) {
             return Ok(Some(op.clone()));
+        }
+        if let Some(op) = self.recent().get(&id) {
+            return Ok(Some(Operation::clone(&op)));
         }
         match self.inner.tree.get(keys::op(id)).map_err(backend)? {
             Some(bytes) => {
@@ -55,14 +59,29 @@ impl SledStore {
         Ok(out)
     }
 
+    fn recent(&self) -> std::sync::RwLockReadGuard<'_, super::recent::Recent> {
+        self.inner.recent.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Hands a staged batch to sled and takes in what it changed: new
-    /// strings, and the ready queue. Returns the feed announcements and
-    /// whether the batch must be flushed. Called under the apply lock.
+    /// strings, recent records, and the ready queue. Returns the feed
+    /// announcements and whether the batch must be flushed. Called under
+    /// the apply lock.
     fn apply(&self, finished: Finished) -> StoreResult<(Vec<Change>, bool)> {
         self.inner
             .tree
             .apply_batch(finished.writes)
             .map_err(backend)?;
+        {
+            let mut recent = self.inner.recent.write().unwrap_or_else(|e| e.into_inner());
+            for change in &finished.changes {
+                match change {
+                    Change::Updated(op) => recent.put(std::sync::Arc::clone(op)),
+                    Change::Deleted(id) => recent.remove(id),
+                    Change::Delivery(_) => {}
+                }
+            }
+        }
         self.inner
             .strings
             .write()
@@ -95,7 +114,14 @@ impl SledStore {
         let apply = lock(&self.inner.apply);
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Batch::new(&self.inner.tree, strings.stage(), &mut claimed, now);
+        let recent = self.recent();
+        let mut batch = Batch::new(
+            &self.inner.tree,
+            strings.stage(),
+            &mut claimed,
+            &recent,
+            now,
+        );
         let mut results: Vec<StoreResult<Applied>> = writes
             .into_iter()
             .map(|write| match room {
@@ -105,6 +131,7 @@ impl SledStore {
             })
             .collect();
         let finished = batch.finish(true);
+        drop(recent);
         drop(strings);
         let applied = self.apply(finished);
         if applied.is_ok() {
@@ -151,7 +178,14 @@ impl SledStore {
         let ids = lock(&self.inner.ready).take(&request.wants, now);
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Batch::new(&self.inner.tree, strings.stage(), &mut claimed, now);
+        let recent = self.recent();
+        let mut batch = Batch::new(
+            &self.inner.tree,
+            strings.stage(),
+            &mut claimed,
+            &recent,
+            now,
+        );
         let mut operations = Vec::with_capacity(ids.len());
         let mut failed = None;
         for id in &ids {
@@ -165,6 +199,7 @@ impl SledStore {
             }
         }
         let finished = batch.finish(false);
+        drop(recent);
         drop(strings);
         drop(claimed);
         let applied = match failed {
