@@ -211,8 +211,9 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
 
-    /// Up to `limit` done operations that ended before `ended_before`,
-    /// oldest first.
+    /// Up to `limit` done operations that ended before `ended_before`, in
+    /// no promised order (the retention sweeper asks again until none is
+    /// left).
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>>;
 
     /// Makes every write so far durable.

@@ -12,7 +12,7 @@
 //! next commit, unless that commit writes a newer version first (a quick
 //! task's finish), in which case the claim is never written at all.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -105,9 +105,45 @@ impl Moved {
     }
 }
 
+/// What is known of unfinished operations, kept under the apply lock.
+#[derive(Default)]
+pub(super) struct Applier {
+    /// Every operation that is not done.
+    pub(super) unfinished: BTreeSet<OperationId>,
+    /// The low-water mark as stored: None before it is first written, then
+    /// the lowest unfinished id (None within when there is none).
+    pub(super) written: Option<Option<OperationId>>,
+}
+
+impl Applier {
+    /// Takes in an applied batch's creates and ends, and the low-water mark
+    /// it wrote.
+    pub(super) fn applied(
+        &mut self,
+        created: &[OperationId],
+        ended: &[OperationId],
+        low_water: Option<Option<OperationId>>,
+    ) {
+        for id in created {
+            self.unfinished.insert(*id);
+        }
+        for id in ended {
+            self.unfinished.remove(id);
+        }
+        if let Some(low) = low_water {
+            self.written = Some(low);
+        }
+    }
+}
+
 /// A staged batch, ready for sled.
 pub(super) struct Finished {
     pub(super) writes: sled::Batch,
+    /// Operations the batch created, and those it ended.
+    pub(super) created: Vec<OperationId>,
+    pub(super) ended: Vec<OperationId>,
+    /// The low-water mark the batch wrote, if it wrote one.
+    pub(super) low_water: Option<Option<OperationId>>,
     /// The strings the batch adds to the table.
     pub(super) strings: Vec<Arc<str>>,
     pub(super) changes: Vec<Change>,
@@ -124,6 +160,9 @@ pub(super) struct Batch<'a> {
     strings: Staged<'a>,
     claimed: &'a mut Claimed,
     recent: &'a Recent,
+    applier: &'a Applier,
+    created: Vec<OperationId>,
+    ended: Vec<OperationId>,
     now: SystemTime,
     /// What the feed announces once the batch is committed.
     changes: Vec<Change>,
@@ -139,6 +178,7 @@ impl<'a> Batch<'a> {
         strings: Staged<'a>,
         claimed: &'a mut Claimed,
         recent: &'a Recent,
+        applier: &'a Applier,
         now: SystemTime,
     ) -> Self {
         Self {
@@ -149,6 +189,9 @@ impl<'a> Batch<'a> {
             strings,
             claimed,
             recent,
+            applier,
+            created: Vec::new(),
+            ended: Vec::new(),
             now,
             changes: Vec::new(),
             moved: Vec::new(),
@@ -232,6 +275,11 @@ impl<'a> Batch<'a> {
         for (number, text) in added {
             self.overlay.insert(&keys::string(number), text.as_bytes());
         }
+        let low_water = self.low_water();
+        if let Some(low) = low_water {
+            let value = low.map_or_else(Vec::new, |id| id.as_bytes().to_vec());
+            self.overlay.insert(keys::LOW_WATER, value);
+        }
         let mut batch = sled::Batch::default();
         for (key, value) in self.overlay.staged {
             match value {
@@ -241,11 +289,37 @@ impl<'a> Batch<'a> {
         }
         Finished {
             writes: batch,
+            created: self.created,
+            ended: self.ended,
+            low_water,
             strings: self.strings.into_added(),
             changes: self.changes,
             moved: self.moved,
             durable: self.durable,
         }
+    }
+
+    /// The low-water mark after this batch, when it differs from the one
+    /// stored: the lowest id that is not done once the batch is applied.
+    fn low_water(&self) -> Option<Option<OperationId>> {
+        let ended: HashSet<&OperationId> = self.ended.iter().collect();
+        let left = self
+            .applier
+            .unfinished
+            .iter()
+            .find(|id| !ended.contains(id))
+            .copied();
+        let new = self
+            .created
+            .iter()
+            .filter(|id| !ended.contains(id))
+            .min()
+            .copied();
+        let low = match (left, new) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (self.applier.written != Some(low)).then_some(low)
     }
 
     /// An operation as the batch so far leaves it: staged, claimed in
@@ -284,7 +358,7 @@ impl<'a> Batch<'a> {
         let transition = op.creation(op.create_time);
         let record = encode(&op, &mut self.strings);
         self.overlay.insert(&keys::op(op.id), record);
-        self.overlay.insert(&keys::unfinished(op.id), &[]);
+        self.created.push(op.id);
         if let Some(key) = request_key {
             self.overlay.insert(&key, op.id.as_bytes());
         }
@@ -316,10 +390,7 @@ impl<'a> Batch<'a> {
             self.save_delivery(delivery)?;
         }
         if !current.is_done() && next.is_done() {
-            self.overlay.remove(&keys::unfinished(id));
-            if let Some(key) = keys::expiry(&next) {
-                self.overlay.insert(&key, &[]);
-            }
+            self.ended.push(id);
         }
         self.moved.push(Moved::of(&next));
         self.changes.push(Change::Updated(Arc::new(next.clone())));
@@ -329,7 +400,6 @@ impl<'a> Batch<'a> {
     /// Removes a done operation with its index entries and deliveries.
     fn remove(&mut self, op: &Operation) -> StoreResult<()> {
         self.overlay.remove(&keys::op(op.id));
-        self.overlay.remove(&keys::unfinished(op.id));
         if let Some(key) = keys::request_id(op) {
             // Only if it still names this operation.
             if self.overlay.get(&key)?.as_deref() == Some(op.id.as_bytes()) {
@@ -337,9 +407,6 @@ impl<'a> Batch<'a> {
             }
         }
         if let Some(key) = keys::by_tenant(op) {
-            self.overlay.remove(&key);
-        }
-        if let Some(key) = keys::expiry(op) {
             self.overlay.remove(&key);
         }
         for key in self.overlay.keys_with_prefix(&keys::deliveries_of(op.id))? {

@@ -4,11 +4,12 @@
 //! share one tree, so that one sled batch updates any of them atomically.
 //! The first byte says what a key is:
 //! - `o` id: the operation record;
-//! - `u` id: an operation that is not done (recovery reads only these);
+//! - `l`: the low-water mark, the lowest id of an operation that is not
+//!   done (empty when every operation is done), so that opening the store
+//!   reads only the records from there on;
 //! - `r` request_id(16) tenant: the idempotency key, to the operation id;
 //! - `t` tenant 0 id: every operation of a named tenant, so that one
 //!   tenant's listing reads only its own;
-//! - `e` end(8) id: every done operation by end time, for retention;
 //! - `d` delivery id: a webhook delivery;
 //! - `q` due(8) delivery id: pending deliveries by due time;
 //! - `w` operation id, delivery id: deliveries by operation;
@@ -16,7 +17,10 @@
 //! - `m` name: a secret.
 //!
 //! Ids are 16-byte UUIDv7s, so key order is creation order; times are 8
-//! big-endian bytes of microseconds, so byte order is time order. Orders
+//! big-endian bytes of microseconds, so byte order is time order. An
+//! operation's whole life writes its record twice (created, done) and
+//! deletes it once; there is no per-operation index of what is unfinished
+//! or expired: both are the oldest records, read from the front. Orders
 //! keep trees of their own (one per tenant), laid out in `orders`.
 
 use std::time::SystemTime;
@@ -27,9 +31,8 @@ use crate::model::{Delivery, Operation, OperationId, Tenant};
 pub(super) const TREE: &str = "longrun";
 
 pub(super) const OP: u8 = b'o';
-pub(super) const UNFINISHED: u8 = b'u';
 pub(super) const BY_TENANT: u8 = b't';
-pub(super) const EXPIRY: u8 = b'e';
+pub(super) const LOW_WATER: &[u8] = b"l";
 pub(super) const DELIVERY: u8 = b'd';
 pub(super) const DUE: u8 = b'q';
 pub(super) const STRING: u8 = b's';
@@ -64,26 +67,6 @@ fn with_id(prefix: u8, id: OperationId) -> [u8; 17] {
 /// The record of an operation.
 pub(super) fn op(id: OperationId) -> [u8; 17] {
     with_id(OP, id)
-}
-
-/// The mark of an operation that is not done.
-pub(super) fn unfinished(id: OperationId) -> [u8; 17] {
-    with_id(UNFINISHED, id)
-}
-
-/// The `e` key of a done operation: end time, then id.
-pub(super) fn expiry(op: &Operation) -> Option<[u8; 25]> {
-    let mut key = [EXPIRY; 25];
-    key[1..9].copy_from_slice(&time_key(op.end_time?));
-    key[9..].copy_from_slice(op.id.as_bytes());
-    Some(key)
-}
-
-/// Every `e` key of an operation that ended before `time`.
-pub(super) fn expiry_before(time: SystemTime) -> [u8; 9] {
-    let mut key = [EXPIRY; 9];
-    key[1..].copy_from_slice(&time_key(time));
-    key
 }
 
 /// The idempotency key of an operation, with its tenant, so that tenants

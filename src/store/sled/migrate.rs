@@ -5,8 +5,9 @@
 //! together by sled transactions. Its keys carry over with a prefix byte,
 //! and its records decode as they are (the codec reads both forms), so the
 //! move is one batch into the single tree, a flush, then the old trees are
-//! dropped. A crash in between leaves the old trees in place, and the next
-//! open moves them again, over the same keys.
+//! dropped. With no low-water mark yet, the first open reads every record
+//! to find the unfinished ones. A crash in between leaves the old trees in
+//! place, and the next open moves them again, over the same keys.
 
 use sled::{Db, Tree};
 
@@ -14,13 +15,13 @@ use super::commit::backend;
 use super::keys;
 use crate::store::StoreResult;
 
-/// The first layout's trees, and the prefix each one's keys get here.
-const TREES: [(&str, u8); 5] = [
+/// The first layout's trees that carry over, and the prefix each one's
+/// keys get here. (`active` and `expiry` have no counterpart: what is
+/// unfinished or expired is read from the records.)
+const TREES: [(&str, u8); 3] = [
     ("ops", keys::OP),
-    ("active", keys::UNFINISHED),
     ("request_ids", b'r'),
     ("by_tenant", keys::BY_TENANT),
-    ("expiry", keys::EXPIRY),
 ];
 
 /// Moves the first layout's data into `tree`, if there is any. Returns how

@@ -73,8 +73,10 @@ impl std::str::FromStr for SyncMode {
 }
 
 /// sled's page cache by default. sled undercounts it: the process's memory
-/// grows to several times this figure under write load (BENCHMARKS.md).
-pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// grows to several times this figure under write load. With a million
+/// operations stored, 32 MiB keeps the server under 300 MiB; a larger cache
+/// writes a large store faster for more memory (BENCHMARKS.md).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The free disk space kept in reserve by default.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
@@ -117,8 +119,9 @@ struct Inner {
     db: sled::Db,
     tree: Tree,
     strings: RwLock<StringTable>,
-    /// Held while a batch is staged and applied.
-    apply: Mutex<()>,
+    /// Held while a batch is staged and applied, with what is known of the
+    /// operations that are not done.
+    apply: Mutex<commit::Applier>,
     /// Claims not written yet (see `commit`): the next commit writes them.
     claimed: Mutex<commit::Claimed>,
     recent: RwLock<recent::Recent>,
@@ -194,7 +197,7 @@ impl SledStore {
                 db,
                 tree,
                 strings: RwLock::new(strings),
-                apply: Mutex::new(()),
+                apply: Mutex::default(),
                 claimed: Mutex::default(),
                 recent: RwLock::default(),
                 ready: Mutex::new(Ready::default()),
@@ -207,7 +210,7 @@ impl SledStore {
                 orders_writer: Mutex::new(()),
             }),
         };
-        store.load_ready()?;
+        store.load_unfinished()?;
         Ok(store)
     }
 

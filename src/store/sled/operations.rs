@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
-use super::commit::{Batch, Finished, Moved, backend};
+use super::commit::{Applier, Batch, Finished, Moved, backend};
 use super::space::Room;
 use super::{SledStore, SyncMode, keys, lock};
 use crate::model::{Edit, Operation, OperationId, State};
@@ -35,28 +35,32 @@ impl SledStore {
         }
     }
 
-    /// Puts every queued operation in the ready queue; done at open.
-    pub(super) fn load_ready(&self) -> StoreResult<()> {
+    /// Finds the operations that are not done, reading the records from
+    /// the low-water mark on (all of them when there is none yet), and puts
+    /// the queued ones in the ready queue; done at open.
+    pub(super) fn load_unfinished(&self) -> StoreResult<()> {
+        let tree = &self.inner.tree;
+        let start = match tree.get(keys::LOW_WATER).map_err(backend)? {
+            // Every operation was done at the last commit.
+            Some(low) if low.is_empty() => return Ok(()),
+            Some(low) => [&[keys::OP], &low[..]].concat(),
+            None => vec![keys::OP],
+        };
+        let mut apply = lock(&self.inner.apply);
         let mut ready = lock(&self.inner.ready);
-        for op in self.read_unfinished()? {
-            if op.state == State::Queued {
-                ready.track(&op);
+        for entry in tree.range(start..vec![keys::OP + 1]) {
+            let (key, _) = entry.map_err(backend)?;
+            let id =
+                keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("record key".into()))?;
+            let Some(op) = self.read(id)? else { continue };
+            if !op.is_done() {
+                apply.unfinished.insert(id);
+                if op.state == State::Queued {
+                    ready.track(&op);
+                }
             }
         }
         Ok(())
-    }
-
-    fn read_unfinished(&self) -> StoreResult<Vec<Operation>> {
-        let mut out = Vec::new();
-        for entry in self.inner.tree.scan_prefix([keys::UNFINISHED]) {
-            let (key, _) = entry.map_err(backend)?;
-            let id = keys::id_at_end(&key)
-                .ok_or_else(|| StoreError::Corrupt("unfinished key".into()))?;
-            if let Some(op) = self.read(id)? {
-                out.push(op);
-            }
-        }
-        Ok(out)
     }
 
     fn recent(&self) -> std::sync::RwLockReadGuard<'_, super::recent::Recent> {
@@ -67,14 +71,22 @@ impl SledStore {
     /// strings, recent records, and the ready queue. Returns the feed
     /// announcements and whether the batch must be flushed. Called under
     /// the apply lock.
-    fn apply(&self, finished: Finished) -> StoreResult<(Vec<Change>, bool)> {
-        self.inner
-            .tree
-            .apply_batch(finished.writes)
-            .map_err(backend)?;
+    fn apply(&self, finished: Finished, applier: &mut Applier) -> StoreResult<(Vec<Change>, bool)> {
+        let Finished {
+            writes,
+            created,
+            ended,
+            low_water,
+            strings,
+            changes,
+            moved,
+            durable,
+        } = finished;
+        self.inner.tree.apply_batch(writes).map_err(backend)?;
+        applier.applied(&created, &ended, low_water);
         {
             let mut recent = self.inner.recent.write().unwrap_or_else(|e| e.into_inner());
-            for change in &finished.changes {
+            for change in &changes {
                 match change {
                     Change::Updated(op) => recent.put(std::sync::Arc::clone(op)),
                     Change::Deleted(id) => recent.remove(id),
@@ -86,10 +98,10 @@ impl SledStore {
             .strings
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(finished.strings);
+            .extend(strings);
         let mut ready = lock(&self.inner.ready);
         let mut queued = false;
-        for moved in finished.moved {
+        for moved in moved {
             match moved {
                 Moved::Queued(op) => {
                     queued = true;
@@ -102,7 +114,7 @@ impl SledStore {
         if queued {
             self.inner.work.send_modify(|n| *n += 1);
         }
-        Ok((finished.changes, finished.durable))
+        Ok((changes, durable))
     }
 
     pub(super) fn commit_blocking(
@@ -111,7 +123,7 @@ impl SledStore {
         now: SystemTime,
     ) -> Vec<StoreResult<Applied>> {
         let room = self.room(false);
-        let apply = lock(&self.inner.apply);
+        let mut apply = lock(&self.inner.apply);
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
         let recent = self.recent();
@@ -120,6 +132,7 @@ impl SledStore {
             strings.stage(),
             &mut claimed,
             &recent,
+            &apply,
             now,
         );
         let mut results: Vec<StoreResult<Applied>> = writes
@@ -133,7 +146,7 @@ impl SledStore {
         let finished = batch.finish(true);
         drop(recent);
         drop(strings);
-        let applied = self.apply(finished);
+        let applied = self.apply(finished, &mut apply);
         if applied.is_ok() {
             // Written, or superseded by what the batch wrote.
             claimed.clear();
@@ -174,7 +187,7 @@ impl SledStore {
         let edit = Edit::Claim {
             lease: request.lease.clone(),
         };
-        let apply = lock(&self.inner.apply);
+        let mut apply = lock(&self.inner.apply);
         let ids = lock(&self.inner.ready).take(&request.wants, now);
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
@@ -184,6 +197,7 @@ impl SledStore {
             strings.stage(),
             &mut claimed,
             &recent,
+            &apply,
             now,
         );
         let mut operations = Vec::with_capacity(ids.len());
@@ -203,7 +217,7 @@ impl SledStore {
         drop(strings);
         drop(claimed);
         let applied = match failed {
-            None => self.apply(finished),
+            None => self.apply(finished, &mut apply),
             Some(e) => Err(e),
         };
         let changes = match applied {
@@ -323,25 +337,33 @@ impl OperationStore for SledStore {
     }
 
     async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
-        self.read_unfinished()
+        let ids: Vec<OperationId> = lock(&self.inner.apply).unfinished.iter().copied().collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(op) = self.read(id)? {
+                out.push(op);
+            }
+        }
+        Ok(out)
     }
 
+    /// Reads from the oldest record on: an operation created after the
+    /// cutoff cannot have ended before it, so the read stops there, having
+    /// passed over only old operations that still run or ended lately.
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
         let mut out = Vec::new();
-        let range = self
-            .inner
-            .tree
-            .range([keys::EXPIRY].as_slice()..keys::expiry_before(ended_before).as_slice());
-        for entry in range {
+        for entry in self.inner.tree.scan_prefix([keys::OP]) {
             if out.len() >= limit {
                 break;
             }
             let (key, _) = entry.map_err(backend)?;
             let id =
-                keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("expiry key".into()))?;
-            // An entry whose record is gone is left for the record's
-            // removal to have taken; skip it.
-            if let Some(op) = self.read(id)? {
+                keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("record key".into()))?;
+            let Some(op) = self.read(id)? else { continue };
+            if op.create_time >= ended_before {
+                break;
+            }
+            if op.end_time.is_some_and(|end| end < ended_before) {
                 out.push(op);
             }
         }
