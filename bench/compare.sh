@@ -1,68 +1,94 @@
 #!/usr/bin/env bash
-# Runs longrun (in each --sync mode) and BullMQ on Redis (default settings,
-# and with appendfsync everysec) back to back with the same concurrency,
-# RUNS times each, and prints the medians side by side with the ratios
-# longrun/BullMQ.
+# longrun against BullMQ on Redis, side by side in one run, RUNS times each
+# (alternating), with the medians printed at the end.
 #
-#   bench/compare.sh            # defaults: C=32, 10 s per longrun scenario, N=20000 jobs, 3 runs
-#   C=64 DURATION=5s N=50000 RUNS=5 bench/compare.sh
+#   longrun: h2load (bench/h2load.sh) drives the gRPC ceiling, durable
+#            creates and create-until-done, 4 connections x 16 streams, on
+#            the default --sync always; `longrun bench run` measures
+#            dispatch and Get latency.
+#   BullMQ:  bench/peers/bullmq with 64 producers and a worker of
+#            concurrency 64, on Redis with appendfsync always (the same
+#            durability as --sync always), everysec, and no persistence.
 #
-# Needs: cargo, node and npm, redis-server (Debian package redis-server).
+#   bench/compare.sh                      # N=20000 jobs, RUNS=3
+#   BASELINE=/path/to/older/longrun bench/compare.sh   # and an older build
+#
+# Needs: cargo, h2load (Debian nghttp2-client), node and npm, redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-C=${C:-32}
-DURATION=${DURATION:-10s}
 N=${N:-20000}
 RUNS=${RUNS:-3}
+BASELINE=${BASELINE:-}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 
 cargo build --release --quiet
 (cd bench/peers/bullmq && npm install --silent --no-audit --no-fund)
 
-for sync in always batch never; do
-  for run in $(seq "$RUNS"); do
-    echo "longrun --sync $sync, run $run" >&2
-    target/release/longrun bench run --scenarios ceiling,create,e2e,dispatch --sync "$sync" \
-      --concurrency "$C" --duration "$DURATION" --output json 2>/dev/null \
-      > "$OUT/longrun-$sync-$run.json"
-  done
-done
-for fsync in "" everysec; do
-  for run in $(seq "$RUNS"); do
-    echo "bullmq appendfsync=${fsync:-off}, run $run" >&2
-    (cd bench/peers/bullmq && node bench.js --count "$N" --concurrency "$C" ${fsync:+--appendfsync $fsync}) 2>/dev/null \
-      > "$OUT/bullmq-${fsync:-off}-$run.json"
+for run in $(seq "$RUNS"); do
+  echo "run $run: longrun" >&2
+  N=$N bench/h2load.sh target/release/longrun > "$OUT/longrun-$run.json"
+  target/release/longrun bench run --scenarios dispatch,get --duration 10s --output json \
+    2>/dev/null > "$OUT/longrun-latency-$run.json"
+  if [ -n "$BASELINE" ]; then
+    echo "run $run: baseline" >&2
+    N=$N bench/h2load.sh "$BASELINE" > "$OUT/baseline-$run.json"
+  fi
+  for fsync in always everysec off; do
+    echo "run $run: bullmq appendfsync=$fsync" >&2
+    flag=()
+    [ "$fsync" != off ] && flag=(--appendfsync "$fsync")
+    (cd bench/peers/bullmq && node bench.js --count "$N" --concurrency 64 "${flag[@]}") \
+      2>/dev/null > "$OUT/bullmq-$fsync-$run.json"
   done
 done
 
-python3 - "$OUT" "$RUNS" <<'PY'
+python3 - "$OUT" "$RUNS" "${BASELINE:+yes}" <<'PY'
 import json, statistics, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+out, runs, baseline = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "yes"
 def load(name):
     return [json.load(open(f"{out}/{name}-{r}.json")) for r in range(1, runs + 1)]
 def med(values):
     return statistics.median(values)
-bull = {m: load(f"bullmq-{m}") for m in ("off", "everysec")}
-print(f"{'measure':46} {'longrun':>12} {'BullMQ':>12} {'ratio':>8}")
-for sync in ("always", "batch", "never"):
-    lr = load(f"longrun-{sync}")
-    ceiling = med([r["ceiling"]["per_second"] for r in lr])
-    create = med([r["create"]["stats"]["per_second"] for r in lr])
-    e2e = med([r["e2e"]["stats"]["per_second"] for r in lr])
-    d50 = med([r["dispatch"]["high"]["p50_ms"] for r in lr])
-    d99 = med([r["dispatch"]["high"]["p99_ms"] for r in lr])
-    for mode in ("off", "everysec"):
-        b = bull[mode]
-        badd = med([x["add_per_second"] for x in b])
-        bboth = med([x["add_and_process_per_second"] for x in b])
-        be2e = med([x["e2e_per_second"] for x in b])
-        b50 = med([x["start_latency_p50_ms"] for x in b])
-        label = f"sync={sync} vs redis aof={mode}"
-        print(f"-- {label}  (longrun gRPC ceiling {ceiling:,.0f}/s)")
-        print(f"{'creates/adds per s':46} {create:12,.0f} {badd:12,.0f} {create / badd:8.2f}")
-        print(f"{'end to end per s (vs BullMQ add+process)':46} {e2e:12,.0f} {bboth:12,.0f} {e2e / bboth:8.2f}")
-        print(f"{'end to end per s, waiting for each job':46} {e2e:12,.0f} {be2e:12,.0f} {e2e / be2e:8.2f}")
-        print(f"{'add-to-start p50 ms (lower is better)':46} {d50:12.2f} {b50:12.2f} {d50 / max(b50, 1e-9):8.2f}")
+lr = load("longrun")
+lat = load("longrun-latency")
+bull = {m: load(f"bullmq-{m}") for m in ("always", "everysec", "off")}
+ceiling = med([r["ceiling"] for r in lr])
+create = med([r["create"] for r in lr])
+e2e = med([r["e2e"] for r in lr])
+print(f"medians of {runs} runs, N = {runs and lr[0]['n']}")
+print(f"{'longrun (h2load)':44} {'this build':>12}" + (f" {'baseline':>12}" if baseline else ""))
+rows = [("gRPC ceiling (health Check), per s", "ceiling"),
+        ("durable creates per s", "create"),
+        ("create N until all N done, per s", "e2e")]
+base = load("baseline") if baseline else None
+for label, key in rows:
+    line = f"{label:44} {med([r[key] for r in lr]):12,.0f}"
+    if base:
+        line += f" {med([r[key] for r in base]):12,.0f}"
+    print(line)
+print(f"{'creates as a share of the ceiling':44} {create / ceiling:12.1%}")
+for load_name in ("low", "paced", "high"):
+    p50 = med([r["dispatch"][load_name]["p50_ms"] for r in lat])
+    p99 = med([r["dispatch"][load_name]["p99_ms"] for r in lat])
+    print(f"{'dispatch, ' + load_name + ' load, p50 / p99 ms':44} {p50:6.3f} / {p99:.3f}")
+for gets in ("paced", "flat"):
+    g = [r["get"][gets]["get"] for r in lat]
+    print(f"{'Get, ' + gets + ', p50 / p99 ms':44} {med([x['p50_ms'] for x in g]):6.3f} / {med([x['p99_ms'] for x in g]):.3f}"
+          f"  ({med([r['get'][gets]['background_e2e_per_second'] for r in lat]):,.0f} e2e/s beside)")
+print()
+print(f"{'BullMQ, per s':44} {'always':>10} {'everysec':>10} {'off':>10}")
+for label, key in (("adds", "add_per_second"),
+                   ("processing a backlog", "process_per_second"),
+                   ("add and process at once (N until done)", "add_and_process_at_once_per_second"),
+                   ("each client waiting for its job", "e2e_per_second")):
+    print(f"{label:44} " + " ".join(f"{med([x[key] for x in bull[m]]):10,.0f}" for m in ("always", "everysec", "off")))
+print()
+always = med([x["add_and_process_at_once_per_second"] for x in bull["always"]])
+off = med([x["add_and_process_at_once_per_second"] for x in bull["off"]])
+adds = med([x["add_per_second"] for x in bull["always"]])
+print(f"longrun creates / BullMQ adds (always)            {create / adds:6.2f}")
+print(f"longrun until-done / BullMQ at once (always)      {e2e / always:6.2f}")
+print(f"longrun until-done / BullMQ at once (no AOF)      {e2e / off:6.2f}")
 print(f"(results in {out})")
 PY

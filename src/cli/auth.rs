@@ -35,11 +35,11 @@ pub fn run(command: AuthCommand) -> anyhow::Result<ExitCode> {
             let token = token::generate();
             eprintln!("token for {name} (shown once; give it to the caller as LONGRUN_TOKEN):");
             eprintln!("{token}");
-            println!("[[principal]]");
-            println!("name = {}", toml_string(&name));
-            println!("tenant = {}", toml_string(&tenant));
-            println!("roles = [\"{role}\"]");
-            println!("token_sha256 = \"{}\"", token::digest_hex(&token));
+            say!("[[principal]]");
+            say!("name = {}", toml_string(&name));
+            say!("tenant = {}", toml_string(&tenant));
+            say!("roles = [\"{role}\"]");
+            say!("token_sha256 = \"{}\"", token::digest_hex(&token));
             Ok(ExitCode::SUCCESS)
         }
     }

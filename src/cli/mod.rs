@@ -1,6 +1,22 @@
 //! The `longrun` command line: `serve` runs the server; the other commands
 //! are gRPC clients of a running one.
 
+/// Prints a line to stdout. When the reader has gone (`longrun ops list |
+/// head`), the command ends quietly, as other command-line tools do,
+/// instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("cannot write to stdout: {e}");
+        }
+    }};
+}
+
 mod auth;
 mod bench;
 pub(crate) mod client;

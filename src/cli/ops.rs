@@ -102,19 +102,22 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
                     .map_err(|s| describe(&s))?
                     .into_inner();
                 match client.output {
-                    Output::Json => println!("{}", output::json(&page)),
+                    Output::Json => say!("{}", output::json(&page)),
                     Output::Text => {
                         if first {
-                            println!(
+                            say!(
                                 "{:<48} {:<11} {:>5}  {:<30} CREATED",
-                                "NAME", "STATE", "PROG", "KIND"
+                                "NAME",
+                                "STATE",
+                                "PROG",
+                                "KIND"
                             );
                         }
                         for op in &page.operations {
-                            println!("{}", output::row(op));
+                            say!("{}", output::row(op));
                         }
                         if !all && !page.next_page_token.is_empty() {
-                            println!("next page: --page-token {}", page.next_page_token);
+                            say!("next page: --page-token {}", page.next_page_token);
                         }
                     }
                 }
@@ -144,12 +147,12 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
                 Output::Json => {
                     let mut json = output::json(&op);
                     json["deliveries"] = output::json(&deliveries)["deliveries"].clone();
-                    println!("{json}");
+                    say!("{json}");
                 }
                 Output::Text => {
-                    print!("{}", output::text(&op));
+                    say!("{}", output::text(&op).trim_end());
                     for d in &deliveries.deliveries {
-                        println!("{}", output::delivery(d));
+                        say!("{}", output::delivery(d));
                     }
                 }
             }
@@ -192,16 +195,16 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
 
 fn acknowledge(format: Output, what: &str, name: &str) {
     match format {
-        Output::Json => println!("{}", serde_json::json!({ "name": name, "result": what })),
-        Output::Text => println!("{what}: {name}"),
+        Output::Json => say!("{}", serde_json::json!({ "name": name, "result": what })),
+        Output::Text => say!("{what}: {name}"),
     }
 }
 
 /// Prints one operation in the chosen format.
 pub(super) fn print(op: &Operation, format: Output) {
     match format {
-        Output::Json => println!("{}", output::json(op)),
-        Output::Text => print!("{}", output::text(op)),
+        Output::Json => say!("{}", output::json(op)),
+        Output::Text => say!("{}", output::text(op).trim_end()),
     }
 }
 
@@ -289,7 +292,7 @@ pub(super) async fn watch(
                     bar.set_message(format!("{} {}", output::state_name(&op), m.status_message));
                 }
             }
-            None => println!("{}", output::json(&op)),
+            None => say!("{}", output::json(&op)),
         }
         last = Some(op);
     }
@@ -301,7 +304,7 @@ pub(super) async fn watch(
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
-        print!("{}", output::text(&op));
+        say!("{}", output::text(&op).trim_end());
     }
     Ok(outcome_code(&op))
 }

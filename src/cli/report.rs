@@ -178,7 +178,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             let mut clients = connect(&client).await?;
             let bytes = download(&mut clients, &name, &out, client.output == Output::Json).await?;
             if client.output == Output::Json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({ "name": name, "bytes": bytes, "out": out })
                 );

@@ -52,7 +52,7 @@ pub(super) async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
         WebhookCommand::Secret { data_dir } => {
             let secret = load_or_create_secret(&data_dir)
                 .with_context(|| format!("cannot read {}", secret_file(&data_dir).display()))?;
-            println!("{secret}");
+            say!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
         WebhookCommand::Verify {
@@ -80,11 +80,11 @@ pub(super) async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
                 tolerance,
             ) {
                 Ok(()) => {
-                    println!("valid");
+                    say!("valid");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    println!("invalid: {e}");
+                    say!("invalid: {e}");
                     Ok(ExitCode::from(1))
                 }
             }

@@ -125,7 +125,7 @@ pub(super) async fn run(
                     })
                 })
                 .collect();
-            println!(
+            say!(
                 "{}",
                 json!({
                     "scenario": "churn",
@@ -139,15 +139,18 @@ pub(super) async fn run(
             );
         }
         Output::Text => {
-            println!(
+            say!(
                 "churn: {count} operations, {failures} failed creates, {throttles} QUEUE_FULL retries, {rate:.0} creates/s"
             );
-            println!(
+            say!(
                 "{:>8} {:>10} {:>12} {:>12}",
-                "seconds", "created", "disk", "rss"
+                "seconds",
+                "created",
+                "disk",
+                "rss"
             );
             for s in &samples {
-                println!(
+                say!(
                     "{:>8.0} {:>10} {:>12} {:>12}",
                     s.at.as_secs_f64(),
                     s.created,

@@ -305,7 +305,7 @@ async fn run_scenarios(
         results.insert(name, value);
     }
     if common.output == super::Output::Json {
-        println!("{}", Value::Object(results));
+        say!("{}", Value::Object(results));
     }
     Ok(())
 }
@@ -319,6 +319,6 @@ fn with_ratio(line: &str, ratio: Option<f64>) -> String {
 
 fn report(common: &Common, scenario: &str, line: &str) {
     if common.output == super::Output::Text {
-        println!("{scenario:<9} {line}");
+        say!("{scenario:<9} {line}");
     }
 }

@@ -131,7 +131,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
     let report_rate = report.order_count as f64 / report_time.as_secs_f64();
     let peak = target.peak_rss();
     match common.output {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({
                 "scenario": "reports",
@@ -153,32 +153,32 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
             })
         ),
         Output::Text => {
-            println!("orders generated   {count} ({})", mib(csv_bytes));
-            println!("upload             {:.2} s", upload_time.as_secs_f64());
-            println!(
+            say!("orders generated   {count} ({})", mib(csv_bytes));
+            say!("upload             {:.2} s", upload_time.as_secs_f64());
+            say!(
                 "import             {} rows in {:.2} s = {:.0} rows/s ({} failed)",
                 imported.imported,
                 import_time.as_secs_f64(),
                 import_rate,
                 imported.failed
             );
-            println!(
+            say!(
                 "report {month}    {} rows in {:.3} s = {:.0} rows/s ({})",
                 report.order_count,
                 report_time.as_secs_f64(),
                 report_rate,
                 mib(report.size_bytes as u64)
             );
-            println!(
+            say!(
                 "download           {} in {:.3} s",
                 mib(downloaded),
                 download_time.as_secs_f64()
             );
             if let Some(peak) = peak {
-                println!("server peak RSS    {}", mib(peak));
+                say!("server peak RSS    {}", mib(peak));
             }
             if let Some(disk) = target.disk_usage() {
-                println!("data directory     {}", mib(disk));
+                say!("data directory     {}", mib(disk));
             }
         }
     }

@@ -17,14 +17,32 @@ use crate::store::{
 };
 
 impl SledStore {
-    /// Reads one record: a claim not written yet, a record written
-    /// lately, or the stored one.
-    fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+    /// A record kept in memory: a claim not written yet, or a record
+    /// written lately.
+    fn in_memory(&self, id: OperationId) -> Option<Operation> {
         if let Some(op) = lock(&self.inner.claimed).get(&id) {
-            return Ok(Some(op.clone()));
+            return Some(op.clone());
         }
-        if let Some(op) = self.recent().get(&id) {
-            return Ok(Some(Operation::clone(&op)));
+        self.recent().get(&id).map(|op| Operation::clone(&op))
+    }
+
+    /// Runs `read` on the blocking pool: sled holds readers back while a
+    /// batch is applied, and an async worker must not wait there.
+    pub(super) async fn off_thread<T, F>(&self, read: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SledStore) -> StoreResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(backend)?
+    }
+
+    /// Reads one record: from memory, or the stored one.
+    fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        if let Some(op) = self.in_memory(id) {
+            return Ok(Some(op));
         }
         match self.inner.tree.get(keys::op(id)).map_err(backend)? {
             Some(bytes) => {
@@ -115,6 +133,90 @@ impl SledStore {
             self.inner.work.send_modify(|n| *n += 1);
         }
         Ok((changes, durable))
+    }
+
+    fn list_blocking(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
+        let tree = &self.inner.tree;
+        // Newest first: every operation, or one tenant's through its index
+        // (so neither the page nor its resume point ever touches another
+        // tenant's).
+        let (start, end) = match query.tenant {
+            None => (
+                vec![keys::OP],
+                match query.after {
+                    Some(after) => keys::op(after).to_vec(),
+                    None => vec![keys::OP + 1],
+                },
+            ),
+            Some(tenant) => {
+                let start = keys::tenant_prefix(tenant);
+                let end = match query.after {
+                    Some(after) => [start.as_slice(), after.as_bytes()].concat(),
+                    None => {
+                        let mut end = start.clone();
+                        *end.last_mut().expect("the prefix ends in a zero byte") = 1;
+                        end
+                    }
+                };
+                (start, end)
+            }
+        };
+        let mut ids = tree.range(start..end).rev().map(|entry| {
+            let (key, _) = entry.map_err(backend)?;
+            keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("listing key".into()))
+        });
+        let mut page = ListPage::default();
+        let mut scanned = 0usize;
+        let mut last_scanned = None;
+        while page.operations.len() < query.limit {
+            if scanned >= query.scan_budget {
+                page.resume_after = last_scanned;
+                return Ok(page);
+            }
+            let Some(id) = ids.next() else {
+                return Ok(page);
+            };
+            let id = id?;
+            scanned += 1;
+            last_scanned = Some(id);
+            // Gone between the index and the record: skip it.
+            if let Some(op) = self.read(id)?
+                && query.filter.matches(&op)
+            {
+                page.operations.push(op);
+            }
+        }
+        if ids.next().is_some() {
+            page.resume_after = last_scanned;
+        }
+        Ok(page)
+    }
+
+    /// Reads from the oldest record on: an operation created after the
+    /// cutoff cannot have ended before it, so the read stops there, having
+    /// passed over only old operations that still run or ended lately.
+    fn expired_blocking(
+        &self,
+        ended_before: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Operation>> {
+        let mut out = Vec::new();
+        for entry in self.inner.tree.scan_prefix([keys::OP]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(backend)?;
+            let id =
+                keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("record key".into()))?;
+            let Some(op) = self.read(id)? else { continue };
+            if op.create_time >= ended_before {
+                break;
+            }
+            if op.end_time.is_some_and(|end| end < ended_before) {
+                out.push(op);
+            }
+        }
+        Ok(out)
     }
 
     pub(super) fn commit_blocking(
@@ -276,98 +378,48 @@ impl OperationStore for SledStore {
     }
 
     async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>> {
-        self.read(id)
+        match self.in_memory(id) {
+            Some(op) => Ok(Some(op)),
+            None => self.off_thread(move |store| store.read(id)).await,
+        }
     }
 
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
-        let tree = &self.inner.tree;
-        // Newest first: every operation, or one tenant's through its index
-        // (so neither the page nor its resume point ever touches another
-        // tenant's).
-        let (start, end) = match query.tenant {
-            None => (
-                vec![keys::OP],
-                match query.after {
-                    Some(after) => keys::op(after).to_vec(),
-                    None => vec![keys::OP + 1],
-                },
-            ),
-            Some(tenant) => {
-                let start = keys::tenant_prefix(tenant);
-                let end = match query.after {
-                    Some(after) => [start.as_slice(), after.as_bytes()].concat(),
-                    None => {
-                        let mut end = start.clone();
-                        *end.last_mut().expect("the prefix ends in a zero byte") = 1;
-                        end
-                    }
-                };
-                (start, end)
-            }
-        };
-        let mut ids = tree.range(start..end).rev().map(|entry| {
-            let (key, _) = entry.map_err(backend)?;
-            keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("listing key".into()))
-        });
-        let mut page = ListPage::default();
-        let mut scanned = 0usize;
-        let mut last_scanned = None;
-        while page.operations.len() < query.limit {
-            if scanned >= query.scan_budget {
-                page.resume_after = last_scanned;
-                return Ok(page);
-            }
-            let Some(id) = ids.next() else {
-                return Ok(page);
-            };
-            let id = id?;
-            scanned += 1;
-            last_scanned = Some(id);
-            // Gone between the index and the record: skip it.
-            if let Some(op) = self.read(id)?
-                && query.filter.matches(&op)
-            {
-                page.operations.push(op);
-            }
-        }
-        if ids.next().is_some() {
-            page.resume_after = last_scanned;
-        }
-        Ok(page)
+        let (after, tenant, filter) = (query.after, query.tenant.cloned(), query.filter.clone());
+        let (limit, scan_budget) = (query.limit, query.scan_budget);
+        self.off_thread(move |store| {
+            store.list_blocking(ListQuery {
+                after,
+                tenant: tenant.as_ref(),
+                filter: &filter,
+                limit,
+                scan_budget,
+            })
+        })
+        .await
     }
 
     async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
-        let ids: Vec<OperationId> = lock(&self.inner.apply).unfinished.iter().copied().collect();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(op) = self.read(id)? {
-                out.push(op);
+        self.off_thread(|store| {
+            let ids: Vec<OperationId> = lock(&store.inner.apply)
+                .unfinished
+                .iter()
+                .copied()
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(op) = store.read(id)? {
+                    out.push(op);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
-    /// Reads from the oldest record on: an operation created after the
-    /// cutoff cannot have ended before it, so the read stops there, having
-    /// passed over only old operations that still run or ended lately.
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
-        let mut out = Vec::new();
-        for entry in self.inner.tree.scan_prefix([keys::OP]) {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, _) = entry.map_err(backend)?;
-            let id =
-                keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("record key".into()))?;
-            let Some(op) = self.read(id)? else { continue };
-            if op.create_time >= ended_before {
-                break;
-            }
-            if op.end_time.is_some_and(|end| end < ended_before) {
-                out.push(op);
-            }
-        }
-        Ok(out)
+        self.off_thread(move |store| store.expired_blocking(ended_before, limit))
+            .await
     }
 
     async fn flush(&self) -> StoreResult<()> {

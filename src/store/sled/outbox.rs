@@ -28,11 +28,8 @@ impl SledStore {
             None => Ok(None),
         }
     }
-}
 
-#[async_trait]
-impl OutboxStore for SledStore {
-    async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>> {
+    fn due_blocking(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>> {
         let mut out = Vec::new();
         let due = self
             .inner
@@ -50,6 +47,25 @@ impl OutboxStore for SledStore {
         Ok(out)
     }
 
+    fn of_operation_blocking(&self, id: OperationId) -> StoreResult<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for entry in self.inner.tree.scan_prefix(keys::deliveries_of(id)) {
+            let (key, _) = entry.map_err(backend)?;
+            if let Some(delivery) = self.delivery_at(&key)? {
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SledStore {
+    async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.off_thread(move |store| store.due_blocking(now, limit))
+            .await
+    }
+
     async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>> {
         let first = self
             .inner
@@ -62,13 +78,7 @@ impl OutboxStore for SledStore {
     }
 
     async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>> {
-        let mut out = Vec::new();
-        for entry in self.inner.tree.scan_prefix(keys::deliveries_of(id)) {
-            let (key, _) = entry.map_err(backend)?;
-            if let Some(delivery) = self.delivery_at(&key)? {
-                out.push(delivery);
-            }
-        }
-        Ok(out)
+        self.off_thread(move |store| store.of_operation_blocking(id))
+            .await
     }
 }
