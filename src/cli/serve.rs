@@ -38,9 +38,22 @@ pub struct ServeArgs {
     /// Where state is kept.
     #[arg(long, env = "LONGRUN_DATA_DIR", default_value = "./longrun-data")]
     pub data_dir: PathBuf,
-    /// The storage backend.
+    /// The storage backend: sled (in --data-dir), or a PostgreSQL URL
+    /// (postgres://user@host:port/db) that several nodes may share.
     #[arg(long, env = "LONGRUN_STORE", default_value = "sled")]
     pub store: Backend,
+    /// The most connections this node opens to PostgreSQL.
+    #[arg(long, env = "LONGRUN_PG_POOL", default_value_t = longrun::store::postgres::DEFAULT_POOL_SIZE)]
+    pub pg_pool: u32,
+    /// This node's name in a cluster: it holds the leases of the work the
+    /// node runs. Unique per running node; by default a fresh one each start.
+    #[arg(long, env = "LONGRUN_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// On a shared store (PostgreSQL), how long a node's claim lasts unless
+    /// renewed: when a node dies, its running work starts again elsewhere
+    /// within this time.
+    #[arg(long, env = "LONGRUN_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
     /// When writes reach the disk: always (fsync before acknowledging, shared
     /// by concurrent writers), batch (every 10ms) or never (left to sled).
     #[arg(long, env = "LONGRUN_SYNC", default_value = "always")]
@@ -194,7 +207,8 @@ impl ServeArgs {
     pub fn config(&self, secrets: Vec<Secret>) -> ServerConfig {
         ServerConfig {
             data_dir: self.data_dir.clone(),
-            backend: self.store,
+            backend: self.store.clone(),
+            pg_pool_size: self.pg_pool.max(2),
             sled: SledConfig {
                 sync: self.sync,
                 cache_bytes: self.cache_mib.max(1) * 1024 * 1024,
@@ -212,7 +226,14 @@ impl ServeArgs {
                     max_queued: self.tenant_max_queued,
                     max_watches: self.tenant_max_watches,
                 },
-                ..EngineConfig::default()
+                lease: self.lease.max(Duration::from_millis(300)),
+                ..match &self.node_name {
+                    Some(node) => EngineConfig {
+                        node: node.clone(),
+                        ..EngineConfig::default()
+                    },
+                    None => EngineConfig::default(),
+                }
             },
             diagnostics: !self.no_diagnostics,
             max_wait: self.max_wait,

@@ -22,7 +22,7 @@ use tracing::{error, warn};
 use super::error::EngineError;
 use super::task::Registry;
 use super::{Inner, attempt};
-use crate::model::Operation;
+use crate::model::{Lease, Operation};
 use crate::store::{ClaimRequest, Health, StoreError};
 
 /// The most operations of one kind claimed at once.
@@ -140,7 +140,13 @@ pub(super) async fn run(inner: Arc<Inner>) {
         let wanted: usize = wants.iter().map(|(_, n)| n).sum();
         let mut next_due = None;
         if wanted > 0 {
-            let request = ClaimRequest { wants, lease: None };
+            // On a shared store a claim is leased, so that another node
+            // takes the work back if this one dies.
+            let lease = inner.ops.shared().then(|| Lease {
+                holder: inner.config.node.clone(),
+                expires: inner.clock.now() + inner.config.lease,
+            });
+            let request = ClaimRequest { wants, lease };
             match inner.ops.claim(&request, inner.clock.now()).await {
                 Ok(claimed) => {
                     let got = claimed.operations.len();

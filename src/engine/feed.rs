@@ -1,7 +1,8 @@
 //! Follows the store's change feed: updates the watch hub, and delivers
 //! cancellation requests to tasks running here (they may have been made on
-//! another node). A feed that lagged is made good by re-reading what is
-//! watched or running.
+//! another node). A feed that lagged, or that says changes may have been
+//! missed, is made good by re-reading what is watched or running; a change
+//! made by another node is re-read when it is watched or running here.
 
 use std::sync::Arc;
 
@@ -21,6 +22,12 @@ pub(super) async fn follow(inner: Arc<Inner>) {
             change = feed.recv() => change,
         };
         match change {
+            Ok(Change::Elsewhere { id, .. }) => {
+                if inner.hub.is_watched(id) || inner.running_lock().attempts.contains_key(&id) {
+                    reread(&inner, id).await;
+                }
+            }
+            Ok(Change::Resync) => resync(&inner).await,
             Ok(change) => {
                 inner.hub.publish(&change);
                 if let Change::Updated(op) = &change {
@@ -42,13 +49,18 @@ pub(super) async fn follow(inner: Arc<Inner>) {
 async fn resync(inner: &Inner) {
     let running: Vec<OperationId> = inner.running_lock().attempts.keys().copied().collect();
     for id in inner.hub.watched().into_iter().chain(running) {
-        match inner.ops.get(id).await {
-            Ok(Some(op)) => {
-                inner.deliver_cancellation(&op);
-                inner.hub.offer(id, Snapshot::Present(Arc::new(op)));
-            }
-            Ok(None) => inner.hub.offer(id, Snapshot::Gone),
-            Err(e) => warn!(%id, error = %e, "could not re-read operation"),
+        reread(inner, id).await;
+    }
+}
+
+/// Reads one operation again and hands it to its watchers and its attempt.
+async fn reread(inner: &Inner, id: OperationId) {
+    match inner.ops.get(id).await {
+        Ok(Some(op)) => {
+            inner.deliver_cancellation(&op);
+            inner.hub.offer(id, Snapshot::Present(Arc::new(op)));
         }
+        Ok(None) => inner.hub.offer(id, Snapshot::Gone),
+        Err(e) => warn!(%id, error = %e, "could not re-read operation"),
     }
 }

@@ -24,6 +24,7 @@ mod commit;
 mod dispatch;
 pub mod error;
 mod feed;
+mod lease;
 mod listing;
 pub mod page_token;
 pub mod quota;
@@ -87,7 +88,15 @@ pub struct EngineConfig {
     pub callback_guard: Option<Arc<dyn CallbackGuard>>,
     /// Where times come from.
     pub clock: Clock,
+    /// This node's name, which holds its claims' leases on a shared store.
+    pub node: String,
+    /// How long a claim on a shared store lasts unless its node renews it:
+    /// how soon another node takes back the work of a node that died.
+    pub lease: Duration,
 }
+
+/// The lease of claims on a shared store by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -100,6 +109,8 @@ impl Default for EngineConfig {
             quotas: TenantQuotas::default(),
             callback_guard: None,
             clock: Clock::system(),
+            node: format!("node-{:016x}", rand::random::<u64>()),
+            lease: DEFAULT_LEASE,
         }
     }
 }
@@ -115,6 +126,8 @@ impl fmt::Debug for EngineConfig {
             .field("quotas", &self.quotas)
             .field("callback_guard", &self.callback_guard.is_some())
             .field("clock", &self.clock)
+            .field("node", &self.node)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -301,6 +314,9 @@ impl Engine {
         }
         inner.tracker.spawn(dispatch::run(Arc::clone(inner)));
         inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
+        if inner.ops.shared() {
+            inner.tracker.spawn(lease::keep(Arc::clone(inner)));
+        }
         Ok(())
     }
 

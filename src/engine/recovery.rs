@@ -5,7 +5,10 @@
 //! process died mid-attempt runs again as attempt + 1, or ends ABORTED when
 //! its kind is not retry-safe or it used up its attempts. One of a kind
 //! this server does not run ends UNIMPLEMENTED, rather than waiting
-//! forever for a worker. All of it is committed in batches.
+//! forever for a worker, unless the store is shared: another node may run
+//! it. On a shared store, an attempt whose lease has not lapsed belongs to
+//! a live node and is left alone (the model refuses to recover it). All of
+//! it is committed in batches.
 
 use tracing::info;
 
@@ -20,9 +23,12 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
     let unfinished = inner.ops.unfinished().await.map_err(EngineError::from)?;
     let mut writes = Vec::new();
     let (mut orphans, mut unknown) = (0usize, 0usize);
+    let shared = inner.ops.shared();
     for op in &unfinished {
         let policy = inner.registry.policy(&op.kind);
         match (op.state, policy) {
+            // On a shared store another node may run this kind.
+            (_, None) if shared => {}
             (State::Queued, Some(_)) => {}
             (State::Queued, None) => {
                 unknown += 1;
@@ -41,7 +47,11 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
                 orphans += 1;
                 writes.push(Write::Update {
                     id: op.id,
-                    edit: Edit::RecoverOrphan(orphan_retry(policy, op)),
+                    edit: Edit::RecoverOrphan(orphan_retry(
+                        policy,
+                        op,
+                        "was interrupted by a server restart",
+                    )),
                 });
             }
         }
@@ -82,16 +92,16 @@ fn finish_unknown(op: &Operation, attempt: u32) -> Write {
     }
 }
 
-/// Decides whether an attempt interrupted by a crash may run again.
-fn orphan_retry(policy: &TaskPolicy, op: &Operation) -> OrphanRetry {
+/// Decides whether an attempt that lost its worker (`why`) may run again.
+pub(super) fn orphan_retry(policy: &TaskPolicy, op: &Operation, why: &str) -> OrphanRetry {
     if !policy.retry_safe {
         OrphanRetry::Refused(format!(
-            "attempt {} was interrupted by a server restart, and kind {:?} is not safe to run twice",
+            "attempt {} {why}, and kind {:?} is not safe to run twice",
             op.attempt, op.kind
         ))
     } else if op.attempt >= op.max_attempts {
         OrphanRetry::Refused(format!(
-            "attempt {} of {} was interrupted by a server restart; no attempts are left",
+            "attempt {} of {} {why}; no attempts are left",
             op.attempt, op.max_attempts
         ))
     } else {

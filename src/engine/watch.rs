@@ -87,8 +87,14 @@ impl Hub {
         match change {
             Change::Updated(op) => self.offer(op.id, Snapshot::Present(Arc::clone(op))),
             Change::Deleted(id) => self.offer(*id, Snapshot::Gone),
-            Change::Delivery(_) => {}
+            // The feed follower re-reads these itself.
+            Change::Delivery(_) | Change::Elsewhere { .. } | Change::Resync => {}
         }
+    }
+
+    /// Whether `id` has watchers.
+    pub(crate) fn is_watched(&self, id: OperationId) -> bool {
+        self.lock().contains_key(&id)
     }
 
     /// The operations that have watchers, to re-read after the feed lagged.

@@ -290,8 +290,13 @@ impl Operation {
     /// An attempt that was running when its process died goes back to the
     /// queue (the next claim makes attempt + 1) when `retry` allows;
     /// otherwise it ends ABORTED with `retry`'s reason. One that was being
-    /// cancelled ends CANCELLED. None when the operation is not orphaned.
+    /// cancelled ends CANCELLED. None when the operation is not orphaned,
+    /// which includes an attempt whose lease has not lapsed by `now`: its
+    /// holder may still be alive.
     fn recover_orphan(&self, retry: &OrphanRetry, now: SystemTime) -> Option<Operation> {
+        if self.lease.as_ref().is_some_and(|lease| lease.expires > now) {
+            return None;
+        }
         let finish = match retry {
             _ if self.state == State::Cancelling => Finish::Release,
             OrphanRetry::Allowed => Finish::Release,

@@ -39,8 +39,9 @@ use crate::pb::longrun::v1::notifications_server::NotificationsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
 use crate::reports::Reports;
+use crate::store::postgres::{DEFAULT_POOL_SIZE, PgConfig, redacted};
 use crate::store::sled::SledConfig;
-use crate::store::{Backend, Health, OperationStore, SledStore, StoreError, Stores};
+use crate::store::{Backend, Health, OperationStore, PgStore, SledStore, StoreError, Stores};
 use crate::webhook::guard::CreateTimeGuard;
 use crate::webhook::{Secret, WebhookConfig};
 use tls::{TlsError, TlsFiles, TlsPaths};
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub backend: Backend,
     /// The sled backend's settings: sync mode, cache, disk reserve.
     pub sled: SledConfig,
+    /// The most connections to PostgreSQL, with that backend.
+    pub pg_pool_size: u32,
     /// Concurrency, queue and shutdown settings.
     pub engine: EngineConfig,
     /// Whether the Diagnostics service (and its Sleep kind) is on.
@@ -99,6 +102,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./longrun-data"),
             backend: Backend::Sled,
             sled: SledConfig::default(),
+            pg_pool_size: DEFAULT_POOL_SIZE,
             engine: EngineConfig::default(),
             diagnostics: true,
             sleep_policy: SleepTask.policy(),
@@ -170,6 +174,10 @@ async fn follow_store_health(
             Health::Writable => ServingStatus::Serving,
             Health::Full => {
                 warn!("the store's disk is full: NOT_SERVING, new operations refused");
+                ServingStatus::NotServing
+            }
+            Health::Unreachable => {
+                warn!("the database cannot be reached: NOT_SERVING");
                 ServingStatus::NotServing
             }
         };
@@ -248,7 +256,7 @@ impl Server {
                 "client certificates are checked, but without an auth file they name no one: every caller is let in"
             );
         }
-        let stores = match config.backend {
+        let stores = match &config.backend {
             Backend::Sled => Stores::from_backend(
                 SledStore::open_with(&config.data_dir, &config.sled).map_err(|source| {
                     ServerError::Store {
@@ -257,6 +265,18 @@ impl Server {
                     }
                 })?,
             ),
+            Backend::Postgres(url) => {
+                let pg = PgConfig {
+                    url: url.clone(),
+                    pool_size: config.pg_pool_size,
+                };
+                Stores::from_backend(PgStore::open(&pg).await.map_err(|source| {
+                    ServerError::Store {
+                        path: redacted(url),
+                        source,
+                    }
+                })?)
+            }
         };
         let reports = Reports::open(
             &config.data_dir,

@@ -180,14 +180,14 @@ struct StoredOrder {
     amount_cents: i64,
 }
 
-fn to_micros(time: SystemTime) -> i64 {
+pub(crate) fn to_micros(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
     }
 }
 
-fn from_micros(micros: i64) -> SystemTime {
+pub(crate) fn from_micros(micros: i64) -> SystemTime {
     if micros >= 0 {
         UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
     } else {
@@ -239,15 +239,41 @@ fn load_error(e: StoredError) -> StoreResult<OperationError> {
     })
 }
 
+/// Strings kept inline in every record, for a backend without a string
+/// table (its records are decoded the way the first layout's are).
+pub(crate) struct Inline;
+
+impl Strings for Inline {
+    fn intern(&mut self, _text: &str) -> u32 {
+        0
+    }
+
+    fn resolve(&self, _number: u32) -> Option<Arc<str>> {
+        None
+    }
+}
+
+/// The text to store inline: none when the string table numbered it.
+fn inline(number: u32, text: &str) -> String {
+    if number == 0 {
+        text.to_owned()
+    } else {
+        String::new()
+    }
+}
+
 /// Encodes an operation (without its id, which is the key).
 pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
     let (response, error) = match &op.outcome {
         None => (None, None),
         Some(Outcome::Response(p)) => (
-            Some(StoredPayload {
-                type_url: String::new(),
-                value: p.value.clone(),
-                type_ref: strings.intern(&p.type_url),
+            Some({
+                let type_ref = strings.intern(&p.type_url);
+                StoredPayload {
+                    type_url: inline(type_ref, &p.type_url),
+                    value: p.value.clone(),
+                    type_ref,
+                }
             }),
             None,
         ),
@@ -255,6 +281,8 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
     };
     let created = to_micros(op.create_time);
     let after = |time: SystemTime| to_micros(time) - created;
+    let kind_ref = strings.intern(&op.kind);
+    let request_type_ref = strings.intern(&op.request.type_url);
     StoredOperation {
         state: u32::from(op.state.as_u8()),
         attempt: op.attempt,
@@ -284,8 +312,10 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
             states: n.states.iter().map(|s| u32::from(s.as_u8())).collect(),
         }),
         tenant: op.tenant.as_str().to_owned(),
-        kind_ref: strings.intern(&op.kind),
-        request_type_ref: strings.intern(&op.request.type_url),
+        kind_ref,
+        kind: inline(kind_ref, &op.kind),
+        request_type_ref,
+        request_type_url: inline(request_type_ref, &op.request.type_url),
         lease: op.lease.as_ref().map(|l| StoredLease {
             holder: l.holder.clone(),
             expires_us: to_micros(l.expires),

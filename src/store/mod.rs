@@ -20,14 +20,16 @@
 //! assumed seen. `ready` is the in-memory queue of claimable work for
 //! backends that keep one.
 //!
-//! **Invariant:** only `store/sled/` knows sled; this module knows only the
-//! model.
+//! **Invariant:** only `store/sled/` knows sled and only `store/postgres/`
+//! knows sqlx; this module knows only the model.
 
 mod codec;
 mod error;
+pub mod postgres;
 pub mod ready;
 pub mod sled;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -39,6 +41,7 @@ use crate::model::order::{Month, Order};
 use crate::model::{Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant};
 
 pub use self::error::{StoreError, StoreResult};
+pub use self::postgres::PgStore;
 pub use self::ready::QueueDepth;
 pub use self::sled::{SledStore, SyncMode};
 
@@ -61,6 +64,13 @@ pub enum Change {
     Deleted(OperationId),
     /// A webhook delivery of the operation recorded an attempt.
     Delivery(OperationId),
+    /// Another process sharing the store changed (or deleted) the
+    /// operation: whoever follows it re-reads it. `delivery` when the
+    /// change wrote a webhook delivery to send.
+    Elsewhere { id: OperationId, delivery: bool },
+    /// Changes may have been missed (the feed from a shared store was cut
+    /// off for a while): whoever follows operations re-reads them.
+    Resync,
 }
 
 /// One page of a newest-first listing.
@@ -173,6 +183,8 @@ pub enum Health {
     /// The disk is (nearly) full: new operations are refused, and below a
     /// smaller floor every write is; reads still work.
     Full,
+    /// The database cannot be reached; calls fail until it is back.
+    Unreachable,
 }
 
 /// Storage for operations.
@@ -225,9 +237,27 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Whether writes work; changes as the disk fills and frees.
     fn health(&self) -> watch::Receiver<Health>;
 
-    /// Looks again at what limits writes (free disk space), so that health
-    /// recovers without waiting for the next write.
+    /// Looks again at what limits writes (free disk space, the database's
+    /// reach), so that health recovers without waiting for the next write.
     async fn probe(&self);
+
+    /// Whether other processes share this store, so that a claim must be
+    /// held under a lease that its holder renews, and taken back by anyone
+    /// once it lapses.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Extends every lease `holder` holds on a running attempt to `until`.
+    async fn renew(&self, _holder: &str, _until: SystemTime) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Up to `limit` running operations whose lease lapsed before `now`:
+    /// their holder died or lost touch, and they wait to be taken back.
+    async fn lapsed(&self, _now: SystemTime, _limit: usize) -> StoreResult<Vec<Operation>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The webhook outbox. Deliveries are added with the state change that
@@ -237,6 +267,25 @@ pub trait OperationStore: Send + Sync + 'static {
 pub trait OutboxStore: Send + Sync + 'static {
     /// Pending deliveries due by `now`, oldest due first.
     async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>>;
+
+    /// Takes up to `limit` due deliveries to send now, leaving out those
+    /// already `in_flight` here. A shared store holds each one taken back
+    /// from every other taker for `lease`, so that one node sends it; the
+    /// attempt's record (or the lease running out) settles it.
+    async fn take_deliveries(
+        &self,
+        now: SystemTime,
+        limit: usize,
+        in_flight: &HashSet<uuid::Uuid>,
+        _lease: std::time::Duration,
+    ) -> StoreResult<Vec<Delivery>> {
+        let due = self.due_deliveries(now, limit + in_flight.len()).await?;
+        Ok(due
+            .into_iter()
+            .filter(|d| !in_flight.contains(&d.id))
+            .take(limit)
+            .collect())
+    }
 
     /// When the earliest pending delivery is due.
     async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>>;
@@ -329,10 +378,22 @@ impl Stores {
 }
 
 /// Which backend to open, as named on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Backend {
     /// The embedded sled database in the data directory.
     Sled,
+    /// A PostgreSQL database, at this URL, that several nodes may share.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Backend {
+    /// Never shows the URL's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sled => f.write_str("Sled"),
+            Backend::Postgres(url) => write!(f, "Postgres({})", postgres::redacted(url)),
+        }
+    }
 }
 
 impl FromStr for Backend {
@@ -341,8 +402,11 @@ impl FromStr for Backend {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         match value {
             "sled" => Ok(Backend::Sled),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Backend::Postgres(url.to_owned()))
+            }
             other => Err(format!(
-                "unknown store backend {other:?}; expected \"sled\""
+                "unknown store {other:?}; expected \"sled\" or a postgres://user@host:port/db URL"
             )),
         }
     }

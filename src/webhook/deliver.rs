@@ -20,6 +20,10 @@ use crate::store::{Change, OutboxStore};
 
 /// Deliveries in flight at once.
 const IN_FLIGHT: usize = 32;
+/// How long a delivery taken from a shared outbox is kept from other nodes:
+/// longer than one attempt can take, so it is sent once unless this node
+/// dies mid-attempt.
+const DELIVERY_LEASE: Duration = Duration::from_secs(120);
 /// The longest Retry-After honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -147,6 +151,8 @@ async fn next_relevant(feed: &mut tokio::sync::broadcast::Receiver<Change>) -> O
     loop {
         match feed.recv().await {
             Ok(Change::Updated(op)) if op.notification.is_some() => return Some(()),
+            // Another node wrote a delivery, or changes may have been lost.
+            Ok(Change::Elsewhere { delivery: true, .. } | Change::Resync) => return Some(()),
             Ok(_) => continue,
             Err(RecvError::Lagged(_)) => return Some(()),
             Err(RecvError::Closed) => return None,
@@ -188,15 +194,10 @@ pub async fn run(
         let room = IN_FLIGHT.saturating_sub(in_flight.len());
         if room > 0 {
             match store
-                .due_deliveries(SystemTime::now(), room + busy.len())
+                .take_deliveries(SystemTime::now(), room, &busy, DELIVERY_LEASE)
                 .await
             {
-                Ok(due) => {
-                    let fresh: Vec<Delivery> = due
-                        .into_iter()
-                        .filter(|d| !busy.contains(&d.id))
-                        .take(room)
-                        .collect();
+                Ok(fresh) => {
                     for delivery in fresh {
                         busy.insert(delivery.id);
                         let client = client.clone();

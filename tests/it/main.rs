@@ -15,6 +15,7 @@ mod hot_path;
 mod lifecycle;
 mod operations;
 mod parsers;
+mod pg;
 mod recovery;
 mod reflection;
 mod reports;

@@ -8,7 +8,6 @@
 //! secrets and orders. (A batch cut short by a crash is `crash`'s.)
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -502,6 +501,9 @@ pub async fn the_feed_announces_every_change(s: Stores) {
             Change::Updated(op) => op.state.to_string(),
             Change::Deleted(_) => "DELETED".into(),
             Change::Delivery(_) => "DELIVERY".into(),
+            // Only another process's changes come as these.
+            Change::Elsewhere { .. } => "ELSEWHERE".into(),
+            Change::Resync => "RESYNC".into(),
         })
         .collect();
     assert_eq!(
@@ -597,13 +599,13 @@ pub async fn purge_deletes_done_operations_and_skips_the_rest(s: Stores) {
     assert_eq!(s.operations.purge(&[]).await.unwrap(), 0);
 }
 
-pub async fn flush_makes_lazy_writes_durable(s: Stores, reopen: impl Fn() -> Stores) {
+pub async fn flush_makes_lazy_writes_durable(s: Stores, reopen: impl AsyncFn() -> Stores) {
     let op = created(&s, new_op("k", None, 1)).await;
     let (_, c) = claim(&s, &op).await;
     let reported = progress(&s, c, 30, "a third").await.unwrap();
     s.operations.flush().await.unwrap();
     drop(s);
-    let s = reopen();
+    let s = reopen().await;
     assert_eq!(s.operations.get(op.id).await.unwrap(), Some(reported));
 }
 
@@ -1156,14 +1158,14 @@ pub async fn claims_and_cancels_leave_the_queue_consistent(s: Stores) {
 }
 
 /// Queued work survives a reopen, still claimable in order.
-pub async fn the_queue_is_rebuilt_at_open(s: Stores, reopen: impl Fn() -> Stores) {
+pub async fn the_queue_is_rebuilt_at_open(s: Stores, reopen: impl AsyncFn() -> Stores) {
     let first = created(&s, new_op("k", None, 1)).await;
     let second = created(&s, new_op("k", None, 2)).await;
     let running = created(&s, new_op("k", None, 3)).await;
     claim(&s, &running).await;
     s.operations.flush().await.unwrap();
     drop(s);
-    let s = reopen();
+    let s = reopen().await;
     assert_eq!(s.operations.queued(&Tenant::default_tenant()).total, 2);
     let claimed = s
         .operations
@@ -1175,7 +1177,7 @@ pub async fn the_queue_is_rebuilt_at_open(s: Stores, reopen: impl Fn() -> Stores
 }
 
 /// Writes, closes the store, reopens it, and checks everything is there.
-pub async fn survives_reopen(s: Stores, reopen: impl Fn() -> Stores) {
+pub async fn survives_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
     let op = created(&s, notified(1, Vec::new())).await;
     let finished = finished_op(&s, 2, None).await;
     let secret = s.secrets.secret("kept", b"value").await.unwrap();
@@ -1189,7 +1191,7 @@ pub async fn survives_reopen(s: Stores, reopen: impl Fn() -> Stores) {
         .unwrap();
     s.operations.flush().await.unwrap();
     drop(s);
-    let s = reopen();
+    let s = reopen().await;
     assert_eq!(s.operations.get(op.id).await.unwrap(), Some(op));
     assert_eq!(s.operations.get(finished.id).await.unwrap(), Some(finished));
     assert_eq!(s.secrets.secret("kept", b"other").await.unwrap(), secret);
@@ -1214,22 +1216,18 @@ pub async fn survives_reopen(s: Stores, reopen: impl Fn() -> Stores) {
 }
 
 macro_rules! conformance {
-    ($backend:ident, $open:expr) => {
+    ($backend:ident, $fixture:ty) => {
         mod $backend {
             use super::*;
-
-            fn fresh() -> (tempfile::TempDir, Stores) {
-                let dir = tempfile::tempdir().unwrap();
-                let stores = ($open)(dir.path());
-                (dir, stores)
-            }
 
             macro_rules! case {
                 ($name:ident) => {
                     #[tokio::test]
                     async fn $name() {
-                        let (_dir, stores) = fresh();
-                        super::$name(stores).await;
+                        let Some(fixture) = <$fixture>::fresh().await else {
+                            return;
+                        };
+                        super::$name(fixture.open().await).await;
                     }
                 };
             }
@@ -1238,9 +1236,11 @@ macro_rules! conformance {
                 ($name:ident) => {
                     #[tokio::test]
                     async fn $name() {
-                        let (dir, stores) = fresh();
-                        let path = dir.path().to_path_buf();
-                        super::$name(stores, move || ($open)(&path)).await;
+                        let Some(fixture) = <$fixture>::fresh().await else {
+                            return;
+                        };
+                        let stores = fixture.open().await;
+                        super::$name(stores, async || fixture.open().await).await;
                     }
                 };
             }
@@ -1277,20 +1277,46 @@ macro_rules! conformance {
     };
 }
 
-/// Opens the sled backend in `dir`. sled lets go of its directory lock from
-/// its own threads, a moment after the last handle is dropped, and announces
-/// nothing; a reopen right after a close may have to try again.
-fn open_sled(dir: &Path) -> Stores {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match longrun::store::SledStore::open(dir, longrun::store::SyncMode::Always) {
-            Ok(store) => return Stores::from_backend(store),
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::yield_now()
+/// A sled backend in a temporary directory.
+struct SledFixture(tempfile::TempDir);
+
+impl SledFixture {
+    async fn fresh() -> Option<Self> {
+        Some(Self(tempfile::tempdir().unwrap()))
+    }
+
+    /// Opens the store. sled lets go of its directory lock from its own
+    /// threads, a moment after the last handle is dropped, and announces
+    /// nothing; a reopen right after a close may have to try again.
+    async fn open(&self) -> Stores {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match longrun::store::SledStore::open(self.0.path(), longrun::store::SyncMode::Always) {
+                Ok(store) => return Stores::from_backend(store),
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("open sled: {e}"),
             }
-            Err(e) => panic!("open sled: {e}"),
         }
     }
 }
 
-conformance!(sled, open_sled);
+/// A PostgreSQL backend in a throwaway database.
+struct PgFixture(crate::pg::TestDb);
+
+impl PgFixture {
+    async fn fresh() -> Option<Self> {
+        crate::pg::TestDb::create().await.map(Self)
+    }
+
+    async fn open(&self) -> Stores {
+        let config = longrun::store::postgres::PgConfig::new(self.0.url.clone());
+        Stores::from_backend(longrun::store::PgStore::open(&config).await.unwrap())
+    }
+}
+
+conformance!(sled, SledFixture);
+conformance!(postgres, PgFixture);

@@ -108,7 +108,7 @@ impl SledStore {
                 match change {
                     Change::Updated(op) => recent.put(std::sync::Arc::clone(op)),
                     Change::Deleted(id) => recent.remove(id),
-                    Change::Delivery(_) => {}
+                    Change::Delivery(_) | Change::Elsewhere { .. } | Change::Resync => {}
                 }
             }
         }

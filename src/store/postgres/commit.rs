@@ -1,0 +1,462 @@
+//! A batch of writes as one transaction.
+//!
+//! The rows the batch touches are locked and read first (`FOR UPDATE`),
+//! so no other node changes them meanwhile. Each write is then decided by
+//! the model against the batch's view (each write sees those before it; a
+//! refused one leaves nothing), and the outcome goes back with one
+//! multi-row statement per kind of change: inserts, updates, deletes,
+//! deliveries, and the notification the other nodes follow. An update
+//! names the attempt and version it read, so the database itself refuses
+//! a write under a superseded attempt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sqlx::{Postgres, Row, Transaction};
+
+use super::feed::Note;
+use super::{OP_COLUMNS, db, micros, operation};
+use crate::model::{Delivery, DeliveryState, Operation, OperationId, RequestId, State, Tenant};
+use crate::store::codec::{Inline, encode, encode_delivery};
+use crate::store::{Applied, Change, Created, StoreError, StoreResult, Write};
+
+/// The batch's view of the rows it touches, and what it changed.
+pub(super) struct Stage {
+    now: SystemTime,
+    /// Operations as the batch leaves them; None once deleted.
+    rows: HashMap<OperationId, Option<Operation>>,
+    /// The attempt, version and state of each row as stored: the first two
+    /// for the fencing check, the state for the queue's count.
+    stored: HashMap<OperationId, (u32, u64, State)>,
+    by_request: HashMap<(Tenant, RequestId), OperationId>,
+    created: Vec<OperationId>,
+    updated: Vec<OperationId>,
+    deleted: Vec<OperationId>,
+    deliveries: Vec<Delivery>,
+    pub(super) changes: Vec<Change>,
+    notes: Vec<Note>,
+    /// Whether a write that succeeded must be durable before the answer.
+    pub(super) durable: bool,
+}
+
+/// What a committed batch did to the queue of claimable work.
+#[derive(Default)]
+pub(super) struct QueueMoves {
+    pub(super) added: Vec<Tenant>,
+    pub(super) taken: Vec<Tenant>,
+}
+
+impl Stage {
+    /// Locks and reads the rows `writes` touch (and those holding the
+    /// request_ids its creates name).
+    pub(super) async fn load(
+        tx: &mut Transaction<'_, Postgres>,
+        writes: &[Write],
+        now: SystemTime,
+    ) -> StoreResult<Self> {
+        let mut ids = Vec::new();
+        let (mut tenants, mut request_ids) = (Vec::new(), Vec::new());
+        for write in writes {
+            match write {
+                Write::Update { id, .. } | Write::Delete(id) | Write::Purge(id) => {
+                    ids.push(uuid::Uuid::from_bytes(*id.as_bytes()))
+                }
+                Write::Create(op) => {
+                    if let Some(request_id) = op.request_id {
+                        tenants.push(op.tenant.as_str().to_owned());
+                        request_ids.push(uuid::Uuid::from_bytes(*request_id.as_bytes()));
+                    }
+                }
+                Write::SaveDelivery(_) => {}
+            }
+        }
+        let mut stage = Self::empty(now);
+        if ids.is_empty() && request_ids.is_empty() {
+            return Ok(stage);
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {OP_COLUMNS}, attempt, version FROM longrun_operations
+             WHERE id = ANY($1)
+                OR (request_id IS NOT NULL AND (tenant, request_id) IN
+                    (SELECT * FROM unnest($2::text[], $3::uuid[])))
+             ORDER BY id FOR UPDATE"
+        ))
+        .bind(&ids)
+        .bind(&tenants)
+        .bind(&request_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+        for row in &rows {
+            let op = operation(row)?;
+            let attempt: i32 = row.try_get("attempt").map_err(db)?;
+            let version: i64 = row.try_get("version").map_err(db)?;
+            stage.take_in(op, attempt as u32, version as u64);
+        }
+        Ok(stage)
+    }
+
+    /// A stage over rows already locked and read (a claim's).
+    pub(super) fn empty(now: SystemTime) -> Self {
+        Self {
+            now,
+            rows: HashMap::new(),
+            stored: HashMap::new(),
+            by_request: HashMap::new(),
+            created: Vec::new(),
+            updated: Vec::new(),
+            deleted: Vec::new(),
+            deliveries: Vec::new(),
+            changes: Vec::new(),
+            notes: Vec::new(),
+            durable: false,
+        }
+    }
+
+    /// Adds a locked row, as stored, to the batch's view.
+    pub(super) fn take_in(&mut self, op: Operation, attempt: u32, version: u64) {
+        self.stored.insert(op.id, (attempt, version, op.state));
+        if let Some(request_id) = op.request_id {
+            self.by_request
+                .insert((op.tenant.clone(), request_id), op.id);
+        }
+        self.rows.insert(op.id, Some(op));
+    }
+
+    /// Applies one write, or refuses it leaving nothing staged.
+    pub(super) fn write(&mut self, write: Write) -> StoreResult<Applied> {
+        let durable = write.is_durable();
+        let applied = match write {
+            Write::Create(op) => self.create(op).map(Applied::Created),
+            Write::Update { id, edit } => {
+                let current = self.read(id)?;
+                match current.apply(&edit, self.now)? {
+                    None => Ok(Applied::Updated(current)),
+                    Some(transition) => {
+                        let next = transition.operation;
+                        if let Some(delivery) = transition.delivery {
+                            self.deliveries.push(delivery);
+                        }
+                        self.changed(next.clone());
+                        Ok(Applied::Updated(next))
+                    }
+                }
+            }
+            Write::Delete(id) => {
+                let op = self.read(id)?;
+                op.check_deletable()?;
+                self.remove(&op);
+                Ok(Applied::Deleted(true))
+            }
+            Write::Purge(id) => match self.read(id) {
+                Ok(op) if op.check_deletable().is_ok() => {
+                    self.remove(&op);
+                    Ok(Applied::Deleted(true))
+                }
+                _ => Ok(Applied::Deleted(false)),
+            },
+            Write::SaveDelivery(delivery) => {
+                self.changes.push(Change::Delivery(delivery.operation));
+                self.deliveries.push(delivery);
+                Ok(Applied::DeliverySaved)
+            }
+        }?;
+        self.durable |= durable;
+        Ok(applied)
+    }
+
+    fn read(&self, id: OperationId) -> StoreResult<Operation> {
+        self.rows
+            .get(&id)
+            .cloned()
+            .flatten()
+            .ok_or(StoreError::NotFound)
+    }
+
+    fn create(&mut self, op: Operation) -> StoreResult<Created> {
+        if let Some(request_id) = op.request_id
+            && let Some(existing) = self.by_request.get(&(op.tenant.clone(), request_id))
+            && let Some(Some(existing)) = self.rows.get(existing)
+        {
+            if existing.request_digest == op.request_digest {
+                return Ok(Created::Existing(existing.clone()));
+            }
+            return Err(StoreError::RequestIdConflict {
+                request_id: request_id.to_string(),
+                existing: existing.id,
+            });
+        }
+        let transition = op.creation(op.create_time);
+        if let Some(delivery) = transition.delivery {
+            self.deliveries.push(delivery);
+        }
+        if let Some(request_id) = op.request_id {
+            self.by_request
+                .insert((op.tenant.clone(), request_id), op.id);
+        }
+        self.created.push(op.id);
+        self.notes.push(Note::of(&op, self.wants_delivery(op.id)));
+        self.changes.push(Change::Updated(Arc::new(op.clone())));
+        self.rows.insert(op.id, Some(op.clone()));
+        Ok(Created::New(op))
+    }
+
+    fn changed(&mut self, next: Operation) {
+        let id = next.id;
+        if !self.created.contains(&id) && !self.updated.contains(&id) {
+            self.updated.push(id);
+        }
+        self.notes.push(Note::of(&next, self.wants_delivery(id)));
+        self.changes.push(Change::Updated(Arc::new(next.clone())));
+        self.rows.insert(id, Some(next));
+    }
+
+    fn wants_delivery(&self, id: OperationId) -> bool {
+        self.deliveries
+            .last()
+            .is_some_and(|d| d.operation == id && d.state == DeliveryState::Pending)
+    }
+
+    fn remove(&mut self, op: &Operation) {
+        let id = op.id;
+        self.rows.insert(id, None);
+        if let Some(request_id) = op.request_id {
+            self.by_request.remove(&(op.tenant.clone(), request_id));
+        }
+        self.deliveries.retain(|d| d.operation != id);
+        if let Some(at) = self.created.iter().position(|c| *c == id) {
+            self.created.remove(at);
+        } else {
+            self.updated.retain(|u| *u != id);
+            self.deleted.push(id);
+        }
+        self.notes.push(Note::deleted(id));
+        self.changes.push(Change::Deleted(id));
+    }
+
+    /// Writes what the batch staged, in `tx`, and says what it did to the
+    /// queue. Fails (so that the caller rolls back) when a row changed
+    /// under the batch, or when a create lost its request_id to a create
+    /// committed meanwhile by another node: a retry of the whole batch then
+    /// sees that operation.
+    pub(super) async fn save(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        tag: &str,
+    ) -> Result<QueueMoves, SaveError> {
+        let mut moves = QueueMoves::default();
+        let final_of = |id: &OperationId| self.rows.get(id).cloned().flatten();
+        let created: Vec<Operation> = self.created.iter().filter_map(final_of).collect();
+        if !created.is_empty() {
+            let columns = Columns::of(&created);
+            let inserted = sqlx::query(
+                "INSERT INTO longrun_operations
+                   (id, tenant, kind, state, request_id, due_us, ended_us,
+                    lease_holder, lease_expires_us, attempt, version, record)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[],
+                    $5::uuid[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
+                    $10::int4[], $11::int8[], $12::bytea[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&columns.id)
+            .bind(&columns.tenant)
+            .bind(&columns.kind)
+            .bind(&columns.state)
+            .bind(&columns.request_id)
+            .bind(&columns.due_us)
+            .bind(&columns.ended_us)
+            .bind(&columns.lease_holder)
+            .bind(&columns.lease_expires_us)
+            .bind(&columns.attempt)
+            .bind(&columns.version)
+            .bind(&columns.record)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+            if inserted.rows_affected() != created.len() as u64 {
+                return Err(SaveError::RequestIdRace);
+            }
+            for op in &created {
+                if op.state == State::Queued {
+                    moves.added.push(op.tenant.clone());
+                }
+            }
+        }
+        let updated: Vec<Operation> = self.updated.iter().filter_map(final_of).collect();
+        if !updated.is_empty() {
+            let columns = Columns::of(&updated);
+            let (was_attempt, was_version): (Vec<i32>, Vec<i64>) = updated
+                .iter()
+                .map(|op| {
+                    let (attempt, version, _) =
+                        self.stored
+                            .get(&op.id)
+                            .copied()
+                            .unwrap_or((0, 0, State::Queued));
+                    (attempt as i32, version as i64)
+                })
+                .unzip();
+            let done = sqlx::query(
+                "UPDATE longrun_operations o SET
+                    state = u.state, due_us = u.due_us, ended_us = u.ended_us,
+                    lease_holder = u.lease_holder, lease_expires_us = u.lease_expires_us,
+                    attempt = u.attempt, version = u.version, record = u.record
+                 FROM unnest($1::uuid[], $2::int4[], $3::int8[], $4::int2[], $5::int8[],
+                    $6::int8[], $7::text[], $8::int8[], $9::int4[], $10::int8[], $11::bytea[])
+                    AS u(id, was_attempt, was_version, state, due_us, ended_us,
+                         lease_holder, lease_expires_us, attempt, version, record)
+                 WHERE o.id = u.id AND o.attempt = u.was_attempt AND o.version = u.was_version",
+            )
+            .bind(&columns.id)
+            .bind(&was_attempt)
+            .bind(&was_version)
+            .bind(&columns.state)
+            .bind(&columns.due_us)
+            .bind(&columns.ended_us)
+            .bind(&columns.lease_holder)
+            .bind(&columns.lease_expires_us)
+            .bind(&columns.attempt)
+            .bind(&columns.version)
+            .bind(&columns.record)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+            if done.rows_affected() != updated.len() as u64 {
+                return Err(SaveError::Store(StoreError::Backend(
+                    "an operation changed under a batch that held its lock".into(),
+                )));
+            }
+            for op in &updated {
+                let was_queued = self
+                    .stored
+                    .get(&op.id)
+                    .is_some_and(|(_, _, state)| *state == State::Queued);
+                match (was_queued, op.state == State::Queued) {
+                    (false, true) => moves.added.push(op.tenant.clone()),
+                    (true, false) => moves.taken.push(op.tenant.clone()),
+                    _ => {}
+                }
+            }
+        }
+        if !self.deleted.is_empty() {
+            let ids: Vec<uuid::Uuid> = self.deleted.iter().map(uuid_of).collect();
+            sqlx::query("DELETE FROM longrun_deliveries WHERE operation = ANY($1)")
+                .bind(&ids)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| SaveError::Store(db(e)))?;
+            sqlx::query("DELETE FROM longrun_operations WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| SaveError::Store(db(e)))?;
+        }
+        if !self.deliveries.is_empty() {
+            // The last version of each delivery the batch wrote.
+            let mut seen = HashSet::new();
+            let latest: Vec<&Delivery> = self
+                .deliveries
+                .iter()
+                .rev()
+                .filter(|d| seen.insert(d.id))
+                .collect();
+            let ids: Vec<uuid::Uuid> = latest.iter().map(|d| d.id).collect();
+            let operations: Vec<uuid::Uuid> =
+                latest.iter().map(|d| uuid_of(&d.operation)).collect();
+            let due: Vec<Option<i64>> = latest.iter().map(|d| due_of(d)).collect();
+            let records: Vec<Vec<u8>> = latest
+                .iter()
+                .map(|d| encode_delivery(d, &mut Inline))
+                .collect();
+            sqlx::query(
+                "INSERT INTO longrun_deliveries (id, operation, due_us, record)
+                 SELECT u.* FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[])
+                    AS u(id, operation, due_us, record)
+                 WHERE EXISTS (SELECT 1 FROM longrun_operations o WHERE o.id = u.operation)
+                 ON CONFLICT (id) DO UPDATE SET due_us = EXCLUDED.due_us, record = EXCLUDED.record",
+            )
+            .bind(&ids)
+            .bind(&operations)
+            .bind(&due)
+            .bind(&records)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+        }
+        super::feed::notify(tx, tag, &self.notes)
+            .await
+            .map_err(SaveError::Store)?;
+        Ok(moves)
+    }
+}
+
+/// Why saving a batch failed.
+pub(super) enum SaveError {
+    /// A concurrent create took a request_id first: retry the batch.
+    RequestIdRace,
+    Store(StoreError),
+}
+
+fn uuid_of(id: &OperationId) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(*id.as_bytes())
+}
+
+/// When a delivery is due, while it is pending.
+pub(super) fn due_of(d: &Delivery) -> Option<i64> {
+    (d.state == DeliveryState::Pending).then(|| micros(d.next_attempt.unwrap_or(d.create_time)))
+}
+
+/// Operations as columns, for `unnest`.
+struct Columns {
+    id: Vec<uuid::Uuid>,
+    tenant: Vec<String>,
+    kind: Vec<String>,
+    state: Vec<i16>,
+    request_id: Vec<Option<uuid::Uuid>>,
+    due_us: Vec<i64>,
+    ended_us: Vec<Option<i64>>,
+    lease_holder: Vec<Option<String>>,
+    lease_expires_us: Vec<Option<i64>>,
+    attempt: Vec<i32>,
+    version: Vec<i64>,
+    record: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn of(ops: &[Operation]) -> Self {
+        let n = ops.len();
+        let mut c = Columns {
+            id: Vec::with_capacity(n),
+            tenant: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            state: Vec::with_capacity(n),
+            request_id: Vec::with_capacity(n),
+            due_us: Vec::with_capacity(n),
+            ended_us: Vec::with_capacity(n),
+            lease_holder: Vec::with_capacity(n),
+            lease_expires_us: Vec::with_capacity(n),
+            attempt: Vec::with_capacity(n),
+            version: Vec::with_capacity(n),
+            record: Vec::with_capacity(n),
+        };
+        for op in ops {
+            c.id.push(uuid_of(&op.id));
+            c.tenant.push(op.tenant.as_str().to_owned());
+            c.kind.push(op.kind.clone());
+            c.state.push(i16::from(op.state.as_u8()));
+            c.request_id
+                .push(op.request_id.map(|r| uuid::Uuid::from_bytes(*r.as_bytes())));
+            c.due_us.push(op.not_before.map_or(0, micros));
+            c.ended_us.push(op.end_time.map(micros));
+            c.lease_holder
+                .push(op.lease.as_ref().map(|l| l.holder.clone()));
+            c.lease_expires_us
+                .push(op.lease.as_ref().map(|l| micros(l.expires)));
+            c.attempt.push(op.attempt as i32);
+            c.version.push(op.version as i64);
+            c.record.push(encode(op, &mut Inline));
+        }
+        c
+    }
+}

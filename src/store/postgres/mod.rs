@@ -1,0 +1,345 @@
+//! The PostgreSQL backend: one database that several longrun nodes share.
+//! The only module that knows sqlx.
+//!
+//! Every piece of state lives in the database (operations and their
+//! indexes, the webhook outbox, secrets, orders), so any node answers any
+//! call. Files:
+//! - `commit`: a batch of writes as one transaction: the rows it touches
+//!   are locked and read, the model decides each write, and the outcome is
+//!   written back with one multi-row statement per table;
+//! - `operations`: [`OperationStore`]: claims with `FOR UPDATE SKIP
+//!   LOCKED` under a lease, reads, listing, recovery and retention;
+//! - `feed`: LISTEN/NOTIFY between nodes. A notification carries ids, not
+//!   records; a listener that was cut off announces [`Change::Resync`];
+//! - `outbox`, `orders`: the traits of those names (orders arrive by COPY).
+//!
+//! The schema is created and moved forward at open by versioned
+//! migrations (`migrations/`), under an advisory lock so that nodes
+//! starting together do not race. The attempt is the fencing token: a
+//! write of a running operation updates its row only where the attempt and
+//! version are still the ones read.
+
+mod commit;
+mod feed;
+mod operations;
+mod orders;
+mod outbox;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::codec::{Inline, decode, from_micros};
+use super::{Change, Health, QueueDepth, SecretStore, StoreError, StoreResult};
+use crate::model::{Lease, Operation, OperationId, Tenant};
+
+/// Connections in the pool by default.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+/// How long a call waits for a free connection before it fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the queue depth that admission reads is counted again, and
+/// the dispatcher is woken even without a notification: the fallback for
+/// notifications lost.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Capacity of the local change feed (as the sled backend's).
+const FEED_CAPACITY: usize = 64 * 1024;
+
+/// The schema, in order. A migration, once released, is never edited:
+/// a change is a new one.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "tables", include_str!("migrations/0001_tables.sql"))];
+
+/// How the PostgreSQL backend is set up.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// The most connections this node opens.
+    pub pool_size: u32,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl PgConfig {
+    /// The URL with the default pool.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+}
+
+/// A URL with its password (if any) hidden, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// The PostgreSQL backend; a cheap-clone handle.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    /// This process's mark on its notifications, so that it skips its own.
+    tag: String,
+    feed: broadcast::Sender<Change>,
+    work: watch::Sender<u64>,
+    health: watch::Sender<Health>,
+    /// Queued operations, as last counted plus what this node added since.
+    depth: Arc<Mutex<Depth>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.tasks.close();
+    }
+}
+
+#[derive(Default)]
+struct Depth {
+    total: u64,
+    tenants: HashMap<Tenant, u64>,
+}
+
+/// A database failure as the store reports it: the database is a state to
+/// report (UNAVAILABLE), not an internal error.
+fn db(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            StoreError::Backend(format!("the database cannot be reached: {e}"))
+        }
+        other => StoreError::Backend(format!("the database failed: {other}")),
+    }
+}
+
+/// Microseconds since the epoch, as the tables keep times.
+fn micros(time: SystemTime) -> i64 {
+    super::codec::to_micros(time)
+}
+
+/// An operation from a row of `id, record, lease_holder,
+/// lease_expires_us`. The lease columns are the truth: heartbeats renew
+/// them without rewriting the record.
+fn operation(row: &PgRow) -> StoreResult<Operation> {
+    let id: uuid::Uuid = row.try_get("id").map_err(db)?;
+    let record: Vec<u8> = row.try_get("record").map_err(db)?;
+    let mut op = decode(OperationId::from_bytes(*id.as_bytes()), &record, &Inline)?;
+    let holder: Option<String> = row.try_get("lease_holder").map_err(db)?;
+    let expires: Option<i64> = row.try_get("lease_expires_us").map_err(db)?;
+    op.lease = holder.zip(expires).map(|(holder, expires)| Lease {
+        holder,
+        expires: from_micros(expires),
+    });
+    Ok(op)
+}
+
+/// The columns every read of an operation selects.
+const OP_COLUMNS: &str = "id, record, lease_holder, lease_expires_us";
+
+impl PgStore {
+    /// Connects, brings the schema up to date, and starts following the
+    /// other nodes' changes.
+    pub async fn open(config: &PgConfig) -> StoreResult<Self> {
+        let options: PgConnectOptions = config
+            .url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?;
+        let options = options.application_name("longrun");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size.max(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        migrate(&pool).await?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let inner = Arc::new(Inner {
+            pool,
+            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            feed,
+            work: watch::channel(0).0,
+            health: watch::channel(Health::Writable).0,
+            depth: Arc::default(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let store = Self { inner };
+        store.count_queued().await?;
+        store.inner.tasks.spawn(feed::follow(
+            store.inner.pool.clone(),
+            store.inner.tag.clone(),
+            store.inner.feed.clone(),
+            store.inner.work.clone(),
+            store.inner.stop.clone(),
+        ));
+        store.inner.tasks.spawn(poll(
+            store.inner.pool.clone(),
+            Arc::clone(&store.inner.depth),
+            store.inner.work.clone(),
+            store.inner.stop.clone(),
+        ));
+        Ok(store)
+    }
+
+    /// The connection pool, for the backend's own files.
+    fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Counts the queued operations again.
+    async fn count_queued(&self) -> StoreResult<()> {
+        let counted = count(&self.inner.pool).await?;
+        *self.inner.depth.lock().unwrap_or_else(|e| e.into_inner()) = counted;
+        Ok(())
+    }
+
+    /// Takes in what a commit did to the queue: `added` operations queued,
+    /// `taken` left it.
+    fn queue_moved(&self, added: &[Tenant], taken: &[Tenant]) {
+        let mut depth = self.inner.depth.lock().unwrap_or_else(|e| e.into_inner());
+        for tenant in added {
+            depth.total += 1;
+            *depth.tenants.entry(tenant.clone()).or_default() += 1;
+        }
+        for tenant in taken {
+            depth.total = depth.total.saturating_sub(1);
+            if let Some(n) = depth.tenants.get_mut(tenant) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn queue_depth(&self, tenant: &Tenant) -> QueueDepth {
+        let depth = self.inner.depth.lock().unwrap_or_else(|e| e.into_inner());
+        QueueDepth {
+            total: depth.total,
+            tenant: depth.tenants.get(tenant).copied().unwrap_or(0),
+        }
+    }
+
+    fn bump_work(&self) {
+        self.inner.work.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+async fn count(pool: &PgPool) -> StoreResult<Depth> {
+    let rows = sqlx::query(
+        "SELECT tenant, count(*) AS n FROM longrun_operations WHERE state = 1 GROUP BY tenant",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut depth = Depth::default();
+    for row in rows {
+        let name: String = row.try_get("tenant").map_err(db)?;
+        let n: i64 = row.try_get("n").map_err(db)?;
+        let n = u64::try_from(n).unwrap_or(0);
+        depth.total += n;
+        if let Ok(tenant) = Tenant::from_stored(&name) {
+            depth.tenants.insert(tenant, n);
+        }
+    }
+    Ok(depth)
+}
+
+/// Keeps the queue depth near the truth (other nodes create and claim
+/// too), and wakes the dispatcher now and then.
+async fn poll(
+    pool: PgPool,
+    depth: Arc<Mutex<Depth>>,
+    work: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        work.send_modify(|n| *n = n.wrapping_add(1));
+        if let Ok(counted) = count(&pool).await {
+            *depth.lock().unwrap_or_else(|e| e.into_inner()) = counted;
+        }
+    }
+}
+
+/// Brings the schema up to date. sqlx's migrator takes an advisory lock
+/// first, so nodes that start at once apply each migration once.
+async fn migrate(pool: &PgPool) -> StoreResult<()> {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect();
+    let migrator = Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Backend(format!("could not migrate the schema: {e}")))
+}
+
+#[async_trait]
+impl SecretStore for PgStore {
+    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query(
+            "INSERT INTO longrun_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(initial)
+        .execute(self.pool())
+        .await
+        .map_err(db)?;
+        let row = sqlx::query("SELECT value FROM longrun_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+        row.try_get("value").map_err(db)
+    }
+}

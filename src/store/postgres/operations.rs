@@ -1,0 +1,390 @@
+//! [`OperationStore`] on PostgreSQL: commits through `commit`, claims with
+//! `FOR UPDATE SKIP LOCKED`, and reads.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use tokio::sync::{broadcast, watch};
+
+use super::commit::{SaveError, Stage};
+use super::{OP_COLUMNS, PgStore, db, micros, operation};
+use crate::model::{Edit, Operation, OperationId};
+use crate::store::codec::from_micros;
+use crate::store::{
+    Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
+    QueueDepth, StoreError, StoreResult, Write,
+};
+
+/// How many times a batch is tried again after losing a request_id race.
+const RACE_RETRIES: usize = 3;
+
+/// The queued, due operations of one kind, up to `$3`, the tenants taking
+/// turns: the first of every tenant, then the second of every tenant, and
+/// so on, each tenant's oldest first. The tenants are found by skipping
+/// through the queue index rather than reading all of it; rows another
+/// node is claiming are skipped.
+const CLAIM: &str = "
+WITH RECURSIVE tenants(t) AS (
+    (SELECT tenant FROM longrun_operations
+      WHERE state = 1 AND kind = $1 ORDER BY tenant LIMIT 1)
+  UNION ALL
+    SELECT (SELECT tenant FROM longrun_operations
+             WHERE state = 1 AND kind = $1 AND tenant > tenants.t
+             ORDER BY tenant LIMIT 1)
+      FROM tenants WHERE tenants.t IS NOT NULL
+), picks AS (
+    SELECT c.id FROM tenants CROSS JOIN LATERAL (
+        SELECT id, due_us, row_number() OVER (ORDER BY due_us, id) AS turn
+          FROM longrun_operations
+         WHERE state = 1 AND kind = $1 AND tenant = tenants.t AND due_us <= $2
+         ORDER BY due_us, id LIMIT $3
+    ) c
+    WHERE tenants.t IS NOT NULL
+    ORDER BY c.turn, c.due_us, c.id
+    LIMIT $3
+)
+SELECT o.id, o.record, o.lease_holder, o.lease_expires_us, o.attempt, o.version
+  FROM longrun_operations o
+ WHERE o.id IN (SELECT id FROM picks) AND o.state = 1
+ FOR UPDATE OF o SKIP LOCKED";
+
+impl PgStore {
+    /// One try at a batch: its own transaction, committed or rolled back.
+    async fn try_commit(
+        &self,
+        writes: Vec<Write>,
+        now: SystemTime,
+    ) -> Result<(Vec<StoreResult<Applied>>, Stage), SaveError> {
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+        let mut stage = Stage::load(&mut tx, &writes, now)
+            .await
+            .map_err(SaveError::Store)?;
+        let results: Vec<_> = writes.into_iter().map(|w| stage.write(w)).collect();
+        if !stage.durable {
+            // Claims and progress only: they need not wait for the WAL.
+            lazy(&mut tx).await.map_err(SaveError::Store)?;
+        }
+        let moves = stage.save(&mut tx, &self.inner.tag).await?;
+        tx.commit().await.map_err(|e| SaveError::Store(db(e)))?;
+        self.queue_moved(&moves.added, &moves.taken);
+        if !moves.added.is_empty() {
+            self.bump_work();
+        }
+        Ok((results, stage))
+    }
+
+    /// Announces a committed batch's changes on the local feed.
+    fn announce(&self, stage: Stage) {
+        for change in stage.changes {
+            let _ = self.inner.feed.send(change);
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        if matches!(e, StoreError::Backend(m) if m.contains("cannot be reached")) {
+            self.inner.health.send_replace(Health::Unreachable);
+        }
+    }
+
+    async fn claim_kind(
+        &self,
+        kind: &str,
+        n: usize,
+        request: &ClaimRequest,
+        now: SystemTime,
+    ) -> StoreResult<Vec<Operation>> {
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        let rows = sqlx::query(CLAIM)
+            .bind(kind)
+            .bind(micros(now))
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut stage = Stage::empty(now);
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let op = operation(row)?;
+            let attempt: i32 = row.try_get("attempt").map_err(db)?;
+            let version: i64 = row.try_get("version").map_err(db)?;
+            ids.push(op.id);
+            stage.take_in(op, attempt as u32, version as u64);
+        }
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let edit = Edit::Claim {
+                lease: request.lease.clone(),
+            };
+            if let Ok(Applied::Updated(op)) = stage.write(Write::Update { id, edit }) {
+                claimed.push(op);
+            }
+        }
+        lazy(&mut tx).await?;
+        let moves = stage
+            .save(&mut tx, &self.inner.tag)
+            .await
+            .map_err(|e| match e {
+                SaveError::Store(e) => e,
+                SaveError::RequestIdRace => StoreError::Backend("a claim raced a create".into()),
+            })?;
+        tx.commit().await.map_err(db)?;
+        self.queue_moved(&moves.added, &moves.taken);
+        self.announce(stage);
+        Ok(claimed)
+    }
+
+    async fn select(
+        &self,
+        sql: &str,
+        bind: impl FnOnce(SqlQuery<'_>) -> SqlQuery<'_>,
+    ) -> StoreResult<Vec<Operation>> {
+        let rows = bind(sqlx::query(sql))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter().map(operation).collect()
+    }
+}
+
+type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Lets the transaction commit without waiting for its WAL to reach the
+/// disk: for claims and progress, which a crash may lose.
+async fn lazy(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> StoreResult<()> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Every write of a failed batch fails alike.
+fn all_failed(n: usize, e: &StoreError) -> Vec<StoreResult<Applied>> {
+    (0..n)
+        .map(|_| Err(StoreError::Backend(e.to_string())))
+        .collect()
+}
+
+#[async_trait]
+impl OperationStore for PgStore {
+    async fn commit(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
+        let n = writes.len();
+        let mut tries = 0;
+        loop {
+            match self.try_commit(writes.clone(), now).await {
+                Ok((results, stage)) => {
+                    self.inner.health.send_if_modified(|h| {
+                        let was = *h;
+                        *h = Health::Writable;
+                        was != Health::Writable
+                    });
+                    self.announce(stage);
+                    return results;
+                }
+                Err(SaveError::RequestIdRace) if tries < RACE_RETRIES => tries += 1,
+                Err(SaveError::RequestIdRace) => {
+                    return all_failed(
+                        n,
+                        &StoreError::Backend("creates kept racing for a request_id".into()),
+                    );
+                }
+                Err(SaveError::Store(e)) => {
+                    self.failed(&e);
+                    return all_failed(n, &e);
+                }
+            }
+        }
+    }
+
+    async fn claim(&self, request: &ClaimRequest, now: SystemTime) -> StoreResult<Claimed> {
+        let mut claimed = Claimed::default();
+        let mut short = Vec::new();
+        for (kind, n) in &request.wants {
+            if *n == 0 {
+                continue;
+            }
+            let got = self.claim_kind(kind, *n, request, now).await?;
+            if got.len() < *n {
+                short.push(kind.clone());
+            }
+            claimed.operations.extend(got);
+        }
+        if !short.is_empty() {
+            let row = sqlx::query(
+                "SELECT min(due_us) AS due FROM longrun_operations
+                  WHERE state = 1 AND kind = ANY($1) AND due_us > $2",
+            )
+            .bind(&short)
+            .bind(micros(now))
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+            let due: Option<i64> = row.try_get("due").map_err(db)?;
+            claimed.next_due = due.map(from_micros);
+        }
+        Ok(claimed)
+    }
+
+    fn queued(&self, tenant: &crate::model::Tenant) -> QueueDepth {
+        self.queue_depth(tenant)
+    }
+
+    fn work(&self) -> watch::Receiver<u64> {
+        self.inner.work.subscribe()
+    }
+
+    async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>> {
+        let row = sqlx::query(&format!(
+            "SELECT {OP_COLUMNS} FROM longrun_operations WHERE id = $1"
+        ))
+        .bind(uuid::Uuid::from_bytes(*id.as_bytes()))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db)?;
+        row.as_ref().map(operation).transpose()
+    }
+
+    async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
+        let after = query.after.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
+        let tenant = query.tenant.map(|t| t.as_str().to_owned());
+        let budget = i64::try_from(query.scan_budget.max(1)).unwrap_or(i64::MAX);
+        // One more than the budget, to know whether more follow.
+        let rows = sqlx::query(&format!(
+            "SELECT {OP_COLUMNS} FROM longrun_operations
+              WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR tenant = $2)
+              ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(after)
+        .bind(tenant)
+        .bind(budget + 1)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        let mut page = ListPage::default();
+        let mut last = None;
+        for (scanned, row) in rows.iter().enumerate() {
+            if page.operations.len() >= query.limit || scanned >= query.scan_budget {
+                page.resume_after = last;
+                return Ok(page);
+            }
+            let op = operation(row)?;
+            last = Some(op.id);
+            if query.filter.matches(&op) {
+                page.operations.push(op);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
+        self.select(
+            &format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations WHERE ended_us IS NULL ORDER BY id"
+            ),
+            |q| q,
+        )
+        .await
+    }
+
+    async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
+        // One node sweeps at a time: the sweep is held under a lease that
+        // its holder renews each time it asks.
+        let now = SystemTime::now();
+        let held = sqlx::query(
+            "INSERT INTO longrun_sweeps (name, holder, until_us) VALUES ('retention', $1, $2)
+             ON CONFLICT (name) DO UPDATE SET holder = $1, until_us = $2
+               WHERE longrun_sweeps.holder = $1 OR longrun_sweeps.until_us < $3
+             RETURNING holder",
+        )
+        .bind(&self.inner.tag)
+        .bind(micros(now + SWEEP_LEASE))
+        .bind(micros(now))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db)?;
+        if held.is_none() {
+            return Ok(Vec::new());
+        }
+        self.select(
+            &format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations
+                  WHERE ended_us IS NOT NULL AND ended_us < $1 LIMIT $2"
+            ),
+            |q| {
+                q.bind(micros(ended_before))
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            },
+        )
+        .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // Every durable commit waited for its WAL; the lazy ones (claims,
+        // progress) are flushed by the next durable one.
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.feed.subscribe()
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.inner.health.subscribe()
+    }
+
+    async fn probe(&self) {
+        let reached = sqlx::query("SELECT 1").execute(self.pool()).await.is_ok();
+        let health = if reached {
+            Health::Writable
+        } else {
+            Health::Unreachable
+        };
+        self.inner.health.send_if_modified(|h| {
+            let changed = *h != health;
+            *h = health;
+            changed
+        });
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn renew(&self, holder: &str, until: SystemTime) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE longrun_operations SET lease_expires_us = $2
+              WHERE lease_holder = $1 AND ended_us IS NULL",
+        )
+        .bind(holder)
+        .bind(micros(until))
+        .execute(self.pool())
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn lapsed(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
+        self.select(
+            &format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations
+                  WHERE lease_expires_us < $1 AND ended_us IS NULL ORDER BY lease_expires_us LIMIT $2"
+            ),
+            |q| {
+                q.bind(micros(now))
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            },
+        )
+        .await
+    }
+}
+
+/// How long one node holds the retention sweep without asking again.
+const SWEEP_LEASE: std::time::Duration = std::time::Duration::from_secs(60);

@@ -1,0 +1,199 @@
+//! [`OrderStore`] on PostgreSQL: a batch arrives by COPY into a staging
+//! table and is merged in one statement; each tenant's count of orders is
+//! a row locked for the batch, so concurrent imports of one tenant cannot
+//! both pass its limit.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{PgStore, db};
+use crate::model::Tenant;
+use crate::model::order::{Month, Order};
+use crate::store::codec::{decode_order, encode_order};
+use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
+
+/// A month as the table keeps it: year × 100 + month.
+fn month_number(month: Month) -> i32 {
+    month.year() * 100 + i32::from(month.month())
+}
+
+/// Appends `text` to a COPY line, escaped for the text format.
+fn escaped(line: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => line.push_str("\\\\"),
+            '\t' => line.push_str("\\t"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            c => line.push(c),
+        }
+    }
+}
+
+/// The staging rows of `orders` in COPY's text format, the last of each
+/// order_id only (one statement may not touch a row twice).
+fn copy_text(orders: &[Order]) -> String {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
+    for (i, order) in orders.iter().enumerate() {
+        last.insert(order.order_id.as_str(), i);
+    }
+    let mut text = String::with_capacity(orders.len() * 96);
+    for (i, order) in orders.iter().enumerate() {
+        if last.get(order.order_id.as_str()) != Some(&i) {
+            continue;
+        }
+        escaped(&mut text, &order.order_id);
+        let month = month_number(Month::of_micros(order.created_at));
+        let _ = write!(text, "\t{month}\t{}\t\\\\x", order.created_at);
+        text.push_str(&hex::encode(encode_order(order)));
+        text.push('\n');
+    }
+    text
+}
+
+/// A month listing's position: `created_at`, then the order_id.
+fn cursor(order: &Order) -> OrderCursor {
+    let mut bytes = order.created_at.to_be_bytes().to_vec();
+    bytes.extend_from_slice(order.order_id.as_bytes());
+    OrderCursor(bytes)
+}
+
+fn uncursor(cursor: &OrderCursor) -> StoreResult<(i64, String)> {
+    let bad = || StoreError::Corrupt("order cursor".into());
+    let (time, id) = cursor.0.split_at_checked(8).ok_or_else(bad)?;
+    let time = i64::from_be_bytes(time.try_into().map_err(|_| bad())?);
+    Ok((time, String::from_utf8(id.to_vec()).map_err(|_| bad())?))
+}
+
+#[async_trait]
+impl OrderStore for PgStore {
+    async fn put_orders(
+        &self,
+        tenant: &Tenant,
+        orders: Vec<Order>,
+        limit: Option<u64>,
+    ) -> StoreResult<PutOrders> {
+        if orders.is_empty() {
+            return Ok(PutOrders::Stored);
+        }
+        let text = copy_text(&orders);
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS longrun_orders_stage
+               (order_id text, month integer, created_at bigint, record bytea)
+             ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO longrun_order_tenants (tenant, stored) VALUES ($1, 0)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let stored: i64 =
+            sqlx::query("SELECT stored FROM longrun_order_tenants WHERE tenant = $1 FOR UPDATE")
+                .bind(tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?
+                .try_get("stored")
+                .map_err(db)?;
+        let mut copy = tx
+            .copy_in_raw("COPY longrun_orders_stage FROM STDIN")
+            .await
+            .map_err(db)?;
+        copy.send(text.as_bytes()).await.map_err(db)?;
+        copy.finish().await.map_err(db)?;
+        let added: i64 = sqlx::query(
+            "WITH merged AS (
+                INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
+                SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
+                ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
+                   created_at = EXCLUDED.created_at, record = EXCLUDED.record
+                RETURNING (xmax = 0) AS inserted)
+             SELECT count(*) FILTER (WHERE inserted) AS added FROM merged",
+        )
+        .bind(tenant.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?
+        .try_get("added")
+        .map_err(db)?;
+        let stored = u64::try_from(stored).unwrap_or(0);
+        if let Some(limit) = limit
+            && added > 0
+            && stored.saturating_add(added as u64) > limit
+        {
+            tx.rollback().await.map_err(db)?;
+            return Ok(PutOrders::OverLimit { stored });
+        }
+        sqlx::query("UPDATE longrun_order_tenants SET stored = stored + $2 WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .bind(added)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(PutOrders::Stored)
+    }
+
+    async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64> {
+        let n: i64 = sqlx::query(
+            "SELECT count(*) AS n FROM longrun_orders WHERE tenant = $1 AND month = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(month_number(month))
+        .fetch_one(self.pool())
+        .await
+        .map_err(db)?
+        .try_get("n")
+        .map_err(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn month_page(
+        &self,
+        tenant: &Tenant,
+        month: Month,
+        after: Option<OrderCursor>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)> {
+        let (after_time, after_id) = match &after {
+            Some(c) => {
+                let (t, id) = uncursor(c)?;
+                (Some(t), Some(id))
+            }
+            None => (None, None),
+        };
+        let rows = sqlx::query(
+            "SELECT record FROM longrun_orders
+              WHERE tenant = $1 AND month = $2
+                AND ($3::int8 IS NULL OR (created_at, order_id) > ($3, $4::text))
+              ORDER BY created_at, order_id LIMIT $5",
+        )
+        .bind(tenant.as_str())
+        .bind(month_number(month))
+        .bind(after_time)
+        .bind(after_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let record: Vec<u8> = row.try_get("record").map_err(db)?;
+            orders.push(decode_order(&record)?);
+        }
+        let next = (orders.len() == limit)
+            .then(|| orders.last().map(cursor))
+            .flatten();
+        Ok((orders, next))
+    }
+}
