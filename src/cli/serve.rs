@@ -181,7 +181,8 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The webhook secrets: from the flags, the file, or the data
-    /// directory (created there on first use).
+    /// directory (created there on first use); none on PostgreSQL, where the
+    /// server takes the one its cluster keeps in the database.
     pub fn webhook_secrets(&self) -> std::io::Result<Vec<Secret>> {
         if !self.webhook_secret.is_empty() {
             return Ok(self.webhook_secret.clone());
@@ -196,6 +197,10 @@ impl ServeArgs {
                     })
                 })
                 .collect();
+        }
+        if matches!(self.store, Backend::Postgres(_)) {
+            // The nodes of a cluster share the one kept in the database.
+            return Ok(Vec::new());
         }
         Ok(vec![longrun::webhook::load_or_create_secret(
             &self.data_dir,

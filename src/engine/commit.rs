@@ -5,11 +5,14 @@
 //! durable once), then answers every caller; the store publishes the
 //! changes. The batch is whatever waited, not a timer's worth: a lone write
 //! goes at once, and under load the batch grows by itself while the
-//! previous one is on its way to disk.
+//! previous one is on its way to disk. A store that takes concurrent
+//! commits (PostgreSQL) gets a few batches in flight at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -131,40 +134,57 @@ async fn run(
     stop: CancellationToken,
     stats: Arc<Stats>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // A store that takes concurrent commits (a database server) gets
+    // several batches at once, so that their flushes are shared; a batch
+    // still holds everything that waited when it was taken.
+    let parallel = store.parallel_commits().max(1);
+    let mut in_flight = FuturesUnordered::new();
+    let mut stopping = false;
     loop {
-        let stopping = tokio::select! {
-            // recv_many is cancel-safe: nothing is taken when stop wins.
-            received = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
-                    return;
-                }
-                false
-            }
-            _ = stop.cancelled() => {
-                while batch.len() < MAX_BATCH && let Ok(pending) = rx.try_recv() {
-                    batch.push(pending);
-                }
-                true
-            }
-        };
-        if !batch.is_empty() {
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            stats
-                .writes
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            commit(&mut batch, &*store, &clock).await;
+        if in_flight.len() >= parallel {
+            in_flight.next().await;
+            continue;
         }
-        if stopping && rx.is_empty() {
-            // Dropping the receiver fails every later write as closed.
-            return;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if stopping {
+            while batch.len() < MAX_BATCH
+                && let Ok(pending) = rx.try_recv()
+            {
+                batch.push(pending);
+            }
+            if batch.is_empty() {
+                // Dropping the receiver fails every later write as closed.
+                while in_flight.next().await.is_some() {}
+                return;
+            }
+        } else {
+            tokio::select! {
+                // recv_many is cancel-safe: nothing is taken when another
+                // branch wins.
+                received = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 {
+                        while in_flight.next().await.is_some() {}
+                        return;
+                    }
+                }
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                _ = stop.cancelled() => {
+                    stopping = true;
+                    continue;
+                }
+            }
         }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        in_flight.push(commit(batch, &*store, &clock));
     }
 }
 
-async fn commit(batch: &mut Vec<Pending>, store: &dyn OperationStore, clock: &Clock) {
+async fn commit(batch: Vec<Pending>, store: &dyn OperationStore, clock: &Clock) {
     let (writes, replies): (Vec<Write>, Vec<_>) =
-        batch.drain(..).map(|p| (p.write, p.reply)).unzip();
+        batch.into_iter().map(|p| (p.write, p.reply)).unzip();
     let results = store.commit(writes, clock.now()).await;
     for (reply, result) in replies.into_iter().zip(results) {
         if let Some(reply) = reply {

@@ -241,6 +241,13 @@ pub trait OperationStore: Send + Sync + 'static {
     /// reach), so that health recovers without waiting for the next write.
     async fn probe(&self);
 
+    /// How many batches may be committed at once. One for an embedded
+    /// store, which applies batches in turn; a database server takes
+    /// several and flushes them together.
+    fn parallel_commits(&self) -> usize {
+        1
+    }
+
     /// Whether other processes share this store, so that a claim must be
     /// held under a lease that its holder renews, and taken back by anyone
     /// once it lapses.

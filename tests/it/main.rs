@@ -7,6 +7,7 @@
 
 mod bench_smoke;
 mod cli;
+mod cluster;
 mod common;
 mod crash;
 mod custom_kind;

@@ -354,14 +354,22 @@ impl OperationStore for PgStore {
         });
     }
 
+    fn parallel_commits(&self) -> usize {
+        PARALLEL_COMMITS
+    }
+
     fn shared(&self) -> bool {
         true
     }
 
     async fn renew(&self, holder: &str, until: SystemTime) -> StoreResult<()> {
         sqlx::query(
+            // Rows are locked in id order, as commits lock them, so that a
+            // renewal and a commit never wait on each other in a cycle.
             "UPDATE longrun_operations SET lease_expires_us = $2
-              WHERE lease_holder = $1 AND ended_us IS NULL",
+              WHERE id IN (SELECT id FROM longrun_operations
+                            WHERE lease_holder = $1 AND ended_us IS NULL
+                            ORDER BY id FOR UPDATE)",
         )
         .bind(holder)
         .bind(micros(until))
@@ -385,6 +393,9 @@ impl OperationStore for PgStore {
         .await
     }
 }
+
+/// Batches a node commits at once: their WAL flushes are shared.
+const PARALLEL_COMMITS: usize = 4;
 
 /// How long one node holds the retention sweep without asking again.
 const SWEEP_LEASE: std::time::Duration = std::time::Duration::from_secs(60);

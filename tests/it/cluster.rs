@@ -1,0 +1,303 @@
+//! Several nodes of the real binary on one PostgreSQL database.
+//!
+//! Any node answers for any operation (Get, Wait and Watch see what
+//! another node did); a node killed with SIGKILL loses nothing it
+//! acknowledged, its running work starts again on the others once its
+//! lease lapses and ends once, each webhook of it is delivered once, and
+//! the node, restarted, takes work again.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::google::longrunning::{GetOperationRequest, Operation, WaitOperationRequest};
+use longrun::pb::longrun::v1::delivery::DeliveryState;
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::notifications_client::NotificationsClient;
+use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use longrun::pb::longrun::v1::{
+    ListDeliveriesRequest, NotificationConfig, SleepRequest, SleepResponse, State,
+    WatchOperationRequest,
+};
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::common::{meta, sleep, state};
+use crate::pg::TestDb;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Short, so that failover is quick to see.
+const LEASE: &str = "2s";
+
+struct Node {
+    child: Child,
+    channel: Channel,
+}
+
+/// Starts `longrun serve` on `db` as node `name`, and waits until it serves.
+async fn start(db: &TestDb, dir: &Path, name: &str) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", &db.url])
+        .args(["--node-name", name, "--lease", LEASE])
+        .args(["--shutdown-grace", "1s", "--webhook-allow-private"])
+        .args(["--webhook-retry-schedule", "100ms,100ms,100ms"])
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .env("LONGRUN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start longrun");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, address)) = line.split_once("listening on ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("longrun {name} exited before listening");
+    })
+    .await
+    .expect("longrun listened in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    Node { child, channel }
+}
+
+impl Node {
+    fn ops(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel.clone())
+    }
+
+    fn diagnostics(&self) -> DiagnosticsClient<Channel> {
+        DiagnosticsClient::new(self.channel.clone())
+    }
+
+    async fn get(&self, name: &str) -> Operation {
+        self.ops()
+            .get_operation(GetOperationRequest { name: name.into() })
+            .await
+            .unwrap_or_else(|e| panic!("get {name}: {e:?}"))
+            .into_inner()
+    }
+
+    /// Waits (WaitOperation, again and again) until `name` is done.
+    async fn wait_done(&self, name: &str) -> Operation {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let op = self
+                    .ops()
+                    .wait_operation(WaitOperationRequest {
+                        name: name.into(),
+                        timeout: Some(prost_types::Duration {
+                            seconds: 5,
+                            nanos: 0,
+                        }),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if op.done {
+                    return op;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} done in time"))
+    }
+
+    async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+fn response(op: &Operation) -> SleepResponse {
+    match op.result.as_ref() {
+        Some(longrun::pb::google::longrunning::operation::Result::Response(any)) => {
+            SleepResponse::decode(any.value.as_slice()).unwrap()
+        }
+        other => panic!("{} did not succeed: {other:?}", op.name),
+    }
+}
+
+/// A webhook receiver: each POST's operation name, as it arrives.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<String>) {
+    let (tx, posts) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let _ = tx.send(json["data"]["name"].as_str().unwrap_or_default().to_owned());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, posts)
+}
+
+#[tokio::test]
+async fn any_node_answers_for_an_operation_made_on_another() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&db, dir.path(), "a").await;
+    let b = start(&db, dir.path(), "b").await;
+    let c = start(&db, dir.path(), "c").await;
+
+    let op = a
+        .diagnostics()
+        .sleep(sleep(Duration::from_millis(1500), 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.get(&op.name).await.name, op.name);
+    let mut stream = OperationWatcherClient::new(c.channel.clone())
+        .watch_operation(WatchOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let waited = b.wait_done(&op.name).await;
+    assert_eq!(state(&waited), State::Succeeded);
+    let watched = tokio::time::timeout(PATIENCE, async {
+        while let Some(seen) = stream.next().await {
+            let seen = seen.unwrap();
+            if seen.done {
+                return seen;
+            }
+        }
+        panic!("the watch ended before the operation was done");
+    })
+    .await
+    .expect("the watch saw the end");
+    assert_eq!(watched, c.get(&op.name).await);
+    assert_eq!(meta(&watched).attempt, 1);
+}
+
+#[tokio::test]
+async fn a_killed_nodes_work_finishes_on_the_others_once() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, mut posts) = receiver().await;
+    // Node a alone takes the first work, so that it is running there.
+    let mut a = start(&db, dir.path(), "a").await;
+    let request = SleepRequest {
+        notification: Some(NotificationConfig {
+            callback_url: hook.clone(),
+            events: Vec::new(),
+        }),
+        ..sleep(Duration::from_secs(4), 4)
+    };
+    let mut running = Vec::new();
+    for _ in 0..20 {
+        let op = a.diagnostics().sleep(request.clone()).await.unwrap();
+        running.push(op.into_inner().name);
+    }
+    for name in &running {
+        tokio::time::timeout(PATIENCE, async {
+            while state(&a.get(name).await) != State::Running {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("running on a");
+    }
+    let b = start(&db, dir.path(), "b").await;
+    let c = start(&db, dir.path(), "c").await;
+    // Creates acknowledged just before the kill, queued or running.
+    let mut late = Vec::new();
+    for _ in 0..20 {
+        let op = a
+            .diagnostics()
+            .sleep(sleep(Duration::from_millis(200), 1))
+            .await
+            .unwrap();
+        late.push(op.into_inner().name);
+    }
+    a.kill().await;
+
+    for name in &running {
+        let op = b.wait_done(name).await;
+        // Run again by a survivor, as attempt 2, after a's lease lapsed.
+        assert_eq!(state(&op), State::Succeeded, "{name}");
+        assert_eq!(response(&op).attempt, 2, "{name} ran again once");
+        assert_eq!(op, c.get(name).await);
+    }
+    for name in &late {
+        let op = c.wait_done(name).await;
+        assert_eq!(state(&op), State::Succeeded, "{name} was not lost");
+    }
+    // Each final state was posted, and recorded as delivered...
+    let mut posted: HashMap<String, usize> = HashMap::new();
+    tokio::time::timeout(PATIENCE, async {
+        while !running.iter().all(|name| posted.contains_key(name)) {
+            let name = posts.recv().await.expect("the receiver runs");
+            *posted.entry(name).or_default() += 1;
+        }
+    })
+    .await
+    .expect("every webhook delivered");
+    let mut notifications = NotificationsClient::new(b.channel.clone());
+    for name in &running {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let list = notifications
+                    .list_deliveries(ListDeliveriesRequest { name: name.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .deliveries;
+                if list
+                    .iter()
+                    .any(|d| d.state == DeliveryState::Delivered as i32)
+                {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the delivery recorded");
+    }
+    // ... and by one node only: nothing else arrived meanwhile.
+    while let Ok(name) = posts.try_recv() {
+        *posted.entry(name).or_default() += 1;
+    }
+    for name in &running {
+        assert_eq!(posted[name], 1, "{name} posted once");
+    }
+
+    // Restarted, a takes work again: the others stop, and a runs the next.
+    let a = start(&db, dir.path(), "a").await;
+    drop(b);
+    drop(c);
+    let op = a
+        .diagnostics()
+        .sleep(sleep(Duration::from_millis(100), 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&a.wait_done(&op.name).await), State::Succeeded);
+}
