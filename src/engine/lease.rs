@@ -1,14 +1,16 @@
 //! Leases on a shared store: this node renews the leases of the attempts
 //! it runs, and takes back the work of nodes whose leases lapsed.
 //!
-//! Every third of the lease, the node extends its leases by a whole lease,
-//! then looks for running operations whose lease ran out: their node died
+//! Every third of the lease, the node extends its leases by a whole lease;
+//! every second, it looks for running operations whose lease ran out: their
+//! node died
 //! or lost the database. Each is recovered as after a crash (attempt + 1,
 //! or ABORTED when its kind is not retry-safe or it has no attempts left);
 //! the model refuses a lease that was renewed meanwhile, and the attempt
 //! number fences a late write from the node that lost it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -20,18 +22,27 @@ use crate::store::{Applied, Write};
 /// The most lapsed operations taken back in one round.
 const TAKE_BACK: usize = 512;
 
+/// How often lapsed leases are looked for at most: a dead node's work
+/// starts again within the lease and this.
+const LOOK: Duration = Duration::from_secs(1);
+
 /// Runs until shutdown.
 pub(super) async fn keep(inner: Arc<Inner>) {
     let lease = inner.config.lease;
-    let every = (lease / 3).max(std::time::Duration::from_millis(100));
+    let renew_every = (lease / 3).max(Duration::from_millis(100));
+    let tick = renew_every.min(LOOK);
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
-        let now = inner.clock.now();
-        if let Err(e) = inner.ops.renew(&inner.config.node, now + lease).await {
-            warn!(error = %e, "could not renew this node's leases");
+        if renewed.elapsed() >= renew_every {
+            renewed = tokio::time::Instant::now();
+            let until = inner.clock.now() + lease;
+            if let Err(e) = inner.ops.renew(&inner.config.node, until).await {
+                warn!(error = %e, "could not renew this node's leases");
+            }
         }
         take_back(&inner).await;
     }
