@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -23,7 +22,6 @@ use longrun::pb::longrun::v1::{
     WatchOperationRequest,
 };
 use prost::Message;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -43,32 +41,17 @@ struct Node {
 
 /// Starts `longrun serve` on `db` as node `name`, and waits until it serves.
 async fn start(db: &TestDb, dir: &Path, name: &str) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", &db.url])
-        .args(["--node-name", name, "--lease", LEASE])
-        .args(["--shutdown-grace", "1s", "--webhook-allow-private"])
-        .args(["--webhook-retry-schedule", "100ms,100ms,100ms"])
-        .arg("--data-dir")
-        .arg(dir.join(name))
-        .env("LONGRUN_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start longrun");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some((_, address)) = line.split_once("listening on ") {
-                return address.trim().to_owned();
-            }
-        }
-        panic!("longrun {name} exited before listening");
-    })
-    .await
-    .expect("longrun listened in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel = Channel::from_shared(format!("http://{address}"))
+    let (child, url) = crate::common::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", &db.url])
+            .args(["--node-name", name, "--lease", LEASE])
+            .args(["--shutdown-grace", "1s", "--webhook-allow-private"])
+            .args(["--webhook-retry-schedule", "100ms,100ms,100ms"])
+            .arg("--data-dir")
+            .arg(dir.join(name)),
+    )
+    .await;
+    let channel = Channel::from_shared(url)
         .unwrap()
         .connect()
         .await

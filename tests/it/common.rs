@@ -423,3 +423,33 @@ pub fn auth_toml(people: &[&Person], extra: &str) -> String {
     text.push_str(extra);
     text
 }
+
+/// Starts the real `longrun` binary as `command` describes (logs on a
+/// piped stderr), waits until it says where it listens, and returns the
+/// child and its `http://` URL. The log is drained from then on, so the
+/// server never blocks on a full pipe.
+pub async fn spawn_listening(
+    command: &mut tokio::process::Command,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
+        .env("LONGRUN_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start longrun");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, address)) = line.split_once("listening on ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("longrun exited before listening");
+    })
+    .await
+    .expect("longrun listened in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{address}"))
+}

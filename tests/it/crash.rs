@@ -37,34 +37,15 @@ struct Process {
 /// Starts `longrun serve` on a free port, with default settings but for
 /// a short shutdown grace, and waits until it is serving.
 async fn start(dir: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--shutdown-grace", "1s"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("LONGRUN_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start longrun");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some((_, address)) = line.split_once("listening on ") {
-                return address.trim().to_owned();
-            }
-        }
-        panic!("longrun exited before listening");
-    })
-    .await
-    .expect("longrun listened in time");
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Process {
-        child,
-        url: format!("http://{address}"),
-    }
+    let (child, url) = crate::common::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--shutdown-grace", "1s"])
+            .arg("--data-dir")
+            .arg(dir),
+    )
+    .await;
+    Process { child, url }
 }
 
 async fn channel(p: &Process) -> Channel {
