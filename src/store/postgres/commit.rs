@@ -24,15 +24,15 @@ use crate::store::{Applied, Change, Created, StoreError, StoreResult, Write};
 /// The batch's view of the rows it touches, and what it changed.
 pub(super) struct Stage {
     now: SystemTime,
-    /// Operations as the batch leaves them; None once deleted.
+    /// Operations as the batch leaves them; None once deleted. With
+    /// `stored`, this says what to write: a row not stored is inserted, a
+    /// stored one whose version moved is updated, a stored one now None is
+    /// deleted.
     rows: HashMap<OperationId, Option<Operation>>,
     /// The attempt, version and state of each row as stored: the first two
     /// for the fencing check, the state for the queue's count.
     stored: HashMap<OperationId, (u32, u64, State)>,
     by_request: HashMap<(Tenant, RequestId), OperationId>,
-    created: Vec<OperationId>,
-    updated: Vec<OperationId>,
-    deleted: Vec<OperationId>,
     deliveries: Vec<Delivery>,
     pub(super) changes: Vec<Change>,
     notes: Vec<Note>,
@@ -104,9 +104,6 @@ impl Stage {
             rows: HashMap::new(),
             stored: HashMap::new(),
             by_request: HashMap::new(),
-            created: Vec::new(),
-            updated: Vec::new(),
-            deleted: Vec::new(),
             deliveries: Vec::new(),
             changes: Vec::new(),
             notes: Vec::new(),
@@ -125,13 +122,13 @@ impl Stage {
     }
 
     /// Applies one write, or refuses it leaving nothing staged.
-    pub(super) fn write(&mut self, write: Write) -> StoreResult<Applied> {
+    pub(super) fn write(&mut self, write: &Write) -> StoreResult<Applied> {
         let durable = write.is_durable();
         let applied = match write {
             Write::Create(op) => self.create(op).map(Applied::Created),
             Write::Update { id, edit } => {
-                let current = self.read(id)?;
-                match current.apply(&edit, self.now)? {
+                let current = self.read(*id)?;
+                match current.apply(edit, self.now)? {
                     None => Ok(Applied::Updated(current)),
                     Some(transition) => {
                         let next = transition.operation;
@@ -144,12 +141,12 @@ impl Stage {
                 }
             }
             Write::Delete(id) => {
-                let op = self.read(id)?;
+                let op = self.read(*id)?;
                 op.check_deletable()?;
                 self.remove(&op);
                 Ok(Applied::Deleted(true))
             }
-            Write::Purge(id) => match self.read(id) {
+            Write::Purge(id) => match self.read(*id) {
                 Ok(op) if op.check_deletable().is_ok() => {
                     self.remove(&op);
                     Ok(Applied::Deleted(true))
@@ -158,7 +155,7 @@ impl Stage {
             },
             Write::SaveDelivery(delivery) => {
                 self.changes.push(Change::Delivery(delivery.operation));
-                self.deliveries.push(delivery);
+                self.deliveries.push(delivery.clone());
                 Ok(Applied::DeliverySaved)
             }
         }?;
@@ -174,7 +171,7 @@ impl Stage {
             .ok_or(StoreError::NotFound)
     }
 
-    fn create(&mut self, op: Operation) -> StoreResult<Created> {
+    fn create(&mut self, op: &Operation) -> StoreResult<Created> {
         if let Some(request_id) = op.request_id
             && let Some(existing) = self.by_request.get(&(op.tenant.clone(), request_id))
             && let Some(Some(existing)) = self.rows.get(existing)
@@ -195,18 +192,14 @@ impl Stage {
             self.by_request
                 .insert((op.tenant.clone(), request_id), op.id);
         }
-        self.created.push(op.id);
-        self.notes.push(Note::of(&op, self.wants_delivery(op.id)));
+        self.notes.push(Note::of(op, self.wants_delivery(op.id)));
         self.changes.push(Change::Updated(Arc::new(op.clone())));
         self.rows.insert(op.id, Some(op.clone()));
-        Ok(Created::New(op))
+        Ok(Created::New(op.clone()))
     }
 
     fn changed(&mut self, next: Operation) {
         let id = next.id;
-        if !self.created.contains(&id) && !self.updated.contains(&id) {
-            self.updated.push(id);
-        }
         self.notes.push(Note::of(&next, self.wants_delivery(id)));
         self.changes.push(Change::Updated(Arc::new(next.clone())));
         self.rows.insert(id, Some(next));
@@ -225,12 +218,6 @@ impl Stage {
             self.by_request.remove(&(op.tenant.clone(), request_id));
         }
         self.deliveries.retain(|d| d.operation != id);
-        if let Some(at) = self.created.iter().position(|c| *c == id) {
-            self.created.remove(at);
-        } else {
-            self.updated.retain(|u| *u != id);
-            self.deleted.push(id);
-        }
         self.notes.push(Note::deleted(id));
         self.changes.push(Change::Deleted(id));
     }
@@ -246,34 +233,37 @@ impl Stage {
         tag: &str,
     ) -> Result<QueueMoves, SaveError> {
         let mut moves = QueueMoves::default();
-        let final_of = |id: &OperationId| self.rows.get(id).cloned().flatten();
-        let created: Vec<Operation> = self.created.iter().filter_map(final_of).collect();
+        let (mut created, mut updated, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, row) in &self.rows {
+            match (self.stored.get(id), row) {
+                (None, Some(op)) => created.push(op),
+                (Some((_, version, _)), Some(op)) if op.version != *version => updated.push(op),
+                (Some(_), None) => deleted.push(*id),
+                _ => {}
+            }
+        }
         if !created.is_empty() {
             let columns = Columns::of(&created);
-            let inserted = sqlx::query(
+            let query = sqlx::query(
                 "INSERT INTO longrun_operations
-                   (id, tenant, kind, state, request_id, due_us, ended_us,
+                   (id, tenant, kind, request_id, state, due_us, ended_us,
                     lease_holder, lease_expires_us, attempt, version, record)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[],
-                    $5::uuid[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
+                    $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
                     $10::int4[], $11::int8[], $12::bytea[])
                  ON CONFLICT DO NOTHING",
-            )
-            .bind(&columns.id)
-            .bind(&columns.tenant)
-            .bind(&columns.kind)
-            .bind(&columns.state)
-            .bind(&columns.request_id)
-            .bind(&columns.due_us)
-            .bind(&columns.ended_us)
-            .bind(&columns.lease_holder)
-            .bind(&columns.lease_expires_us)
-            .bind(&columns.attempt)
-            .bind(&columns.version)
-            .bind(&columns.record)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| SaveError::Store(db(e)))?;
+            );
+            let query = columns.bind_changing(
+                query
+                    .bind(&columns.id)
+                    .bind(&columns.tenant)
+                    .bind(&columns.kind)
+                    .bind(&columns.request_id),
+            );
+            let inserted = query
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| SaveError::Store(db(e)))?;
             if inserted.rows_affected() != created.len() as u64 {
                 return Err(SaveError::RequestIdRace);
             }
@@ -283,7 +273,6 @@ impl Stage {
                 }
             }
         }
-        let updated: Vec<Operation> = self.updated.iter().filter_map(final_of).collect();
         if !updated.is_empty() {
             let columns = Columns::of(&updated);
             let (was_attempt, was_version): (Vec<i32>, Vec<i64>) = updated
@@ -297,7 +286,7 @@ impl Stage {
                     (attempt as i32, version as i64)
                 })
                 .unzip();
-            let done = sqlx::query(
+            let query = sqlx::query(
                 "UPDATE longrun_operations o SET
                     state = u.state, due_us = u.due_us, ended_us = u.ended_us,
                     lease_holder = u.lease_holder, lease_expires_us = u.lease_expires_us,
@@ -307,21 +296,17 @@ impl Stage {
                     AS u(id, was_attempt, was_version, state, due_us, ended_us,
                          lease_holder, lease_expires_us, attempt, version, record)
                  WHERE o.id = u.id AND o.attempt = u.was_attempt AND o.version = u.was_version",
-            )
-            .bind(&columns.id)
-            .bind(&was_attempt)
-            .bind(&was_version)
-            .bind(&columns.state)
-            .bind(&columns.due_us)
-            .bind(&columns.ended_us)
-            .bind(&columns.lease_holder)
-            .bind(&columns.lease_expires_us)
-            .bind(&columns.attempt)
-            .bind(&columns.version)
-            .bind(&columns.record)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| SaveError::Store(db(e)))?;
+            );
+            let query = columns.bind_changing(
+                query
+                    .bind(&columns.id)
+                    .bind(&was_attempt)
+                    .bind(&was_version),
+            );
+            let done = query
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| SaveError::Store(db(e)))?;
             if done.rows_affected() != updated.len() as u64 {
                 return Err(SaveError::Store(StoreError::Backend(
                     "an operation changed under a batch that held its lock".into(),
@@ -339,8 +324,8 @@ impl Stage {
                 }
             }
         }
-        if !self.deleted.is_empty() {
-            let ids: Vec<uuid::Uuid> = self.deleted.iter().map(uuid_of).collect();
+        if !deleted.is_empty() {
+            let ids: Vec<uuid::Uuid> = deleted.iter().map(uuid_of).collect();
             sqlx::query("DELETE FROM longrun_deliveries WHERE operation = ANY($1)")
                 .bind(&ids)
                 .execute(&mut **tx)
@@ -423,8 +408,23 @@ struct Columns {
     record: Vec<Vec<u8>>,
 }
 
+type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl Columns {
-    fn of(ops: &[Operation]) -> Self {
+    /// Binds the columns a change may move, state to record, in that order.
+    fn bind_changing<'q>(&'q self, query: Query<'q>) -> Query<'q> {
+        query
+            .bind(&self.state)
+            .bind(&self.due_us)
+            .bind(&self.ended_us)
+            .bind(&self.lease_holder)
+            .bind(&self.lease_expires_us)
+            .bind(&self.attempt)
+            .bind(&self.version)
+            .bind(&self.record)
+    }
+
+    fn of(ops: &[&Operation]) -> Self {
         let n = ops.len();
         let mut c = Columns {
             id: Vec::with_capacity(n),

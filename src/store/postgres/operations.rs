@@ -53,7 +53,7 @@ impl PgStore {
     /// One try at a batch: its own transaction, committed or rolled back.
     async fn try_commit(
         &self,
-        writes: Vec<Write>,
+        writes: &[Write],
         now: SystemTime,
     ) -> Result<(Vec<StoreResult<Applied>>, Stage), SaveError> {
         let mut tx = self
@@ -61,10 +61,10 @@ impl PgStore {
             .begin()
             .await
             .map_err(|e| SaveError::Store(db(e)))?;
-        let mut stage = Stage::load(&mut tx, &writes, now)
+        let mut stage = Stage::load(&mut tx, writes, now)
             .await
             .map_err(SaveError::Store)?;
-        let results: Vec<_> = writes.into_iter().map(|w| stage.write(w)).collect();
+        let results: Vec<_> = writes.iter().map(|w| stage.write(w)).collect();
         if !stage.durable {
             // Claims and progress only: they need not wait for the WAL.
             lazy(&mut tx).await.map_err(SaveError::Store)?;
@@ -123,7 +123,7 @@ impl PgStore {
             let edit = Edit::Claim {
                 lease: request.lease.clone(),
             };
-            if let Ok(Applied::Updated(op)) = stage.write(Write::Update { id, edit }) {
+            if let Ok(Applied::Updated(op)) = stage.write(&Write::Update { id, edit }) {
                 claimed.push(op);
             }
         }
@@ -179,7 +179,7 @@ impl OperationStore for PgStore {
         let n = writes.len();
         let mut tries = 0;
         loop {
-            match self.try_commit(writes.clone(), now).await {
+            match self.try_commit(&writes, now).await {
                 Ok((results, stage)) => {
                     self.inner.health.send_if_modified(|h| {
                         let was = *h;
