@@ -1,12 +1,13 @@
-//! The ImportOrders kind: a parser thread reads the staged CSV and sends
-//! batches through a bounded channel to a writer that stores them. The
-//! channel bounds memory, and both ends check for cancellation every batch.
+//! The ImportOrders kind: a parser thread reads the staged CSV (streamed
+//! from the file store) and sends batches through a bounded channel to a
+//! writer that stores them. The channel bounds memory, and both ends check
+//! for cancellation every batch.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::PathBuf;
+use std::io::{BufReader, Read};
 
+use futures_util::TryStreamExt;
 use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use super::Reports;
@@ -28,7 +29,7 @@ pub const MAX_ROW_ERRORS: usize = 1000;
 /// client never sees it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ImportJob {
-    /// The upload's file name in the uploads directory.
+    /// The upload's name among uploads.
     #[prost(string, tag = "1")]
     pub upload: String,
     /// Its size, for progress.
@@ -71,11 +72,10 @@ fn io_failure(e: impl std::fmt::Display) -> TaskError {
 /// Reads the file and sends batches until the end, a cancellation, or the
 /// writer going away.
 fn parse(
-    path: PathBuf,
+    file: impl Read,
     out: mpsc::Sender<Batch>,
     cancel: CancellationToken,
 ) -> Result<(), TaskError> {
-    let file = File::open(&path).map_err(io_failure)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
@@ -157,11 +157,26 @@ impl Task for ImportOrdersTask {
         ctx: TaskContext,
         job: ImportJob,
     ) -> Result<api::ImportOrdersResponse, TaskError> {
-        let path = self.reports.upload_path(&job.upload);
+        let upload = Reports::upload_file(&job.upload);
+        let file = self
+            .reports
+            .files()
+            .open(&upload)
+            .await
+            .map_err(io_failure)?
+            .ok_or_else(|| {
+                TaskError::new(
+                    Code::DataLoss,
+                    "UPLOAD_MISSING",
+                    "the staged upload is gone; upload the file again",
+                )
+            })?;
+        let bytes = StreamReader::new(file.chunks.map_err(std::io::Error::other));
+        let file = SyncIoBridge::new(bytes);
         let total = job.size_bytes.max(1);
         let (tx, mut rx) = mpsc::channel(PIPELINE_DEPTH);
         let cancel = ctx.cancellation().clone();
-        let parser = tokio::task::spawn_blocking(move || parse(path.clone(), tx, cancel));
+        let parser = tokio::task::spawn_blocking(move || parse(file, tx, cancel));
 
         let mut response = api::ImportOrdersResponse::default();
         let mut rows = 0u64;
@@ -225,11 +240,15 @@ impl Task for ImportOrdersTask {
         }
         parsed?;
         // The upload has served its purpose.
-        let _ = tokio::fs::remove_file(self.reports.upload_path(&job.upload)).await;
+        let _ = self.reports.files().remove(&upload).await;
         Ok(response)
     }
 
     async fn expire(&self, _id: OperationId, job: ImportJob) {
-        let _ = tokio::fs::remove_file(self.reports.upload_path(&job.upload)).await;
+        let _ = self
+            .reports
+            .files()
+            .remove(&Reports::upload_file(&job.upload))
+            .await;
     }
 }

@@ -3,10 +3,14 @@
 //!
 //! - `rows`: reading one CSV row into an order (orders and months
 //!   themselves are in the model);
-//! - `upload`: staging an uploaded CSV file on disk, checked, before any
-//!   operation exists;
+//! - `upload`: staging an uploaded CSV file in the file store, checked,
+//!   before any operation exists;
 //! - `import`: the ImportOrders kind, a parser thread feeding a writer;
 //! - `render`: the CreateReport kind, streaming one month to a file;
+//!
+//! Uploads and report files live in the backend's [`FileStore`]: the data
+//! directory for sled, the database for PostgreSQL, where every node reads
+//! them.
 //! - `generate`: realistic, deterministic order files for demos and
 //!   benchmarks.
 
@@ -16,17 +20,14 @@ pub mod render;
 pub mod rows;
 pub mod upload;
 
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures_util::Stream;
-use tokio::io::AsyncReadExt;
+use futures_util::{Stream, StreamExt};
 
 use crate::engine::{Engine, EngineError, Registry, SubmitOptions, Task};
 use crate::model::{OperationId, Outcome, Scope, State};
 use crate::pb::longrun::v1::{Report, ReportFormat};
-use crate::store::{OrderStore, StoreError};
+use crate::store::{FileStore, OrderStore, StoreError};
 
 pub use self::import::ImportOrdersTask;
 pub use self::render::CreateReportTask;
@@ -39,33 +40,27 @@ pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
 #[derive(Clone)]
 pub struct Reports {
     orders: Arc<dyn OrderStore>,
-    uploads: PathBuf,
-    files: PathBuf,
+    files: Arc<dyn FileStore>,
     max_upload: u64,
     max_orders: Option<u64>,
 }
 
 impl Reports {
-    /// Uses `orders` for storage and `data_dir` for uploads and report
-    /// files, refusing uploads over `max_upload` bytes and keeping each
-    /// tenant to `max_orders` stored orders.
-    pub fn open(
-        data_dir: &Path,
+    /// Uses `orders` for orders and `files` for uploads and report files,
+    /// refusing uploads over `max_upload` bytes and keeping each tenant to
+    /// `max_orders` stored orders.
+    pub fn new(
         orders: Arc<dyn OrderStore>,
+        files: Arc<dyn FileStore>,
         max_upload: u64,
         max_orders: Option<u64>,
-    ) -> io::Result<Self> {
-        let uploads = data_dir.join("uploads");
-        let files = data_dir.join("reports");
-        std::fs::create_dir_all(&uploads)?;
-        std::fs::create_dir_all(&files)?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             orders,
-            uploads,
             files,
             max_upload,
             max_orders,
-        })
+        }
     }
 
     /// The most orders one tenant may store; None when unlimited.
@@ -84,33 +79,35 @@ impl Reports {
         &self.orders
     }
 
+    /// The file store.
+    pub(crate) fn files(&self) -> &Arc<dyn FileStore> {
+        &self.files
+    }
+
     /// Starts staging a new upload.
     pub async fn upload(&self) -> Result<Upload, UploadError> {
-        Upload::create(&self.uploads, self.max_upload).await
+        Upload::create(self.files.as_ref(), self.max_upload).await
     }
 
-    /// Where a staged upload lives.
-    pub(crate) fn upload_path(&self, name: &str) -> PathBuf {
-        self.uploads.join(name)
+    /// The file name of the staged upload called `name`.
+    pub(crate) fn upload_file(name: &str) -> String {
+        format!("uploads/{name}")
     }
 
-    /// Where the report made by operation `id` lives.
-    pub fn report_path(&self, id: OperationId, format: ReportFormat) -> PathBuf {
+    /// The file name of the report made by operation `id`.
+    pub fn report_file(id: OperationId, format: ReportFormat) -> String {
         let extension = match format {
             ReportFormat::Json => "json",
             _ => "csv",
         };
-        self.files.join(format!("{}.{extension}", id.uuid()))
+        format!("{}/{}.{extension}", render::REPORTS_COLLECTION, id.uuid())
     }
 }
-
-/// Bytes per chunk when a report file is read.
-pub const READ_CHUNK: usize = 64 * 1024;
 
 impl From<UploadError> for EngineError {
     fn from(e: UploadError) -> Self {
         match e {
-            UploadError::Io(io) => StoreError::Backend(io.to_string()).into(),
+            UploadError::Store(e) => e.into(),
             other => EngineError::invalid("csv_chunk", other.to_string()),
         }
     }
@@ -140,7 +137,7 @@ impl Reports {
         let kept = matches!(&submitted, Ok(op)
             if op.request.unpack::<import::ImportJob>().is_ok_and(|j| j.upload == staged.name));
         if !kept {
-            let _ = tokio::fs::remove_file(&staged.path).await;
+            let _ = self.files.remove(&Self::upload_file(&staged.name)).await;
         }
         submitted
     }
@@ -186,42 +183,27 @@ impl Reports {
         }
     }
 
-    /// The file of a finished report, as chunks of at most [`READ_CHUNK`]
-    /// bytes.
+    /// The file of a finished report, as chunks of at most
+    /// [`READ_CHUNK`](crate::store::files::READ_CHUNK) bytes.
     pub async fn read(
         &self,
         id: OperationId,
         format: ReportFormat,
     ) -> Result<impl Stream<Item = Result<Vec<u8>, EngineError>> + Send + 'static, EngineError>
     {
-        let file = match tokio::fs::File::open(self.report_path(id, format)).await {
-            Ok(file) => file,
+        let Some(file) = self.files.open(&Self::report_file(id, format)).await? else {
             // Expiring right now: the record goes next.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EngineError::NotFound {
-                    name: format!("{}/{}", render::REPORTS_COLLECTION, id.uuid()),
-                });
-            }
-            Err(e) => return Err(io_failure("cannot open the report", e)),
+            return Err(EngineError::NotFound {
+                name: format!("{}/{}", render::REPORTS_COLLECTION, id.uuid()),
+            });
         };
-        Ok(futures_util::stream::unfold(
-            Some(file),
-            |file| async move {
-                let mut file = file?;
-                let mut buf = vec![0u8; READ_CHUNK];
-                match file.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok(buf), Some(file)))
-                    }
-                    Err(e) => Some((Err(io_failure("cannot read the report", e)), None)),
-                }
-            },
-        ))
+        Ok(file.chunks.map(|chunk| {
+            chunk.map(Vec::from).map_err(|e| match e {
+                StoreError::NotFound => EngineError::Store(StoreError::Backend(
+                    "the report was removed while it was read".into(),
+                )),
+                other => other.into(),
+            })
+        }))
     }
-}
-
-fn io_failure(what: &str, e: io::Error) -> EngineError {
-    StoreError::Backend(format!("{what}: {e}")).into()
 }

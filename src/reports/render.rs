@@ -1,13 +1,11 @@
 //! The CreateReport kind: streams one month of orders, in order, to a file
-//! in the data directory, hashing it on the way. Memory stays flat however
-//! large the month: orders are read and written a page at a time.
+//! in the file store, hashing it on the way. Memory stays flat however
+//! large the month: orders are read, rendered and written a page at a time.
 //!
-//! The file is written under a temporary name and renamed only when
-//! complete, so a cancelled or crashed report leaves no partial file.
+//! The file becomes visible only when complete, so a cancelled or crashed
+//! report leaves no partial file.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
@@ -81,10 +79,10 @@ impl Totals {
     }
 }
 
-/// The file being written; rendering runs on a blocking thread, a page at a
-/// time.
+/// The report being rendered, on a blocking thread a page at a time, into
+/// a buffer that the task then hands to the file store.
 struct Renderer {
-    out: Hashing<BufWriter<File>>,
+    out: Hashing<Vec<u8>>,
     format: ReportFormat,
     month: Month,
     totals: Totals,
@@ -140,7 +138,12 @@ impl Renderer {
         Ok(())
     }
 
-    fn finish(mut self) -> std::io::Result<(Totals, u64, String)> {
+    /// The bytes rendered since the last call.
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out.inner)
+    }
+
+    fn finish(mut self) -> std::io::Result<(Totals, u64, String, Vec<u8>)> {
         let t = &self.totals;
         match self.format {
             ReportFormat::Json => {
@@ -160,10 +163,8 @@ impl Renderer {
             }
             _ => writeln!(self.out, "TOTAL,,,,{}", t.amount)?,
         }
-        self.out.flush()?;
-        self.out.inner.get_ref().sync_all()?;
         let sha = hex(&self.out.hasher.finalize());
-        Ok((self.totals, self.out.bytes, sha))
+        Ok((self.totals, self.out.bytes, sha, self.out.inner))
     }
 }
 
@@ -171,7 +172,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn disk_failure(e: impl std::fmt::Display) -> TaskError {
+fn store_failure(e: impl std::fmt::Display) -> TaskError {
     TaskError::retryable(
         Code::Unavailable,
         "REPORT_NOT_WRITTEN",
@@ -179,26 +180,20 @@ fn disk_failure(e: impl std::fmt::Display) -> TaskError {
     )
 }
 
-/// Runs `f` on the renderer on a blocking thread and hands it back.
-async fn on_disk<T: Send + 'static>(
+/// Runs `f` on the renderer on a blocking thread, and hands it back with
+/// the bytes rendered.
+async fn rendered(
     mut renderer: Renderer,
-    f: impl FnOnce(&mut Renderer) -> std::io::Result<T> + Send + 'static,
-) -> Result<(Renderer, T), TaskError> {
-    tokio::task::spawn_blocking(move || f(&mut renderer).map(|t| (renderer, t)))
-        .await
-        .map_err(disk_failure)?
-        .map_err(disk_failure)
-}
-
-/// Removes the temporary file unless the report was completed.
-struct Unfinished(Option<PathBuf>);
-
-impl Drop for Unfinished {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    f: impl FnOnce(&mut Renderer) -> std::io::Result<()> + Send + 'static,
+) -> Result<(Renderer, Vec<u8>), TaskError> {
+    tokio::task::spawn_blocking(move || {
+        f(&mut renderer)?;
+        let bytes = renderer.take();
+        Ok((renderer, bytes))
+    })
+    .await
+    .map_err(store_failure)?
+    .map_err(|e: std::io::Error| store_failure(e))
 }
 
 /// Checks a CreateReport request, returning the month.
@@ -241,14 +236,18 @@ impl Task for CreateReportTask {
         let expected = orders
             .month_count(ctx.tenant(), month)
             .await
-            .map_err(disk_failure)?;
-        let path = self.reports.report_path(ctx.operation_id(), format);
-        let temp = path.with_extension("part");
-        let file = File::create(&temp).map_err(disk_failure)?;
-        let mut unfinished = Unfinished(Some(temp.clone()));
+            .map_err(store_failure)?;
+        let name = Reports::report_file(ctx.operation_id(), format);
+        // Dropped unfinished (cancelled, failed), it leaves nothing behind.
+        let mut file = self
+            .reports
+            .files()
+            .create(&name)
+            .await
+            .map_err(store_failure)?;
         let renderer = Renderer {
             out: Hashing {
-                inner: BufWriter::with_capacity(1 << 20, file),
+                inner: Vec::with_capacity(1 << 20),
                 hasher: Sha256::new(),
                 bytes: 0,
             },
@@ -256,7 +255,8 @@ impl Task for CreateReportTask {
             month,
             totals: Totals::default(),
         };
-        let (mut renderer, ()) = on_disk(renderer, Renderer::start).await?;
+        let (mut renderer, head) = rendered(renderer, Renderer::start).await?;
+        file.write(&head).await.map_err(store_failure)?;
         let mut cursor = None;
         loop {
             if ctx.is_cancelled() {
@@ -265,9 +265,10 @@ impl Task for CreateReportTask {
             let (page, next) = orders
                 .month_page(ctx.tenant(), month, cursor, PAGE_ROWS)
                 .await
-                .map_err(disk_failure)?;
-            let (r, ()) = on_disk(renderer, move |r| r.page(&page)).await?;
+                .map_err(store_failure)?;
+            let (r, bytes) = rendered(renderer, move |r| r.page(&page)).await?;
             renderer = r;
+            file.write(&bytes).await.map_err(store_failure)?;
             let written = renderer.totals.orders as u64;
             ctx.set_progress(
                 (written * 100 / expected.max(1)).min(99) as u32,
@@ -278,17 +279,12 @@ impl Task for CreateReportTask {
                 None => break,
             }
         }
-        let (totals, size, sha256) = tokio::task::spawn_blocking(move || renderer.finish())
+        let (totals, size, sha256, tail) = tokio::task::spawn_blocking(move || renderer.finish())
             .await
-            .map_err(disk_failure)?
-            .map_err(disk_failure)?;
-        std::fs::rename(&temp, &path).map_err(disk_failure)?;
-        unfinished.0 = None;
-        if let Some(dir) = path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(disk_failure)?;
-        }
+            .map_err(store_failure)?
+            .map_err(store_failure)?;
+        file.write(&tail).await.map_err(store_failure)?;
+        file.finish().await.map_err(store_failure)?;
         Ok(api::Report {
             name: format!("{REPORTS_COLLECTION}/{}", ctx.operation_id().uuid()),
             month: month.to_string(),
@@ -304,8 +300,10 @@ impl Task for CreateReportTask {
 
     async fn expire(&self, id: OperationId, request: api::CreateReportRequest) {
         let format = ReportFormat::try_from(request.format).unwrap_or(ReportFormat::Csv);
-        let path = self.reports.report_path(id, format);
-        let _ = tokio::fs::remove_file(&path).await;
-        let _ = tokio::fs::remove_file(path.with_extension("part")).await;
+        let _ = self
+            .reports
+            .files()
+            .remove(&Reports::report_file(id, format))
+            .await;
     }
 }

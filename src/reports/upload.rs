@@ -1,15 +1,13 @@
-//! Staging an uploaded CSV file: written to a temporary file chunk by
-//! chunk, checked as it arrives (size limit, UTF-8, a header naming every
-//! column), then made durable under its final name. Only a file that passed
-//! every check becomes an import operation.
-
-use std::path::{Path, PathBuf};
+//! Staging an uploaded CSV file: written to the file store chunk by chunk,
+//! checked as it arrives (size limit, UTF-8, a header naming every column),
+//! and made durable and visible only when it passed every check. Only such
+//! a file becomes an import operation.
 
 use sha2::{Digest, Sha256};
-use tokio::fs::File;
-use tokio::io::AsyncWriteExt;
 
+use super::Reports;
 use super::rows::ColumnMap;
+use crate::store::{FileStore, FileWriter, StoreError};
 
 /// The longest header line accepted.
 const MAX_HEADER: usize = 64 * 1024;
@@ -29,16 +27,15 @@ pub enum UploadError {
     /// The first line is not a usable header.
     #[error("{0}")]
     BadHeader(String),
-    /// The disk failed.
+    /// The store failed.
     #[error("could not store the upload: {0}")]
-    Io(#[from] std::io::Error),
+    Store(#[from] StoreError),
 }
 
 /// An upload in progress.
 pub struct Upload {
-    file: Option<File>,
-    temp: PathBuf,
-    dir: PathBuf,
+    writer: Box<dyn FileWriter>,
+    name: String,
     size: u64,
     limit: u64,
     hasher: Sha256,
@@ -48,25 +45,22 @@ pub struct Upload {
     header: Option<Vec<u8>>,
 }
 
-/// A checked upload, durable on disk.
+/// A checked upload, durable in the file store.
 #[derive(Debug, Clone)]
 pub struct StagedUpload {
-    /// Its file name in the uploads directory.
+    /// Its name among uploads.
     pub name: String,
-    /// Its full path.
-    pub path: PathBuf,
     pub size: u64,
     pub sha256: [u8; 32],
 }
 
 impl Upload {
-    pub(super) async fn create(dir: &Path, limit: u64) -> Result<Self, UploadError> {
-        let temp = dir.join(format!("{}.part", uuid::Uuid::now_v7()));
-        let file = File::create(&temp).await?;
+    pub(super) async fn create(files: &dyn FileStore, limit: u64) -> Result<Self, UploadError> {
+        let name = format!("{}.csv", uuid::Uuid::now_v7());
+        let writer = files.create(&Reports::upload_file(&name)).await?;
         Ok(Self {
-            file: Some(file),
-            temp,
-            dir: dir.to_path_buf(),
+            writer,
+            name,
             size: 0,
             limit,
             hasher: Sha256::new(),
@@ -87,11 +81,7 @@ impl Upload {
         self.collect_header(chunk)?;
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
-        self.file
-            .as_mut()
-            .expect("open until finished")
-            .write_all(chunk)
-            .await?;
+        self.writer.write(chunk).await?;
         Ok(())
     }
 
@@ -136,7 +126,7 @@ impl Upload {
     }
 
     /// Finishes the upload: checks what can only be checked at the end,
-    /// syncs the file and gives it its final name.
+    /// and makes the file durable and visible.
     pub async fn finish(mut self) -> Result<StagedUpload, UploadError> {
         if self.size == 0 {
             return Err(UploadError::Empty);
@@ -149,29 +139,12 @@ impl Upload {
         if let Some(line) = self.header.take() {
             check_header(&line)?;
         }
-        let mut file = self.file.take().expect("open until finished");
-        file.flush().await?;
-        file.sync_all().await?;
-        drop(file);
-        let name = format!("{}.csv", uuid::Uuid::now_v7());
-        let path = self.dir.join(&name);
-        tokio::fs::rename(&self.temp, &path).await?;
-        // The rename itself must survive a crash too.
-        File::open(&self.dir).await?.sync_all().await?;
+        self.writer.finish().await?;
         Ok(StagedUpload {
-            name,
-            path,
+            name: self.name,
             size: self.size,
-            sha256: std::mem::take(&mut self.hasher).finalize().into(),
+            sha256: self.hasher.finalize().into(),
         })
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        // A refused or abandoned upload leaves nothing behind. After
-        // `finish` the temporary name no longer exists; that is fine.
-        let _ = std::fs::remove_file(&self.temp);
     }
 }
 

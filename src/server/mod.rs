@@ -301,16 +301,12 @@ impl Server {
             // No secret given: the nodes of one store share one, kept in it.
             config.webhooks.secrets = vec![shared_webhook_secret(&stores).await?];
         }
-        let reports = Reports::open(
-            &config.data_dir,
+        let reports = Reports::new(
             Arc::clone(&stores.orders),
+            Arc::clone(&stores.files),
             config.max_upload_size,
             config.max_orders_per_tenant,
-        )
-        .map_err(|e| ServerError::Store {
-            path: config.data_dir.display().to_string(),
-            source: StoreError::Backend(e.to_string()),
-        })?;
+        );
         reports.register(&mut registry);
         if config.diagnostics {
             registry.register_with(SleepTask, config.sleep_policy.clone());

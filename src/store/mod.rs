@@ -5,9 +5,11 @@
 //! - [`OutboxStore`]: webhook deliveries;
 //! - [`SecretStore`]: small named secrets shared by every process on the
 //!   store;
-//! - [`OrderStore`]: the orders reports are made from.
+//! - [`OrderStore`]: the orders reports are made from;
+//! - [`FileStore`] (`files`): files too large for a record, such as
+//!   uploads and rendered reports.
 //!
-//! A backend implements all four and hands them out together as
+//! A backend implements all five and hands them out together as
 //! [`Stores`]. It persists decisions and never makes them: every state
 //! change is an [`Edit`] that the model's [`Operation::apply`] turns into a
 //! [`Transition`](crate::model::Transition), and the backend stores the
@@ -25,6 +27,7 @@
 
 mod codec;
 mod error;
+pub mod files;
 pub mod postgres;
 pub mod ready;
 pub mod sled;
@@ -41,6 +44,7 @@ use crate::model::order::{Month, Order};
 use crate::model::{Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant};
 
 pub use self::error::{StoreError, StoreResult};
+pub use self::files::{DirFiles, FileRead, FileStore, FileWriter};
 pub use self::postgres::PgStore;
 pub use self::ready::QueueDepth;
 pub use self::sled::{SledStore, SyncMode};
@@ -366,20 +370,22 @@ pub struct Stores {
     pub outbox: Arc<dyn OutboxStore>,
     pub secrets: Arc<dyn SecretStore>,
     pub orders: Arc<dyn OrderStore>,
+    pub files: Arc<dyn FileStore>,
 }
 
 impl Stores {
-    /// All four from one backend value.
+    /// All five from one backend value.
     pub fn from_backend<B>(backend: B) -> Self
     where
-        B: OperationStore + OutboxStore + SecretStore + OrderStore,
+        B: OperationStore + OutboxStore + SecretStore + OrderStore + FileStore,
     {
         let backend = Arc::new(backend);
         Self {
             operations: backend.clone(),
             outbox: backend.clone(),
             secrets: backend.clone(),
-            orders: backend,
+            orders: backend.clone(),
+            files: backend,
         }
     }
 }

@@ -284,3 +284,91 @@ async fn a_killed_nodes_work_finishes_on_the_others_once() {
         .into_inner();
     assert_eq!(state(&a.wait_done(&op.name).await), State::Succeeded);
 }
+
+#[tokio::test]
+async fn uploads_and_reports_are_read_on_any_node() {
+    use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
+    use longrun::pb::longrun::v1::{
+        CreateReportRequest, ImportOrdersRequest, ImportOrdersResponse, ReadReportRequest, Report,
+        ReportFormat,
+    };
+    use longrun::reports::generate::{Spec, write_csv};
+    use sha2::{Digest, Sha256};
+
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&db, dir.path(), "a").await;
+    let b = start(&db, dir.path(), "b").await;
+    let reports = |node: &Node| ReportServiceClient::new(node.channel.clone());
+
+    // 3 MiB or so of CSV, so that the upload spans several stored chunks.
+    let spec = Spec {
+        count: 40_000,
+        months: ("2024-03".parse().unwrap(), "2024-03".parse().unwrap()),
+        seed: 7,
+    };
+    let mut csv = Vec::new();
+    write_csv(&spec, &mut csv).unwrap();
+    let upload = csv.chunks(64 * 1024).map(|chunk| ImportOrdersRequest {
+        csv_chunk: chunk.to_vec(),
+        ..Default::default()
+    });
+    let op = reports(&a)
+        .import_orders(tokio_stream::iter(upload.collect::<Vec<_>>()))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = b.wait_done(&op.name).await;
+    assert_eq!(state(&done), State::Succeeded, "{done:?}");
+    let Some(longrun::pb::google::longrunning::operation::Result::Response(any)) = done.result
+    else {
+        panic!("the import did not succeed");
+    };
+    assert_eq!(
+        ImportOrdersResponse::decode(any.value.as_slice())
+            .unwrap()
+            .imported,
+        40_000
+    );
+
+    let op = reports(&b)
+        .create_report(CreateReportRequest {
+            month: "2024-03".into(),
+            format: ReportFormat::Csv as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = a.wait_done(&op.name).await;
+    let Some(longrun::pb::google::longrunning::operation::Result::Response(any)) = done.result
+    else {
+        panic!("the report did not succeed: {done:?}");
+    };
+    let report = Report::decode(any.value.as_slice()).unwrap();
+    assert_eq!(report.order_count, 40_000);
+    // Each node reads the file, whichever node wrote it.
+    for node in [&a, &b] {
+        let mut stream = reports(node)
+            .read_report(ReadReportRequest {
+                name: report.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut file = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            file.extend(chunk.unwrap().data);
+        }
+        assert_eq!(file.len() as i64, report.size_bytes);
+        let sha: String = Sha256::digest(&file)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sha, report.sha256);
+        // A header, one line per order, and the total.
+        assert_eq!(file.iter().filter(|b| **b == b'\n').count(), 40_002);
+    }
+}

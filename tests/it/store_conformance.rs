@@ -5,7 +5,7 @@
 //! line and must pass all of them: operations (every edit, batches with
 //! refused writes, batch claims by kind and tenant, retries coming due,
 //! leases, listing, recovery, retention, the feed), the webhook outbox,
-//! secrets and orders. (A batch cut short by a crash is `crash`'s.)
+//! secrets, orders and files. (A batch cut short by a crash is `crash`'s.)
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -778,6 +778,101 @@ pub async fn secrets_are_created_once(s: Stores) {
     assert_eq!(values.len(), 1);
 }
 
+/// `len` bytes of a pattern that differs with `seed`, so that a chunk out
+/// of place shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// Writes `bytes` as `name` in pieces of odd sizes, without finishing.
+async fn written(s: &Stores, name: &str, bytes: &[u8]) -> Box<dyn longrun::store::FileWriter> {
+    let mut writer = s.files.create(name).await.unwrap();
+    for piece in bytes.chunks(300_007) {
+        writer.write(piece).await.unwrap();
+    }
+    writer
+}
+
+/// The whole of `name`, or None; checks the size and the chunk bound.
+async fn read_whole(s: &Stores, name: &str) -> Option<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut file = s.files.open(name).await.unwrap()?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = file.chunks.next().await {
+        let chunk = chunk.unwrap();
+        assert!(!chunk.is_empty() && chunk.len() <= longrun::store::files::READ_CHUNK);
+        bytes.extend_from_slice(&chunk);
+    }
+    assert_eq!(bytes.len() as u64, file.size);
+    Some(bytes)
+}
+
+pub async fn files_appear_whole_when_finished_and_replace_whole(s: Stores) {
+    let name = "reports/0191e2a4-7c1e-7000-8000-000000000001.csv";
+    let first = pattern(2_500_000, 1);
+    let writer = written(&s, name, &first).await;
+    assert!(
+        read_whole(&s, name).await.is_none(),
+        "visible before finish"
+    );
+    assert_eq!(writer.finish().await.unwrap(), first.len() as u64);
+    assert!(read_whole(&s, name).await.unwrap() == first);
+
+    // A second write of the name: the first stays until it finishes.
+    let second = pattern(1_048_576, 2);
+    let writer = written(&s, name, &second).await;
+    assert!(read_whole(&s, name).await.unwrap() == first);
+    writer.finish().await.unwrap();
+    assert!(read_whole(&s, name).await.unwrap() == second);
+
+    // An empty file is a file.
+    let empty = "uploads/empty.csv";
+    s.files.create(empty).await.unwrap().finish().await.unwrap();
+    assert_eq!(read_whole(&s, empty).await.unwrap(), Vec::<u8>::new());
+
+    s.files.remove(name).await.unwrap();
+    assert!(read_whole(&s, name).await.is_none());
+    s.files.remove(name).await.unwrap();
+    assert!(read_whole(&s, "reports/never.csv").await.is_none());
+}
+
+pub async fn an_abandoned_file_leaves_nothing_visible(s: Stores) {
+    let name = "uploads/abandoned.csv";
+    drop(written(&s, name, &pattern(1_500_000, 3)).await);
+    assert!(read_whole(&s, name).await.is_none());
+    // Removing the name clears whatever the abandoned write left.
+    s.files.remove(name).await.unwrap();
+    let kept = pattern(10, 4);
+    written(&s, name, &kept).await.finish().await.unwrap();
+    assert!(read_whole(&s, name).await.unwrap() == kept);
+}
+
+pub async fn file_names_are_checked(s: Stores) {
+    for bad in [
+        "",
+        "../etc/passwd",
+        "reports/../x",
+        "/abs",
+        "a//b",
+        "reports/.hidden",
+        "a b",
+    ] {
+        assert!(s.files.create(bad).await.is_err(), "{bad:?} was accepted");
+        assert!(s.files.open(bad).await.is_err(), "{bad:?} was opened");
+    }
+}
+
+pub async fn files_survive_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
+    let name = "reports/kept.json";
+    let bytes = pattern(1_200_000, 5);
+    written(&s, name, &bytes).await.finish().await.unwrap();
+    drop(s);
+    let s = reopen().await;
+    assert!(read_whole(&s, name).await.unwrap() == bytes);
+}
+
 fn order(id: &str, created: &str, status: OrderStatus, amount: i64) -> Order {
     let at = time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
         .unwrap();
@@ -1273,6 +1368,10 @@ macro_rules! conformance {
             case_with_reopen!(the_queue_is_rebuilt_at_open);
             case_with_reopen!(flush_makes_lazy_writes_durable);
             case_with_reopen!(survives_reopen);
+            case!(files_appear_whole_when_finished_and_replace_whole);
+            case!(an_abandoned_file_leaves_nothing_visible);
+            case!(file_names_are_checked);
+            case_with_reopen!(files_survive_reopen);
         }
     };
 }

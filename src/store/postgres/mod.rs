@@ -2,7 +2,7 @@
 //! The only module that knows sqlx.
 //!
 //! Every piece of state lives in the database (operations and their
-//! indexes, the webhook outbox, secrets, orders), so any node answers any
+//! indexes, the webhook outbox, secrets, orders, files), so any node answers any
 //! call. Files:
 //! - `commit`: a batch of writes as one transaction: the rows it touches
 //!   are locked and read, the model decides each write, and the outcome is
@@ -11,7 +11,8 @@
 //!   LOCKED` under a lease, reads, listing, recovery and retention;
 //! - `feed`: LISTEN/NOTIFY between nodes. A notification carries ids, not
 //!   records; a listener that was cut off announces [`Change::Resync`];
-//! - `outbox`, `orders`: the traits of those names (orders arrive by COPY).
+//! - `outbox`, `orders`: the traits of those names (orders arrive by COPY);
+//! - `files`: uploads and report files, in chunks.
 //!
 //! The schema is created and moved forward at open by versioned
 //! migrations (`migrations/`), under an advisory lock so that nodes
@@ -21,6 +22,7 @@
 
 mod commit;
 mod feed;
+mod files;
 mod operations;
 mod orders;
 mod outbox;
@@ -58,8 +60,10 @@ const FEED_CAPACITY: usize = 64 * 1024;
 
 /// The schema, in order. A migration, once released, is never edited:
 /// a change is a new one.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "tables", include_str!("migrations/0001_tables.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "tables", include_str!("migrations/0001_tables.sql")),
+    (2, "files", include_str!("migrations/0002_files.sql")),
+];
 
 /// How the PostgreSQL backend is set up.
 #[derive(Clone)]

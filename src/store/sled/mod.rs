@@ -4,7 +4,8 @@
 //! Operations, their indexes, the webhook outbox, the string table and
 //! secrets live in one tree (layout in `keys`), so that a batch of writes
 //! is one atomic `apply_batch`; each tenant's orders have a tree of their
-//! own. Files:
+//! own. Uploads and report files are plain files in the data directory
+//! ([`DirFiles`]). Files:
 //! - `commit`: applying a batch of writes (and claims) against an overlay;
 //! - `operations`, `outbox`, `orders`: the store traits of those names;
 //! - `strings`: the string table records refer to;
@@ -40,6 +41,7 @@ use tokio::sync::{broadcast, watch};
 use self::commit::backend;
 use self::space::{Room, Space};
 use self::strings::StringTable;
+use super::files::{DirFiles, FileRead, FileStore, FileWriter};
 use super::ready::Ready;
 use super::{Change, Health, SecretStore, StoreError, StoreResult};
 
@@ -136,6 +138,7 @@ struct Inner {
     /// One order writer at a time: replacing an order reads where it was
     /// stored, and two batches must not both move the same order.
     orders_writer: Mutex<()>,
+    files: DirFiles,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,6 +211,7 @@ impl SledStore {
                 mode: config.sync,
                 flushes: AtomicU64::new(0),
                 orders_writer: Mutex::new(()),
+                files: DirFiles::open(dir)?,
             }),
         };
         store.load_unfinished()?;
@@ -278,6 +282,21 @@ impl SecretStore for SledStore {
             }
             Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
+    }
+}
+
+#[async_trait]
+impl FileStore for SledStore {
+    async fn create(&self, name: &str) -> StoreResult<Box<dyn FileWriter>> {
+        self.inner.files.create(name).await
+    }
+
+    async fn open(&self, name: &str) -> StoreResult<Option<FileRead>> {
+        self.inner.files.open(name).await
+    }
+
+    async fn remove(&self, name: &str) -> StoreResult<()> {
+        self.inner.files.remove(name).await
     }
 }
 
