@@ -6,17 +6,23 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
-use longrun::webhook::{Secret, load_or_create_secret, secret_file, verify};
+use longrun::store::postgres::{PgConfig, redacted};
+use longrun::store::{Backend, PgStore};
+use longrun::webhook::{Secret, load_or_create_secret, secret_file, shared_secret, verify};
 
 /// Webhook commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum WebhookCommand {
-    /// Print the signing secret the server generated in its data directory
-    /// (creating it if the server has not run yet).
+    /// Print the signing secret the server generated: in its data
+    /// directory on sled, in the database on PostgreSQL (creating it if no
+    /// server has run yet).
     Secret {
         /// The server's data directory.
         #[arg(long, env = "LONGRUN_DATA_DIR", default_value = "./longrun-data")]
         data_dir: PathBuf,
+        /// The server's store: sled, or the PostgreSQL URL its nodes share.
+        #[arg(long, env = "LONGRUN_STORE", default_value = "sled")]
+        store: Backend,
     },
     /// Check a delivery's signature, as a receiver would. Exits 0 when it
     /// is valid and 1 when it is not.
@@ -49,9 +55,23 @@ pub enum WebhookCommand {
 
 pub(super) async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        WebhookCommand::Secret { data_dir } => {
-            let secret = load_or_create_secret(&data_dir)
-                .with_context(|| format!("cannot read {}", secret_file(&data_dir).display()))?;
+        WebhookCommand::Secret { data_dir, store } => {
+            let secret = match store {
+                Backend::Sled => load_or_create_secret(&data_dir)
+                    .with_context(|| format!("cannot read {}", secret_file(&data_dir).display()))?,
+                Backend::Postgres(url) => {
+                    let config = PgConfig {
+                        pool_size: 2,
+                        ..PgConfig::new(url.as_str())
+                    };
+                    let db = PgStore::open(&config)
+                        .await
+                        .with_context(|| format!("cannot open {}", redacted(&url)))?;
+                    shared_secret(&db)
+                        .await
+                        .context("cannot read the shared webhook secret")?
+                }
+            };
             say!("{secret}");
             Ok(ExitCode::SUCCESS)
         }

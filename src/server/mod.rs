@@ -200,24 +200,6 @@ async fn follow_store_health(
     }
 }
 
-/// The webhook signing secret kept in the store, made on first use.
-async fn shared_webhook_secret(stores: &Stores) -> Result<Secret, ServerError> {
-    let store_error = |source| ServerError::Store {
-        path: "the webhook secret".into(),
-        source,
-    };
-    let initial = Secret::generate().to_string();
-    let kept = stores
-        .secrets
-        .secret("webhook-signing-secret", initial.as_bytes())
-        .await
-        .map_err(store_error)?;
-    String::from_utf8_lossy(&kept)
-        .trim()
-        .parse()
-        .map_err(|e: String| store_error(StoreError::Corrupt(e)))
-}
-
 /// Re-reads the auth file and the TLS files of a running server (on
 /// SIGHUP). A file that fails to load leaves the one in force unchanged.
 #[derive(Clone, Debug)]
@@ -299,7 +281,13 @@ impl Server {
         let mut config = config;
         if config.webhooks.secrets.is_empty() {
             // No secret given: the nodes of one store share one, kept in it.
-            config.webhooks.secrets = vec![shared_webhook_secret(&stores).await?];
+            let secret = crate::webhook::shared_secret(stores.secrets.as_ref())
+                .await
+                .map_err(|source| ServerError::Store {
+                    path: "the webhook secret".into(),
+                    source,
+                })?;
+            config.webhooks.secrets = vec![secret];
         }
         let reports = Reports::new(
             Arc::clone(&stores.orders),

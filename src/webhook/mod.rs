@@ -15,6 +15,21 @@ use std::time::Duration;
 
 pub use self::sign::{Secret, VerifyError, sign, verify};
 use crate::model::Tenant;
+use crate::store::{SecretStore, StoreError, StoreResult};
+
+/// The name the shared signing secret is kept under in a [`SecretStore`].
+const SHARED_SECRET: &str = "webhook-signing-secret";
+
+/// The signing secret every node of a shared store uses when none is
+/// given: created by whichever node asks first, and kept in the store.
+pub async fn shared_secret(secrets: &dyn SecretStore) -> StoreResult<Secret> {
+    let initial = Secret::generate().to_string();
+    let kept = secrets.secret(SHARED_SECRET, initial.as_bytes()).await?;
+    String::from_utf8_lossy(&kept)
+        .trim()
+        .parse()
+        .map_err(|e: String| StoreError::Corrupt(format!("the shared webhook secret: {e}")))
+}
 
 /// The retry schedule after the first attempt, as the Standard Webhooks
 /// spec recommends: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.

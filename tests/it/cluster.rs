@@ -4,7 +4,9 @@
 //! another node did); a node killed with SIGKILL loses nothing it
 //! acknowledged, its running work starts again on the others once its
 //! lease lapses and ends once, each webhook of it is delivered once, and
-//! the node, restarted, takes work again.
+//! the node, restarted, takes work again. Deliveries are signed with the
+//! secret the cluster keeps, which `longrun webhook secret --store` prints;
+//! uploads and reports are read on every node.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +23,7 @@ use longrun::pb::longrun::v1::{
     ListDeliveriesRequest, NotificationConfig, SleepRequest, SleepResponse, State,
     WatchOperationRequest,
 };
+use longrun::webhook::{Secret, verify};
 use prost::Message;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -116,16 +119,53 @@ fn response(op: &Operation) -> SleepResponse {
     }
 }
 
-/// A webhook receiver: each POST's operation name, as it arrives.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<String>) {
+/// The cluster's webhook secret, as `longrun webhook secret --store`
+/// prints it (creating it when no node has yet).
+fn cluster_secret(db: &TestDb) -> Secret {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["webhook", "secret", "--store", &db.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A webhook receiver: each POST's operation name, as it arrives, marked
+/// `unverified` when its signature does not check out with `secret`.
+async fn receiver(secret: Secret) -> (String, mpsc::UnboundedReceiver<String>) {
     let (tx, posts) = mpsc::unbounded_channel();
     let app = axum::Router::new().route(
         "/hook",
-        axum::routing::post(move |body: Bytes| {
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
             let tx = tx.clone();
+            let secret = secret.clone();
             async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let verified = verify(
+                    &[secret],
+                    &header("webhook-id"),
+                    &header("webhook-timestamp"),
+                    &header("webhook-signature"),
+                    &body,
+                    std::time::SystemTime::now(),
+                    Duration::from_secs(300),
+                );
                 let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let _ = tx.send(json["data"]["name"].as_str().unwrap_or_default().to_owned());
+                let name = json["data"]["name"].as_str().unwrap_or_default();
+                let _ = tx.send(match verified {
+                    Ok(()) => name.to_owned(),
+                    Err(e) => format!("unverified {name}: {e}"),
+                });
                 axum::http::StatusCode::OK
             }
         }),
@@ -183,7 +223,11 @@ async fn a_killed_nodes_work_finishes_on_the_others_once() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (hook, mut posts) = receiver().await;
+    // Printed before any node ran, the secret is the one every node signs
+    // with.
+    let secret = cluster_secret(&db);
+    assert_eq!(cluster_secret(&db), secret);
+    let (hook, mut posts) = receiver(secret).await;
     // Node a alone takes the first work, so that it is running there.
     let mut a = start(&db, dir.path(), "a").await;
     let request = SleepRequest {
@@ -237,6 +281,7 @@ async fn a_killed_nodes_work_finishes_on_the_others_once() {
     tokio::time::timeout(PATIENCE, async {
         while !running.iter().all(|name| posted.contains_key(name)) {
             let name = posts.recv().await.expect("the receiver runs");
+            assert!(!name.starts_with("unverified"), "{name}");
             *posted.entry(name).or_default() += 1;
         }
     })
