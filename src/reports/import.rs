@@ -22,6 +22,8 @@ use crate::store::PutOrders;
 pub const BATCH_ROWS: usize = 5000;
 /// Batches in flight between parser and writer.
 const PIPELINE_DEPTH: usize = 4;
+/// The most rows the writer stores at once, from the batches waiting.
+const GROUP_ROWS: usize = BATCH_ROWS * PIPELINE_DEPTH;
 /// Row errors kept in the response; the rest are only counted.
 pub const MAX_ROW_ERRORS: usize = 1000;
 
@@ -59,6 +61,16 @@ struct Batch {
     errors: Vec<RowError>,
     rows: u64,
     bytes: u64,
+}
+
+impl Batch {
+    /// Appends the batch parsed after this one.
+    fn absorb(&mut self, next: Batch) {
+        self.orders.extend(next.orders);
+        self.errors.extend(next.errors);
+        self.rows += next.rows;
+        self.bytes = next.bytes;
+    }
 }
 
 fn io_failure(e: impl std::fmt::Display) -> TaskError {
@@ -181,7 +193,14 @@ impl Task for ImportOrdersTask {
         let mut response = api::ImportOrdersResponse::default();
         let mut rows = 0u64;
         let mut cancelled = false;
-        while let Some(batch) = rx.recv().await {
+        while let Some(mut batch) = rx.recv().await {
+            // Batches parsed meanwhile go to the store together.
+            while batch.orders.len() < GROUP_ROWS {
+                match rx.try_recv() {
+                    Ok(next) => batch.absorb(next),
+                    Err(_) => break,
+                }
+            }
             if ctx.is_cancelled() {
                 cancelled = true;
                 break;

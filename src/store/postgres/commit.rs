@@ -338,22 +338,7 @@ impl Stage {
                 .map_err(|e| SaveError::Store(db(e)))?;
         }
         if !self.deliveries.is_empty() {
-            // The last version of each delivery the batch wrote.
-            let mut seen = HashSet::new();
-            let latest: Vec<&Delivery> = self
-                .deliveries
-                .iter()
-                .rev()
-                .filter(|d| seen.insert(d.id))
-                .collect();
-            let ids: Vec<uuid::Uuid> = latest.iter().map(|d| d.id).collect();
-            let operations: Vec<uuid::Uuid> =
-                latest.iter().map(|d| uuid_of(&d.operation)).collect();
-            let due: Vec<Option<i64>> = latest.iter().map(|d| due_of(d)).collect();
-            let records: Vec<Vec<u8>> = latest
-                .iter()
-                .map(|d| encode_delivery(d, &mut Inline))
-                .collect();
+            let d = DeliveryColumns::of(&self.deliveries);
             sqlx::query(
                 "INSERT INTO longrun_deliveries (id, operation, due_us, record)
                  SELECT u.* FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[])
@@ -361,10 +346,10 @@ impl Stage {
                  WHERE EXISTS (SELECT 1 FROM longrun_operations o WHERE o.id = u.operation)
                  ON CONFLICT (id) DO UPDATE SET due_us = EXCLUDED.due_us, record = EXCLUDED.record",
             )
-            .bind(&ids)
-            .bind(&operations)
-            .bind(&due)
-            .bind(&records)
+            .bind(&d.id)
+            .bind(&d.operation)
+            .bind(&d.due_us)
+            .bind(&d.record)
             .execute(&mut **tx)
             .await
             .map_err(|e| SaveError::Store(db(e)))?;
@@ -373,6 +358,79 @@ impl Stage {
             .await
             .map_err(SaveError::Store)?;
         Ok(moves)
+    }
+}
+
+impl Stage {
+    /// Whether the batch only creates, so that [`Stage::save_new`] can
+    /// write it in one statement.
+    pub(super) fn only_creates(writes: &[Write]) -> bool {
+        writes.iter().all(|w| matches!(w, Write::Create(_)))
+    }
+
+    /// Writes a batch of creates staged over nothing read (see
+    /// [`Stage::only_creates`]) as one statement, which is its own
+    /// transaction: the operations, their deliveries and the notification,
+    /// in one round trip. A request_id already stored fails the whole
+    /// statement ([`SaveError::RequestIdRace`]), and the caller goes the
+    /// long way, which reads it.
+    pub(super) async fn save_new(
+        &self,
+        pool: &sqlx::PgPool,
+        tag: &str,
+    ) -> Result<QueueMoves, SaveError> {
+        let created: Vec<&Operation> = self.rows.values().flatten().collect();
+        let columns = Columns::of(&created);
+        let d = DeliveryColumns::of(&self.deliveries);
+        let payloads = super::feed::payloads(tag, &self.notes);
+        let query = sqlx::query(
+            "WITH new_operations AS (
+                INSERT INTO longrun_operations
+                   (id, tenant, kind, request_id, state, due_us, ended_us,
+                    lease_holder, lease_expires_us, attempt, version, record)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
+                    $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
+                    $10::int4[], $11::int8[], $12::bytea[])
+                 RETURNING 1
+             ), new_deliveries AS (
+                INSERT INTO longrun_deliveries (id, operation, due_us, record)
+                 SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[])
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM new_operations) AS operations,
+                    (SELECT count(*) FROM new_deliveries) AS deliveries,
+                    (SELECT count(pg_notify($17, p)) FROM unnest($18::text[]) AS p) AS notes",
+        );
+        let query = columns
+            .bind_changing(
+                query
+                    .bind(&columns.id)
+                    .bind(&columns.tenant)
+                    .bind(&columns.kind)
+                    .bind(&columns.request_id),
+            )
+            .bind(&d.id)
+            .bind(&d.operation)
+            .bind(&d.due_us)
+            .bind(&d.record)
+            .bind(super::feed::CHANNEL)
+            .bind(&payloads);
+        match query.fetch_one(pool).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(SaveError::RequestIdRace);
+            }
+            Err(e) => return Err(SaveError::Store(db(e))),
+        }
+        let added = created
+            .iter()
+            .filter(|op| op.state == State::Queued)
+            .map(|op| op.tenant.clone())
+            .collect();
+        Ok(QueueMoves {
+            added,
+            taken: Vec::new(),
+        })
     }
 }
 
@@ -390,6 +448,34 @@ fn uuid_of(id: &OperationId) -> uuid::Uuid {
 /// When a delivery is due, while it is pending.
 pub(super) fn due_of(d: &Delivery) -> Option<i64> {
     (d.state == DeliveryState::Pending).then(|| micros(d.next_attempt.unwrap_or(d.create_time)))
+}
+
+/// The last version of each delivery a batch wrote, as columns.
+struct DeliveryColumns {
+    id: Vec<uuid::Uuid>,
+    operation: Vec<uuid::Uuid>,
+    due_us: Vec<Option<i64>>,
+    record: Vec<Vec<u8>>,
+}
+
+impl DeliveryColumns {
+    fn of(deliveries: &[Delivery]) -> Self {
+        let mut seen = HashSet::new();
+        let latest: Vec<&Delivery> = deliveries
+            .iter()
+            .rev()
+            .filter(|d| seen.insert(d.id))
+            .collect();
+        Self {
+            id: latest.iter().map(|d| d.id).collect(),
+            operation: latest.iter().map(|d| uuid_of(&d.operation)).collect(),
+            due_us: latest.iter().map(|d| due_of(d)).collect(),
+            record: latest
+                .iter()
+                .map(|d| encode_delivery(d, &mut Inline))
+                .collect(),
+        }
+    }
 }
 
 /// Operations as columns, for `unnest`.

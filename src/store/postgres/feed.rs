@@ -68,21 +68,7 @@ pub(super) async fn notify(
     if notes.is_empty() {
         return Ok(());
     }
-    let mut payloads = Vec::new();
-    let mut payload = String::from(tag);
-    for note in notes {
-        if payload.len() + 34 > PAYLOAD_BYTES {
-            payloads.push(std::mem::replace(&mut payload, String::from(tag)));
-        }
-        payload.push(' ');
-        payload.push(char::from(note.letter));
-        payload.push_str(
-            &uuid::Uuid::from_bytes(*note.id.as_bytes())
-                .simple()
-                .to_string(),
-        );
-    }
-    payloads.push(payload);
+    let payloads = payloads(tag, notes);
     sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .bind(CHANNEL)
         .bind(&payloads)
@@ -180,4 +166,27 @@ fn take_in(payload: &str, tag: &str, feed: &broadcast::Sender<Change>) -> bool {
         });
     }
     work
+}
+
+/// The notification payloads that announce `notes`, each within
+/// PostgreSQL's limit.
+pub(super) fn payloads(tag: &str, notes: &[Note]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut payload = String::from(tag);
+    for note in notes {
+        if payload.len() + 34 > PAYLOAD_BYTES {
+            payloads.push(std::mem::replace(&mut payload, String::from(tag)));
+        }
+        payload.push(' ');
+        payload.push(char::from(note.letter));
+        payload.push_str(
+            &uuid::Uuid::from_bytes(*note.id.as_bytes())
+                .simple()
+                .to_string(),
+        );
+    }
+    if !notes.is_empty() {
+        payloads.push(payload);
+    }
+    payloads
 }

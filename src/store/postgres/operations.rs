@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use tokio::sync::{broadcast, watch};
 
-use super::commit::{SaveError, Stage};
+use super::commit::{QueueMoves, SaveError, Stage};
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
 use crate::model::{Edit, Operation, OperationId};
 use crate::store::codec::from_micros;
@@ -51,6 +51,8 @@ SELECT o.id, o.record, o.lease_holder, o.lease_expires_us, o.attempt, o.version
 
 impl PgStore {
     /// One try at a batch: its own transaction, committed or rolled back.
+    /// Commits `writes` as one transaction: the rows they touch are locked
+    /// and read, the model decides, and the outcome is written back.
     async fn try_commit(
         &self,
         writes: &[Write],
@@ -71,11 +73,30 @@ impl PgStore {
         }
         let moves = stage.save(&mut tx, &self.inner.tag).await?;
         tx.commit().await.map_err(|e| SaveError::Store(db(e)))?;
+        self.committed(&moves);
+        Ok((results, stage))
+    }
+
+    /// Commits a batch of creates alone in one statement, with nothing to
+    /// read first (see [`Stage::save_new`]).
+    async fn try_creates(
+        &self,
+        writes: &[Write],
+        now: SystemTime,
+    ) -> Result<(Vec<StoreResult<Applied>>, Stage), SaveError> {
+        let mut stage = Stage::empty(now);
+        let results: Vec<_> = writes.iter().map(|w| stage.write(w)).collect();
+        let moves = stage.save_new(self.pool(), &self.inner.tag).await?;
+        self.committed(&moves);
+        Ok((results, stage))
+    }
+
+    /// Takes in what a committed batch did to the queue.
+    fn committed(&self, moves: &QueueMoves) {
         self.queue_moved(&moves.added, &moves.taken);
         if !moves.added.is_empty() {
             self.bump_work();
         }
-        Ok((results, stage))
     }
 
     /// Announces a committed batch's changes on the local feed.
@@ -178,8 +199,16 @@ impl OperationStore for PgStore {
     async fn commit(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
         let n = writes.len();
         let mut tries = 0;
+        // Creates alone take one round trip; should one meet a request_id
+        // already stored, the batch goes the long way, which reads it.
+        let mut creates = Stage::only_creates(&writes);
         loop {
-            match self.try_commit(&writes, now).await {
+            let tried = if creates {
+                self.try_creates(&writes, now).await
+            } else {
+                self.try_commit(&writes, now).await
+            };
+            match tried {
                 Ok((results, stage)) => {
                     self.inner.health.send_if_modified(|h| {
                         let was = *h;
@@ -189,6 +218,7 @@ impl OperationStore for PgStore {
                     self.announce(stage);
                     return results;
                 }
+                Err(SaveError::RequestIdRace) if creates => creates = false,
                 Err(SaveError::RequestIdRace) if tries < RACE_RETRIES => tries += 1,
                 Err(SaveError::RequestIdRace) => {
                     return all_failed(

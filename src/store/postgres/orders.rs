@@ -81,6 +81,13 @@ impl OrderStore for PgStore {
         }
         let text = copy_text(&orders);
         let mut tx = self.pool().begin().await.map_err(db)?;
+        // Orders need only be durable by the next flush (see OrderStore),
+        // and on PostgreSQL the next durable commit (the import's finish)
+        // flushes the WAL up to itself: a batch need not wait for its own.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS longrun_orders_stage
                (order_id text, month integer, created_at bigint, record bytea)
