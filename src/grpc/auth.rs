@@ -40,9 +40,14 @@ const READ_METHODS: [&str; 7] = [
     "/longrun.v1.Notifications/ListDeliveries",
 ];
 
-/// The role `path` needs; None when it is open to all.
+/// Where the HTTP/JSON face lives; it checks its callers itself
+/// (`rest`), with the same tokens and roles.
+pub const REST_PREFIX: &str = "/v1/";
+
+/// The role `path` needs at this door; None when it is open to all, or
+/// left to the HTTP/JSON face's own door.
 pub fn required_role(path: &str) -> Option<Role> {
-    if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+    if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) || path.starts_with(REST_PREFIX) {
         None
     } else if READ_METHODS.contains(&path) {
         Some(Role::Reader)
@@ -132,6 +137,16 @@ fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, AuthError> {
 struct Refusal {
     principal: Option<Arc<Principal>>,
     status: Status,
+}
+
+/// Decides whether a call may go on, and as whom: the refusal is the
+/// status to answer with.
+pub(super) fn admit_as<B>(
+    auth: &Authenticator,
+    request: &http::Request<B>,
+    needed: Role,
+) -> Result<Arc<Principal>, Status> {
+    admit(auth, request, needed).map_err(|r| r.status)
 }
 
 /// Decides whether a call may go on, and as whom.

@@ -21,6 +21,11 @@ fn with_info(code: Code, reason: &str, message: impl Into<String>) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// No route of the HTTP/JSON face answers this path and method.
+pub fn no_route(message: impl Into<String>) -> Status {
+    with_info(Code::NotFound, "NO_SUCH_ROUTE", message)
+}
+
 /// Maps an engine error to its status.
 pub fn to_status(error: EngineError) -> Status {
     let reason = error.reason();

@@ -48,6 +48,19 @@ pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Valu
     }
 }
 
+/// Reads a message from its proto3 JSON mapping; the error says what is
+/// wrong with the JSON.
+pub fn from_json<M: prost::Message + prost::Name + Default>(json: &[u8]) -> Result<M, String> {
+    let descriptor = POOL
+        .get_message_by_name(&M::full_name())
+        .ok_or_else(|| format!("{} is not a known message", M::full_name()))?;
+    let mut reader = serde_json::Deserializer::from_slice(json);
+    let dynamic = prost_reflect::DynamicMessage::deserialize(descriptor, &mut reader)
+        .map_err(|e| e.to_string())?;
+    reader.end().map_err(|e| e.to_string())?;
+    dynamic.transcode_to::<M>().map_err(|e| e.to_string())
+}
+
 /// The descriptors of every message the server knows.
 pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
     &POOL

@@ -1,9 +1,10 @@
 //! Accepting connections. Every new connection gets a deadline to show it
-//! is a real gRPC client: to finish its TLS handshake (with TLS) and send
-//! the 24-byte HTTP/2 preface. These waits run side by side, one task
+//! is a real HTTP client: to finish its TLS handshake (with TLS) and send
+//! its opening: the 24-byte HTTP/2 preface, or an HTTP/1.1 request line's
+//! method (for the HTTP/JSON face). These waits run side by side, one task
 //! each and at most [`MAX_PENDING`] at once, so a client that connects and
-//! stalls holds up no one and is dropped when its time is up. The preface
-//! is handed back to the HTTP/2 server untouched. Established connections
+//! stalls holds up no one and is dropped when its time is up. The bytes
+//! read are handed back to the HTTP server untouched. Established connections
 //! are then kept honest by HTTP/2 and TCP keepalive (set on the server).
 //!
 //! The accepting task and every waiting connection's task belong to the
@@ -36,25 +37,48 @@ pub const MAX_PENDING: usize = 1024;
 /// What every HTTP/2 connection starts with.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A connection whose preface was read to check it, and is read again,
-/// first, by the HTTP/2 server.
+/// A connection whose opening was read to check it, and is read again,
+/// first, by the HTTP server.
 pub struct Admitted<T> {
     inner: T,
+    head: Vec<u8>,
     replayed: usize,
 }
 
-/// Waits for the preface on `stream`.
+/// Whether `head` opens an HTTP/1.x request: a method of capital letters,
+/// then a space.
+fn opens_http1(head: &[u8]) -> bool {
+    match head.iter().position(|b| *b == b' ') {
+        Some(end) => (1..=16).contains(&end) && head[..end].iter().all(u8::is_ascii_uppercase),
+        None => false,
+    }
+}
+
+/// Waits for the opening of `stream`: the HTTP/2 preface, or an HTTP/1.x
+/// method. At most the preface's length is read.
 async fn read_preface<T: AsyncRead + Unpin>(mut stream: T) -> io::Result<Admitted<T>> {
-    let mut head = [0u8; PREFACE.len()];
-    stream.read_exact(&mut head).await?;
-    if &head != PREFACE {
+    let mut head = Vec::with_capacity(PREFACE.len());
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let still_http2 = PREFACE.starts_with(&head);
+        if head.len() == PREFACE.len() || (!still_http2 && head.contains(&b' ')) {
+            break;
+        }
+        let n = stream.read(&mut buf[..PREFACE.len() - head.len()]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    if head != PREFACE && !opens_http1(&head) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "not an HTTP/2 connection",
+            "not an HTTP/2 or HTTP/1.1 connection",
         ));
     }
     Ok(Admitted {
         inner: stream,
+        head,
         replayed: 0,
     })
 }
@@ -65,8 +89,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.replayed < PREFACE.len() {
-            let rest = &PREFACE[self.replayed..];
+        if self.replayed < self.head.len() {
+            let rest = &self.head[self.replayed..];
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
             self.replayed += n;
@@ -231,10 +255,28 @@ mod tests {
         assert_eq!(&all[..24], PREFACE);
         assert_eq!(&all[24..], b"rest");
 
+        // HTTP/1.1, for the HTTP/JSON face, is handed back whole too.
         let (mut client, server) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut client, request)
             .await
             .unwrap();
-        assert!(read_preface(server).await.is_err());
+        let mut admitted = read_preface(server).await.unwrap();
+        let mut all = vec![0u8; request.len()];
+        admitted.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all, request);
+
+        // Anything else is not let in.
+        for junk in [
+            &b"\x16\x03\x01 not http"[..],
+            b"get / HTTP/1.1\r\n",
+            b"XXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        ] {
+            let (mut client, server) = tokio::io::duplex(64);
+            tokio::io::AsyncWriteExt::write_all(&mut client, junk)
+                .await
+                .unwrap();
+            assert!(read_preface(server).await.is_err(), "{junk:?}");
+        }
     }
 }

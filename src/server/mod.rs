@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
@@ -29,6 +29,7 @@ use crate::auth::{Authenticator, LoadError};
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::rest;
 use crate::grpc::{
     DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
 };
@@ -435,6 +436,15 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
+        // The HTTP/JSON face, on the same listener.
+        let rest = rest::Rest {
+            operations: OperationsService::new(engine.clone(), config.max_wait),
+            diagnostics: config
+                .diagnostics
+                .then(|| DiagnosticsService::new(engine.clone())),
+            auth: Arc::clone(&auth),
+        };
+
         // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
         // keepalive finds peers that vanished without a word.
         let incoming = TcpIncoming::from(listener)
@@ -452,7 +462,10 @@ impl Server {
                 crate::grpc::limits::explain_limit_errors,
             ))
             .layer(AuthLayer::new(Arc::clone(&auth)))
-            .add_routes(routes.routes());
+            .accept_http1(true)
+            .add_routes(Routes::from(
+                routes.routes().into_axum_router().merge(rest::router(rest)),
+            ));
         let stopped = {
             let stop = stop.clone();
             async move { stop.cancelled().await }

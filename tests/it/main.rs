@@ -13,6 +13,7 @@ mod crash;
 mod custom_kind;
 mod full_disk;
 mod hot_path;
+mod http;
 mod lifecycle;
 mod operations;
 mod parsers;

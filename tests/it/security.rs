@@ -736,8 +736,10 @@ async fn a_tenant_may_store_only_so_many_orders() {
 #[tokio::test]
 async fn a_connection_that_says_nothing_is_dropped() {
     let world = World::start(|c| c.handshake_timeout = Duration::from_millis(200)).await;
-    // Silent, a few bytes then silence, and not HTTP/2 at all.
-    for opening in [&b""[..], b"PRI * HT", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+    // Silent, a few bytes of HTTP/2 or of an HTTP/1.1 method then silence,
+    // and not HTTP at all (a TLS hello on the plain port). A whole HTTP/1.1
+    // request is served: that is the HTTP/JSON face.
+    for opening in [&b""[..], b"PRI * HT", b"GET", b"\x16\x03\x01\x02\x00 hello"] {
         let mut socket = tokio::net::TcpStream::connect(world.server.addr)
             .await
             .unwrap();
