@@ -60,8 +60,37 @@ pub fn router(rest: Rest) -> Router {
 
 type Shared = State<Arc<Rest>>;
 
-/// A refusal, as the response to send (boxed: a response is large).
-type Refused = Box<Response>;
+/// A refusal: the error response to send instead (boxed, since a response
+/// is large). A failed call's status becomes one with `?`.
+struct Refused(Box<Response>);
+
+impl Refused {
+    /// `status` as its error body, under `http` when that is more exact
+    /// than the mapped status.
+    fn with(status: &Status, http: Option<StatusCode>) -> Self {
+        Self(Box::new(error_body(status, http)))
+    }
+}
+
+impl From<Status> for Refused {
+    fn from(status: Status) -> Self {
+        Self::with(&status, None)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+/// What a route answers.
+type Answer = Result<Response, Refused>;
+
+/// The empty message's JSON, as Cancel and Delete answer.
+fn empty() -> Response {
+    (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
+}
 
 /// The HTTP status and canonical name of a gRPC code (the mapping of
 /// google.rpc.Code), in one place.
@@ -172,7 +201,7 @@ fn operation_response(code: StatusCode, op: &Operation) -> Response {
 
 /// The caller of `request`, checked for `role` at the HTTP door.
 fn door(rest: &Rest, request: &Request, role: Role) -> Result<Arc<Principal>, Refused> {
-    admit_as(&rest.auth, request, role).map_err(|status| Box::new(error_body(&status, None)))
+    admit_as(&rest.auth, request, role).map_err(Refused::from)
 }
 
 /// A gRPC request as `caller` makes it.
@@ -197,19 +226,13 @@ struct ListParams {
     page_token: String,
 }
 
-async fn list(State(rest): Shared, Query(params): Query<ListParams>, request: Request) -> Response {
-    let caller = match door(&rest, &request, Role::Reader) {
-        Ok(caller) => caller,
-        Err(refused) => return *refused,
-    };
+async fn list(State(rest): Shared, Query(params): Query<ListParams>, request: Request) -> Answer {
+    let caller = door(&rest, &request, Role::Reader)?;
     let page_size = match params.page_size.as_deref().map(str::parse::<i32>) {
         None => 0,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
-            return error_body(
-                &invalid_field("page_size", "page_size must be a whole number"),
-                None,
-            );
+            return Err(invalid_field("page_size", "page_size must be a whole number").into());
         }
     };
     let message = ListOperationsRequest {
@@ -219,109 +242,66 @@ async fn list(State(rest): Shared, Query(params): Query<ListParams>, request: Re
         page_token: params.page_token,
         return_partial_success: false,
     };
-    match rest
+    let page = rest
         .operations
         .list_operations(as_caller(&caller, message))
-        .await
-    {
-        Ok(response) => json(StatusCode::OK, response.get_ref()),
-        Err(status) => error_body(&status, None),
-    }
+        .await?;
+    Ok(json(StatusCode::OK, page.get_ref()))
 }
 
-async fn get_operation(
-    State(rest): Shared,
-    Path(tail): Path<String>,
-    request: Request,
-) -> Response {
-    let caller = match door(&rest, &request, Role::Reader) {
-        Ok(caller) => caller,
-        Err(refused) => return *refused,
-    };
+async fn get_operation(State(rest): Shared, Path(tail): Path<String>, request: Request) -> Answer {
+    let caller = door(&rest, &request, Role::Reader)?;
     let message = GetOperationRequest {
         name: operation_name(&tail),
     };
-    match rest
+    let op = rest
         .operations
         .get_operation(as_caller(&caller, message))
-        .await
-    {
-        // Always 200 with the operation: Google's REST clients rely on it.
-        Ok(response) => operation_response(StatusCode::OK, response.get_ref()),
-        Err(status) => error_body(&status, None),
-    }
+        .await?;
+    // Always 200 with the operation: Google's REST clients rely on it.
+    Ok(operation_response(StatusCode::OK, op.get_ref()))
 }
 
-async fn delete(State(rest): Shared, Path(tail): Path<String>, request: Request) -> Response {
-    let caller = match door(&rest, &request, Role::Writer) {
-        Ok(caller) => caller,
-        Err(refused) => return *refused,
-    };
+async fn delete(State(rest): Shared, Path(tail): Path<String>, request: Request) -> Answer {
+    let caller = door(&rest, &request, Role::Writer)?;
     let message = DeleteOperationRequest {
         name: operation_name(&tail),
     };
-    match rest
-        .operations
+    rest.operations
         .delete_operation(as_caller(&caller, message))
-        .await
-    {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response(),
-        Err(status) => error_body(&status, None),
-    }
+        .await?;
+    Ok(empty())
 }
 
 /// `POST /v1/operations/{id}:cancel` and `:wait`.
-async fn custom(State(rest): Shared, Path(tail): Path<String>, request: Request) -> Response {
+async fn custom(State(rest): Shared, Path(tail): Path<String>, request: Request) -> Answer {
     let Some((id, verb)) = tail.rsplit_once(':') else {
-        return error_body(
+        return Err(Refused::with(
             &no_route(format!("no POST route for /v1/operations/{tail}")),
             Some(StatusCode::METHOD_NOT_ALLOWED),
-        );
+        ));
     };
     let name = operation_name(id);
     match verb {
         "cancel" => {
-            let caller = match door(&rest, &request, Role::Writer) {
-                Ok(caller) => caller,
-                Err(refused) => return *refused,
-            };
+            let caller = door(&rest, &request, Role::Writer)?;
             let message = CancelOperationRequest { name };
-            match rest
-                .operations
+            rest.operations
                 .cancel_operation(as_caller(&caller, message))
-                .await
-            {
-                Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response(),
-                Err(status) => error_body(&status, None),
-            }
+                .await?;
+            Ok(empty())
         }
         "wait" => {
-            let caller = match door(&rest, &request, Role::Reader) {
-                Ok(caller) => caller,
-                Err(refused) => return *refused,
-            };
-            let body = match body_of(request).await {
-                Ok(body) => body,
-                Err(refused) => return *refused,
-            };
-            let mut message = match parse::<WaitOperationRequest>(&body) {
-                Ok(message) => message,
-                Err(refused) => return *refused,
-            };
+            let caller = door(&rest, &request, Role::Reader)?;
+            let mut message = parse::<WaitOperationRequest>(&body_of(request).await?)?;
             message.name = name;
-            match rest
+            let op = rest
                 .operations
                 .wait_operation(as_caller(&caller, message))
-                .await
-            {
-                Ok(response) => operation_response(StatusCode::OK, response.get_ref()),
-                Err(status) => error_body(&status, None),
-            }
+                .await?;
+            Ok(operation_response(StatusCode::OK, op.get_ref()))
         }
-        other => error_body(
-            &no_route(format!("operations have no :{other} method")),
-            None,
-        ),
+        other => Err(no_route(format!("operations have no :{other} method")).into()),
     }
 }
 
@@ -332,10 +312,10 @@ async fn body_of(request: Request) -> Result<Bytes, Refused> {
     axum::body::to_bytes(request.into_body(), MAX_JSON_BODY)
         .await
         .map_err(|e| {
-            Box::new(error_body(
+            Refused::with(
                 &invalid_field("body", format!("the body could not be read: {e}")),
                 Some(StatusCode::PAYLOAD_TOO_LARGE),
-            ))
+            )
         })
 }
 
@@ -344,12 +324,8 @@ fn parse<M: Message + prost::Name + Default>(body: &[u8]) -> Result<M, Refused> 
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(M::default());
     }
-    pb::from_json(body).map_err(|e| {
-        Box::new(error_body(
-            &invalid_field("body", format!("the body is not a {}: {e}", M::NAME)),
-            None,
-        ))
-    })
+    pb::from_json(body)
+        .map_err(|e| invalid_field("body", format!("the body is not a {}: {e}", M::NAME)).into())
 }
 
 /// The request_id an `Idempotency-Key` header names: a UUID, quoted as a
@@ -359,12 +335,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
         return Ok(None);
     };
     let malformed = || {
-        Box::new(error_body(
-            &invalid_field(
-                "Idempotency-Key",
-                "Idempotency-Key must be a UUID, e.g. \"4b5e7a1c-0d3f-4e2a-9b8c-1f2e3d4c5b6a\"",
-            ),
-            None,
+        Refused::from(invalid_field(
+            "Idempotency-Key",
+            "Idempotency-Key must be a UUID, e.g. \"4b5e7a1c-0d3f-4e2a-9b8c-1f2e3d4c5b6a\"",
         ))
     };
     let text = value.to_str().map_err(|_| malformed())?.trim();
@@ -380,45 +353,33 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
 
 /// Answers a create: 202 with a `Location` and the operation, or the
 /// error; a reused Idempotency-Key with another body is 422.
-fn created(result: Result<tonic::Response<Operation>, Status>, keyed: bool) -> Response {
-    match result {
-        Ok(response) => {
-            let op = response.get_ref();
-            let mut response = operation_response(StatusCode::ACCEPTED, op);
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/{}", op.name)) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
-        }
+fn created(result: Result<tonic::Response<Operation>, Status>, keyed: bool) -> Answer {
+    let op = match result {
+        Ok(response) => response.into_inner(),
         Err(status) if keyed && status.code() == Code::AlreadyExists => {
-            error_body(&status, Some(StatusCode::UNPROCESSABLE_ENTITY))
+            return Err(Refused::with(
+                &status,
+                Some(StatusCode::UNPROCESSABLE_ENTITY),
+            ));
         }
-        Err(status) => error_body(&status, None),
+        Err(status) => return Err(status.into()),
+    };
+    let mut response = operation_response(StatusCode::ACCEPTED, &op);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/{}", op.name)) {
+        response.headers_mut().insert(header::LOCATION, location);
     }
+    Ok(response)
 }
 
-async fn create_sleep(State(rest): Shared, request: Request) -> Response {
-    let caller = match door(&rest, &request, Role::Writer) {
-        Ok(caller) => caller,
-        Err(refused) => return *refused,
-    };
-    let key = match idempotency_key(request.headers()) {
-        Ok(key) => key,
-        Err(refused) => return *refused,
-    };
-    let body = match body_of(request).await {
-        Ok(body) => body,
-        Err(refused) => return *refused,
-    };
-    let mut message = match parse::<SleepRequest>(&body) {
-        Ok(message) => message,
-        Err(refused) => return *refused,
-    };
+async fn create_sleep(State(rest): Shared, request: Request) -> Answer {
+    let caller = door(&rest, &request, Role::Writer)?;
+    let key = idempotency_key(request.headers())?;
+    let mut message = parse::<SleepRequest>(&body_of(request).await?)?;
     if let Some(key) = &key {
         message.request_id.clone_from(key);
     }
     let Some(diagnostics) = &rest.diagnostics else {
-        return error_body(&no_route("the Diagnostics service is off"), None);
+        return Err(no_route("the Diagnostics service is off").into());
     };
     created(
         diagnostics.sleep(as_caller(&caller, message)).await,
