@@ -244,34 +244,16 @@ impl Stage {
         }
         if !created.is_empty() {
             let columns = Columns::of(&created);
-            let query = sqlx::query(
-                "INSERT INTO longrun_operations
-                   (id, tenant, kind, request_id, state, due_us, ended_us,
-                    lease_holder, lease_expires_us, attempt, version, record)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
-                    $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
-                    $10::int4[], $11::int8[], $12::bytea[])
-                 ON CONFLICT DO NOTHING",
-            );
-            let query = columns.bind_changing(
-                query
-                    .bind(&columns.id)
-                    .bind(&columns.tenant)
-                    .bind(&columns.kind)
-                    .bind(&columns.request_id),
-            );
-            let inserted = query
+            let query = sqlx::query(concat!(insert_operations!(), " ON CONFLICT DO NOTHING"));
+            let inserted = columns
+                .bind_all(query)
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| SaveError::Store(db(e)))?;
             if inserted.rows_affected() != created.len() as u64 {
                 return Err(SaveError::RequestIdRace);
             }
-            for op in &created {
-                if op.state == State::Queued {
-                    moves.added.push(op.tenant.clone());
-                }
-            }
+            moves.added = queued_tenants(&created);
         }
         if !updated.is_empty() {
             let columns = Columns::of(&updated);
@@ -383,15 +365,10 @@ impl Stage {
         let columns = Columns::of(&created);
         let d = DeliveryColumns::of(&self.deliveries);
         let payloads = super::feed::payloads(tag, &self.notes);
-        let query = sqlx::query(
-            "WITH new_operations AS (
-                INSERT INTO longrun_operations
-                   (id, tenant, kind, request_id, state, due_us, ended_us,
-                    lease_holder, lease_expires_us, attempt, version, record)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
-                    $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
-                    $10::int4[], $11::int8[], $12::bytea[])
-                 RETURNING 1
+        let query = sqlx::query(concat!(
+            "WITH new_operations AS (",
+            insert_operations!(),
+            " RETURNING 1
              ), new_deliveries AS (
                 INSERT INTO longrun_deliveries (id, operation, due_us, record)
                  SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[])
@@ -400,15 +377,9 @@ impl Stage {
              SELECT (SELECT count(*) FROM new_operations) AS operations,
                     (SELECT count(*) FROM new_deliveries) AS deliveries,
                     (SELECT count(pg_notify($17, p)) FROM unnest($18::text[]) AS p) AS notes",
-        );
+        ));
         let query = columns
-            .bind_changing(
-                query
-                    .bind(&columns.id)
-                    .bind(&columns.tenant)
-                    .bind(&columns.kind)
-                    .bind(&columns.request_id),
-            )
+            .bind_all(query)
             .bind(&d.id)
             .bind(&d.operation)
             .bind(&d.due_us)
@@ -422,13 +393,8 @@ impl Stage {
             }
             Err(e) => return Err(SaveError::Store(db(e))),
         }
-        let added = created
-            .iter()
-            .filter(|op| op.state == State::Queued)
-            .map(|op| op.tenant.clone())
-            .collect();
         Ok(QueueMoves {
-            added,
+            added: queued_tenants(&created),
             taken: Vec::new(),
         })
     }
@@ -478,6 +444,29 @@ impl DeliveryColumns {
     }
 }
 
+/// The tenants of the operations among `created` that wait in the queue.
+fn queued_tenants(created: &[&Operation]) -> Vec<Tenant> {
+    created
+        .iter()
+        .filter(|op| op.state == State::Queued)
+        .map(|op| op.tenant.clone())
+        .collect()
+}
+
+/// Inserts operations from the twelve column arrays [`Columns::bind_all`]
+/// binds as $1..$12 (a macro, so that statements can `concat!` it).
+macro_rules! insert_operations {
+    () => {
+        "INSERT INTO longrun_operations
+           (id, tenant, kind, request_id, state, due_us, ended_us,
+            lease_holder, lease_expires_us, attempt, version, record)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
+            $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
+            $10::int4[], $11::int8[], $12::bytea[])"
+    };
+}
+use insert_operations;
+
 /// Operations as columns, for `unnest`.
 struct Columns {
     id: Vec<uuid::Uuid>,
@@ -497,6 +486,17 @@ struct Columns {
 type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 impl Columns {
+    /// Binds every column, as [`insert_operations`] reads them.
+    fn bind_all<'q>(&'q self, query: Query<'q>) -> Query<'q> {
+        self.bind_changing(
+            query
+                .bind(&self.id)
+                .bind(&self.tenant)
+                .bind(&self.kind)
+                .bind(&self.request_id),
+        )
+    }
+
     /// Binds the columns a change may move, state to record, in that order.
     fn bind_changing<'q>(&'q self, query: Query<'q>) -> Query<'q> {
         query
