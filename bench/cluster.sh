@@ -11,6 +11,7 @@
 # Needs: a release build, h2load (Debian nghttp2-client), psql, and a
 # PostgreSQL server the URL's user may create databases on.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/longrun}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
@@ -38,12 +39,7 @@ start_nodes() {
     "$BIN" serve --listen 127.0.0.1:0 --store "$PG/$2" --data-dir "$work/data-$i" \
       --node-name "node-$i" 2> "$work/log-$i" &
     pids+=($!)
-    for _ in $(seq 600); do
-      address=$(sed -n 's/.*listening on //p' "$work/log-$i" | head -1)
-      [ -n "$address" ] && break
-      sleep 0.1
-    done
-    [ -n "$address" ] || { cat "$work/log-$i" >&2; exit 1; }
+    wait_listening "$work/log-$i" "$!"
     echo "$address" >> "$work/addresses"
   done
 }

@@ -9,6 +9,7 @@
 # Needs: a release build, psql, and a PostgreSQL server the URL's user may
 # create databases on.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/longrun}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
@@ -25,13 +26,7 @@ start_node() {
   "$BIN" serve --listen 127.0.0.1:0 --store "$PG/$2" --data-dir "$work/data-$1" \
     --node-name "node-$1" --lease "$LEASE" 2> "$work/log-$1" &
   pids+=($!)
-  for _ in $(seq 600); do
-    address=$(sed -n 's/.*listening on //p' "$work/log-$1" | head -1)
-    [ -n "$address" ] && return
-    sleep 0.1
-  done
-  cat "$work/log-$1" >&2
-  exit 1
+  wait_listening "$work/log-$1" "$!"
 }
 
 count() {

@@ -12,6 +12,7 @@
 #   bench/h2load.sh [BINARY]        # BINARY defaults to target/release/longrun
 #   N=20000 CONNECTIONS=4 STREAMS=16 SERVE_ARGS="--sync always" bench/h2load.sh
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/longrun}
 N=${N:-20000}
 CONNECTIONS=${CONNECTIONS:-4}
@@ -29,14 +30,7 @@ start_server() {
   # shellcheck disable=SC2086
   "$BIN" serve --listen 127.0.0.1:0 --data-dir "$work/data" $SERVE_ARGS 2> "$work/log" &
   pid=$!
-  for _ in $(seq 600); do
-    address=$(sed -n 's/.*listening on //p' "$work/log" | head -1)
-    [ -n "$address" ] && return
-    kill -0 "$pid" 2>/dev/null || { cat "$work/log" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "the server did not start" >&2
-  exit 1
+  wait_listening "$work/log" "$pid"
 }
 
 stop_server() {

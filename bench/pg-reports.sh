@@ -8,6 +8,7 @@
 # Needs: a release build, psql, and a PostgreSQL server the URL's user may
 # create databases on.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/longrun}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
@@ -23,13 +24,7 @@ for run in $(seq "$RUNS"); do
   psql "$PG/postgres" -qc "CREATE DATABASE $db"
   "$BIN" serve --listen 127.0.0.1:0 --store "$PG/$db" --data-dir "$work/data" 2> "$work/log" &
   pid=$!
-  address=
-  for _ in $(seq 600); do
-    address=$(sed -n 's/.*listening on //p' "$work/log" | head -1)
-    [ -n "$address" ] && break
-    sleep 0.1
-  done
-  [ -n "$address" ] || { cat "$work/log" >&2; exit 1; }
+  wait_listening "$work/log" "$pid"
   echo "run $run"
   "$BIN" bench reports --server "http://$address" --count "$COUNT" --months 10
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=

@@ -8,6 +8,7 @@
 #
 # Needs: strace, h2load (Debian nghttp2-client).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/longrun}
 N=${N:-20000}
 work=$(mktemp -d)
@@ -17,12 +18,7 @@ printf '\0\0\0\0\0' > "$work/empty"
 strace -f -c -o "$work/counts" "$BIN" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
   2> "$work/log" &
 pid=$!
-for _ in $(seq 600); do
-  address=$(sed -n 's/.*listening on //p' "$work/log" | head -1)
-  [ -n "$address" ] && break
-  sleep 0.1
-done
-[ -n "$address" ] || { cat "$work/log" >&2; exit 1; }
+wait_listening "$work/log" "$pid"
 h2load -n "$N" -c 4 -m 16 -d "$work/empty" \
   -H 'content-type: application/grpc' -H 'te: trailers' \
   "http://$address/longrun.v1.Diagnostics/Sleep" > /dev/null

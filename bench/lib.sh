@@ -1,0 +1,18 @@
+# Shared by the bench scripts; source it: . "$(dirname "$0")/lib.sh"
+
+# Waits until the server with pid $2, logging to $1, says the address it
+# listens on, and sets $address to it. Shows the log and exits when the
+# server dies or has not started within a minute.
+wait_listening() {
+  local log=$1 pid=$2
+  address=
+  for _ in $(seq 600); do
+    address=$(sed -n 's/.*listening on //p' "$log" | head -1)
+    [ -n "$address" ] && return
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$log" >&2
+  echo "the server did not start" >&2
+  exit 1
+}
