@@ -20,8 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=examples/proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let fds = protox::compile(PROTOS, ["proto"])?;
-    std::fs::write(out_dir.join("longrun_descriptor.bin"), fds.encode_to_vec())?;
+    // Encoded by protox itself, which keeps the options' extensions (the
+    // google.api.http bindings the HTTP/JSON face reads); prost's own
+    // types would drop them.
+    let encoded = protox::Compiler::new(["proto"])?
+        .include_imports(true)
+        .open_files(PROTOS)?
+        .encode_file_descriptor_set();
+    std::fs::write(out_dir.join("longrun_descriptor.bin"), &encoded)?;
+    let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())?;
 
     let mut config = tonic_prost_build::Config::new();
     // Every message gets a prost::Name impl, so it can be packed into an Any

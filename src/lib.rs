@@ -31,6 +31,7 @@ pub mod auth;
 pub mod diagnostics;
 pub mod engine;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod reports;

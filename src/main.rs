@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, ServeArgs};
+
+use cli::{Cli, Command, MetricsListen, ServeArgs};
 use longrun::{Registry, Server};
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
@@ -72,7 +73,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // reload sent meanwhile waits instead of killing the process.
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let server = Server::open(args.config(secrets), Registry::new()).await?;
+    let metrics = match args.metrics_listen {
+        Some(MetricsListen::Off) => None,
+        Some(MetricsListen::On(address)) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("could not serve metrics on {address} (--metrics-listen; `off` turns them off)"))?,
+        ),
+        // The default port may be another server's on this machine: that
+        // costs this one its metrics, not its start.
+        None => match tokio::net::TcpListener::bind(cli::DEFAULT_METRICS_LISTEN).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "metrics are off: {} is taken; pass --metrics-listen ADDRESS to serve them elsewhere",
+                    cli::DEFAULT_METRICS_LISTEN
+                );
+                None
+            }
+        },
+    };
+    let mut server = Server::open(args.config(secrets), Registry::new()).await?;
+    if let Some(metrics) = metrics {
+        server.metrics_on(metrics);
+    }
     let reloading = TaskTracker::new();
     #[cfg(unix)]
     match hangups {

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use self::serve::ServeArgs;
+pub use self::serve::{DEFAULT_METRICS_LISTEN, MetricsListen, ServeArgs};
 
 /// A gRPC server for long-running operations.
 #[derive(Debug, Parser)]

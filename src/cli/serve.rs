@@ -177,6 +177,40 @@ pub struct ServeArgs {
     /// the HTTP/2 preface before it is dropped.
     #[arg(long, env = "LONGRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Where Prometheus scrapes `/metrics`, or `off` [default:
+    /// 127.0.0.1:9464, skipped with a warning when another process holds
+    /// it; an address given here must be free].
+    #[arg(long, env = "LONGRUN_METRICS_LISTEN", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<MetricsListen>,
+    /// An origin browsers may call the HTTP/JSON face from, such as
+    /// `https://app.example.com` (CORS); repeat for more. None by default:
+    /// CORS is off.
+    #[arg(
+        long = "cors-origin",
+        env = "LONGRUN_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+/// Where metrics are served unless `--metrics-listen` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// Where metrics are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen::Off);
+    }
+    value
+        .parse()
+        .map(MetricsListen::On)
+        .map_err(|e| format!("{value:?} is neither an address (host:port) nor off: {e}"))
 }
 
 impl ServeArgs {
@@ -265,6 +299,7 @@ impl ServeArgs {
             max_orders_per_tenant: self.tenant_max_orders,
             keepalive_interval: self.keepalive.max(Duration::from_secs(1)),
             handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
+            cors_origins: self.cors_origins.clone(),
             ..ServerConfig::default()
         }
     }

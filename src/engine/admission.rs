@@ -119,7 +119,11 @@ impl Engine {
         op.notification = options.notification;
         let name = op.id.name();
         match inner.committer.write(Write::Create(op)).await {
-            Ok(Applied::Created(Created::New(op) | Created::Existing(op))) => Ok(op),
+            Ok(Applied::Created(Created::New(op))) => {
+                inner.config.metrics.created(&op.kind);
+                Ok(op)
+            }
+            Ok(Applied::Created(Created::Existing(op))) => Ok(op),
             Ok(other) => Err(EngineError::Store(StoreError::Backend(format!(
                 "a create was answered with {other:?}"
             )))),

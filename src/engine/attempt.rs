@@ -21,9 +21,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use super::Inner;
 use super::task::{Kind, TaskContext, TaskError};
 use crate::model::{
-    Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress,
+    Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress, State,
 };
-use crate::store::{StoreError, Write};
+use crate::store::{Applied, StoreError, Write};
 
 /// How long a result that found the disk full waits before it is written
 /// again.
@@ -72,9 +72,11 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
         let handle = inner
             .tracker
             .spawn(kind.task.run(ctx, op.request.clone()).in_current_span());
-        let deadline = Instant::now() + op.timeout;
+        let began = Instant::now();
+        let deadline = began + op.timeout;
         let (ended, progress) =
             supervise(&inner, claim, handle, progress_rx, &token, deadline).await;
+        inner.config.metrics.ran(&op.kind, began.elapsed());
         inner.forget_running(op.id);
 
         let finish = match ended {
@@ -231,6 +233,18 @@ async fn supervise(
     }
 }
 
+/// Counts a stored end of an attempt in the metrics.
+fn count_end(inner: &Inner, op: &Operation, finish: &Finish) {
+    let metrics = &inner.config.metrics;
+    match (finish, op.state) {
+        (Finish::Retry { .. }, _) => metrics.retried(&op.kind),
+        (_, State::Succeeded) => metrics.finished(&op.kind, "succeeded"),
+        (_, State::Failed) => metrics.finished(&op.kind, "failed"),
+        (_, State::Cancelled) => metrics.finished(&op.kind, "cancelled"),
+        _ => {}
+    }
+}
+
 /// Stores how the attempt ended. A full disk is waited out (the result is
 /// kept until it can be written, or until shutdown, after which recovery
 /// deals with the attempt); a stale claim's result is dropped.
@@ -245,8 +259,11 @@ async fn end(inner: &Inner, claim: Claim, finish: Finish) {
             .write(Write::Update { id: claim.id, edit })
             .await
         {
-            Ok(_) => {
+            Ok(applied) => {
                 debug!("attempt ended");
+                if let Applied::Updated(op) = applied {
+                    count_end(inner, &op, &finish);
+                }
                 return;
             }
             Err(StoreError::Rejected(r)) => {

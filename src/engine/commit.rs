@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::Clock;
+use crate::metrics::Metrics;
 use crate::store::{Applied, OperationStore, StoreError, StoreResult, Write};
 
 /// The most writes in one batch; more wait for the next.
@@ -63,12 +64,13 @@ impl Committer {
     pub(crate) fn start(
         store: Arc<dyn OperationStore>,
         clock: Clock,
+        metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
-        tasks.spawn(run(rx, store, clock, stop, Arc::clone(&stats)));
+        tasks.spawn(run(rx, store, clock, metrics, stop, Arc::clone(&stats)));
         Self { tx, stats }
     }
 
@@ -131,6 +133,7 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     store: Arc<dyn OperationStore>,
     clock: Clock,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     stats: Arc<Stats>,
 ) {
@@ -178,14 +181,17 @@ async fn run(
         stats
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        in_flight.push(commit(batch, &*store, &clock));
+        in_flight.push(commit(batch, &*store, &clock, &metrics));
     }
 }
 
-async fn commit(batch: Vec<Pending>, store: &dyn OperationStore, clock: &Clock) {
+async fn commit(batch: Vec<Pending>, store: &dyn OperationStore, clock: &Clock, metrics: &Metrics) {
     let (writes, replies): (Vec<Write>, Vec<_>) =
         batch.into_iter().map(|p| (p.write, p.reply)).unzip();
+    let size = writes.len();
+    let began = std::time::Instant::now();
     let results = store.commit(writes, clock.now()).await;
+    metrics.commit(size, began.elapsed());
     for (reply, result) in replies.into_iter().zip(results) {
         if let Some(reply) = reply {
             // A caller that gave up is not an error.

@@ -211,6 +211,16 @@ async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
             }
             claims_durable = true;
         }
+        // The queue wait is counted for first attempts only: a retry's
+        // claim no longer says when it became due.
+        let waited = match (op.attempt, op.start_time) {
+            (1, Some(started)) => started.duration_since(op.create_time).unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        inner
+            .config
+            .metrics
+            .started(&op.kind, waited, op.attempt == 1);
         inner
             .tracker
             .spawn(attempt::run(Arc::clone(inner), op, kind));

@@ -61,6 +61,7 @@ use self::commit::Committer;
 use self::dispatch::Slots;
 use self::page_token::PageTokens;
 use self::quota::Quotas;
+use crate::metrics::{Backlog, Metrics, WatchGauge};
 use crate::model::{Delivery, Edit, Operation, Scope, State, Tenant};
 use crate::store::{
     Applied, Health, OperationStore, OutboxStore, QueueDepth, StoreError, Stores, Write,
@@ -93,6 +94,8 @@ pub struct EngineConfig {
     /// How long a claim on a shared store lasts unless its node renews it:
     /// how soon another node takes back the work of a node that died.
     pub lease: Duration,
+    /// Where the engine counts what it does.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The lease of claims on a shared store by default.
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             clock: Clock::system(),
             node: format!("node-{:016x}", rand::random::<u64>()),
             lease: DEFAULT_LEASE,
+            metrics: Arc::default(),
         }
     }
 }
@@ -258,6 +262,7 @@ impl Engine {
         let committer = Committer::start(
             Arc::clone(&stores.operations),
             config.clock,
+            Arc::clone(&config.metrics),
             &writer,
             stop_writes.clone(),
         );
@@ -373,6 +378,10 @@ impl Engine {
             self.get(scope, id).await?;
         }
         let op = self.inner.edit(id, Edit::Cancel).await?;
+        if op.state == State::Cancelled {
+            // Cancelled while queued; a running one ends through its attempt.
+            self.inner.config.metrics.finished(&op.kind, "cancelled");
+        }
         // The change feed tells the attempt too (on every node); doing it
         // here as well saves a hop on this one.
         self.inner.deliver_cancellation(&op);
@@ -426,7 +435,9 @@ impl Engine {
     /// Counts one more Watch stream against `tenant`'s limit, until the
     /// permit is dropped.
     pub fn watch_permit(&self, tenant: &Tenant) -> Result<WatchPermit, EngineError> {
-        self.inner.quotas.watch(tenant)
+        let mut permit = self.inner.quotas.watch(tenant)?;
+        permit.gauge = Some(WatchGauge::open(&self.inner.config.metrics));
+        Ok(permit)
     }
 
     /// Waits until the operation is done, the timeout passes or the server
@@ -487,6 +498,17 @@ impl Engine {
     /// kind's concurrency: (kind, running, limit).
     pub fn running(&self) -> Vec<(&'static str, usize, usize)> {
         self.inner.slots.usage()
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.config.metrics
+    }
+
+    /// What is unfinished in the store, by kind and state, for a metrics
+    /// scrape.
+    pub async fn backlog(&self) -> Result<Vec<Backlog>, EngineError> {
+        self.inner.ops.backlog().await.map_err(EngineError::from)
     }
 
     /// How many operations have at least one watcher.

@@ -11,6 +11,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::EngineError;
+use crate::metrics::WatchGauge;
 use crate::model::Tenant;
 
 /// What each tenant may use. `None` means unlimited.
@@ -69,7 +70,10 @@ impl Quotas {
     /// dropped.
     pub(crate) fn watch(self: &Arc<Self>, tenant: &Tenant) -> Result<WatchPermit, EngineError> {
         if self.max_watches.is_none() {
-            return Ok(WatchPermit { counted: None });
+            return Ok(WatchPermit {
+                counted: None,
+                gauge: None,
+            });
         }
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         let count = watches.entry(tenant.clone()).or_insert(0);
@@ -85,6 +89,7 @@ impl Quotas {
         *count += 1;
         Ok(WatchPermit {
             counted: Some((Arc::clone(self), tenant.clone())),
+            gauge: None,
         })
     }
 }
@@ -93,6 +98,8 @@ impl Quotas {
 /// it lives, when there is a limit to count against.
 pub struct WatchPermit {
     counted: Option<(Arc<Quotas>, Tenant)>,
+    /// Shows the stream in the metrics while it lives.
+    pub(crate) gauge: Option<WatchGauge>,
 }
 
 impl Drop for WatchPermit {

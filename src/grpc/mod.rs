@@ -2,13 +2,14 @@
 //! service is a thin struct over an [`Engine`](crate::engine::Engine)
 //! handle that converts requests (with `pb::convert`), calls the engine or
 //! the report domain, and converts the answer back. `status` builds every
-//! status; `auth` is the door every call passes. `rest` is the HTTP/JSON
-//! face: the protos' `google.api.http` bindings transcoded onto the same
-//! services.
+//! status; `auth` is the door every call passes; `metered` counts calls.
+//! `rest` is the HTTP/JSON face: the protos' `google.api.http` bindings
+//! transcoded onto the same services.
 
 pub mod auth;
 pub mod diagnostics;
 pub mod limits;
+pub mod metered;
 pub mod notifications;
 pub mod operations;
 pub mod reports;

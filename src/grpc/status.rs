@@ -144,3 +144,20 @@ pub fn stalled(reason: &str, idle: Duration) -> Status {
         ),
     )
 }
+
+/// The status a stored google.rpc.Status describes (an operation's
+/// error), with its details.
+pub fn from_rpc(rpc: &crate::pb::google::rpc::Status) -> Status {
+    use prost::Message;
+    Status::with_details(
+        Code::from_i32(rpc.code),
+        rpc.message.clone(),
+        rpc.encode_to_vec().into(),
+    )
+}
+
+/// An answer of the server's own services that could not be read back
+/// (the HTTP face decodes what gRPC encoded).
+pub fn garbled(message: impl Into<String>) -> Status {
+    with_info(Code::Internal, "GARBLED_ANSWER", message)
+}

@@ -67,6 +67,7 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         next_attempt_time: op.not_before.map(timestamp),
         last_attempt_error: op.last_error.as_ref().map(status),
         tenant: op.tenant.as_str().to_owned(),
+        version: i64::try_from(op.version).unwrap_or(i64::MAX),
     }
 }
 

@@ -3,6 +3,7 @@
 //! sequence.
 //!
 //! - `listen`: accepting connections, each with a deadline to start;
+//! - `metrics`: the Prometheus scrape endpoint, on its own listener;
 //! - `tls`: rustls configuration for the port, reloadable.
 //!
 //! The caller owns the listener and the shutdown signal, so tests serve on
@@ -10,6 +11,7 @@
 //! starts is tracked and waited for before `serve` returns.
 
 pub mod listen;
+pub mod metrics;
 pub mod tls;
 
 use std::future::Future;
@@ -29,6 +31,7 @@ use crate::auth::{Authenticator, LoadError};
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::metered::MeteredLayer;
 use crate::grpc::rest;
 use crate::grpc::{
     DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
@@ -95,6 +98,9 @@ pub struct ServerConfig {
     /// How long a new connection has to finish its TLS handshake and send
     /// the HTTP/2 preface before it is dropped.
     pub handshake_timeout: Duration,
+    /// Origins that browsers may call the HTTP/JSON face from (CORS);
+    /// none by default, which turns CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +131,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -142,6 +149,10 @@ pub enum ServerError {
     Engine(#[from] EngineError),
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("--cors-origin: {0}")]
+    Cors(String),
+    #[error("could not serve metrics: {0}")]
+    Metrics(std::io::Error),
     #[error("reflection could not read the descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
@@ -238,6 +249,7 @@ pub struct Server {
     config: ServerConfig,
     routes: RoutesBuilder,
     descriptors: Vec<&'static [u8]>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -317,6 +329,7 @@ impl Server {
                 pb::FILE_DESCRIPTOR_SET,
                 tonic_health::pb::FILE_DESCRIPTOR_SET,
             ],
+            metrics_listener: None,
         })
     }
 
@@ -347,8 +360,14 @@ impl Server {
         &mut self.routes
     }
 
+    /// Serves the Prometheus metrics at `/metrics` on `listener` too.
+    pub fn metrics_on(&mut self, listener: TcpListener) {
+        self.metrics_listener = Some(listener);
+    }
+
     /// Adds an encoded FileDescriptorSet to what reflection serves, so that
-    /// grpcurl can call services added with [`Server::routes`].
+    /// grpcurl can call services added with [`Server::routes`], and whose
+    /// `google.api.http` annotations the HTTP/JSON face serves.
     pub fn reflect(&mut self, descriptor_set: &'static [u8]) {
         self.descriptors.push(descriptor_set);
     }
@@ -379,6 +398,7 @@ impl Server {
             config,
             mut routes,
             descriptors,
+            metrics_listener,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut names = vec![
@@ -436,14 +456,21 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
-        // The HTTP/JSON face, on the same listener.
-        let rest = rest::Rest {
-            operations: OperationsService::new(engine.clone(), config.max_wait),
-            diagnostics: config
-                .diagnostics
-                .then(|| DiagnosticsService::new(engine.clone())),
-            auth: Arc::clone(&auth),
+        // The HTTP/JSON face, on the same listener: it calls the gRPC
+        // services in-process.
+        let grpc = routes.routes().into_axum_router();
+        let rest_config = rest::RestConfig {
+            descriptors: descriptors.clone(),
+            max_body: max,
         };
+        let rest = rest::Rest::new(
+            grpc.clone(),
+            Arc::clone(&auth),
+            Arc::clone(engine.metrics()),
+            &rest_config,
+        );
+        let faces =
+            grpc.merge(rest::router(rest, &config.cors_origins).map_err(ServerError::Cors)?);
 
         // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
         // keepalive finds peers that vanished without a word.
@@ -458,20 +485,24 @@ impl Server {
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .load_shed(true)
+            .layer(MeteredLayer::new(Arc::clone(engine.metrics())))
             .layer(tower::util::MapResponseLayer::new(
                 crate::grpc::limits::explain_limit_errors,
             ))
             .layer(AuthLayer::new(Arc::clone(&auth)))
             .accept_http1(true)
-            .add_routes(Routes::from(
-                routes.routes().into_axum_router().merge(rest::router(rest)),
-            ));
+            .add_routes(Routes::from(faces));
         let stopped = {
             let stop = stop.clone();
             async move { stop.cancelled().await }
         };
         let deadline = config.handshake_timeout;
         let tasks = TaskTracker::new();
+        if let Some(listener) = metrics_listener {
+            let address = listener.local_addr().map_err(ServerError::Metrics)?;
+            tasks.spawn(metrics::serve(listener, engine.clone(), stop.clone()));
+            info!("metrics on http://{address}/metrics");
+        }
         let serving = match &tls {
             None => tasks.spawn(router.serve_with_incoming_shutdown(
                 listen::plain(incoming, deadline, tasks.clone(), stop.clone()),

@@ -48,6 +48,7 @@ pub use self::files::{DirFiles, FileRead, FileStore, FileWriter};
 pub use self::postgres::PgStore;
 pub use self::ready::QueueDepth;
 pub use self::sled::{SledStore, SyncMode};
+pub use crate::metrics::Backlog;
 
 /// What `create` did.
 #[derive(Debug, Clone)]
@@ -226,6 +227,33 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
+
+    /// How many operations of each kind are unfinished, by state, with the
+    /// creation time of the oldest: what a metrics scrape shows. By default
+    /// counted from [`unfinished`](Self::unfinished); a backend that can
+    /// count without reading every record does.
+    async fn backlog(&self) -> StoreResult<Vec<Backlog>> {
+        let mut counts: std::collections::BTreeMap<(String, &'static str), Backlog> =
+            std::collections::BTreeMap::new();
+        for op in self.unfinished().await? {
+            let state = op.state.as_str();
+            let entry = counts
+                .entry((op.kind.clone(), state))
+                .or_insert_with(|| Backlog {
+                    kind: op.kind.clone(),
+                    state,
+                    count: 0,
+                    oldest: None,
+                });
+            entry.count += 1;
+            entry.oldest = Some(
+                entry
+                    .oldest
+                    .map_or(op.create_time, |t| t.min(op.create_time)),
+            );
+        }
+        Ok(counts.into_values().collect())
+    }
 
     /// Up to `limit` done operations that ended before `ended_before`, in
     /// no promised order (the retention sweeper asks again until none is

@@ -207,6 +207,12 @@ pub async fn run(
                         in_flight.spawn(async move {
                             let outcome = attempt(&client, &config, &*tenants, &delivery).await;
                             let updated = record(&config, delivery, outcome);
+                            engine.metrics().delivery(match updated.state {
+                                DeliveryState::Delivered => "delivered",
+                                DeliveryState::Pending => "retrying",
+                                DeliveryState::Disabled => "disabled",
+                                DeliveryState::Failed => "failed",
+                            });
                             debug!(id = %updated.webhook_id(), state = ?updated.state, "delivery attempt recorded");
                             match engine.save_delivery(updated.clone()).await {
                                 Ok(()) => Some(updated),

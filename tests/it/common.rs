@@ -26,6 +26,8 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
     pub engine: longrun::Engine,
     /// The backend's stores, for tests that follow the change feed.
     pub stores: longrun::store::Stores,
@@ -118,7 +120,12 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let data_dir = config.data_dir.clone();
-        let server = open_retrying(config, registry).await;
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let metrics_addr = metrics.local_addr().expect("address");
+        let mut server = open_retrying(config, registry).await;
+        server.metrics_on(metrics);
         let engine = server.engine().clone();
         let stores = server.stores().clone();
         let reloader = server.reloader();
@@ -128,6 +135,7 @@ impl TestServer {
         }));
         Self {
             addr,
+            metrics_addr,
             engine,
             stores,
             reloader,

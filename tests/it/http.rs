@@ -378,3 +378,702 @@ async fn the_http_door_is_the_grpc_door() {
         .await
         .unwrap();
 }
+
+/// Events read from a `text/event-stream` response: (id, event, data).
+struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+#[derive(Debug)]
+struct SseEvent {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+impl EventStream {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), or None when the stream ends.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_owned());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = Some(v.trim().to_owned());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        event.data.push_str(v.trim_start());
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk())
+                .await
+                .expect("an event in time")
+                .expect("the stream reads")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+async fn watch(http: &Http, location: &str, last: Option<&str>) -> reqwest::Response {
+    let mut request = http
+        .request(reqwest::Method::GET, &format!("{location}:watch"))
+        .header("accept", "text/event-stream");
+    if let Some(last) = last {
+        request = request.header("last-event-id", last);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn sse_resumes_with_last_event_id_and_never_misses_the_final_state() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    let (_, headers, _) = http
+        .post(
+            "/v1/diagnostics:sleep",
+            json!({"duration": "1s", "steps": 4}),
+        )
+        .await;
+    let location = headers["location"].to_str().unwrap().to_owned();
+
+    let response = watch(&http, &location, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut events = EventStream::new(response);
+    let first = events.next().await.expect("the current state");
+    let first_id = first.id.clone().expect("an id");
+    let op: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(op["metadata"]["version"], first_id.as_str(), "{op}");
+    // The connection drops; meanwhile the operation finishes.
+    drop(events);
+    let (_, _, done) = http
+        .post(&format!("{location}:wait"), json!({"timeout": "30s"}))
+        .await;
+    assert_eq!(done["done"], true);
+
+    // Resuming after the first event yields what came since, ending with
+    // the final state, and then the stream ends.
+    let mut events = EventStream::new(watch(&http, &location, Some(&first_id)).await);
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        let id: i64 = event.id.as_deref().unwrap().parse().unwrap();
+        assert!(id > first_id.parse().unwrap(), "{event:?} was seen before");
+        last = Some(event);
+    }
+    let last = last.expect("the final state after resuming");
+    let op: Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(op["done"], true, "{op}");
+    assert_eq!(op["metadata"]["state"], "SUCCEEDED");
+
+    // A client that already has the final state gets nothing more.
+    let mut events = EventStream::new(watch(&http, &location, last.id.as_deref()).await);
+    assert!(events.next().await.is_none());
+
+    // A watch of nothing is a plain 404.
+    let (status, _, body) = http
+        .get("/v1/operations/0b6e4a52-8f0d-4d7e-9a51-3c1f2e4d5b6a:watch")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sse_streams_count_against_the_tenants_watch_limit() {
+    let server = TestServer::start_with(|c| c.engine.quotas.max_watches = Some(1)).await;
+    let http = Http::new(&server, None);
+    let (_, headers, _) = http
+        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await;
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let mut open = EventStream::new(watch(&http, &location, None).await);
+    open.next().await.expect("the current state");
+    let second = watch(&http, &location, None).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = serde_json::from_slice(&second.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED", "{body}");
+    drop(open);
+    http.post(&format!("{location}:cancel"), json!({})).await;
+    server.stop().await;
+}
+
+const ORDERS: &str = "order_id,created_at,customer_id,status,amount_cents\n\
+                      a,2024-03-01T10:00:00Z,c1,placed,1250\n\
+                      b,2024-03-02T11:00:00Z,c2,delivered,300\n\
+                      c,2024-04-01T00:00:00Z,c3,approved,99\n";
+
+/// Polls `:result` until it is no longer 202, honouring Retry-After's
+/// presence (the wait itself is the server's `:wait`).
+async fn result_of(http: &Http, location: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    loop {
+        let mut request = client.get(format!("{}{location}:result", http.base));
+        if let Some(token) = &http.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        if response.status() != StatusCode::ACCEPTED {
+            return response;
+        }
+        assert!(retry_after(response.headers()).is_some_and(|s| s >= 1));
+        http.post(&format!("{location}:wait"), json!({"timeout": "30s"}))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_report_is_imported_created_polled_and_downloaded_over_http() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+
+    // The CSV body streams into the import, in pieces.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = ORDERS
+        .as_bytes()
+        .chunks(16)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let (status, headers, op) = http
+        .send(
+            http.request(reqwest::Method::POST, "/v1/orders:import")
+                .header("content-type", "text/csv")
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    pieces,
+                ))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let import = headers["location"].to_str().unwrap().to_owned();
+    let response = result_of(&http, &import).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let imported: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(imported["imported"], "3", "{imported}");
+
+    let (status, headers, _) = http
+        .post("/v1/reports", json!({"month": "2024-03", "format": "CSV"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let response = result_of(&http, &location).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let download = response.headers()["location"].to_str().unwrap().to_owned();
+    let id = location.rsplit('/').next().unwrap();
+    assert_eq!(download, format!("/v1/reports/{id}:download"));
+
+    let (status, _, record) = http.get(&format!("/v1/reports/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["orderCount"], "2", "{record}");
+    assert_eq!(record["totalAmountCents"], "1550", "{record}");
+
+    let file = http
+        .request(reqwest::Method::GET, &download)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status(), StatusCode::OK);
+    assert_eq!(file.headers()["content-type"], "text/csv; charset=utf-8");
+    let length: u64 = file.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(length.to_string(), record["sizeBytes"].as_str().unwrap());
+    let etag = file.headers()["etag"].to_str().unwrap().to_owned();
+    let text = file.text().await.unwrap();
+    assert_eq!(text.len() as u64, length);
+    assert_eq!(etag, format!("\"{}\"", record["sha256"].as_str().unwrap()));
+    assert!(text.starts_with("order_id,"), "{text}");
+    assert!(text.contains("TOTAL"), "{text}");
+
+    // A failed operation's :result is its error, with its own status.
+    let (_, headers, _) = http
+        .post(
+            "/v1/diagnostics:sleep",
+            json!({"duration": "0s", "failCode": 9}),
+        )
+        .await;
+    let failed = headers["location"].to_str().unwrap().to_owned();
+    let response = result_of(&http, &failed).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["status"], "FAILED_PRECONDITION", "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_route_answers_for_exactly_the_roles_and_tenants_grpc_allows() {
+    let reader = Person::new("rita", "acme", "reader");
+    let writer = Person::new("alice", "acme", "writer");
+    let admin = Person::new("root", "acme", "admin");
+    let other = Person::new("gary", "globex", "writer");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, auth_toml(&[&reader, &writer, &admin, &other], "")).unwrap();
+    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let as_writer = Http::new(&server, writer.token());
+    let (_, headers, _) = as_writer
+        .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+        .await;
+    let op = headers["location"].to_str().unwrap().to_owned();
+    as_writer
+        .post(&format!("{op}:wait"), json!({"timeout": "30s"}))
+        .await;
+
+    // (method, path, needs a writer): the same classes as the gRPC door.
+    let routes = [
+        ("GET", "/v1/operations".to_owned(), false),
+        ("GET", op.clone(), false),
+        ("GET", format!("{op}:result"), false),
+        ("GET", format!("{op}/deliveries"), false),
+        ("POST", format!("{op}:wait"), false),
+        ("POST", format!("{op}:cancel"), true),
+        ("POST", "/v1/diagnostics:sleep".to_owned(), true),
+        ("POST", "/v1/reports".to_owned(), true),
+    ];
+    let call = |who: Option<&str>, method: &str, path: &str| {
+        let http = Http::new(&server, who);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let body = if path.ends_with(":wait") {
+            json!({"timeout": "1s"})
+        } else if path.ends_with("/reports") {
+            json!({"month": "2024-03", "format": "CSV"})
+        } else if path.ends_with(":cancel") {
+            json!({})
+        } else {
+            json!({"duration": "0s"})
+        };
+        let request = http.request(method, path);
+        async move {
+            let response = json_body(request, &body).send().await.unwrap();
+            response.status()
+        }
+    };
+    for (method, path, writes) in &routes {
+        let scoped = path.starts_with("/v1/operations/");
+        assert_eq!(
+            call(None, method, path).await,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        assert_eq!(
+            call(Some("lr_never-issued"), method, path).await,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with an unknown token"
+        );
+        let as_reader = call(reader.token(), method, path).await;
+        if *writes {
+            assert_eq!(
+                as_reader,
+                StatusCode::FORBIDDEN,
+                "{method} {path} as a reader"
+            );
+        } else {
+            assert!(
+                as_reader.is_success() || as_reader.is_redirection(),
+                "{method} {path} as a reader: {as_reader}"
+            );
+        }
+        // Cancelling a finished operation is refused for what it is, not
+        // for who asks: FAILED_PRECONDITION, 400.
+        let allowed = |status: StatusCode| {
+            status.is_success()
+                || status.is_redirection()
+                || (path.ends_with(":cancel") && status == StatusCode::BAD_REQUEST)
+        };
+        let as_writer = call(writer.token(), method, path).await;
+        assert!(
+            allowed(as_writer),
+            "{method} {path} as a writer: {as_writer}"
+        );
+        let as_admin = call(admin.token(), method, path).await;
+        assert!(allowed(as_admin), "{method} {path} as an admin: {as_admin}");
+        if scoped {
+            assert_eq!(
+                call(other.token(), method, path).await,
+                StatusCode::NOT_FOUND,
+                "{method} {path} from another tenant"
+            );
+        }
+    }
+    // DELETE last: another tenant cannot, the owner's writer can.
+    let delete = |who: Option<&str>| {
+        let http = Http::new(&server, who);
+        let op = op.clone();
+        async move {
+            http.request(reqwest::Method::DELETE, &op)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(delete(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(delete(reader.token()).await, StatusCode::FORBIDDEN);
+    assert_eq!(delete(other.token()).await, StatusCode::NOT_FOUND);
+    assert_eq!(delete(writer.token()).await, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .unwrap();
+}
+
+/// The metrics page once `ready` says it shows what a test waits for.
+async fn metrics_when(server: &TestServer, ready: impl Fn(&str) -> bool) -> String {
+    let url = format!("http://{}/metrics", server.metrics_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the metrics did not show the work in time:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_known_work() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    const N: usize = 7;
+    let mut last = String::new();
+    for _ in 0..N {
+        let (status, headers, _) = http
+            .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        last = headers["location"].to_str().unwrap().to_owned();
+    }
+    // One more over gRPC, and one refused there.
+    crate::common::start_sleep(&server, longrun::pb::longrun::v1::SleepRequest::default()).await;
+    let mut ops = longrun::pb::google::longrunning::operations_client::OperationsClient::new(
+        server.channel().await,
+    );
+    let missing = ops
+        .get_operation(longrun::pb::google::longrunning::GetOperationRequest {
+            name: "operations/0b6e4a52-8f0d-4d7e-9a51-3c1f2e4d5b6a".into(),
+        })
+        .await;
+    assert!(missing.is_err());
+    // Wait for every create to finish (they are zero-length sleeps).
+    let (_, _, listed) = http.get("/v1/operations?page_size=100").await;
+    for op in listed["operations"].as_array().unwrap() {
+        let name = op["name"].as_str().unwrap();
+        http.post(&format!("/v1/{name}:wait"), json!({"timeout": "30s"}))
+            .await;
+    }
+    let _ = last;
+
+    let page = reqwest::get(format!("http://{}/metrics", server.metrics_addr))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let sleep = "kind=\"longrun.v1.Diagnostics.Sleep\"";
+    // An attempt's end is counted once its result is stored, which a
+    // waiter may hear of first: wait for the count, with a deadline.
+    let finished = format!("longrun_operations_finished_total{{{sleep},outcome=\"succeeded\"}}");
+    let text = metrics_when(&server, |text| {
+        sample(text, &finished) == Some((N + 1) as f64)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("longrun_operations_created_total{{{sleep}}}")
+        ),
+        Some((N + 1) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("longrun_operations_started_total{{{sleep}}}")
+        ),
+        Some((N + 1) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("longrun_operations_finished_total{{{sleep},outcome=\"succeeded\"}}")
+        ),
+        Some((N + 1) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("longrun_run_seconds_count{{{sleep}}}")),
+        Some((N + 1) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "longrun_http_requests_total{method=\"POST\",route=\"/v1/diagnostics:sleep\",code=\"202\"}"
+        ),
+        Some(N as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "longrun_grpc_requests_total{method=\"/google.longrunning.Operations/GetOperation\",code=\"NOT_FOUND\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "longrun_store_commit_batch_size_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "longrun_watch_streams"), Some(0.0), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+
+    // Queue gauges follow the store: one long sleep waits or runs.
+    let (_, headers, _) = http
+        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await;
+    let long = headers["location"].to_str().unwrap().to_owned();
+    let text = metrics_when(&server, |_| true).await;
+    let queued = sample(
+        &text,
+        &format!("longrun_queue_depth{{{sleep},state=\"QUEUED\"}}"),
+    );
+    let running = sample(
+        &text,
+        &format!("longrun_queue_depth{{{sleep},state=\"RUNNING\"}}"),
+    );
+    assert_eq!(
+        queued.unwrap_or(0.0) + running.unwrap_or(0.0),
+        1.0,
+        "{text}"
+    );
+    http.post(&format!("{long}:cancel"), json!({})).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_an_origin_is_allowed() {
+    let preflight = |server: &TestServer, origin: &str| {
+        let http = Http::new(server, None);
+        let origin = origin.to_owned();
+        async move {
+            http.request(reqwest::Method::OPTIONS, "/v1/operations")
+                .header("origin", origin)
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let closed = TestServer::start().await;
+    let response = preflight(&closed, "https://app.example.com").await;
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    closed.stop().await;
+
+    let open = TestServer::start_with(|c| {
+        c.cors_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let response = preflight(&open, "https://app.example.com").await;
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let response = preflight(&open, "https://evil.example.com").await;
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    open.stop().await;
+}
+
+/// A request that should get the documented success answer of one
+/// OpenAPI operation, given an operation id and a report id that exist.
+fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String, Option<Value>) {
+    let none = None;
+    match operation_id {
+        "Operations.ListOperations" => ("/v1/operations".into(), none),
+        "Operations.GetOperation" => (format!("/v1/{op}"), none),
+        "Operations.GetOperationResult" => (format!("/v1/{op}:result"), none),
+        "Operations.WaitOperation" => (format!("/v1/{op}:wait"), Some(json!({"timeout": "1s"}))),
+        "Operations.CancelOperation" => (format!("/v1/{running}:cancel"), Some(json!({}))),
+        "Operations.DeleteOperation" => (format!("/v1/{op}"), none),
+        "OperationWatcher.WatchOperation" => (format!("/v1/{op}:watch"), none),
+        "Notifications.ListDeliveries" => (format!("/v1/{op}/deliveries"), none),
+        "Diagnostics.Sleep" => (
+            "/v1/diagnostics:sleep".into(),
+            Some(json!({"duration": "0s"})),
+        ),
+        "ReportService.CreateReport" => (
+            "/v1/reports".into(),
+            Some(json!({"month": "2024-03", "format": "JSON"})),
+        ),
+        "ReportService.GetReport" => (format!("/v1/{report}"), none),
+        "ReportService.ReadReport" => (format!("/v1/{report}:download"), none),
+        "ReportService.ImportOrders" => (
+            "/v1/orders:import".into(),
+            Some(Value::String(ORDERS.into())),
+        ),
+        other => panic!("no request for the documented operation {other}; add one"),
+    }
+}
+
+#[tokio::test]
+async fn every_route_the_openapi_document_lists_answers_as_documented() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    let (status, headers, doc) = http.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    // Something of each kind to point at.
+    let (_, headers, _) = http
+        .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+        .await;
+    let op = headers["location"].to_str().unwrap()["/v1/".len()..].to_owned();
+    http.post(&format!("/v1/{op}:wait"), json!({"timeout": "30s"}))
+        .await;
+    let (_, headers, _) = http
+        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await;
+    let running = headers["location"].to_str().unwrap()["/v1/".len()..].to_owned();
+    let (_, headers, _) = http
+        .post("/v1/reports", json!({"month": "2024-03", "format": "CSV"}))
+        .await;
+    let report_op = headers["location"].to_str().unwrap().to_owned();
+    http.post(&format!("{report_op}:wait"), json!({"timeout": "30s"}))
+        .await;
+    let report = format!("reports/{}", report_op.rsplit('/').next().unwrap());
+
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut checked = 0;
+    // DELETE goes last: it removes the operation the others use.
+    let mut calls = Vec::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in methods.as_object().unwrap() {
+            calls.push((path.clone(), method.clone(), operation.clone()));
+        }
+    }
+    calls.sort_by_key(|(_, method, _)| method == "delete");
+    for (path, method, operation) in calls {
+        let id = operation["operationId"].as_str().unwrap();
+        let (url, body) = recipe(id, &op, &running, &report);
+        let template = path.replace("{id}", "x");
+        let concrete = url
+            .replace(&op["operations/".len()..], "x")
+            .replace(&running["operations/".len()..], "x")
+            .replace(&report["reports/".len()..], "x");
+        assert_eq!(concrete, template, "{id}'s request does not fit its path");
+        let mut request = client.request(
+            reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+            format!("{}{url}", http.base),
+        );
+        request = match body {
+            Some(Value::String(csv)) => request.header("content-type", "text/csv").body(csv),
+            Some(json) => json_body(request, &json),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16().to_string();
+        let documented = &operation["responses"][&status];
+        assert!(
+            documented.is_object() && status != "default",
+            "{method} {path} ({id}) answered {status}, which it does not document"
+        );
+        assert!(
+            response.status().is_success() || response.status().is_redirection(),
+            "{method} {path} ({id}) failed with {status}"
+        );
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+        match documented.get("content") {
+            Some(content) => {
+                let content_type = content_type.unwrap_or_default();
+                assert!(
+                    content.get(&content_type).is_some(),
+                    "{method} {path} answered {content_type}, not documented"
+                );
+            }
+            None => assert!(status == "303", "{method} {path}"),
+        }
+        for name in documented["headers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
+            if name == "Retry-After" {
+                continue; // only while not done
+            }
+            assert!(
+                response
+                    .headers()
+                    .contains_key(name.to_lowercase().as_str()),
+                "{method} {path} documents {name} but did not send it"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 13, "{doc}");
+    http.post(&format!("/v1/{running}:cancel"), json!({})).await;
+    server.stop().await;
+}

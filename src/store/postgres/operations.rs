@@ -9,10 +9,10 @@ use tokio::sync::{broadcast, watch};
 
 use super::commit::{QueueMoves, SaveError, Stage};
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
-use crate::model::{Edit, Operation, OperationId};
+use crate::model::{Edit, Operation, OperationId, State};
 use crate::store::codec::from_micros;
 use crate::store::{
-    Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
+    Applied, Backlog, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
     QueueDepth, StoreError, StoreResult, Write,
 };
 
@@ -322,6 +322,38 @@ impl OperationStore for PgStore {
             |q| q,
         )
         .await
+    }
+
+    async fn backlog(&self) -> StoreResult<Vec<Backlog>> {
+        // Counted in the database over the unfinished rows; the oldest id
+        // is the oldest operation, since a UUIDv7 carries its creation time.
+        let rows = sqlx::query(
+            "SELECT kind, state, count(*) AS n, min(id) AS oldest FROM longrun_operations
+              WHERE ended_us IS NULL GROUP BY kind, state ORDER BY kind, state",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let state: i16 = row.try_get("state").map_err(db)?;
+                let state = u8::try_from(state)
+                    .ok()
+                    .and_then(State::from_u8)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state}")))?;
+                let count: i64 = row.try_get("n").map_err(db)?;
+                let oldest: Option<uuid::Uuid> = row.try_get("oldest").map_err(db)?;
+                Ok(Backlog {
+                    kind: row.try_get("kind").map_err(db)?,
+                    state: state.as_str(),
+                    count: u64::try_from(count).unwrap_or(0),
+                    oldest: oldest.and_then(|id| id.get_timestamp()).map(|t| {
+                        let (seconds, nanos) = t.to_unix();
+                        SystemTime::UNIX_EPOCH + std::time::Duration::new(seconds, nanos)
+                    }),
+                })
+            })
+            .collect()
     }
 
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {

@@ -1,0 +1,131 @@
+//! Calls the server's own gRPC services in-process, as a gRPC client would
+//! over the wire but without one: the request is encoded, framed and handed
+//! to the services' router, and the answer decoded from its frames and
+//! trailers. So the HTTP face runs exactly the code a gRPC call runs, with
+//! the same validation, statuses and details, for every bound method,
+//! embedders' services included.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes};
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
+use tonic::{Request, Status};
+
+use super::super::auth::Caller;
+use crate::auth::Principal;
+
+/// Messages as their encoded bytes: the bridge's payloads are encoded
+/// and decoded by the caller, from and to JSON.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// The largest message the bridge reads back.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// A client of the server's gRPC router.
+#[derive(Clone)]
+pub struct Bridge {
+    router: axum::Router,
+}
+
+impl Bridge {
+    /// Calls into `router`, the gRPC services alone.
+    pub fn new(router: axum::Router) -> Self {
+        Self { router }
+    }
+
+    fn client(&self) -> tonic::client::Grpc<axum::Router> {
+        tonic::client::Grpc::new(self.router.clone()).max_decoding_message_size(MAX_ANSWER)
+    }
+
+    fn request<T>(caller: &Arc<Principal>, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(Caller(Arc::clone(caller)));
+        request
+    }
+
+    fn path(path: &str) -> Result<PathAndQuery, Status> {
+        PathAndQuery::try_from(path).map_err(|_| super::super::status::no_route(path))
+    }
+
+    /// A unary call of `path` as `caller`.
+    pub async fn unary(
+        &self,
+        caller: &Arc<Principal>,
+        path: &str,
+        message: Bytes,
+    ) -> Result<Bytes, Status> {
+        let mut client = self.client();
+        client.ready().await.unwrap_or_else(|e| match e {});
+        let answer = client
+            .unary(Self::request(caller, message), Self::path(path)?, Raw)
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// A server-streaming call of `path` as `caller`.
+    pub async fn server_streaming(
+        &self,
+        caller: &Arc<Principal>,
+        path: &str,
+        message: Bytes,
+    ) -> Result<Streaming<Bytes>, Status> {
+        let mut client = self.client();
+        client.ready().await.unwrap_or_else(|e| match e {});
+        let answer = client
+            .server_streaming(Self::request(caller, message), Self::path(path)?, Raw)
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// A client-streaming call of `path` as `caller`.
+    pub async fn client_streaming(
+        &self,
+        caller: &Arc<Principal>,
+        path: &str,
+        messages: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<Bytes, Status> {
+        let mut client = self.client();
+        client.ready().await.unwrap_or_else(|e| match e {});
+        let answer = client
+            .client_streaming(Self::request(caller, messages), Self::path(path)?, Raw)
+            .await?;
+        Ok(answer.into_inner())
+    }
+}

@@ -1,0 +1,811 @@
+//! The HTTP/JSON face: every method the protos bind with `google.api.http`
+//! (`binding`), served on the gRPC listener by calling the very same gRPC
+//! services in-process (`bridge`), and documented as OpenAPI 3.1
+//! (`openapi`) from the same bindings.
+//!
+//! A request finds its binding, passes the door (the same bearer tokens
+//! and roles as gRPC: the bound gRPC method's role), becomes the method's
+//! request message from its path, query and JSON body (the proto3 JSON
+//! mapping), and its answer is written back as JSON, or the error as
+//! Google's JSON error body (AIP-193) with the status's ErrorInfo and
+//! BadRequest. The HTTP status comes from [`http_status`], the one mapping.
+//!
+//! Creates answer 202 Accepted with a `Location`; an operation that is not
+//! done carries `Retry-After`; an `Idempotency-Key` header is the
+//! request_id (malformed: 400; reused with another body: 422). Server
+//! streams are Server-Sent Events, raw byte streams are downloads, and an
+//! upload streams its body into a client stream as it arrives.
+
+pub mod binding;
+pub mod bridge;
+pub mod openapi;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures_util::{StreamExt, stream};
+use prost::{Message, Name};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use tonic::{Code, Status};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::warn;
+
+use self::binding::{Binding, Bindings, Found, Shape};
+use self::bridge::Bridge;
+use super::auth::{admit_as, required_role};
+use super::status::{from_rpc, garbled, invalid_field, no_route};
+use crate::auth::{Authenticator, Principal, Role};
+use crate::metrics::Metrics;
+use crate::pb;
+use crate::pb::google::longrunning::Operation;
+use crate::pb::google::longrunning::operation::Result as OpResult;
+use crate::pb::longrun::v1::OperationMetadata;
+
+/// How often an idle event stream sends a comment, so that proxies and
+/// clients see it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// What the face needs.
+pub struct Rest {
+    bridge: Bridge,
+    auth: Arc<Authenticator>,
+    pool: DescriptorPool,
+    bindings: Bindings,
+    metrics: Arc<Metrics>,
+    max_body: usize,
+    openapi: Bytes,
+}
+
+/// How the face is set up.
+pub struct RestConfig {
+    /// The encoded FileDescriptorSets of every service served: their
+    /// annotations are the routes.
+    pub descriptors: Vec<&'static [u8]>,
+    /// The largest JSON body read, in bytes.
+    pub max_body: usize,
+}
+
+impl Rest {
+    /// The face over `grpc`, the router of the gRPC services alone.
+    pub fn new(
+        grpc: Router,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        config: &RestConfig,
+    ) -> Self {
+        let mut pool = DescriptorPool::new();
+        for set in &config.descriptors {
+            if let Err(e) = pool.decode_file_descriptor_set(*set) {
+                warn!(error = %e, "a descriptor set could not be read; its HTTP routes are left out");
+            }
+        }
+        let bindings = Bindings::from_pool(&pool);
+        let openapi = Bytes::from(openapi::document(&bindings).to_string());
+        Self {
+            bridge: Bridge::new(grpc),
+            auth,
+            pool,
+            bindings,
+            metrics,
+            max_body: config.max_body,
+            openapi,
+        }
+    }
+}
+
+/// The routes, to be merged with the gRPC services' router.
+pub fn router(rest: Rest, cors_origins: &[String]) -> Result<Router, String> {
+    let router = Router::new()
+        .route("/v1/openapi.json", get(openapi_document))
+        .route("/v1/{*path}", any(serve))
+        .with_state(Arc::new(rest));
+    if cors_origins.is_empty() {
+        return Ok(router);
+    }
+    let origins = cors_origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|_| format!("{o:?} is not a valid origin")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(router.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("idempotency-key"),
+                header::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+type Shared = State<Arc<Rest>>;
+
+/// A refusal: the error response to send instead (boxed, since a response
+/// is large). A failed call's status becomes one with `?`.
+struct Refused(Box<Response>);
+
+impl Refused {
+    /// `status` as its error body, under `http` when that is more exact
+    /// than the mapped status.
+    fn with(status: &Status, http: Option<StatusCode>) -> Self {
+        Self(Box::new(error_body(status, http)))
+    }
+}
+
+impl From<Status> for Refused {
+    fn from(status: Status) -> Self {
+        Self::with(&status, None)
+    }
+}
+
+/// What a route answers.
+type Answer = Result<Response, Refused>;
+
+/// The HTTP status and canonical name of a gRPC code (the mapping of
+/// google.rpc.Code), in one place.
+pub fn http_status(code: Code) -> (StatusCode, &'static str) {
+    match code {
+        Code::Ok => (StatusCode::OK, "OK"),
+        Code::Cancelled => (
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "CANCELLED",
+        ),
+        Code::Unknown => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        Code::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+        Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+        Code::Aborted => (StatusCode::CONFLICT, "ABORTED"),
+        Code::OutOfRange => (StatusCode::BAD_REQUEST, "OUT_OF_RANGE"),
+        Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "UNIMPLEMENTED"),
+        Code::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        Code::DataLoss => (StatusCode::INTERNAL_SERVER_ERROR, "DATA_LOSS"),
+    }
+}
+
+/// A status as Google's JSON error object, under `http`.
+fn error_json(status: &Status, http: StatusCode) -> serde_json::Value {
+    let details = pb::google::rpc::Status::decode(status.details())
+        .map(|rpc| pb::to_json(&rpc)["details"].clone())
+        .ok()
+        .filter(|d| d.is_array())
+        .unwrap_or_else(|| serde_json::json!([]));
+    serde_json::json!({
+        "error": {
+            "code": http.as_u16(),
+            "message": status.message(),
+            "status": http_status(status.code()).1,
+            "details": details,
+        }
+    })
+}
+
+/// A status as Google's JSON error body, under `http` (its mapped status
+/// unless the caller has a more exact one).
+fn error_body(status: &Status, http: Option<StatusCode>) -> Response {
+    let http = http.unwrap_or(http_status(status.code()).0);
+    let mut response = (http, axum::Json(error_json(status, http))).into_response();
+    if let Some(retry) = retry_delay(status) {
+        insert_retry_after(response.headers_mut(), retry);
+    }
+    response
+}
+
+/// The RetryInfo delay of a status, if it has one.
+fn retry_delay(status: &Status) -> Option<Duration> {
+    let rpc = pb::google::rpc::Status::decode(status.details()).ok()?;
+    rpc.details.iter().find_map(|any| {
+        let info = any.to_msg::<pb::google::rpc::RetryInfo>().ok()?;
+        let delay = info.retry_delay?;
+        Some(Duration::new(
+            u64::try_from(delay.seconds).ok()?,
+            u32::try_from(delay.nanos).ok()?,
+        ))
+    })
+}
+
+fn insert_retry_after(headers: &mut HeaderMap, delay: Duration) {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+}
+
+/// How long a poller should wait before asking about `op` again, in whole
+/// seconds, at least 1: the time its progress so far suggests is left, at
+/// most a minute; 1 s when nothing is known yet.
+fn retry_after(op: &Operation) -> Duration {
+    let estimate = op
+        .metadata
+        .as_ref()
+        .and_then(|any| any.to_msg::<OperationMetadata>().ok())
+        .and_then(|meta| {
+            let percent = u64::try_from(meta.progress_percent)
+                .ok()
+                .filter(|p| (1..100).contains(p))?;
+            let started = meta.start_time?;
+            let started =
+                SystemTime::UNIX_EPOCH + Duration::new(u64::try_from(started.seconds).ok()?, 0);
+            let elapsed = SystemTime::now().duration_since(started).ok()?;
+            Some(elapsed.mul_f64((100 - percent) as f64 / percent as f64))
+        });
+    estimate
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The version (change sequence) of an operation, from its metadata.
+fn version(op: &Operation) -> Option<i64> {
+    op.metadata
+        .as_ref()
+        .and_then(|any| any.to_msg::<OperationMetadata>().ok())
+        .map(|meta| meta.version)
+}
+
+impl Rest {
+    /// An encoded message of type `descriptor` as its JSON.
+    fn to_json(&self, descriptor: &MessageDescriptor, bytes: &[u8]) -> serde_json::Value {
+        DynamicMessage::decode(descriptor.clone(), bytes)
+            .ok()
+            .and_then(|m| serde_json::to_value(&m).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The message an Any holds, decoded through the served descriptors.
+    fn unpack(&self, any: &prost_types::Any) -> Option<DynamicMessage> {
+        let name = any.type_url.rsplit('/').next()?;
+        let descriptor = self.pool.get_message_by_name(name)?;
+        DynamicMessage::decode(descriptor, any.value.as_slice()).ok()
+    }
+
+    /// An operation as JSON, `code`, with `Retry-After` while it is not
+    /// done.
+    fn operation(&self, code: StatusCode, op: &Operation, bytes: &[u8]) -> Response {
+        let descriptor = self
+            .pool
+            .get_message_by_name("google.longrunning.Operation");
+        let body = descriptor.map_or(serde_json::Value::Null, |d| self.to_json(&d, bytes));
+        let mut response = (code, axum::Json(body)).into_response();
+        if !op.done {
+            insert_retry_after(response.headers_mut(), retry_after(op));
+        }
+        response
+    }
+}
+
+async fn openapi_document(State(rest): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        rest.openapi.clone(),
+    )
+        .into_response()
+}
+
+/// Every `/v1/` request: finds its binding and answers through it.
+async fn serve(State(rest): Shared, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (route, answer) = match rest.bindings.find(&method, &path) {
+        Found::Route(binding, fields) => (
+            binding.template.text(),
+            route(&rest, binding, fields, request).await,
+        ),
+        Found::WrongMethod(allowed) => ("unmatched", Err(wrong_method(&allowed, &method, &path))),
+        Found::None => (
+            "unmatched",
+            Err(no_route(format!("there is no route {method} {path}")).into()),
+        ),
+    };
+    let response = answer.unwrap_or_else(|refused| *refused.0);
+    rest.metrics
+        .http(method.as_str(), route, response.status().as_u16());
+    response
+}
+
+fn wrong_method(allowed: &[Method], method: &Method, path: &str) -> Refused {
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let mut refused = Refused::with(
+        &no_route(format!("{path} takes {}, not {method}", names.join(" or "))),
+        Some(StatusCode::METHOD_NOT_ALLOWED),
+    );
+    if let Ok(allow) = HeaderValue::from_str(&names.join(", ")) {
+        refused.0.headers_mut().insert(header::ALLOW, allow);
+    }
+    refused
+}
+
+/// The caller of `request`, checked at the door for the role the bound
+/// gRPC method needs.
+fn door(rest: &Rest, request: &Request, binding: &Binding) -> Result<Arc<Principal>, Refused> {
+    let role = required_role(&binding.grpc_path()).unwrap_or(Role::Writer);
+    admit_as(&rest.auth, request, role).map_err(Refused::from)
+}
+
+async fn route(
+    rest: &Rest,
+    binding: &Binding,
+    fields: Vec<(String, String)>,
+    request: Request,
+) -> Answer {
+    let caller = door(rest, &request, binding)?;
+    let key = idempotency_key(request.headers())?;
+    let query = request.uri().query().map(str::to_owned);
+    if binding.shape == Shape::Upload {
+        let first = message(binding, &fields, query.as_deref(), &[], key.as_deref())?;
+        return upload(rest, binding, &caller, first, key.is_some(), request).await;
+    }
+    let last_event = last_event_id(request.headers())?;
+    let body = if binding.body.is_empty() {
+        Bytes::new()
+    } else {
+        body_of(request, rest.max_body).await?
+    };
+    let message = message(binding, &fields, query.as_deref(), &body, key.as_deref())?;
+    let path = binding.grpc_path();
+    match binding.shape {
+        Shape::Unary | Shape::Upload => {
+            let answer = rest.bridge.unary(&caller, &path, message).await;
+            answered(rest, binding, answer, key.is_some())
+        }
+        Shape::Result => result(rest, &caller, &path, message).await,
+        Shape::Download => download(rest, binding, &caller, &fields, message).await,
+        Shape::Events => events(rest, binding, &caller, message, last_event).await,
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn body_of(request: Request, limit: usize) -> Result<Bytes, Refused> {
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|e| {
+            Refused::with(
+                &invalid_field("body", format!("the body could not be read: {e}")),
+                Some(StatusCode::PAYLOAD_TOO_LARGE),
+            )
+        })
+}
+
+/// The bound method's request message, encoded: from the path's fields,
+/// the query parameters, the JSON body and the Idempotency-Key.
+fn message(
+    binding: &Binding,
+    fields: &[(String, String)],
+    query: Option<&str>,
+    body: &[u8],
+    key: Option<&str>,
+) -> Result<Bytes, Refused> {
+    let input = binding.rpc.input();
+    let blank = body.iter().all(u8::is_ascii_whitespace);
+    let mut object = serde_json::Map::new();
+    match binding.body.as_str() {
+        "" => {}
+        "*" if blank => {}
+        "*" => match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(map)) => object = map,
+            Ok(_) => return Err(invalid_field("body", "the body must be a JSON object").into()),
+            Err(e) => {
+                return Err(invalid_field("body", format!("the body is not JSON: {e}")).into());
+            }
+        },
+        field => {
+            if !blank && let Some(descriptor) = input.get_field_by_name(field) {
+                let value = serde_json::from_slice(body).map_err(|e| {
+                    Refused::from(invalid_field("body", format!("the body is not JSON: {e}")))
+                })?;
+                object.insert(descriptor.json_name().to_owned(), value);
+            }
+        }
+    }
+    if let Some(query) = query {
+        let pairs: Vec<(String, String)> =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+                &format!("/?{query}").parse().unwrap_or_default(),
+            )
+            .map(|q| q.0)
+            .map_err(|e| Refused::from(invalid_field("query", e.body_text())))?;
+        for (name, value) in pairs {
+            let Some(field) = input
+                .get_field_by_name(&name)
+                .or_else(|| input.get_field_by_json_name(&name))
+                .filter(|_| binding.body != "*")
+            else {
+                return Err(invalid_field(
+                    &name,
+                    format!("{} takes no query parameter {name:?}", binding.rpc.name()),
+                )
+                .into());
+            };
+            let value = match (field.kind(), value.as_str()) {
+                (prost_reflect::Kind::Bool, "true") => serde_json::Value::Bool(true),
+                (prost_reflect::Kind::Bool, "false") => serde_json::Value::Bool(false),
+                _ => serde_json::Value::String(value),
+            };
+            // Each parameter is checked alone, so that a bad one is named.
+            let mut alone = serde_json::Map::new();
+            let single = if field.is_list() {
+                serde_json::Value::Array(vec![value.clone()])
+            } else {
+                value.clone()
+            };
+            alone.insert(field.json_name().to_owned(), single);
+            if let Err(e) =
+                DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(alone))
+            {
+                return Err(invalid_field(&name, format!("{name}: {e}")).into());
+            }
+            let slot = object.entry(field.json_name().to_owned());
+            if field.is_list() {
+                let list = slot.or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                if let serde_json::Value::Array(items) = list {
+                    items.push(value);
+                }
+            } else {
+                *slot.or_insert(serde_json::Value::Null) = value;
+            }
+        }
+    }
+    for (field, value) in fields {
+        if let Some(descriptor) = input.get_field_by_name(field) {
+            object.insert(
+                descriptor.json_name().to_owned(),
+                serde_json::Value::String(value.clone()),
+            );
+        }
+    }
+    if let (Some(key), Some(field)) = (key, input.get_field_by_name("request_id")) {
+        object.insert(
+            field.json_name().to_owned(),
+            serde_json::Value::String(key.to_owned()),
+        );
+    }
+    let message =
+        DynamicMessage::deserialize(input, serde_json::Value::Object(object)).map_err(|e| {
+            Refused::from(invalid_field(
+                "body",
+                format!("not a valid {}: {e}", binding.rpc.input().name()),
+            ))
+        })?;
+    Ok(message.encode_to_vec().into())
+}
+
+/// The request_id an `Idempotency-Key` header names: a UUID, quoted as a
+/// structured-field string or bare.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let malformed = || {
+        Refused::from(invalid_field(
+            "Idempotency-Key",
+            "Idempotency-Key must be a UUID, e.g. \"4b5e7a1c-0d3f-4e2a-9b8c-1f2e3d4c5b6a\"",
+        ))
+    };
+    let text = value.to_str().map_err(|_| malformed())?.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    if uuid::Uuid::parse_str(text).is_err() {
+        return Err(malformed());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// The `Last-Event-ID` a reconnecting event stream sends.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Refused> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            invalid_field(
+                "Last-Event-ID",
+                "Last-Event-ID must be the id of an event this stream sent",
+            )
+            .into()
+        })
+}
+
+/// A unary answer: JSON; an operation with `Retry-After` while not done,
+/// and 202 with a `Location` when the method created it. A reused
+/// Idempotency-Key with another body is 422.
+fn answered(rest: &Rest, binding: &Binding, answer: Result<Bytes, Status>, keyed: bool) -> Answer {
+    let bytes = match answer {
+        Ok(bytes) => bytes,
+        Err(status) if keyed && status.code() == Code::AlreadyExists => {
+            return Err(Refused::with(
+                &status,
+                Some(StatusCode::UNPROCESSABLE_ENTITY),
+            ));
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let output = binding.rpc.output();
+    if output.full_name() != Operation::full_name() {
+        return Ok((StatusCode::OK, axum::Json(rest.to_json(&output, &bytes))).into_response());
+    }
+    let op = Operation::decode(bytes.as_ref())
+        .map_err(|e| garbled(format!("an undecodable operation: {e}")))?;
+    if !binding.creates() {
+        // Always 200 with the operation: Google's REST clients rely on it.
+        return Ok(rest.operation(StatusCode::OK, &op, &bytes));
+    }
+    let mut response = rest.operation(StatusCode::ACCEPTED, &op, &bytes);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/{}", op.name)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The status monitor: 202 while the operation runs, 303 to its result
+/// resource's download, 200 with a response that names none, or the
+/// error's own status and body.
+async fn result(rest: &Rest, caller: &Arc<Principal>, path: &str, message: Bytes) -> Answer {
+    let bytes = rest.bridge.unary(caller, path, message).await?;
+    let op = Operation::decode(bytes.as_ref())
+        .map_err(|e| garbled(format!("an undecodable operation: {e}")))?;
+    if !op.done {
+        return Ok(rest.operation(StatusCode::ACCEPTED, &op, &bytes));
+    }
+    let response = match &op.result {
+        Some(OpResult::Error(error)) => return Err(from_rpc(error).into()),
+        Some(OpResult::Response(any)) => rest.unpack(any),
+        None => None,
+    };
+    let Some(response) = response else {
+        return Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response());
+    };
+    let download = response
+        .get_field_by_name("name")
+        .and_then(|name| name.as_str().map(|n| format!("/v1/{n}:download")))
+        .filter(|target| {
+            matches!(
+                rest.bindings.find(&Method::GET, target),
+                Found::Route(b, _) if b.shape == Shape::Download
+            )
+        });
+    match download {
+        Some(target) => {
+            let mut see_other = StatusCode::SEE_OTHER.into_response();
+            if let Ok(location) = HeaderValue::from_str(&target) {
+                see_other.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(see_other)
+        }
+        None => Ok((
+            StatusCode::OK,
+            axum::Json(serde_json::to_value(&response).unwrap_or_default()),
+        )
+            .into_response()),
+    }
+}
+
+/// The media type of a file format named by an enum value.
+fn media_type(format: &str) -> &'static str {
+    match format {
+        "CSV" => "text/csv; charset=utf-8",
+        "JSON" => "application/json",
+        "PDF" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A download: the stream's bytes as the body. Its type, length and
+/// checksum come from the resource's record, the GET of the same path
+/// without the verb, when there is one (a report's file has its report).
+async fn download(
+    rest: &Rest,
+    binding: &Binding,
+    caller: &Arc<Principal>,
+    fields: &[(String, String)],
+    message: Bytes,
+) -> Answer {
+    let mut headers = HeaderMap::new();
+    let resource = fields.first().map(|(_, v)| format!("/v1/{v}"));
+    if let Some(Found::Route(record, _)) = resource
+        .as_deref()
+        .map(|r| rest.bindings.find(&Method::GET, r))
+        && record.shape == Shape::Unary
+    {
+        let bytes = rest
+            .bridge
+            .unary(caller, &record.grpc_path(), message.clone())
+            .await?;
+        if let Ok(record) = DynamicMessage::decode(record.rpc.output(), bytes.as_ref()) {
+            describe_file(&record, &mut headers);
+        }
+    }
+    let output = binding.rpc.output();
+    let chunks = rest
+        .bridge
+        .server_streaming(caller, &binding.grpc_path(), message)
+        .await?;
+    let body = Body::from_stream(chunks.map(move |chunk| {
+        let chunk = chunk?;
+        let message = DynamicMessage::decode(output.clone(), chunk.as_ref())
+            .map_err(|e| garbled(format!("an undecodable chunk: {e}")))?;
+        Ok::<_, Status>(
+            message
+                .fields()
+                .find_map(|(_, v)| v.as_bytes().cloned())
+                .unwrap_or_default(),
+        )
+    }));
+    let mut response = (StatusCode::OK, body).into_response();
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
+
+/// Headers for a file from its record: `format` gives the type,
+/// `size_bytes` the length, `sha256` the ETag.
+fn describe_file(record: &DynamicMessage, headers: &mut HeaderMap) {
+    let descriptor = record.descriptor();
+    if let Some(field) = descriptor.get_field_by_name("format")
+        && let prost_reflect::Kind::Enum(kind) = field.kind()
+        && let Some(number) = record.get_field(&field).as_enum_number()
+        && let Some(value) = kind.get_value(number)
+    {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(media_type(value.name())),
+        );
+        let extension = value.name().to_ascii_lowercase();
+        let stem = record
+            .get_field_by_name("name")
+            .and_then(|n| n.as_str().map(|s| s.replace('/', "-")))
+            .unwrap_or_else(|| "file".into());
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("attachment; filename=\"{stem}.{extension}\""))
+        {
+            headers.insert(header::CONTENT_DISPOSITION, value);
+        }
+    }
+    if let Some(Value::I64(size)) = record
+        .get_field_by_name("size_bytes")
+        .map(std::borrow::Cow::into_owned)
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    if let Some(sha) = record
+        .get_field_by_name("sha256")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|s| !s.is_empty())
+        && let Ok(value) = HeaderValue::from_str(&format!("\"{sha}\""))
+    {
+        headers.insert(header::ETAG, value);
+    }
+}
+
+/// A server stream as Server-Sent Events: one event per message, an
+/// operation's with its version as the id (events at or below
+/// `last_event` are skipped: the client has them), an `error` event if the
+/// stream fails, and a heartbeat comment every [`HEARTBEAT`].
+async fn events(
+    rest: &Rest,
+    binding: &Binding,
+    caller: &Arc<Principal>,
+    message: Bytes,
+    last_event: Option<i64>,
+) -> Answer {
+    let messages = rest
+        .bridge
+        .server_streaming(caller, &binding.grpc_path(), message)
+        .await?;
+    let output = binding.rpc.output();
+    let operations = output.full_name() == Operation::full_name();
+    let pool = rest.pool.clone();
+    let events = messages.filter_map(move |item| {
+        let event = match item {
+            Ok(bytes) => {
+                let id = operations
+                    .then(|| Operation::decode(bytes.as_ref()).ok())
+                    .flatten()
+                    .as_ref()
+                    .and_then(version);
+                if let (Some(id), Some(last)) = (id, last_event)
+                    && id <= last
+                {
+                    None
+                } else {
+                    let json = pool
+                        .get_message_by_name(output.full_name())
+                        .and_then(|d| DynamicMessage::decode(d, bytes.as_ref()).ok())
+                        .and_then(|m| serde_json::to_string(&m).ok())
+                        .unwrap_or_else(|| "null".into());
+                    let event = Event::default().data(json);
+                    Some(match id {
+                        Some(id) => event.id(id.to_string()),
+                        None => event,
+                    })
+                }
+            }
+            Err(status) => {
+                let http = http_status(status.code()).0;
+                Some(
+                    Event::default()
+                        .event("error")
+                        .data(error_json(&status, http).to_string()),
+                )
+            }
+        };
+        std::future::ready(event.map(Ok::<_, Infallible>))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+        .into_response())
+}
+
+/// An upload: `first` (the request's fields) and then one message per
+/// piece of the body, as it arrives, into the bound client stream. A body
+/// that breaks off fails the call, so a cut-off upload is never taken for
+/// a whole one.
+async fn upload(
+    rest: &Rest,
+    binding: &Binding,
+    caller: &Arc<Principal>,
+    first: Bytes,
+    keyed: bool,
+    request: Request,
+) -> Answer {
+    let input = binding.rpc.input();
+    let Some(field) = input.get_field_by_name(&binding.body) else {
+        return Err(no_route("the upload's body field is gone").into());
+    };
+    let (broke, broken) = tokio::sync::oneshot::channel::<String>();
+    let pieces = request.into_body().into_data_stream();
+    let messages = stream::unfold((pieces, Some(broke)), move |(mut pieces, mut broke)| {
+        let input = input.clone();
+        let field = field.clone();
+        async move {
+            match pieces.next().await {
+                Some(Ok(piece)) => {
+                    let mut message = DynamicMessage::new(input);
+                    message.set_field(&field, Value::Bytes(piece));
+                    Some((Bytes::from(message.encode_to_vec()), (pieces, broke)))
+                }
+                Some(Err(e)) => {
+                    if let Some(broke) = broke.take() {
+                        let _ = broke.send(e.to_string());
+                    }
+                    // Never ends: the call is dropped instead.
+                    std::future::pending().await
+                }
+                None => None,
+            }
+        }
+    });
+    let messages = stream::once(std::future::ready(first)).chain(messages);
+    let path = binding.grpc_path();
+    let call = rest.bridge.client_streaming(caller, &path, messages);
+    tokio::select! {
+        answer = call => answered(rest, binding, answer, keyed),
+        Ok(error) = broken => Err(Refused::with(
+            &invalid_field("body", format!("the upload broke off: {error}")),
+            None,
+        )),
+    }
+}

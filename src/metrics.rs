@@ -1,0 +1,395 @@
+//! What a server has done, as Prometheus metrics: one [`Metrics`] per
+//! server, fed by the engine (operations created, started, finished,
+//! retried; queue wait and run time), the committer (batch size and
+//! latency), the webhook deliverer and both faces (requests by method and
+//! code), and rendered in the text format for a scrape. Only this module
+//! names prometheus-client.
+//!
+//! The names follow the job-queue exporters operators already know (Oban's
+//! PromEx, Sidekiq's, River's): counters end in `_total`, durations are in
+//! seconds, and every per-operation series carries its `kind`.
+
+use std::sync::atomic::AtomicI64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    code: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds, from 1 ms to about 4.6 hours, doubling.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 24))
+}
+
+/// Writes per commit batch, 1 to 4096, doubling.
+fn batch_sizes() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
+/// How much of one kind is unfinished, as the store counts it at a scrape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    pub kind: String,
+    /// "queued", "running" or "cancelling".
+    pub state: &'static str,
+    pub count: u64,
+    /// When the oldest of them was created.
+    pub oldest: Option<SystemTime>,
+}
+
+/// The metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    created: Family<KindLabel, Counter>,
+    started: Family<KindLabel, Counter>,
+    finished: Family<OutcomeLabels, Counter>,
+    retries: Family<KindLabel, Counter>,
+    depth: Family<StateLabels, Gauge>,
+    oldest: Family<KindLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    queue_wait: Histograms<KindLabel>,
+    run_time: Histograms<KindLabel>,
+    watches: Gauge<i64, AtomicI64>,
+    deliveries: Family<DeliveryLabel, Counter>,
+    batch_size: Histogram,
+    commit_time: Histogram,
+    grpc: Family<GrpcLabels, Counter>,
+    http: Family<HttpLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered under the `longrun_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("longrun");
+        let created = Family::default();
+        let started = Family::default();
+        let finished = Family::default();
+        let retries = Family::default();
+        let depth = Family::default();
+        let oldest = Family::default();
+        let queue_wait: Histograms<KindLabel> = Family::new_with_constructor(seconds);
+        let run_time: Histograms<KindLabel> = Family::new_with_constructor(seconds);
+        let watches = Gauge::default();
+        let deliveries = Family::default();
+        let batch_size = batch_sizes();
+        let commit_time = seconds();
+        let grpc = Family::default();
+        let http = Family::default();
+        registry.register(
+            "operations_created",
+            "Operations created, by kind",
+            created.clone(),
+        );
+        registry.register(
+            "operations_started",
+            "Attempts started, by kind",
+            started.clone(),
+        );
+        registry.register(
+            "operations_finished",
+            "Operations finished, by kind and outcome (succeeded, failed, cancelled)",
+            finished.clone(),
+        );
+        registry.register(
+            "operation_retries",
+            "Failed attempts queued again for a retry, by kind",
+            retries.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Unfinished operations in the store, by kind and state (queued, running, cancelling)",
+            depth.clone(),
+        );
+        registry.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest queued operation, by kind",
+            oldest.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from an operation's create to its first attempt's start, by kind",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "run_seconds",
+            "Run time of attempts that ended, by kind",
+            run_time.clone(),
+        );
+        registry.register(
+            "watch_streams",
+            "Open watch streams (gRPC and Server-Sent Events) and long polls",
+            watches.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered, retrying, failed, disabled)",
+            deliveries.clone(),
+        );
+        registry.register(
+            "store_commit_batch_size",
+            "Writes per store commit",
+            batch_size.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Latency of store commits",
+            commit_time.clone(),
+        );
+        registry.register(
+            "grpc_requests",
+            "gRPC calls answered, by method and status code",
+            grpc.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP/JSON requests answered, by method, route and status code",
+            http.clone(),
+        );
+        Self {
+            registry,
+            created,
+            started,
+            finished,
+            retries,
+            depth,
+            oldest,
+            queue_wait,
+            run_time,
+            watches,
+            deliveries,
+            batch_size,
+            commit_time,
+            grpc,
+            http,
+        }
+    }
+
+    fn kind(kind: &str) -> KindLabel {
+        KindLabel {
+            kind: kind.to_owned(),
+        }
+    }
+
+    /// An operation of `kind` was created.
+    pub fn created(&self, kind: &str) {
+        self.created.get_or_create(&Self::kind(kind)).inc();
+    }
+
+    /// An attempt of `kind` started; the first attempt of an operation
+    /// (`first`) after waiting `waited` since its create.
+    pub fn started(&self, kind: &str, waited: Duration, first: bool) {
+        let label = Self::kind(kind);
+        self.started.get_or_create(&label).inc();
+        if first {
+            self.queue_wait
+                .get_or_create(&label)
+                .observe(waited.as_secs_f64());
+        }
+    }
+
+    /// An attempt of `kind` that ran for `ran` ended.
+    pub fn ran(&self, kind: &str, ran: Duration) {
+        self.run_time
+            .get_or_create(&Self::kind(kind))
+            .observe(ran.as_secs_f64());
+    }
+
+    /// An operation of `kind` finished with `outcome` ("succeeded",
+    /// "failed" or "cancelled").
+    pub fn finished(&self, kind: &str, outcome: &str) {
+        self.finished
+            .get_or_create(&OutcomeLabels {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A failed attempt of `kind` was queued again.
+    pub fn retried(&self, kind: &str) {
+        self.retries.get_or_create(&Self::kind(kind)).inc();
+    }
+
+    /// A watch stream or long poll opened (`+1`) or closed (`-1`).
+    pub fn watch(&self, change: i64) {
+        self.watches.inc_by(change);
+    }
+
+    /// A webhook delivery attempt ended with `outcome`.
+    pub fn delivery(&self, outcome: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The store committed `writes` writes in `took`.
+    pub fn commit(&self, writes: usize, took: Duration) {
+        self.batch_size.observe(writes as f64);
+        self.commit_time.observe(took.as_secs_f64());
+    }
+
+    /// A gRPC call to `method` ("/package.Service/Method") ended with the
+    /// status `code` (its canonical name).
+    pub fn grpc(&self, method: &str, code: &str) {
+        self.grpc
+            .get_or_create(&GrpcLabels {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An HTTP request `method route` was answered with `code`.
+    pub fn http(&self, method: &str, route: &str, code: u16) {
+        self.http
+            .get_or_create(&HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Replaces the queue gauges with what the store counts now.
+    pub fn set_backlog(&self, backlog: &[Backlog], now: SystemTime) {
+        self.depth.clear();
+        self.oldest.clear();
+        for entry in backlog {
+            self.depth
+                .get_or_create(&StateLabels {
+                    kind: entry.kind.clone(),
+                    state: entry.state.to_owned(),
+                })
+                .set(i64::try_from(entry.count).unwrap_or(i64::MAX));
+            if entry.state == "queued"
+                && let Some(oldest) = entry.oldest
+            {
+                let age = now.duration_since(oldest).unwrap_or_default();
+                self.oldest
+                    .get_or_create(&Self::kind(&entry.kind))
+                    .set(age.as_secs_f64());
+            }
+        }
+    }
+
+    /// Every metric in the text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Counts a watch stream as open while it lives.
+#[derive(Debug)]
+pub struct WatchGauge(std::sync::Arc<Metrics>);
+
+impl WatchGauge {
+    /// Counts one more open stream on `metrics`.
+    pub fn open(metrics: &std::sync::Arc<Metrics>) -> Self {
+        metrics.watch(1);
+        Self(std::sync::Arc::clone(metrics))
+    }
+}
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        self.0.watch(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_under_their_names_with_labels() {
+        let metrics = Metrics::new();
+        metrics.created("longrun.v1.Sleep");
+        metrics.created("longrun.v1.Sleep");
+        metrics.finished("longrun.v1.Sleep", "succeeded");
+        let text = metrics.render();
+        assert!(
+            text.contains("longrun_operations_created_total{kind=\"longrun.v1.Sleep\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "longrun_operations_finished_total{kind=\"longrun.v1.Sleep\",outcome=\"succeeded\"} 1"
+        ));
+    }
+
+    #[test]
+    fn the_backlog_replaces_what_was_there() {
+        let metrics = Metrics::new();
+        let now = SystemTime::now();
+        let entry = |kind: &str, count| Backlog {
+            kind: kind.into(),
+            state: "queued",
+            count,
+            oldest: Some(now - Duration::from_secs(5)),
+        };
+        metrics.set_backlog(&[entry("a", 3), entry("b", 1)], now);
+        metrics.set_backlog(&[entry("a", 2)], now);
+        let text = metrics.render();
+        assert!(text.contains("longrun_queue_depth{kind=\"a\",state=\"queued\"} 2"));
+        assert!(!text.contains("kind=\"b\""), "{text}");
+        assert!(text.contains("longrun_queue_oldest_age_seconds{kind=\"a\"} 5"));
+    }
+}
