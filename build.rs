@@ -45,14 +45,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // library's generated types for everything it imports.
     let example_dir = out_dir.join("examples");
     std::fs::create_dir_all(&example_dir)?;
-    let fds = protox::compile(
-        ["examples/proto/wordcount.proto"],
-        ["examples/proto", "proto"],
-    )?;
-    std::fs::write(
-        example_dir.join("wordcount_descriptor.bin"),
-        fds.encode_to_vec(),
-    )?;
+    let encoded = protox::Compiler::new(["examples/proto", "proto"])?
+        .include_imports(true)
+        .open_files(["examples/proto/wordcount.proto"])?
+        .encode_file_descriptor_set();
+    std::fs::write(example_dir.join("wordcount_descriptor.bin"), &encoded)?;
+    let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())?;
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
     config.type_name_domain(["."], "type.googleapis.com");

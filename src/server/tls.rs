@@ -77,7 +77,8 @@ fn build(paths: &TlsPaths) -> Result<ServerConfig, TlsError> {
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError(format!("certificate and key do not fit: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 first; http/1.1 for the HTTP/JSON face's HTTP/1.1 clients.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -280,3 +280,31 @@ async fn the_cli_connects_with_a_ca_and_a_token_or_a_client_certificate() {
     assert_eq!(neither.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&neither.stderr).contains("Unauthenticated"));
 }
+
+#[tokio::test]
+async fn the_http_face_is_served_over_tls_to_http1_and_http2_clients() {
+    let s = start().await;
+    let root = reqwest::Certificate::from_pem(s.ca.pem().as_bytes()).unwrap();
+    let url = format!("https://localhost:{}/v1/operations", s.server.addr.port());
+    for (http1, version) in [
+        (true, reqwest::Version::HTTP_11),
+        (false, reqwest::Version::HTTP_2),
+    ] {
+        let builder = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", s.server.addr);
+        let client = if http1 { builder.http1_only() } else { builder }
+            .build()
+            .unwrap();
+        let response = client
+            .get(&url)
+            .bearer_auth(s.writer.token().unwrap())
+            .send()
+            .await
+            .expect("the HTTP face answers over TLS");
+        assert_eq!(response.version(), version);
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let anonymous = client.get(&url).send().await.unwrap();
+        assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+}
