@@ -25,20 +25,6 @@ trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 printf '\0\0\0\0\0' > "$work/empty"
 
 pid=
-start_server() {
-  rm -rf "$work/data" && mkdir -p "$work/data"
-  # shellcheck disable=SC2086
-  "$BIN" serve --listen 127.0.0.1:0 --data-dir "$work/data" $SERVE_ARGS 2> "$work/log" &
-  pid=$!
-  wait_listening "$work/log" "$pid"
-}
-
-stop_server() {
-  kill "$pid"
-  wait "$pid" || true
-  pid=
-}
-
 # h2load's requests per second for N calls of a method.
 drive() {
   h2load -n "$N" -c "$CONNECTIONS" -m "$STREAMS" -d "$work/empty" \
@@ -58,11 +44,13 @@ undone() {
     --page-size 1000 --all --output json | grep -q '"operations"'
 }
 
-start_server
+# shellcheck disable=SC2086
+start_server $SERVE_ARGS
 ceiling=$(drive grpc.health.v1.Health/Check)
 stop_server
 
-start_server
+# shellcheck disable=SC2086
+start_server $SERVE_ARGS
 create=$(drive longrun.v1.Diagnostics/Sleep)
 # h2load sees HTTP status 200 even for a gRPC error: check every create
 # made an operation.
@@ -74,7 +62,8 @@ if [ "$made" -ne "$N" ]; then
 fi
 stop_server
 
-start_server
+# shellcheck disable=SC2086
+start_server $SERVE_ARGS
 began=$(date +%s.%N)
 drive longrun.v1.Diagnostics/Sleep > /dev/null
 while undone; do sleep 0.01; done

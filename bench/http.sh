@@ -29,20 +29,6 @@ trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 printf '\0\0\0\0\0' > "$work/empty-grpc"
 printf '{}' > "$work/empty-json"
 
-start_server() {
-  rm -rf "$work/data" && mkdir -p "$work/data"
-  "$BIN" serve --listen 127.0.0.1:0 --data-dir "$work/data" --metrics-listen off \
-    2> "$work/log" &
-  pid=$!
-  wait_listening "$work/log" "$pid"
-}
-
-stop_server() {
-  kill "$pid"
-  wait "$pid" || true
-  pid=
-}
-
 # Requests per second of h2load with the given arguments; every response
 # must be a 2xx.
 drive() {
@@ -76,13 +62,13 @@ h1() {
 json_post=(-d "$work/empty-json" -H 'content-type: application/json')
 : > "$work/rounds"
 for _ in $(seq "$RUNS"); do
-  start_server
+  start_server --metrics-listen off
   grpc_create=$(grpc "$work/empty-grpc" longrun.v1.Diagnostics/Sleep)
   stop_server
-  start_server
+  start_server --metrics-listen off
   h2_create=$(h2 "${json_post[@]}" "http://$address/v1/diagnostics:sleep")
   stop_server
-  start_server
+  start_server --metrics-listen off
   h1_create=$(h1 "${json_post[@]}" "http://$address/v1/diagnostics:sleep")
 
   # One operation to read, by name, both ways.

@@ -16,3 +16,19 @@ wait_listening() {
   echo "the server did not start" >&2
   exit 1
 }
+
+# Starts "$BIN" serve on a fresh data directory, $work/data, with the extra
+# flags "$@", logging to $work/log; sets $pid and $address.
+start_server() {
+  rm -rf "$work/data" && mkdir -p "$work/data"
+  "$BIN" serve --listen 127.0.0.1:0 --data-dir "$work/data" "$@" 2> "$work/log" &
+  pid=$!
+  wait_listening "$work/log" "$pid"
+}
+
+# Stops the server start_server started.
+stop_server() {
+  kill "$pid"
+  wait "$pid" || true
+  pid=
+}
