@@ -105,9 +105,7 @@ impl WordCounter for WordCounterService {
         let options = SubmitOptions {
             tenant: caller.tenant.clone(),
             request_id: convert::request_id(&request.request_id)?,
-            timeout: None,
-            notification: None,
-            fingerprint: None,
+            ..SubmitOptions::default()
         };
         let op = self
             .engine

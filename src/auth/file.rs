@@ -12,6 +12,13 @@
 //! tenant = "acme"
 //! roles = ["reader"]
 //!
+//! [[principal]]
+//! name = "thumbnailer"               # an outside worker
+//! tenant = "acme"
+//! roles = ["worker"]
+//! kinds = ["images.resize"]          # what it may lease; "*" for any
+//! token_sha256 = "..."
+//!
 //! [tenant.acme]
 //! webhook_secrets = ["whsec_..."]    # the current one first
 //! ```
@@ -37,6 +44,9 @@ struct RawPrincipal {
     roles: Vec<Role>,
     #[serde(default)]
     token_sha256: Option<String>,
+    /// With the worker role: the kinds it may lease.
+    #[serde(default)]
+    kinds: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,8 +106,21 @@ impl AuthFile {
             }
             let tenant = Tenant::named(&p.tenant).map_err(at)?;
             let role = p.roles.iter().copied().max().ok_or_else(|| {
-                at("roles must name at least one of reader, writer, admin".into())
+                at("roles must name at least one of worker, reader, writer, admin".into())
             })?;
+            let worker_kinds = match (p.roles.contains(&Role::Worker), p.kinds.is_empty()) {
+                (true, true) => {
+                    return Err(at(
+                        "a worker lists the kinds it may lease: kinds = [\"resize\"], or [\"*\"] for any"
+                            .into(),
+                    ));
+                }
+                (true, false) => Some(p.kinds.clone()),
+                (false, true) => None,
+                (false, false) => {
+                    return Err(at("kinds are for principals with the worker role".into()));
+                }
+            };
             let token_sha256 = match &p.token_sha256 {
                 None => None,
                 Some(hex_digest) => {
@@ -116,6 +139,7 @@ impl AuthFile {
                     name: p.name,
                     tenant,
                     role,
+                    worker_kinds,
                 }),
                 token_sha256,
             });

@@ -24,10 +24,15 @@ pub use self::file::{AuthFile, AuthFileError};
 use crate::model::{Scope, Tenant};
 use crate::webhook::{Secret, TenantSecrets};
 
-/// What a principal may do. Each role includes the ones before it.
+/// What a principal may do. Each role from reader on includes the ones
+/// before it; `worker` stands apart: it may only lease the kinds listed for
+/// it (and it may be combined with another role).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Leases, runs and completes operations of its kinds in its tenant
+    /// (the Workers service), and nothing else.
+    Worker,
     /// Read operations and reports of its tenant.
     Reader,
     /// Reader, plus create, cancel and delete in its tenant.
@@ -40,6 +45,7 @@ impl Role {
     /// The name used in the auth file.
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Worker => "worker",
             Role::Reader => "reader",
             Role::Writer => "writer",
             Role::Admin => "admin",
@@ -58,11 +64,12 @@ impl std::str::FromStr for Role {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         match value {
+            "worker" => Ok(Role::Worker),
             "reader" => Ok(Role::Reader),
             "writer" => Ok(Role::Writer),
             "admin" => Ok(Role::Admin),
             other => Err(format!(
-                "unknown role {other:?}; expected reader, writer or admin"
+                "unknown role {other:?}; expected worker, reader, writer or admin"
             )),
         }
     }
@@ -76,6 +83,8 @@ pub struct Principal {
     pub tenant: Tenant,
     /// Its highest role.
     pub role: Role,
+    /// With the worker role: the kinds it may lease ("*" for any).
+    pub worker_kinds: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -86,6 +95,30 @@ impl Principal {
             name: "anonymous".into(),
             tenant: Tenant::default_tenant(),
             role: Role::Admin,
+            worker_kinds: None,
+        }
+    }
+
+    /// Whether it may act as a worker at all.
+    pub fn is_worker(&self) -> bool {
+        self.role == Role::Admin || self.worker_kinds.is_some()
+    }
+
+    /// Whether it may lease operations of `kind`.
+    pub fn may_serve(&self, kind: &str) -> bool {
+        self.role == Role::Admin
+            || self
+                .worker_kinds
+                .as_ref()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == kind || k == "*"))
+    }
+
+    /// Whether it has what `needed` asks: the worker role stands apart,
+    /// the others include the ones below them.
+    pub fn has(&self, needed: Role) -> bool {
+        match needed {
+            Role::Worker => self.is_worker(),
+            _ => self.role >= needed,
         }
     }
 

@@ -18,17 +18,29 @@ pub enum AuthCommand {
         /// The tenant it works in.
         #[arg(long)]
         tenant: String,
-        /// Its role: reader, writer or admin.
+        /// Its role: worker, reader, writer or admin.
         #[arg(long, default_value = "reader")]
         role: Role,
+        /// With --role worker: a kind it may lease ("*" for any); repeat
+        /// or comma-separate for several.
+        #[arg(long = "kind", value_delimiter = ',')]
+        kinds: Vec<String>,
     },
 }
 
 /// Runs an auth command.
 pub fn run(command: AuthCommand) -> anyhow::Result<ExitCode> {
     match command {
-        AuthCommand::Token { name, tenant, role } => {
+        AuthCommand::Token {
+            name,
+            tenant,
+            role,
+            kinds,
+        } => {
             check_tenant_name(&tenant).map_err(anyhow::Error::msg)?;
+            if (role == Role::Worker) == kinds.is_empty() {
+                anyhow::bail!("--kind goes with --role worker, which needs at least one");
+            }
             if name.trim().is_empty() || name.chars().any(char::is_control) {
                 anyhow::bail!("--name must be printable and not empty");
             }
@@ -39,6 +51,10 @@ pub fn run(command: AuthCommand) -> anyhow::Result<ExitCode> {
             say!("name = {}", toml_string(&name));
             say!("tenant = {}", toml_string(&tenant));
             say!("roles = [\"{role}\"]");
+            if !kinds.is_empty() {
+                let kinds: Vec<String> = kinds.iter().map(|k| toml_string(k)).collect();
+                say!("kinds = [{}]", kinds.join(", "));
+            }
             say!("token_sha256 = \"{}\"", token::digest_hex(&token));
             Ok(ExitCode::SUCCESS)
         }

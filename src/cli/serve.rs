@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use longrun::engine::{EngineConfig, TenantQuotas};
+use longrun::engine::{EngineConfig, KindSpec, TenantQuotas};
 use longrun::server::ServerConfig;
 use longrun::server::tls::TlsPaths;
 use longrun::store::sled::SledConfig;
@@ -191,6 +191,42 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// A kind served by outside workers, declared at start:
+    /// `NAME[:attempts=N][:timeout=DURATION][:concurrency=N][:lease=DURATION]`;
+    /// repeat or comma-separate for several. Workers may declare more.
+    #[arg(long = "outside-kind", env = "LONGRUN_OUTSIDE_KINDS", value_delimiter = ',', value_parser = parse_outside_kind)]
+    pub outside_kinds: Vec<KindSpec>,
+}
+
+/// `NAME[:attempts=N][:timeout=D][:concurrency=N][:lease=D]`.
+fn parse_outside_kind(value: &str) -> Result<KindSpec, String> {
+    let mut parts = value.split(':');
+    let mut spec = KindSpec::new(parts.next().unwrap_or_default().trim());
+    for part in parts {
+        let (key, setting) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not KEY=VALUE"))?;
+        let count = || {
+            setting
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{key} must be a positive whole number, not {setting:?}"))
+        };
+        let duration = || humantime::parse_duration(setting).map_err(|e| format!("{key}: {e}"));
+        match key {
+            "attempts" => spec.max_attempts = count()?,
+            "timeout" => spec.attempt_timeout = duration()?,
+            "concurrency" => spec.concurrency = Some(count()? as usize),
+            "lease" => spec.lease = duration()?,
+            other => {
+                return Err(format!(
+                    "unknown setting {other:?}; expected attempts, timeout, concurrency or lease"
+                ));
+            }
+        }
+    }
+    Ok(spec)
 }
 
 /// Where metrics are served unless `--metrics-listen` says otherwise.
@@ -300,6 +336,7 @@ impl ServeArgs {
             keepalive_interval: self.keepalive.max(Duration::from_secs(1)),
             handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
             cors_origins: self.cors_origins.clone(),
+            outside_kinds: self.outside_kinds.clone(),
             ..ServerConfig::default()
         }
     }

@@ -32,6 +32,8 @@ pub struct SubmitOptions {
     pub timeout: Option<Duration>,
     /// A webhook to call on the operation's state changes.
     pub notification: Option<Notification>,
+    /// Fewer attempts than the kind allows.
+    pub max_attempts: Option<u32>,
     /// What identifies the request for idempotency checks, when the encoded
     /// request does not (an upload stored under a fresh name, say). By
     /// default the encoded request itself is used.
@@ -62,13 +64,10 @@ impl Engine {
         if inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
-        let registered = inner
-            .registry
-            .get(kind)
-            .ok_or_else(|| EngineError::Unimplemented {
-                reason: "KIND_NOT_REGISTERED",
-                message: format!("kind {kind:?} is not registered on this server"),
-            })?;
+        let registered = inner.kind(kind).ok_or_else(|| EngineError::Unimplemented {
+            reason: "KIND_NOT_REGISTERED",
+            message: format!("kind {kind:?} is not registered on this server"),
+        })?;
         registered.task.validate(&request)?;
         if let (Some(notification), Some(guard)) =
             (&options.notification, &inner.config.callback_guard)
@@ -105,7 +104,12 @@ impl Engine {
         )?;
         let limits = Limits {
             timeout,
-            max_attempts: registered.policy.max_attempts.max(1),
+            max_attempts: options
+                .max_attempts
+                .map_or(registered.policy.max_attempts, |n| {
+                    n.min(registered.policy.max_attempts)
+                })
+                .max(1),
         };
         let mut op = Operation::new(
             kind,

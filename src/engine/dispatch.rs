@@ -146,7 +146,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 holder: inner.config.node.clone(),
                 expires: inner.clock.now() + inner.config.lease,
             });
-            let request = ClaimRequest { wants, lease };
+            let request = ClaimRequest {
+                wants,
+                lease,
+                tenant: None,
+            };
             match inner.ops.claim(&request, inner.clock.now()).await {
                 Ok(claimed) => {
                     let got = claimed.operations.len();
@@ -196,7 +200,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
 async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
     let mut claims_durable = false;
     for op in operations {
-        let Some(kind) = inner.registry.get(&op.kind).cloned() else {
+        let Some(kind) = inner.kind(&op.kind) else {
             // Only registered kinds are asked for.
             continue;
         };

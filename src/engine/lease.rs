@@ -57,14 +57,14 @@ async fn take_back(inner: &Inner) {
     let mut writes = Vec::new();
     for op in &lapsed {
         // A kind this node does not run is left for a node that does.
-        let Some(policy) = inner.registry.policy(&op.kind) else {
+        let Some(policy) = inner.kind(&op.kind).map(|k| k.policy) else {
             continue;
         };
         let holder = op.lease.as_ref().map_or("", |l| l.holder.as_str());
         let reason = format!("its node ({holder}) stopped renewing its lease");
         writes.push(Write::Update {
             id: op.id,
-            edit: Edit::RecoverOrphan(orphan_retry(policy, op, &reason)),
+            edit: Edit::RecoverOrphan(orphan_retry(&policy, op, &reason)),
         });
     }
     let mut taken = 0usize;

@@ -26,6 +26,7 @@ pub mod error;
 mod feed;
 mod lease;
 mod listing;
+pub mod outside;
 pub mod page_token;
 pub mod quota;
 mod recovery;
@@ -49,6 +50,7 @@ pub use self::error::EngineError;
 pub use self::listing::{
     DEFAULT_PAGE_SIZE, LIST_SCAN_BUDGET, MAX_FILTER_LEN, MAX_PAGE_SIZE, OperationPage,
 };
+pub use self::outside::{Assignment, KindSpec, ToWorker, WorkerSession, WorkerSpec};
 pub use self::quota::{TenantQuotas, WatchPermit};
 pub use self::task::{DEFAULT_CONCURRENCY, Registry, Task, TaskContext, TaskError, TaskPolicy};
 pub use self::watch::{Snapshot, Subscription};
@@ -61,10 +63,12 @@ use self::commit::Committer;
 use self::dispatch::Slots;
 use self::page_token::PageTokens;
 use self::quota::Quotas;
+use self::task::Kind;
 use crate::metrics::{Backlog, Metrics, WatchGauge};
 use crate::model::{Delivery, Edit, Operation, Scope, State, Tenant};
 use crate::store::{
-    Applied, Health, OperationStore, OutboxStore, QueueDepth, StoreError, Stores, Write,
+    Applied, Health, OperationStore, OutboxStore, QueueDepth, SecretStore, StoreError, Stores,
+    Write,
 };
 
 /// Engine settings.
@@ -145,8 +149,11 @@ pub struct Engine {
 pub(crate) struct Inner {
     ops: Arc<dyn OperationStore>,
     outbox: Arc<dyn OutboxStore>,
+    secrets: Arc<dyn SecretStore>,
     committer: Committer,
     registry: Registry,
+    /// Kinds served by outside workers, and the workers.
+    outside: Arc<outside::Hub>,
     config: EngineConfig,
     clock: Clock,
     slots: Slots,
@@ -198,7 +205,7 @@ impl Inner {
 
     /// Removes what a done operation left outside the store.
     async fn expire_artifacts(&self, op: &Operation) {
-        if let Some(kind) = self.registry.get(&op.kind) {
+        if let Some(kind) = self.kind(&op.kind) {
             kind.task.expire(op.id, op.request.clone()).await;
         }
     }
@@ -222,6 +229,14 @@ impl Inner {
             }
             _ => {}
         }
+    }
+
+    /// The kind called `name`: built in, or served by outside workers.
+    fn kind(&self, name: &str) -> Option<Kind> {
+        self.registry
+            .get(name)
+            .cloned()
+            .or_else(|| self.outside.kind(name))
     }
 
     /// Commits one edit of the operation called `name`.
@@ -270,6 +285,8 @@ impl Engine {
             quotas: Quotas::new(&config.quotas),
             ops: Arc::clone(&stores.operations),
             outbox: Arc::clone(&stores.outbox),
+            secrets: Arc::clone(&stores.secrets),
+            outside: Arc::default(),
             committer,
             slots,
             admission: Admission::default(),
@@ -286,7 +303,11 @@ impl Engine {
             stop_writes,
         });
         inner.tracker.spawn(feed::follow(Arc::clone(&inner)));
-        Ok(Self { inner })
+        let engine = Self { inner };
+        // Outside kinds declared before (by workers or a configuration)
+        // are known before recovery looks at their operations.
+        engine.load_declared_kinds().await?;
+        Ok(engine)
     }
 
     /// Recovers unfinished operations (see `recovery`) and starts the

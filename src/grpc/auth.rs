@@ -40,6 +40,9 @@ const READ_METHODS: [&str; 7] = [
     "/longrun.v1.Notifications/ListDeliveries",
 ];
 
+/// Methods only workers (and admins) may call.
+const WORKER_PREFIX: &str = "/longrun.v1.Workers/";
+
 /// Where the HTTP/JSON face lives; it checks its callers itself
 /// (`rest`), with the same tokens and roles.
 pub const REST_PREFIX: &str = "/v1/";
@@ -51,6 +54,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         None
     } else if READ_METHODS.contains(&path) {
         Some(Role::Reader)
+    } else if path.starts_with(WORKER_PREFIX) {
+        Some(Role::Worker)
     } else {
         Some(Role::Writer)
     }
@@ -175,7 +180,7 @@ fn admit<B>(
         auth.authenticate(Credentials::default())
     }
     .map_err(anonymous)?;
-    if principal.role < needed {
+    if !principal.has(needed) {
         return Err(Refusal {
             status: permission_denied(&principal, needed),
             principal: Some(principal),

@@ -50,7 +50,7 @@ impl DiagnosticsService {
                 .map(|t| convert::duration("timeout", t))
                 .transpose()?,
             notification: convert::notification(req.notification.as_ref())?,
-            fingerprint: None,
+            ..SubmitOptions::default()
         };
         let op = self.engine.submit::<SleepTask>(req, options).await?;
         Ok(Response::new(convert::operation(&op)))

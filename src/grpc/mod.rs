@@ -16,9 +16,11 @@ pub mod reports;
 pub mod rest;
 pub mod status;
 pub mod watcher;
+pub mod workers;
 
 pub use self::diagnostics::DiagnosticsService;
 pub use self::notifications::NotificationsService;
 pub use self::operations::OperationsService;
 pub use self::reports::ReportsService;
 pub use self::watcher::WatcherService;
+pub use self::workers::WorkersService;

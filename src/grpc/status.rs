@@ -161,3 +161,24 @@ pub fn from_rpc(rpc: &crate::pb::google::rpc::Status) -> Status {
 pub fn garbled(message: impl Into<String>) -> Status {
     with_info(Code::Internal, "GARBLED_ANSWER", message)
 }
+
+/// A worker that asked to serve a kind its principal may not lease.
+pub fn kind_not_allowed(principal: &Principal, kind: &str) -> Status {
+    with_info(
+        Code::PermissionDenied,
+        "KIND_NOT_ALLOWED",
+        format!(
+            "{} may not serve kind {kind:?}; the auth file lists the kinds a worker may lease",
+            principal.name
+        ),
+    )
+}
+
+/// An Enqueue of a kind nobody declared.
+pub fn unknown_kind(kind: &str) -> Status {
+    with_info(
+        Code::NotFound,
+        "UNKNOWN_KIND",
+        format!("no worker or configuration has declared kind {kind:?}"),
+    )
+}

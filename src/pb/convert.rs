@@ -10,8 +10,8 @@ use std::time::Duration;
 use prost::Name;
 
 use crate::model::{
-    Delivery, DeliveryState, FieldViolation, Notification, Operation, OperationError, OperationId,
-    Outcome, Payload, RequestId, State,
+    Code, Delivery, DeliveryState, FieldViolation, Notification, Operation, OperationError,
+    OperationId, Outcome, Payload, RequestId, State,
 };
 use crate::pb::google::longrunning as lro;
 use crate::pb::google::rpc;
@@ -32,6 +32,40 @@ pub fn to_any(payload: &Payload) -> prost_types::Any {
         type_url: payload.type_url.clone(),
         value: payload.value.to_vec(),
     }
+}
+
+/// A protobuf Any as a payload, kept as it was sent.
+pub fn from_any(any: &prost_types::Any) -> Payload {
+    Payload {
+        type_url: any.type_url.clone(),
+        value: any.value.clone().into(),
+    }
+}
+
+/// The error an outside worker reported, as an operation stores it: its
+/// code (which must not be OK) and message, and the reason and metadata
+/// of its ErrorInfo when it has one.
+pub fn operation_error(status: &rpc::Status) -> Result<OperationError, FieldViolation> {
+    let code = Code::from_i32(status.code).ok_or_else(|| {
+        FieldViolation::new(
+            "error.code",
+            format!("{} is not an error code (1 to 16)", status.code),
+        )
+    })?;
+    let info = status
+        .details
+        .iter()
+        .find_map(|any| any.to_msg::<rpc::ErrorInfo>().ok());
+    let mut error = OperationError::new(
+        code,
+        info.as_ref()
+            .map_or_else(|| "WORKER_FAILED".to_owned(), |i| i.reason.clone()),
+        status.message.clone(),
+    );
+    if let Some(info) = info {
+        error.metadata = info.metadata;
+    }
+    Ok(error)
 }
 
 fn pack<M: Name>(message: &M) -> prost_types::Any {

@@ -29,19 +29,22 @@ use tracing::{error, info, warn};
 
 use crate::auth::{Authenticator, LoadError};
 use crate::diagnostics::SleepTask;
-use crate::engine::{Engine, EngineConfig, EngineError, Registry, Task, TaskPolicy};
+use crate::engine::{Engine, EngineConfig, EngineError, KindSpec, Registry, Task, TaskPolicy};
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::metered::MeteredLayer;
 use crate::grpc::rest;
 use crate::grpc::{
     DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
+    WorkersService,
 };
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
 use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
+use crate::pb::longrun::v1::jobs_server::JobsServer;
 use crate::pb::longrun::v1::notifications_server::NotificationsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
+use crate::pb::longrun::v1::workers_server::WorkersServer;
 use crate::reports::Reports;
 use crate::store::postgres::{DEFAULT_POOL_SIZE, PgConfig, redacted};
 use crate::store::sled::SledConfig;
@@ -101,6 +104,9 @@ pub struct ServerConfig {
     /// Origins that browsers may call the HTTP/JSON face from (CORS);
     /// none by default, which turns CORS off.
     pub cors_origins: Vec<String>,
+    /// Kinds served by outside workers, declared at start (workers may
+    /// declare more).
+    pub outside_kinds: Vec<KindSpec>,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +138,7 @@ impl Default for ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             cors_origins: Vec::new(),
+            outside_kinds: Vec::new(),
         }
     }
 }
@@ -317,6 +324,9 @@ impl Server {
             allow_private: config.webhooks.allow_private,
         }));
         let engine = Engine::open(&stores, registry, engine_config).await?;
+        for kind in &config.outside_kinds {
+            engine.declare_kind(kind.clone()).await?;
+        }
         Ok(Self {
             engine,
             stores,
@@ -407,6 +417,8 @@ impl Server {
             <OperationWatcherServer<WatcherService> as tonic::server::NamedService>::NAME,
             <ReportServiceServer<ReportsService> as tonic::server::NamedService>::NAME,
             <NotificationsServer<NotificationsService> as tonic::server::NamedService>::NAME,
+            <JobsServer<WorkersService> as tonic::server::NamedService>::NAME,
+            <WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -428,6 +440,13 @@ impl Server {
             )
             .add_service(
                 NotificationsServer::new(NotificationsService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                JobsServer::new(WorkersService::new(engine.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                WorkersServer::new(WorkersService::new(engine.clone()))
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {

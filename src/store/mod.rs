@@ -169,6 +169,9 @@ pub struct ClaimRequest {
     pub wants: Vec<(String, usize)>,
     /// The lease every claimed attempt is held under, if claims lapse.
     pub lease: Option<Lease>,
+    /// Only this tenant's operations (an outside worker of one tenant);
+    /// None for every tenant's, taking turns.
+    pub tenant: Option<Tenant>,
 }
 
 /// What a claim took.
@@ -340,6 +343,11 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Returns the named secret, creating it durably from `initial` on
     /// first use. Every caller gets the same value, whoever came first.
     async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>>;
+
+    /// Every value whose name starts with `prefix`, with its name. Besides
+    /// secrets, the store keeps other first-writer-wins declarations this
+    /// way (the outside kinds workers declared).
+    async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
 }
 
 /// What `put_orders` did.

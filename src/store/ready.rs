@@ -60,6 +60,22 @@ impl KindQueue {
         }
     }
 
+    /// Up to `n` operations of `tenant` alone, oldest first.
+    fn take_of(&mut self, tenant: &Tenant, n: usize, out: &mut Vec<OperationId>) {
+        let Some(set) = self.waiting.get_mut(tenant) else {
+            return;
+        };
+        while out.len() < n
+            && let Some(id) = set.pop_first()
+        {
+            out.push(id);
+        }
+        if set.is_empty() {
+            self.waiting.remove(tenant);
+            self.turn.retain(|t| t != tenant);
+        }
+    }
+
     /// Up to `n` operations, one per tenant per turn.
     fn take(&mut self, n: usize, out: &mut Vec<OperationId>) {
         let mut taken = 0;
@@ -172,13 +188,25 @@ impl Ready {
     /// Takes up to the wanted number of due operations of each kind, and
     /// forgets them: the caller claims them next. Within a kind, tenants
     /// take turns.
-    pub fn take(&mut self, wants: &[(String, usize)], now: SystemTime) -> Vec<OperationId> {
+    pub fn take(
+        &mut self,
+        wants: &[(String, usize)],
+        tenant: Option<&Tenant>,
+        now: SystemTime,
+    ) -> Vec<OperationId> {
         self.promote(now);
         let mut out = Vec::new();
         for (kind, n) in wants {
             if let Some(queue) = self.kinds.get_mut(kind.as_str()) {
                 let from = out.len();
-                queue.take(*n, &mut out);
+                match tenant {
+                    Some(tenant) => {
+                        let mut mine = Vec::new();
+                        queue.take_of(tenant, *n, &mut mine);
+                        out.extend(mine);
+                    }
+                    None => queue.take(*n, &mut out),
+                }
                 for id in &out[from..] {
                     if let Some(entry) = self.entries.remove(id) {
                         self.uncount(&entry.tenant);

@@ -966,6 +966,13 @@ fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String,
             "/v1/orders:import".into(),
             Some(Value::String(ORDERS.into())),
         ),
+        "Jobs.Enqueue" => (
+            "/v1/jobs:enqueue".into(),
+            Some(json!({
+                "kind": "echo",
+                "payload": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "hi"},
+            })),
+        ),
         other => panic!("no request for the documented operation {other}; add one"),
     }
 }
@@ -973,6 +980,11 @@ fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String,
 #[tokio::test]
 async fn every_route_the_openapi_document_lists_answers_as_documented() {
     let server = TestServer::start().await;
+    server
+        .engine
+        .declare_kind(longrun::engine::KindSpec::new("echo"))
+        .await
+        .unwrap();
     let http = Http::new(&server, None);
     let (status, headers, doc) = http.get("/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
@@ -1073,7 +1085,7 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 13, "{doc}");
+    assert_eq!(checked, 14, "{doc}");
     http.post(&format!("/v1/{running}:cancel"), json!({})).await;
     server.stop().await;
 }

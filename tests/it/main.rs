@@ -29,3 +29,4 @@ mod timing;
 mod tls;
 mod watch;
 mod webhooks;
+mod workers;

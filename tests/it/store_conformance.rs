@@ -1120,7 +1120,31 @@ fn wants(list: &[(&str, usize)]) -> ClaimRequest {
     ClaimRequest {
         wants: list.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
         lease: None,
+        tenant: None,
     }
+}
+
+pub async fn a_claim_for_one_tenant_takes_only_its_work(s: Stores) {
+    let mut of_a = Vec::new();
+    for i in 0..3u8 {
+        of_a.push(created(&s, of_tenant("x", Some("a"), i)).await.id);
+    }
+    for i in 0..3u8 {
+        created(&s, of_tenant("x", Some("b"), 10 + i)).await;
+    }
+    let now = SystemTime::now();
+    let mut request = wants(&[("x", 10)]);
+    request.tenant = Some(tenant("a"));
+    let claimed = s.operations.claim(&request, now).await.unwrap();
+    let ids: Vec<_> = claimed.operations.iter().map(|o| o.id).collect();
+    assert_eq!(ids, of_a, "a's work, oldest first, and nothing of b's");
+    assert_eq!(s.operations.queued(&tenant("b")).tenant, 3);
+    let again = s.operations.claim(&request, now).await.unwrap();
+    assert!(again.operations.is_empty());
+    // Without the filter, b's work is there to take.
+    let rest = s.operations.claim(&wants(&[("x", 10)]), now).await.unwrap();
+    assert_eq!(rest.operations.len(), 3);
+    assert!(rest.operations.iter().all(|o| o.tenant == tenant("b")));
 }
 
 pub async fn claims_take_work_by_kind_with_tenants_in_turn(s: Stores) {
@@ -1222,6 +1246,7 @@ pub async fn a_leased_claim_records_and_drops_its_lease(s: Stores) {
     let request = ClaimRequest {
         wants: vec![("k".into(), 1)],
         lease: Some(lease.clone()),
+        tenant: None,
     };
     let claimed = s.operations.claim(&request, now).await.unwrap();
     assert_eq!(claimed.operations[0].lease, Some(lease.clone()));
@@ -1362,6 +1387,7 @@ macro_rules! conformance {
             case!(each_tenants_orders_are_apart);
             case!(a_batch_commits_what_it_can_and_refuses_the_rest);
             case!(claims_take_work_by_kind_with_tenants_in_turn);
+            case!(a_claim_for_one_tenant_takes_only_its_work);
             case!(claims_wait_for_retries_to_come_due);
             case!(a_leased_claim_records_and_drops_its_lease);
             case!(claims_and_cancels_leave_the_queue_consistent);

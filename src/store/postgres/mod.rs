@@ -346,4 +346,21 @@ impl SecretStore for PgStore {
             .map_err(db)?;
         row.try_get("value").map_err(db)
     }
+
+    async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let rows =
+            sqlx::query("SELECT name, value FROM longrun_secrets WHERE starts_with(name, $1)")
+                .bind(prefix)
+                .fetch_all(self.pool())
+                .await
+                .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("name").map_err(db)?,
+                    row.try_get("value").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
 }

@@ -27,10 +27,12 @@ const RACE_RETRIES: usize = 3;
 const CLAIM: &str = "
 WITH RECURSIVE tenants(t) AS (
     (SELECT tenant FROM longrun_operations
-      WHERE state = 1 AND kind = $1 ORDER BY tenant LIMIT 1)
+      WHERE state = 1 AND kind = $1 AND ($4::text IS NULL OR tenant = $4)
+      ORDER BY tenant LIMIT 1)
   UNION ALL
     SELECT (SELECT tenant FROM longrun_operations
              WHERE state = 1 AND kind = $1 AND tenant > tenants.t
+               AND ($4::text IS NULL OR tenant = $4)
              ORDER BY tenant LIMIT 1)
       FROM tenants WHERE tenants.t IS NOT NULL
 ), picks AS (
@@ -124,6 +126,7 @@ impl PgStore {
             .bind(kind)
             .bind(micros(now))
             .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .bind(request.tenant.as_ref().map(|t| t.as_str().to_owned()))
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;

@@ -283,6 +283,19 @@ impl SecretStore for SledStore {
             Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
     }
+
+    async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let start = keys::secret("");
+        self.inner
+            .tree
+            .scan_prefix(keys::secret(prefix))
+            .map(|entry| {
+                let (key, value) = entry.map_err(backend)?;
+                let name = String::from_utf8_lossy(&key[start.len()..]).into_owned();
+                Ok((name, value.to_vec()))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]

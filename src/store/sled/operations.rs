@@ -290,7 +290,7 @@ impl SledStore {
             lease: request.lease.clone(),
         };
         let mut apply = lock(&self.inner.apply);
-        let ids = lock(&self.inner.ready).take(&request.wants, now);
+        let ids = lock(&self.inner.ready).take(&request.wants, request.tenant.as_ref(), now);
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
         let recent = self.recent();

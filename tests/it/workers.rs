@@ -1,0 +1,538 @@
+//! Outside workers, through the real server with real gRPC workers: the
+//! lease stream, credits, heartbeats and progress, fenced completion after
+//! a worker dies or hangs, cancellation reaching the worker, and the role
+//! and kind checks.
+
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::common::{
+    Authed, PATIENCE, Person, TestServer, assert_status, auth_toml, meta, wait_done_as,
+};
+use longrun::pb::google::longrunning::operation::Result as OpResult;
+use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::google::longrunning::{CancelOperationRequest, GetOperationRequest, Operation};
+use longrun::pb::longrun::v1::jobs_client::JobsClient;
+use longrun::pb::longrun::v1::lease_request::Message as FromWorker;
+use longrun::pb::longrun::v1::lease_response::Message as ForWorker;
+use longrun::pb::longrun::v1::workers_client::WorkersClient;
+use longrun::pb::longrun::v1::{
+    Assignment, Cancellation, CompleteRequest, Credits, EnqueueRequest, FailRequest,
+    HeartbeatRequest, KindDeclaration, LeaseRequest, State, Subscribe,
+};
+
+/// A worker over a real Lease stream.
+struct Worker {
+    client: WorkersClient<Authed>,
+    sender: Option<mpsc::Sender<LeaseRequest>>,
+    stream: tonic::Streaming<longrun::pb::longrun::v1::LeaseResponse>,
+}
+
+fn declaration(name: &str, lease: Duration, attempts: i32) -> KindDeclaration {
+    KindDeclaration {
+        name: name.into(),
+        max_attempts: attempts,
+        lease_duration: Some(prost_types::Duration {
+            seconds: lease.as_secs() as i64,
+            nanos: lease.subsec_nanos() as i32,
+        }),
+        ..KindDeclaration::default()
+    }
+}
+
+impl Worker {
+    async fn try_connect(
+        server: &TestServer,
+        token: Option<&str>,
+        kinds: Vec<KindDeclaration>,
+        capacity: i32,
+    ) -> Result<Self, tonic::Status> {
+        let mut client = WorkersClient::new(server.authed(token).await);
+        let (sender, receiver) = mpsc::channel(16);
+        sender
+            .send(LeaseRequest {
+                message: Some(FromWorker::Subscribe(Subscribe {
+                    kinds,
+                    capacity,
+                    worker_name: "test".into(),
+                })),
+            })
+            .await
+            .unwrap();
+        let stream = client
+            .lease(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        Ok(Self {
+            client,
+            sender: Some(sender),
+            stream,
+        })
+    }
+
+    async fn connect(
+        server: &TestServer,
+        token: Option<&str>,
+        kinds: Vec<KindDeclaration>,
+        capacity: i32,
+    ) -> Self {
+        Self::try_connect(server, token, kinds, capacity)
+            .await
+            .expect("the worker subscribes")
+    }
+
+    async fn next(&mut self) -> ForWorker {
+        tokio::time::timeout(PATIENCE, self.stream.message())
+            .await
+            .expect("a message in time")
+            .expect("the stream reads")
+            .expect("the stream is open")
+            .message
+            .expect("a message")
+    }
+
+    async fn assignment(&mut self) -> Assignment {
+        match self.next().await {
+            ForWorker::Assignment(a) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    async fn cancellation(&mut self) -> Cancellation {
+        match self.next().await {
+            ForWorker::Cancellation(c) => c,
+            other => panic!("expected a cancellation, got {other:?}"),
+        }
+    }
+
+    async fn complete(&mut self, a: &Assignment, text: &str) -> Result<(), tonic::Status> {
+        complete(&mut self.client, a, text).await
+    }
+
+    async fn heartbeat(&mut self, a: &Assignment, percent: i32) -> Result<bool, tonic::Status> {
+        self.client
+            .heartbeat(HeartbeatRequest {
+                name: a.name.clone(),
+                attempt: a.attempt,
+                progress_percent: percent,
+                status_message: format!("{percent} percent"),
+            })
+            .await
+            .map(|r| r.into_inner().cancel_requested)
+    }
+
+    async fn credits(&self, count: i32) {
+        self.sender
+            .as_ref()
+            .unwrap()
+            .send(LeaseRequest {
+                message: Some(FromWorker::Credits(Credits { count })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn complete(
+    client: &mut WorkersClient<Authed>,
+    a: &Assignment,
+    text: &str,
+) -> Result<(), tonic::Status> {
+    client
+        .complete(CompleteRequest {
+            name: a.name.clone(),
+            attempt: a.attempt,
+            response: Some(text_any(text)),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A google.protobuf.StringValue as an Any.
+fn text_any(text: &str) -> prost_types::Any {
+    prost_types::Any {
+        type_url: "type.googleapis.com/google.protobuf.StringValue".into(),
+        value: text.to_owned().encode_to_vec(),
+    }
+}
+
+async fn enqueue(server: &TestServer, token: Option<&str>, kind: &str, text: &str) -> Operation {
+    JobsClient::new(server.authed(token).await)
+        .enqueue(EnqueueRequest {
+            kind: kind.into(),
+            payload: Some(text_any(text)),
+            ..EnqueueRequest::default()
+        })
+        .await
+        .expect("enqueued")
+        .into_inner()
+}
+
+async fn get(server: &TestServer, name: &str) -> Operation {
+    OperationsClient::new(server.authed(None).await)
+        .get_operation(GetOperationRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn response_text(op: &Operation) -> String {
+    match &op.result {
+        Some(OpResult::Response(any)) => String::decode(any.value.as_slice()).unwrap(),
+        other => panic!("no response: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_leases_reports_progress_and_completes() {
+    let server = TestServer::start().await;
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("images.resize", Duration::from_secs(30), 3)],
+        4,
+    )
+    .await;
+    let op = enqueue(&server, None, "images.resize", "cat.png").await;
+    assert_eq!(meta(&op).kind, "images.resize");
+
+    let a = worker.assignment().await;
+    assert_eq!((a.name.as_str(), a.attempt), (op.name.as_str(), 1));
+    assert_eq!(a.kind, "images.resize");
+    assert_eq!(a.payload, Some(text_any("cat.png")));
+    assert!(a.lease_expire_time.is_some() && a.deadline.is_some());
+
+    assert!(!worker.heartbeat(&a, 40).await.unwrap());
+    // The progress reaches the operation (stored at a bounded rate).
+    let id = longrun::pb::convert::operation_id("name", &op.name).unwrap();
+    let mut sub = server
+        .engine
+        .subscribe(&longrun::model::Scope::All, id)
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let longrun::engine::Snapshot::Present(now) = sub.current()
+                && now.progress_percent == 40
+            {
+                return;
+            }
+            sub.changed().await;
+        }
+    })
+    .await
+    .expect("the progress reached the operation");
+    assert_eq!(meta(&get(&server, &op.name).await).progress_percent, 40);
+
+    worker.complete(&a, "cat-small.png").await.unwrap();
+    let done = wait_done_as(&server, None, &op.name).await;
+    assert_eq!(meta(&done).state, State::Succeeded as i32);
+    assert_eq!(response_text(&done), "cat-small.png");
+    // A second Complete of the same attempt changes nothing.
+    let again = worker.complete(&a, "other").await.unwrap_err();
+    assert_status(&again, Code::FailedPrecondition, "STALE_ATTEMPT", None);
+    assert_eq!(
+        response_text(&get(&server, &op.name).await),
+        "cat-small.png"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_its_lease_and_its_late_complete_is_refused() {
+    let server = TestServer::start().await;
+    let kinds = || vec![declaration("reports.pdf", Duration::from_secs(30), 3)];
+    let mut first = Worker::connect(&server, None, kinds(), 1).await;
+    let op = enqueue(&server, None, "reports.pdf", "march").await;
+    let a = first.assignment().await;
+    assert_eq!(a.attempt, 1);
+
+    // The worker dies: its stream goes, its client stays to call late.
+    let late = first.client.clone();
+    drop(first);
+    let mut second = Worker::connect(&server, None, kinds(), 1).await;
+    let b = second.assignment().await;
+    assert_eq!((b.name.as_str(), b.attempt), (op.name.as_str(), 2));
+    let retried = get(&server, &op.name).await;
+    let error = meta(&retried)
+        .last_attempt_error
+        .expect("why attempt 1 ended");
+    assert_eq!(error.code, Code::Aborted as i32);
+
+    // The first worker's late result is refused and changes nothing.
+    let mut late = late;
+    let refused = complete(&mut late, &a, "from the dead").await.unwrap_err();
+    assert_status(&refused, Code::FailedPrecondition, "STALE_ATTEMPT", None);
+
+    second.complete(&b, "from the living").await.unwrap();
+    let done = wait_done_as(&server, None, &op.name).await;
+    assert_eq!(response_text(&done), "from the living");
+    assert_eq!(meta(&done).attempt, 2);
+    let refused = complete(&mut late, &a, "from the dead").await.unwrap_err();
+    assert_status(&refused, Code::FailedPrecondition, "STALE_ATTEMPT", None);
+    assert_eq!(
+        response_text(&get(&server, &op.name).await),
+        "from the living"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_worker_loses_its_lease_without_disconnecting() {
+    let server = TestServer::start().await;
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("slow", Duration::from_millis(300), 2)],
+        1,
+    )
+    .await;
+    let op = enqueue(&server, None, "slow", "x").await;
+    let a = worker.assignment().await;
+    // No heartbeat: the lease expires while the stream stays open, and the
+    // next attempt comes to the same (still connected) worker.
+    let b = worker.assignment().await;
+    assert_eq!((b.name.as_str(), b.attempt), (a.name.as_str(), 2));
+    let stale = worker.heartbeat(&a, 50).await.unwrap_err();
+    assert_status(&stale, Code::FailedPrecondition, "STALE_ATTEMPT", None);
+    // The last attempt expires too: the operation ends ABORTED.
+    let done = wait_done_as(&server, None, &op.name).await;
+    match &done.result {
+        Some(OpResult::Error(e)) => assert_eq!(e.code, Code::Aborted as i32, "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_reaches_the_worker() {
+    let server = TestServer::start().await;
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("long", Duration::from_secs(30), 3)],
+        1,
+    )
+    .await;
+    let op = enqueue(&server, None, "long", "x").await;
+    let a = worker.assignment().await;
+    OperationsClient::new(server.authed(None).await)
+        .cancel_operation(CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap();
+    let c = worker.cancellation().await;
+    assert_eq!((c.name.as_str(), c.attempt), (a.name.as_str(), a.attempt));
+    assert!(worker.heartbeat(&a, 10).await.unwrap(), "cancel_requested");
+    worker
+        .client
+        .fail(FailRequest {
+            name: a.name.clone(),
+            attempt: a.attempt,
+            error: Some(longrun::pb::google::rpc::Status {
+                code: Code::Cancelled as i32,
+                message: "stopped as asked".into(),
+                details: vec![],
+            }),
+            retryable: false,
+        })
+        .await
+        .unwrap();
+    let done = wait_done_as(&server, None, &op.name).await;
+    assert_eq!(meta(&done).state, State::Cancelled as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn credits_bound_what_a_worker_holds() {
+    let server = TestServer::start().await;
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("thumbs", Duration::from_secs(30), 3)],
+        2,
+    )
+    .await;
+    let mut names = Vec::new();
+    for i in 0..5 {
+        names.push(enqueue(&server, None, "thumbs", &format!("{i}")).await.name);
+    }
+    let a = worker.assignment().await;
+    let b = worker.assignment().await;
+    // Two held: the store agrees that exactly two run and three wait.
+    let count = |state: State| {
+        let server = &server;
+        let names = names.clone();
+        async move {
+            let mut n = 0;
+            for name in &names {
+                if meta(&get(server, name).await).state == state as i32 {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    assert_eq!(count(State::Running).await, 2);
+    assert_eq!(count(State::Queued).await, 3);
+    // A completion gives a credit back: the third comes.
+    worker.complete(&a, "done").await.unwrap();
+    let c = worker.assignment().await;
+    assert_eq!(count(State::Running).await, 2);
+    // More credits: the last two come at once.
+    worker.credits(2).await;
+    let d = worker.assignment().await;
+    let e = worker.assignment().await;
+    assert_eq!(count(State::Queued).await, 0);
+    for held in [&b, &c, &d, &e] {
+        worker.complete(held, "done").await.unwrap();
+    }
+    for name in &names {
+        let done = wait_done_as(&server, None, name).await;
+        assert_eq!(meta(&done).state, State::Succeeded as i32);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn workers_lease_only_their_kinds_and_tenant() {
+    let writer = Person::new("alice", "acme", "writer");
+    let other = Person::new("gary", "globex", "writer");
+    let reader = Person::new("rita", "acme", "reader");
+    let admin = Person::new("root", "ops", "admin");
+    let worker = Person::new("resizer", "acme", "worker");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    let mut toml = auth_toml(&[&writer, &other, &reader, &admin], "");
+    toml.push_str(&auth_toml(&[&worker], "").replace(
+        "roles = [\"worker\"]",
+        "roles = [\"worker\"]\nkinds = [\"resize\"]",
+    ));
+    std::fs::write(&path, toml).unwrap();
+    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let kinds = |name: &str| vec![declaration(name, Duration::from_secs(30), 3)];
+
+    // A kind the worker is not listed for; a reader; no token.
+    let refused = Worker::try_connect(&server, worker.token(), kinds("other"), 1)
+        .await
+        .err()
+        .unwrap();
+    assert_status(&refused, Code::PermissionDenied, "KIND_NOT_ALLOWED", None);
+    let refused = Worker::try_connect(&server, reader.token(), kinds("resize"), 1)
+        .await
+        .err()
+        .unwrap();
+    assert_status(&refused, Code::PermissionDenied, "ROLE_TOO_LOW", None);
+    let refused = Worker::try_connect(&server, None, kinds("resize"), 1)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // An undeclared kind cannot be enqueued.
+    let status = JobsClient::new(server.authed(writer.token()).await)
+        .enqueue(EnqueueRequest {
+            kind: "resize".into(),
+            ..EnqueueRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::NotFound, "UNKNOWN_KIND", None);
+
+    let mut acme = Worker::connect(&server, worker.token(), kinds("resize"), 2).await;
+    // A worker may do nothing else.
+    let status = OperationsClient::new(server.authed(worker.token()).await)
+        .list_operations(longrun::pb::google::longrunning::ListOperationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "ROLE_TOO_LOW", None);
+    // A writer may not lease.
+    let refused = Worker::try_connect(&server, writer.token(), kinds("resize"), 1)
+        .await
+        .err()
+        .unwrap();
+    assert_status(&refused, Code::PermissionDenied, "ROLE_TOO_LOW", None);
+
+    // globex's operation is not for acme's worker; an admin's worker
+    // serves every tenant and is told whose it is.
+    let theirs = enqueue(&server, other.token(), "resize", "globex.png").await;
+    let ours = enqueue(&server, writer.token(), "resize", "acme.png").await;
+    let a = acme.assignment().await;
+    assert_eq!(
+        (a.name.as_str(), a.tenant.as_str()),
+        (ours.name.as_str(), "acme")
+    );
+    let mut any = Worker::connect(&server, admin.token(), kinds("resize"), 2).await;
+    let g = any.assignment().await;
+    assert_eq!(
+        (g.name.as_str(), g.tenant.as_str()),
+        (theirs.name.as_str(), "globex")
+    );
+    // acme's worker cannot finish globex's operation.
+    let status = acme.complete(&g, "stolen").await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    acme.complete(&a, "ok").await.unwrap();
+    any.complete(&g, "ok").await.unwrap();
+    wait_done_as(&server, writer.token(), &ours.name).await;
+    wait_done_as(&server, other.token(), &theirs.name).await;
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn declared_kinds_and_their_work_survive_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let cfg = crate::common::config(temp.path());
+    let server = TestServer::start_config(cfg.clone()).await;
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("etl", Duration::from_secs(30), 5)],
+        1,
+    )
+    .await;
+    let held = enqueue(&server, None, "etl", "held").await;
+    let a = worker.assignment().await;
+    assert_eq!(a.name, held.name);
+    let queued = enqueue(&server, None, "etl", "queued").await;
+    drop(worker);
+    server.stop().await;
+
+    // No worker yet: the kind is still declared, so enqueues work and the
+    // work waits rather than failing.
+    let server = TestServer::start_config(cfg).await;
+    let third = enqueue(&server, None, "etl", "third").await;
+    assert_eq!(
+        meta(&get(&server, &queued.name).await).state,
+        State::Queued as i32
+    );
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("etl", Duration::from_secs(30), 5)],
+        3,
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let a = worker.assignment().await;
+        seen.push(a.name.clone());
+        worker.complete(&a, "ok").await.unwrap();
+    }
+    seen.sort();
+    let mut want = vec![held.name.clone(), queued.name.clone(), third.name.clone()];
+    want.sort();
+    assert_eq!(seen, want);
+    let done = wait_done_as(&server, None, &held.name).await;
+    assert!(
+        meta(&done).attempt >= 2,
+        "the interrupted attempt was not reused"
+    );
+    server.stop().await;
+}
