@@ -10,9 +10,11 @@ use tonic_types::StatusExt;
 
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
+use longrun::pb::longrun::v1::jobs_client::JobsClient;
 use longrun::pb::longrun::v1::notifications_client::NotificationsClient;
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
 use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
+use longrun::pb::longrun::v1::workers_client::WorkersClient;
 
 use super::ClientArgs;
 
@@ -56,6 +58,8 @@ pub struct Clients {
     pub diagnostics: DiagnosticsClient<Connection>,
     pub reports: ReportServiceClient<Connection>,
     pub notifications: NotificationsClient<Connection>,
+    pub jobs: JobsClient<Connection>,
+    pub workers: WorkersClient<Connection>,
 }
 
 /// The TLS settings the flags ask for, if any.
@@ -104,7 +108,9 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
         watcher: OperationWatcherClient::new(connection.clone()),
         diagnostics: DiagnosticsClient::new(connection.clone()),
         reports: ReportServiceClient::new(connection.clone()),
-        notifications: NotificationsClient::new(connection),
+        notifications: NotificationsClient::new(connection.clone()),
+        jobs: JobsClient::new(connection.clone()),
+        workers: WorkersClient::new(connection),
     })
 }
 

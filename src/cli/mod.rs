@@ -27,6 +27,7 @@ mod report;
 mod serve;
 mod sleep;
 mod webhook;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,12 @@ pub enum Command {
     /// Measure a server under load (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve outside kinds by running a command per operation, e.g.
+    /// `longrun worker --kind thumbnails -- ./make-thumbnail.sh`.
+    Worker(worker::WorkerArgs),
+    /// Create an operation of an outside kind, e.g.
+    /// `longrun enqueue --kind thumbnails cat.png --wait`.
+    Enqueue(worker::EnqueueArgs),
 }
 
 /// Options every client command takes.
@@ -124,6 +131,8 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Webhook(cmd) => webhook::run(cmd).await,
         Command::Auth(cmd) => auth::run(cmd),
         Command::Bench(cmd) => bench::run(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Worker(args) => worker::run(args).await,
+        Command::Enqueue(args) => worker::enqueue(args).await,
     };
     match result {
         Ok(code) => code,

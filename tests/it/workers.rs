@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use prost::Message;
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -534,5 +535,84 @@ async fn declared_kinds_and_their_work_survive_a_restart() {
         meta(&done).attempt >= 2,
         "the interrupted attempt was not reused"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_command_per_operation() {
+    let server = TestServer::start().await;
+    // The command upper-cases its stdin, reports progress on stderr, and
+    // fails for good on "boom", asks for a retry on "again" (first time).
+    let script = r#"
+        input=$(cat)
+        echo "progress 50 halfway" >&2
+        case "$input" in
+          boom) echo "it blew up" >&2; exit 3 ;;
+          again) [ "$LONGRUN_ATTEMPT" = 1 ] && exit 75 ;;
+        esac
+        printf '%s' "$input" | tr a-z A-Z
+    "#;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args([
+            "worker",
+            "--server",
+            &format!("http://{}", server.addr),
+            "--kind",
+            "shell.upper",
+            "--capacity",
+            "2",
+            "--max-operations",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The worker says so once its subscription (which declares the kind)
+    // is accepted.
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("serving shell.upper") {
+                return;
+            }
+        }
+        panic!("the worker exited before subscribing");
+    })
+    .await
+    .expect("the worker subscribed");
+    assert!(server.engine.is_outside_kind("shell.upper"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let hello = enqueue(&server, None, "shell.upper", "hello").await;
+    let boom = enqueue(&server, None, "shell.upper", "boom").await;
+    let again = enqueue(&server, None, "shell.upper", "again").await;
+
+    let done = wait_done_as(&server, None, &hello.name).await;
+    assert_eq!(response_text(&done), "HELLO");
+    let failed = wait_done_as(&server, None, &boom.name).await;
+    match &failed.result {
+        Some(OpResult::Error(e)) => {
+            assert_eq!(e.code, Code::Unknown as i32);
+            assert!(
+                e.message.contains("exited with 3") && e.message.contains("it blew up"),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let retried = wait_done_as(&server, None, &again.name).await;
+    assert_eq!(response_text(&retried), "AGAIN");
+    assert_eq!(meta(&retried).attempt, 2);
+    // Four operations (one retried), then the worker exits by itself.
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the worker stopped after --max-operations")
+        .unwrap();
+    assert!(status.success());
     server.stop().await;
 }
