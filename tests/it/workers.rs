@@ -616,3 +616,74 @@ async fn the_cli_runs_a_command_per_operation() {
     assert!(status.success());
     server.stop().await;
 }
+
+/// The Python interpreter with the example's requirements (`.ci/run`
+/// prepares a venv and sets LONGRUN_TEST_PYTHON); None skips the test
+/// loudly unless LONGRUN_TEST_PYTHON_REQUIRED=1 makes that a failure.
+fn python() -> Option<String> {
+    match std::env::var("LONGRUN_TEST_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) => {
+            assert!(
+                std::env::var("LONGRUN_TEST_PYTHON_REQUIRED").as_deref() != Ok("1"),
+                "LONGRUN_TEST_PYTHON is not set, and LONGRUN_TEST_PYTHON_REQUIRED=1"
+            );
+            eprintln!(
+                "SKIPPED: set LONGRUN_TEST_PYTHON to a Python with examples/python_worker/requirements.txt"
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_python_example_serves_operations() {
+    let Some(python) = python() else { return };
+    let server = TestServer::start().await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python_worker/worker.py"
+    );
+    let mut child = tokio::process::Command::new(python)
+        .args([
+            script,
+            "--server",
+            &server.addr.to_string(),
+            "--max-operations",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("serving text.reverse") {
+                return;
+            }
+        }
+        panic!("the Python worker exited before subscribing");
+    })
+    .await
+    .expect("the Python worker subscribed");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let hello = enqueue(&server, None, "text.reverse", "hello").await;
+    let done = wait_done_as(&server, None, &hello.name).await;
+    assert_eq!(response_text(&done), "olleh");
+    assert_eq!(meta(&done).state, State::Succeeded as i32);
+    let fail = enqueue(&server, None, "text.reverse", "fail").await;
+    let failed = wait_done_as(&server, None, &fail.name).await;
+    match &failed.result {
+        Some(OpResult::Error(e)) => assert_eq!(e.code, Code::InvalidArgument as i32),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the Python worker stopped after --max-operations")
+        .unwrap();
+    assert!(status.success());
+    server.stop().await;
+}

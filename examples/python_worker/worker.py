@@ -1,0 +1,145 @@
+"""A longrun worker in Python: serves the kind "text.reverse", whose payload
+is a google.protobuf.StringValue, by reversing the text in steps, with
+heartbeats that carry progress, and completing with the reversed text.
+
+    pip install -r requirements.txt
+    python worker.py --server 127.0.0.1:50051 [--token lr_...] [--max-operations N]
+
+The protocol, in short:
+  1. Open Workers.Lease and send Subscribe(kinds, capacity).
+  2. Each Assignment names an operation and its attempt. While working,
+     send Heartbeat(name, attempt, progress) more often than the lease
+     lasts; an answer with cancel_requested (or a Cancellation on the
+     stream) means stop.
+  3. End with Complete(name, attempt, response) or Fail(name, attempt,
+     error, retryable). A call for an attempt that lost its lease gets
+     FAILED_PRECONDITION (STALE_ATTEMPT): drop the work, it is someone
+     else's now.
+"""
+
+import argparse
+import pathlib
+import queue
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+if not (HERE / "gen" / "longrun").exists():
+    import generate
+
+    generate.generate()
+sys.path.insert(0, str(HERE / "gen"))
+
+import grpc  # noqa: E402
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2  # noqa: E402
+from google.rpc import status_pb2  # noqa: E402
+from longrun.v1 import workers_pb2, workers_pb2_grpc  # noqa: E402
+
+KIND = "text.reverse"
+LEASE_SECONDS = 10
+
+
+def requests(outgoing: "queue.Queue"):
+    """The worker's side of the Lease stream: whatever is queued."""
+    while True:
+        message = outgoing.get()
+        if message is None:
+            return
+        yield message
+
+
+def reverse(stub, assignment, metadata) -> None:
+    text = wrappers_pb2.StringValue()
+    assignment.payload.Unpack(text)
+    steps = 4
+    for step in range(steps):
+        answer = stub.Heartbeat(
+            workers_pb2.HeartbeatRequest(
+                name=assignment.name,
+                attempt=assignment.attempt,
+                progress_percent=step * 100 // steps,
+                status_message=f"step {step + 1} of {steps}",
+            ),
+            metadata=metadata,
+        )
+        if answer.cancel_requested:
+            stub.Fail(
+                workers_pb2.FailRequest(
+                    name=assignment.name,
+                    attempt=assignment.attempt,
+                    error=status_pb2.Status(code=1, message="cancelled"),
+                ),
+                metadata=metadata,
+            )
+            return
+        time.sleep(0.05)
+    if text.value == "fail":
+        stub.Fail(
+            workers_pb2.FailRequest(
+                name=assignment.name,
+                attempt=assignment.attempt,
+                error=status_pb2.Status(code=3, message="refusing to reverse 'fail'"),
+                retryable=False,
+            ),
+            metadata=metadata,
+        )
+        return
+    response = any_pb2.Any()
+    response.Pack(wrappers_pb2.StringValue(value=text.value[::-1]))
+    stub.Complete(
+        workers_pb2.CompleteRequest(
+            name=assignment.name, attempt=assignment.attempt, response=response
+        ),
+        metadata=metadata,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="127.0.0.1:50051")
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--max-operations", type=int, default=None)
+    args = parser.parse_args()
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+
+    channel = grpc.insecure_channel(args.server)
+    stub = workers_pb2_grpc.WorkersStub(channel)
+    outgoing: "queue.Queue" = queue.Queue()
+    outgoing.put(
+        workers_pb2.LeaseRequest(
+            subscribe=workers_pb2.Subscribe(
+                kinds=[
+                    workers_pb2.KindDeclaration(
+                        name=KIND,
+                        max_attempts=3,
+                        lease_duration=duration_pb2.Duration(seconds=LEASE_SECONDS),
+                    )
+                ],
+                capacity=1,
+                worker_name="python example",
+            )
+        )
+    )
+    stream = stub.Lease(requests(outgoing), metadata=metadata)
+    # The server answers the stream's headers once the subscription (and
+    # the kind's declaration) is accepted.
+    stream.initial_metadata()
+    print(f"serving {KIND}", flush=True)
+    done = 0
+    try:
+        for message in stream:
+            if message.HasField("assignment"):
+                a = message.assignment
+                print(f"{a.name} attempt {a.attempt}", flush=True)
+                reverse(stub, a, metadata)
+                done += 1
+                if args.max_operations is not None and done >= args.max_operations:
+                    break
+    finally:
+        outgoing.put(None)
+        channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
