@@ -517,3 +517,112 @@ pub async fn scale(
         "server_rss": target.rss().map(mib),
     }))
 }
+
+/// The outside kind the worker scenario serves.
+const OUTSIDE_KIND: &str = "bench.echo";
+
+/// A worker in this process that serves [`OUTSIDE_KIND`]: it completes
+/// every assignment at once, recording the time from its create (the
+/// payload is the creator's clock) to its receipt.
+async fn bench_worker(
+    channel: Connection,
+    capacity: i32,
+    dispatch: Arc<std::sync::Mutex<Histogram<u64>>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use longrun::pb::longrun::v1::lease_request::Message as FromWorker;
+    use longrun::pb::longrun::v1::lease_response::Message as ForWorker;
+    use longrun::pb::longrun::v1::workers_client::WorkersClient;
+    use longrun::pb::longrun::v1::{
+        CompleteRequest, KindDeclaration, LeaseRequest, Subscribe,
+    };
+    let mut workers = WorkersClient::new(channel);
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    sender
+        .send(LeaseRequest {
+            message: Some(FromWorker::Subscribe(Subscribe {
+                kinds: vec![KindDeclaration {
+                    name: OUTSIDE_KIND.into(),
+                    ..KindDeclaration::default()
+                }],
+                capacity,
+                worker_name: "longrun bench".into(),
+            })),
+        })
+        .await?;
+    let mut stream = workers
+        .lease(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    Ok(tokio::spawn(async move {
+        let _open = sender;
+        while let Ok(Some(message)) = stream.message().await {
+            let Some(ForWorker::Assignment(a)) = message.message else {
+                continue;
+            };
+            if let Some(sent) = a
+                .payload
+                .as_ref()
+                .and_then(|p| prost_types::Timestamp::decode(p.value.as_slice()).ok())
+                .and_then(|t| ts(&Some(t)))
+                && let Ok(latency) = SystemTime::now().duration_since(sent)
+            {
+                let _ = dispatch
+                    .lock()
+                    .expect("not poisoned")
+                    .record(latency.as_micros().max(1) as u64);
+            }
+            let mut workers = workers.clone();
+            tokio::spawn(async move {
+                let _ = workers
+                    .complete(CompleteRequest {
+                        name: a.name,
+                        attempt: a.attempt,
+                        response: a.payload,
+                    })
+                    .await;
+            });
+        }
+    }))
+}
+
+/// End to end through an outside worker: Enqueue, then WaitOperation until
+/// done, while a worker in this process serves the kind. Returns the
+/// end-to-end stats and the latencies from create to the worker's receipt.
+pub async fn outside(
+    channels: &[Connection],
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(Stats, Histogram<u64>)> {
+    use longrun::pb::longrun::v1::EnqueueRequest;
+    use longrun::pb::longrun::v1::jobs_client::JobsClient;
+    let dispatch = Arc::new(std::sync::Mutex::new(
+        Histogram::<u64>::new(3).expect("valid"),
+    ));
+    let worker = bench_worker(
+        channels[channels.len() - 1].clone(),
+        i32::try_from(concurrency * 2).unwrap_or(i32::MAX),
+        Arc::clone(&dispatch),
+    )
+    .await?;
+    let stats = drive(channels, concurrency, duration, |channel| async move {
+        let started = Instant::now();
+        let now = longrun::pb::timestamp(SystemTime::now());
+        let op = JobsClient::new(channel.clone())
+            .enqueue(EnqueueRequest {
+                kind: OUTSIDE_KIND.into(),
+                payload: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/google.protobuf.Timestamp".into(),
+                    value: now.encode_to_vec(),
+                }),
+                ..EnqueueRequest::default()
+            })
+            .await?
+            .into_inner();
+        wait_done(channel, op.name).await?;
+        Ok(started.elapsed())
+    })
+    .await;
+    worker.abort();
+    let hist = dispatch.lock().expect("not poisoned").clone();
+    Ok((stats, hist))
+}

@@ -73,6 +73,10 @@ pub enum Scenario {
     Fanout,
     /// List and Get with many stored operations.
     Scale,
+    /// End to end through an outside worker (Jobs.Enqueue, a Rust worker
+    /// on Workers.Lease completing at once) beside the built-in Sleep(0),
+    /// and the latency from create to the worker's receipt.
+    Worker,
 }
 
 /// The scenarios.
@@ -263,6 +267,34 @@ async fn run_scenarios(
                     );
                 }
                 Value::Object(out)
+            }
+            Scenario::Worker => {
+                let (builtin, built_dispatch) =
+                    load::end_to_end(&channels, c, duration, None).await;
+                let (outside, dispatch) = load::outside(&channels, c, duration).await?;
+                let quantiles = |d: &hdrhistogram::Histogram<u64>| {
+                    (
+                        d.value_at_quantile(0.5) as f64 / 1000.0,
+                        d.value_at_quantile(0.99) as f64 / 1000.0,
+                    )
+                };
+                let (b50, b99) = quantiles(&built_dispatch);
+                let (o50, o99) = quantiles(&dispatch);
+                report(
+                    &common,
+                    &name,
+                    &format!(
+                        "built-in e2e {:.0} ops/s (dispatch p50 {b50:.3} ms, p99 {b99:.3} ms); \
+                         outside worker e2e {:.0} ops/s (create to receipt p50 {o50:.3} ms, p99 {o99:.3} ms)",
+                        builtin.rate(),
+                        outside.rate()
+                    ),
+                );
+                json!({
+                    "builtin": {"stats": builtin.json(), "dispatch_p50_ms": b50, "dispatch_p99_ms": b99},
+                    "outside": {"stats": outside.json(), "receipt_p50_ms": o50, "receipt_p99_ms": o99},
+                    "outside_of_builtin": outside.rate() / builtin.rate().max(1e-9),
+                })
             }
             Scenario::Get => {
                 let (peak, _) = load::end_to_end(&channels, c, duration / 2, None).await;
