@@ -532,9 +532,7 @@ async fn bench_worker(
     use longrun::pb::longrun::v1::lease_request::Message as FromWorker;
     use longrun::pb::longrun::v1::lease_response::Message as ForWorker;
     use longrun::pb::longrun::v1::workers_client::WorkersClient;
-    use longrun::pb::longrun::v1::{
-        CompleteRequest, KindDeclaration, LeaseRequest, Subscribe,
-    };
+    use longrun::pb::longrun::v1::{CompleteRequest, KindDeclaration, LeaseRequest, Subscribe};
     let mut workers = WorkersClient::new(channel);
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     sender
