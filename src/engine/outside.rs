@@ -515,6 +515,30 @@ impl Engine {
         self.inner.outside.kind(name).is_some()
     }
 
+    /// Whether `name` is a declared outside kind, here or in the store (a
+    /// worker of another node may have declared it since this one opened).
+    pub async fn find_outside_kind(&self, name: &str) -> Result<bool, EngineError> {
+        if self.is_outside_kind(name) {
+            return Ok(true);
+        }
+        let key = format!("{DECLARED}{name}");
+        let stored = self
+            .inner
+            .secrets
+            .secrets_named(&key)
+            .await
+            .map_err(EngineError::from)?;
+        let Some(spec) = stored
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| decode(name, v))
+        else {
+            return Ok(false);
+        };
+        self.inner.outside.declare(spec, &self.inner.outside)?;
+        Ok(true)
+    }
+
     /// The outside kinds declared so far.
     pub fn outside_kinds(&self) -> Vec<KindSpec> {
         self.inner.outside.declared()

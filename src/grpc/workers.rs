@@ -147,7 +147,7 @@ impl Jobs for WorkersService {
                 },
                 ..SubmitOptions::default()
             };
-            if !self.engine.is_outside_kind(&req.kind) {
+            if !self.engine.find_outside_kind(&req.kind).await? {
                 return Err(unknown_kind(&req.kind));
             }
             let op = self

@@ -687,3 +687,51 @@ async fn the_python_example_serves_operations() {
     assert!(status.success());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn on_postgresql_a_lost_lease_moves_to_a_worker_of_another_node() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let node = |name: &'static str| {
+        let url = db.url.clone();
+        move |c: &mut longrun::ServerConfig| {
+            c.backend = longrun::store::Backend::Postgres(url);
+            c.engine.node = name.into();
+        }
+    };
+    let a = TestServer::start_with(node("a")).await;
+    let b = TestServer::start_with(node("b")).await;
+    let kinds = || vec![declaration("pg.work", Duration::from_secs(30), 3)];
+    let mut on_a = Worker::connect(&a, None, kinds(), 1).await;
+    let op = enqueue(&a, None, "pg.work", "x").await;
+    let first = on_a.assignment().await;
+    assert_eq!((first.name.as_str(), first.attempt), (op.name.as_str(), 1));
+    // Node b opened before the kind was declared, yet knows it from the
+    // store.
+    let other = enqueue(&b, None, "pg.work", "y").await;
+    let mut on_b = Worker::connect(&b, None, kinds(), 1).await;
+    let late = on_a.client.clone();
+    drop(on_a);
+    // b's worker gets the queued one, then the lost one under attempt 2.
+    let queued = on_b.assignment().await;
+    assert_eq!(
+        (queued.name.as_str(), queued.attempt),
+        (other.name.as_str(), 1)
+    );
+    on_b.complete(&queued, "other").await.unwrap();
+    let second = on_b.assignment().await;
+    assert_eq!(
+        (second.name.as_str(), second.attempt),
+        (op.name.as_str(), 2)
+    );
+    let mut late = late;
+    let refused = complete(&mut late, &first, "late").await.unwrap_err();
+    assert_status(&refused, Code::FailedPrecondition, "STALE_ATTEMPT", None);
+    on_b.complete(&second, "done on b").await.unwrap();
+    let done = wait_done_as(&a, None, &op.name).await;
+    assert_eq!(response_text(&done), "done on b");
+    drop(on_b);
+    a.stop().await;
+    b.stop().await;
+}
