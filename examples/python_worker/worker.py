@@ -48,6 +48,19 @@ def requests(outgoing: "queue.Queue"):
         yield message
 
 
+def fail(stub, assignment, code: int, message: str, metadata, retryable=False) -> None:
+    """Ends the attempt with a google.rpc.Status of `code`."""
+    stub.Fail(
+        workers_pb2.FailRequest(
+            name=assignment.name,
+            attempt=assignment.attempt,
+            error=status_pb2.Status(code=code, message=message),
+            retryable=retryable,
+        ),
+        metadata=metadata,
+    )
+
+
 def reverse(stub, assignment, metadata) -> None:
     text = wrappers_pb2.StringValue()
     assignment.payload.Unpack(text)
@@ -63,26 +76,11 @@ def reverse(stub, assignment, metadata) -> None:
             metadata=metadata,
         )
         if answer.cancel_requested:
-            stub.Fail(
-                workers_pb2.FailRequest(
-                    name=assignment.name,
-                    attempt=assignment.attempt,
-                    error=status_pb2.Status(code=1, message="cancelled"),
-                ),
-                metadata=metadata,
-            )
+            fail(stub, assignment, 1, "cancelled", metadata)
             return
         time.sleep(0.05)
     if text.value == "fail":
-        stub.Fail(
-            workers_pb2.FailRequest(
-                name=assignment.name,
-                attempt=assignment.attempt,
-                error=status_pb2.Status(code=3, message="refusing to reverse 'fail'"),
-                retryable=False,
-            ),
-            metadata=metadata,
-        )
+        fail(stub, assignment, 3, "refusing to reverse 'fail'", metadata)
         return
     response = any_pb2.Any()
     response.Pack(wrappers_pb2.StringValue(value=text.value[::-1]))

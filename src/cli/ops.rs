@@ -200,6 +200,25 @@ fn acknowledge(format: Output, what: &str, name: &str) {
     }
 }
 
+/// What a create command does with the operation it made: follows it
+/// (`--watch`), waits for it (`--wait`), or prints it.
+pub(super) async fn answer_created(
+    clients: &mut Clients,
+    op: Operation,
+    wait_for_it: bool,
+    watch_it: bool,
+    format: Output,
+) -> anyhow::Result<ExitCode> {
+    if watch_it {
+        watch(clients, op.name, format).await
+    } else if wait_for_it {
+        wait(clients, op.name, None, format).await
+    } else {
+        print(&op, format);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 /// Prints one operation in the chosen format.
 pub(super) fn print(op: &Operation, format: Output) {
     match format {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::ClientArgs;
 use super::client::{connect, describe};
-use super::ops::{print, wait, watch};
+use super::ops::answer_created;
 use longrun::pb::longrun::v1::SleepRequest;
 
 /// Arguments of `longrun sleep`.
@@ -65,12 +65,5 @@ pub(super) async fn run(args: SleepArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| describe(&s))?
         .into_inner();
-    if args.watch {
-        watch(&mut clients, op.name, args.client.output).await
-    } else if args.wait {
-        wait(&mut clients, op.name, None, args.client.output).await
-    } else {
-        print(&op, args.client.output);
-        Ok(ExitCode::SUCCESS)
-    }
+    answer_created(&mut clients, op, args.wait, args.watch, args.client.output).await
 }

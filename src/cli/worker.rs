@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClientArgs;
 use super::client::{Connection, connect, describe};
-use super::ops::{print, wait, watch as follow};
+use super::ops::answer_created;
 use longrun::pb::google::rpc;
 use longrun::pb::longrun::v1::lease_request::Message as FromWorker;
 use longrun::pb::longrun::v1::lease_response::Message as ForWorker;
@@ -119,14 +119,7 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|s| describe(&s))?
         .into_inner();
-    if args.watch {
-        follow(&mut clients, op.name, args.client.output).await
-    } else if args.wait {
-        wait(&mut clients, op.name, None, args.client.output).await
-    } else {
-        print(&op, args.client.output);
-        Ok(ExitCode::SUCCESS)
-    }
+    answer_created(&mut clients, op, args.wait, args.watch, args.client.output).await
 }
 
 /// What the command reads on stdin for a payload.

@@ -35,7 +35,7 @@ use super::error::EngineError;
 use super::task::{ErasedTask, ExpireFuture, Kind, TaskContext, TaskError, TaskFuture, TaskPolicy};
 use super::{Engine, Inner, attempt};
 use crate::model::{Code, Lease, Operation, OperationId, Payload, Progress, Scope, State, Tenant};
-use crate::store::{ClaimRequest, StoreError};
+use crate::store::ClaimRequest;
 
 /// How long a lease lasts without a heartbeat, unless the kind says.
 pub const DEFAULT_WORKER_LEASE: Duration = Duration::from_secs(30);
@@ -48,6 +48,10 @@ const CLAIM_BATCH: usize = 256;
 
 /// How long a worker's claim loop waits after a failed claim.
 const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest a worker's claim loop sleeps without looking at the
+/// queue, should a signal be missed.
+const IDLE_LOOK: Duration = Duration::from_secs(5);
 
 /// How long Complete and Fail wait for the result to be stored.
 const RESULT_STORED: Duration = Duration::from_secs(30);
@@ -723,6 +727,7 @@ async fn claim_loop(inner: Arc<Inner>, worker_id: u64, worker: Arc<Connected>) {
         work.borrow_and_update();
         let credits = worker.credits.load(Ordering::SeqCst);
         let mut took = 0;
+        let mut next_due: Option<SystemTime> = None;
         if credits > 0 {
             let wants: Vec<(String, usize)> = worker
                 .spec
@@ -755,13 +760,17 @@ async fn claim_loop(inner: Arc<Inner>, worker_id: u64, worker: Arc<Connected>) {
                 };
                 match inner.ops.claim(&request, inner.clock.now()).await {
                     Ok(claimed) => {
+                        next_due = match (next_due, claimed.next_due) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                         for op in claimed.operations {
                             took += 1;
                             assign(&inner, worker_id, &worker, op);
                         }
                     }
-                    Err(StoreError::Full) | Err(_) => {
-                        warn!("a worker's claim failed; trying again shortly");
+                    Err(e) => {
+                        warn!(error = %e, "a worker's claim failed; trying again shortly");
                         tokio::select! {
                             () = worker.gone.cancelled() => return,
                             () = tokio::time::sleep(CLAIM_RETRY) => {}
@@ -777,8 +786,8 @@ async fn claim_loop(inner: Arc<Inner>, worker_id: u64, worker: Arc<Connected>) {
             () = worker.gone.cancelled() => return,
             _ = work.changed() => {}
             () = &mut changed => {}
-            // A retry coming due signals no change: look again now and then.
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // A retry coming due signals nothing: wake when it is due.
+            () = tokio::time::sleep(next_due.map_or(IDLE_LOOK, |due| inner.clock.until(due).min(IDLE_LOOK))) => {}
         }
     }
 }

@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{audit, caller, created_name};
 use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
-use crate::auth::Principal;
 use crate::engine::{Engine, KindSpec, SubmitOptions, TaskError, ToWorker, WorkerSpec};
 use crate::model::{Progress, Scope};
 use crate::pb::convert;
@@ -27,6 +26,9 @@ use crate::pb::longrun::v1::{
     FailResponse, HeartbeatRequest, HeartbeatResponse, KindDeclaration, LeaseRequest,
     LeaseResponse,
 };
+
+/// How long a Lease stream may wait for its opening message.
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Jobs and Workers services.
 #[derive(Clone)]
@@ -79,12 +81,6 @@ fn attempt(value: i32) -> Result<u32, Status> {
             "attempt is the positive number the assignment gave",
         )
     })
-}
-
-/// The operations a worker may touch: its tenant's, or every one for an
-/// admin.
-fn worker_scope(caller: &Principal) -> Scope {
-    caller.scope()
 }
 
 type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Send>>;
@@ -204,7 +200,7 @@ impl Workers for WorkersService {
             },
             kinds,
             capacity,
-            tenant: match worker_scope(&caller) {
+            tenant: match caller.scope() {
                 Scope::All => None,
                 Scope::Tenant(tenant) => Some(tenant),
             },
@@ -251,7 +247,7 @@ impl Workers for WorkersService {
         };
         let (expires, cancel_requested) = self
             .engine
-            .heartbeat(&worker_scope(&caller), id, attempt(req.attempt)?, progress)
+            .heartbeat(&caller.scope(), id, attempt(req.attempt)?, progress)
             .await?;
         Ok(Response::new(HeartbeatResponse {
             lease_expire_time: Some(crate::pb::timestamp(expires)),
@@ -273,12 +269,7 @@ impl Workers for WorkersService {
                 .map(convert::from_any)
                 .unwrap_or_else(|| crate::model::Payload::pack(&()));
             self.engine
-                .finish_outside(
-                    &worker_scope(&caller),
-                    id,
-                    attempt(req.attempt)?,
-                    Ok(response),
-                )
+                .finish_outside(&caller.scope(), id, attempt(req.attempt)?, Ok(response))
                 .await?;
             Ok(Response::new(CompleteResponse {}))
         }
@@ -302,12 +293,7 @@ impl Workers for WorkersService {
                 retryable: req.retryable,
             };
             self.engine
-                .finish_outside(
-                    &worker_scope(&caller),
-                    id,
-                    attempt(req.attempt)?,
-                    Err(failure),
-                )
+                .finish_outside(&caller.scope(), id, attempt(req.attempt)?, Err(failure))
                 .await?;
             Ok(Response::new(FailResponse {}))
         }
@@ -316,6 +302,3 @@ impl Workers for WorkersService {
         result
     }
 }
-
-/// How long a Lease stream may wait for its opening message.
-pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
