@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "proto/longrun/v1/reports.proto",
     "proto/longrun/v1/notification.proto",
     "proto/longrun/v1/workers.proto",
+    "proto/longrun/v1/console.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

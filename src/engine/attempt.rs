@@ -238,9 +238,9 @@ fn count_end(inner: &Inner, op: &Operation, finish: &Finish) {
     let metrics = &inner.config.metrics;
     match (finish, op.state) {
         (Finish::Retry { .. }, _) => metrics.retried(&op.kind),
-        (_, State::Succeeded) => metrics.finished(&op.kind, "succeeded"),
-        (_, State::Failed) => metrics.finished(&op.kind, "failed"),
-        (_, State::Cancelled) => metrics.finished(&op.kind, "cancelled"),
+        (_, State::Succeeded) => inner.finished(op, "succeeded"),
+        (_, State::Failed) => inner.finished(op, "failed"),
+        (_, State::Cancelled) => inner.finished(op, "cancelled"),
         _ => {}
     }
 }

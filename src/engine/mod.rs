@@ -17,6 +17,7 @@
 //!
 //! **Invariant:** the engine knows neither tonic nor sled.
 
+pub mod activity;
 mod admission;
 mod attempt;
 pub mod clock;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use self::activity::{ActivityStream, QueueStats, THROUGHPUT_MINUTES};
 pub use self::admission::{CallbackGuard, SubmitOptions};
 pub use self::clock::Clock;
 pub use self::dispatch::CLAIM_BATCH;
@@ -154,6 +156,8 @@ pub(crate) struct Inner {
     registry: Registry,
     /// Kinds served by outside workers, and the workers.
     outside: Arc<outside::Hub>,
+    /// Finishes per minute, for consoles.
+    throughput: activity::Throughput,
     config: EngineConfig,
     clock: Clock,
     slots: Slots,
@@ -287,6 +291,7 @@ impl Engine {
             outbox: Arc::clone(&stores.outbox),
             secrets: Arc::clone(&stores.secrets),
             outside: Arc::default(),
+            throughput: activity::Throughput::default(),
             committer,
             slots,
             admission: Admission::default(),
@@ -401,7 +406,7 @@ impl Engine {
         let op = self.inner.edit(id, Edit::Cancel).await?;
         if op.state == State::Cancelled {
             // Cancelled while queued; a running one ends through its attempt.
-            self.inner.config.metrics.finished(&op.kind, "cancelled");
+            self.inner.finished(&op, "cancelled");
         }
         // The change feed tells the attempt too (on every node); doing it
         // here as well saves a hop on this one.
@@ -529,7 +534,11 @@ impl Engine {
     /// What is unfinished in the store, by kind and state, for a metrics
     /// scrape.
     pub async fn backlog(&self) -> Result<Vec<Backlog>, EngineError> {
-        self.inner.ops.backlog().await.map_err(EngineError::from)
+        self.inner
+            .ops
+            .backlog(None)
+            .await
+            .map_err(EngineError::from)
     }
 
     /// How many operations have at least one watcher.

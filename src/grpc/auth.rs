@@ -30,15 +30,22 @@ const OPEN_PREFIXES: [&str; 3] = [
 ];
 
 /// Methods a reader may call; everything else protected needs a writer.
-const READ_METHODS: [&str; 7] = [
+const READ_METHODS: [&str; 10] = [
     "/google.longrunning.Operations/GetOperation",
     "/google.longrunning.Operations/ListOperations",
     "/google.longrunning.Operations/WaitOperation",
     "/longrun.v1.OperationWatcher/WatchOperation",
+    "/longrun.v1.OperationWatcher/WatchOperations",
+    "/longrun.v1.Console/GetCaller",
+    "/longrun.v1.Console/GetQueueStats",
     "/longrun.v1.ReportService/GetReport",
     "/longrun.v1.ReportService/ReadReport",
     "/longrun.v1.Notifications/ListDeliveries",
 ];
+
+/// Where the dashboard's page and assets are served; they hold no data
+/// (the page calls the API with the user's token).
+pub const DASHBOARD_PATHS: [&str; 2] = ["/", "/ui/"];
 
 /// Methods only workers (and admins) may call.
 const WORKER_PREFIX: &str = "/longrun.v1.Workers/";
@@ -50,7 +57,11 @@ pub const REST_PREFIX: &str = "/v1/";
 /// The role `path` needs at this door; None when it is open to all, or
 /// left to the HTTP/JSON face's own door.
 pub fn required_role(path: &str) -> Option<Role> {
-    if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) || path.starts_with(REST_PREFIX) {
+    if OPEN_PREFIXES.iter().any(|p| path.starts_with(p))
+        || path.starts_with(REST_PREFIX)
+        || path == DASHBOARD_PATHS[0]
+        || path.starts_with(DASHBOARD_PATHS[1])
+    {
         None
     } else if READ_METHODS.contains(&path) {
         Some(Role::Reader)

@@ -7,6 +7,7 @@
 //! transcoded onto the same services.
 
 pub mod auth;
+pub mod console;
 pub mod diagnostics;
 pub mod limits;
 pub mod metered;
@@ -18,6 +19,7 @@ pub mod status;
 pub mod watcher;
 pub mod workers;
 
+pub use self::console::ConsoleService;
 pub use self::diagnostics::DiagnosticsService;
 pub use self::notifications::NotificationsService;
 pub use self::operations::OperationsService;

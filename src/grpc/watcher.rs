@@ -9,12 +9,12 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Engine, EngineError, Snapshot, Subscription, WatchPermit};
+use crate::engine::{ActivityStream, Engine, EngineError, Snapshot, Subscription, WatchPermit};
 use crate::model::OperationId;
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
-use crate::pb::longrun::v1::WatchOperationRequest;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcher;
+use crate::pb::longrun::v1::{WatchOperationRequest, WatchOperationsRequest};
 
 /// The OperationWatcher service.
 #[derive(Clone)]
@@ -68,9 +68,36 @@ async fn next(mut f: Follow) -> Option<(Result<Operation, Status>, Follow)> {
     Some((item, f))
 }
 
+/// The next change of an activity stream, as a stream item.
+async fn next_change(
+    mut activity: ActivityStream,
+) -> Option<(Result<Operation, Status>, Option<ActivityStream>)> {
+    match activity.next().await {
+        Ok(op) => Some((Ok(convert::operation(&op)), Some(activity))),
+        Err(e) => Some((Err(e.into()), None)),
+    }
+}
+
 #[tonic::async_trait]
 impl OperationWatcher for WatcherService {
     type WatchOperationStream = OperationStream;
+    type WatchOperationsStream = OperationStream;
+
+    async fn watch_operations(
+        &self,
+        request: Request<WatchOperationsRequest>,
+    ) -> Result<Response<Self::WatchOperationsStream>, Status> {
+        let caller = super::auth::caller(&request)?;
+        let activity =
+            self.engine
+                .activity(caller.scope(), &caller.tenant, &request.get_ref().filter)?;
+        // After an error the stream ends.
+        let changes = stream::unfold(
+            Some(activity),
+            |state| async move { next_change(state?).await },
+        );
+        Ok(Response::new(Box::pin(changes)))
+    }
 
     async fn watch_operation(
         &self,

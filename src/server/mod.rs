@@ -4,12 +4,14 @@
 //!
 //! - `listen`: accepting connections, each with a deadline to start;
 //! - `metrics`: the Prometheus scrape endpoint, on its own listener;
+//! - `dashboard`: the web dashboard's embedded page and assets;
 //! - `tls`: rustls configuration for the port, reloadable.
 //!
 //! The caller owns the listener and the shutdown signal, so tests serve on
 //! `127.0.0.1:0` and stop the server when they like. Every task the server
 //! starts is tracked and waited for before `serve` returns.
 
+pub mod dashboard;
 pub mod listen;
 pub mod metrics;
 pub mod tls;
@@ -34,11 +36,12 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::metered::MeteredLayer;
 use crate::grpc::rest;
 use crate::grpc::{
-    DiagnosticsService, NotificationsService, OperationsService, ReportsService, WatcherService,
-    WorkersService,
+    ConsoleService, DiagnosticsService, NotificationsService, OperationsService, ReportsService,
+    WatcherService, WorkersService,
 };
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
+use crate::pb::longrun::v1::console_server::ConsoleServer;
 use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
 use crate::pb::longrun::v1::jobs_server::JobsServer;
 use crate::pb::longrun::v1::notifications_server::NotificationsServer;
@@ -419,6 +422,7 @@ impl Server {
             <NotificationsServer<NotificationsService> as tonic::server::NamedService>::NAME,
             <JobsServer<WorkersService> as tonic::server::NamedService>::NAME,
             <WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
+            <ConsoleServer<ConsoleService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -447,6 +451,10 @@ impl Server {
             )
             .add_service(
                 WorkersServer::new(WorkersService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                ConsoleServer::new(ConsoleService::new(engine.clone()))
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {
@@ -488,8 +496,9 @@ impl Server {
             Arc::clone(engine.metrics()),
             &rest_config,
         );
-        let faces =
-            grpc.merge(rest::router(rest, &config.cors_origins).map_err(ServerError::Cors)?);
+        let faces = grpc
+            .merge(rest::router(rest, &config.cors_origins).map_err(ServerError::Cors)?)
+            .merge(dashboard::router());
 
         // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
         // keepalive finds peers that vanished without a word.

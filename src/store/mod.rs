@@ -231,14 +231,18 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
 
-    /// How many operations of each kind are unfinished, by state, with the
-    /// creation time of the oldest: what a metrics scrape shows. By default
+    /// How many operations of each kind (of `tenant`, or of all) are
+    /// unfinished, by state, with the creation time of the oldest: what a
+    /// metrics scrape and a console show. By default
     /// counted from [`unfinished`](Self::unfinished); a backend that can
     /// count without reading every record does.
-    async fn backlog(&self) -> StoreResult<Vec<Backlog>> {
+    async fn backlog(&self, tenant: Option<&Tenant>) -> StoreResult<Vec<Backlog>> {
         let mut counts: std::collections::BTreeMap<(String, &'static str), Backlog> =
             std::collections::BTreeMap::new();
         for op in self.unfinished().await? {
+            if tenant.is_some_and(|t| *t != op.tenant) {
+                continue;
+            }
             let state = op.state.as_str();
             let entry = counts
                 .entry((op.kind.clone(), state))

@@ -966,6 +966,9 @@ fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String,
             "/v1/orders:import".into(),
             Some(Value::String(ORDERS.into())),
         ),
+        "OperationWatcher.WatchOperations" => ("/v1/operations:watch".into(), none),
+        "Console.GetCaller" => ("/v1/caller".into(), none),
+        "Console.GetQueueStats" => ("/v1/queues".into(), none),
         "Jobs.Enqueue" => (
             "/v1/jobs:enqueue".into(),
             Some(json!({
@@ -1085,7 +1088,62 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 14, "{doc}");
+    assert_eq!(checked, 17, "{doc}");
     http.post(&format!("/v1/{running}:cancel"), json!({})).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
+    let acme = Person::new("alice", "acme", "writer");
+    let globex = Person::new("gary", "globex", "writer");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(&path, auth_toml(&[&acme, &globex], "")).unwrap();
+    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let ours = Http::new(&server, acme.token());
+    let theirs = Http::new(&server, globex.token());
+
+    let (status, _, caller) = ours.get("/v1/caller").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(caller["name"], "alice");
+    assert_eq!(caller["tenant"], "acme");
+    assert_eq!(caller["role"], "writer");
+    assert_eq!(caller["allTenants"], Value::Null, "false is left out");
+
+    let mut events = EventStream::new(
+        ours.request(reqwest::Method::GET, "/v1/operations:watch")
+            .send()
+            .await
+            .unwrap(),
+    );
+    // globex's operation comes first; acme's stream must skip it.
+    theirs
+        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await;
+    let (_, headers, _) = ours
+        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await;
+    let mine = headers["location"].to_str().unwrap()["/v1/".len()..].to_owned();
+    let first = events.next().await.expect("a change");
+    let op: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(op["name"], mine.as_str(), "{op}");
+    assert_eq!(op["metadata"]["tenant"], "acme");
+
+    let (status, _, queues) = ours.get("/v1/queues").await;
+    assert_eq!(status, StatusCode::OK, "{queues}");
+    let sleep = queues["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "longrun.v1.Diagnostics.Sleep")
+        .expect("the Sleep queue")
+        .clone();
+    let unfinished: i64 = ["queued", "running", "cancelling"]
+        .iter()
+        .map(|f| sleep[*f].as_str().map_or(0, |n| n.parse::<i64>().unwrap()))
+        .sum();
+    assert_eq!(unfinished, 1, "only acme's operation counts: {sleep}");
+    drop(events);
     server.stop().await;
 }

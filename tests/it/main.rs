@@ -11,6 +11,7 @@ mod cluster;
 mod common;
 mod crash;
 mod custom_kind;
+mod dashboard;
 mod full_disk;
 mod hot_path;
 mod http;

@@ -327,13 +327,15 @@ impl OperationStore for PgStore {
         .await
     }
 
-    async fn backlog(&self) -> StoreResult<Vec<Backlog>> {
+    async fn backlog(&self, tenant: Option<&crate::model::Tenant>) -> StoreResult<Vec<Backlog>> {
         // Counted in the database over the unfinished rows; the oldest id
         // is the oldest operation, since a UUIDv7 carries its creation time.
         let rows = sqlx::query(
             "SELECT kind, state, count(*) AS n, min(id) AS oldest FROM longrun_operations
-              WHERE ended_us IS NULL GROUP BY kind, state ORDER BY kind, state",
+              WHERE ended_us IS NULL AND ($1::text IS NULL OR tenant = $1)
+              GROUP BY kind, state ORDER BY kind, state",
         )
+        .bind(tenant.map(|t| t.as_str().to_owned()))
         .fetch_all(self.pool())
         .await
         .map_err(db)?;

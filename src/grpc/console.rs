@@ -1,0 +1,68 @@
+//! longrun.v1.Console: what a console (the dashboard) reads about the
+//! caller and the queues.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use crate::engine::Engine;
+use crate::model::Scope;
+use crate::pb::longrun::v1::console_server::Console;
+use crate::pb::longrun::v1::{
+    Caller, GetCallerRequest, GetQueueStatsRequest, QueueStats, QueueStatsResponse,
+};
+
+/// The Console service.
+#[derive(Clone)]
+pub struct ConsoleService {
+    engine: Engine,
+}
+
+impl ConsoleService {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl Console for ConsoleService {
+    async fn get_caller(
+        &self,
+        request: Request<GetCallerRequest>,
+    ) -> Result<Response<Caller>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(Caller {
+            name: caller.name.clone(),
+            tenant: caller.tenant.as_str().to_owned(),
+            role: caller.role.to_string(),
+            all_tenants: caller.scope() == Scope::All,
+        }))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<GetQueueStatsRequest>,
+    ) -> Result<Response<QueueStatsResponse>, Status> {
+        let scope = caller(&request)?.scope();
+        let kinds = self
+            .engine
+            .queues(&scope)
+            .await?
+            .into_iter()
+            .map(|q| QueueStats {
+                kind: q.kind,
+                queued: q.queued as i64,
+                running: q.running as i64,
+                cancelling: q.cancelling as i64,
+                concurrency: q.concurrency.map_or(0, |n| n as i64),
+                oldest_queued_time: q.oldest_queued.map(crate::pb::timestamp),
+                finished_per_minute: q
+                    .finished_per_minute
+                    .into_iter()
+                    .map(|n| n as i64)
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(QueueStatsResponse { kinds }))
+    }
+}
