@@ -373,10 +373,9 @@ function renderDetail(op) {
     ...facts.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v), "data-fact": k })]),
   );
   $("detail-meta").querySelector('[data-fact="State"]')?.replaceChildren(stateBadge(op));
-  const attempts = [];
-  if (meta.lastAttemptError) {
-    attempts.push(attemptItem("The previous attempt failed", meta.lastAttemptError));
-  }
+  const attempts = (meta.failedAttempts ?? []).map((a) =>
+    attemptItem(`Attempt ${a.attempt} · ${when(a.startTime)} → ${when(a.endTime)}`, a.error),
+  );
   if (op.done) {
     attempts.push(op.error ? attemptItem(`Attempt ${meta.attempt} ended the operation`, op.error) : el("li", { class: "ok", text: `Attempt ${meta.attempt} succeeded` }));
   } else if (meta.attempt) {

@@ -27,7 +27,8 @@ pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
 pub use self::id::{OperationId, RequestId};
 pub use self::operation::{
-    Lease, Limits, Notification, Operation, Outcome, Progress, State, to_micros_precision,
+    FailedAttempt, Lease, Limits, MAX_FAILED_ATTEMPTS, Notification, Operation, Outcome, Progress,
+    State, to_micros_precision,
 };
 pub use self::payload::Payload;
 pub use self::status::{Code, FieldViolation, OperationError};

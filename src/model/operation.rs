@@ -139,12 +139,28 @@ pub struct Operation {
     pub not_before: Option<SystemTime>,
     /// Why the previous attempt failed, while a retry is pending or after.
     pub last_error: Option<OperationError>,
+    /// The attempts that ended without ending the operation (failed and
+    /// retried, or stopped and run again), oldest first; the latest
+    /// [`MAX_FAILED_ATTEMPTS`].
+    pub failed_attempts: Vec<FailedAttempt>,
     /// The webhook to call on state changes, if one was asked for.
     pub notification: Option<Notification>,
     /// The tenant that owns it.
     pub tenant: Tenant,
     /// While running under a leased claim: who holds it, until when.
     pub lease: Option<Lease>,
+}
+
+/// How many ended attempts an operation remembers.
+pub const MAX_FAILED_ATTEMPTS: usize = 20;
+
+/// An attempt that ended without ending its operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAttempt {
+    pub attempt: u32,
+    pub start_time: Option<SystemTime>,
+    pub end_time: SystemTime,
+    pub error: OperationError,
 }
 
 /// Cuts a time to whole microseconds, the precision operations are stored
@@ -197,6 +213,7 @@ impl Operation {
             max_attempts: limits.max_attempts,
             not_before: None,
             last_error: None,
+            failed_attempts: Vec::new(),
             notification: None,
             tenant,
             lease: None,

@@ -11,7 +11,10 @@ use std::time::SystemTime;
 
 use super::delivery::Delivery;
 use super::id::OperationId;
-use super::operation::{Lease, Operation, Outcome, Progress, State, to_micros_precision};
+use super::operation::{
+    FailedAttempt, Lease, MAX_FAILED_ATTEMPTS, Operation, Outcome, Progress, State,
+    to_micros_precision,
+};
 use super::status::{Code, OperationError};
 
 /// The token a worker holds while it runs an attempt. Writes made with a
@@ -225,10 +228,20 @@ impl Operation {
                 next.end(Outcome::Error(OperationError::cancelled()), now);
             }
             Finish::Release => {
+                next.remember_failure(
+                    self,
+                    OperationError::new(
+                        Code::Aborted,
+                        "ATTEMPT_STOPPED",
+                        "the attempt was stopped before it ended (a shutdown, a restart or a lost lease); it runs again",
+                    ),
+                    now,
+                );
                 next.state = State::Queued;
                 next.start_time = None;
             }
             Finish::Retry { error, not_before } => {
+                next.remember_failure(self, error.clone(), now);
                 next.state = State::Queued;
                 next.start_time = None;
                 next.not_before = Some(to_micros_precision(*not_before));
@@ -247,6 +260,21 @@ impl Operation {
             }
         }
         Ok(next.touched(now))
+    }
+
+    /// Adds the attempt `before` ran to the failed ones, keeping the latest.
+    fn remember_failure(&mut self, before: &Operation, error: OperationError, now: SystemTime) {
+        self.failed_attempts.push(FailedAttempt {
+            attempt: before.attempt,
+            start_time: before.start_time,
+            end_time: to_micros_precision(now),
+            error,
+        });
+        let extra = self
+            .failed_attempts
+            .len()
+            .saturating_sub(MAX_FAILED_ATTEMPTS);
+        self.failed_attempts.drain(..extra);
     }
 
     fn end(&mut self, outcome: Outcome, now: SystemTime) {

@@ -102,6 +102,16 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         last_attempt_error: op.last_error.as_ref().map(status),
         tenant: op.tenant.as_str().to_owned(),
         version: i64::try_from(op.version).unwrap_or(i64::MAX),
+        failed_attempts: op
+            .failed_attempts
+            .iter()
+            .map(|a| api::FailedAttempt {
+                attempt: a.attempt as i32,
+                start_time: a.start_time.map(timestamp),
+                end_time: Some(timestamp(a.end_time)),
+                error: Some(status(&a.error)),
+            })
+            .collect(),
     }
 }
 

@@ -19,8 +19,8 @@ use prost::Message;
 use super::{StoreError, StoreResult};
 use crate::model::order::{Order, OrderStatus};
 use crate::model::{
-    Code, Delivery, DeliveryState, Lease, Notification, Operation, OperationError, OperationId,
-    Outcome, Payload, RequestId, State, Tenant,
+    Code, Delivery, DeliveryState, FailedAttempt, Lease, Notification, Operation, OperationError,
+    OperationId, Outcome, Payload, RequestId, State, Tenant,
 };
 
 /// Numbers for the strings records repeat.
@@ -98,6 +98,22 @@ pub(crate) struct StoredOperation {
     end_after_us: Option<i64>,
     #[prost(message, optional, tag = "30")]
     lease: Option<StoredLease>,
+    #[prost(message, repeated, tag = "31")]
+    failed_attempts: Vec<StoredAttempt>,
+}
+
+/// An attempt that ended without ending its operation; times are offsets
+/// from the operation's creation.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredAttempt {
+    #[prost(uint32, tag = "1")]
+    attempt: u32,
+    #[prost(sint64, optional, tag = "2")]
+    start_after_us: Option<i64>,
+    #[prost(sint64, tag = "3")]
+    end_after_us: i64,
+    #[prost(message, optional, tag = "4")]
+    error: Option<StoredError>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -320,6 +336,16 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
             holder: l.holder.clone(),
             expires_us: to_micros(l.expires),
         }),
+        failed_attempts: op
+            .failed_attempts
+            .iter()
+            .map(|a| StoredAttempt {
+                attempt: a.attempt,
+                start_after_us: a.start_time.map(after),
+                end_after_us: after(a.end_time),
+                error: Some(store_error(&a.error)),
+            })
+            .collect(),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -403,6 +429,21 @@ pub(crate) fn from_stored(
         timeout: Duration::from_micros(s.timeout_us),
         not_before: s.not_before_us.map(from_micros),
         last_error: s.last_error.map(load_error).transpose()?,
+        failed_attempts: s
+            .failed_attempts
+            .into_iter()
+            .map(|a| {
+                Ok(FailedAttempt {
+                    attempt: a.attempt,
+                    start_time: a.start_after_us.map(|o| from_micros(created + o)),
+                    end_time: from_micros(created + a.end_after_us),
+                    error: load_error(
+                        a.error
+                            .ok_or_else(|| corrupt("an attempt without its error"))?,
+                    )?,
+                })
+            })
+            .collect::<StoreResult<_>>()?,
         max_attempts: s.max_attempts,
         notification: match s.notification {
             Some(n) => Some(Notification {

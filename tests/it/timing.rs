@@ -108,6 +108,16 @@ async fn retryable_failures_are_retried_after_a_backoff() {
         .as_ref()
         .expect("the failure that was retried");
     assert_eq!(last.code, Code::Unavailable);
+    // The timeline keeps both failed attempts, in order, with their times.
+    let failed: Vec<u32> = done.failed_attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(failed, [1, 2]);
+    for a in &done.failed_attempts {
+        assert_eq!(a.error.code, Code::Unavailable);
+        assert!(a.start_time.is_some_and(|s| s <= a.end_time));
+    }
+    // And it survives the store: read back, it is the same.
+    let stored = paused.engine.get(&Scope::All, op.id).await.unwrap();
+    assert_eq!(stored.failed_attempts, done.failed_attempts);
     // Two waits, each at most its bound of 1 s, then 2 s.
     assert!(took(&done) <= Duration::from_secs(3), "{:?}", took(&done));
 }
