@@ -308,7 +308,14 @@ pub(super) async fn watch(
             Some(bar) => {
                 if let Some(m) = output::metadata(&op) {
                     bar.set_position(m.progress_percent.clamp(0, 100) as u64);
-                    bar.set_message(format!("{} {}", output::state_name(&op), m.status_message));
+                    let eta = output::eta(&m)
+                        .map(|e| format!(" · {e}"))
+                        .unwrap_or_default();
+                    bar.set_message(format!(
+                        "{}{eta} {}",
+                        output::state_name(&op),
+                        m.status_message
+                    ));
                 }
             }
             None => say!("{}", output::json(&op)),

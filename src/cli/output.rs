@@ -35,6 +35,17 @@ fn time(ts: &Option<prost_types::Timestamp>) -> String {
     }
 }
 
+/// How long until the operation's estimated end, as "ETA 12s", when it
+/// has one in the future.
+pub fn eta(m: &OperationMetadata) -> Option<String> {
+    let end = m.estimated_end_time.as_ref()?;
+    let end = SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(u64::try_from(end.seconds).ok()?, end.nanos.max(0) as u32);
+    let left = end.duration_since(SystemTime::now()).ok()?;
+    let left = std::time::Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+    Some(format!("ETA {}", humantime::format_duration(left)))
+}
+
 /// The state name of an operation.
 pub fn state_name(op: &Operation) -> String {
     metadata(op)
@@ -65,6 +76,14 @@ pub fn text(op: &Operation) -> String {
         out.push_str(&format!("started:   {}\n", time(&m.start_time)));
         out.push_str(&format!("updated:   {}\n", time(&m.update_time)));
         out.push_str(&format!("ended:     {}\n", time(&m.end_time)));
+        if m.end_time.is_none() {
+            let estimate = match (&m.estimated_end_time, eta(&m)) {
+                (Some(_), Some(eta)) => format!("{} ({eta})", time(&m.estimated_end_time)),
+                (Some(_), None) => format!("{} (overdue)", time(&m.estimated_end_time)),
+                (None, _) => "- (nothing known yet)".to_owned(),
+            };
+            out.push_str(&format!("estimate:  {estimate}\n"));
+        }
     }
     out.push_str(&format!("done:      {}\n", op.done));
     match &op.result {

@@ -77,6 +77,9 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
         let (ended, progress) =
             supervise(&inner, claim, handle, progress_rx, &token, deadline).await;
         inner.config.metrics.ran(&op.kind, began.elapsed());
+        if matches!(ended, Ended::Returned(Ok(_))) {
+            inner.run_times.record(&op.kind, began.elapsed());
+        }
         inner.forget_running(op.id);
 
         let finish = match ended {

@@ -24,6 +24,7 @@ pub mod clock;
 mod commit;
 mod dispatch;
 pub mod error;
+mod estimate;
 mod feed;
 mod lease;
 mod listing;
@@ -158,6 +159,8 @@ pub(crate) struct Inner {
     outside: Arc<outside::Hub>,
     /// Finishes per minute, for consoles.
     throughput: activity::Throughput,
+    /// Recent run times per kind, for estimates.
+    run_times: estimate::RunTimes,
     config: EngineConfig,
     clock: Clock,
     slots: Slots,
@@ -292,6 +295,7 @@ impl Engine {
             secrets: Arc::clone(&stores.secrets),
             outside: Arc::default(),
             throughput: activity::Throughput::default(),
+            run_times: estimate::RunTimes::default(),
             committer,
             slots,
             admission: Admission::default(),

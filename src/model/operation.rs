@@ -149,6 +149,12 @@ pub struct Operation {
     pub tenant: Tenant,
     /// While running under a leased claim: who holds it, until when.
     pub lease: Option<Lease>,
+    /// How long an attempt of its kind took lately (the median of recent
+    /// runs), when known at its creation.
+    pub expected_run: Option<Duration>,
+    /// When an attempt was expected to start, at its creation: after the
+    /// work ahead of it, at its kind's concurrency.
+    pub expected_start: Option<SystemTime>,
 }
 
 /// How many ended attempts an operation remembers.
@@ -173,6 +179,34 @@ pub fn to_micros_precision(time: SystemTime) -> SystemTime {
 }
 
 impl Operation {
+    /// When it will likely be done, from what it knows; None when nothing
+    /// is known (never a guess). Done: when it ended. Running with
+    /// progress: its own rate so far. Running without: its start plus the
+    /// expected run. Queued: the expected start (not before `now`) plus
+    /// the expected run.
+    pub fn estimated_end(&self, now: SystemTime) -> Option<SystemTime> {
+        if self.state.is_terminal() {
+            return self.end_time;
+        }
+        let run = self.expected_run;
+        match (self.state, self.start_time) {
+            (State::Running | State::Cancelling, Some(started)) => {
+                let percent = self.progress_percent;
+                if (1..100).contains(&percent) {
+                    let spent = self.update_time.duration_since(started).ok()?;
+                    let whole = spent.mul_f64(100.0 / f64::from(percent));
+                    Some(started + whole)
+                } else {
+                    run.map(|r| started + r)
+                }
+            }
+            _ => {
+                let start = self.expected_start?.max(now);
+                run.map(|r| start + r)
+            }
+        }
+    }
+
     /// A new queued operation of `tenant`, with no webhook.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -214,6 +248,8 @@ impl Operation {
             not_before: None,
             last_error: None,
             failed_attempts: Vec::new(),
+            expected_run: None,
+            expected_start: None,
             notification: None,
             tenant,
             lease: None,

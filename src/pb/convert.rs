@@ -102,6 +102,9 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         last_attempt_error: op.last_error.as_ref().map(status),
         tenant: op.tenant.as_str().to_owned(),
         version: i64::try_from(op.version).unwrap_or(i64::MAX),
+        estimated_end_time: op
+            .estimated_end(std::time::SystemTime::now())
+            .map(timestamp),
         failed_attempts: op
             .failed_attempts
             .iter()

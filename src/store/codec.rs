@@ -100,6 +100,10 @@ pub(crate) struct StoredOperation {
     lease: Option<StoredLease>,
     #[prost(message, repeated, tag = "31")]
     failed_attempts: Vec<StoredAttempt>,
+    #[prost(uint64, optional, tag = "32")]
+    expected_run_us: Option<u64>,
+    #[prost(sint64, optional, tag = "33")]
+    expected_start_after_us: Option<i64>,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -346,6 +350,10 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
                 error: Some(store_error(&a.error)),
             })
             .collect(),
+        expected_run_us: op
+            .expected_run
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        expected_start_after_us: op.expected_start.map(after),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -445,6 +453,8 @@ pub(crate) fn from_stored(
             })
             .collect::<StoreResult<_>>()?,
         max_attempts: s.max_attempts,
+        expected_run: s.expected_run_us.map(Duration::from_micros),
+        expected_start: s.expected_start_after_us.map(|o| from_micros(created + o)),
         notification: match s.notification {
             Some(n) => Some(Notification {
                 callback_url: n.callback_url,

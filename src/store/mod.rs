@@ -218,6 +218,12 @@ pub trait OperationStore: Send + Sync + 'static {
     /// How many operations wait to be claimed.
     fn queued(&self, tenant: &Tenant) -> QueueDepth;
 
+    /// How many operations of `kind` wait to be claimed, when the backend
+    /// can say without a query.
+    fn queued_of_kind(&self, _kind: &str) -> Option<u64> {
+        None
+    }
+
     /// Bumps whenever work may have become claimable (a create, a retry, a
     /// release), so that a dispatcher can wait for it.
     fn work(&self) -> watch::Receiver<u64>;

@@ -107,6 +107,8 @@ pub struct Ready {
     /// Operations waiting out a backoff, by due time.
     delayed: BTreeSet<(SystemTime, OperationId)>,
     tenants: HashMap<Tenant, u64>,
+    /// How many of each kind are queued (ready or delayed).
+    per_kind: HashMap<Arc<str>, u64>,
 }
 
 impl Ready {
@@ -135,15 +137,18 @@ impl Ready {
                 }
             }
         }
-        self.uncount(&entry.tenant);
+        self.uncount(&entry);
     }
 
-    fn uncount(&mut self, tenant: &Tenant) {
-        if let Some(count) = self.tenants.get_mut(tenant) {
+    fn uncount(&mut self, entry: &Entry) {
+        if let Some(count) = self.tenants.get_mut(&entry.tenant) {
             *count -= 1;
             if *count == 0 {
-                self.tenants.remove(tenant);
+                self.tenants.remove(&entry.tenant);
             }
+        }
+        if let Some(count) = self.per_kind.get_mut(&entry.kind) {
+            *count = count.saturating_sub(1);
         }
     }
 
@@ -167,6 +172,7 @@ impl Ready {
             None => self.kinds.entry(kind).or_default().push(tenant, id),
         }
         *self.tenants.entry(tenant.clone()).or_insert(0) += 1;
+        *self.per_kind.entry(Arc::clone(&entry.kind)).or_insert(0) += 1;
         self.entries.insert(id, entry);
     }
 
@@ -209,12 +215,17 @@ impl Ready {
                 }
                 for id in &out[from..] {
                     if let Some(entry) = self.entries.remove(id) {
-                        self.uncount(&entry.tenant);
+                        self.uncount(&entry);
                     }
                 }
             }
         }
         out
+    }
+
+    /// How many operations of `kind` are ready or waiting out a backoff.
+    pub fn depth_of_kind(&self, kind: &str) -> u64 {
+        self.per_kind.get(kind).copied().unwrap_or(0)
     }
 
     /// When the earliest delayed operation is due.

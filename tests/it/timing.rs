@@ -298,3 +298,59 @@ async fn a_wait_returns_the_latest_state_at_its_timeout() {
     assert_eq!(done.state, State::Succeeded);
     assert!(started.elapsed() < Duration::from_secs(3600 + 30 + 1));
 }
+
+/// Waits until `op` has reported at least `percent`.
+async fn progressed(paused: &Paused, op: &Operation, percent: u32) -> Operation {
+    let mut sub = paused.engine.subscribe(&Scope::All, op.id).await.unwrap();
+    loop {
+        if let longrun::engine::Snapshot::Present(now) = sub.current()
+            && now.progress_percent >= percent
+        {
+            return Operation::clone(&now);
+        }
+        sub.changed().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_estimate_follows_progress_and_then_the_kinds_run_times() {
+    let paused = Paused::start(|_, _| {}).await;
+    let clock = Clock::following_tokio();
+    let ten_seconds = SleepRequest {
+        steps: 10,
+        ..sleep(Duration::from_secs(10))
+    };
+    // Nothing is known of the kind yet: no estimate, rather than a guess.
+    let first = paused.sleep(ten_seconds.clone()).await;
+    assert_eq!(first.estimated_end(clock.now()), None);
+
+    // After the first progress step (10 % after 1 s), the estimate is the
+    // operation's own rate: its start plus 10 s, within 5 %.
+    let stepped = progressed(&paused, &first, 10).await;
+    let started = stepped.start_time.expect("running");
+    let estimate = stepped.estimated_end(clock.now()).expect("an estimate");
+    let expected = started + Duration::from_secs(10);
+    let off = estimate
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(off <= Duration::from_millis(500), "off by {off:?}");
+
+    // Done: the estimate is when it ended.
+    let done = paused.done(&first).await;
+    assert_eq!(done.estimated_end(clock.now()), done.end_time);
+
+    // The kind has a run time now: a new operation is estimated before it
+    // reports anything, from the median of recent runs (10 s).
+    let second = paused.sleep(ten_seconds).await;
+    let expected_run = second.expected_run.expect("the kind's median run");
+    assert!(
+        expected_run >= Duration::from_secs(10) && expected_run < Duration::from_secs(11),
+        "{expected_run:?}"
+    );
+    let estimate = second
+        .estimated_end(clock.now())
+        .expect("an estimate while queued");
+    assert!(estimate >= second.create_time + Duration::from_secs(10));
+    assert!(estimate <= second.create_time + Duration::from_secs(11));
+    paused.done(&second).await;
+}

@@ -226,22 +226,21 @@ fn insert_retry_after(headers: &mut HeaderMap, delay: Duration) {
 }
 
 /// How long a poller should wait before asking about `op` again, in whole
-/// seconds, at least 1: the time its progress so far suggests is left, at
-/// most a minute; 1 s when nothing is known yet.
+/// seconds, at least 1: until the operation's estimated end, at most a
+/// minute; 1 s when nothing is known yet.
 fn retry_after(op: &Operation) -> Duration {
     let estimate = op
         .metadata
         .as_ref()
         .and_then(|any| any.to_msg::<OperationMetadata>().ok())
-        .and_then(|meta| {
-            let percent = u64::try_from(meta.progress_percent)
-                .ok()
-                .filter(|p| (1..100).contains(p))?;
-            let started = meta.start_time?;
-            let started =
-                SystemTime::UNIX_EPOCH + Duration::new(u64::try_from(started.seconds).ok()?, 0);
-            let elapsed = SystemTime::now().duration_since(started).ok()?;
-            Some(elapsed.mul_f64((100 - percent) as f64 / percent as f64))
+        .and_then(|meta| meta.estimated_end_time)
+        .and_then(|end| {
+            let end = SystemTime::UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(end.seconds).ok()?,
+                    u32::try_from(end.nanos).ok()?,
+                );
+            end.duration_since(SystemTime::now()).ok()
         });
     estimate
         .unwrap_or(Duration::from_secs(1))

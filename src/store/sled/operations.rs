@@ -369,6 +369,10 @@ impl OperationStore for SledStore {
             .map_err(backend)?
     }
 
+    fn queued_of_kind(&self, kind: &str) -> Option<u64> {
+        Some(lock(&self.inner.ready).depth_of_kind(kind))
+    }
+
     fn queued(&self, tenant: &crate::model::Tenant) -> QueueDepth {
         lock(&self.inner.ready).depth(tenant)
     }
