@@ -110,6 +110,13 @@ impl Slots {
         }
     }
 
+    /// How many operations of `kind` run now, and its limit.
+    pub(crate) fn of(&self, kind: &str) -> Option<(usize, usize)> {
+        self.kinds
+            .get(kind)
+            .map(|slot| (slot.running.load(Ordering::SeqCst), slot.limit))
+    }
+
     /// How many operations run now, and the limit, of each kind.
     pub(crate) fn usage(&self) -> Vec<(&'static str, usize, usize)> {
         let mut usage: Vec<_> = self

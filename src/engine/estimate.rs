@@ -67,18 +67,13 @@ impl Inner {
         let Some(run) = self.run_times.median(kind) else {
             return (None, None);
         };
-        let start = self
-            .slots
-            .usage()
-            .into_iter()
-            .find(|(name, _, _)| *name == kind)
-            .and_then(|(_, running, limit)| {
-                let queued = self.ops.queued_of_kind(kind)?;
-                let waves = waves_ahead(running as u64 + queued, limit as u64);
-                Some(to_micros_precision(
-                    now + run * u32::try_from(waves).unwrap_or(u32::MAX),
-                ))
-            });
+        let start = self.slots.of(kind).and_then(|(running, limit)| {
+            let queued = self.ops.queued_of_kind(kind)?;
+            let waves = waves_ahead(running as u64 + queued, limit as u64);
+            Some(to_micros_precision(
+                now + run * u32::try_from(waves).unwrap_or(u32::MAX),
+            ))
+        });
         (Some(run), start)
     }
 }

@@ -220,7 +220,7 @@ impl Hub {
         specs
     }
 
-    fn declare(&self, spec: KindSpec, hub: &Arc<Hub>) -> Result<KindSpec, EngineError> {
+    fn declare(self: &Arc<Self>, spec: KindSpec) -> Result<KindSpec, EngineError> {
         spec.check()?;
         let mut kinds = lock(&self.kinds);
         if let Some(existing) = kinds.get(&spec.name) {
@@ -242,7 +242,7 @@ impl Hub {
         };
         let kind = Kind {
             task: Arc::new(OutsideTask {
-                hub: Arc::downgrade(hub),
+                hub: Arc::downgrade(self),
             }),
             policy,
             short_name: None,
@@ -487,7 +487,7 @@ impl Engine {
             .await
             .map_err(EngineError::from)?;
         let standing = decode(&spec.name, &stored).unwrap_or(spec);
-        self.inner.outside.declare(standing, &self.inner.outside)
+        self.inner.outside.declare(standing)
     }
 
     /// Declares the outside kinds the store remembers.
@@ -502,7 +502,7 @@ impl Engine {
             let name = &key[DECLARED.len()..];
             match decode(name, &value) {
                 Some(spec) if !self.inner.registry.contains(name) => {
-                    self.inner.outside.declare(spec, &self.inner.outside)?;
+                    self.inner.outside.declare(spec)?;
                 }
                 Some(_) => {}
                 None => warn!(
@@ -539,7 +539,7 @@ impl Engine {
         else {
             return Ok(false);
         };
-        self.inner.outside.declare(spec, &self.inner.outside)?;
+        self.inner.outside.declare(spec)?;
         Ok(true)
     }
 
