@@ -80,8 +80,23 @@ pub struct Backlog {
     pub oldest: Option<SystemTime>,
 }
 
+/// One kind's series, looked up once: the hot path then counts without
+/// building a label.
+struct KindSeries {
+    created: Counter,
+    started: Counter,
+    retries: Counter,
+    succeeded: Counter,
+    failed: Counter,
+    cancelled: Counter,
+    queue_wait: Histogram,
+    run_time: Histogram,
+}
+
 /// The metrics of one server.
 pub struct Metrics {
+    /// Each kind's series, by name.
+    kinds: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<KindSeries>>>,
     registry: Registry,
     created: Family<KindLabel, Counter>,
     started: Family<KindLabel, Counter>,
@@ -200,6 +215,7 @@ impl Metrics {
             http.clone(),
         );
         Self {
+            kinds: std::sync::RwLock::default(),
             registry,
             created,
             started,
@@ -224,44 +240,78 @@ impl Metrics {
         }
     }
 
+    /// The series of `kind`, made on first use.
+    fn series(&self, kind: &str) -> std::sync::Arc<KindSeries> {
+        if let Some(series) = self
+            .kinds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kind)
+        {
+            return std::sync::Arc::clone(series);
+        }
+        let label = Self::kind(kind);
+        let outcome = |outcome: &str| {
+            self.finished
+                .get_or_create(&OutcomeLabels {
+                    kind: kind.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        let series = std::sync::Arc::new(KindSeries {
+            created: self.created.get_or_create(&label).clone(),
+            started: self.started.get_or_create(&label).clone(),
+            retries: self.retries.get_or_create(&label).clone(),
+            succeeded: outcome("succeeded"),
+            failed: outcome("failed"),
+            cancelled: outcome("cancelled"),
+            queue_wait: self.queue_wait.get_or_create(&label).clone(),
+            run_time: self.run_time.get_or_create(&label).clone(),
+        });
+        self.kinds
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind.to_owned())
+            .or_insert(series)
+            .clone()
+    }
+
     /// An operation of `kind` was created.
     pub fn created(&self, kind: &str) {
-        self.created.get_or_create(&Self::kind(kind)).inc();
+        self.series(kind).created.inc();
     }
 
     /// An attempt of `kind` started; the first attempt of an operation
     /// (`first`) after waiting `waited` since its create.
     pub fn started(&self, kind: &str, waited: Duration, first: bool) {
-        let label = Self::kind(kind);
-        self.started.get_or_create(&label).inc();
+        let series = self.series(kind);
+        series.started.inc();
         if first {
-            self.queue_wait
-                .get_or_create(&label)
-                .observe(waited.as_secs_f64());
+            series.queue_wait.observe(waited.as_secs_f64());
         }
     }
 
     /// An attempt of `kind` that ran for `ran` ended.
     pub fn ran(&self, kind: &str, ran: Duration) {
-        self.run_time
-            .get_or_create(&Self::kind(kind))
-            .observe(ran.as_secs_f64());
+        self.series(kind).run_time.observe(ran.as_secs_f64());
     }
 
     /// An operation of `kind` finished with `outcome` ("succeeded",
-    /// "failed" or "cancelled").
+    /// "failed" or "cancelled"; anything else counts as failed).
     pub fn finished(&self, kind: &str, outcome: &str) {
-        self.finished
-            .get_or_create(&OutcomeLabels {
-                kind: kind.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+        let series = self.series(kind);
+        match outcome {
+            "succeeded" => &series.succeeded,
+            "cancelled" => &series.cancelled,
+            _ => &series.failed,
+        }
+        .inc();
     }
 
     /// A failed attempt of `kind` was queued again.
     pub fn retried(&self, kind: &str) {
-        self.retries.get_or_create(&Self::kind(kind)).inc();
+        self.series(kind).retries.inc();
     }
 
     /// A watch stream or long poll opened (`+1`) or closed (`-1`).

@@ -15,32 +15,41 @@ use crate::model::to_micros_precision;
 /// How many recent runs of a kind the median is taken over.
 const RECENT_RUNS: usize = 32;
 
+/// One kind's recent runs, and their median, kept up to date as runs end
+/// so that a create only reads it.
+#[derive(Default)]
+struct Recent {
+    runs: VecDeque<Duration>,
+    median: Duration,
+}
+
 /// Recent run times of successful attempts, per kind.
 #[derive(Default)]
 pub(crate) struct RunTimes {
-    kinds: Mutex<HashMap<String, VecDeque<Duration>>>,
+    kinds: Mutex<HashMap<String, Recent>>,
 }
 
 impl RunTimes {
     /// A successful attempt of `kind` ran for `took`.
     pub(crate) fn record(&self, kind: &str, took: Duration) {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        let runs = kinds.entry(kind.to_owned()).or_default();
-        runs.push_back(took);
-        if runs.len() > RECENT_RUNS {
-            runs.pop_front();
+        let recent = match kinds.get_mut(kind) {
+            Some(recent) => recent,
+            None => kinds.entry(kind.to_owned()).or_default(),
+        };
+        recent.runs.push_back(took);
+        if recent.runs.len() > RECENT_RUNS {
+            recent.runs.pop_front();
         }
+        let mut sorted: Vec<Duration> = recent.runs.iter().copied().collect();
+        sorted.sort_unstable();
+        recent.median = sorted[sorted.len() / 2];
     }
 
     /// The median of `kind`'s recent runs; None before the first.
     pub(crate) fn median(&self, kind: &str) -> Option<Duration> {
         let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        let mut runs: Vec<Duration> = kinds.get(kind)?.iter().copied().collect();
-        if runs.is_empty() {
-            return None;
-        }
-        runs.sort();
-        Some(runs[runs.len() / 2])
+        kinds.get(kind).map(|recent| recent.median)
     }
 }
 
