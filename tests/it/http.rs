@@ -47,6 +47,22 @@ impl Http {
         (status, headers, body)
     }
 
+    /// POSTs a create to `path` and returns the operation's Location,
+    /// checking that it was accepted.
+    async fn create(&self, path: &str, body: Value) -> String {
+        let (status, headers, op) = self.post(path, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+        headers["location"].to_str().unwrap().to_owned()
+    }
+
+    /// Waits for the operation at `location` (`:wait`, 30 s) and returns
+    /// its JSON.
+    async fn wait(&self, location: &str) -> Value {
+        self.post(&format!("{location}:wait"), json!({"timeout": "30s"}))
+            .await
+            .2
+    }
+
     async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
@@ -189,15 +205,12 @@ async fn an_operation_is_created_polled_waited_listed_and_deleted() {
 async fn a_cancel_over_http_ends_the_operation_cancelled() {
     let server = TestServer::start().await;
     let http = Http::new(&server, None);
-    let (_, headers, _) = http
-        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+    let location = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "60s"}))
         .await;
-    let location = headers["location"].to_str().unwrap().to_owned();
     let (status, _, body) = http.post(&format!("{location}:cancel"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, _, done) = http
-        .post(&format!("{location}:wait"), json!({"timeout": "30s"}))
-        .await;
+    let done = http.wait(&location).await;
     assert_eq!(done["done"], true, "{done}");
     assert_eq!(done["error"]["code"], 1, "{done}");
     // Cancelling what is done changes nothing and is no error, as in gRPC.
@@ -353,11 +366,9 @@ async fn the_http_door_is_the_grpc_door() {
         None,
     );
 
-    let (status, headers, _) = Http::new(&server, writer.token())
-        .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+    let location = Http::new(&server, writer.token())
+        .create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
         .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let location = headers["location"].to_str().unwrap().to_owned();
     // The reader of the same tenant sees it; another tenant does not.
     let (status, _, _) = Http::new(&server, reader.token()).get(&location).await;
     assert_eq!(status, StatusCode::OK);
@@ -451,13 +462,12 @@ async fn watch(http: &Http, location: &str, last: Option<&str>) -> reqwest::Resp
 async fn sse_resumes_with_last_event_id_and_never_misses_the_final_state() {
     let server = TestServer::start().await;
     let http = Http::new(&server, None);
-    let (_, headers, _) = http
-        .post(
+    let location = http
+        .create(
             "/v1/diagnostics:sleep",
             json!({"duration": "1s", "steps": 4}),
         )
         .await;
-    let location = headers["location"].to_str().unwrap().to_owned();
 
     let response = watch(&http, &location, None).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -474,9 +484,7 @@ async fn sse_resumes_with_last_event_id_and_never_misses_the_final_state() {
     assert_eq!(op["metadata"]["version"], first_id.as_str(), "{op}");
     // The connection drops; meanwhile the operation finishes.
     drop(events);
-    let (_, _, done) = http
-        .post(&format!("{location}:wait"), json!({"timeout": "30s"}))
-        .await;
+    let done = http.wait(&location).await;
     assert_eq!(done["done"], true);
 
     // Resuming after the first event yields what came since, ending with
@@ -509,10 +517,9 @@ async fn sse_resumes_with_last_event_id_and_never_misses_the_final_state() {
 async fn sse_streams_count_against_the_tenants_watch_limit() {
     let server = TestServer::start_with(|c| c.engine.quotas.max_watches = Some(1)).await;
     let http = Http::new(&server, None);
-    let (_, headers, _) = http
-        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+    let location = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "60s"}))
         .await;
-    let location = headers["location"].to_str().unwrap().to_owned();
     let mut open = EventStream::new(watch(&http, &location, None).await);
     open.next().await.expect("the current state");
     let second = watch(&http, &location, None).await;
@@ -547,8 +554,7 @@ async fn result_of(http: &Http, location: &str) -> reqwest::Response {
             return response;
         }
         assert!(retry_after(response.headers()).is_some_and(|s| s >= 1));
-        http.post(&format!("{location}:wait"), json!({"timeout": "30s"}))
-            .await;
+        http.wait(&location).await;
     }
 }
 
@@ -579,11 +585,9 @@ async fn a_report_is_imported_created_polled_and_downloaded_over_http() {
     let imported: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(imported["imported"], "3", "{imported}");
 
-    let (status, headers, _) = http
-        .post("/v1/reports", json!({"month": "2024-03", "format": "CSV"}))
+    let location = http
+        .create("/v1/reports", json!({"month": "2024-03", "format": "CSV"}))
         .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let location = headers["location"].to_str().unwrap().to_owned();
     let response = result_of(&http, &location).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let download = response.headers()["location"].to_str().unwrap().to_owned();
@@ -616,13 +620,12 @@ async fn a_report_is_imported_created_polled_and_downloaded_over_http() {
     assert!(text.contains("TOTAL"), "{text}");
 
     // A failed operation's :result is its error, with its own status.
-    let (_, headers, _) = http
-        .post(
+    let failed = http
+        .create(
             "/v1/diagnostics:sleep",
             json!({"duration": "0s", "failCode": 9}),
         )
         .await;
-    let failed = headers["location"].to_str().unwrap().to_owned();
     let response = result_of(&http, &failed).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
@@ -641,13 +644,10 @@ async fn every_route_answers_for_exactly_the_roles_and_tenants_grpc_allows() {
     std::fs::write(&path, auth_toml(&[&reader, &writer, &admin, &other], "")).unwrap();
     let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
     let as_writer = Http::new(&server, writer.token());
-    let (_, headers, _) = as_writer
-        .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+    let op = as_writer
+        .create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
         .await;
-    let op = headers["location"].to_str().unwrap().to_owned();
-    as_writer
-        .post(&format!("{op}:wait"), json!({"timeout": "30s"}))
-        .await;
+    as_writer.wait(&op).await;
 
     // (method, path, needs a writer): the same classes as the gRPC door.
     let routes = [
@@ -774,13 +774,9 @@ async fn metrics_count_known_work() {
     let server = TestServer::start().await;
     let http = Http::new(&server, None);
     const N: usize = 7;
-    let mut last = String::new();
     for _ in 0..N {
-        let (status, headers, _) = http
-            .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+        http.create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
             .await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-        last = headers["location"].to_str().unwrap().to_owned();
     }
     // One more over gRPC, and one refused there.
     crate::common::start_sleep(&server, longrun::pb::longrun::v1::SleepRequest::default()).await;
@@ -797,10 +793,8 @@ async fn metrics_count_known_work() {
     let (_, _, listed) = http.get("/v1/operations?page_size=100").await;
     for op in listed["operations"].as_array().unwrap() {
         let name = op["name"].as_str().unwrap();
-        http.post(&format!("/v1/{name}:wait"), json!({"timeout": "30s"}))
-            .await;
+        http.wait(&format!("/v1/{name}")).await;
     }
-    let _ = last;
 
     let page = reqwest::get(format!("http://{}/metrics", server.metrics_addr))
         .await
@@ -873,10 +867,9 @@ async fn metrics_count_known_work() {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     // Queue gauges follow the store: one long sleep waits or runs.
-    let (_, headers, _) = http
-        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+    let long = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "60s"}))
         .await;
-    let long = headers["location"].to_str().unwrap().to_owned();
     let text = metrics_when(&server, |_| true).await;
     let queued = sample(
         &text,
@@ -995,22 +988,19 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
 
     // Something of each kind to point at.
-    let (_, headers, _) = http
-        .post("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+    let op = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+        .await["/v1/".len()..]
+        .to_owned();
+    http.wait(&format!("/v1/{op}")).await;
+    let running = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await["/v1/".len()..]
+        .to_owned();
+    let report_op = http
+        .create("/v1/reports", json!({"month": "2024-03", "format": "CSV"}))
         .await;
-    let op = headers["location"].to_str().unwrap()["/v1/".len()..].to_owned();
-    http.post(&format!("/v1/{op}:wait"), json!({"timeout": "30s"}))
-        .await;
-    let (_, headers, _) = http
-        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
-        .await;
-    let running = headers["location"].to_str().unwrap()["/v1/".len()..].to_owned();
-    let (_, headers, _) = http
-        .post("/v1/reports", json!({"month": "2024-03", "format": "CSV"}))
-        .await;
-    let report_op = headers["location"].to_str().unwrap().to_owned();
-    http.post(&format!("{report_op}:wait"), json!({"timeout": "30s"}))
-        .await;
+    http.wait(&report_op).await;
     let report = format!("reports/{}", report_op.rsplit('/').next().unwrap());
 
     let client = reqwest::Client::builder()
@@ -1121,10 +1111,10 @@ async fn the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
     theirs
         .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
         .await;
-    let (_, headers, _) = ours
-        .post("/v1/diagnostics:sleep", json!({"duration": "60s"}))
-        .await;
-    let mine = headers["location"].to_str().unwrap()["/v1/".len()..].to_owned();
+    let mine = ours
+        .create("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await["/v1/".len()..]
+        .to_owned();
     let first = events.next().await.expect("a change");
     let op: Value = serde_json::from_str(&first.data).unwrap();
     assert_eq!(op["name"], mine.as_str(), "{op}");
