@@ -439,7 +439,6 @@ pub fn auth_toml(people: &[&Person], extra: &str) -> String {
 pub async fn spawn_listening(
     command: &mut tokio::process::Command,
 ) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
     let mut child = command
         .env("LONGRUN_LOG", "info")
         .stdout(std::process::Stdio::null())
@@ -447,17 +446,41 @@ pub async fn spawn_listening(
         .kill_on_drop(true)
         .spawn()
         .expect("start longrun");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = tokio::time::timeout(Duration::from_secs(60), async {
+    let address = wait_for_line(
+        child.stderr.take().unwrap(),
+        Duration::from_secs(60),
+        "longrun to say where it listens",
+        |line| {
+            line.split_once("listening on ")
+                .map(|(_, address)| address.trim().to_owned())
+        },
+    )
+    .await;
+    (child, format!("http://{address}"))
+}
+
+/// Reads a child's `pipe` line by line until `found` accepts one, and
+/// returns what it made of it; from then on the rest is drained, so that
+/// the child never blocks on a full pipe. Panics when the pipe ends first
+/// or `within` passes, naming `what` was awaited.
+pub async fn wait_for_line<T>(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    within: Duration,
+    what: &str,
+    mut found: impl FnMut(&str) -> Option<T>,
+) -> T {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(pipe).lines();
+    let result = tokio::time::timeout(within, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some((_, address)) = line.split_once("listening on ") {
-                return address.trim().to_owned();
+            if let Some(result) = found(&line) {
+                return result;
             }
         }
-        panic!("longrun exited before listening");
+        panic!("the output ended before {what}");
     })
     .await
-    .expect("longrun listened in time");
+    .unwrap_or_else(|_| panic!("no {what} within {within:?}"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{address}"))
+    result
 }

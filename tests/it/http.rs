@@ -554,7 +554,7 @@ async fn result_of(http: &Http, location: &str) -> reqwest::Response {
             return response;
         }
         assert!(retry_after(response.headers()).is_some_and(|s| s >= 1));
-        http.wait(&location).await;
+        http.wait(location).await;
     }
 }
 

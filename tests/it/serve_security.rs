@@ -149,17 +149,13 @@ async fn it_refuses_to_serve_open_beyond_loopback_unless_told_to() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("listening on ") {
-                return;
-            }
-        }
-        panic!("exited without serving");
-    })
-    .await
-    .expect("listening in time");
+    crate::common::wait_for_line(
+        child.stderr.take().unwrap(),
+        PATIENCE,
+        "the server to say it listens",
+        |line| line.contains("listening on ").then_some(()),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use prost::Message;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::common::{
     Authed, PATIENCE, Person, TestServer, assert_status, auth_toml, meta, wait_done_as,
+    wait_for_line,
 };
 use longrun::pb::google::longrunning::operation::Result as OpResult;
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
@@ -575,19 +575,14 @@ async fn the_cli_runs_a_command_per_operation() {
         .unwrap();
     // The worker says so once its subscription (which declares the kind)
     // is accepted.
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("serving shell.upper") {
-                return;
-            }
-        }
-        panic!("the worker exited before subscribing");
-    })
-    .await
-    .expect("the worker subscribed");
+    wait_for_line(
+        child.stderr.take().unwrap(),
+        PATIENCE,
+        "the worker's subscription",
+        |line| line.starts_with("serving shell.upper").then_some(()),
+    )
+    .await;
     assert!(server.engine.is_outside_kind("shell.upper"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let hello = enqueue(&server, None, "shell.upper", "hello").await;
     let boom = enqueue(&server, None, "shell.upper", "boom").await;
     let again = enqueue(&server, None, "shell.upper", "again").await;
@@ -657,18 +652,13 @@ async fn the_python_example_serves_operations() {
         .kill_on_drop(true)
         .spawn()
         .expect("python runs");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("serving text.reverse") {
-                return;
-            }
-        }
-        panic!("the Python worker exited before subscribing");
-    })
-    .await
-    .expect("the Python worker subscribed");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    wait_for_line(
+        child.stdout.take().unwrap(),
+        Duration::from_secs(120),
+        "the Python worker's subscription",
+        |line| line.starts_with("serving text.reverse").then_some(()),
+    )
+    .await;
 
     let hello = enqueue(&server, None, "text.reverse", "hello").await;
     let done = wait_done_as(&server, None, &hello.name).await;
