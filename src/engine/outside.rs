@@ -296,16 +296,25 @@ impl Hub {
             }
         };
         let Some(entry) = entry else { return };
-        if let Some(declared) = lock(&self.kinds).get(&entry.kind) {
+        let limited = lock(&self.kinds).get(&entry.kind).is_some_and(|declared| {
             declared.leased.fetch_sub(1, Ordering::SeqCst);
-        }
-        if let Some(worker) = lock(&self.workers).get(&entry.worker) {
+            declared.spec.concurrency.is_some()
+        });
+        let workers = lock(&self.workers);
+        if let Some(worker) = workers.get(&entry.worker) {
             worker.credits.fetch_add(1, Ordering::SeqCst);
             worker.changed.notify_one();
         }
-        for worker in lock(&self.workers).values() {
-            // A kind's concurrency freed up: other workers may claim.
-            worker.changed.notify_one();
+        if limited {
+            // The kind's concurrency has room again: its other workers may
+            // claim now. Without a limit only credits bound a worker, and
+            // its own came back above.
+            for worker in workers
+                .values()
+                .filter(|w| w.spec.kinds.contains(&entry.kind))
+            {
+                worker.changed.notify_one();
+            }
         }
     }
 }
