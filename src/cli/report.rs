@@ -25,7 +25,7 @@ pub enum ReportCommand {
         /// The month, YYYY-MM.
         #[arg(long)]
         month: String,
-        /// csv or json.
+        /// csv, json or pdf.
         #[arg(long, default_value = "csv", value_parser = parse_format)]
         format: ReportFormat,
         /// Follow the operation with a progress bar.
@@ -57,7 +57,10 @@ fn parse_format(text: &str) -> Result<ReportFormat, String> {
     match text.to_ascii_lowercase().as_str() {
         "csv" => Ok(ReportFormat::Csv),
         "json" => Ok(ReportFormat::Json),
-        other => Err(format!("unknown format {other:?}; expected csv or json")),
+        "pdf" => Ok(ReportFormat::Pdf),
+        other => Err(format!(
+            "unknown format {other:?}; expected csv, json or pdf"
+        )),
     }
 }
 

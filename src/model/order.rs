@@ -104,6 +104,32 @@ impl Month {
         }
     }
 
+    /// Its first instant, in microseconds since the Unix epoch.
+    pub fn start_micros(self) -> i64 {
+        let start = time::Date::from_calendar_date(
+            self.year,
+            time::Month::try_from(self.month).unwrap_or(time::Month::January),
+            1,
+        )
+        .unwrap_or(time::Date::MIN)
+        .midnight()
+        .assume_utc();
+        (start.unix_timestamp_nanos() / 1000) as i64
+    }
+
+    /// How many days it has.
+    pub fn days(self) -> u8 {
+        time::Month::try_from(self.month)
+            .unwrap_or(time::Month::January)
+            .length(self.year)
+    }
+
+    /// Its English name and year, such as "March 2024".
+    pub fn long_name(self) -> String {
+        let name = time::Month::try_from(self.month).unwrap_or(time::Month::January);
+        format!("{name} {}", self.year)
+    }
+
     /// Six bytes that sort like months: the storage key prefix.
     pub fn key(self) -> [u8; 6] {
         let text = format!("{:04}{:02}", self.year, self.month);
@@ -166,6 +192,30 @@ impl Order {
     /// `created_at` in RFC 3339, UTC, to the microsecond.
     pub fn created_at_rfc3339(&self) -> String {
         format_micros(self.created_at)
+    }
+}
+
+/// Running totals over a set of orders: how many, their amount, and how
+/// many have each status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub orders: i64,
+    /// Saturates rather than wraps.
+    pub amount_cents: i64,
+    by_status: [i64; 4],
+}
+
+impl Totals {
+    /// Counts one more order.
+    pub fn add(&mut self, order: &Order) {
+        self.orders += 1;
+        self.amount_cents = self.amount_cents.saturating_add(order.amount_cents);
+        self.by_status[usize::from(order.status.as_u8() - 1)] += 1;
+    }
+
+    /// How many of the orders have `status`.
+    pub fn with_status(&self, status: OrderStatus) -> i64 {
+        self.by_status[usize::from(status.as_u8() - 1)]
     }
 }
 

@@ -5,7 +5,6 @@ use std::io::Write;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use time::OffsetDateTime;
 
 use super::rows::COLUMNS;
 use crate::model::order::{Month, OrderStatus, format_micros};
@@ -21,22 +20,11 @@ pub struct Spec {
     pub seed: u64,
 }
 
-fn month_start_micros(month: Month) -> i64 {
-    let date = time::Date::from_calendar_date(
-        month.year(),
-        time::Month::try_from(month.month()).unwrap_or(time::Month::January),
-        1,
-    )
-    .unwrap_or(time::Date::MIN);
-    let t: OffsetDateTime = date.midnight().assume_utc();
-    (t.unix_timestamp_nanos() / 1000) as i64
-}
-
 /// Writes the CSV (header and `spec.count` rows) to `out`.
 pub fn write_csv(spec: &Spec, out: &mut impl Write) -> std::io::Result<()> {
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let start = month_start_micros(spec.months.0);
-    let end = month_start_micros(spec.months.1.next());
+    let start = spec.months.0.start_micros();
+    let end = spec.months.1.next().start_micros();
     let customers = (spec.count / 8).max(1);
     writeln!(out, "{}", COLUMNS.join(","))?;
     for i in 0..spec.count {

@@ -7,6 +7,7 @@
 //!   before any operation exists;
 //! - `import`: the ImportOrders kind, a parser thread feeding a writer;
 //! - `render`: the CreateReport kind, streaming one month to a file;
+//! - `pdf`: the PDF layout of a report, written page by page;
 //!
 //! Uploads and report files live in the backend's [`FileStore`]: the data
 //! directory for sled, the database for PostgreSQL, where every node reads
@@ -16,6 +17,7 @@
 
 pub mod generate;
 pub mod import;
+mod pdf;
 pub mod render;
 pub mod rows;
 pub mod upload;
@@ -98,6 +100,7 @@ impl Reports {
     pub fn report_file(id: OperationId, format: ReportFormat) -> String {
         let extension = match format {
             ReportFormat::Json => "json",
+            ReportFormat::Pdf => "pdf",
             _ => "csv",
         };
         format!("{}/{}.{extension}", render::REPORTS_COLLECTION, id.uuid())

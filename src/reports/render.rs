@@ -1,5 +1,5 @@
 //! The CreateReport kind: streams one month of orders, in order, to a file
-//! in the file store, hashing it on the way. Memory stays flat however
+//! in the file store as CSV, JSON or PDF, hashing it on the way. Memory stays flat however
 //! large the month: orders are read, rendered and written a page at a time.
 //!
 //! The file becomes visible only when complete, so a cancelled or crashed
@@ -10,9 +10,10 @@ use std::io::Write;
 use sha2::{Digest, Sha256};
 
 use super::Reports;
+use super::pdf::{Heading, PdfReport};
 use super::rows::COLUMNS;
 use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
-use crate::model::order::{Month, Order, OrderStatus};
+use crate::model::order::{Month, Order, OrderStatus, Totals};
 use crate::model::{Code, FieldViolation, OperationId};
 use crate::pb::longrun::v1::{self as api, ReportFormat};
 
@@ -54,38 +55,38 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Running totals of a report.
-#[derive(Default)]
-struct Totals {
-    orders: i64,
-    amount: i64,
-    by_status: [i64; 4],
+fn status_counts(totals: &Totals) -> api::StatusCounts {
+    api::StatusCounts {
+        placed: totals.with_status(OrderStatus::Placed),
+        approved: totals.with_status(OrderStatus::Approved),
+        delivered: totals.with_status(OrderStatus::Delivered),
+        cancelled: totals.with_status(OrderStatus::Cancelled),
+    }
 }
 
-impl Totals {
-    fn add(&mut self, order: &Order) {
-        self.orders += 1;
-        self.amount = self.amount.saturating_add(order.amount_cents);
-        self.by_status[usize::from(order.status.as_u8() - 1)] += 1;
-    }
-
-    fn counts(&self) -> api::StatusCounts {
-        api::StatusCounts {
-            placed: self.by_status[0],
-            approved: self.by_status[1],
-            delivered: self.by_status[2],
-            cancelled: self.by_status[3],
-        }
-    }
+/// What the rendered bytes are.
+enum Body {
+    Csv,
+    Json,
+    Pdf(Box<PdfReport>),
 }
 
 /// The report being rendered, on a blocking thread a page at a time, into
 /// a buffer that the task then hands to the file store.
 struct Renderer {
     out: Hashing<Vec<u8>>,
-    format: ReportFormat,
+    body: Body,
     month: Month,
     totals: Totals,
+}
+
+/// What rendering ends with.
+struct Rendered {
+    totals: Totals,
+    size: u64,
+    sha256: String,
+    pages: u32,
+    tail: Vec<u8>,
 }
 
 fn csv_field(out: &mut impl Write, value: &str) -> std::io::Result<()> {
@@ -98,17 +99,18 @@ fn csv_field(out: &mut impl Write, value: &str) -> std::io::Result<()> {
 
 impl Renderer {
     fn start(&mut self) -> std::io::Result<()> {
-        match self.format {
-            ReportFormat::Json => write!(self.out, "{{\"month\":\"{}\",\"orders\":[", self.month),
-            _ => writeln!(self.out, "{}", COLUMNS.join(",")),
+        match &mut self.body {
+            Body::Json => write!(self.out, "{{\"month\":\"{}\",\"orders\":[", self.month),
+            Body::Csv => writeln!(self.out, "{}", COLUMNS.join(",")),
+            Body::Pdf(pdf) => pdf.start(&mut self.out),
         }
     }
 
     fn page(&mut self, orders: &[Order]) -> std::io::Result<()> {
-        for order in orders {
-            match self.format {
-                ReportFormat::Json => {
-                    if self.totals.orders > 0 {
+        match &mut self.body {
+            Body::Json => {
+                for (i, order) in orders.iter().enumerate() {
+                    if i > 0 || self.totals.orders > 0 {
                         self.out.write_all(b",")?;
                     }
                     let row = serde_json::json!({
@@ -121,7 +123,9 @@ impl Renderer {
                     self.out.write_all(b"\n")?;
                     serde_json::to_writer(&mut self.out, &row)?;
                 }
-                _ => {
+            }
+            Body::Csv => {
+                for order in orders {
                     csv_field(&mut self.out, &order.order_id)?;
                     write!(self.out, ",{},", order.created_at_rfc3339())?;
                     csv_field(&mut self.out, &order.customer_id)?;
@@ -133,6 +137,9 @@ impl Renderer {
                     )?;
                 }
             }
+            Body::Pdf(pdf) => pdf.rows(orders, &mut self.out)?,
+        }
+        for order in orders {
             self.totals.add(order);
         }
         Ok(())
@@ -143,28 +150,32 @@ impl Renderer {
         std::mem::take(&mut self.out.inner)
     }
 
-    fn finish(mut self) -> std::io::Result<(Totals, u64, String, Vec<u8>)> {
+    fn finish(mut self) -> std::io::Result<Rendered> {
         let t = &self.totals;
-        match self.format {
-            ReportFormat::Json => {
+        let mut pages = 0;
+        match &mut self.body {
+            Body::Json => {
                 let mut by_status = serde_json::Map::new();
                 for status in OrderStatus::ALL {
-                    by_status.insert(
-                        status.as_str().to_owned(),
-                        t.by_status[usize::from(status.as_u8() - 1)].into(),
-                    );
+                    by_status.insert(status.as_str().to_owned(), t.with_status(status).into());
                 }
                 let totals = serde_json::json!({
                     "order_count": t.orders,
-                    "total_amount_cents": t.amount,
+                    "total_amount_cents": t.amount_cents,
                     "status_counts": by_status,
                 });
                 write!(self.out, "\n],\"totals\":{totals}}}\n")?;
             }
-            _ => writeln!(self.out, "TOTAL,,,,{}", t.amount)?,
+            Body::Csv => writeln!(self.out, "TOTAL,,,,{}", t.amount_cents)?,
+            Body::Pdf(pdf) => pages = pdf.finish(t, &mut self.out)?,
         }
-        let sha = hex(&self.out.hasher.finalize());
-        Ok((self.totals, self.out.bytes, sha, self.out.inner))
+        Ok(Rendered {
+            totals: self.totals,
+            size: self.out.bytes,
+            sha256: hex(&self.out.hasher.finalize()),
+            pages,
+            tail: self.out.inner,
+        })
     }
 }
 
@@ -203,8 +214,11 @@ pub fn validate(request: &api::CreateReportRequest) -> Result<Month, FieldViolat
         .parse::<Month>()
         .map_err(|e| FieldViolation::new("month", e.to_string()))?;
     match ReportFormat::try_from(request.format) {
-        Ok(ReportFormat::Csv | ReportFormat::Json) => Ok(month),
-        _ => Err(FieldViolation::new("format", "format must be CSV or JSON")),
+        Ok(ReportFormat::Csv | ReportFormat::Json | ReportFormat::Pdf) => Ok(month),
+        _ => Err(FieldViolation::new(
+            "format",
+            "format must be CSV, JSON or PDF",
+        )),
     }
 }
 
@@ -245,13 +259,24 @@ impl Task for CreateReportTask {
             .create(&name)
             .await
             .map_err(store_failure)?;
+        let report_name = format!("{REPORTS_COLLECTION}/{}", ctx.operation_id().uuid());
+        let body = match format {
+            ReportFormat::Json => Body::Json,
+            ReportFormat::Pdf => Body::Pdf(Box::new(PdfReport::new(Heading {
+                month,
+                tenant: ctx.tenant().to_string(),
+                name: report_name.clone(),
+                generated: time::OffsetDateTime::now_utc(),
+            }))),
+            _ => Body::Csv,
+        };
         let renderer = Renderer {
             out: Hashing {
                 inner: Vec::with_capacity(1 << 20),
                 hasher: Sha256::new(),
                 bytes: 0,
             },
-            format,
+            body,
             month,
             totals: Totals::default(),
         };
@@ -279,22 +304,23 @@ impl Task for CreateReportTask {
                 None => break,
             }
         }
-        let (totals, size, sha256, tail) = tokio::task::spawn_blocking(move || renderer.finish())
+        let rendered = tokio::task::spawn_blocking(move || renderer.finish())
             .await
             .map_err(store_failure)?
             .map_err(store_failure)?;
-        file.write(&tail).await.map_err(store_failure)?;
+        file.write(&rendered.tail).await.map_err(store_failure)?;
         file.finish().await.map_err(store_failure)?;
         Ok(api::Report {
-            name: format!("{REPORTS_COLLECTION}/{}", ctx.operation_id().uuid()),
+            name: report_name,
             month: month.to_string(),
             format: format as i32,
-            order_count: totals.orders,
-            total_amount_cents: totals.amount,
-            status_counts: Some(totals.counts()),
-            size_bytes: size as i64,
-            sha256,
+            order_count: rendered.totals.orders,
+            total_amount_cents: rendered.totals.amount_cents,
+            status_counts: Some(status_counts(&rendered.totals)),
+            size_bytes: rendered.size as i64,
+            sha256: rendered.sha256,
             create_time: Some(crate::pb::timestamp(std::time::SystemTime::now())),
+            page_count: rendered.pages as i32,
         })
     }
 

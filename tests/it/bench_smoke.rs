@@ -66,7 +66,17 @@ fn the_churn_and_reports_scenarios_run() {
     assert_eq!(v["failed"], 0, "{v}");
     let v = bench(&["reports", "--count", "3000", "--months", "2"]);
     assert_eq!(v["imported"], 3000, "{v}");
-    assert!(v["report_rows"].as_u64().unwrap() > 0, "{v}");
+    let reports = v["reports"].as_array().unwrap();
+    let formats: Vec<&str> = reports
+        .iter()
+        .map(|r| r["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["CSV", "JSON", "PDF"], "{v}");
+    for r in reports {
+        assert!(r["rows"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(r["rows"], reports[0]["rows"], "{v}");
+    }
+    assert!(reports[2]["pages"].as_u64().unwrap() > 1, "{v}");
 }
 
 #[test]

@@ -173,5 +173,23 @@ async fn the_readme_demo_generate_import_report_download() {
     .await;
     assert!(read.status.success(), "{read:?}");
     assert_eq!(std::fs::read(&again).unwrap(), written.into_bytes());
+
+    let pdf = dir.path().join("march.pdf");
+    let report = longrun(
+        &server,
+        &[
+            "report",
+            "create",
+            "--month",
+            "2024-03",
+            "--format",
+            "pdf",
+            "--out",
+            pdf.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(report.status.success(), "{report:?}");
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
     server.stop().await;
 }

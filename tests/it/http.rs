@@ -619,6 +619,27 @@ async fn a_report_is_imported_created_polled_and_downloaded_over_http() {
     assert!(text.starts_with("order_id,"), "{text}");
     assert!(text.contains("TOTAL"), "{text}");
 
+    // The same month as PDF downloads as one.
+    let location = http
+        .create("/v1/reports", json!({"month": "2024-03", "format": "PDF"}))
+        .await;
+    let response = result_of(&http, &location).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let id = location.rsplit('/').next().unwrap();
+    let (_, _, record) = http.get(&format!("/v1/reports/{id}")).await;
+    assert_eq!(record["pageCount"], 2, "{record}");
+    let file = http
+        .request(reqwest::Method::GET, &format!("/v1/reports/{id}:download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.headers()["content-type"], "application/pdf");
+    let disposition = file.headers()["content-disposition"].to_str().unwrap();
+    assert!(disposition.ends_with(".pdf\""), "{disposition}");
+    let pdf = file.bytes().await.unwrap();
+    assert_eq!(pdf.len().to_string(), record["sizeBytes"].as_str().unwrap());
+    assert!(pdf.starts_with(b"%PDF-"));
+
     // A failed operation's :result is its error, with its own status.
     let failed = http
         .create(

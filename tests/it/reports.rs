@@ -109,9 +109,9 @@ async fn download(server: &TestServer, name: &str) -> Vec<u8> {
     out
 }
 
-/// The test's own reading of a generated CSV: (count, total, by status)
-/// for one month.
-fn expected(csv: &[u8], month: &str) -> (i64, i64, HashMap<String, i64>, Vec<String>) {
+/// The test's own reading of a generated CSV: the rows of one month, the
+/// latest of each order_id, in report order (created_at, then order_id).
+fn month_rows(csv: &[u8], month: &str) -> Vec<Vec<String>> {
     let text = std::str::from_utf8(csv).unwrap();
     let mut latest: HashMap<String, Vec<String>> = HashMap::new();
     for line in text.lines().skip(1) {
@@ -123,6 +123,12 @@ fn expected(csv: &[u8], month: &str) -> (i64, i64, HashMap<String, i64>, Vec<Str
         .filter(|f| f[1].starts_with(month))
         .collect();
     rows.sort_by(|a, b| (&a[1], &a[0]).cmp(&(&b[1], &b[0])));
+    rows
+}
+
+/// (count, total, by status, ids) of one month of a generated CSV.
+fn expected(csv: &[u8], month: &str) -> (i64, i64, HashMap<String, i64>, Vec<String>) {
+    let rows = month_rows(csv, month);
     let mut by_status = HashMap::new();
     let mut total = 0;
     for r in &rows {
@@ -465,24 +471,29 @@ async fn a_cancelled_report_stops_midway_and_leaves_no_file() {
     let server = TestServer::start().await;
     let csv = generated(120_000, "2024-07", "2024-07", 21);
     imported(&server, &csv).await;
-    let op = reports(&server)
-        .await
-        .create_report(CreateReportRequest {
-            month: "2024-07".into(),
-            format: ReportFormat::Json as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    cancel_once_progressing(&server, &op.name).await;
-    let done = wait_done(&server, &op.name).await;
-    assert_eq!(state(&done), State::Cancelled);
-    assert!(meta(&done).progress_percent < 100);
-    let files: Vec<_> = std::fs::read_dir(server.data_dir.join("reports"))
-        .unwrap()
-        .collect();
-    assert!(files.is_empty(), "a cancelled report left {files:?}");
+    for format in [ReportFormat::Json, ReportFormat::Pdf] {
+        let op = reports(&server)
+            .await
+            .create_report(CreateReportRequest {
+                month: "2024-07".into(),
+                format: format as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        cancel_once_progressing(&server, &op.name).await;
+        let done = wait_done(&server, &op.name).await;
+        assert_eq!(state(&done), State::Cancelled, "{format:?}");
+        assert!(meta(&done).progress_percent < 100, "{format:?}");
+        let files: Vec<_> = std::fs::read_dir(server.data_dir.join("reports"))
+            .unwrap()
+            .collect();
+        assert!(
+            files.is_empty(),
+            "a cancelled {format:?} report left {files:?}"
+        );
+    }
     server.stop().await;
 }
 
@@ -523,5 +534,215 @@ async fn a_cancelled_import_keeps_the_rows_it_committed() {
     assert!(kept > 0 && kept < 200_000, "{message}");
     let august = report(&server, "2024-08", ReportFormat::Csv).await;
     assert_eq!(august.order_count, kept, "{message}");
+    server.stop().await;
+}
+
+/// A PDF read back with lopdf: for each page, the strings it shows, as
+/// lines (by baseline, top down) of cells (left to right); and what the
+/// shared page-count form draws.
+struct PdfText {
+    pages: Vec<Vec<Vec<String>>>,
+    page_count: String,
+}
+
+/// WinAnsi agrees with Latin-1 on everything a test writes.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| char::from(*b)).collect()
+}
+
+/// Every operator a PDF content stream may use (ISO 32000-1, annex A).
+const OPERATORS: &[&str] = &[
+    "b", "B", "b*", "B*", "BDC", "BI", "BMC", "BT", "BX", "c", "cm", "CS", "cs", "d", "d0", "d1",
+    "Do", "DP", "EI", "EMC", "ET", "EX", "f", "F", "f*", "G", "g", "gs", "h", "i", "ID", "j", "J",
+    "K", "k", "l", "m", "M", "MP", "n", "q", "Q", "re", "RG", "rg", "ri", "s", "S", "SC", "sc",
+    "SCN", "scn", "sh", "T*", "Tc", "Td", "TD", "Tf", "Tj", "TJ", "TL", "Tm", "Tr", "Ts", "Tw",
+    "Tz", "v", "w", "W", "W*", "y", "'", "\"",
+];
+
+/// The strings a content stream shows, with where; every operator in it
+/// must be one PDF defines.
+fn shown(content: &[u8]) -> Vec<(f32, f32, String)> {
+    let content = lopdf::content::Content::decode(content).expect("a content stream lopdf reads");
+    let (mut x, mut y) = (0.0, 0.0);
+    let mut out = Vec::new();
+    for op in content.operations {
+        assert!(
+            OPERATORS.contains(&op.operator.as_str()),
+            "not a PDF operator: {:?}",
+            op.operator
+        );
+        match op.operator.as_str() {
+            "Tm" => {
+                x = op.operands[4].as_float().unwrap();
+                y = op.operands[5].as_float().unwrap();
+            }
+            "Tj" => out.push((x, y, latin1(op.operands[0].as_str().unwrap()))),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn read_pdf(bytes: &[u8]) -> PdfText {
+    let doc = lopdf::Document::load_mem(bytes).expect("a PDF lopdf reads");
+    let mut pages = Vec::new();
+    for (_, id) in doc.get_pages() {
+        let mut lines: std::collections::BTreeMap<i64, Vec<(f32, String)>> = Default::default();
+        for (x, y, text) in shown(&doc.get_page_content(id).unwrap()) {
+            lines
+                .entry(-(y * 10.0).round() as i64)
+                .or_default()
+                .push((x, text));
+        }
+        pages.push(
+            lines
+                .into_values()
+                .map(|mut line| {
+                    line.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    line.into_iter().map(|(_, t)| t).collect()
+                })
+                .collect(),
+        );
+    }
+    let form = doc
+        .objects
+        .values()
+        .filter_map(|o| o.as_stream().ok())
+        .find(|s| s.dict.get(b"Subtype").and_then(|t| t.as_name()).ok() == Some(b"Form"))
+        .expect("the page-count form");
+    let drawn = shown(&form.decompressed_content().unwrap_or(form.content.clone()));
+    PdfText {
+        pages,
+        page_count: drawn.into_iter().map(|(_, _, t)| t).collect(),
+    }
+}
+
+/// The test's own spelling of 1234567: "1,234,567".
+fn grouped(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// 1234567 cents as "12,345.67".
+fn money(cents: i64) -> String {
+    format!("{}.{:02}", grouped(cents / 100), cents % 100)
+}
+
+fn has_line(page: &[Vec<String>], cells: &[&str]) -> bool {
+    page.iter()
+        .any(|line| line.windows(cells.len()).any(|w| w == cells))
+}
+
+#[tokio::test]
+async fn pdf_reports_show_every_order_and_the_totals() {
+    let server = TestServer::start().await;
+    let csv = generated(3_000, "2024-06", "2024-08", 29);
+    imported(&server, &csv).await;
+    let report = report(&server, "2024-07", ReportFormat::Pdf).await;
+    let rows = month_rows(&csv, "2024-07");
+    let (count, total, by_status, _) = expected(&csv, "2024-07");
+    assert!(count > 500, "{count}");
+    assert_eq!(report.order_count, count);
+    assert_eq!(report.total_amount_cents, total);
+    assert_eq!(report.format, ReportFormat::Pdf as i32);
+
+    let file = download(&server, &report.name).await;
+    assert!(file.starts_with(b"%PDF-"));
+    assert_eq!(file.len() as i64, report.size_bytes);
+    assert_eq!(hex(&Sha256::digest(&file)), report.sha256);
+    let pdf = read_pdf(&file);
+    assert_eq!(pdf.pages.len() as i32, report.page_count);
+    assert_eq!(pdf.page_count, report.page_count.to_string());
+    // A summary page, then at most 60 orders a page.
+    assert!(report.page_count as i64 > (count + 59) / 60);
+
+    // The summary: the month, the totals, the count and share of each
+    // status, all from the test's own reading of the CSV.
+    let summary = &pdf.pages[0];
+    assert!(has_line(summary, &["July 2024"]), "{summary:?}");
+    assert!(
+        has_line(summary, &["Orders", &grouped(count)]),
+        "{summary:?}"
+    );
+    assert!(has_line(summary, &["Amount", &money(total)]), "{summary:?}");
+    for status in ["placed", "approved", "delivered", "cancelled"] {
+        let n = by_status.get(status).copied().unwrap_or(0);
+        let share = format!("{:.1}%", n as f64 * 100.0 / count as f64);
+        assert!(
+            has_line(summary, &[status, &grouped(n), &share]),
+            "{status}: {summary:?}"
+        );
+    }
+    // The chart labels every day of July.
+    assert!(has_line(summary, &["29", "30", "31"]), "{summary:?}");
+
+    // Every page numbers itself; every table page repeats the heads; the
+    // rows, across pages, are exactly the month's orders in order.
+    let mut listed = Vec::new();
+    for (i, page) in pdf.pages.iter().enumerate() {
+        let footer = format!("Page {} of ", i + 1);
+        assert!(has_line(page, &[&footer]), "page {}: {page:?}", i + 1);
+        if i == 0 {
+            continue;
+        }
+        assert!(
+            has_line(
+                page,
+                &[
+                    "No.",
+                    "Order",
+                    "Created (UTC)",
+                    "Customer",
+                    "Status",
+                    "Amount"
+                ]
+            ),
+            "page {}",
+            i + 1
+        );
+        for line in page {
+            if line.len() == 6 && line[0].parse::<usize>().is_ok() {
+                listed.push(line.clone());
+            }
+        }
+    }
+    assert_eq!(listed.len(), rows.len());
+    for (i, (line, row)) in listed.iter().zip(&rows).enumerate() {
+        let created = row[1].replace('T', " ").replace('Z', "");
+        let amount = money(row[4].parse().unwrap());
+        let want = [
+            (i + 1).to_string(),
+            row[0].clone(),
+            created,
+            row[2].clone(),
+            row[3].clone(),
+            amount,
+        ];
+        assert_eq!(line[..], want, "row {}", i + 1);
+    }
+    let last = pdf.pages.last().unwrap();
+    let orders = format!("{} orders", grouped(count));
+    assert!(
+        has_line(last, &["Total", &orders, &money(total)]),
+        "{last:?}"
+    );
+
+    // An empty month: the summary and one table page saying so.
+    let empty = self::report(&server, "1999-11", ReportFormat::Pdf).await;
+    assert_eq!((empty.order_count, empty.page_count), (0, 2));
+    let pdf = read_pdf(&download(&server, &empty.name).await);
+    assert_eq!(pdf.pages.len(), 2);
+    assert_eq!(pdf.page_count, "2");
+    assert!(has_line(&pdf.pages[0], &["Orders", "0"]));
+    assert!(has_line(&pdf.pages[0], &["Amount", "0.00"]));
+    assert!(has_line(&pdf.pages[1], &["No orders in November 1999."]));
+    assert!(has_line(&pdf.pages[1], &["Total", "0 orders", "0.00"]));
     server.stop().await;
 }

@@ -1,5 +1,5 @@
 //! The reports scenario: import a generated CSV of orders, then render one
-//! month. Rates come from the operations' own start and end times, so they
+//! month in each format. Rates come from the operations' own start and end times, so they
 //! measure the server's work, not the client's polling.
 
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use super::Common;
 use super::target::{Target, mib};
 use crate::cli::Output;
+use crate::cli::client::Connection;
 use longrun::model::order::Month;
 use longrun::pb::google::longrunning::{Operation, operation};
 use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
@@ -99,36 +100,15 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
     let import_time = run_time(&imported_op)?;
     let imported: longrun::pb::longrun::v1::ImportOrdersResponse = result(&imported_op)?;
 
-    // Render the third month (or the last, with fewer months).
+    // Render the third month (or the last, with fewer months) in each
+    // format, one after another, and download each file.
     let month = Month::new(2024, months.min(3)).expect("valid");
-    let created = reports
-        .create_report(CreateReportRequest {
-            month: month.to_string(),
-            format: ReportFormat::Csv as i32,
-            request_id: String::new(),
-            notification: None,
-        })
-        .await?
-        .into_inner();
-    let report_op = super::load::wait_done(channel.clone(), created.name).await?;
-    let report_time = run_time(&report_op)?;
-    let report: Report = result(&report_op)?;
-
-    let download_started = Instant::now();
-    let mut stream = reports
-        .read_report(ReadReportRequest {
-            name: report.name.clone(),
-        })
-        .await?
-        .into_inner();
-    let mut downloaded = 0u64;
-    while let Some(chunk) = stream.next().await {
-        downloaded += chunk?.data.len() as u64;
+    let mut rendered = Vec::new();
+    for format in [ReportFormat::Csv, ReportFormat::Json, ReportFormat::Pdf] {
+        rendered.push(render(&mut reports, channel.clone(), month, format).await?);
     }
-    let download_time = download_started.elapsed();
 
     let import_rate = imported.imported as f64 / import_time.as_secs_f64();
-    let report_rate = report.order_count as f64 / report_time.as_secs_f64();
     let peak = target.peak_rss();
     match common.output {
         Output::Json => say!(
@@ -143,11 +123,15 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
                 "imported": imported.imported,
                 "failed": imported.failed,
                 "report_month": month.to_string(),
-                "report_rows": report.order_count,
-                "report_seconds": report_time.as_secs_f64(),
-                "report_rows_per_second": report_rate,
-                "report_bytes": report.size_bytes,
-                "download_seconds": download_time.as_secs_f64(),
+                "reports": rendered.iter().map(|r| json!({
+                    "format": r.format.as_str_name(),
+                    "rows": r.report.order_count,
+                    "seconds": r.time.as_secs_f64(),
+                    "rows_per_second": r.rate(),
+                    "bytes": r.report.size_bytes,
+                    "pages": r.report.page_count,
+                    "download_seconds": r.download_time.as_secs_f64(),
+                })).collect::<Vec<_>>(),
                 "server_peak_rss_bytes": peak,
                 "data_dir_bytes": target.disk_usage(),
             })
@@ -162,18 +146,21 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
                 import_rate,
                 imported.failed
             );
-            say!(
-                "report {month}    {} rows in {:.3} s = {:.0} rows/s ({})",
-                report.order_count,
-                report_time.as_secs_f64(),
-                report_rate,
-                mib(report.size_bytes as u64)
-            );
-            say!(
-                "download           {} in {:.3} s",
-                mib(downloaded),
-                download_time.as_secs_f64()
-            );
+            for r in &rendered {
+                let pages = match r.report.page_count {
+                    0 => String::new(),
+                    n => format!(", {n} pages"),
+                };
+                say!(
+                    "report {month} {:<4} {} rows in {:.3} s = {:.0} rows/s ({}{pages}); downloaded in {:.3} s",
+                    r.format.as_str_name(),
+                    r.report.order_count,
+                    r.time.as_secs_f64(),
+                    r.rate(),
+                    mib(r.report.size_bytes as u64),
+                    r.download_time.as_secs_f64()
+                );
+            }
             if let Some(peak) = peak {
                 say!("server peak RSS    {}", mib(peak));
             }
@@ -183,4 +170,60 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
         }
     }
     Ok(())
+}
+
+/// One month rendered in one format, and downloaded.
+struct Rendered {
+    format: ReportFormat,
+    report: Report,
+    time: Duration,
+    download_time: Duration,
+}
+
+impl Rendered {
+    fn rate(&self) -> f64 {
+        self.report.order_count as f64 / self.time.as_secs_f64()
+    }
+}
+
+async fn render(
+    reports: &mut ReportServiceClient<Connection>,
+    channel: Connection,
+    month: Month,
+    format: ReportFormat,
+) -> anyhow::Result<Rendered> {
+    let created = reports
+        .create_report(CreateReportRequest {
+            month: month.to_string(),
+            format: format as i32,
+            request_id: String::new(),
+            notification: None,
+        })
+        .await?
+        .into_inner();
+    let op = super::load::wait_done(channel, created.name).await?;
+    let time = run_time(&op)?;
+    let report: Report = result(&op)?;
+    let started = Instant::now();
+    let mut stream = reports
+        .read_report(ReadReportRequest {
+            name: report.name.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut downloaded = 0u64;
+    while let Some(chunk) = stream.next().await {
+        downloaded += chunk?.data.len() as u64;
+    }
+    anyhow::ensure!(
+        downloaded == report.size_bytes as u64,
+        "downloaded {downloaded} bytes of {}",
+        report.size_bytes
+    );
+    Ok(Rendered {
+        format,
+        report,
+        time,
+        download_time: started.elapsed(),
+    })
 }
