@@ -65,8 +65,12 @@ const PAGE_COUNT: Ref = Ref::new(4);
 const SUMMARY_PAGE: Ref = Ref::new(5);
 const SUMMARY_CONTENT: Ref = Ref::new(6);
 const FIRST_FONT: i32 = 7;
-/// Table page `k` is object `FIRST_TABLE_PAGE + 2k`, its content the next.
-const FIRST_TABLE_PAGE: i32 = FIRST_FONT + Font::ALL.len() as i32;
+/// Table pages hang in groups under page-tree nodes of their own, so that
+/// no array of kids grows with the month. Each group takes a run of object
+/// numbers: its node, then each page followed by its content.
+const FIRST_GROUP: i32 = FIRST_FONT + Font::ALL.len() as i32;
+const GROUP_PAGES: i32 = 128;
+const GROUP_OBJECTS: i32 = 1 + 2 * GROUP_PAGES;
 
 /// The resource name every page draws the page count by.
 const PAGE_COUNT_NAME: Name<'static> = Name(b"N");
@@ -103,6 +107,16 @@ impl Font {
     fn object(self) -> Ref {
         Ref::new(FIRST_FONT + self as i32)
     }
+}
+
+/// The page-tree node of group `g`.
+fn group_node(g: i32) -> Ref {
+    Ref::new(FIRST_GROUP + g * GROUP_OBJECTS)
+}
+
+/// Table page `k` (from 0); its content is the next object.
+fn table_page(k: i32) -> Ref {
+    Ref::new(group_node(k / GROUP_PAGES).get() + 1 + 2 * (k % GROUP_PAGES))
 }
 
 /// What the report is about, printed on every page.
@@ -260,8 +274,7 @@ impl PdfReport {
     pub fn finish(&mut self, totals: &Totals, out: &mut impl Write) -> io::Result<u32> {
         if self.rows == 0 {
             let (mut canvas, row) = self.open_page(out)?;
-            let note = format!("No orders in {}.", self.heading.month.long_name());
-            canvas.text(Font::Sans, 9.0, ORDER_X, row_y(row), &win_ansi_owned(&note));
+            canvas.text(Font::Sans, 9.0, ORDER_X, row_y(row), &self.no_orders());
             self.page = Some((canvas, row + 1));
         }
         // The totals need two rows on the page.
@@ -277,6 +290,10 @@ impl PdfReport {
         self.page = Some((canvas, row));
         self.close_page(out)?;
 
+        let groups = (self.table_pages + GROUP_PAGES - 1) / GROUP_PAGES;
+        if self.table_pages % GROUP_PAGES != 0 {
+            self.close_group(out, groups - 1)?;
+        }
         let pages = self.table_pages + 1;
         let summary = self.summary(totals);
         self.stream_object(out, SUMMARY_CONTENT, &summary)?;
@@ -295,17 +312,12 @@ impl PdfReport {
                     .encoding_predefined(Name(b"WinAnsiEncoding"));
             })?;
         }
-        let table_pages = self.table_pages;
         self.object(out, PAGES, |chunk| {
-            let mut pages = chunk.pages(PAGES);
-            pages
-                .kids(
-                    std::iter::once(SUMMARY_PAGE)
-                        .chain((0..table_pages).map(|k| Ref::new(FIRST_TABLE_PAGE + 2 * k))),
-                )
-                .count(table_pages + 1)
+            let mut root = chunk.pages(PAGES);
+            root.kids(std::iter::once(SUMMARY_PAGE).chain((0..groups).map(group_node)))
+                .count(pages)
                 .media_box(Rect::new(0.0, 0.0, PAGE_WIDTH, PAGE_HEIGHT));
-            let mut resources = pages.resources();
+            let mut resources = root.resources();
             let mut fonts = resources.fonts();
             for font in Font::ALL {
                 fonts.pair(font.resource(), font.object());
@@ -338,6 +350,10 @@ impl PdfReport {
         } else {
             &self.heading.tenant
         }
+    }
+
+    fn no_orders(&self) -> Vec<u8> {
+        win_ansi_owned(&format!("No orders in {}.", self.heading.month.long_name()))
     }
 
     /// The open table page, or a new one with its heading, column heads and
@@ -389,14 +405,31 @@ impl PdfReport {
         let mut data = bands.finish().into_vec();
         data.push(b'\n');
         data.extend_from_slice(&canvas.finish());
-        let page = Ref::new(FIRST_TABLE_PAGE + 2 * self.table_pages);
+        let page = table_page(self.table_pages);
         let content = page.next();
+        let group = self.table_pages / GROUP_PAGES;
         self.stream_object(out, content, &data)?;
         self.object(out, page, |chunk| {
-            chunk.page(page).parent(PAGES).contents(content);
+            chunk.page(page).parent(group_node(group)).contents(content);
         })?;
         self.table_pages += 1;
+        if self.table_pages % GROUP_PAGES == 0 {
+            self.close_group(out, group)?;
+        }
         Ok(())
+    }
+
+    /// Writes the page-tree node of group `g`, whose pages are written.
+    fn close_group(&mut self, out: &mut impl Write, g: i32) -> io::Result<()> {
+        let first = g * GROUP_PAGES;
+        let pages = (self.table_pages - first).min(GROUP_PAGES);
+        self.object(out, group_node(g), |chunk| {
+            chunk
+                .pages(group_node(g))
+                .parent(PAGES)
+                .kids((first..first + pages).map(table_page))
+                .count(pages);
+        })
     }
 
     /// "Page n of", with the count drawn by the shared XObject.
@@ -600,9 +633,8 @@ impl PdfReport {
             b"Day of the month (UTC)",
         );
         if most_orders == 0 {
-            let note = format!("No orders in {}.", self.heading.month.long_name());
             let y = BOTTOM + height / 2.0;
-            canvas.text(Font::Sans, 11.0, X0 + 150.0, y, &win_ansi_owned(&note));
+            canvas.text(Font::Sans, 11.0, X0 + 150.0, y, &self.no_orders());
         }
     }
 

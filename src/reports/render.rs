@@ -1,6 +1,7 @@
 //! The CreateReport kind: streams one month of orders, in order, to a file
-//! in the file store as CSV, JSON or PDF, hashing it on the way. Memory stays flat however
-//! large the month: orders are read, rendered and written a page at a time.
+//! in the file store as CSV, JSON or PDF, hashing it on the way. Memory
+//! stays flat however large the month: orders are read, rendered and
+//! written a page at a time.
 //!
 //! The file becomes visible only when complete, so a cancelled or crashed
 //! report leaves no partial file.
@@ -55,6 +56,7 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// The record's count of each status.
 fn status_counts(totals: &Totals) -> api::StatusCounts {
     api::StatusCounts {
         placed: totals.with_status(OrderStatus::Placed),

@@ -604,6 +604,20 @@ fn read_pdf(bytes: &[u8]) -> PdfText {
                 .collect(),
         );
     }
+    // No array of kids grows with the month.
+    for object in doc.objects.values() {
+        if let Ok(kids) = object
+            .as_dict()
+            .and_then(|d| d.get(b"Kids"))
+            .and_then(|k| k.as_array())
+        {
+            assert!(
+                kids.len() <= 129,
+                "a page-tree node with {} kids",
+                kids.len()
+            );
+        }
+    }
     let form = doc
         .objects
         .values()
@@ -643,12 +657,13 @@ fn has_line(page: &[Vec<String>], cells: &[&str]) -> bool {
 #[tokio::test]
 async fn pdf_reports_show_every_order_and_the_totals() {
     let server = TestServer::start().await;
-    let csv = generated(3_000, "2024-06", "2024-08", 29);
+    // Enough orders for more pages than one page-tree node holds (128).
+    let csv = generated(24_000, "2024-06", "2024-08", 29);
     imported(&server, &csv).await;
     let report = report(&server, "2024-07", ReportFormat::Pdf).await;
     let rows = month_rows(&csv, "2024-07");
     let (count, total, by_status, _) = expected(&csv, "2024-07");
-    assert!(count > 500, "{count}");
+    assert!(count > 60 * 130, "{count}");
     assert_eq!(report.order_count, count);
     assert_eq!(report.total_amount_cents, total);
     assert_eq!(report.format, ReportFormat::Pdf as i32);

@@ -1,6 +1,6 @@
 //! The reports scenario: import a generated CSV of orders, then render one
-//! month in each format. Rates come from the operations' own start and end times, so they
-//! measure the server's work, not the client's polling.
+//! month in each format. Rates come from the operations' own start and end
+//! times, so they measure the server's work, not the client's polling.
 
 use std::time::{Duration, Instant};
 
