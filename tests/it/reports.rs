@@ -759,5 +759,42 @@ async fn pdf_reports_show_every_order_and_the_totals() {
     assert!(has_line(&pdf.pages[0], &["Amount", "0.00"]));
     assert!(has_line(&pdf.pages[1], &["No orders in November 1999."]));
     assert!(has_line(&pdf.pages[1], &["Total", "0 orders", "0.00"]));
+
+    // Text a PDF string must escape prints as it is; characters outside
+    // WinAnsi print as '?'; an id too long for its column is cut, ending
+    // in WinAnsi's ellipsis (0x85); a huge amount is still there in full.
+    let long = "x".repeat(100);
+    let odd = format!(
+        "order_id,created_at,customer_id,status,amount_cents\n\
+         o-(1)\\,2023-02-01T00:00:00Z,caf\u{e9} \u{65e5},placed,5\n\
+         {long},2023-02-02T00:00:00Z,c)(,approved,999999999999999\n"
+    );
+    imported(&server, odd.as_bytes()).await;
+    let odd = self::report(&server, "2023-02", ReportFormat::Pdf).await;
+    let pdf = read_pdf(&download(&server, &odd.name).await);
+    let rows: Vec<&Vec<String>> = pdf.pages[1].iter().filter(|l| l.len() == 6).collect();
+    assert_eq!(
+        rows[1..],
+        [
+            &vec![
+                "1".to_owned(),
+                "o-(1)\\".to_owned(),
+                "2023-02-01 00:00:00".to_owned(),
+                "caf\u{e9} ?".to_owned(),
+                "placed".to_owned(),
+                "0.05".to_owned(),
+            ],
+            &vec![
+                "2".to_owned(),
+                format!("{}\u{85}", "x".repeat(29)),
+                "2023-02-02 00:00:00".to_owned(),
+                "c)(".to_owned(),
+                "approved".to_owned(),
+                "9,999,999,999,999.99".to_owned(),
+            ],
+        ],
+        "{:?}",
+        pdf.pages[1]
+    );
     server.stop().await;
 }
