@@ -104,30 +104,28 @@ impl Month {
         }
     }
 
+    /// The month as the time crate names it (`month` is always 1 to 12).
+    fn calendar_month(self) -> time::Month {
+        time::Month::try_from(self.month).unwrap_or(time::Month::January)
+    }
+
     /// Its first instant, in microseconds since the Unix epoch.
     pub fn start_micros(self) -> i64 {
-        let start = time::Date::from_calendar_date(
-            self.year,
-            time::Month::try_from(self.month).unwrap_or(time::Month::January),
-            1,
-        )
-        .unwrap_or(time::Date::MIN)
-        .midnight()
-        .assume_utc();
+        let start = time::Date::from_calendar_date(self.year, self.calendar_month(), 1)
+            .unwrap_or(time::Date::MIN)
+            .midnight()
+            .assume_utc();
         (start.unix_timestamp_nanos() / 1000) as i64
     }
 
     /// How many days it has.
     pub fn days(self) -> u8 {
-        time::Month::try_from(self.month)
-            .unwrap_or(time::Month::January)
-            .length(self.year)
+        self.calendar_month().length(self.year)
     }
 
     /// Its English name and year, such as "March 2024".
     pub fn long_name(self) -> String {
-        let name = time::Month::try_from(self.month).unwrap_or(time::Month::January);
-        format!("{name} {}", self.year)
+        format!("{} {}", self.calendar_month(), self.year)
     }
 
     /// Six bytes that sort like months: the storage key prefix.
