@@ -88,6 +88,19 @@ impl TestServer {
         server
     }
 
+    /// Starts a server that authenticates callers against `auth` (the text
+    /// of an auth file, kept in the server's temporary directory), after
+    /// `tweak` has adjusted the config.
+    pub async fn start_with_auth(auth: &str, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_with(|c| {
+            let path = c.data_dir.join("auth.toml");
+            std::fs::write(&path, auth).expect("write the auth file");
+            c.auth_file = Some(path);
+            tweak(c);
+        })
+        .await
+    }
+
     /// Starts a server with exactly this config and registry.
     pub async fn start_config(config: ServerConfig) -> Self {
         Self::start_registry(config, Registry::new()).await

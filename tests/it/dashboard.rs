@@ -38,10 +38,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     let open = TestServer::start().await;
     let reader = Person::new("rita", "acme", "reader");
     let writer = Person::new("alice", "acme", "writer");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("auth.toml");
-    std::fs::write(&path, auth_toml(&[&reader, &writer], "")).unwrap();
-    let secured = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let secured = TestServer::start_with_auth(&auth_toml(&[&reader, &writer], ""), |_| {}).await;
 
     let shots = root.join("target/screenshots");
     let output = tokio::process::Command::new("node")

@@ -335,10 +335,8 @@ async fn the_http_door_is_the_grpc_door() {
     let reader = Person::new("rita", "acme", "reader");
     let writer = Person::new("alice", "acme", "writer");
     let other = Person::new("gary", "globex", "writer");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("auth.toml");
-    std::fs::write(&path, auth_toml(&[&reader, &writer, &other], "")).unwrap();
-    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let server =
+        TestServer::start_with_auth(&auth_toml(&[&reader, &writer, &other], ""), |_| {}).await;
 
     let (status, _, body) = Http::new(&server, None).get("/v1/operations").await;
     assert_error(
@@ -660,10 +658,8 @@ async fn every_route_answers_for_exactly_the_roles_and_tenants_grpc_allows() {
     let writer = Person::new("alice", "acme", "writer");
     let admin = Person::new("root", "acme", "admin");
     let other = Person::new("gary", "globex", "writer");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("auth.toml");
-    std::fs::write(&path, auth_toml(&[&reader, &writer, &admin, &other], "")).unwrap();
-    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let auth = auth_toml(&[&reader, &writer, &admin, &other], "");
+    let server = TestServer::start_with_auth(&auth, |_| {}).await;
     let as_writer = Http::new(&server, writer.token());
     let op = as_writer
         .create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
@@ -1108,10 +1104,7 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
 async fn the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
     let acme = Person::new("alice", "acme", "writer");
     let globex = Person::new("gary", "globex", "writer");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("auth.toml");
-    std::fs::write(&path, auth_toml(&[&acme, &globex], "")).unwrap();
-    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let server = TestServer::start_with_auth(&auth_toml(&[&acme, &globex], ""), |_| {}).await;
     let ours = Http::new(&server, acme.token());
     let theirs = Http::new(&server, globex.token());
 

@@ -35,7 +35,6 @@ struct World {
     writer: Person,
     other: Person,
     admin: Person,
-    _auth_dir: tempfile::TempDir,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,21 +62,14 @@ impl World {
         let writer = Person::new("alice", "acme", "writer");
         let other = Person::new("gary", "globex", "writer");
         let admin = Person::new("root", "ops", "admin");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("auth.toml");
-        std::fs::write(&path, auth_toml(&[&reader, &writer, &other, &admin], "")).unwrap();
-        let server = TestServer::start_with(|c| {
-            c.auth_file = Some(path);
-            tweak(c);
-        })
-        .await;
+        let auth = auth_toml(&[&reader, &writer, &other, &admin], "");
+        let server = TestServer::start_with_auth(&auth, tweak).await;
         Self {
             server,
             reader,
             writer,
             other,
             admin,
-            _auth_dir: dir,
         }
     }
 

@@ -408,21 +408,12 @@ async fn a_tenant_with_its_own_secret_gets_deliveries_signed_with_it() {
     let acme_secret = Secret::generate();
     let acme = Person::new("alice", "acme", "writer");
     let globex = Person::new("gary", "globex", "writer");
-    let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("auth.toml");
-    std::fs::write(
-        &auth,
-        auth_toml(
-            &[&acme, &globex],
-            &format!("[tenant.acme]\nwebhook_secrets = [\"{acme_secret}\"]\n"),
-        ),
-    )
-    .unwrap();
-    let server = TestServer::start_with(|c| {
-        webhook_config(c, &server_secret, &[10]);
-        c.auth_file = Some(auth);
-    })
-    .await;
+    let auth = auth_toml(
+        &[&acme, &globex],
+        &format!("[tenant.acme]\nwebhook_secrets = [\"{acme_secret}\"]\n"),
+    );
+    let server =
+        TestServer::start_with_auth(&auth, |c| webhook_config(c, &server_secret, &[10])).await;
     let mut acme_hooks = receiver(&acme_secret, &[]).await;
     let mut globex_hooks = receiver(&server_secret, &[]).await;
 

@@ -407,15 +407,12 @@ async fn workers_lease_only_their_kinds_and_tenant() {
     let reader = Person::new("rita", "acme", "reader");
     let admin = Person::new("root", "ops", "admin");
     let worker = Person::new("resizer", "acme", "worker");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("auth.toml");
     let mut toml = auth_toml(&[&writer, &other, &reader, &admin], "");
     toml.push_str(&auth_toml(&[&worker], "").replace(
         "roles = [\"worker\"]",
         "roles = [\"worker\"]\nkinds = [\"resize\"]",
     ));
-    std::fs::write(&path, toml).unwrap();
-    let server = TestServer::start_with(|c| c.auth_file = Some(path)).await;
+    let server = TestServer::start_with_auth(&toml, |_| {}).await;
     let kinds = |name: &str| vec![declaration(name, Duration::from_secs(30), 3)];
 
     // A kind the worker is not listed for; a reader; no token.
