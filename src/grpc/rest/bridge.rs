@@ -70,8 +70,12 @@ impl Bridge {
         Self { router }
     }
 
-    fn client(&self) -> tonic::client::Grpc<axum::Router> {
-        tonic::client::Grpc::new(self.router.clone()).max_decoding_message_size(MAX_ANSWER)
+    /// A client of the router, ready for a call (the router always is).
+    async fn client(&self) -> tonic::client::Grpc<axum::Router> {
+        let mut client =
+            tonic::client::Grpc::new(self.router.clone()).max_decoding_message_size(MAX_ANSWER);
+        client.ready().await.unwrap_or_else(|e| match e {});
+        client
     }
 
     fn request<T>(caller: &Arc<Principal>, message: T) -> Request<T> {
@@ -91,9 +95,9 @@ impl Bridge {
         path: &str,
         message: Bytes,
     ) -> Result<Bytes, Status> {
-        let mut client = self.client();
-        client.ready().await.unwrap_or_else(|e| match e {});
-        let answer = client
+        let answer = self
+            .client()
+            .await
             .unary(Self::request(caller, message), Self::path(path)?, Raw)
             .await?;
         Ok(answer.into_inner())
@@ -106,9 +110,9 @@ impl Bridge {
         path: &str,
         message: Bytes,
     ) -> Result<Streaming<Bytes>, Status> {
-        let mut client = self.client();
-        client.ready().await.unwrap_or_else(|e| match e {});
-        let answer = client
+        let answer = self
+            .client()
+            .await
             .server_streaming(Self::request(caller, message), Self::path(path)?, Raw)
             .await?;
         Ok(answer.into_inner())
@@ -121,9 +125,9 @@ impl Bridge {
         path: &str,
         messages: impl Stream<Item = Bytes> + Send + 'static,
     ) -> Result<Bytes, Status> {
-        let mut client = self.client();
-        client.ready().await.unwrap_or_else(|e| match e {});
-        let answer = client
+        let answer = self
+            .client()
+            .await
             .client_streaming(Self::request(caller, messages), Self::path(path)?, Raw)
             .await?;
         Ok(answer.into_inner())
