@@ -108,6 +108,13 @@ fn to_wire(message: ToWorker) -> LeaseResponse {
     }
 }
 
+/// A job's payload or result as stored; an absent one is stored as Empty,
+/// so the operation still has a request or response to show.
+fn or_empty(any: Option<&prost_types::Any>) -> crate::model::Payload {
+    any.map(convert::from_any)
+        .unwrap_or_else(|| crate::model::Payload::pack(&()))
+}
+
 #[tonic::async_trait]
 impl Jobs for WorkersService {
     async fn enqueue(
@@ -117,11 +124,7 @@ impl Jobs for WorkersService {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let result = async {
-            let payload = req
-                .payload
-                .as_ref()
-                .map(convert::from_any)
-                .unwrap_or_else(|| crate::model::Payload::pack(&()));
+            let payload = or_empty(req.payload.as_ref());
             let options = SubmitOptions {
                 tenant: caller.tenant.clone(),
                 request_id: convert::request_id(&req.request_id)?,
@@ -263,11 +266,7 @@ impl Workers for WorkersService {
         let req = request.into_inner();
         let result = async {
             let id = convert::operation_id("name", &req.name)?;
-            let response = req
-                .response
-                .as_ref()
-                .map(convert::from_any)
-                .unwrap_or_else(|| crate::model::Payload::pack(&()));
+            let response = or_empty(req.response.as_ref());
             self.engine
                 .finish_outside(&caller.scope(), id, attempt(req.attempt)?, Ok(response))
                 .await?;
