@@ -171,14 +171,10 @@ impl Engine {
 
     /// The queues of every kind, counting the operations `scope` covers.
     pub async fn queues(&self, scope: &Scope) -> Result<Vec<QueueStats>, EngineError> {
-        let tenant = match scope {
-            Scope::All => None,
-            Scope::Tenant(t) => Some(t),
-        };
         let backlog = self
             .inner
             .ops
-            .backlog(tenant)
+            .backlog(scope.tenant())
             .await
             .map_err(EngineError::from)?;
         let now = SystemTime::now();

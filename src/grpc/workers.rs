@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{audit, caller, created_name};
 use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
 use crate::engine::{Engine, KindSpec, SubmitOptions, TaskError, ToWorker, WorkerSpec};
-use crate::model::{Progress, Scope};
+use crate::model::Progress;
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::jobs_server::Jobs;
@@ -203,10 +203,7 @@ impl Workers for WorkersService {
             },
             kinds,
             capacity,
-            tenant: match caller.scope() {
-                Scope::All => None,
-                Scope::Tenant(tenant) => Some(tenant),
-            },
+            tenant: caller.scope().tenant().cloned(),
         };
         let session = self.engine.connect_worker(spec)?;
         // The session lives as long as the response stream: it reads the

@@ -90,6 +90,14 @@ impl Scope {
             Scope::Tenant(own) => own == tenant,
         }
     }
+
+    /// The one tenant this scope covers; None when it covers all.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        match self {
+            Scope::All => None,
+            Scope::Tenant(tenant) => Some(tenant),
+        }
+    }
 }
 
 impl fmt::Display for Scope {
