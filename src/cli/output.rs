@@ -25,22 +25,16 @@ pub fn metadata(op: &Operation) -> Option<OperationMetadata> {
 }
 
 fn time(ts: &Option<prost_types::Timestamp>) -> String {
-    match ts {
-        Some(ts) if ts.seconds >= 0 => {
-            let t = SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32);
-            humantime::format_rfc3339_millis(t).to_string()
-        }
-        _ => "-".to_owned(),
+    match ts.as_ref().and_then(pb::system_time) {
+        Some(t) => humantime::format_rfc3339_millis(t).to_string(),
+        None => "-".to_owned(),
     }
 }
 
 /// How long until the operation's estimated end, as "ETA 12s", when it
 /// has one in the future.
 pub fn eta(m: &OperationMetadata) -> Option<String> {
-    let end = m.estimated_end_time.as_ref()?;
-    let end = SystemTime::UNIX_EPOCH
-        + std::time::Duration::new(u64::try_from(end.seconds).ok()?, end.nanos.max(0) as u32);
+    let end = pb::system_time(m.estimated_end_time.as_ref()?)?;
     let left = end.duration_since(SystemTime::now()).ok()?;
     let left = std::time::Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0));
     Some(format!("ETA {}", humantime::format_duration(left)))

@@ -84,6 +84,14 @@ pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
+/// The system time of a protobuf Timestamp; None before 1970. Nanos out
+/// of range are clamped into the second.
+pub fn system_time(ts: &prost_types::Timestamp) -> Option<std::time::SystemTime> {
+    let seconds = u64::try_from(ts.seconds).ok()?;
+    let nanos = ts.nanos.clamp(0, 999_999_999) as u32;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos))
+}
+
 /// Every proto file of the API and its imports, encoded as a
 /// google.protobuf.FileDescriptorSet.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

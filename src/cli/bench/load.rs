@@ -141,8 +141,8 @@ fn meta(op: &Operation) -> Option<OperationMetadata> {
 }
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    let t = t.as_ref()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
+    // Before 1970 counts as 1970 here.
+    Some(longrun::pb::system_time(t.as_ref()?).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 /// From create to the start of the first attempt, from the metadata.

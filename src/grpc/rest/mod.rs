@@ -233,15 +233,8 @@ fn retry_after(op: &Operation) -> Duration {
         .metadata
         .as_ref()
         .and_then(|any| any.to_msg::<OperationMetadata>().ok())
-        .and_then(|meta| meta.estimated_end_time)
-        .and_then(|end| {
-            let end = SystemTime::UNIX_EPOCH
-                + Duration::new(
-                    u64::try_from(end.seconds).ok()?,
-                    u32::try_from(end.nanos).ok()?,
-                );
-            end.duration_since(SystemTime::now()).ok()
-        });
+        .and_then(|meta| pb::system_time(meta.estimated_end_time.as_ref()?))
+        .and_then(|end| end.duration_since(SystemTime::now()).ok());
     estimate
         .unwrap_or(Duration::from_secs(1))
         .clamp(Duration::from_secs(1), Duration::from_secs(60))
