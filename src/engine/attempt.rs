@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::Inner;
 use super::task::{Kind, TaskContext, TaskError};
@@ -25,15 +25,24 @@ use crate::model::{
 };
 use crate::store::{Applied, StoreError, Write};
 
-/// How long a result that found the disk full waits before it is written
-/// again.
-const FULL_RETRY: Duration = Duration::from_secs(1);
+/// The first wait before a result that could not be stored is written
+/// again; each later wait doubles, up to [`STORE_RETRY_MAX`].
+const STORE_RETRY_MIN: Duration = Duration::from_millis(50);
+
+/// The longest wait between two tries at storing a result: once the store
+/// is back, a result lands within this.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A task running on this process, as the cancellation path sees it.
 pub(crate) struct Running {
     pub(crate) token: CancellationToken,
+    /// The attempt it runs.
+    pub(crate) attempt: u32,
     /// Set when a client (not a shutdown or a deadline) asked for the stop.
     pub(crate) by_client: Arc<AtomicBool>,
+    /// Set when this node lost the attempt's lease: it can no longer prove
+    /// the attempt is its own, so it stops it and writes nothing.
+    pub(crate) lease_lost: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -41,19 +50,38 @@ impl Running {
         self.by_client.store(true, Ordering::SeqCst);
         self.token.cancel();
     }
+
+    /// Stops the task because the attempt's lease is gone.
+    pub(crate) fn lose_lease(&self) {
+        self.lease_lost.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
 }
 
 /// Runs the attempt the claim of `op` started, with `kind`'s handler.
-pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
+/// `claim_on_disk` says whether the claim is known to be durable; a kind
+/// that is not retry-safe runs only once it is.
+pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_disk: bool) {
     let claim = Claim::of(&op);
     let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt);
     async move {
         let token = inner.shutdown.child_token();
         let by_client = Arc::new(AtomicBool::new(false));
+        let lease_lost = Arc::new(AtomicBool::new(false));
         let running = Running {
             token: token.clone(),
+            attempt: op.attempt,
             by_client: Arc::clone(&by_client),
+            lease_lost: Arc::clone(&lease_lost),
         };
+        if let Some(lease) = op.lease.as_ref().filter(|_| inner.ops.shared()) {
+            // Renewed from now on until the attempt's end is stored.
+            let left = lease
+                .expires
+                .duration_since(inner.clock.now())
+                .unwrap_or_default();
+            inner.leases.hold(claim, left, inner.config.lease);
+        }
         // A cancellation that landed before this entry existed was kept
         // for it (see `Inner::deliver_cancellation`).
         if inner.register_running(op.id, running) {
@@ -61,6 +89,15 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
             token.cancel();
         }
 
+        if !kind.policy.retry_safe && !claim_on_disk && !persist_claim(&inner).await {
+            // Shut down before the claim was on disk: the task never ran,
+            // so the operation goes back to the queue.
+            inner.forget_running(op.id);
+            inner.slots.release(&op.kind);
+            end(&inner, claim, Finish::Release).await;
+            inner.leases.release(claim);
+            return;
+        }
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
         let ctx = TaskContext::new(
             op.id,
@@ -82,6 +119,14 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
         }
         inner.forget_running(op.id);
 
+        if lease_lost.load(Ordering::SeqCst) && !matches!(ended, Ended::Returned(Ok(_))) {
+            // Stopped because the lease is gone: whoever takes the work back
+            // decides what becomes of it (attempt + 1, or ABORTED).
+            warn!("stopped: this node lost the attempt's lease; it is left to be taken back");
+            inner.slots.release(&op.kind);
+            inner.leases.release(claim);
+            return;
+        }
         let finish = match ended {
             Ended::TimedOut => done(
                 Outcome::Error(OperationError::new(
@@ -114,6 +159,7 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind) {
         };
         inner.slots.release(&op.kind);
         end(&inner, claim, finish).await;
+        inner.leases.release(claim);
     }
     .instrument(span)
     .await;
@@ -236,6 +282,37 @@ async fn supervise(
     }
 }
 
+/// Makes the claims written so far durable, trying again with a backoff
+/// while the store fails; false when the server shuts down first.
+async fn persist_claim(inner: &Inner) -> bool {
+    let mut backoff = store_backoff();
+    let mut warned = false;
+    loop {
+        let error = match inner.ops.flush().await {
+            Ok(()) => return true,
+            Err(e) => e,
+        };
+        if !std::mem::replace(&mut warned, true) {
+            warn!(error = %error, "could not make the claim durable; the task waits until it is");
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff.next().unwrap_or(STORE_RETRY_MAX)) => {}
+        }
+    }
+}
+
+/// The waits between tries at a write the store could not take.
+fn store_backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(STORE_RETRY_MIN)
+        .with_max_delay(STORE_RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Counts a stored end of an attempt in the metrics.
 fn count_end(inner: &Inner, op: &Operation, finish: &Finish) {
     let metrics = &inner.config.metrics;
@@ -248,22 +325,30 @@ fn count_end(inner: &Inner, op: &Operation, finish: &Finish) {
     }
 }
 
-/// Stores how the attempt ended. A full disk is waited out (the result is
-/// kept until it can be written, or until shutdown, after which recovery
-/// deals with the attempt); a stale claim's result is dropped.
+/// Stores how the attempt ended. A store that cannot take it (a full or
+/// failing disk, a database out of reach) is waited out: the result is
+/// kept and written again, with a backoff, until it is stored or a newer
+/// attempt fences it out. Only the end of the shutdown's grace period
+/// gives up on it, and then recovery deals with the attempt after restart.
 async fn end(inner: &Inner, claim: Claim, finish: Finish) {
+    let mut backoff = store_backoff();
+    let mut waited = false;
     loop {
         let edit = Edit::Finish {
             claim,
             finish: finish.clone(),
         };
-        match inner
+        let error = match inner
             .committer
             .write(Write::Update { id: claim.id, edit })
             .await
         {
             Ok(applied) => {
-                debug!("attempt ended");
+                if waited {
+                    info!("the result waited for the store and is stored now");
+                } else {
+                    debug!("attempt ended");
+                }
                 if let Applied::Updated(op) = applied {
                     count_end(inner, &op, &finish);
                 }
@@ -273,17 +358,23 @@ async fn end(inner: &Inner, claim: Claim, finish: Finish) {
                 debug!(reason = %r, "result of a superseded attempt dropped");
                 return;
             }
-            Err(StoreError::Full) => {
-                warn!("the disk is full; the result waits until it can be stored");
-                tokio::select! {
-                    _ = inner.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(FULL_RETRY) => {}
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "could not store the result; the operation will be recovered on restart");
+            Err(StoreError::NotFound) => {
+                debug!("the operation is gone; its result is dropped");
                 return;
             }
+            Err(e) => e,
+        };
+        if !waited {
+            warn!(error = %error, "could not store the result; it is kept and written again until it is stored");
+            waited = true;
+        }
+        let delay = backoff.next().unwrap_or(STORE_RETRY_MAX);
+        tokio::select! {
+            _ = inner.hard_stop.cancelled() => {
+                error!(error = %error, "could not store the result before the shutdown; the operation will be recovered on restart");
+                return;
+            }
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }

@@ -203,25 +203,23 @@ pub(super) async fn run(inner: Arc<Inner>) {
 
 /// Starts an attempt for each claimed operation. Kinds that must not run
 /// twice wait until their claims are on disk, so that a crash is seen as an
-/// interrupted attempt rather than a fresh one.
+/// interrupted attempt rather than a fresh one: one flush serves the whole
+/// batch, and should it fail, each such attempt waits for a flush of its
+/// own before its task runs.
 async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
-    let mut claims_durable = false;
+    let operations = super::lease::fresh(inner, operations).await;
+    let mut claims_durable = None;
     for op in operations {
         let Some(kind) = inner.kind(&op.kind) else {
             // Only registered kinds are asked for.
             continue;
         };
         inner.slots.take(&op.kind);
-        if !kind.policy.retry_safe && !claims_durable {
-            if let Err(e) = inner.ops.flush().await {
-                // The claim may be lost in a crash; not running now is the
-                // safe side. Recovery runs it again or ends it ABORTED.
-                error!(id = %op.id, error = %e, "could not persist a claim; not starting it");
-                inner.slots.release(&op.kind);
-                continue;
-            }
-            claims_durable = true;
-        }
+        let on_disk = kind.policy.retry_safe
+            || *match &mut claims_durable {
+                Some(done) => done,
+                none => none.insert(inner.ops.flush().await.is_ok()),
+            };
         // The queue wait is counted for first attempts only: a retry's
         // claim no longer says when it became due.
         let waited = match (op.attempt, op.start_time) {
@@ -234,6 +232,6 @@ async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
             .started(&op.kind, waited, op.attempt == 1);
         inner
             .tracker
-            .spawn(attempt::run(Arc::clone(inner), op, kind));
+            .spawn(attempt::run(Arc::clone(inner), op, kind, on_disk));
     }
 }

@@ -70,6 +70,11 @@ impl From<StoreError> for EngineError {
                         .into(),
                 retry_after: STORAGE_RETRY,
             },
+            StoreError::Unavailable(e) => EngineError::Unavailable {
+                reason: "STORAGE_UNAVAILABLE",
+                message: format!("storage cannot be reached: {e}"),
+                retry_after: STORAGE_RETRY,
+            },
             StoreError::Backend(e) => EngineError::Unavailable {
                 reason: "STORAGE_UNAVAILABLE",
                 message: format!("storage failed: {e}"),

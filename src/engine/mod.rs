@@ -68,7 +68,7 @@ use self::page_token::PageTokens;
 use self::quota::Quotas;
 use self::task::Kind;
 use crate::metrics::{Backlog, Metrics, WatchGauge};
-use crate::model::{Delivery, Edit, Operation, Scope, State, Tenant};
+use crate::model::{Claim, Delivery, Edit, Operation, Scope, State, Tenant};
 use crate::store::{
     Applied, Health, OperationStore, OutboxStore, QueueDepth, SecretStore, StoreError, Stores,
     Write,
@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     admission: Admission,
     hub: Arc<watch::Hub>,
     running: Mutex<RunningHere>,
+    /// On a shared store: the leases of the attempts this node holds.
+    leases: lease::Leases,
     page_tokens: PageTokens,
     quotas: Arc<Quotas>,
     tracker: TaskTracker,
@@ -208,6 +210,19 @@ impl Inner {
         let mut here = self.running_lock();
         here.attempts.remove(&id);
         here.cancelled.remove(&id);
+    }
+
+    /// Stops the task running `claim`'s attempt here, if there is one:
+    /// this node can no longer prove the attempt's lease is its own.
+    fn stop_unproven(&self, claim: Claim) {
+        if let Some(running) = self
+            .running_lock()
+            .attempts
+            .get(&claim.id)
+            .filter(|r| r.attempt == claim.attempt)
+        {
+            running.lose_lease();
+        }
     }
 
     /// Removes what a done operation left outside the store.
@@ -304,6 +319,7 @@ impl Engine {
             config,
             hub: Arc::default(),
             running: Mutex::default(),
+            leases: lease::Leases::default(),
             page_tokens: PageTokens::new(key),
             tracker: TaskTracker::new(),
             writer,

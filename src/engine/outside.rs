@@ -773,7 +773,7 @@ async fn claim_loop(inner: Arc<Inner>, worker_id: u64, worker: Arc<Connected>) {
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),
                         };
-                        for op in claimed.operations {
+                        for op in super::lease::fresh(&inner, claimed.operations).await {
                             took += 1;
                             assign(&inner, worker_id, &worker, op);
                         }
@@ -853,5 +853,5 @@ fn assign(inner: &Arc<Inner>, worker_id: u64, worker: &Connected, op: Operation)
     let kind = declared.kind.clone();
     inner
         .tracker
-        .spawn(attempt::run(Arc::clone(inner), op, kind));
+        .spawn(attempt::run(Arc::clone(inner), op, kind, true));
 }

@@ -198,8 +198,10 @@ async fn follow_store_health(
                 warn!("the store's disk is full: NOT_SERVING, new operations refused");
                 ServingStatus::NotServing
             }
-            Health::Unreachable => {
-                warn!("the database cannot be reached: NOT_SERVING");
+            Health::Unavailable => {
+                warn!(
+                    "the store cannot take writes (the database cannot be reached, or the disk failed): NOT_SERVING"
+                );
                 ServingStatus::NotServing
             }
         };
@@ -263,22 +265,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and the engine. The built-in kinds are added to
-    /// `registry`.
-    pub async fn open(config: ServerConfig, mut registry: Registry) -> Result<Self, ServerError> {
-        let auth = Arc::new(match &config.auth_file {
-            Some(path) => Authenticator::from_file(path)?,
-            None => Authenticator::open(),
-        });
-        let tls = match &config.tls {
-            Some(paths) => Some(Arc::new(TlsFiles::load(paths.clone())?)),
-            None => None,
-        };
-        if !auth.is_enforcing() && config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
-            warn!(
-                "client certificates are checked, but without an auth file they name no one: every caller is let in"
-            );
-        }
+    /// Opens the store the configuration names, and the engine. The
+    /// built-in kinds are added to `registry`.
+    pub async fn open(config: ServerConfig, registry: Registry) -> Result<Self, ServerError> {
         let stores = match &config.backend {
             Backend::Sled => Stores::from_backend(
                 SledStore::open_with(&config.data_dir, &config.sled).map_err(|source| {
@@ -301,7 +290,30 @@ impl Server {
                 })?)
             }
         };
-        let mut config = config;
+        Self::open_on(config, stores, registry).await
+    }
+
+    /// Opens the engine on stores the caller opened (a backend of its own,
+    /// or one wrapped to watch or fault it); `config.backend` is not used.
+    /// The built-in kinds are added to `registry`.
+    pub async fn open_on(
+        mut config: ServerConfig,
+        stores: Stores,
+        mut registry: Registry,
+    ) -> Result<Self, ServerError> {
+        let auth = Arc::new(match &config.auth_file {
+            Some(path) => Authenticator::from_file(path)?,
+            None => Authenticator::open(),
+        });
+        let tls = match &config.tls {
+            Some(paths) => Some(Arc::new(TlsFiles::load(paths.clone())?)),
+            None => None,
+        };
+        if !auth.is_enforcing() && config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            warn!(
+                "client certificates are checked, but without an auth file they name no one: every caller is let in"
+            );
+        }
         if config.webhooks.secrets.is_empty() {
             // No secret given: the nodes of one store share one, kept in it.
             let secret = crate::webhook::shared_secret(stores.secrets.as_ref())

@@ -191,8 +191,9 @@ pub enum Health {
     /// The disk is (nearly) full: new operations are refused, and below a
     /// smaller floor every write is; reads still work.
     Full,
-    /// The database cannot be reached; calls fail until it is back.
-    Unreachable,
+    /// The backend cannot take writes: the database cannot be reached, or
+    /// the disk failed. Calls fail until it is back.
+    Unavailable,
 }
 
 /// Storage for operations.
@@ -300,9 +301,19 @@ pub trait OperationStore: Send + Sync + 'static {
         false
     }
 
-    /// Extends every lease `holder` holds on a running attempt to `until`.
-    async fn renew(&self, _holder: &str, _until: SystemTime) -> StoreResult<()> {
-        Ok(())
+    /// Extends to `until` the leases `holder` holds on the attempts in
+    /// `held` (each an operation and its attempt), and returns the
+    /// operations whose lease it extended. An attempt missing from the
+    /// answer is no longer `holder`'s: it ended, or was taken back after
+    /// its lease lapsed. Leases of other attempts are left alone, so a
+    /// claim that `holder` made but never ran (its answer was lost) lapses.
+    async fn renew(
+        &self,
+        _holder: &str,
+        held: &[(OperationId, u32)],
+        _until: SystemTime,
+    ) -> StoreResult<Vec<OperationId>> {
+        Ok(held.iter().map(|(id, _)| *id).collect())
     }
 
     /// Up to `limit` running operations whose lease lapsed before `now`:

@@ -24,6 +24,8 @@ const IN_FLIGHT: usize = 32;
 /// longer than one attempt can take, so it is sent once unless this node
 /// dies mid-attempt.
 const DELIVERY_LEASE: Duration = Duration::from_secs(120);
+/// How soon the outbox is read again after the store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The longest Retry-After honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -190,6 +192,9 @@ pub async fn run(
     let mut busy: HashSet<uuid::Uuid> = HashSet::new();
     info!("webhook deliverer started");
     loop {
+        // A store that failed is asked again shortly: nothing else may come
+        // to wake the loop while it is out of reach.
+        let mut failed = false;
         // Start everything due, up to the in-flight bound.
         let room = IN_FLIGHT.saturating_sub(in_flight.len());
         if room > 0 {
@@ -224,18 +229,23 @@ pub async fn run(
                         });
                     }
                 }
-                Err(e) => warn!(error = %e, "could not read the outbox"),
+                Err(e) => {
+                    failed = true;
+                    warn!(error = %e, "could not read the outbox");
+                }
             }
         }
         // Sleep until the next delivery is due. One that is already due is
         // in flight (everything due and not in flight was started above),
         // so its completion is what to wait for.
         let wake_at = match store.next_delivery_due().await {
+            _ if failed => Some(STORE_RETRY),
             Ok(Some(at)) => at
                 .duration_since(SystemTime::now())
                 .ok()
                 .filter(|d| !d.is_zero()),
-            _ => None,
+            Ok(None) => None,
+            Err(_) => Some(STORE_RETRY),
         };
         let sleep = async {
             match wake_at {

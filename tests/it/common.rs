@@ -124,6 +124,28 @@ impl TestServer {
     }
 
     async fn start_unready_registry(config: ServerConfig, registry: Registry) -> Self {
+        let data_dir = config.data_dir.clone();
+        Self::serve(open_retrying(config, registry).await, data_dir).await
+    }
+
+    /// Starts a server on stores the test opened itself (a backend wrapped
+    /// to inject faults, say), and waits until it is SERVING.
+    pub async fn start_stores(
+        config: ServerConfig,
+        stores: longrun::store::Stores,
+        registry: Registry,
+    ) -> Self {
+        let data_dir = config.data_dir.clone();
+        let server = Server::open_on(config, stores, registry)
+            .await
+            .expect("open server");
+        let this = Self::serve(server, data_dir).await;
+        this.wait_serving().await;
+        this
+    }
+
+    /// Serves an opened server on 127.0.0.1:0, with metrics beside it.
+    async fn serve(mut server: Server, data_dir: PathBuf) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
             .with_test_writer()
@@ -132,12 +154,10 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let data_dir = config.data_dir.clone();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let metrics_addr = metrics.local_addr().expect("address");
-        let mut server = open_retrying(config, registry).await;
         server.metrics_on(metrics);
         let engine = server.engine().clone();
         let stores = server.stores().clone();

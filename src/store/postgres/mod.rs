@@ -140,16 +140,35 @@ struct Depth {
     tenants: HashMap<Tenant, u64>,
 }
 
-/// A database failure as the store reports it: the database is a state to
-/// report (UNAVAILABLE), not an internal error.
+/// A database failure as the store reports it. A database that cannot be
+/// reached (a cut connection, a restart, a full pool) is a state that
+/// passes, [`StoreError::Unavailable`], not a bug.
 fn db(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            StoreError::Backend(format!("the database cannot be reached: {e}"))
-        }
-        other => StoreError::Backend(format!("the database failed: {other}")),
+    let unreachable = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection exceptions (class 08), the server shutting down or
+        // starting (57P01-57P03), and too many connections.
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    };
+    if unreachable {
+        StoreError::Unavailable(format!("the database cannot be reached: {e}"))
+    } else {
+        StoreError::Backend(format!("the database failed: {e}"))
     }
 }
+
+/// The longest one call waits for the database. A connection that stops
+/// answering (a network that drops packets rather than connections) must
+/// not hold a commit, and everything queued behind it, forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Microseconds since the epoch, as the tables keep times.
 fn micros(time: SystemTime) -> i64 {
@@ -256,6 +275,36 @@ impl PgStore {
         }
     }
 
+    /// Runs one call against the database within [`CALL_TIMEOUT`], and
+    /// keeps health in step: an unreachable database turns it
+    /// [`Health::Unavailable`], an answer turns it back.
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let result = tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "the database did not answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )))
+            });
+        let health = match &result {
+            Err(StoreError::Unavailable(_)) => Health::Unavailable,
+            Err(_) => return result,
+            Ok(_) => Health::Writable,
+        };
+        if *self.inner.health.borrow() != health {
+            self.inner.health.send_if_modified(|h| {
+                let changed = *h != health;
+                *h = health;
+                changed
+            });
+        }
+        result
+    }
+
     fn bump_work(&self) {
         self.inner.work.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -331,36 +380,42 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
 #[async_trait]
 impl SecretStore for PgStore {
     async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
-        sqlx::query(
-            "INSERT INTO longrun_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(name)
-        .bind(initial)
-        .execute(self.pool())
-        .await
-        .map_err(db)?;
-        let row = sqlx::query("SELECT value FROM longrun_secrets WHERE name = $1")
+        self.call(async {
+            sqlx::query(
+                "INSERT INTO longrun_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
             .bind(name)
-            .fetch_one(self.pool())
+            .bind(initial)
+            .execute(self.pool())
             .await
             .map_err(db)?;
-        row.try_get("value").map_err(db)
+            let row = sqlx::query("SELECT value FROM longrun_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(self.pool())
+                .await
+                .map_err(db)?;
+            row.try_get("value").map_err(db)
+        })
+        .await
     }
 
     async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        let rows =
-            sqlx::query("SELECT name, value FROM longrun_secrets WHERE starts_with(name, $1)")
-                .bind(prefix)
-                .fetch_all(self.pool())
-                .await
-                .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("name").map_err(db)?,
-                    row.try_get("value").map_err(db)?,
-                ))
-            })
-            .collect()
+        self.call(async {
+            let rows =
+                sqlx::query("SELECT name, value FROM longrun_secrets WHERE starts_with(name, $1)")
+                    .bind(prefix)
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(db)?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("name").map_err(db)?,
+                        row.try_get("value").map_err(db)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
     }
 }

@@ -108,12 +108,6 @@ impl PgStore {
         }
     }
 
-    fn failed(&self, e: &StoreError) {
-        if matches!(e, StoreError::Backend(m) if m.contains("cannot be reached")) {
-            self.inner.health.send_replace(Health::Unreachable);
-        }
-    }
-
     async fn claim_kind(
         &self,
         kind: &str,
@@ -170,11 +164,14 @@ impl PgStore {
         sql: &str,
         bind: impl FnOnce(SqlQuery<'_>) -> SqlQuery<'_>,
     ) -> StoreResult<Vec<Operation>> {
-        let rows = bind(sqlx::query(sql))
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
-        rows.iter().map(operation).collect()
+        self.call(async {
+            let rows = bind(sqlx::query(sql))
+                .fetch_all(self.pool())
+                .await
+                .map_err(db)?;
+            rows.iter().map(operation).collect()
+        })
+        .await
     }
 }
 
@@ -192,78 +189,79 @@ async fn lazy(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> StoreResult<()>
 
 /// Every write of a failed batch fails alike.
 fn all_failed(n: usize, e: &StoreError) -> Vec<StoreResult<Applied>> {
-    (0..n)
-        .map(|_| Err(StoreError::Backend(e.to_string())))
-        .collect()
+    (0..n).map(|_| Err(e.again())).collect()
 }
 
 #[async_trait]
 impl OperationStore for PgStore {
     async fn commit(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
         let n = writes.len();
-        let mut tries = 0;
-        // Creates alone take one round trip; should one meet a request_id
-        // already stored, the batch goes the long way, which reads it.
-        let mut creates = Stage::only_creates(&writes);
-        loop {
-            let tried = if creates {
-                self.try_creates(&writes, now).await
-            } else {
-                self.try_commit(&writes, now).await
-            };
-            match tried {
-                Ok((results, stage)) => {
-                    self.inner.health.send_if_modified(|h| {
-                        let was = *h;
-                        *h = Health::Writable;
-                        was != Health::Writable
-                    });
-                    self.announce(stage);
-                    return results;
+        let committed = self
+            .call(async {
+                let mut tries = 0;
+                // Creates alone take one round trip; should one meet a
+                // request_id already stored, the batch goes the long way,
+                // which reads it.
+                let mut creates = Stage::only_creates(&writes);
+                loop {
+                    let tried = if creates {
+                        self.try_creates(&writes, now).await
+                    } else {
+                        self.try_commit(&writes, now).await
+                    };
+                    match tried {
+                        Ok(done) => return Ok(done),
+                        Err(SaveError::RequestIdRace) if creates => creates = false,
+                        Err(SaveError::RequestIdRace) if tries < RACE_RETRIES => tries += 1,
+                        Err(SaveError::RequestIdRace) => {
+                            return Err(StoreError::Backend(
+                                "creates kept racing for a request_id".into(),
+                            ));
+                        }
+                        Err(SaveError::Store(e)) => return Err(e),
+                    }
                 }
-                Err(SaveError::RequestIdRace) if creates => creates = false,
-                Err(SaveError::RequestIdRace) if tries < RACE_RETRIES => tries += 1,
-                Err(SaveError::RequestIdRace) => {
-                    return all_failed(
-                        n,
-                        &StoreError::Backend("creates kept racing for a request_id".into()),
-                    );
-                }
-                Err(SaveError::Store(e)) => {
-                    self.failed(&e);
-                    return all_failed(n, &e);
-                }
+            })
+            .await;
+        match committed {
+            Ok((results, stage)) => {
+                self.announce(stage);
+                results
             }
+            Err(e) => all_failed(n, &e),
         }
     }
 
     async fn claim(&self, request: &ClaimRequest, now: SystemTime) -> StoreResult<Claimed> {
-        let mut claimed = Claimed::default();
-        let mut short = Vec::new();
-        for (kind, n) in &request.wants {
-            if *n == 0 {
-                continue;
+        self.call(async {
+            let mut claimed = Claimed::default();
+            let mut short = Vec::new();
+            for (kind, n) in &request.wants {
+                if *n == 0 {
+                    continue;
+                }
+                let got = self.claim_kind(kind, *n, request, now).await?;
+                if got.len() < *n {
+                    short.push(kind.clone());
+                }
+                claimed.operations.extend(got);
             }
-            let got = self.claim_kind(kind, *n, request, now).await?;
-            if got.len() < *n {
-                short.push(kind.clone());
+            if !short.is_empty() {
+                let row = sqlx::query(
+                    "SELECT min(due_us) AS due FROM longrun_operations
+                      WHERE state = 1 AND kind = ANY($1) AND due_us > $2",
+                )
+                .bind(&short)
+                .bind(micros(now))
+                .fetch_one(self.pool())
+                .await
+                .map_err(db)?;
+                let due: Option<i64> = row.try_get("due").map_err(db)?;
+                claimed.next_due = due.map(from_micros);
             }
-            claimed.operations.extend(got);
-        }
-        if !short.is_empty() {
-            let row = sqlx::query(
-                "SELECT min(due_us) AS due FROM longrun_operations
-                  WHERE state = 1 AND kind = ANY($1) AND due_us > $2",
-            )
-            .bind(&short)
-            .bind(micros(now))
-            .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
-            let due: Option<i64> = row.try_get("due").map_err(db)?;
-            claimed.next_due = due.map(from_micros);
-        }
-        Ok(claimed)
+            Ok(claimed)
+        })
+        .await
     }
 
     fn queued(&self, tenant: &crate::model::Tenant) -> QueueDepth {
@@ -275,46 +273,52 @@ impl OperationStore for PgStore {
     }
 
     async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>> {
-        let row = sqlx::query(&format!(
-            "SELECT {OP_COLUMNS} FROM longrun_operations WHERE id = $1"
-        ))
-        .bind(uuid::Uuid::from_bytes(*id.as_bytes()))
-        .fetch_optional(self.pool())
+        self.call(async {
+            let row = sqlx::query(&format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations WHERE id = $1"
+            ))
+            .bind(uuid::Uuid::from_bytes(*id.as_bytes()))
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+            row.as_ref().map(operation).transpose()
+        })
         .await
-        .map_err(db)?;
-        row.as_ref().map(operation).transpose()
     }
 
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
         let after = query.after.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
         let tenant = query.tenant.map(|t| t.as_str().to_owned());
         let budget = i64::try_from(query.scan_budget.max(1)).unwrap_or(i64::MAX);
-        // One more than the budget, to know whether more follow.
-        let rows = sqlx::query(&format!(
-            "SELECT {OP_COLUMNS} FROM longrun_operations
-              WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR tenant = $2)
-              ORDER BY id DESC LIMIT $3"
-        ))
-        .bind(after)
-        .bind(tenant)
-        .bind(budget + 1)
-        .fetch_all(self.pool())
+        self.call(async {
+            // One more than the budget, to know whether more follow.
+            let rows = sqlx::query(&format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations
+                  WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR tenant = $2)
+                  ORDER BY id DESC LIMIT $3"
+            ))
+            .bind(after)
+            .bind(tenant)
+            .bind(budget + 1)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            let mut page = ListPage::default();
+            let mut last = None;
+            for (scanned, row) in rows.iter().enumerate() {
+                if page.operations.len() >= query.limit || scanned >= query.scan_budget {
+                    page.resume_after = last;
+                    return Ok(page);
+                }
+                let op = operation(row)?;
+                last = Some(op.id);
+                if query.filter.matches(&op) {
+                    page.operations.push(op);
+                }
+            }
+            Ok(page)
+        })
         .await
-        .map_err(db)?;
-        let mut page = ListPage::default();
-        let mut last = None;
-        for (scanned, row) in rows.iter().enumerate() {
-            if page.operations.len() >= query.limit || scanned >= query.scan_budget {
-                page.resume_after = last;
-                return Ok(page);
-            }
-            let op = operation(row)?;
-            last = Some(op.id);
-            if query.filter.matches(&op) {
-                page.operations.push(op);
-            }
-        }
-        Ok(page)
     }
 
     async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
@@ -328,55 +332,68 @@ impl OperationStore for PgStore {
     }
 
     async fn backlog(&self, tenant: Option<&crate::model::Tenant>) -> StoreResult<Vec<Backlog>> {
-        // Counted in the database over the unfinished rows; the oldest id
-        // is the oldest operation, since a UUIDv7 carries its creation time.
-        let rows = sqlx::query(
-            "SELECT kind, state, count(*) AS n, min(id) AS oldest FROM longrun_operations
-              WHERE ended_us IS NULL AND ($1::text IS NULL OR tenant = $1)
-              GROUP BY kind, state ORDER BY kind, state",
-        )
-        .bind(tenant.map(|t| t.as_str().to_owned()))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let state: i16 = row.try_get("state").map_err(db)?;
-                let state = u8::try_from(state)
-                    .ok()
-                    .and_then(State::from_u8)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state}")))?;
-                let count: i64 = row.try_get("n").map_err(db)?;
-                let oldest: Option<uuid::Uuid> = row.try_get("oldest").map_err(db)?;
-                Ok(Backlog {
-                    kind: row.try_get("kind").map_err(db)?,
-                    state: state.as_str(),
-                    count: u64::try_from(count).unwrap_or(0),
-                    oldest: oldest.and_then(|id| id.get_timestamp()).map(|t| {
-                        let (seconds, nanos) = t.to_unix();
-                        SystemTime::UNIX_EPOCH + std::time::Duration::new(seconds, nanos)
-                    }),
+        // Counted in the database over the unfinished rows. The oldest is
+        // the least id (a UUIDv7 carries its creation time, and its text
+        // sorts as its bytes do); PostgreSQL has no min() of uuid.
+        let tenant = tenant.map(|t| t.as_str().to_owned());
+        self.call(async {
+            let rows = sqlx::query(
+                "SELECT kind, state, count(*) AS n, min(id::text) AS oldest
+                   FROM longrun_operations
+                  WHERE ended_us IS NULL AND ($1::text IS NULL OR tenant = $1)
+                  GROUP BY kind, state ORDER BY kind, state",
+            )
+            .bind(tenant)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            rows.iter()
+                .map(|row| {
+                    let state: i16 = row.try_get("state").map_err(db)?;
+                    let state = u8::try_from(state)
+                        .ok()
+                        .and_then(State::from_u8)
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown state {state}")))?;
+                    let count: i64 = row.try_get("n").map_err(db)?;
+                    let oldest: Option<String> = row.try_get("oldest").map_err(db)?;
+                    Ok(Backlog {
+                        kind: row.try_get("kind").map_err(db)?,
+                        state: state.as_str(),
+                        count: u64::try_from(count).unwrap_or(0),
+                        oldest: oldest
+                            .and_then(|id| uuid::Uuid::parse_str(&id).ok())
+                            .and_then(|id| id.get_timestamp())
+                            .map(|t| {
+                                let (seconds, nanos) = t.to_unix();
+                                SystemTime::UNIX_EPOCH + std::time::Duration::new(seconds, nanos)
+                            }),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {
         // One node sweeps at a time: the sweep is held under a lease that
         // its holder renews each time it asks.
         let now = SystemTime::now();
-        let held = sqlx::query(
-            "INSERT INTO longrun_sweeps (name, holder, until_us) VALUES ('retention', $1, $2)
-             ON CONFLICT (name) DO UPDATE SET holder = $1, until_us = $2
-               WHERE longrun_sweeps.holder = $1 OR longrun_sweeps.until_us < $3
-             RETURNING holder",
-        )
-        .bind(&self.inner.tag)
-        .bind(micros(now + SWEEP_LEASE))
-        .bind(micros(now))
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db)?;
+        let held = self
+            .call(async {
+                sqlx::query(
+                    "INSERT INTO longrun_sweeps (name, holder, until_us) VALUES ('retention', $1, $2)
+                     ON CONFLICT (name) DO UPDATE SET holder = $1, until_us = $2
+                       WHERE longrun_sweeps.holder = $1 OR longrun_sweeps.until_us < $3
+                     RETURNING holder",
+                )
+                .bind(&self.inner.tag)
+                .bind(micros(now + SWEEP_LEASE))
+                .bind(micros(now))
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db)
+            })
+            .await?;
         if held.is_none() {
             return Ok(Vec::new());
         }
@@ -408,17 +425,15 @@ impl OperationStore for PgStore {
     }
 
     async fn probe(&self) {
-        let reached = sqlx::query("SELECT 1").execute(self.pool()).await.is_ok();
-        let health = if reached {
-            Health::Writable
-        } else {
-            Health::Unreachable
-        };
-        self.inner.health.send_if_modified(|h| {
-            let changed = *h != health;
-            *h = health;
-            changed
-        });
+        // The answer (or its absence) sets health.
+        let _ = self
+            .call(async {
+                sqlx::query("SELECT 1")
+                    .execute(self.pool())
+                    .await
+                    .map_err(db)
+            })
+            .await;
     }
 
     fn parallel_commits(&self) -> usize {
@@ -429,21 +444,50 @@ impl OperationStore for PgStore {
         true
     }
 
-    async fn renew(&self, holder: &str, until: SystemTime) -> StoreResult<()> {
-        sqlx::query(
+    async fn renew(
+        &self,
+        holder: &str,
+        held: &[(OperationId, u32)],
+        until: SystemTime,
+    ) -> StoreResult<Vec<OperationId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = held
+            .iter()
+            .map(|(id, _)| uuid::Uuid::from_bytes(*id.as_bytes()))
+            .collect();
+        let attempts: Vec<i32> = held
+            .iter()
+            .map(|(_, a)| i32::try_from(*a).unwrap_or(i32::MAX))
+            .collect();
+        self.call(async {
             // Rows are locked in id order, as commits lock them, so that a
             // renewal and a commit never wait on each other in a cycle.
-            "UPDATE longrun_operations SET lease_expires_us = $2
-              WHERE id IN (SELECT id FROM longrun_operations
-                            WHERE lease_holder = $1 AND ended_us IS NULL
-                            ORDER BY id FOR UPDATE)",
-        )
-        .bind(holder)
-        .bind(micros(until))
-        .execute(self.pool())
+            let rows = sqlx::query(
+                "UPDATE longrun_operations SET lease_expires_us = $2
+                  WHERE id IN (SELECT o.id FROM longrun_operations o
+                                JOIN unnest($3::uuid[], $4::int4[]) AS h(id, attempt)
+                                  ON o.id = h.id AND o.attempt = h.attempt
+                               WHERE o.lease_holder = $1 AND o.ended_us IS NULL
+                               ORDER BY o.id FOR UPDATE)
+                  RETURNING id",
+            )
+            .bind(holder)
+            .bind(micros(until))
+            .bind(&ids)
+            .bind(&attempts)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            rows.iter()
+                .map(|row| {
+                    let id: uuid::Uuid = row.try_get("id").map_err(db)?;
+                    Ok(OperationId::from_bytes(*id.as_bytes()))
+                })
+                .collect()
+        })
         .await
-        .map_err(db)?;
-        Ok(())
     }
 
     async fn lapsed(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Operation>> {

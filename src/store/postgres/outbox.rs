@@ -29,16 +29,19 @@ fn limit_of(limit: usize) -> i64 {
 #[async_trait]
 impl OutboxStore for PgStore {
     async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>> {
-        let rows = sqlx::query(
-            "SELECT record FROM longrun_deliveries
-              WHERE due_us IS NOT NULL AND due_us <= $1 ORDER BY due_us, id LIMIT $2",
-        )
-        .bind(micros(now))
-        .bind(limit_of(limit))
-        .fetch_all(self.pool())
+        self.call(async {
+            let rows = sqlx::query(
+                "SELECT record FROM longrun_deliveries
+                  WHERE due_us IS NOT NULL AND due_us <= $1 ORDER BY due_us, id LIMIT $2",
+            )
+            .bind(micros(now))
+            .bind(limit_of(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            deliveries(&rows)
+        })
         .await
-        .map_err(db)?;
-        deliveries(&rows)
     }
 
     async fn take_deliveries(
@@ -49,41 +52,51 @@ impl OutboxStore for PgStore {
         lease: Duration,
     ) -> StoreResult<Vec<Delivery>> {
         let skip: Vec<uuid::Uuid> = in_flight.iter().copied().collect();
-        let rows = sqlx::query(
-            "UPDATE longrun_deliveries SET due_us = $3
-              WHERE id IN (SELECT id FROM longrun_deliveries
-                            WHERE due_us IS NOT NULL AND due_us <= $1 AND NOT (id = ANY($4))
-                            ORDER BY due_us, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-              RETURNING record",
-        )
-        .bind(micros(now))
-        .bind(limit_of(limit))
-        .bind(micros(now + lease))
-        .bind(&skip)
-        .fetch_all(self.pool())
+        self.call(async {
+            let rows = sqlx::query(
+                "UPDATE longrun_deliveries SET due_us = $3
+                  WHERE id IN (SELECT id FROM longrun_deliveries
+                                WHERE due_us IS NOT NULL AND due_us <= $1 AND NOT (id = ANY($4))
+                                ORDER BY due_us, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                  RETURNING record",
+            )
+            .bind(micros(now))
+            .bind(limit_of(limit))
+            .bind(micros(now + lease))
+            .bind(&skip)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            deliveries(&rows)
+        })
         .await
-        .map_err(db)?;
-        deliveries(&rows)
     }
 
     async fn next_delivery_due(&self) -> StoreResult<Option<SystemTime>> {
-        let row = sqlx::query(
-            "SELECT min(due_us) AS due FROM longrun_deliveries WHERE due_us IS NOT NULL",
-        )
-        .fetch_one(self.pool())
+        self.call(async {
+            let row = sqlx::query(
+                "SELECT min(due_us) AS due FROM longrun_deliveries WHERE due_us IS NOT NULL",
+            )
+            .fetch_one(self.pool())
+            .await
+            .map_err(db)?;
+            let due: Option<i64> = row.try_get("due").map_err(db)?;
+            Ok(due.map(from_micros))
+        })
         .await
-        .map_err(db)?;
-        let due: Option<i64> = row.try_get("due").map_err(db)?;
-        Ok(due.map(from_micros))
     }
 
     async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>> {
-        let rows =
-            sqlx::query("SELECT record FROM longrun_deliveries WHERE operation = $1 ORDER BY id")
-                .bind(uuid::Uuid::from_bytes(*id.as_bytes()))
-                .fetch_all(self.pool())
-                .await
-                .map_err(db)?;
-        deliveries(&rows)
+        self.call(async {
+            let rows = sqlx::query(
+                "SELECT record FROM longrun_deliveries WHERE operation = $1 ORDER BY id",
+            )
+            .bind(uuid::Uuid::from_bytes(*id.as_bytes()))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            deliveries(&rows)
+        })
+        .await
     }
 }

@@ -30,6 +30,16 @@ pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A failed write or flush: an I/O error is the disk failing, a state to
+/// report; anything else is sled's own failure.
+pub(super) fn disk(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(e) => StoreError::Unavailable(format!("the disk failed: {e}")),
+        sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
 /// The tree as the batch so far would leave it.
 struct Overlay<'a> {
     tree: &'a Tree,

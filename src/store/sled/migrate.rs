@@ -275,14 +275,20 @@ mod tests {
         assert!(matches!(answer, Applied::Created(Created::Existing(op)) if op.id == done.id));
         // The old trees are gone, and a second open moves nothing.
         drop(store);
-        let db = loop {
-            match sled::Config::new().path(dir.path().join("sled")).open() {
-                Ok(db) => break db,
+        // sled lets go of the directory from its own threads, a moment
+        // after the handle is dropped: until then, opening it (or a tree in
+        // it) may fail.
+        let (db, tree) = loop {
+            let opened = sled::Config::new()
+                .path(dir.path().join("sled"))
+                .open()
+                .and_then(|db| db.open_tree(keys::TREE).map(|tree| (db, tree)));
+            match opened {
+                Ok(opened) => break opened,
                 Err(_) => std::thread::yield_now(),
             }
         };
         assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"ops"));
-        let tree = db.open_tree(keys::TREE).unwrap();
         assert_eq!(from_first_layout(&db, &tree).unwrap(), 0);
     }
 }

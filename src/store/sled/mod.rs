@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use sled::Tree;
 use tokio::sync::{broadcast, watch};
 
-use self::commit::backend;
+use self::commit::{backend, disk};
 use self::space::{Room, Space};
 use self::strings::StringTable;
 use super::files::{DirFiles, FileRead, FileStore, FileWriter};
@@ -133,6 +133,9 @@ struct Inner {
     feed: broadcast::Sender<Change>,
     health: watch::Sender<Health>,
     space: Space,
+    /// Set when a write or flush failed with an I/O error: health stays
+    /// Unavailable until a flush works again.
+    failing: std::sync::atomic::AtomicBool,
     mode: SyncMode,
     flushes: AtomicU64,
     /// One order writer at a time: replacing an order reads where it was
@@ -208,6 +211,7 @@ impl SledStore {
                 feed: broadcast::channel(FEED_CAPACITY).0,
                 health: watch::channel(health).0,
                 space,
+                failing: std::sync::atomic::AtomicBool::new(false),
                 mode: config.sync,
                 flushes: AtomicU64::new(0),
                 orders_writer: Mutex::new(()),
@@ -226,7 +230,7 @@ impl SledStore {
     /// Makes what was applied durable.
     fn sync(&self) -> StoreResult<()> {
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
-        self.inner.db.flush().map(|_| ()).map_err(backend)
+        self.inner.db.flush().map(|_| ()).map_err(disk)
     }
 
     /// Writes the claims waiting in memory, then makes everything durable.
@@ -244,6 +248,7 @@ impl SledStore {
     fn room(&self, look_again: bool) -> Room {
         let room = self.inner.space.room(look_again);
         let health = match room {
+            _ if self.inner.failing.load(Ordering::SeqCst) => Health::Unavailable,
             Room::Plenty => Health::Writable,
             Room::Low | Room::None => Health::Full,
         };
@@ -253,6 +258,18 @@ impl SledStore {
             changed
         });
         room
+    }
+
+    /// Takes note of a disk that failed a write: health turns Unavailable
+    /// until a flush works again (see `probe`).
+    fn failing(&self, reason: &str) {
+        if !self.inner.failing.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                reason,
+                "the disk failed a write; writes are refused until it works again"
+            );
+        }
+        self.room(false);
     }
 
     fn announce(&self, changes: Vec<Change>) {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
-use super::commit::{Applier, Batch, Finished, Moved, backend};
+use super::commit::{Applier, Batch, Finished, Moved, backend, disk};
 use super::space::Room;
 use super::{SledStore, SyncMode, keys, lock};
 use crate::model::{Edit, Operation, OperationId, State};
@@ -100,7 +100,7 @@ impl SledStore {
             moved,
             durable,
         } = finished;
-        self.inner.tree.apply_batch(writes).map_err(backend)?;
+        self.inner.tree.apply_batch(writes).map_err(disk)?;
         applier.applied(&created, &ended, low_water);
         {
             let mut recent = self.inner.recent.write().unwrap_or_else(|e| e.into_inner());
@@ -273,10 +273,12 @@ impl SledStore {
             Err(e) => e,
         };
         // The batch failed as a whole: every write that had succeeded fails.
-        let message = failure.to_string();
+        if let StoreError::Unavailable(reason) = &failure {
+            self.failing(reason);
+        }
         for result in &mut results {
             if result.is_ok() {
-                *result = Err(StoreError::Backend(message.clone()));
+                *result = Err(failure.again());
             }
         }
         results
@@ -442,6 +444,24 @@ impl OperationStore for SledStore {
     }
 
     async fn probe(&self) {
-        self.room(true);
+        let store = self.clone();
+        // A disk that failed a write is tried again with a flush; sled may
+        // refuse every write until it is opened again, and health says so
+        // until then.
+        let _ = tokio::task::spawn_blocking(move || {
+            if store
+                .inner
+                .failing
+                .load(std::sync::atomic::Ordering::SeqCst)
+                && store.sync().is_ok()
+            {
+                store
+                    .inner
+                    .failing
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            store.room(true);
+        })
+        .await;
     }
 }
