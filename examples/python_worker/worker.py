@@ -7,14 +7,14 @@ heartbeats that carry progress, and completing with the reversed text.
 
 The protocol, in short:
   1. Open Workers.Lease and send Subscribe(kinds, capacity).
-  2. Each Assignment names an operation and its attempt. While working,
-     send Heartbeat(name, attempt, progress) more often than the lease
-     lasts; an answer with cancel_requested (or a Cancellation on the
-     stream) means stop.
-  3. End with Complete(name, attempt, response) or Fail(name, attempt,
-     error, retryable). A call for an attempt that lost its lease gets
-     FAILED_PRECONDITION (STALE_ATTEMPT): drop the work, it is someone
-     else's now.
+  2. Each Assignment names an operation, its attempt and a lease_token.
+     While working, send Heartbeat(name, attempt, lease_token, progress)
+     more often than the lease lasts; an answer with cancel_requested (or
+     a Cancellation on the stream) means stop.
+  3. End with Complete(name, attempt, lease_token, response) or
+     Fail(name, attempt, lease_token, error, retryable). A call for an
+     attempt that lost its lease gets FAILED_PRECONDITION (STALE_ATTEMPT):
+     drop the work, it is someone else's now.
 """
 
 import argparse
@@ -24,7 +24,9 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-if not (HERE / "gen" / "longrun").exists():
+STUB = HERE / "gen" / "longrun" / "v1" / "workers_pb2.py"
+PROTO = HERE.parent.parent / "proto" / "longrun" / "v1" / "workers.proto"
+if not STUB.exists() or STUB.stat().st_mtime < PROTO.stat().st_mtime:
     import generate
 
     generate.generate()
@@ -54,6 +56,7 @@ def fail(stub, assignment, code: int, message: str, metadata, retryable=False) -
         workers_pb2.FailRequest(
             name=assignment.name,
             attempt=assignment.attempt,
+            lease_token=assignment.lease_token,
             error=status_pb2.Status(code=code, message=message),
             retryable=retryable,
         ),
@@ -70,6 +73,7 @@ def reverse(stub, assignment, metadata) -> None:
             workers_pb2.HeartbeatRequest(
                 name=assignment.name,
                 attempt=assignment.attempt,
+                lease_token=assignment.lease_token,
                 progress_percent=step * 100 // steps,
                 status_message=f"step {step + 1} of {steps}",
             ),
@@ -86,7 +90,10 @@ def reverse(stub, assignment, metadata) -> None:
     response.Pack(wrappers_pb2.StringValue(value=text.value[::-1]))
     stub.Complete(
         workers_pb2.CompleteRequest(
-            name=assignment.name, attempt=assignment.attempt, response=response
+            name=assignment.name,
+            attempt=assignment.attempt,
+            lease_token=assignment.lease_token,
+            response=response,
         ),
         metadata=metadata,
     )

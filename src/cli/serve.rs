@@ -164,8 +164,8 @@ pub struct ServeArgs {
     pub tenant_max_queued: Option<usize>,
     /// WatchOperation streams and WaitOperation calls one tenant may have
     /// open at once.
-    #[arg(long, env = "LONGRUN_TENANT_MAX_WATCHES")]
-    pub tenant_max_watches: Option<usize>,
+    #[arg(long, env = "LONGRUN_TENANT_MAX_WATCHES", default_value_t = longrun::engine::quota::DEFAULT_MAX_WATCHES)]
+    pub tenant_max_watches: usize,
     /// Orders one tenant may store.
     #[arg(long, env = "LONGRUN_TENANT_MAX_ORDERS")]
     pub tenant_max_orders: Option<u64>,
@@ -177,6 +177,18 @@ pub struct ServeArgs {
     /// the HTTP/2 preface before it is dropped.
     #[arg(long, env = "LONGRUN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// The most connections the server keeps open at once (waiting to
+    /// start or established); beyond it a new one is closed, unless one
+    /// still waiting to start can be shed for it.
+    #[arg(long, env = "LONGRUN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// The most connections one client address may keep open at once.
+    #[arg(
+        long,
+        env = "LONGRUN_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_address: usize,
     /// Where Prometheus scrapes `/metrics`, or `off` [default:
     /// 127.0.0.1:9464, skipped with a warning when another process holds
     /// it; an address given here must be free].
@@ -196,6 +208,13 @@ pub struct ServeArgs {
     /// repeat or comma-separate for several. Workers may declare more.
     #[arg(long = "outside-kind", env = "LONGRUN_OUTSIDE_KINDS", value_delimiter = ',', value_parser = parse_outside_kind)]
     pub outside_kinds: Vec<KindSpec>,
+    /// The most Lease streams one worker principal may have open at once.
+    #[arg(long, env = "LONGRUN_MAX_WORKER_STREAMS", default_value_t = longrun::engine::outside::DEFAULT_MAX_WORKER_STREAMS)]
+    pub max_worker_streams: usize,
+    /// The largest response (Complete) or error (Fail) a worker may store,
+    /// in bytes.
+    #[arg(long, env = "LONGRUN_MAX_RESULT_SIZE", default_value_t = longrun::engine::DEFAULT_MAX_RESULT_SIZE)]
+    pub max_result_size: usize,
 }
 
 /// `NAME[:attempts=N][:timeout=D][:concurrency=N][:lease=D]`.
@@ -299,9 +318,11 @@ impl ServeArgs {
                     creates_per_second: self.tenant_create_rate,
                     create_burst: self.tenant_create_burst,
                     max_queued: self.tenant_max_queued,
-                    max_watches: self.tenant_max_watches,
+                    max_watches: Some(self.tenant_max_watches.max(1)),
                 },
                 lease: self.lease.max(Duration::from_millis(300)),
+                max_worker_streams: self.max_worker_streams.max(1),
+                max_result_size: self.max_result_size,
                 ..match &self.node_name {
                     Some(node) => EngineConfig {
                         node: node.clone(),
@@ -335,6 +356,10 @@ impl ServeArgs {
             max_orders_per_tenant: self.tenant_max_orders,
             keepalive_interval: self.keepalive.max(Duration::from_secs(1)),
             handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
+            connections: longrun::server::listen::ConnectionLimits {
+                total: self.max_connections.max(1),
+                per_address: self.max_connections_per_address.max(1),
+            },
             cors_origins: self.cors_origins.clone(),
             outside_kinds: self.outside_kinds.clone(),
             ..ServerConfig::default()

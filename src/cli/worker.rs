@@ -311,6 +311,7 @@ async fn run_one(
                         attempt: a.attempt,
                         progress_percent: percent,
                         status_message: message,
+                        lease_token: a.lease_token.clone(),
                     })
                     .await
                 {
@@ -356,6 +357,7 @@ async fn run_one(
         attempt: a.attempt,
         error: Some(status),
         retryable,
+        lease_token: a.lease_token.clone(),
     };
     let outcome = if cancelled {
         Err(failed(
@@ -402,6 +404,7 @@ async fn run_one(
                     name: a.name.clone(),
                     attempt: a.attempt,
                     response: Some(response_of(stdout)),
+                    lease_token: a.lease_token.clone(),
                 })
                 .await
                 .map_err(|s| describe(&s))?;

@@ -157,6 +157,16 @@ impl Engine {
         tenant: &Tenant,
         filter: &str,
     ) -> Result<ActivityStream, EngineError> {
+        if filter.len() > super::MAX_FILTER_LEN {
+            return Err(EngineError::invalid(
+                "filter",
+                format!(
+                    "filter is {} bytes long; the limit is {}",
+                    filter.len(),
+                    super::MAX_FILTER_LEN
+                ),
+            ));
+        }
         let filter =
             Filter::parse(filter).map_err(|e| EngineError::invalid("filter", e.to_string()))?;
         let permit = self.watch_permit(tenant)?;
@@ -194,7 +204,7 @@ impl Engine {
             stats.concurrency = Some(limit as u64);
             kinds.insert(kind.to_owned(), stats);
         }
-        for spec in self.outside_kinds() {
+        for spec in self.outside_kinds(scope) {
             let mut stats = entry(&spec.name);
             stats.concurrency = spec.concurrency.map(|n| n as u64);
             kinds.insert(spec.name.clone(), stats);

@@ -64,10 +64,13 @@ impl Engine {
         if inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
-        let registered = inner.kind(kind).ok_or_else(|| EngineError::Unimplemented {
-            reason: "KIND_NOT_REGISTERED",
-            message: format!("kind {kind:?} is not registered on this server"),
-        })?;
+        let registered =
+            inner
+                .kind(&options.tenant, kind)
+                .ok_or_else(|| EngineError::Unimplemented {
+                    reason: "KIND_NOT_REGISTERED",
+                    message: format!("kind {kind:?} is not registered on this server"),
+                })?;
         registered.task.validate(&request)?;
         if let (Some(notification), Some(guard)) =
             (&options.notification, &inner.config.callback_guard)

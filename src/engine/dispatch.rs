@@ -210,7 +210,7 @@ async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
     let operations = super::lease::fresh(inner, operations).await;
     let mut claims_durable = None;
     for op in operations {
-        let Some(kind) = inner.kind(&op.kind) else {
+        let Some(kind) = inner.kind(&op.tenant, &op.kind) else {
             // Only registered kinds are asked for.
             continue;
         };

@@ -34,6 +34,13 @@ pub enum EngineError {
         message: String,
         retry_after: Duration,
     },
+    /// The caller may not act on this resource (a worker on a kind it may
+    /// not serve, say).
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
     /// The call asks for something this server does not do.
     #[error("{message}")]
     Unimplemented {
@@ -120,7 +127,8 @@ impl EngineError {
             EngineError::FailedPrecondition { reason, .. }
             | EngineError::AlreadyExists { reason, .. }
             | EngineError::ResourceExhausted { reason, .. }
-            | EngineError::Unimplemented { reason, .. } => reason,
+            | EngineError::Unimplemented { reason, .. }
+            | EngineError::PermissionDenied { reason, .. } => reason,
             EngineError::ShuttingDown => "SHUTTING_DOWN",
             EngineError::Unavailable { reason, .. } => reason,
             EngineError::Store(StoreError::Corrupt(_)) => "DATA_CORRUPT",

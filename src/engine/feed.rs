@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::warn;
 
 use super::{Inner, Snapshot};
-use crate::model::OperationId;
+use crate::model::{OperationId, State};
 use crate::store::Change;
 
 /// Runs until shutdown or until the store closes its feed.
@@ -22,19 +22,30 @@ pub(super) async fn follow(inner: Arc<Inner>) {
             change = feed.recv() => change,
         };
         match change {
-            Ok(Change::Elsewhere { id, .. }) => {
+            Ok(Change::Elsewhere { id, queued, .. }) => {
+                if queued && inner.outside.has_workers() {
+                    // It may be of an outside kind: the claim loop looks.
+                    inner.outside.wake();
+                }
                 if inner.hub.is_watched(id) || inner.running_lock().attempts.contains_key(&id) {
                     reread(&inner, id).await;
                 }
             }
-            Ok(Change::Resync) => resync(&inner).await,
+            Ok(Change::Resync) => {
+                inner.outside.wake();
+                resync(&inner).await;
+            }
             Ok(change) => {
                 inner.hub.publish(&change);
                 if let Change::Updated(op) = &change {
                     inner.deliver_cancellation(op);
+                    if op.state == State::Queued && inner.outside.kinds.anyone_declared(&op.kind) {
+                        inner.outside.wake();
+                    }
                 }
             }
             Err(RecvError::Lagged(missed)) => {
+                inner.outside.wake();
                 warn!(
                     missed,
                     "change feed lagged; re-reading watched and running operations"

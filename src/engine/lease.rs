@@ -259,7 +259,7 @@ async fn take_back(inner: &Inner) {
     let mut writes = Vec::new();
     for op in &lapsed {
         // A kind this node does not run is left for a node that does.
-        let Some(policy) = inner.kind(&op.kind).map(|k| k.policy) else {
+        let Some(policy) = inner.kind(&op.tenant, &op.kind).map(|k| k.policy) else {
             continue;
         };
         let holder = op.lease.as_ref().map_or("", |l| l.holder.as_str());

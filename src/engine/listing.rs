@@ -13,6 +13,10 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const LIST_SCAN_BUDGET: usize = 10_000;
 /// The longest filter accepted.
 pub const MAX_FILTER_LEN: usize = 1024;
+/// About the most bytes of operations one page holds: a page of large
+/// responses is cut short (it always holds one), so that it stays well
+/// within the message size clients accept by default (4 MiB).
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// A page of operations.
 #[derive(Debug, Clone, Default)]
@@ -68,7 +72,7 @@ impl Engine {
                     .map_err(|e| EngineError::invalid("page_token", e.to_string()))?,
             )
         };
-        let page = self
+        let mut page = self
             .inner
             .ops
             .list(ListQuery {
@@ -83,6 +87,17 @@ impl Engine {
             })
             .await
             .map_err(EngineError::from)?;
+        let mut bytes = 0;
+        let fits = page.operations.iter().position(|op| {
+            bytes += op.size_hint();
+            bytes > MAX_PAGE_BYTES
+        });
+        if let Some(cut) = fits.map(|at| at.max(1))
+            && cut < page.operations.len()
+        {
+            page.operations.truncate(cut);
+            page.resume_after = page.operations.last().map(|op| op.id);
+        }
         Ok(OperationPage {
             next_page_token: page
                 .resume_after

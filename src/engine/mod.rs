@@ -53,7 +53,9 @@ pub use self::error::EngineError;
 pub use self::listing::{
     DEFAULT_PAGE_SIZE, LIST_SCAN_BUDGET, MAX_FILTER_LEN, MAX_PAGE_SIZE, OperationPage,
 };
-pub use self::outside::{Assignment, KindSpec, ToWorker, WorkerSession, WorkerSpec};
+pub use self::outside::{
+    Assignment, KindSpec, LeaseRef, Owner, ToWorker, WorkerCaller, WorkerSession, WorkerSpec,
+};
 pub use self::quota::{TenantQuotas, WatchPermit};
 pub use self::task::{DEFAULT_CONCURRENCY, Registry, Task, TaskContext, TaskError, TaskPolicy};
 pub use self::watch::{Snapshot, Subscription};
@@ -103,7 +105,15 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// Where the engine counts what it does.
     pub metrics: Arc<Metrics>,
+    /// The most Lease streams one worker principal may have open.
+    pub max_worker_streams: usize,
+    /// The largest response or error an outside worker may store, in
+    /// bytes.
+    pub max_result_size: usize,
 }
+
+/// The largest response or error an outside worker may store by default.
+pub const DEFAULT_MAX_RESULT_SIZE: usize = 1024 * 1024;
 
 /// The lease of claims on a shared store by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -122,6 +132,8 @@ impl Default for EngineConfig {
             node: format!("node-{:016x}", rand::random::<u64>()),
             lease: DEFAULT_LEASE,
             metrics: Arc::default(),
+            max_worker_streams: outside::DEFAULT_MAX_WORKER_STREAMS,
+            max_result_size: DEFAULT_MAX_RESULT_SIZE,
         }
     }
 }
@@ -139,6 +151,8 @@ impl fmt::Debug for EngineConfig {
             .field("clock", &self.clock)
             .field("node", &self.node)
             .field("lease", &self.lease)
+            .field("max_worker_streams", &self.max_worker_streams)
+            .field("max_result_size", &self.max_result_size)
             .finish()
     }
 }
@@ -227,7 +241,7 @@ impl Inner {
 
     /// Removes what a done operation left outside the store.
     async fn expire_artifacts(&self, op: &Operation) {
-        if let Some(kind) = self.kind(&op.kind) {
+        if let Some(kind) = self.kind(&op.tenant, &op.kind) {
             kind.task.expire(op.id, op.request.clone()).await;
         }
     }
@@ -253,12 +267,15 @@ impl Inner {
         }
     }
 
-    /// The kind called `name`: built in, or served by outside workers.
-    fn kind(&self, name: &str) -> Option<Kind> {
-        self.registry
-            .get(name)
-            .cloned()
-            .or_else(|| self.outside.kind(name))
+    /// The kind called `name` for `tenant`'s operations: built in, or
+    /// served by outside workers under the declaration that governs them.
+    fn kind(&self, tenant: &Tenant, name: &str) -> Option<Kind> {
+        self.registry.get(name).cloned().or_else(|| {
+            self.outside
+                .kinds
+                .find(tenant, name)
+                .map(|declared| declared.kind.clone())
+        })
     }
 
     /// Commits one edit of the operation called `name`.
@@ -364,6 +381,7 @@ impl Engine {
             Err(e) => return Err(e),
         }
         inner.tracker.spawn(dispatch::run(Arc::clone(inner)));
+        inner.tracker.spawn(outside::dispatch(Arc::clone(inner)));
         inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
         if inner.ops.shared() {
             inner.tracker.spawn(lease::keep(Arc::clone(inner)));

@@ -14,8 +14,12 @@ use super::EngineError;
 use crate::metrics::WatchGauge;
 use crate::model::Tenant;
 
+/// Concurrent Watch streams and WaitOperation calls a tenant may have by
+/// default.
+pub const DEFAULT_MAX_WATCHES: usize = 10_000;
+
 /// What each tenant may use. `None` means unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantQuotas {
     /// Creates per second, sustained.
     pub creates_per_second: Option<NonZeroU32>,
@@ -25,6 +29,19 @@ pub struct TenantQuotas {
     pub max_queued: Option<usize>,
     /// Concurrent Watch streams and WaitOperation calls.
     pub max_watches: Option<usize>,
+}
+
+impl Default for TenantQuotas {
+    /// No create rate or queue cap of its own (the server's queue bound
+    /// applies), and [`DEFAULT_MAX_WATCHES`] watches.
+    fn default() -> Self {
+        Self {
+            creates_per_second: None,
+            create_burst: None,
+            max_queued: None,
+            max_watches: Some(DEFAULT_MAX_WATCHES),
+        }
+    }
 }
 
 pub(crate) struct Quotas {

@@ -25,7 +25,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
     let (mut orphans, mut unknown) = (0usize, 0usize);
     let shared = inner.ops.shared();
     for op in &unfinished {
-        let kind = inner.kind(&op.kind);
+        let kind = inner.kind(&op.tenant, &op.kind);
         let policy = kind.as_ref().map(|k| &k.policy);
         match (op.state, policy) {
             // On a shared store another node may run this kind.

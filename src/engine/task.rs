@@ -229,7 +229,7 @@ impl TaskContext {
     pub fn set_progress(&self, percent: u32, message: impl Into<String>) {
         let progress = Progress {
             percent: percent.min(100),
-            message: message.into(),
+            message: crate::model::bounded_message(message.into()),
         };
         self.progress.send_if_modified(|current| {
             if *current == progress {

@@ -46,6 +46,7 @@ pub fn to_status(error: EngineError) -> Status {
             Code::ResourceExhausted
         }
         EngineError::Unimplemented { .. } => Code::Unimplemented,
+        EngineError::PermissionDenied { .. } => Code::PermissionDenied,
         EngineError::ShuttingDown => Code::Unavailable,
         EngineError::Unavailable { retry_after, .. } => {
             details.set_retry_info(Some(*retry_after));

@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{audit, caller, created_name};
 use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
-use crate::engine::{Engine, KindSpec, SubmitOptions, TaskError, ToWorker, WorkerSpec};
+use crate::engine::{
+    Engine, KindSpec, LeaseRef, Owner, SubmitOptions, TaskError, ToWorker, WorkerCaller, WorkerSpec,
+};
 use crate::model::Progress;
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
@@ -73,14 +75,29 @@ fn kind_spec(declaration: &KindDeclaration) -> Result<KindSpec, Status> {
     Ok(spec)
 }
 
-/// A worker's attempt number from the wire.
-fn attempt(value: i32) -> Result<u32, Status> {
-    u32::try_from(value).ok().filter(|a| *a > 0).ok_or_else(|| {
-        invalid_field(
-            "attempt",
-            "attempt is the positive number the assignment gave",
-        )
-    })
+/// The most kinds one Lease stream may serve.
+const MAX_KINDS_PER_STREAM: usize = 64;
+
+/// The lease a worker's call names, from the wire: the operation, the
+/// attempt and the token its assignment gave.
+fn lease_ref(name: &str, attempt: i32, token: String) -> Result<LeaseRef, Status> {
+    let id = convert::operation_id("name", name)?;
+    let attempt = u32::try_from(attempt)
+        .ok()
+        .filter(|a| *a > 0)
+        .ok_or_else(|| {
+            invalid_field(
+                "attempt",
+                "attempt is the positive number the assignment gave",
+            )
+        })?;
+    if token.is_empty() || token.len() > 64 {
+        return Err(invalid_field(
+            "lease_token",
+            "lease_token is the token the assignment gave",
+        ));
+    }
+    Ok(LeaseRef { id, attempt, token })
 }
 
 type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Send>>;
@@ -97,6 +114,7 @@ fn to_wire(message: ToWorker) -> LeaseResponse {
             lease_expire_time: Some(crate::pb::timestamp(a.lease_expires)),
             deadline: Some(crate::pb::timestamp(a.deadline)),
             max_attempts: a.max_attempts as i32,
+            lease_token: a.lease_token,
         }),
         ToWorker::Cancel { id, attempt } => ForWorker::Cancellation(Cancellation {
             name: id.name(),
@@ -146,7 +164,11 @@ impl Jobs for WorkersService {
                 },
                 ..SubmitOptions::default()
             };
-            if !self.engine.find_outside_kind(&req.kind).await? {
+            if !self
+                .engine
+                .find_outside_kind(&caller.tenant, &req.kind)
+                .await?
+            {
                 return Err(unknown_kind(&req.kind));
             }
             let op = self
@@ -186,13 +208,31 @@ impl Workers for WorkersService {
             .ok()
             .filter(|c| *c > 0)
             .ok_or_else(|| invalid_field("subscribe.capacity", "capacity is at least 1"))?;
+        if subscribe.kinds.len() > MAX_KINDS_PER_STREAM {
+            return Err(invalid_field(
+                "subscribe.kinds",
+                format!("a worker serves at most {MAX_KINDS_PER_STREAM} kinds per stream"),
+            ));
+        }
+        // An admin's worker declares kinds for every tenant; any other
+        // worker, for its own tenant alone.
+        let tenant = caller.scope().tenant().cloned();
+        let owner = tenant.clone().map_or(Owner::Everyone, Owner::Tenant);
         let mut kinds = Vec::with_capacity(subscribe.kinds.len());
         for declaration in &subscribe.kinds {
             if !caller.may_serve(&declaration.name) {
                 return Err(kind_not_allowed(&caller, &declaration.name));
             }
-            let spec = kind_spec(declaration)?;
-            self.engine.declare_kind(spec).await?;
+            let declared = async {
+                let spec = kind_spec(declaration)?;
+                Ok(self.engine.declare_kind(owner.clone(), spec).await?)
+            }
+            .await;
+            // A declaration made, or refused, is a change worth auditing.
+            if !matches!(declared, Ok((_, false))) {
+                audit(&caller, "DeclareKind", &declaration.name, &declared);
+            }
+            declared?;
             kinds.push(declaration.name.clone());
         }
         let spec = WorkerSpec {
@@ -201,9 +241,10 @@ impl Workers for WorkersService {
             } else {
                 subscribe.worker_name.clone()
             },
+            principal: caller.name.clone(),
             kinds,
             capacity,
-            tenant: caller.scope().tenant().cloned(),
+            tenant,
         };
         let session = self.engine.connect_worker(spec)?;
         // The session lives as long as the response stream: it reads the
@@ -240,15 +281,17 @@ impl Workers for WorkersService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let id = convert::operation_id("name", &req.name)?;
+        let lease = lease_ref(&req.name, req.attempt, req.lease_token)?;
         let progress = Progress {
             percent: u32::try_from(req.progress_percent.clamp(0, 100)).unwrap_or(0),
             message: req.status_message,
         };
-        let (expires, cancel_requested) = self
-            .engine
-            .heartbeat(&caller.scope(), id, attempt(req.attempt)?, progress)
-            .await?;
+        let may_serve = |kind: &str| caller.may_serve(kind);
+        let worker = WorkerCaller {
+            scope: caller.scope(),
+            may_serve: &may_serve,
+        };
+        let (expires, cancel_requested) = self.engine.heartbeat(&worker, &lease, progress).await?;
         Ok(Response::new(HeartbeatResponse {
             lease_expire_time: Some(crate::pb::timestamp(expires)),
             cancel_requested,
@@ -262,10 +305,15 @@ impl Workers for WorkersService {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let result = async {
-            let id = convert::operation_id("name", &req.name)?;
+            let lease = lease_ref(&req.name, req.attempt, req.lease_token.clone())?;
             let response = or_empty(req.response.as_ref());
+            let may_serve = |kind: &str| caller.may_serve(kind);
+            let worker = WorkerCaller {
+                scope: caller.scope(),
+                may_serve: &may_serve,
+            };
             self.engine
-                .finish_outside(&caller.scope(), id, attempt(req.attempt)?, Ok(response))
+                .finish_outside(&worker, &lease, Ok(response))
                 .await?;
             Ok(Response::new(CompleteResponse {}))
         }
@@ -278,7 +326,7 @@ impl Workers for WorkersService {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let result = async {
-            let id = convert::operation_id("name", &req.name)?;
+            let lease = lease_ref(&req.name, req.attempt, req.lease_token.clone())?;
             let status = req
                 .error
                 .as_ref()
@@ -288,8 +336,13 @@ impl Workers for WorkersService {
                 error,
                 retryable: req.retryable,
             };
+            let may_serve = |kind: &str| caller.may_serve(kind);
+            let worker = WorkerCaller {
+                scope: caller.scope(),
+                may_serve: &may_serve,
+            };
             self.engine
-                .finish_outside(&caller.scope(), id, attempt(req.attempt)?, Err(failure))
+                .finish_outside(&worker, &lease, Err(failure))
                 .await?;
             Ok(Response::new(FailResponse {}))
         }

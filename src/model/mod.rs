@@ -31,6 +31,6 @@ pub use self::operation::{
     State, to_micros_precision,
 };
 pub use self::payload::Payload;
-pub use self::status::{Code, FieldViolation, OperationError};
+pub use self::status::{Code, FieldViolation, MAX_MESSAGE, OperationError, bounded_message};
 pub use self::tenant::{Scope, Tenant};
 pub use self::transition::{Claim, Edit, Finish, OrphanRetry, Rejection, Transition};

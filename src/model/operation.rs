@@ -256,6 +256,28 @@ impl Operation {
         }
     }
 
+    /// About how many bytes it takes on the wire: its response or error,
+    /// the messages it keeps, and the rest of its metadata. Pages of
+    /// operations are bounded by it.
+    pub fn size_hint(&self) -> usize {
+        let outcome = match &self.outcome {
+            Some(Outcome::Response(payload)) => payload.type_url.len() + payload.value.len(),
+            Some(Outcome::Error(error)) => error.size(),
+            None => 0,
+        };
+        let failures: usize = self
+            .failed_attempts
+            .iter()
+            .map(|f| f.error.size() + 48)
+            .sum();
+        outcome
+            + failures
+            + self.status_message.len()
+            + self.last_error.as_ref().map_or(0, OperationError::size)
+            + self.kind.len()
+            + 256
+    }
+
     /// True once the operation has its final outcome.
     pub fn is_done(&self) -> bool {
         self.state.is_terminal()

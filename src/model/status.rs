@@ -57,6 +57,26 @@ impl Code {
     }
 }
 
+/// The longest message kept, in bytes: progress messages and error
+/// messages from outside are cut to it.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `message`, cut at a character boundary to at most [`MAX_MESSAGE`]
+/// bytes (ending in an ellipsis when it was cut).
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let ellipsis = '…';
+    let mut end = MAX_MESSAGE - ellipsis.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push(ellipsis);
+    message
+}
+
 /// Why an operation ended without a response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationError {
@@ -79,6 +99,18 @@ impl OperationError {
             reason: reason.into(),
             metadata: BTreeMap::new(),
         }
+    }
+
+    /// About how many bytes it takes when stored: its message, reason and
+    /// metadata.
+    pub fn size(&self) -> usize {
+        self.message.len()
+            + self.reason.len()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 
     /// The error every cancelled operation ends with.
@@ -107,5 +139,20 @@ impl FieldViolation {
             field: field.into(),
             description: description.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_message("short".into()), "short");
+        let long = "é".repeat(MAX_MESSAGE);
+        let cut = bounded_message(long);
+        assert!(cut.len() <= MAX_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 }

@@ -31,7 +31,9 @@ use tracing::{error, info, warn};
 
 use crate::auth::{Authenticator, LoadError};
 use crate::diagnostics::SleepTask;
-use crate::engine::{Engine, EngineConfig, EngineError, KindSpec, Registry, Task, TaskPolicy};
+use crate::engine::{
+    Engine, EngineConfig, EngineError, KindSpec, Owner, Registry, Task, TaskPolicy,
+};
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::metered::MeteredLayer;
 use crate::grpc::rest;
@@ -104,6 +106,9 @@ pub struct ServerConfig {
     /// How long a new connection has to finish its TLS handshake and send
     /// the HTTP/2 preface before it is dropped.
     pub handshake_timeout: Duration,
+    /// How many connections the listener keeps, in all and per client
+    /// address.
+    pub connections: listen::ConnectionLimits,
     /// Origins that browsers may call the HTTP/JSON face from (CORS);
     /// none by default, which turns CORS off.
     pub cors_origins: Vec<String>,
@@ -140,6 +145,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            connections: listen::ConnectionLimits::default(),
             cors_origins: Vec::new(),
             outside_kinds: Vec::new(),
         }
@@ -340,7 +346,7 @@ impl Server {
         }));
         let engine = Engine::open(&stores, registry, engine_config).await?;
         for kind in &config.outside_kinds {
-            engine.declare_kind(kind.clone()).await?;
+            engine.declare_kind(Owner::Everyone, kind.clone()).await?;
         }
         Ok(Self {
             engine,
@@ -543,9 +549,10 @@ impl Server {
             tasks.spawn(metrics::serve(listener, engine.clone(), stop.clone()));
             info!("metrics on http://{address}/metrics");
         }
+        let gate = listen::Gate::new(config.connections);
         let serving = match &tls {
             None => tasks.spawn(router.serve_with_incoming_shutdown(
-                listen::plain(incoming, deadline, tasks.clone(), stop.clone()),
+                listen::plain(incoming, deadline, gate, tasks.clone(), stop.clone()),
                 stopped,
             )),
             Some(tls) => tasks.spawn(router.serve_with_incoming_shutdown(
@@ -553,6 +560,7 @@ impl Server {
                     incoming,
                     Arc::clone(tls),
                     deadline,
+                    gate,
                     tasks.clone(),
                     stop.clone(),
                 ),

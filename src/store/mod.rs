@@ -71,8 +71,13 @@ pub enum Change {
     Delivery(OperationId),
     /// Another process sharing the store changed (or deleted) the
     /// operation: whoever follows it re-reads it. `delivery` when the
-    /// change wrote a webhook delivery to send.
-    Elsewhere { id: OperationId, delivery: bool },
+    /// change wrote a webhook delivery to send, `queued` when it left the
+    /// operation waiting to be claimed.
+    Elsewhere {
+        id: OperationId,
+        delivery: bool,
+        queued: bool,
+    },
     /// Changes may have been missed (the feed from a shared store was cut
     /// off for a while): whoever follows operations re-reads them.
     Resync,

@@ -995,7 +995,10 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
     let server = TestServer::start().await;
     server
         .engine
-        .declare_kind(longrun::engine::KindSpec::new("echo"))
+        .declare_kind(
+            longrun::engine::Owner::Everyone,
+            longrun::engine::KindSpec::new("echo"),
+        )
         .await
         .unwrap();
     let http = Http::new(&server, None);

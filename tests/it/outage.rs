@@ -8,23 +8,18 @@
 //! SERVING again by themselves.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use longrun::engine::{SubmitOptions, TaskPolicy};
-use longrun::model::{Operation as Record, OperationId, Tenant};
+use longrun::model::OperationId;
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
 use longrun::pb::google::longrunning::{Operation, WaitOperationRequest};
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::{SleepRequest, State};
-use longrun::store::{
-    Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
-    QueueDepth, SledStore, StoreError, StoreResult, Stores, SyncMode, Write,
-};
+use longrun::store::{SledStore, Stores, SyncMode};
 use longrun::{Registry, ServerConfig, Task, TaskContext, TaskError};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -33,6 +28,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 use crate::common::{TestServer, config, meta, state};
 use crate::pg::TestDb;
 use crate::proxy::{Link, Proxy, target_of};
+use crate::spy::{Fault, Spy};
 
 /// How long a lease lasts in these tests: short, so that failover shows.
 const LEASE: Duration = Duration::from_secs(2);
@@ -369,113 +365,12 @@ async fn a_postgres_outage_loses_nothing_and_strands_nothing() {
     }
 }
 
-/// An operation store whose writes fail on demand, as a failing disk's do:
-/// before anything is applied, or after the batch was applied but could
-/// not be made durable.
-struct Faulty {
-    inner: Arc<dyn OperationStore>,
-    fault: AtomicU8,
-    health: watch::Sender<Health>,
-}
-
-const HEALTHY: u8 = 0;
-const FAIL_BEFORE: u8 = 1;
-const FAIL_AFTER: u8 = 2;
-
-impl Faulty {
-    fn broken(&self) -> StoreError {
-        self.health.send_if_modified(|h| {
-            let changed = *h != Health::Unavailable;
-            *h = Health::Unavailable;
-            changed
-        });
-        StoreError::Unavailable("the disk failed: injected".into())
-    }
-}
-
-#[async_trait]
-impl OperationStore for Faulty {
-    async fn commit(&self, writes: Vec<Write>, now: SystemTime) -> Vec<StoreResult<Applied>> {
-        match self.fault.load(Ordering::SeqCst) {
-            FAIL_BEFORE => writes.iter().map(|_| Err(self.broken())).collect(),
-            FAIL_AFTER => {
-                let results = self.inner.commit(writes, now).await;
-                results.into_iter().map(|_| Err(self.broken())).collect()
-            }
-            _ => self.inner.commit(writes, now).await,
-        }
-    }
-
-    async fn claim(&self, request: &ClaimRequest, now: SystemTime) -> StoreResult<Claimed> {
-        match self.fault.load(Ordering::SeqCst) {
-            HEALTHY => self.inner.claim(request, now).await,
-            _ => Err(self.broken()),
-        }
-    }
-
-    fn queued(&self, tenant: &Tenant) -> QueueDepth {
-        self.inner.queued(tenant)
-    }
-
-    fn work(&self) -> watch::Receiver<u64> {
-        self.inner.work()
-    }
-
-    async fn get(&self, id: OperationId) -> StoreResult<Option<Record>> {
-        self.inner.get(id).await
-    }
-
-    async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
-        self.inner.list(query).await
-    }
-
-    async fn unfinished(&self) -> StoreResult<Vec<Record>> {
-        self.inner.unfinished().await
-    }
-
-    async fn expired(&self, ended_before: SystemTime, limit: usize) -> StoreResult<Vec<Record>> {
-        self.inner.expired(ended_before, limit).await
-    }
-
-    async fn flush(&self) -> StoreResult<()> {
-        match self.fault.load(Ordering::SeqCst) {
-            HEALTHY => self.inner.flush().await,
-            _ => Err(self.broken()),
-        }
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.inner.subscribe()
-    }
-
-    fn health(&self) -> watch::Receiver<Health> {
-        self.health.subscribe()
-    }
-
-    async fn probe(&self) {
-        if self.fault.load(Ordering::SeqCst) == HEALTHY {
-            self.inner.probe().await;
-            let now = *self.inner.health().borrow();
-            self.health.send_if_modified(|h| {
-                let changed = *h != now;
-                *h = now;
-                changed
-            });
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_disk_on_sled_loses_nothing_and_strands_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sled = SledStore::open(dir.path(), SyncMode::Always).unwrap();
     let mut stores = Stores::from_backend(sled);
-    let faulty = Arc::new(Faulty {
-        inner: Arc::clone(&stores.operations),
-        fault: AtomicU8::new(HEALTHY),
-        health: watch::channel(Health::Writable).0,
-    });
-    stores.operations = faulty.clone();
+    let faulty = Spy::wrap(&mut stores);
     let once = Once::default();
     let mut registry = Registry::new();
     registry.register(once.clone());
@@ -501,13 +396,13 @@ async fn a_failing_disk_on_sled_loses_nothing_and_strands_nothing() {
     ));
     let phase = |d: u64| tokio::time::sleep(Duration::from_millis(d));
     phase(1000).await;
-    faulty.fault.store(FAIL_BEFORE, Ordering::SeqCst);
+    faulty.fail(Fault::BeforeApplying);
     phase(1500).await;
-    faulty.fault.store(HEALTHY, Ordering::SeqCst);
+    faulty.fail(Fault::None);
     phase(1000).await;
-    faulty.fault.store(FAIL_AFTER, Ordering::SeqCst);
+    faulty.fail(Fault::AfterApplying);
     phase(1500).await;
-    faulty.fault.store(HEALTHY, Ordering::SeqCst);
+    faulty.fail(Fault::None);
     let back = tokio::time::Instant::now();
     stop.send_replace(true);
     while let Some(client) = clients.join_next().await {

@@ -121,6 +121,7 @@ impl Worker {
                 attempt: a.attempt,
                 progress_percent: percent,
                 status_message: format!("{percent} percent"),
+                lease_token: a.lease_token.clone(),
             })
             .await
             .map(|r| r.into_inner().cancel_requested)
@@ -148,6 +149,7 @@ async fn complete(
             name: a.name.clone(),
             attempt: a.attempt,
             response: Some(text_any(text)),
+            lease_token: a.lease_token.clone(),
         })
         .await
         .map(|_| ())
@@ -341,6 +343,7 @@ async fn a_cancellation_reaches_the_worker() {
                 details: vec![],
             }),
             retryable: false,
+            lease_token: a.lease_token.clone(),
         })
         .await
         .unwrap();
@@ -456,20 +459,29 @@ async fn workers_lease_only_their_kinds_and_tenant() {
         .unwrap();
     assert_status(&refused, Code::PermissionDenied, "ROLE_TOO_LOW", None);
 
-    // globex's operation is not for acme's worker; an admin's worker
-    // serves every tenant and is told whose it is.
+    // acme's worker declared the kind for acme alone: globex cannot use it.
+    let status = JobsClient::new(server.authed(other.token()).await)
+        .enqueue(EnqueueRequest {
+            kind: "resize".into(),
+            ..EnqueueRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::NotFound, "UNKNOWN_KIND", None);
+    // An admin's worker declares it for every tenant, serves them all, and
+    // is told whose each operation is; globex's is never acme's worker's.
+    let mut any = Worker::connect(&server, admin.token(), kinds("resize"), 1).await;
     let theirs = enqueue(&server, other.token(), "resize", "globex.png").await;
+    let g = any.assignment().await;
+    assert_eq!(
+        (g.name.as_str(), g.tenant.as_str()),
+        (theirs.name.as_str(), "globex")
+    );
     let ours = enqueue(&server, writer.token(), "resize", "acme.png").await;
     let a = acme.assignment().await;
     assert_eq!(
         (a.name.as_str(), a.tenant.as_str()),
         (ours.name.as_str(), "acme")
-    );
-    let mut any = Worker::connect(&server, admin.token(), kinds("resize"), 2).await;
-    let g = any.assignment().await;
-    assert_eq!(
-        (g.name.as_str(), g.tenant.as_str()),
-        (theirs.name.as_str(), "globex")
     );
     // acme's worker cannot finish globex's operation.
     let status = acme.complete(&g, "stolen").await.unwrap_err();
@@ -579,7 +591,13 @@ async fn the_cli_runs_a_command_per_operation() {
         |line| line.starts_with("serving shell.upper").then_some(()),
     )
     .await;
-    assert!(server.engine.is_outside_kind("shell.upper"));
+    assert!(
+        server
+            .engine
+            .find_outside_kind(&longrun::model::Tenant::default_tenant(), "shell.upper")
+            .await
+            .unwrap()
+    );
     let hello = enqueue(&server, None, "shell.upper", "hello").await;
     let boom = enqueue(&server, None, "shell.upper", "boom").await;
     let again = enqueue(&server, None, "shell.upper", "again").await;
@@ -721,4 +739,334 @@ async fn on_postgresql_a_lost_lease_moves_to_a_worker_of_another_node() {
     drop(on_b);
     a.stop().await;
     b.stop().await;
+}
+
+/// An auth file with these workers (each with its kinds) and people.
+fn with_workers(people: &[&Person], workers: &[(&Person, &[&str])]) -> String {
+    let mut toml = auth_toml(people, "");
+    for (worker, kinds) in workers {
+        let kinds: Vec<String> = kinds.iter().map(|k| format!("{k:?}")).collect();
+        toml.push_str(&auth_toml(&[worker], "").replace(
+            "roles = [\"worker\"]",
+            &format!("roles = [\"worker\"]\nkinds = [{}]", kinds.join(", ")),
+        ));
+    }
+    toml
+}
+
+#[tokio::test]
+async fn only_the_worker_holding_a_lease_may_report_on_it() {
+    let writer = Person::new("wanda", "acme", "writer");
+    let resizer = Person::new("resizer", "acme", "worker");
+    let thumbs = Person::new("thumbs", "acme", "worker");
+    let toml = with_workers(
+        &[&writer],
+        &[(&resizer, &["resize"]), (&thumbs, &["thumb"])],
+    );
+    let server = TestServer::start_with_auth(&toml, |_| {}).await;
+    let long = Duration::from_secs(30);
+    let mut holder = Worker::connect(
+        &server,
+        resizer.token(),
+        vec![declaration("resize", long, 3)],
+        1,
+    )
+    .await;
+    let op = enqueue(&server, writer.token(), "resize", "a.png").await;
+    let a = holder.assignment().await;
+    assert_eq!(a.name, op.name);
+    assert_eq!(a.lease_token.len(), 32, "128 random bits in hex");
+
+    // A worker of another kind of the same tenant, even knowing the token:
+    // its principal may not serve the kind.
+    let mut other = Worker::connect(
+        &server,
+        thumbs.token(),
+        vec![declaration("thumb", long, 3)],
+        1,
+    )
+    .await;
+    let status = other.complete(&a, "not mine").await.unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "KIND_NOT_ALLOWED", None);
+    // Another session of a worker that may serve the kind, without the
+    // lease's token: refused, whatever attempt it names.
+    let mut rival = Worker::connect(
+        &server,
+        resizer.token(),
+        vec![declaration("resize", long, 3)],
+        1,
+    )
+    .await;
+    for token in ["", "00000000000000000000000000000000"] {
+        let guess = Assignment {
+            lease_token: token.into(),
+            ..a.clone()
+        };
+        let status = rival.complete(&guess, "stolen").await.unwrap_err();
+        let (code, reason, field) = if token.is_empty() {
+            (
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+                Some("lease_token"),
+            )
+        } else {
+            (Code::FailedPrecondition, "LEASE_NOT_HELD", None)
+        };
+        assert_status(&status, code, reason, field);
+        let status = rival.heartbeat(&guess, 50).await.unwrap_err();
+        assert_eq!(status.code(), code);
+    }
+    // None of it touched the operation.
+    let now = OperationsClient::new(server.authed(writer.token()).await)
+        .get_operation(GetOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta(&now).state, State::Running as i32);
+    // The holder finishes it.
+    holder.complete(&a, "ok").await.unwrap();
+    let done = wait_done_as(&server, writer.token(), &op.name).await;
+    assert_eq!(response_text(&done), "ok");
+    drop((other, rival));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenants_kind_declarations_are_its_own_and_bounded() {
+    let acme = Person::new("wanda", "acme", "writer");
+    let globex = Person::new("gus", "globex", "writer");
+    let acme_worker = Person::new("acme-w", "acme", "worker");
+    let globex_worker = Person::new("globex-w", "globex", "worker");
+    let toml = with_workers(
+        &[&acme, &globex],
+        &[(&acme_worker, &["*"]), (&globex_worker, &["*"])],
+    );
+    let server = TestServer::start_with_auth(&toml, |_| {}).await;
+    let timed = |name: &str, timeout: Duration| KindDeclaration {
+        attempt_timeout: Some(prost_types::Duration {
+            seconds: timeout.as_secs() as i64,
+            nanos: timeout.subsec_nanos() as i32,
+        }),
+        ..declaration(name, Duration::from_secs(30), 3)
+    };
+
+    // A declaration out of bounds is refused, naming the field.
+    let refused = Worker::try_connect(
+        &server,
+        globex_worker.token(),
+        vec![timed("acme.invoices", Duration::from_millis(1))],
+        1,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_status(
+        &refused,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("attempt_timeout"),
+    );
+
+    // globex declares acme's kind name first, with a short timeout: it is
+    // globex's declaration alone.
+    let globex_side = Worker::connect(
+        &server,
+        globex_worker.token(),
+        vec![
+            timed("acme.invoices", Duration::from_secs(2)),
+            timed("globex.only", Duration::from_secs(2)),
+        ],
+        1,
+    )
+    .await;
+    let status = JobsClient::new(server.authed(acme.token()).await)
+        .enqueue(EnqueueRequest {
+            kind: "acme.invoices".into(),
+            ..EnqueueRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::NotFound, "UNKNOWN_KIND", None);
+
+    // acme's own declaration governs acme's operations.
+    let mut acme_side = Worker::connect(
+        &server,
+        acme_worker.token(),
+        vec![timed("acme.invoices", Duration::from_secs(3600))],
+        1,
+    )
+    .await;
+    let op = enqueue(&server, acme.token(), "acme.invoices", "march").await;
+    let a = acme_side.assignment().await;
+    assert_eq!(a.name, op.name);
+    let deadline =
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(a.deadline.unwrap().seconds as u64);
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left > Duration::from_secs(3500), "{left:?}");
+
+    // acme's console lists its kind, not globex's.
+    let queues = longrun::pb::longrun::v1::console_client::ConsoleClient::new(
+        server.authed(acme.token()).await,
+    )
+    .get_queue_stats(longrun::pb::longrun::v1::GetQueueStatsRequest::default())
+    .await
+    .unwrap()
+    .into_inner();
+    let kinds: Vec<&str> = queues.kinds.iter().map(|k| k.kind.as_str()).collect();
+    assert!(kinds.contains(&"acme.invoices"), "{kinds:?}");
+    assert!(!kinds.contains(&"globex.only"), "{kinds:?}");
+    acme_side.complete(&a, "ok").await.unwrap();
+    drop(globex_side);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_lease_streams_make_creates_no_dearer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::common::config(dir.path());
+    cfg.engine.max_worker_streams = 300;
+    let mut stores = longrun::store::Stores::from_backend(
+        longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always).unwrap(),
+    );
+    let spy = crate::spy::Spy::wrap(&mut stores);
+    let server = TestServer::start_stores(cfg, stores, longrun::Registry::new()).await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(
+            Worker::connect(
+                &server,
+                None,
+                vec![declaration("idle", Duration::from_secs(30), 3)],
+                4,
+            )
+            .await,
+        );
+    }
+    let before = spy.claims_of("idle");
+    let mut sleeps = Vec::new();
+    for _ in 0..200 {
+        sleeps.push(
+            crate::common::start_sleep(&server, crate::common::sleep(Duration::ZERO, 1)).await,
+        );
+    }
+    for op in &sleeps {
+        crate::common::wait_done(&server, &op.name).await;
+    }
+    // Creates of another kind never wake the outside claim loop: no claim
+    // for the idle kind at all (one per two seconds of fallback at most).
+    let claims = spy.claims_of("idle") - before;
+    assert!(claims <= 5, "{claims} claims for the idle workers' kind");
+    // And one principal may hold only so many streams.
+    let refused = Worker::try_connect(
+        &server,
+        None,
+        vec![declaration("idle", Duration::from_secs(30), 3)],
+        1,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_status(
+        &refused,
+        Code::ResourceExhausted,
+        "TOO_MANY_WORKER_STREAMS",
+        None,
+    );
+    drop(idle);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn what_a_worker_stores_is_bounded() {
+    let server = TestServer::start_with(|c| c.max_message_size = 8 * 1024 * 1024).await;
+    let mut worker = Worker::connect(
+        &server,
+        None,
+        vec![declaration("big", Duration::from_secs(30), 3)],
+        32,
+    )
+    .await;
+    // A response over the bound is refused, naming the field; the attempt
+    // still holds the operation.
+    let op = enqueue(&server, None, "big", "x").await;
+    let a = worker.assignment().await;
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let status = worker.complete(&a, &huge).await.unwrap_err();
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("response"),
+    );
+    // A status message is cut to a few KiB.
+    worker
+        .client
+        .heartbeat(HeartbeatRequest {
+            name: a.name.clone(),
+            attempt: a.attempt,
+            progress_percent: 10,
+            status_message: "y".repeat(1024 * 1024),
+            lease_token: a.lease_token.clone(),
+        })
+        .await
+        .unwrap();
+    let running = crate::common::wait_state(&server, &op.name, State::Running).await;
+    let shown = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let op = get(&server, &running.name).await;
+            if meta(&op).progress_percent == 10 {
+                return meta(&op).status_message;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        shown.len() <= 4096 && shown.starts_with("yyy"),
+        "{}",
+        shown.len()
+    );
+    worker.complete(&a, &"z".repeat(900 * 1024)).await.unwrap();
+
+    // Nineteen operations with large responses: a List page holds what
+    // fits well within a client's 4 MiB, and the next page has the rest.
+    let mut names = vec![op.name.clone()];
+    for _ in 0..18 {
+        let op = enqueue(&server, None, "big", "x").await;
+        let a = worker.assignment().await;
+        worker.complete(&a, &"z".repeat(900 * 1024)).await.unwrap();
+        names.push(op.name);
+    }
+    let mut ops = OperationsClient::new(server.authed(None).await);
+    let mut seen = 0;
+    let mut token = String::new();
+    loop {
+        let page = ops
+            .list_operations(longrun::pb::google::longrunning::ListOperationsRequest {
+                filter: "kind = \"big\"".into(),
+                page_size: 50,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("a page within the client's default limit")
+            .into_inner();
+        assert!(
+            page.encoded_len() < 4 * 1024 * 1024,
+            "{}",
+            page.encoded_len()
+        );
+        seen += page.operations.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, 19);
+    server.stop().await;
 }

@@ -576,6 +576,7 @@ async fn bench_worker(
                         name: a.name,
                         attempt: a.attempt,
                         response: a.payload,
+                        lease_token: a.lease_token,
                     })
                     .await;
             });

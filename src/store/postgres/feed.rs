@@ -163,6 +163,7 @@ fn take_in(payload: &str, tag: &str, feed: &broadcast::Sender<Change>) -> bool {
         let _ = feed.send(Change::Elsewhere {
             id,
             delivery: letter.is_ascii_uppercase(),
+            queued: letter.eq_ignore_ascii_case(&b'q'),
         });
     }
     work
