@@ -109,7 +109,7 @@ fn any_json(any: &prost_types::Any) -> String {
         return format!("({} bytes of {})", any.value.len(), any.type_url);
     };
     match DynamicMessage::decode(descriptor, any.value.as_slice()) {
-        Ok(m) => format!("{name} {}", serde_json::to_string(&m).unwrap_or_default()),
+        Ok(m) => format!("{name} {}", pb::json::message(&m)),
         Err(_) => format!("(undecodable {})", any.type_url),
     }
 }

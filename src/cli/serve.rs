@@ -195,14 +195,27 @@ pub struct ServeArgs {
     #[arg(long, env = "LONGRUN_METRICS_LISTEN", value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<MetricsListen>,
     /// An origin browsers may call the HTTP/JSON face from, such as
-    /// `https://app.example.com` (CORS); repeat for more. None by default:
-    /// CORS is off.
+    /// `https://app.example.com` (CORS), or `*` for any; repeat for more.
+    /// None by default: CORS is off, and changes from pages of other
+    /// origins are refused.
     #[arg(
         long = "cors-origin",
         env = "LONGRUN_CORS_ORIGINS",
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// A host name a server without --auth-file answers to over HTTP,
+    /// besides IP addresses and localhost (so a web page cannot reach it
+    /// by rebinding its own name); repeat for more.
+    #[arg(
+        long = "allowed-host",
+        env = "LONGRUN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// The longest an HTTP/JSON request body may take to arrive.
+    #[arg(long, env = "LONGRUN_REQUEST_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_body_timeout: Duration,
     /// A kind served by outside workers, declared at start:
     /// `NAME[:attempts=N][:timeout=DURATION][:concurrency=N][:lease=DURATION]`;
     /// repeat or comma-separate for several. Workers may declare more.
@@ -361,6 +374,8 @@ impl ServeArgs {
                 per_address: self.max_connections_per_address.max(1),
             },
             cors_origins: self.cors_origins.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            request_body_timeout: self.request_body_timeout.max(Duration::from_secs(1)),
             outside_kinds: self.outside_kinds.clone(),
             ..ServerConfig::default()
         }

@@ -6,16 +6,20 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
+use longrun::model::Tenant;
 use longrun::store::postgres::{PgConfig, redacted};
 use longrun::store::{Backend, PgStore};
-use longrun::webhook::{Secret, load_or_create_secret, secret_file, shared_secret, verify};
+use longrun::webhook::{
+    Secret, load_or_create_secret, secret_file, shared_secret, tenant_secrets, verify,
+};
 
 /// Webhook commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum WebhookCommand {
     /// Print the signing secret the server generated: in its data
     /// directory on sled, in the database on PostgreSQL (creating it if no
-    /// server has run yet).
+    /// server has run yet); with --tenant, the one that tenant's
+    /// deliveries are signed with.
     Secret {
         /// The server's data directory.
         #[arg(long, env = "LONGRUN_DATA_DIR", default_value = "./longrun-data")]
@@ -23,6 +27,11 @@ pub enum WebhookCommand {
         /// The server's store: sled, or the PostgreSQL URL its nodes share.
         #[arg(long, env = "LONGRUN_STORE", default_value = "sled")]
         store: Backend,
+        /// Print the secret this tenant's deliveries are signed with: its
+        /// own one, derived from the server's (unless the auth file gives
+        /// it one).
+        #[arg(long)]
+        tenant: Option<Tenant>,
     },
     /// Check a delivery's signature, as a receiver would. Exits 0 when it
     /// is valid and 1 when it is not.
@@ -55,7 +64,11 @@ pub enum WebhookCommand {
 
 pub(super) async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        WebhookCommand::Secret { data_dir, store } => {
+        WebhookCommand::Secret {
+            data_dir,
+            store,
+            tenant,
+        } => {
             let secret = match store {
                 Backend::Sled => load_or_create_secret(&data_dir)
                     .with_context(|| format!("cannot read {}", secret_file(&data_dir).display()))?,
@@ -71,6 +84,10 @@ pub(super) async fn run(cmd: WebhookCommand) -> anyhow::Result<ExitCode> {
                         .await
                         .context("cannot read the shared webhook secret")?
                 }
+            };
+            let secret = match tenant {
+                Some(tenant) => tenant_secrets(&[secret], &tenant).remove(0),
+                None => secret,
             };
             say!("{secret}");
             Ok(ExitCode::SUCCESS)

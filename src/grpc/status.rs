@@ -183,3 +183,21 @@ pub fn unknown_kind(kind: &str) -> Status {
         format!("no worker or configuration has declared kind {kind:?}"),
     )
 }
+
+/// An HTTP request the face refuses before it reaches any method (a Host
+/// or an origin it does not serve).
+pub fn refused(reason: &str, message: impl Into<String>) -> Status {
+    with_info(Code::PermissionDenied, reason, message)
+}
+
+/// An HTTP body that did not arrive within `within`.
+pub fn body_too_slow(within: Duration) -> Status {
+    with_info(
+        Code::DeadlineExceeded,
+        "BODY_TOO_SLOW",
+        format!(
+            "the request body did not arrive within {} s",
+            within.as_secs_f64()
+        ),
+    )
+}

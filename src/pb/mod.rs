@@ -4,6 +4,7 @@
 //! face of the server (gRPC, webhooks, the CLI).
 
 pub mod convert;
+pub mod json;
 
 /// Google's shared API types.
 #[allow(clippy::all, missing_docs)]
@@ -37,13 +38,14 @@ static POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> = std::sync::Laz
 });
 
 /// A message in the proto3 JSON mapping, with Any values expanded through
-/// the embedded descriptors.
+/// the embedded descriptors (those of unknown types as base64; see
+/// `json`).
 pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Value {
     let Some(descriptor) = POOL.get_message_by_name(&M::full_name()) else {
         return serde_json::Value::Null;
     };
     match prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) {
-        Ok(dynamic) => serde_json::to_value(&dynamic).unwrap_or(serde_json::Value::Null),
+        Ok(dynamic) => json::message(&dynamic),
         Err(_) => serde_json::Value::Null,
     }
 }

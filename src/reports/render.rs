@@ -91,7 +91,17 @@ struct Rendered {
     tail: Vec<u8>,
 }
 
+/// A text cell of a CSV report. One that a spreadsheet would run as a
+/// formula (it starts with `=`, `+`, `-`, `@`, a tab or a carriage return)
+/// gets a leading `'`, as OWASP advises, so that opening the report never
+/// runs what an import put in it.
 fn csv_field(out: &mut impl Write, value: &str) -> std::io::Result<()> {
+    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let value = if formula {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    };
     if value.contains([',', '"', '\n', '\r']) {
         write!(out, "\"{}\"", value.replace('"', "\"\""))
     } else {

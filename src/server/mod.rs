@@ -110,8 +110,14 @@ pub struct ServerConfig {
     /// address.
     pub connections: listen::ConnectionLimits,
     /// Origins that browsers may call the HTTP/JSON face from (CORS);
-    /// none by default, which turns CORS off.
+    /// none by default, which turns CORS off; `*` for any. A change asked
+    /// from any other origin is refused.
     pub cors_origins: Vec<String>,
+    /// Host names a server without authentication answers to, besides
+    /// IP addresses and `localhost` (a defence against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// The longest an HTTP request body (JSON) may take to arrive.
+    pub request_body_timeout: Duration,
     /// Kinds served by outside workers, declared at start (workers may
     /// declare more).
     pub outside_kinds: Vec<KindSpec>,
@@ -147,6 +153,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             connections: listen::ConnectionLimits::default(),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            request_body_timeout: Duration::from_secs(30),
             outside_kinds: Vec::new(),
         }
     }
@@ -507,16 +515,18 @@ impl Server {
         let rest_config = rest::RestConfig {
             descriptors: descriptors.clone(),
             max_body: max,
+            body_timeout: config.request_body_timeout,
+            cors_origins: config.cors_origins.clone(),
+            allowed_hosts: config.allowed_hosts.clone(),
         };
         let rest = rest::Rest::new(
             grpc.clone(),
             Arc::clone(&auth),
             Arc::clone(engine.metrics()),
             &rest_config,
-        );
-        let faces = grpc
-            .merge(rest::router(rest, &config.cors_origins).map_err(ServerError::Cors)?)
-            .merge(dashboard::router());
+        )
+        .map_err(ServerError::Cors)?;
+        let faces = grpc.merge(rest::router(rest)).merge(dashboard::router());
 
         // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
         // keepalive finds peers that vanished without a word.

@@ -32,7 +32,7 @@ pub mod postgres;
 pub mod ready;
 pub mod sled;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -336,23 +336,19 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Pending deliveries due by `now`, oldest due first.
     async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>>;
 
-    /// Takes up to `limit` due deliveries to send now, leaving out those
-    /// already `in_flight` here. A shared store holds each one taken back
-    /// from every other taker for `lease`, so that one node sends it; the
-    /// attempt's record (or the lease running out) settles it.
+    /// Takes due deliveries to send now, as `take` says: up to its limit,
+    /// the oldest due first, at most `per_tenant` of one tenant, none of a
+    /// tenant that is `full` or already `in_flight` here. A shared store
+    /// holds each one taken back from every other taker for the take's
+    /// lease, so that one node sends it; the attempt's record (or the
+    /// lease running out) settles it.
     async fn take_deliveries(
         &self,
         now: SystemTime,
-        limit: usize,
-        in_flight: &HashSet<uuid::Uuid>,
-        _lease: std::time::Duration,
+        take: &DeliveryTake,
     ) -> StoreResult<Vec<Delivery>> {
-        let due = self.due_deliveries(now, limit + in_flight.len()).await?;
-        Ok(due
-            .into_iter()
-            .filter(|d| !in_flight.contains(&d.id))
-            .take(limit)
-            .collect())
+        let due = self.due_deliveries(now, DELIVERY_SCAN).await?;
+        Ok(take.pick(due))
     }
 
     /// When the earliest pending delivery is due.
@@ -360,6 +356,50 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// The deliveries of one operation, oldest first.
     async fn deliveries(&self, id: OperationId) -> StoreResult<Vec<Delivery>>;
+}
+
+/// The most due deliveries a store without a query of its own looks
+/// through for one take.
+pub const DELIVERY_SCAN: usize = 10_000;
+
+/// What one take of due deliveries may hold: tenants share the deliverer,
+/// so that one tenant's many (or slow) callbacks never hold up another's.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryTake {
+    /// The most deliveries to take.
+    pub limit: usize,
+    /// The most of one tenant.
+    pub per_tenant: usize,
+    /// Tenants that may have no more now.
+    pub full: Vec<Tenant>,
+    /// Deliveries this taker sends already.
+    pub in_flight: HashSet<uuid::Uuid>,
+    /// How long a shared store keeps what it hands out from other takers.
+    pub lease: std::time::Duration,
+}
+
+impl DeliveryTake {
+    /// The deliveries of `due` (oldest due first) that the take may hold.
+    pub fn pick(&self, due: Vec<Delivery>) -> Vec<Delivery> {
+        let mut per_tenant: HashMap<Tenant, usize> = HashMap::new();
+        let mut picked = Vec::new();
+        for delivery in due {
+            if picked.len() >= self.limit {
+                break;
+            }
+            let tenant = &delivery.snapshot.tenant;
+            if self.in_flight.contains(&delivery.id) || self.full.contains(tenant) {
+                continue;
+            }
+            let taken = per_tenant.entry(tenant.clone()).or_default();
+            if *taken >= self.per_tenant {
+                continue;
+            }
+            *taken += 1;
+            picked.push(delivery);
+        }
+        picked
+    }
 }
 
 /// Small named secrets (the page-token key, say), shared by every process

@@ -2,7 +2,7 @@
 //! records each attempt. It runs beside the engine and never holds up an
 //! operation or a worker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,12 +14,15 @@ use tracing::{debug, info, warn};
 use super::guard::{GuardedResolver, check_url};
 use super::{TenantSecrets, WebhookConfig, sign};
 use crate::engine::Engine;
-use crate::model::{Delivery, DeliveryState};
+use crate::model::{Delivery, DeliveryState, Tenant};
 use crate::pb::convert;
-use crate::store::{Change, OutboxStore};
+use crate::store::{Change, DeliveryTake, OutboxStore};
 
 /// Deliveries in flight at once.
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 64;
+/// Deliveries of one tenant in flight at once: a quarter of all, so that
+/// a tenant whose callbacks hang leaves the rest to the others.
+const PER_TENANT: usize = IN_FLIGHT / 4;
 /// How long a delivery taken from a shared outbox is kept from other nodes:
 /// longer than one attempt can take, so it is sent once unless this node
 /// dies mid-attempt.
@@ -87,9 +90,11 @@ async fn attempt(
     let body = body(delivery);
     let id = delivery.webhook_id();
     let timestamp = sign::unix_seconds(SystemTime::now());
-    let own = tenants.secrets_for(&delivery.snapshot.tenant);
-    let secrets = own.as_deref().unwrap_or(&config.secrets);
-    let signature = sign::sign(secrets, &id, timestamp, &body);
+    let tenant = &delivery.snapshot.tenant;
+    let secrets = tenants
+        .secrets_for(tenant)
+        .unwrap_or_else(|| super::tenant_secrets(&config.secrets, tenant));
+    let signature = sign::sign(&secrets, &id, timestamp, &body);
     let sent = client
         .post(url)
         .header("content-type", "application/json")
@@ -174,7 +179,10 @@ pub async fn run(
     tenants: Arc<dyn TenantSecrets>,
     stop: CancellationToken,
 ) {
+    // No proxy, whatever the environment says: a proxy would resolve the
+    // callback's host itself, out of the guard's sight.
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(config.timeout)
         .user_agent(concat!("longrun/", env!("CARGO_PKG_VERSION")));
@@ -188,28 +196,47 @@ pub async fn run(
             return;
         }
     };
-    let mut in_flight: JoinSet<Option<Delivery>> = JoinSet::new();
+    let mut in_flight: JoinSet<(uuid::Uuid, Tenant)> = JoinSet::new();
+    // What is in flight, by delivery and by tenant.
     let mut busy: HashSet<uuid::Uuid> = HashSet::new();
+    let mut by_tenant: HashMap<Tenant, usize> = HashMap::new();
     info!("webhook deliverer started");
     loop {
         // A store that failed is asked again shortly: nothing else may come
         // to wake the loop while it is out of reach.
         let mut failed = false;
-        // Start everything due, up to the in-flight bound.
+        // Start everything due, up to the in-flight bound, and up to each
+        // tenant's share of it: one tenant's hanging callbacks never take
+        // the slots another tenant's deliveries need.
         let room = IN_FLIGHT.saturating_sub(in_flight.len());
         if room > 0 {
-            match store
-                .take_deliveries(SystemTime::now(), room, &busy, DELIVERY_LEASE)
-                .await
-            {
+            let take = DeliveryTake {
+                limit: room,
+                per_tenant: PER_TENANT,
+                full: by_tenant
+                    .iter()
+                    .filter(|(_, n)| **n >= PER_TENANT)
+                    .map(|(t, _)| t.clone())
+                    .collect(),
+                in_flight: busy.clone(),
+                lease: DELIVERY_LEASE,
+            };
+            match store.take_deliveries(SystemTime::now(), &take).await {
                 Ok(fresh) => {
                     for delivery in fresh {
+                        let tenant = delivery.snapshot.tenant.clone();
+                        if by_tenant.get(&tenant).copied().unwrap_or(0) >= PER_TENANT {
+                            // Over its share after all: left for later.
+                            continue;
+                        }
                         busy.insert(delivery.id);
+                        *by_tenant.entry(tenant.clone()).or_default() += 1;
                         let client = client.clone();
                         let config = Arc::clone(&config);
                         let tenants = Arc::clone(&tenants);
                         let engine = engine.clone();
                         in_flight.spawn(async move {
+                            let id = delivery.id;
                             let outcome = attempt(&client, &config, &*tenants, &delivery).await;
                             let updated = record(&config, delivery, outcome);
                             engine.metrics().delivery(match updated.state {
@@ -219,13 +246,12 @@ pub async fn run(
                                 DeliveryState::Failed => "failed",
                             });
                             debug!(id = %updated.webhook_id(), state = ?updated.state, "delivery attempt recorded");
-                            match engine.save_delivery(updated.clone()).await {
-                                Ok(()) => Some(updated),
-                                Err(e) => {
-                                    warn!(error = %e, "could not record a delivery attempt");
-                                    None
-                                }
+                            if let Err(e) = engine.save_delivery(updated).await {
+                                // The outbox still has it: it is retried
+                                // when due.
+                                warn!(error = %e, "could not record a delivery attempt");
                             }
+                            (id, tenant)
                         });
                     }
                 }
@@ -256,12 +282,22 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok(Some(d)) = done {
-                    busy.remove(&d.id);
-                } else {
-                    // A failed save: forget which ids were busy; the outbox
-                    // still has them and they are retried when due.
-                    busy.clear();
+                match done {
+                    Ok((id, tenant)) => {
+                        busy.remove(&id);
+                        if let Some(n) = by_tenant.get_mut(&tenant) {
+                            *n -= 1;
+                            if *n == 0 {
+                                by_tenant.remove(&tenant);
+                            }
+                        }
+                    }
+                    // A delivery task that panicked: start over; the outbox
+                    // still has its delivery.
+                    Err(_) => {
+                        busy.clear();
+                        by_tenant.clear();
+                    }
                 }
             }
             changed = next_relevant(&mut feed) => {

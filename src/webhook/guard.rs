@@ -13,7 +13,9 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use crate::engine::CallbackGuard;
 
 /// True for addresses a webhook must not reach by default: loopback,
-/// private, link-local, multicast, unspecified, and similar.
+/// private, link-local, multicast, unspecified, reserved and documentation
+/// ranges, and IPv6 addresses that carry (or lead to) an IPv4 one, judged
+/// by the IPv4 address they carry.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -27,18 +29,55 @@ pub fn is_forbidden(ip: IpAddr) -> bool {
                 || o[0] == 0
                 // Carrier-grade NAT, 100.64.0.0/10.
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                // Protocol assignments 192.0.0.0/24, and the documentation
+                // ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24.
+                || (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100)
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113)
+                // Benchmarking, 198.18.0.0/15.
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                // Reserved, 240.0.0.0/4.
+                || o[0] >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden(IpAddr::V4(v4));
+            let s = v6.segments();
+            let carried = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            // IPv4-mapped ::ffff:a.b.c.d and IPv4-compatible ::a.b.c.d.
+            if s[..5] == [0; 5]
+                && (s[5] == 0xffff || s[5] == 0)
+                && !v6.is_loopback()
+                && !v6.is_unspecified()
+            {
+                return is_forbidden(carried(s[6], s[7]));
             }
-            let first = v6.segments()[0];
+            // NAT64, 64:ff9b::/96: the IPv4 address in its last 32 bits.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_forbidden(carried(s[6], s[7]));
+            }
+            // 6to4, 2002::/16: the IPv4 address in bits 16 to 48.
+            if s[0] == 0x2002 {
+                return is_forbidden(carried(s[1], s[2]));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                // Unique local fc00::/7 and link-local fe80::/10.
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+                // Unique local fc00::/7, link-local fe80::/10 and the old
+                // site-local fec0::/10.
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                // Local-use NAT64 64:ff9b:1::/48, whose IPv4 part is the
+                // network's own business.
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // Teredo 2001::/32 (an obscured IPv4 address) and the
+                // documentation range 2001:db8::/32.
+                || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0xdb8))
+                // Discard-only, 100::/64.
+                || (s[0] == 0x100 && s[1..4] == [0, 0, 0])
         }
     }
 }
@@ -74,12 +113,14 @@ pub async fn check_url(text: &str, allow_private: bool) -> Result<Url, String> {
             .map_err(|e| format!("callback_url's host {host} does not resolve: {e}"))?
             .collect(),
     };
-    if let Some(bad) = addresses.iter().find(|a| is_forbidden(a.ip())) {
-        return Err(format!(
-            "callback_url resolves to {}, a loopback, private, link-local or multicast address; \
-             the server refuses these unless started with --webhook-allow-private",
-            bad.ip()
-        ));
+    if addresses.iter().any(|a| is_forbidden(a.ip())) {
+        // Which address it was is not said: the answer would map the
+        // server's own network for whoever asks.
+        return Err(
+            "callback_url leads to a loopback, private, link-local, reserved or otherwise special \
+             address; the server refuses these unless started with --webhook-allow-private"
+                .into(),
+        );
     }
     if addresses.is_empty() {
         return Err(format!("callback_url's host {host} has no addresses"));
@@ -145,7 +186,37 @@ mod tests {
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        // Ranges that carry an IPv4 address are judged by it; reserved and
+        // documentation ranges are refused.
+        for ip in [
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "fec0::1",
+            "64:ff9b:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:db8::1",
+            "100::1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.2.7",
+            "203.0.113.9",
+        ] {
+            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "198.20.0.1",
+        ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -31,6 +31,22 @@ pub async fn shared_secret(secrets: &dyn SecretStore) -> StoreResult<Secret> {
         .map_err(|e: String| StoreError::Corrupt(format!("the shared webhook secret: {e}")))
 }
 
+/// The secrets a tenant's deliveries are signed with when the auth file
+/// gives it none of its own: derived from the server's (one per secret in
+/// force, so rotations carry over), so that no tenant can forge another's
+/// deliveries. The default tenant (a server without an auth file) signs
+/// with the server's secrets themselves.
+pub fn tenant_secrets(server: &[Secret], tenant: &Tenant) -> Vec<Secret> {
+    if tenant.is_default() {
+        return server.to_vec();
+    }
+    let purpose = format!("longrun webhook secret of tenant {}", tenant.as_str());
+    server
+        .iter()
+        .map(|secret| secret.derive(purpose.as_bytes()))
+        .collect()
+}
+
 /// The retry schedule after the first attempt, as the Standard Webhooks
 /// spec recommends: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 pub fn default_schedule() -> Vec<Duration> {

@@ -30,6 +30,15 @@ impl Secret {
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
+
+    /// A secret of its own for `purpose`, derived from this one (the
+    /// HMAC-SHA256 of `purpose` under this key): whoever holds it cannot
+    /// work back to this one, nor to another purpose's.
+    pub fn derive(&self, purpose: &[u8]) -> Secret {
+        let mut mac = self.mac();
+        mac.update(purpose);
+        Secret(mac.finalize().into_bytes().to_vec())
+    }
 }
 
 impl fmt::Display for Secret {

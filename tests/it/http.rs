@@ -1154,3 +1154,315 @@ async fn the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
     drop(events);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_unknown_response_type_is_written_in_base64_never_as_null() {
+    use longrun::engine::{KindSpec, LeaseRef, Owner, ToWorker, WorkerCaller, WorkerSpec};
+    let server = TestServer::start().await;
+    server
+        .engine
+        .declare_kind(Owner::Everyone, KindSpec::new("echo"))
+        .await
+        .unwrap();
+    let http = Http::new(&server, None);
+    let plain = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+        .await;
+    http.wait(&plain).await;
+    let odd = http
+        .create(
+            "/v1/jobs:enqueue",
+            json!({"kind": "echo", "payload": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "x"}}),
+        )
+        .await;
+    // A worker answers with a message of a type this server does not know.
+    let mut session = server
+        .engine
+        .connect_worker(WorkerSpec {
+            name: "w".into(),
+            principal: "w".into(),
+            kinds: vec!["echo".into()],
+            capacity: 1,
+            tenant: None,
+        })
+        .unwrap();
+    let Some(ToWorker::Assign(a)) = session.next().await else {
+        panic!("an assignment");
+    };
+    let anyone = |_: &str| true;
+    server
+        .engine
+        .finish_outside(
+            &WorkerCaller {
+                scope: longrun::model::Scope::All,
+                may_serve: &anyone,
+            },
+            &LeaseRef {
+                id: a.id,
+                attempt: a.attempt,
+                token: a.lease_token,
+            },
+            Ok(longrun::model::Payload {
+                type_url: "type.googleapis.com/acme.v1.Secret".into(),
+                value: vec![1, 2, 3].into(),
+            }),
+        )
+        .await
+        .unwrap();
+    let unknown = json!({"@type": "type.googleapis.com/acme.v1.Secret", "value": "AQID"});
+
+    let (status, headers, op) = http.get(&odd).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(op["response"], unknown, "{op}");
+    // The page shows it, and the operation beside it, whole.
+    let (_, _, page) = http.get("/v1/operations").await;
+    let ops = page["operations"].as_array().expect("a page, not null");
+    assert_eq!(ops.len(), 2, "{page}");
+    assert!(
+        ops.iter()
+            .all(|o| o["name"].is_string() && o["done"] == true),
+        "{page}"
+    );
+    assert!(ops.iter().any(|o| o["response"] == unknown), "{page}");
+    // So does the event stream.
+    let mut events = EventStream::new(watch(&http, &odd, None).await);
+    let event = events.next().await.unwrap();
+    let data: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(data["response"], unknown, "{data}");
+    drop((events, session));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn json_routes_read_json_and_imports_read_csv_only() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    let body = json!({"duration": "0s"}).to_string();
+    // A form or a text/plain POST (what another site's page can send
+    // without asking) is refused before anything is created.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = http
+            .request(reqwest::Method::POST, "/v1/diagnostics:sleep")
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let (status, _, error) = http.send(request).await;
+        assert_error(
+            status,
+            &error,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            Some("Content-Type"),
+        );
+    }
+    let (_, _, page) = http.get("/v1/operations").await;
+    assert!(
+        page["operations"].as_array().is_none_or(|o| o.is_empty()),
+        "{page}"
+    );
+    // JSON is taken, with a charset too.
+    let request = http
+        .request(reqwest::Method::POST, "/v1/diagnostics:sleep")
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body);
+    let (status, headers, _) = http.send(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // A POST with no body at all needs no type.
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let (status, _, _) = http
+        .send(http.request(reqwest::Method::POST, &format!("{location}:cancel")))
+        .await;
+    assert!(
+        status.is_success() || status == StatusCode::BAD_REQUEST,
+        "{status}"
+    );
+    // An import reads CSV only.
+    let request = http
+        .request(reqwest::Method::POST, "/v1/orders:import")
+        .header("content-type", "application/json")
+        .body("order_id,created_at,customer_id,status,amount_cents\n");
+    let (status, _, _) = http.send(request).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_server_answers_only_to_its_own_names() {
+    let server =
+        TestServer::start_with(|c| c.allowed_hosts = vec!["longrun.internal".into()]).await;
+    let http = Http::new(&server, None);
+    let port = server.addr.port();
+    let with_host = |host: String| {
+        http.request(reqwest::Method::GET, "/v1/operations")
+            .header("host", host)
+    };
+    // A page that rebound its own name to this address reads nothing.
+    let (status, headers, error) = http.send(with_host("evil.example.com".into())).await;
+    assert_error(
+        status,
+        &error,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "HOST_NOT_ALLOWED",
+        None,
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("longrun.internal:{port}"),
+        "longrun.internal".into(),
+    ] {
+        let (status, _, body) = http.send(with_host(host.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+    }
+    server.stop().await;
+
+    // With authentication, names are the operator's business.
+    let writer = Person::new("wanda", "acme", "writer");
+    let server = TestServer::start_with_auth(&auth_toml(&[&writer], ""), |_| {}).await;
+    let http = Http::new(&server, writer.token());
+    let request = http
+        .request(reqwest::Method::GET, "/v1/operations")
+        .header("host", "longrun.example.com");
+    let (status, _, _) = http.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pages_of_other_origins_may_not_change_anything() {
+    let server =
+        TestServer::start_with(|c| c.cors_origins = vec!["https://app.example.com".into()]).await;
+    let http = Http::new(&server, None);
+    let post = |origin: &str| {
+        json_body(
+            http.request(reqwest::Method::POST, "/v1/diagnostics:sleep")
+                .header("origin", origin),
+            &json!({"duration": "0s"}),
+        )
+    };
+    for origin in ["https://evil.example.com", "null"] {
+        let (status, _, error) = http.send(post(origin)).await;
+        assert_error(
+            status,
+            &error,
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "CROSS_ORIGIN_REFUSED",
+            None,
+        );
+    }
+    let own = format!("http://{}", server.addr);
+    for origin in [own.as_str(), "https://app.example.com"] {
+        let (status, _, _) = http.send(post(origin)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{origin}");
+    }
+    // Reads are left to CORS: the browser hides the answer from the page.
+    let request = http
+        .request(reqwest::Method::GET, "/v1/operations")
+        .header("origin", "https://evil.example.com");
+    let (status, _, _) = http.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn any_origin_may_be_allowed_and_a_malformed_one_is_refused_at_start() {
+    let server = TestServer::start_with(|c| c.cors_origins = vec!["*".into()]).await;
+    let http = Http::new(&server, None);
+    let response = http
+        .request(reqwest::Method::OPTIONS, "/v1/operations")
+        .header("origin", "https://anywhere.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let (status, _, _) = http
+        .send(json_body(
+            http.request(reqwest::Method::POST, "/v1/diagnostics:sleep")
+                .header("origin", "https://anywhere.example.com"),
+            &json!({"duration": "0s"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    server.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::config(dir.path());
+    config.cors_origins = vec!["app.example.com".into()];
+    let server = longrun::Server::open(config, longrun::Registry::new())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = server
+        .serve(listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("is not an origin"), "{error}");
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.request_body_timeout = Duration::from_secs(1)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/diagnostics:sleep HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"dura",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(crate::common::PATIENCE, async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer once the body is overdue");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_filter_is_bounded_like_a_list_filter() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    let long = format!("kind = \"{}\"", "k".repeat(2000));
+    let (status, _, error) = http
+        .get(&format!("/v1/operations:watch?filter={}", urlencode(&long)))
+        .await;
+    assert_error(
+        status,
+        &error,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        Some("filter"),
+    );
+    server.stop().await;
+}
+
+/// `text` percent-encoded for a query string.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

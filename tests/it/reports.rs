@@ -798,3 +798,38 @@ async fn pdf_reports_show_every_order_and_the_totals() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn csv_reports_never_hand_a_spreadsheet_a_formula() {
+    let server = TestServer::start().await;
+    let csv = "order_id,created_at,customer_id,status,amount_cents\n\
+               =1+1,2024-06-01T00:00:00Z,\"=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",placed,100\n\
+               @sum,2024-06-02T00:00:00Z,+49 30 1234,approved,200\n\
+               o-3,2024-06-03T00:00:00Z,-minus,delivered,300\n";
+    imported(&server, csv.as_bytes()).await;
+    let report = report(&server, "2024-06", ReportFormat::Csv).await;
+    let file = String::from_utf8(download(&server, &report.name).await).unwrap();
+    let rows: Vec<Vec<String>> = csv::Reader::from_reader(file.as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows[0][0], "'=1+1", "{file}");
+    assert_eq!(
+        rows[0][2], "'=HYPERLINK(\"http://evil.example\",\"x\")",
+        "{file}"
+    );
+    assert_eq!(
+        (rows[1][0].as_str(), rows[1][2].as_str()),
+        ("'@sum", "'+49 30 1234")
+    );
+    assert_eq!(
+        (rows[2][0].as_str(), rows[2][2].as_str()),
+        ("o-3", "'-minus")
+    );
+    // The JSON report keeps the values as they are: it is data, not a sheet.
+    let report = self::report(&server, "2024-06", ReportFormat::Json).await;
+    let json: serde_json::Value =
+        serde_json::from_slice(&download(&server, &report.name).await).unwrap();
+    assert_eq!(json["orders"][0]["order_id"], "=1+1");
+    server.stop().await;
+}

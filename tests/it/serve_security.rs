@@ -211,3 +211,42 @@ async fn tokens_from_auth_token_work_and_sighup_reloads_the_file() {
     let still = served.client(&bob, &["ops", "list"]).await;
     assert!(still.status.success(), "{}", stderr(&still));
 }
+
+#[tokio::test]
+async fn a_workers_kind_declaration_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = longrun()
+        .args(["auth", "token", "--name", "upper", "--tenant", "acme"])
+        .args(["--role", "worker", "--kind", "text.upper"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("lr_"))
+        .unwrap()
+        .to_owned();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, out.stdout).unwrap();
+    let auth_arg = auth.to_str().unwrap().to_owned();
+    let mut served = Served::start(dir.path(), &["--auth-file", &auth_arg]).await;
+    let _worker = longrun()
+        .args(["worker", "--kind", "text.upper", "--", "cat"])
+        .env("LONGRUN_SERVER", &served.address)
+        .env("LONGRUN_TOKEN", &token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let audit = served.wait_for("rpc=DeclareKind").await;
+    for field in [
+        "principal=upper",
+        "tenant=acme",
+        "target_name=\"text.upper\"",
+        "outcome=Ok",
+    ] {
+        assert!(audit.contains(field), "{field} missing from {audit}");
+    }
+}

@@ -308,3 +308,69 @@ async fn the_http_face_is_served_over_tls_to_http1_and_http2_clients() {
         assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn a_browsers_client_certificate_does_not_vouch_for_another_sites_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("longrun test CA");
+    let (cert, key) = install_server_cert(dir.path(), &ca);
+    let client_ca = write(dir.path(), "client-ca.pem", &ca.pem());
+    let person = Person {
+        name: "alice.acme",
+        tenant: "acme",
+        role: "writer",
+        token: None,
+    };
+    let auth = write(dir.path(), "auth.toml", &auth_toml(&[&person], ""));
+    let server = TestServer::start_with(|c| {
+        c.auth_file = Some(auth);
+        c.tls = Some(TlsPaths {
+            cert,
+            key,
+            client_ca: Some(client_ca),
+        });
+    })
+    .await;
+    let (cert, key) = leaf(&ca, "alice.acme", true);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+        .resolve("localhost", server.addr)
+        .http1_only()
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/v1/diagnostics:sleep",
+        server.addr.port()
+    );
+    let body = r#"{"duration": "0s"}"#;
+    // What a form on another site makes the browser send, certificate and
+    // all: refused.
+    let forged = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("origin", "https://evil.example.com")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    let forged = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // The certificate's own JSON request is served.
+    let made = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), reqwest::StatusCode::ACCEPTED);
+    server.stop().await;
+}

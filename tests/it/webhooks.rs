@@ -323,6 +323,13 @@ async fn callbacks_into_private_networks_are_refused() {
         "http://10.0.0.7/hook",
         "http://[::1]/hook",
         "http://169.254.169.254/latest",
+        // IPv6 ranges that carry a private IPv4 address, and reserved ones.
+        "http://[64:ff9b::7f00:1]/hook",
+        "http://[2002:a00:1::1]/hook",
+        "http://[::7f00:1]/hook",
+        "http://[fec0::1]/hook",
+        "http://198.18.0.1/hook",
+        "http://240.0.0.1/hook",
         "ftp://example.com/hook",
         "not a url",
         "",
@@ -335,6 +342,11 @@ async fn callbacks_into_private_networks_are_refused() {
             "INVALID_ARGUMENT",
             Some("notification.callback_url"),
         );
+        // A name's private address is never told back.
+        if url.contains("localhost") {
+            assert!(!err.message().contains("127.0.0.1"), "{}", err.message());
+            assert!(!err.message().contains("::1"), "{}", err.message());
+        }
     }
     server.stop().await;
 }
@@ -414,8 +426,15 @@ async fn a_tenant_with_its_own_secret_gets_deliveries_signed_with_it() {
     );
     let server =
         TestServer::start_with_auth(&auth, |c| webhook_config(c, &server_secret, &[10])).await;
+    // globex has no secret of its own in the auth file: its deliveries are
+    // signed with one derived for it from the server's.
+    let globex_secret = longrun::webhook::tenant_secrets(
+        std::slice::from_ref(&server_secret),
+        &longrun::model::Tenant::named("globex").unwrap(),
+    )
+    .remove(0);
     let mut acme_hooks = receiver(&acme_secret, &[]).await;
-    let mut globex_hooks = receiver(&server_secret, &[]).await;
+    let mut globex_hooks = receiver(&globex_secret, &[]).await;
 
     let sleep_as = |person: &Person, url: &str| {
         let token = person.token().map(str::to_owned);
@@ -449,5 +468,192 @@ async fn a_tenant_with_its_own_secret_gets_deliveries_signed_with_it() {
         matches!(with_server_secret, Err(VerifyError::NoMatch)),
         "{with_server_secret:?}"
     );
-    globex_hooks.next().await;
+    // Nor does globex's: no tenant can sign as another, or as the server.
+    let post = globex_hooks.next().await;
+    for other in [&server_secret, &acme_secret] {
+        let verified = verify(
+            std::slice::from_ref(other),
+            &post.id,
+            &post.timestamp,
+            &post.signature,
+            &post.body,
+            SystemTime::now(),
+            Duration::from_secs(300),
+        );
+        assert!(
+            matches!(verified, Err(VerifyError::NoMatch)),
+            "{verified:?}"
+        );
+    }
+    server.stop().await;
+
+    // The operator hands a tenant its secret: `longrun webhook secret
+    // --tenant` derives the same one from the server's.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |tenant: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_longrun"));
+        command
+            .args(["webhook", "secret", "--data-dir"])
+            .arg(dir.path());
+        if let Some(tenant) = tenant {
+            command.args(["--tenant", tenant]);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let server_secret: Secret = run(None).parse().unwrap();
+    let printed: Secret = run(Some("globex")).parse().unwrap();
+    let derived = longrun::webhook::tenant_secrets(
+        &[server_secret],
+        &longrun::model::Tenant::named("globex").unwrap(),
+    );
+    assert_eq!(printed, derived[0]);
+}
+
+#[tokio::test]
+async fn one_tenants_hanging_callbacks_do_not_delay_anothers_webhooks() {
+    let secret = Secret::generate();
+    let acme = Person::new("alice", "acme", "writer");
+    let globex = Person::new("gary", "globex", "writer");
+    let server = TestServer::start_with_auth(&auth_toml(&[&acme, &globex], ""), |c| {
+        webhook_config(c, &secret, &[60_000]);
+        c.webhooks.timeout = Duration::from_secs(60);
+    })
+    .await;
+    // acme's receiver takes every POST and never answers.
+    let (hung_tx, mut hung) = mpsc::unbounded_channel::<()>();
+    let app = axum::Router::new().route(
+        "/hang",
+        axum::routing::post(move || {
+            let _ = hung_tx.send(());
+            std::future::pending::<StatusCode>()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang = format!("http://{}/hang", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let globex_secret = longrun::webhook::tenant_secrets(
+        std::slice::from_ref(&secret),
+        &longrun::model::Tenant::named("globex").unwrap(),
+    )
+    .remove(0);
+    let mut globex_hooks = receiver(&globex_secret, &[]).await;
+
+    let mut acme_diag = longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient::new(
+        server.authed(acme.token()).await,
+    );
+    for _ in 0..100 {
+        acme_diag.sleep(notify(&hang, &[])).await.unwrap();
+    }
+    // acme's callbacks hold their share of the deliverer...
+    for _ in 0..10 {
+        tokio::time::timeout(PATIENCE, hung.recv()).await.unwrap();
+    }
+    // ...and globex's delivery goes out at once, not after theirs time out.
+    let sent = tokio::time::Instant::now();
+    longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient::new(
+        server.authed(globex.token()).await,
+    )
+    .sleep(notify(&globex_hooks.url, &[]))
+    .await
+    .unwrap();
+    let post = tokio::time::timeout(Duration::from_secs(20), globex_hooks.posts.recv())
+        .await
+        .expect("globex's delivery was not held behind acme's hanging ones")
+        .unwrap();
+    assert_eq!(post.json["type"], "operation.succeeded");
+    eprintln!(
+        "globex's delivery arrived {:?} after its create",
+        sent.elapsed()
+    );
+    // acme never had more than its share in flight.
+    let mut more = 10;
+    while hung.try_recv().is_ok() {
+        more += 1;
+    }
+    assert!(more <= 16, "{more} of acme's deliveries in flight at once");
+    drop(globex_hooks);
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_proxy_in_the_environment_is_not_used_for_webhooks() {
+    use tokio::io::AsyncReadExt;
+    // A "proxy" that would see (and resolve) every delivery sent through it.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = proxy.accept().await {
+            let mut head = vec![0u8; 1024];
+            let n = stream.read(&mut head).await.unwrap_or(0);
+            let _ = seen_tx.send(String::from_utf8_lossy(&head[..n]).into_owned());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--metrics-listen", "off", "--webhook-timeout", "1s"])
+        .args(["--webhook-retry-schedule", "100ms,100ms"])
+        .env("HTTP_PROXY", &proxy_url)
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env("LONGRUN_LOG", "info,longrun::webhook=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let address = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let line = lines.recv().await.expect("the server's log");
+            if let Some((_, address)) = line.split_once("listening on ") {
+                return address.trim().to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // A public address (the guard lets it through at create time).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient::new(channel)
+        .sleep(notify("http://93.184.216.34/hook", &[]))
+        .await
+        .unwrap();
+    // Wait for the first attempt to be recorded (it fails: nothing answers
+    // there), then check that the proxy saw nothing.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let line = lines.recv().await.expect("the server's log");
+            if line.contains("delivery attempt recorded") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a delivery attempt");
+    assert!(
+        seen.try_recv().is_err(),
+        "the delivery went through the proxy"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }

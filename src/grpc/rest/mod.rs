@@ -41,7 +41,7 @@ use tracing::warn;
 use self::binding::{Binding, Bindings, Found, Shape};
 use self::bridge::Bridge;
 use super::auth::{admit_as, required_role};
-use super::status::{from_rpc, garbled, invalid_field, no_route};
+use super::status::{body_too_slow, from_rpc, garbled, invalid_field, no_route, refused};
 use crate::auth::{Authenticator, Principal, Role};
 use crate::metrics::Metrics;
 use crate::pb;
@@ -61,6 +61,9 @@ pub struct Rest {
     bindings: Bindings,
     metrics: Arc<Metrics>,
     max_body: usize,
+    body_timeout: Duration,
+    origins: Origins,
+    allowed_hosts: Vec<String>,
     openapi: Bytes,
 }
 
@@ -71,6 +74,68 @@ pub struct RestConfig {
     pub descriptors: Vec<&'static [u8]>,
     /// The largest JSON body read, in bytes.
     pub max_body: usize,
+    /// The longest a JSON body may take to arrive.
+    pub body_timeout: Duration,
+    /// Origins browsers may call from (CORS), besides the server's own;
+    /// `*` for any.
+    pub cors_origins: Vec<String>,
+    /// Host names a server without authentication answers to, besides IP
+    /// addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The origins a browser may call from.
+#[derive(Clone, Debug)]
+enum Origins {
+    /// Only the server's own.
+    Own,
+    /// The server's own and these.
+    Listed(Vec<HeaderValue>),
+    /// Any (`--cors-origin '*'`).
+    Any,
+}
+
+impl Origins {
+    fn parse(origins: &[String]) -> Result<Self, String> {
+        if origins.is_empty() {
+            return Ok(Origins::Own);
+        }
+        if origins.iter().any(|o| o == "*") {
+            if origins.len() > 1 {
+                return Err("'*' allows every origin; give it alone".into());
+            }
+            return Ok(Origins::Any);
+        }
+        let origin_like = |o: &str| {
+            o.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.contains(['/', ' ', '*'])
+            })
+        };
+        origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .ok()
+                    .filter(|_| origin_like(o))
+                    .ok_or_else(|| {
+                        format!(
+                            "{o:?} is not an origin: a scheme and a host, such as https://app.example.com"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Origins::Listed)
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        match self {
+            Origins::Own => false,
+            Origins::Listed(list) => list.contains(origin),
+            Origins::Any => true,
+        }
+    }
 }
 
 impl Rest {
@@ -80,7 +145,7 @@ impl Rest {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: &RestConfig,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let mut pool = DescriptorPool::new();
         for set in &config.descriptors {
             if let Err(e) = pool.decode_file_descriptor_set(*set) {
@@ -89,34 +154,51 @@ impl Rest {
         }
         let bindings = Bindings::from_pool(&pool);
         let openapi = Bytes::from(openapi::document(&bindings).to_string());
-        Self {
+        Ok(Self {
             bridge: Bridge::new(grpc),
             auth,
             pool,
             bindings,
             metrics,
             max_body: config.max_body,
+            body_timeout: config.body_timeout,
+            origins: Origins::parse(&config.cors_origins)?,
+            allowed_hosts: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             openapi,
-        }
+        })
     }
 }
 
+/// Marks every answer of the HTTP face: browsers must not guess another
+/// content type than the one sent.
+async fn no_sniffing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 /// The routes, to be merged with the gRPC services' router.
-pub fn router(rest: Rest, cors_origins: &[String]) -> Result<Router, String> {
+pub fn router(rest: Rest) -> Router {
+    let origins = rest.origins.clone();
     let router = Router::new()
         .route("/v1/openapi.json", get(openapi_document))
         .route("/v1/{*path}", any(serve))
-        .with_state(Arc::new(rest));
-    if cors_origins.is_empty() {
-        return Ok(router);
-    }
-    let origins = cors_origins
-        .iter()
-        .map(|o| HeaderValue::from_str(o).map_err(|_| format!("{o:?} is not a valid origin")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(router.layer(
+        .with_state(Arc::new(rest))
+        .layer(axum::middleware::map_response(no_sniffing));
+    let allowed = match origins {
+        Origins::Own => return router,
+        Origins::Listed(origins) => AllowOrigin::list(origins),
+        Origins::Any => AllowOrigin::any(),
+    };
+    router.layer(
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(allowed)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
             .allow_headers([
                 header::AUTHORIZATION,
@@ -126,7 +208,7 @@ pub fn router(rest: Rest, cors_origins: &[String]) -> Result<Router, String> {
             ])
             .expose_headers([header::LOCATION, header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
-    ))
+    )
 }
 
 type Shared = State<Arc<Rest>>;
@@ -252,8 +334,7 @@ impl Rest {
     /// An encoded message of type `descriptor` as its JSON.
     fn to_json(&self, descriptor: &MessageDescriptor, bytes: &[u8]) -> serde_json::Value {
         DynamicMessage::decode(descriptor.clone(), bytes)
-            .ok()
-            .and_then(|m| serde_json::to_value(&m).ok())
+            .map(|m| pb::json::message(&m))
             .unwrap_or(serde_json::Value::Null)
     }
 
@@ -291,6 +372,15 @@ async fn openapi_document(State(rest): Shared) -> Response {
 async fn serve(State(rest): Shared, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    if let Err(refused) = rest
+        .check_host(&request)
+        .and_then(|()| rest.check_origin(&request))
+    {
+        let response = *refused.0;
+        rest.metrics
+            .http(method.as_str(), "refused", response.status().as_u16());
+        return response;
+    }
     let (route, answer) = match rest.bindings.find(&method, &path) {
         Found::Route(binding, fields) => (
             binding.template.text(),
@@ -320,6 +410,128 @@ fn wrong_method(allowed: &[Method], method: &Method, path: &str) -> Refused {
     refused
 }
 
+impl Rest {
+    /// A server without authentication answers only to the names a browser
+    /// of this machine or the operator uses: an IP address, `localhost`,
+    /// or a name `--allowed-host` lists. A page that rebinds its own name
+    /// to this server's address is refused, so it reads nothing.
+    fn check_host(&self, request: &Request) -> Result<(), Refused> {
+        if self.auth.is_enforcing() {
+            return Ok(());
+        }
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if host_allowed(&host, &self.allowed_hosts) {
+            return Ok(());
+        }
+        Err(Refused::with(
+            &refused(
+                "HOST_NOT_ALLOWED",
+                format!(
+                    "this server runs without authentication and answers only to IP addresses, localhost and the names --allowed-host lists, not {host:?}"
+                ),
+            ),
+            None,
+        ))
+    }
+
+    /// A change asked from a page of another origin is refused unless
+    /// `--cors-origin` allows that origin: a browser's cookies, client
+    /// certificate or network position never vouch for another site.
+    fn check_origin(&self, request: &Request) -> Result<(), Refused> {
+        if matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        ) {
+            return Ok(());
+        }
+        let Some(origin) = request.headers().get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, authority)| Some(authority) == host);
+        if same || self.origins.allows(origin) {
+            return Ok(());
+        }
+        Err(Refused::with(
+            &refused(
+                "CROSS_ORIGIN_REFUSED",
+                format!(
+                    "a change from the origin {origin:?} is refused; --cors-origin lists the origins that may call"
+                ),
+            ),
+            None,
+        ))
+    }
+}
+
+/// Whether a server without authentication answers to `host` (a Host
+/// header: a name or address, and perhaps a port).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 address: [::1]:50051.
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || allowed.iter().any(|a| a == name || a == host)
+}
+
+/// Whether `request` says its body is of the media type `wanted`
+/// (`application/json` also takes `application/...+json`).
+fn has_media_type(request: &Request, wanted: &str) -> Option<bool> {
+    let value = request.headers().get(header::CONTENT_TYPE)?;
+    let media = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    Some(
+        media == wanted
+            || (wanted == "application/json"
+                && media.starts_with("application/")
+                && media.ends_with("+json")),
+    )
+}
+
+/// A request whose body is not of the type the route reads.
+fn wrong_media_type(wanted: &str) -> Refused {
+    Refused::with(
+        &invalid_field(
+            "Content-Type",
+            format!("this route reads {wanted}; send Content-Type: {wanted}"),
+        ),
+        Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    )
+}
+
 /// The caller of `request`, checked at the door for the role the bound
 /// gRPC method needs.
 fn door(rest: &Rest, request: &Request, binding: &Binding) -> Result<Arc<Principal>, Refused> {
@@ -336,6 +548,19 @@ async fn route(
     let caller = door(rest, &request, binding)?;
     let key = idempotency_key(request.headers())?;
     let query = request.uri().query().map(str::to_owned);
+    // A body is read only as the type the route expects, so that a form
+    // or a text/plain request from another site is never taken for one.
+    match binding.shape {
+        Shape::Upload if has_media_type(&request, "text/csv") != Some(true) => {
+            return Err(wrong_media_type("text/csv"));
+        }
+        Shape::Upload => {}
+        _ if has_media_type(&request, "application/json") == Some(false) => {
+            return Err(wrong_media_type("application/json"));
+        }
+        _ => {}
+    }
+    let typed = request.headers().contains_key(header::CONTENT_TYPE);
     if binding.shape == Shape::Upload {
         let first = message(binding, &fields, query.as_deref(), &[], key.as_deref())?;
         return upload(rest, binding, &caller, first, key.is_some(), request).await;
@@ -344,8 +569,13 @@ async fn route(
     let body = if binding.body.is_empty() {
         Bytes::new()
     } else {
-        body_of(request, rest.max_body).await?
+        body_of(request, rest.max_body, rest.body_timeout).await?
     };
+    // A body without a type is not read as JSON either; no body at all
+    // (a bare POST to :cancel) needs none.
+    if !typed && !body.iter().all(u8::is_ascii_whitespace) {
+        return Err(wrong_media_type("application/json"));
+    }
     let message = message(binding, &fields, query.as_deref(), &body, key.as_deref())?;
     let path = binding.grpc_path();
     match binding.shape {
@@ -359,16 +589,20 @@ async fn route(
     }
 }
 
-/// Reads a JSON body of at most `limit` bytes.
-async fn body_of(request: Request, limit: usize) -> Result<Bytes, Refused> {
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|e| {
-            Refused::with(
-                &invalid_field("body", format!("the body could not be read: {e}")),
-                Some(StatusCode::PAYLOAD_TOO_LARGE),
-            )
-        })
+/// Reads a JSON body of at most `limit` bytes, within `within`.
+async fn body_of(request: Request, limit: usize, within: Duration) -> Result<Bytes, Refused> {
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(Refused::with(
+            &invalid_field("body", format!("the body could not be read: {e}")),
+            Some(StatusCode::PAYLOAD_TOO_LARGE),
+        )),
+        Err(_) => Err(Refused::with(
+            &body_too_slow(within),
+            Some(StatusCode::REQUEST_TIMEOUT),
+        )),
+    }
 }
 
 /// The bound method's request message, encoded: from the path's fields,
@@ -582,11 +816,7 @@ async fn result(rest: &Rest, caller: &Arc<Principal>, path: &str, message: Bytes
             }
             Ok(see_other)
         }
-        None => Ok((
-            StatusCode::OK,
-            axum::Json(serde_json::to_value(&response).unwrap_or_default()),
-        )
-            .into_response()),
+        None => Ok((StatusCode::OK, axum::Json(pb::json::message(&response))).into_response()),
     }
 }
 
@@ -726,7 +956,7 @@ async fn events(
                     let json = pool
                         .get_message_by_name(output.full_name())
                         .and_then(|d| DynamicMessage::decode(d, bytes.as_ref()).ok())
-                        .and_then(|m| serde_json::to_string(&m).ok())
+                        .map(|m| pb::json::message(&m).to_string())
                         .unwrap_or_else(|| "null".into());
                     let event = Event::default().data(json);
                     Some(match id {

@@ -322,9 +322,9 @@ impl Stage {
         if !self.deliveries.is_empty() {
             let d = DeliveryColumns::of(&self.deliveries);
             sqlx::query(
-                "INSERT INTO longrun_deliveries (id, operation, due_us, record)
-                 SELECT u.* FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[])
-                    AS u(id, operation, due_us, record)
+                "INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
+                 SELECT u.* FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[], $5::text[])
+                    AS u(id, operation, due_us, record, tenant)
                  WHERE EXISTS (SELECT 1 FROM longrun_operations o WHERE o.id = u.operation)
                  ON CONFLICT (id) DO UPDATE SET due_us = EXCLUDED.due_us, record = EXCLUDED.record",
             )
@@ -332,6 +332,7 @@ impl Stage {
             .bind(&d.operation)
             .bind(&d.due_us)
             .bind(&d.record)
+            .bind(&d.tenant)
             .execute(&mut **tx)
             .await
             .map_err(|e| SaveError::Store(db(e)))?;
@@ -370,8 +371,8 @@ impl Stage {
             insert_operations!(),
             " RETURNING 1
              ), new_deliveries AS (
-                INSERT INTO longrun_deliveries (id, operation, due_us, record)
-                 SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[])
+                INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
+                 SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[], $19::text[])
                  RETURNING 1
              )
              SELECT (SELECT count(*) FROM new_operations) AS operations,
@@ -385,7 +386,8 @@ impl Stage {
             .bind(&d.due_us)
             .bind(&d.record)
             .bind(super::feed::CHANNEL)
-            .bind(&payloads);
+            .bind(&payloads)
+            .bind(&d.tenant);
         match query.fetch_one(pool).await {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -422,6 +424,7 @@ struct DeliveryColumns {
     operation: Vec<uuid::Uuid>,
     due_us: Vec<Option<i64>>,
     record: Vec<Vec<u8>>,
+    tenant: Vec<String>,
 }
 
 impl DeliveryColumns {
@@ -439,6 +442,10 @@ impl DeliveryColumns {
             record: latest
                 .iter()
                 .map(|d| encode_delivery(d, &mut Inline))
+                .collect(),
+            tenant: latest
+                .iter()
+                .map(|d| d.snapshot.tenant.as_str().to_owned())
                 .collect(),
         }
     }

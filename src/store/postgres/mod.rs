@@ -63,6 +63,11 @@ const FEED_CAPACITY: usize = 64 * 1024;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tables", include_str!("migrations/0001_tables.sql")),
     (2, "files", include_str!("migrations/0002_files.sql")),
+    (
+        3,
+        "delivery tenants",
+        include_str!("migrations/0003_delivery_tenants.sql"),
+    ),
 ];
 
 /// How the PostgreSQL backend is set up.

@@ -2,8 +2,7 @@
 //! node takes due ones under a lease (their due time moved forward), so
 //! each is sent by one node, and by another only if the first goes quiet.
 
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -11,7 +10,7 @@ use sqlx::Row;
 use super::{PgStore, db, micros};
 use crate::model::{Delivery, OperationId};
 use crate::store::codec::{Inline, decode_delivery, from_micros};
-use crate::store::{OutboxStore, StoreResult};
+use crate::store::{DeliveryTake, OutboxStore, StoreResult};
 
 fn deliveries(rows: &[sqlx::postgres::PgRow]) -> StoreResult<Vec<Delivery>> {
     rows.iter()
@@ -47,23 +46,48 @@ impl OutboxStore for PgStore {
     async fn take_deliveries(
         &self,
         now: SystemTime,
-        limit: usize,
-        in_flight: &HashSet<uuid::Uuid>,
-        lease: Duration,
+        take: &DeliveryTake,
     ) -> StoreResult<Vec<Delivery>> {
-        let skip: Vec<uuid::Uuid> = in_flight.iter().copied().collect();
+        let skip: Vec<uuid::Uuid> = take.in_flight.iter().copied().collect();
+        let full: Vec<String> = take.full.iter().map(|t| t.as_str().to_owned()).collect();
         self.call(async {
+            // The tenants with due deliveries, found by skipping through the
+            // index; then the first of each, the second of each, and so on.
+            // Another node taking the same row meanwhile re-checks its due
+            // time under the row's lock and leaves it.
             let rows = sqlx::query(
-                "UPDATE longrun_deliveries SET due_us = $3
-                  WHERE id IN (SELECT id FROM longrun_deliveries
-                                WHERE due_us IS NOT NULL AND due_us <= $1 AND NOT (id = ANY($4))
-                                ORDER BY due_us, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                  RETURNING record",
+                "WITH RECURSIVE tenants(t) AS (
+                    (SELECT tenant FROM longrun_deliveries
+                      WHERE due_us IS NOT NULL AND due_us <= $1 AND NOT (tenant = ANY($5))
+                      ORDER BY tenant LIMIT 1)
+                  UNION ALL
+                    SELECT (SELECT tenant FROM longrun_deliveries
+                             WHERE due_us IS NOT NULL AND due_us <= $1 AND tenant > tenants.t
+                               AND NOT (tenant = ANY($5))
+                             ORDER BY tenant LIMIT 1)
+                      FROM tenants WHERE tenants.t IS NOT NULL
+                ), picks AS (
+                    SELECT c.id FROM tenants CROSS JOIN LATERAL (
+                        SELECT id, due_us, row_number() OVER (ORDER BY due_us, id) AS turn
+                          FROM longrun_deliveries
+                         WHERE tenant = tenants.t AND due_us IS NOT NULL AND due_us <= $1
+                           AND NOT (id = ANY($4))
+                         ORDER BY due_us, id LIMIT $6
+                    ) c
+                    WHERE tenants.t IS NOT NULL
+                    ORDER BY c.turn, c.due_us, c.id
+                    LIMIT $2
+                )
+                UPDATE longrun_deliveries SET due_us = $3
+                 WHERE id IN (SELECT id FROM picks) AND due_us IS NOT NULL AND due_us <= $1
+                RETURNING record",
             )
             .bind(micros(now))
-            .bind(limit_of(limit))
-            .bind(micros(now + lease))
+            .bind(limit_of(take.limit))
+            .bind(micros(now + take.lease))
             .bind(&skip)
+            .bind(&full)
+            .bind(limit_of(take.per_tenant))
             .fetch_all(self.pool())
             .await
             .map_err(db)?;

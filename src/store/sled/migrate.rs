@@ -223,7 +223,14 @@ mod tests {
             db.flush().unwrap();
         }
 
-        let store = SledStore::open(dir.path(), SyncMode::Always).unwrap();
+        // sled lets go of the directory from its own threads, a moment
+        // after the handle is dropped.
+        let store = loop {
+            match SledStore::open(dir.path(), SyncMode::Always) {
+                Ok(store) => break store,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
         assert_eq!(store.get(done.id).await.unwrap(), Some(done.clone()));
         assert_eq!(store.get(queued.id).await.unwrap(), Some(queued.clone()));
         let unfinished: Vec<_> = store
