@@ -337,8 +337,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn due_deliveries(&self, now: SystemTime, limit: usize) -> StoreResult<Vec<Delivery>>;
 
     /// Takes due deliveries to send now, as `take` says: up to its limit,
-    /// the oldest due first, at most `per_tenant` of one tenant, none of a
-    /// tenant that is `full` or already `in_flight` here. A shared store
+    /// the oldest due first, none already `in_flight` here, and of each
+    /// tenant no more than its room (see [`DeliveryTake::room`]). Every
+    /// delivery returned is the caller's to send. A shared store
     /// holds each one taken back from every other taker for the take's
     /// lease, so that one node sends it; the attempt's record (or the
     /// lease running out) settles it.
@@ -368,10 +369,11 @@ pub const DELIVERY_SCAN: usize = 10_000;
 pub struct DeliveryTake {
     /// The most deliveries to take.
     pub limit: usize,
-    /// The most of one tenant.
+    /// The most of one tenant in flight at once, counting those it has in
+    /// flight already.
     pub per_tenant: usize,
-    /// Tenants that may have no more now.
-    pub full: Vec<Tenant>,
+    /// How many deliveries each tenant has in flight with this taker.
+    pub busy: HashMap<Tenant, usize>,
     /// Deliveries this taker sends already.
     pub in_flight: HashSet<uuid::Uuid>,
     /// How long a shared store keeps what it hands out from other takers.
@@ -379,20 +381,26 @@ pub struct DeliveryTake {
 }
 
 impl DeliveryTake {
+    /// How many more of `tenant`'s deliveries the take may hold.
+    pub fn room(&self, tenant: &Tenant) -> usize {
+        self.per_tenant
+            .saturating_sub(self.busy.get(tenant).copied().unwrap_or(0))
+    }
+
     /// The deliveries of `due` (oldest due first) that the take may hold.
     pub fn pick(&self, due: Vec<Delivery>) -> Vec<Delivery> {
-        let mut per_tenant: HashMap<Tenant, usize> = HashMap::new();
+        let mut taken: HashMap<Tenant, usize> = HashMap::new();
         let mut picked = Vec::new();
         for delivery in due {
             if picked.len() >= self.limit {
                 break;
             }
             let tenant = &delivery.snapshot.tenant;
-            if self.in_flight.contains(&delivery.id) || self.full.contains(tenant) {
+            if self.in_flight.contains(&delivery.id) {
                 continue;
             }
-            let taken = per_tenant.entry(tenant.clone()).or_default();
-            if *taken >= self.per_tenant {
+            let taken = taken.entry(tenant.clone()).or_default();
+            if *taken >= self.room(tenant) {
                 continue;
             }
             *taken += 1;

@@ -213,11 +213,7 @@ pub async fn run(
             let take = DeliveryTake {
                 limit: room,
                 per_tenant: PER_TENANT,
-                full: by_tenant
-                    .iter()
-                    .filter(|(_, n)| **n >= PER_TENANT)
-                    .map(|(t, _)| t.clone())
-                    .collect(),
+                busy: by_tenant.clone(),
                 in_flight: busy.clone(),
                 lease: DELIVERY_LEASE,
             };
@@ -225,10 +221,6 @@ pub async fn run(
                 Ok(fresh) => {
                     for delivery in fresh {
                         let tenant = delivery.snapshot.tenant.clone();
-                        if by_tenant.get(&tenant).copied().unwrap_or(0) >= PER_TENANT {
-                            // Over its share after all: left for later.
-                            continue;
-                        }
                         busy.insert(delivery.id);
                         *by_tenant.entry(tenant.clone()).or_default() += 1;
                         let client = client.clone();

@@ -513,12 +513,27 @@ async fn a_tenant_with_its_own_secret_gets_deliveries_signed_with_it() {
 
 #[tokio::test]
 async fn one_tenants_hanging_callbacks_do_not_delay_anothers_webhooks() {
+    hanging_callbacks_of_one_tenant(None).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_one_tenants_hanging_callbacks_do_not_delay_anothers_webhooks() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    hanging_callbacks_of_one_tenant(Some(&db.url)).await;
+}
+
+async fn hanging_callbacks_of_one_tenant(postgres: Option<&str>) {
     let secret = Secret::generate();
     let acme = Person::new("alice", "acme", "writer");
     let globex = Person::new("gary", "globex", "writer");
     let server = TestServer::start_with_auth(&auth_toml(&[&acme, &globex], ""), |c| {
         webhook_config(c, &secret, &[60_000]);
         c.webhooks.timeout = Duration::from_secs(60);
+        if let Some(url) = postgres {
+            c.backend = longrun::store::Backend::Postgres(url.to_owned());
+        }
     })
     .await;
     // acme's receiver takes every POST and never answers.

@@ -49,32 +49,41 @@ impl OutboxStore for PgStore {
         take: &DeliveryTake,
     ) -> StoreResult<Vec<Delivery>> {
         let skip: Vec<uuid::Uuid> = take.in_flight.iter().copied().collect();
-        let full: Vec<String> = take.full.iter().map(|t| t.as_str().to_owned()).collect();
+        let (busy, counts): (Vec<String>, Vec<i64>) = take
+            .busy
+            .iter()
+            .map(|(t, n)| (t.as_str().to_owned(), limit_of(*n)))
+            .unzip();
         self.call(async {
             // The tenants with due deliveries, found by skipping through the
-            // index; then the first of each, the second of each, and so on.
-            // Another node taking the same row meanwhile re-checks its due
-            // time under the row's lock and leaves it.
+            // index; then the first of each, the second of each, and so on,
+            // each tenant up to its room ($6, less what it has in flight:
+            // $5 and $7). Another node taking the same row meanwhile
+            // re-checks its due time under the row's lock and leaves it.
             let rows = sqlx::query(
                 "WITH RECURSIVE tenants(t) AS (
                     (SELECT tenant FROM longrun_deliveries
-                      WHERE due_us IS NOT NULL AND due_us <= $1 AND NOT (tenant = ANY($5))
+                      WHERE due_us IS NOT NULL AND due_us <= $1
                       ORDER BY tenant LIMIT 1)
                   UNION ALL
                     SELECT (SELECT tenant FROM longrun_deliveries
                              WHERE due_us IS NOT NULL AND due_us <= $1 AND tenant > tenants.t
-                               AND NOT (tenant = ANY($5))
                              ORDER BY tenant LIMIT 1)
                       FROM tenants WHERE tenants.t IS NOT NULL
+                ), rooms AS (
+                    SELECT tenants.t, $6 - coalesce(b.n, 0) AS room
+                      FROM tenants LEFT JOIN unnest($5::text[], $7::int8[]) AS b(t, n)
+                        ON b.t = tenants.t
+                     WHERE tenants.t IS NOT NULL
                 ), picks AS (
-                    SELECT c.id FROM tenants CROSS JOIN LATERAL (
+                    SELECT c.id FROM rooms CROSS JOIN LATERAL (
                         SELECT id, due_us, row_number() OVER (ORDER BY due_us, id) AS turn
                           FROM longrun_deliveries
-                         WHERE tenant = tenants.t AND due_us IS NOT NULL AND due_us <= $1
+                         WHERE tenant = rooms.t AND due_us IS NOT NULL AND due_us <= $1
                            AND NOT (id = ANY($4))
                          ORDER BY due_us, id LIMIT $6
                     ) c
-                    WHERE tenants.t IS NOT NULL
+                    WHERE c.turn <= rooms.room
                     ORDER BY c.turn, c.due_us, c.id
                     LIMIT $2
                 )
@@ -86,8 +95,9 @@ impl OutboxStore for PgStore {
             .bind(limit_of(take.limit))
             .bind(micros(now + take.lease))
             .bind(&skip)
-            .bind(&full)
+            .bind(&busy)
             .bind(limit_of(take.per_tenant))
+            .bind(&counts)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
