@@ -266,9 +266,18 @@ async function follow() {
   try {
     for await (const message of events(`/v1/operations:watch${query}`, controller.signal)) {
       if (message.event === "error") throw new ApiError(message.data.error?.code, message.data);
+      if (message.event === "resync") {
+        // Changes were missed: list again (which follows again).
+        listOperations();
+        return;
+      }
       const op = message.data;
       const old = state.rows.get(op.name);
-      if (old) old.replaceWith(row(op));
+      if (message.event === "left" || message.event === "deleted") {
+        // No longer what the filter shows (or gone).
+        old?.remove();
+        state.rows.delete(op.name);
+      } else if (old) old.replaceWith(row(op));
       else if (!state.pageToken) {
         $("rows").prepend(row(op));
         $("empty").hidden = true;

@@ -1,18 +1,13 @@
-//! What a console shows about the work as a whole: every change of the
-//! operations a caller may see, as a stream (a dashboard's live list), and
-//! the queues (per kind: what waits and runs, the limit, the oldest
-//! waiting, and how many finished in each of the last minutes).
+//! What a console shows about the queues: per kind, what waits and runs,
+//! the limit, the oldest waiting, and how many finished in each of the
+//! last minutes. (Its live list follows `changes`.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
-
-use super::{Engine, EngineError, Inner, WatchPermit};
-use crate::model::{Filter, Operation, Scope, State, Tenant};
-use crate::store::Change;
+use super::{Engine, EngineError, Inner};
+use crate::model::{Operation, Scope, State, Tenant};
 
 /// How many minutes of finishes are kept per kind.
 pub const THROUGHPUT_MINUTES: usize = 15;
@@ -92,49 +87,6 @@ pub struct QueueStats {
     pub finished_per_minute: Vec<u64>,
 }
 
-/// The changes of every operation a caller may see.
-pub struct ActivityStream {
-    feed: broadcast::Receiver<Change>,
-    scope: Scope,
-    filter: Filter,
-    engine: Engine,
-    /// Counts the stream against its tenant's watch limit.
-    _permit: WatchPermit,
-}
-
-impl ActivityStream {
-    /// The next change that matches; an error when changes were missed
-    /// (the caller should list again) or the server is stopping.
-    pub async fn next(&mut self) -> Result<Operation, EngineError> {
-        loop {
-            let change = tokio::select! {
-                () = self.engine.inner.shutdown.cancelled() => return Err(EngineError::ShuttingDown),
-                change = self.feed.recv() => change,
-            };
-            let op = match change {
-                Ok(Change::Updated(op)) => Operation::clone(&op),
-                Ok(Change::Elsewhere { id, .. }) => match self.engine.get(&self.scope, id).await {
-                    Ok(op) => op,
-                    Err(_) => continue,
-                },
-                Ok(Change::Deleted(_) | Change::Delivery(_)) => continue,
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
-                    return Err(EngineError::Unavailable {
-                        reason: "CHANGES_MISSED",
-                        message: "changes were missed; list the operations again and reconnect"
-                            .into(),
-                        retry_after: Duration::from_millis(100),
-                    });
-                }
-                Err(RecvError::Closed) => return Err(EngineError::ShuttingDown),
-            };
-            if self.scope.permits(&op.tenant) && self.filter.matches(&op) {
-                return Ok(op);
-            }
-        }
-    }
-}
-
 impl Inner {
     /// Counts a finished operation in the metrics and the throughput.
     pub(crate) fn finished(&self, op: &Operation, outcome: &str) {
@@ -148,37 +100,6 @@ impl Inner {
 }
 
 impl Engine {
-    /// Follows every change of the operations `scope` covers that match
-    /// `filter` (the List filter), from now on. Counts against the tenant's
-    /// watch limit.
-    pub fn activity(
-        &self,
-        scope: Scope,
-        tenant: &Tenant,
-        filter: &str,
-    ) -> Result<ActivityStream, EngineError> {
-        if filter.len() > super::MAX_FILTER_LEN {
-            return Err(EngineError::invalid(
-                "filter",
-                format!(
-                    "filter is {} bytes long; the limit is {}",
-                    filter.len(),
-                    super::MAX_FILTER_LEN
-                ),
-            ));
-        }
-        let filter =
-            Filter::parse(filter).map_err(|e| EngineError::invalid("filter", e.to_string()))?;
-        let permit = self.watch_permit(tenant)?;
-        Ok(ActivityStream {
-            feed: self.inner.ops.subscribe(),
-            scope,
-            filter,
-            engine: self.clone(),
-            _permit: permit,
-        })
-    }
-
     /// The queues of every kind, counting the operations `scope` covers.
     pub async fn queues(&self, scope: &Scope) -> Result<Vec<QueueStats>, EngineError> {
         let backlog = self

@@ -21,6 +21,13 @@ pub(super) async fn follow(inner: Arc<Inner>) {
             _ = inner.shutdown.cancelled() => break,
             change = feed.recv() => change,
         };
+        match &change {
+            Ok(Change::Updated(op)) => inner.changes.updated(std::sync::Arc::clone(op)),
+            Ok(Change::Deleted(id)) => inner.changes.deleted(*id),
+            Ok(Change::Elsewhere { id, .. }) => inner.changes.elsewhere(*id),
+            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => inner.changes.resync(),
+            Ok(Change::Delivery(_)) | Err(RecvError::Closed) => {}
+        }
         match change {
             Ok(Change::Elsewhere { id, queued, .. }) => {
                 if queued && inner.outside.has_workers() {

@@ -20,6 +20,7 @@
 pub mod activity;
 mod admission;
 mod attempt;
+pub mod changes;
 pub mod clock;
 mod commit;
 mod dispatch;
@@ -45,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use self::activity::{ActivityStream, QueueStats, THROUGHPUT_MINUTES};
+pub use self::activity::{QueueStats, THROUGHPUT_MINUTES};
 pub use self::admission::{CallbackGuard, SubmitOptions};
+pub use self::changes::{ChangeStream, ChangeType, StreamedChange};
 pub use self::clock::Clock;
 pub use self::dispatch::CLAIM_BATCH;
 pub use self::error::EngineError;
@@ -173,6 +175,8 @@ pub(crate) struct Inner {
     outside: Arc<outside::Hub>,
     /// Finishes per minute, for consoles.
     throughput: activity::Throughput,
+    /// Every change seen, for streams of all changes.
+    changes: changes::ChangeLog,
     /// Recent run times per kind, for estimates.
     run_times: estimate::RunTimes,
     config: EngineConfig,
@@ -327,6 +331,7 @@ impl Engine {
             secrets: Arc::clone(&stores.secrets),
             outside: Arc::default(),
             throughput: activity::Throughput::default(),
+            changes: changes::ChangeLog::default(),
             run_times: estimate::RunTimes::default(),
             committer,
             slots,

@@ -30,12 +30,13 @@ const OPEN_PREFIXES: [&str; 3] = [
 ];
 
 /// Methods a reader may call; everything else protected needs a writer.
-const READ_METHODS: [&str; 10] = [
+const READ_METHODS: [&str; 11] = [
     "/google.longrunning.Operations/GetOperation",
     "/google.longrunning.Operations/ListOperations",
     "/google.longrunning.Operations/WaitOperation",
     "/longrun.v1.OperationWatcher/WatchOperation",
     "/longrun.v1.OperationWatcher/WatchOperations",
+    "/longrun.v1.OperationWatcher/WatchChanges",
     "/longrun.v1.Console/GetCaller",
     "/longrun.v1.Console/GetQueueStats",
     "/longrun.v1.ReportService/GetReport",

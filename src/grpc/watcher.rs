@@ -9,12 +9,17 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{ActivityStream, Engine, EngineError, Snapshot, Subscription, WatchPermit};
+use crate::engine::{
+    ChangeStream, ChangeType, Engine, EngineError, Snapshot, Subscription, WatchPermit,
+};
 use crate::model::OperationId;
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
+use crate::pb::longrun::v1::operation_change as change;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcher;
-use crate::pb::longrun::v1::{WatchOperationRequest, WatchOperationsRequest};
+use crate::pb::longrun::v1::{
+    OperationChange, WatchChangesRequest, WatchOperationRequest, WatchOperationsRequest,
+};
 
 /// The OperationWatcher service.
 #[derive(Clone)]
@@ -68,14 +73,57 @@ async fn next(mut f: Follow) -> Option<(Result<Operation, Status>, Follow)> {
     Some((item, f))
 }
 
-/// The next change of an activity stream, as a stream item.
-async fn next_change(
-    mut activity: ActivityStream,
-) -> Option<(Result<Operation, Status>, Option<ActivityStream>)> {
-    match activity.next().await {
-        Ok(op) => Some((Ok(convert::operation(&op)), Some(activity))),
-        Err(e) => Some((Err(e.into()), None)),
+/// The next operation of a stream of all changes, as WatchOperations
+/// sends it: an operation that changed or left the filter; a resync ends
+/// the stream (the caller lists again).
+async fn next_operation(
+    mut changes: ChangeStream,
+) -> Option<(Result<Operation, Status>, Option<ChangeStream>)> {
+    loop {
+        let change = match changes.next().await {
+            Ok(change) => change,
+            Err(e) => return Some((Err(e.into()), None)),
+        };
+        match (change.change, change.operation) {
+            (ChangeType::Resync, _) => {
+                let missed = EngineError::Unavailable {
+                    reason: "CHANGES_MISSED",
+                    message: "changes were missed; list the operations again and reconnect".into(),
+                    retry_after: std::time::Duration::from_millis(100),
+                };
+                return Some((Err(missed.into()), None));
+            }
+            (_, Some(op)) => return Some((Ok(convert::operation(&op)), Some(changes))),
+            (_, None) => continue,
+        }
     }
+}
+
+/// The next change of a WatchChanges stream.
+async fn next_change(mut changes: ChangeStream) -> (Result<OperationChange, Status>, ChangeStream) {
+    let item = changes.next().await.map_err(Status::from).map(|c| {
+        let r#type = match c.change {
+            ChangeType::Updated => change::Type::Updated,
+            ChangeType::Left => change::Type::Left,
+            ChangeType::Deleted => change::Type::Deleted,
+            ChangeType::Resync => change::Type::Resync,
+        };
+        let operation = match (&c.operation, c.id) {
+            (Some(op), _) => Some(convert::operation(op)),
+            (None, Some(id)) => Some(Operation {
+                name: id.name(),
+                done: true,
+                ..Operation::default()
+            }),
+            (None, None) => None,
+        };
+        OperationChange {
+            cursor: c.cursor,
+            r#type: r#type as i32,
+            operation,
+        }
+    });
+    (item, changes)
 }
 
 #[tonic::async_trait]
@@ -88,14 +136,39 @@ impl OperationWatcher for WatcherService {
         request: Request<WatchOperationsRequest>,
     ) -> Result<Response<Self::WatchOperationsStream>, Status> {
         let caller = super::auth::caller(&request)?;
-        let activity =
-            self.engine
-                .activity(caller.scope(), &caller.tenant, &request.get_ref().filter)?;
+        let changes = self.engine.watch_changes(
+            caller.scope(),
+            &caller.tenant,
+            &request.get_ref().filter,
+            None,
+        )?;
         // After an error the stream ends.
-        let changes = stream::unfold(
-            Some(activity),
-            |state| async move { next_change(state?).await },
-        );
+        let operations = stream::unfold(Some(changes), |state| async move {
+            next_operation(state?).await
+        });
+        Ok(Response::new(Box::pin(operations)))
+    }
+
+    type WatchChangesStream = Pin<Box<dyn Stream<Item = Result<OperationChange, Status>> + Send>>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let caller = super::auth::caller(&request)?;
+        let req = request.get_ref();
+        let changes = self.engine.watch_changes(
+            caller.scope(),
+            &caller.tenant,
+            &req.filter,
+            Some(&req.resume_after),
+        )?;
+        // After an error (the server stopping) the stream ends.
+        let changes = stream::unfold(Some(changes), |state| async move {
+            let (item, changes) = next_change(state?).await;
+            let more = item.is_ok().then_some(changes);
+            Some((item, more))
+        });
         Ok(Response::new(Box::pin(changes)))
     }
 

@@ -146,9 +146,27 @@ impl Filter {
 
     /// True when the operation satisfies every condition.
     pub fn matches(&self, op: &Operation) -> bool {
+        self.matches_as(op, op.state, op.update_time)
+    }
+
+    /// Whether a condition looks at what changes over an operation's life
+    /// (its state, whether it is done, when it was updated); a filter that
+    /// does not sees each operation match or not for good.
+    pub fn follows_changes(&self) -> bool {
+        self.conditions.iter().any(|c| match c {
+            Condition::Done { .. } | Condition::State { .. } => true,
+            Condition::Time { field, .. } => *field == TimeField::Update,
+            Condition::Kind { .. } | Condition::Tenant { .. } => false,
+        })
+    }
+
+    /// True when the operation, had it been in `state` and last updated at
+    /// `update_time` (an earlier version of it, say), satisfies every
+    /// condition.
+    pub fn matches_as(&self, op: &Operation, state: State, update_time: SystemTime) -> bool {
         self.conditions.iter().all(|c| match c {
-            Condition::Done { equal, value } => (op.is_done() == *value) == *equal,
-            Condition::State { equal, value } => (op.state == *value) == *equal,
+            Condition::Done { equal, value } => (state.is_terminal() == *value) == *equal,
+            Condition::State { equal, value } => (state == *value) == *equal,
             Condition::Kind { equal, value } => (op.kind == *value) == *equal,
             Condition::Tenant { equal, value } => (op.tenant.as_str() == value) == *equal,
             Condition::Time {
@@ -158,7 +176,7 @@ impl Filter {
             } => {
                 let time = match field {
                     TimeField::Create => op.create_time,
-                    TimeField::Update => op.update_time,
+                    TimeField::Update => update_time,
                 };
                 cmp.holds(&time, value)
             }

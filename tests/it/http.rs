@@ -976,7 +976,7 @@ fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String,
             "/v1/orders:import".into(),
             Some(Value::String(ORDERS.into())),
         ),
-        "OperationWatcher.WatchOperations" => ("/v1/operations:watch".into(), none),
+        "OperationWatcher.WatchChanges" => ("/v1/operations:watch".into(), none),
         "Console.GetCaller" => ("/v1/caller".into(), none),
         "Console.GetQueueStats" => ("/v1/queues".into(), none),
         "Jobs.Enqueue" => (
@@ -1105,9 +1105,26 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
 
 #[tokio::test]
 async fn the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
+    activity_and_queues(None).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    activity_and_queues(Some(&db.url)).await;
+}
+
+async fn activity_and_queues(postgres: Option<&str>) {
     let acme = Person::new("alice", "acme", "writer");
     let globex = Person::new("gary", "globex", "writer");
-    let server = TestServer::start_with_auth(&auth_toml(&[&acme, &globex], ""), |_| {}).await;
+    let server = TestServer::start_with_auth(&auth_toml(&[&acme, &globex], ""), |c| {
+        if let Some(url) = postgres {
+            c.backend = longrun::store::Backend::Postgres(url.to_owned());
+        }
+    })
+    .await;
     let ours = Http::new(&server, acme.token());
     let theirs = Http::new(&server, globex.token());
 
@@ -1151,6 +1168,19 @@ async fn the_activity_stream_and_the_queues_show_only_the_callers_tenant() {
         .map(|f| sleep[*f].as_str().map_or(0, |n| n.parse::<i64>().unwrap()))
         .sum();
     assert_eq!(unfinished, 1, "only acme's operation counts: {sleep}");
+    // The scrape counts the queue of every tenant.
+    let metrics = reqwest::get(format!("http://{}/metrics", server.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let depth: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("longrun_queue_depth{") && l.contains("Diagnostics.Sleep"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(depth, 2.0, "{metrics}");
     drop(events);
     server.stop().await;
 }
@@ -1465,4 +1495,78 @@ fn urlencode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[tokio::test]
+async fn a_filtered_change_stream_hears_an_operation_leave_and_resumes_by_cursor() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    let open = |last: Option<String>| {
+        let mut request = http
+            .request(
+                reqwest::Method::GET,
+                "/v1/operations:watch?filter=done%20%3D%20false",
+            )
+            .header("accept", "text/event-stream");
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        async move { EventStream::new(request.send().await.unwrap()) }
+    };
+    let mut events = open(None).await;
+    let location = http
+        .create(
+            "/v1/diagnostics:sleep",
+            json!({"duration": "0.2s", "steps": 1}),
+        )
+        .await;
+    let name = &location["/v1/".len()..];
+    // Its changes while not done, then the one that makes it leave the
+    // filter (named `left`), with the final state.
+    let mut seen = Vec::new();
+    loop {
+        let event = events.next().await.expect("an event");
+        let op: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(op["name"], name, "{op}");
+        let left = event.event.as_deref() == Some("left");
+        seen.push(event);
+        if left {
+            assert_eq!(op["done"], true, "{op}");
+            break;
+        }
+        assert!(event_is_plain(seen.last().unwrap()), "{:?}", seen.last());
+    }
+    // The ids order the stream.
+    let seqs: Vec<u64> = seen
+        .iter()
+        .map(|e| {
+            e.id.as_ref()
+                .unwrap()
+                .rsplit('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    drop(events);
+
+    // Reconnecting after the first event replays the rest, in order.
+    let mut again = open(seen[0].id.clone()).await;
+    for expected in &seen[1..] {
+        let event = again.next().await.expect("a replayed event");
+        assert_eq!(event.id, expected.id);
+        assert_eq!(event.event, expected.event);
+    }
+    drop(again);
+    // A cursor this server never gave says to start over.
+    let mut lost = open(Some("0123456789abcdef-7".into())).await;
+    let event = lost.next().await.expect("an event");
+    assert_eq!(event.event.as_deref(), Some("resync"), "{event:?}");
+    server.stop().await;
+}
+
+fn event_is_plain(event: &SseEvent) -> bool {
+    event.event.is_none()
 }

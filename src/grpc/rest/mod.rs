@@ -47,7 +47,7 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::google::longrunning::operation::Result as OpResult;
-use crate::pb::longrun::v1::OperationMetadata;
+use crate::pb::longrun::v1::{OperationChange, OperationMetadata, operation_change};
 
 /// How often an idle event stream sends a comment, so that proxies and
 /// clients see it is alive.
@@ -565,7 +565,25 @@ async fn route(
         let first = message(binding, &fields, query.as_deref(), &[], key.as_deref())?;
         return upload(rest, binding, &caller, first, key.is_some(), request).await;
     }
-    let last_event = last_event_id(request.headers())?;
+    // A reconnecting event stream sends the last event's id: a cursor to
+    // resume after, for a method that takes one, else a version to skip
+    // to.
+    let resumes = binding
+        .rpc
+        .input()
+        .get_field_by_name("resume_after")
+        .is_some();
+    let resume = request
+        .headers()
+        .get("last-event-id")
+        .filter(|_| resumes)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned());
+    let last_event = if resumes {
+        None
+    } else {
+        last_event_id(request.headers())?
+    };
     let body = if binding.body.is_empty() {
         Bytes::new()
     } else {
@@ -575,6 +593,10 @@ async fn route(
     // (a bare POST to :cancel) needs none.
     if !typed && !body.iter().all(u8::is_ascii_whitespace) {
         return Err(wrong_media_type("application/json"));
+    }
+    let mut fields = fields;
+    if let Some(resume) = resume {
+        fields.push(("resume_after".to_owned(), resume));
     }
     let message = message(binding, &fields, query.as_deref(), &body, key.as_deref())?;
     let path = binding.grpc_path();
@@ -939,9 +961,11 @@ async fn events(
         .await?;
     let output = binding.rpc.output();
     let operations = output.full_name() == Operation::full_name();
+    let changes = output.full_name() == OperationChange::full_name();
     let pool = rest.pool.clone();
     let events = messages.filter_map(move |item| {
         let event = match item {
+            Ok(bytes) if changes => Some(change_event(&pool, &bytes)),
             Ok(bytes) => {
                 let id = operations
                     .then(|| Operation::decode(bytes.as_ref()).ok())
@@ -979,6 +1003,34 @@ async fn events(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
         .into_response())
+}
+
+/// A change of a stream of all changes as an event: its cursor as the id,
+/// its type as the event's name (none for an update: a plain message), the
+/// operation as the data.
+fn change_event(pool: &DescriptorPool, bytes: &[u8]) -> Event {
+    let Ok(change) = OperationChange::decode(bytes) else {
+        return Event::default()
+            .event("error")
+            .data(r#"{"error": {"message": "an undecodable change"}}"#);
+    };
+    // An update is a plain message (what EventSource's onmessage hears);
+    // the others are named.
+    let r#type =
+        operation_change::Type::try_from(change.r#type).unwrap_or(operation_change::Type::Updated);
+    let data = change
+        .operation
+        .as_ref()
+        .and_then(|op| {
+            let descriptor = pool.get_message_by_name(Operation::full_name().as_str())?;
+            DynamicMessage::decode(descriptor, op.encode_to_vec().as_slice()).ok()
+        })
+        .map_or_else(|| "{}".to_owned(), |m| pb::json::message(&m).to_string());
+    let event = Event::default().id(change.cursor).data(data);
+    match r#type {
+        operation_change::Type::Updated | operation_change::Type::Unspecified => event,
+        named => event.event(named.as_str_name().to_ascii_lowercase()),
+    }
 }
 
 /// An upload: `first` (the request's fields) and then one message per
