@@ -48,12 +48,25 @@ const READ_METHODS: [&str; 11] = [
 /// (the page calls the API with the user's token).
 pub const DASHBOARD_PATHS: [&str; 2] = ["/", "/ui/"];
 
+/// Where load balancers ask whether the server is up and ready; open to
+/// all, over plain HTTP.
+pub const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
 /// Methods only workers (and admins) may call.
 const WORKER_PREFIX: &str = "/longrun.v1.Workers/";
 
 /// Where the HTTP/JSON face lives; it checks its callers itself
 /// (`rest`), with the same tokens and roles.
 pub const REST_PREFIX: &str = "/v1/";
+
+/// Whether `path` is served to plain HTTP clients: the HTTP/JSON face,
+/// the dashboard and the readiness probes.
+fn http_path(path: &str) -> bool {
+    path.starts_with(REST_PREFIX)
+        || path == DASHBOARD_PATHS[0]
+        || path.starts_with(DASHBOARD_PATHS[1])
+        || PROBE_PATHS.contains(&path)
+}
 
 /// The role `path` needs at this door; None when it is open to all, or
 /// left to the HTTP/JSON face's own door.
@@ -246,6 +259,23 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            // An HTTP client: the HTTP face, the dashboard and the probes
+            // answer it (the face with a door of its own); no other path
+            // is served over plain HTTP.
+            if http_path(path) {
+                return Either::Left(self.inner.call(request));
+            }
+            let (parts, body) = super::rest::not_found(path).into_parts();
+            return Either::Right(ready(Ok(http::Response::from_parts(
+                parts,
+                Body::new(body),
+            ))));
+        }
         let Some(needed) = required_role(path) else {
             return Either::Left(self.inner.call(request));
         };

@@ -5,6 +5,8 @@
 //! - `listen`: accepting connections, each with a deadline to start;
 //! - `metrics`: the Prometheus scrape endpoint, on its own listener;
 //! - `dashboard`: the web dashboard's embedded page and assets;
+//! - `probes`: readiness, for the gRPC health service and `/healthz`,
+//!   `/readyz`;
 //! - `tls`: rustls configuration for the port, reloadable.
 //!
 //! The caller owns the listener and the shutdown signal, so tests serve on
@@ -14,6 +16,7 @@
 pub mod dashboard;
 pub mod listen;
 pub mod metrics;
+pub mod probes;
 pub mod tls;
 
 use std::future::Future;
@@ -53,7 +56,7 @@ use crate::pb::longrun::v1::workers_server::WorkersServer;
 use crate::reports::Reports;
 use crate::store::postgres::{DEFAULT_POOL_SIZE, PgConfig, redacted};
 use crate::store::sled::SledConfig;
-use crate::store::{Backend, Health, OperationStore, PgStore, SledStore, StoreError, Stores};
+use crate::store::{Backend, PgStore, SledStore, StoreError, Stores};
 use crate::webhook::guard::CreateTimeGuard;
 use crate::webhook::{Secret, WebhookConfig};
 use tls::{TlsError, TlsFiles, TlsPaths};
@@ -189,53 +192,6 @@ pub enum ServerError {
          Pass --auth-file FILE, or --insecure-no-auth to accept that"
     )]
     InsecureNoAuth { address: String },
-}
-
-/// How often the store's free space is looked at, so that health follows
-/// the disk (both ways) without waiting for a write.
-const SPACE_PROBE: Duration = Duration::from_secs(1);
-
-/// Keeps every service's health in step with the store's: SERVING while it
-/// takes writes, NOT_SERVING while its disk is full (reads still work).
-async fn follow_store_health(
-    ops: Arc<dyn OperationStore>,
-    reporter: tonic_health::server::HealthReporter,
-    names: Vec<&'static str>,
-    stop: CancellationToken,
-) {
-    let mut health = ops.health();
-    loop {
-        let now = *health.borrow_and_update();
-        let status = match now {
-            Health::Writable => ServingStatus::Serving,
-            Health::Full => {
-                warn!("the store's disk is full: NOT_SERVING, new operations refused");
-                ServingStatus::NotServing
-            }
-            Health::Unavailable => {
-                warn!(
-                    "the store cannot take writes (the database cannot be reached, or the disk failed): NOT_SERVING"
-                );
-                ServingStatus::NotServing
-            }
-        };
-        for name in &names {
-            reporter.set_service_status(*name, status).await;
-        }
-        loop {
-            let probe = tokio::time::sleep(SPACE_PROBE);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                changed = health.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    break;
-                }
-                _ = probe => ops.probe().await,
-            }
-        }
-    }
 }
 
 /// Re-reads the auth file and the TLS files of a running server (on
@@ -491,11 +447,8 @@ impl Server {
                     .max_decoding_message_size(max),
             );
         }
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
-        }
+        let readiness = probes::Readiness::new(health, names);
+        readiness.set(ServingStatus::NotServing).await;
         let reflection = || {
             descriptors.iter().fold(
                 tonic_reflection::server::Builder::configure(),
@@ -526,7 +479,11 @@ impl Server {
             &rest_config,
         )
         .map_err(ServerError::Cors)?;
-        let faces = grpc.merge(rest::router(rest)).merge(dashboard::router());
+        let faces = grpc
+            .merge(rest::router(rest))
+            .merge(dashboard::router())
+            .merge(readiness.router())
+            .fallback(rest::unknown_path);
 
         // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
         // keepalive finds peers that vanished without a word.
@@ -593,14 +550,13 @@ impl Server {
             engine.shutdown_token().clone(),
         ));
         // Health follows the store from here on: SERVING while it takes
-        // writes, NOT_SERVING while its disk is full.
+        // writes, NOT_SERVING while its disk is full or out of reach.
         let watching = CancellationToken::new();
-        let follower = tasks.spawn(follow_store_health(
-            Arc::clone(&stores.operations),
-            health.clone(),
-            names.clone(),
-            watching.clone(),
-        ));
+        let follower = tasks.spawn(
+            readiness
+                .clone()
+                .follow_store(Arc::clone(&stores.operations), watching.clone()),
+        );
         match local {
             // A stable line that scripts and tests can wait for.
             Some(address) => {
@@ -614,11 +570,7 @@ impl Server {
         info!("shutting down");
         watching.cancel();
         let _ = follower.await;
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
-        }
+        readiness.set(ServingStatus::NotServing).await;
         stop.cancel();
         tasks.close();
         let (served, (), ()) = tokio::join!(serving, engine.shutdown(), tasks.wait());

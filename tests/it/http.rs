@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::{Person, TestServer, auth_toml};
+use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 
 /// A client of `server`'s HTTP face, with `token` as its bearer.
 struct Http {
@@ -1569,4 +1570,102 @@ async fn a_filtered_change_stream_hears_an_operation_leave_and_resumes_by_cursor
 
 fn event_is_plain(event: &SseEvent) -> bool {
     event.event.is_none()
+}
+
+#[tokio::test]
+async fn unknown_paths_are_not_found_and_the_probes_tell_the_truth() {
+    let writer = Person::new("wanda", "acme", "writer");
+    let dir = tempfile::tempdir().unwrap();
+    let mut stores = longrun::store::Stores::from_backend(
+        longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always).unwrap(),
+    );
+    let spy = crate::spy::Spy::wrap(&mut stores);
+    let mut config = crate::common::config(dir.path());
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, auth_toml(&[&writer], "")).unwrap();
+    config.auth_file = Some(auth);
+    let server = TestServer::start_stores(config, stores, longrun::Registry::new()).await;
+    let http = Http::new(&server, None);
+    // No token needed, and the answers are what a load balancer reads.
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, body) = http.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["status"], "SERVING");
+    }
+    for (method, path) in [
+        (reqwest::Method::GET, "/favicon.ico"),
+        (reqwest::Method::GET, "/index.html"),
+        (
+            reqwest::Method::POST,
+            "/google.longrunning.Operations/GetOperation",
+        ),
+    ] {
+        let (status, headers, error) = http.send(http.request(method, path)).await;
+        assert_error(
+            status,
+            &error,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "NO_SUCH_ROUTE",
+            None,
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+    }
+    // A gRPC client of a method nobody serves still hears UNIMPLEMENTED
+    // (once it passed the door).
+    let mut grpc = tonic::client::Grpc::new(server.authed(writer.token()).await);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<_, (), _>(
+            tonic::Request::new(()),
+            "/acme.Nothing/Here".parse().unwrap(),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // While the store cannot take writes the node is not ready (but up);
+    // /readyz turns before the gRPC health service does.
+    use tokio_stream::StreamExt;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    async fn serving(
+        health: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+        wanted: bool,
+    ) {
+        let wanted = if wanted { 1 } else { 2 };
+        tokio::time::timeout(crate::common::PATIENCE, async {
+            while let Some(item) = health.next().await {
+                if item.unwrap().status == wanted {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("health turned in time");
+    }
+    spy.fail(crate::spy::Fault::BeforeApplying);
+    let refused = DiagnosticsClient::new(server.authed(writer.token()).await)
+        .sleep(longrun::pb::longrun::v1::SleepRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    serving(&mut health, false).await;
+    let (status, _, body) = http.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "NOT_SERVING");
+    let (status, _, _) = http.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    spy.fail(crate::spy::Fault::None);
+    serving(&mut health, true).await;
+    let (status, _, _) = http.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    drop(health);
+    server.stop().await;
 }

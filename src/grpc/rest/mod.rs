@@ -175,7 +175,11 @@ impl Rest {
 
 /// Marks every answer of the HTTP face: browsers must not guess another
 /// content type than the one sent.
-async fn no_sniffing(mut response: Response) -> Response {
+async fn no_sniffing(response: Response) -> Response {
+    no_sniff(response)
+}
+
+fn no_sniff(mut response: Response) -> Response {
     response.headers_mut().insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -396,6 +400,32 @@ async fn serve(State(rest): Shared, request: Request) -> Response {
     rest.metrics
         .http(method.as_str(), route, response.status().as_u16());
     response
+}
+
+/// What answers a path nothing serves: 404 for an HTTP client, and
+/// UNIMPLEMENTED for a gRPC one (as tonic would).
+pub async fn unknown_path(request: Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    let path = request.uri().path();
+    if grpc {
+        let status = super::status::unimplemented(
+            "UNKNOWN_METHOD",
+            format!("this server has no method {path}"),
+        );
+        return status.into_http::<Body>().into_response();
+    }
+    not_found(path)
+}
+
+/// 404, and why, for an HTTP request of a path nothing serves over HTTP.
+pub fn not_found(path: &str) -> Response {
+    no_sniff(error_body(
+        &no_route(format!("nothing is served at {path}")),
+        None,
+    ))
 }
 
 fn wrong_method(allowed: &[Method], method: &Method, path: &str) -> Refused {
