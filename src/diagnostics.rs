@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
+use crate::engine::{Size, Task, TaskContext, TaskError, TaskPolicy};
 use crate::model::{Code, FieldViolation};
 use crate::pb::longrun::v1::{SleepRequest, SleepResponse};
 
@@ -56,6 +56,14 @@ impl Task for SleepTask {
             // A sleep only waits on a timer: thousands can run at once.
             concurrency: SLEEP_CONCURRENCY,
             ..TaskPolicy::default()
+        }
+    }
+
+    /// A sleep knows its length.
+    fn size(&self, request: &SleepRequest) -> Size {
+        Size {
+            length: requested_duration(request).ok(),
+            work: None,
         }
     }
 

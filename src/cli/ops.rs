@@ -227,6 +227,25 @@ pub(super) fn print(op: &Operation, format: Output) {
     }
 }
 
+/// Draws `op` on the bar: its progress, or, while it runs quietly, how far
+/// along its estimate it should be by now; its state, ETA and message.
+fn draw(bar: &ProgressBar, op: &Operation) {
+    let Some(m) = output::metadata(op) else {
+        return;
+    };
+    let reported = m.progress_percent.clamp(0, 100) as u64;
+    let expected = output::expected_percent(&m).unwrap_or(0).min(99);
+    bar.set_position(reported.max(expected));
+    let eta = output::eta(&m)
+        .map(|e| format!(" · {e}"))
+        .unwrap_or_default();
+    bar.set_message(format!(
+        "{}{eta} {}",
+        output::state_name(op),
+        m.status_message
+    ));
+}
+
 /// The exit code for a finished operation: 0 when it succeeded.
 fn outcome_code(op: &Operation) -> ExitCode {
     match op.result {
@@ -301,23 +320,27 @@ pub(super) async fn watch(
         }
         Output::Json => None,
     };
-    let mut last = None;
-    while let Some(item) = stream.next().await {
+    if let Some(bar) = &bar {
+        bar.enable_steady_tick(Duration::from_millis(100));
+    }
+    // Between updates the bar moves on by itself, towards the estimate, so
+    // that a long, quiet task does not look hung.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last: Option<Operation> = None;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = tick.tick(), if bar.is_some() && last.as_ref().is_some_and(|op| !op.done) => {
+                if let (Some(bar), Some(op)) = (&bar, &last) {
+                    draw(bar, op);
+                }
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
         let op = item.map_err(|s| describe(&s))?;
         match &bar {
-            Some(bar) => {
-                if let Some(m) = output::metadata(&op) {
-                    bar.set_position(m.progress_percent.clamp(0, 100) as u64);
-                    let eta = output::eta(&m)
-                        .map(|e| format!(" · {e}"))
-                        .unwrap_or_default();
-                    bar.set_message(format!(
-                        "{}{eta} {}",
-                        output::state_name(&op),
-                        m.status_message
-                    ));
-                }
-            }
+            Some(bar) => draw(bar, &op),
             None => say!("{}", output::json(&op)),
         }
         last = Some(op);

@@ -40,6 +40,19 @@ pub fn eta(m: &OperationMetadata) -> Option<String> {
     Some(format!("ETA {}", humantime::format_duration(left)))
 }
 
+/// How far along (0 to 100) a running operation should be by now, going
+/// by its start and its estimated end.
+pub fn expected_percent(m: &OperationMetadata) -> Option<u64> {
+    if State::try_from(m.state).ok()? != State::Running {
+        return None;
+    }
+    let start = pb::system_time(m.start_time.as_ref()?)?;
+    let end = pb::system_time(m.estimated_end_time.as_ref()?)?;
+    let whole = end.duration_since(start).ok()?.as_secs_f64();
+    let gone = SystemTime::now().duration_since(start).ok()?.as_secs_f64();
+    (whole > 0.0).then(|| ((gone / whole) * 100.0).clamp(0.0, 100.0) as u64)
+}
+
 /// The state name of an operation.
 pub fn state_name(op: &Operation) -> String {
     metadata(op)

@@ -124,7 +124,8 @@ impl Engine {
             inner.clock.now(),
         );
         op.notification = options.notification;
-        (op.expected_run, op.expected_start) = inner.expectations(&op.kind, op.create_time);
+        (op.expected_run, op.expected_start) =
+            inner.expectations(&op.kind, registered.task.size(&op.request), op.create_time);
         let name = op.id.name();
         match inner.committer.write(Write::Create(op)).await {
             Ok(Applied::Created(Created::New(op))) => {

@@ -115,7 +115,8 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_d
             supervise(&inner, claim, handle, progress_rx, &token, deadline).await;
         inner.config.metrics.ran(&op.kind, began.elapsed());
         if matches!(ended, Ended::Returned(Ok(_))) {
-            inner.run_times.record(&op.kind, began.elapsed());
+            let work = kind.task.size(&op.request).work;
+            inner.run_times.record(&op.kind, began.elapsed(), work);
         }
         inner.forget_running(op.id);
 

@@ -59,7 +59,9 @@ pub use self::outside::{
     Assignment, KindSpec, LeaseRef, Owner, ToWorker, WorkerCaller, WorkerSession, WorkerSpec,
 };
 pub use self::quota::{TenantQuotas, WatchPermit};
-pub use self::task::{DEFAULT_CONCURRENCY, Registry, Task, TaskContext, TaskError, TaskPolicy};
+pub use self::task::{
+    DEFAULT_CONCURRENCY, Registry, Size, Task, TaskContext, TaskError, TaskPolicy,
+};
 pub use self::watch::{Snapshot, Subscription};
 /// The model types a [`Task`] implementation needs.
 pub use crate::model::{Code, FieldViolation, OperationId, Payload};

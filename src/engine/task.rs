@@ -44,6 +44,15 @@ pub trait Task: Send + Sync + 'static {
         TaskPolicy::default()
     }
 
+    /// What the request says of how long the work will take, for its
+    /// estimate: its length, when it is known (a sleep's), or its amount
+    /// of work in the kind's own units (an upload's bytes), which the
+    /// engine turns into a time by the kind's recent rate. Without either,
+    /// the estimate falls back on the kind's recent run times.
+    fn size(&self, _request: &Self::Request) -> Size {
+        Size::default()
+    }
+
     /// Does the work. Long tasks should report progress and return promptly
     /// with [`TaskError::cancelled`] once `ctx.is_cancelled()`.
     fn run(
@@ -58,6 +67,15 @@ pub trait Task: Send + Sync + 'static {
     fn expire(&self, _id: OperationId, _request: Self::Request) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// What a request says of how long its work will take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
+    /// How long an attempt runs, when the request says.
+    pub length: Option<Duration>,
+    /// How much work it is, in the kind's own units.
+    pub work: Option<u64>,
 }
 
 /// Per-kind settings.
@@ -257,6 +275,10 @@ pub(crate) type ExpireFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A task with its types erased, as the registry holds it.
 pub(crate) trait ErasedTask: Send + Sync {
     fn validate(&self, request: &Payload) -> Result<(), EngineError>;
+    /// The request's [`Size`]; nothing known when it cannot be read.
+    fn size(&self, _request: &Payload) -> Size {
+        Size::default()
+    }
     fn run(&self, ctx: TaskContext, request: Payload) -> TaskFuture;
     fn expire(&self, id: OperationId, request: Payload) -> ExpireFuture;
 }
@@ -273,6 +295,13 @@ impl<T: Task> ErasedTask for Erased<T> {
             .map_err(|v| EngineError::InvalidArgument {
                 violations: vec![v],
             })
+    }
+
+    fn size(&self, request: &Payload) -> Size {
+        request
+            .unpack::<T::Request>()
+            .map(|request| self.0.size(&request))
+            .unwrap_or_default()
     }
 
     fn run(&self, ctx: TaskContext, request: Payload) -> TaskFuture {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Reports;
 use super::rows::{ColumnMap, RowError};
-use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
+use crate::engine::{Size, Task, TaskContext, TaskError, TaskPolicy};
 use crate::model::order::Order;
 use crate::model::{Code, OperationId};
 use crate::pb::longrun::v1 as api;
@@ -162,6 +162,14 @@ impl Task for ImportOrdersTask {
     /// Parsing and storing keep a core busy.
     fn policy(&self) -> TaskPolicy {
         TaskPolicy::cpu_bound()
+    }
+
+    /// An import's work is its upload's bytes.
+    fn size(&self, job: &ImportJob) -> Size {
+        Size {
+            length: None,
+            work: Some(job.size_bytes),
+        }
     }
 
     async fn run(

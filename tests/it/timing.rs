@@ -313,16 +313,19 @@ async fn progressed(paused: &Paused, op: &Operation, percent: u32) -> Operation 
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_estimate_follows_progress_and_then_the_kinds_run_times() {
+async fn the_estimate_follows_the_known_length_then_progress() {
     let paused = Paused::start(|_, _| {}).await;
     let clock = Clock::following_tokio();
     let ten_seconds = SleepRequest {
         steps: 10,
         ..sleep(Duration::from_secs(10))
     };
-    // Nothing is known of the kind yet: no estimate, rather than a guess.
+    // Nothing is known of the kind yet, but a sleep knows its length.
     let first = paused.sleep(ten_seconds.clone()).await;
-    assert_eq!(first.estimated_end(clock.now()), None);
+    assert_eq!(first.expected_run, Some(Duration::from_secs(10)));
+    let estimate = first.estimated_end(clock.now()).expect("an estimate");
+    assert!(estimate >= first.create_time + Duration::from_secs(10));
+    assert!(estimate <= first.create_time + Duration::from_millis(10_100));
 
     // After the first progress step (10 % after 1 s), the estimate is the
     // operation's own rate: its start plus 10 s, within 5 %.
@@ -339,18 +342,18 @@ async fn the_estimate_follows_progress_and_then_the_kinds_run_times() {
     let done = paused.done(&first).await;
     assert_eq!(done.estimated_end(clock.now()), done.end_time);
 
-    // The kind has a run time now: a new operation is estimated before it
-    // reports anything, from the median of recent runs (10 s).
-    let second = paused.sleep(ten_seconds).await;
-    let expected_run = second.expected_run.expect("the kind's median run");
-    assert!(
-        expected_run >= Duration::from_secs(10) && expected_run < Duration::from_secs(11),
-        "{expected_run:?}"
-    );
-    let estimate = second
+    // However short the kind's recent runs were, a long sleep is
+    // estimated by its own length, not by their median.
+    for _ in 0..3 {
+        let quick = paused.sleep(sleep(Duration::ZERO)).await;
+        paused.done(&quick).await;
+    }
+    let long = paused.sleep(sleep(Duration::from_secs(600))).await;
+    assert_eq!(long.expected_run, Some(Duration::from_secs(600)));
+    let estimate = long
         .estimated_end(clock.now())
         .expect("an estimate while queued");
-    assert!(estimate >= second.create_time + Duration::from_secs(10));
-    assert!(estimate <= second.create_time + Duration::from_secs(11));
-    paused.done(&second).await;
+    assert!(estimate >= long.create_time + Duration::from_secs(600));
+    assert!(estimate <= long.create_time + Duration::from_secs(601));
+    paused.done(&long).await;
 }
