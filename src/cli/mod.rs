@@ -108,6 +108,54 @@ pub enum Output {
     Json,
 }
 
+/// What a client command's exit status says.
+pub mod exit {
+    use std::process::ExitCode;
+
+    /// (0: done, and it succeeded.)
+    /// The operation followed ended failed or cancelled.
+    pub const FAILED: u8 = 1;
+    /// The command itself failed (a bad flag, an unreachable server, a
+    /// refused call).
+    pub const ERROR: u8 = 2;
+    /// The operation is still running: `--timeout` passed, or Ctrl-C
+    /// stopped following it.
+    pub const STILL_RUNNING: u8 = 3;
+    /// An import succeeded but skipped malformed rows.
+    pub const ROWS_SKIPPED: u8 = 4;
+
+    /// The exit code `code`.
+    pub fn code(code: u8) -> ExitCode {
+        ExitCode::from(code)
+    }
+}
+
+/// An operation's name as given: `operations/{id}`, or the bare id (as the
+/// dashboard shows it).
+pub fn operation_name(text: &str) -> Result<String, String> {
+    resource_name("operations", text)
+}
+
+/// A report's name as given: `reports/{id}`, or the bare id.
+pub fn report_name(text: &str) -> Result<String, String> {
+    resource_name("reports", text)
+}
+
+fn resource_name(collection: &str, text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if uuid::Uuid::parse_str(text).is_ok() {
+        return Ok(format!("{collection}/{text}"));
+    }
+    match text.split_once('/') {
+        Some((c, id)) if c == collection && uuid::Uuid::parse_str(id).is_ok() => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "{text:?} is not a name: {collection}/ID or the bare ID (a UUID)"
+        )),
+    }
+}
+
 /// The NotificationConfig for a `--notify URL` flag.
 fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::NotificationConfig> {
     url.map(
@@ -119,8 +167,7 @@ fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::Notific
 }
 
 /// Runs a client command (anything but `serve`) and returns the process
-/// exit code: 0 on success, 1 when the operation followed ended in failure
-/// or cancellation, 2 when the command itself failed.
+/// exit code (see [`exit`]).
 pub async fn run_client(command: Command) -> ExitCode {
     let result = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
@@ -138,7 +185,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            exit::code(exit::ERROR)
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 
 use super::client::{Clients, connect, describe};
 use super::output;
-use super::{ClientArgs, Output};
+use super::{ClientArgs, Output, exit};
 use longrun::pb::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     Operation, WaitOperationRequest, operation,
@@ -40,14 +40,16 @@ pub enum OpsCommand {
     Get {
         #[command(flatten)]
         client: ClientArgs,
-        /// The operation, operations/{id}.
+        /// The operation: operations/{id}, or the bare id.
+        #[arg(value_parser = super::operation_name)]
         name: String,
     },
     /// Block until the operation is done (or --timeout passes).
     Wait {
         #[command(flatten)]
         client: ClientArgs,
-        /// The operation, operations/{id}.
+        /// The operation: operations/{id}, or the bare id.
+        #[arg(value_parser = super::operation_name)]
         name: String,
         /// Give up after this long (e.g. 30s); by default wait until done.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -57,21 +59,32 @@ pub enum OpsCommand {
     Watch {
         #[command(flatten)]
         client: ClientArgs,
-        /// The operation, operations/{id}.
+        /// The operation: operations/{id}, or the bare id.
+        #[arg(value_parser = super::operation_name)]
         name: String,
     },
     /// Ask the operation to stop.
     Cancel {
         #[command(flatten)]
         client: ClientArgs,
-        /// The operation, operations/{id}.
+        /// The operation: operations/{id}, or the bare id.
+        #[arg(value_parser = super::operation_name)]
         name: String,
     },
     /// Forget a finished operation.
     Delete {
         #[command(flatten)]
         client: ClientArgs,
-        /// The operation, operations/{id}.
+        /// The operation: operations/{id}, or the bare id.
+        #[arg(value_parser = super::operation_name)]
+        name: String,
+    },
+    /// List an operation's webhook deliveries.
+    Deliveries {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The operation: operations/{id}, or the bare id.
+        #[arg(value_parser = super::operation_name)]
         name: String,
     },
 }
@@ -137,21 +150,31 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            let deliveries = clients
-                .notifications
-                .list_deliveries(ListDeliveriesRequest { name })
-                .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
             match client.output {
-                Output::Json => {
-                    let mut json = output::json(&op);
-                    json["deliveries"] = output::json(&deliveries)["deliveries"].clone();
-                    say!("{json}");
-                }
+                // The operation in the proto3 JSON mapping, nothing added
+                // (`ops deliveries` lists the deliveries).
+                Output::Json => say!("{}", output::json(&op)),
                 Output::Text => {
                     say!("{}", output::text(&op).trim_end());
+                    let deliveries = deliveries(&mut clients, name).await?;
+                    if deliveries.deliveries.is_empty() {
+                        say!("webhooks:  none");
+                    }
                     for d in &deliveries.deliveries {
+                        say!("{}", output::delivery(d));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        OpsCommand::Deliveries { client, name } => {
+            let mut clients = connect(&client).await?;
+            let list = deliveries(&mut clients, name).await?;
+            match client.output {
+                Output::Json => say!("{}", output::json(&list)),
+                Output::Text if list.deliveries.is_empty() => say!("no webhook deliveries"),
+                Output::Text => {
+                    for d in &list.deliveries {
                         say!("{}", output::delivery(d));
                     }
                 }
@@ -191,6 +214,18 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn deliveries(
+    clients: &mut Clients,
+    name: String,
+) -> anyhow::Result<longrun::pb::longrun::v1::ListDeliveriesResponse> {
+    Ok(clients
+        .notifications
+        .list_deliveries(ListDeliveriesRequest { name })
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner())
 }
 
 fn acknowledge(format: Output, what: &str, name: &str) {
@@ -247,10 +282,10 @@ fn draw(bar: &ProgressBar, op: &Operation) {
 }
 
 /// The exit code for a finished operation: 0 when it succeeded.
-fn outcome_code(op: &Operation) -> ExitCode {
+pub(super) fn outcome_code(op: &Operation) -> ExitCode {
     match op.result {
         Some(operation::Result::Response(_)) => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
+        _ => exit::code(exit::FAILED),
     }
 }
 
@@ -285,10 +320,11 @@ pub(super) async fn wait(
                 outcome_code(&op)
             } else {
                 eprintln!(
-                    "still running after {}",
-                    humantime::format_duration(started.elapsed())
+                    "{} is still running after {}",
+                    op.name,
+                    output::short_duration(started.elapsed())
                 );
-                ExitCode::from(1)
+                exit::code(exit::STILL_RUNNING)
             });
         }
     }
@@ -321,15 +357,25 @@ pub(super) async fn watch(
         Output::Json => None,
     };
     if let Some(bar) = &bar {
+        eprintln!("following {name} (Ctrl-C stops following; the operation goes on)");
         bar.enable_steady_tick(Duration::from_millis(100));
     }
     // Between updates the bar moves on by itself, towards the estimate, so
     // that a long, quiet task does not look hung.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last: Option<Operation> = None;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
+            _ = &mut interrupted => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                eprintln!("stopped following {name}; it is still running (longrun ops watch {name})");
+                return Ok(exit::code(exit::STILL_RUNNING));
+            }
             _ = tick.tick(), if bar.is_some() && last.as_ref().is_some_and(|op| !op.done) => {
                 if let (Some(bar), Some(op)) = (&bar, &last) {
                     draw(bar, op);

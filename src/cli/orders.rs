@@ -7,11 +7,12 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncReadExt;
 
-use super::ClientArgs;
 use super::client::{connect, describe};
-use super::ops::{print, watch};
+use super::ops::{print, wait, watch};
+use super::{ClientArgs, exit};
 use longrun::model::order::Month;
-use longrun::pb::longrun::v1::ImportOrdersRequest;
+use longrun::pb::google::longrunning::{GetOperationRequest, operation};
+use longrun::pb::longrun::v1::{ImportOrdersRequest, ImportOrdersResponse};
 use longrun::reports::generate::{Spec, write_csv};
 
 /// Bytes per upload message.
@@ -42,8 +43,11 @@ pub enum OrdersCommand {
         /// The CSV file.
         file: PathBuf,
         /// Follow the import with a progress bar until it is done.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         watch: bool,
+        /// Block until the import is done.
+        #[arg(long)]
+        wait: bool,
         /// An idempotency key (UUID).
         #[arg(long, default_value = "")]
         request_id: String,
@@ -97,6 +101,7 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
             client,
             file,
             watch: follow,
+            wait: block,
             request_id,
             notify,
         } => {
@@ -154,12 +159,48 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
             reader.await??;
             bar.finish_and_clear();
             let op = reply.map_err(|s| describe(&s))?.into_inner();
-            if follow {
-                watch(&mut clients, op.name, client.output).await
-            } else {
+            if !follow && !block {
                 print(&op, client.output);
-                Ok(ExitCode::SUCCESS)
+                return Ok(ExitCode::SUCCESS);
             }
+            let name = op.name.clone();
+            let code = if follow {
+                watch(&mut clients, op.name, client.output).await?
+            } else {
+                wait(&mut clients, op.name, None, client.output).await?
+            };
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            // Done: say how many rows went in, and fail when some were
+            // skipped, so that a script notices.
+            let done = clients
+                .operations
+                .get_operation(GetOperationRequest { name })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let Some(operation::Result::Response(any)) = done.result else {
+                return Ok(code);
+            };
+            let result: ImportOrdersResponse = prost::Message::decode(any.value.as_slice())?;
+            if client.output == super::Output::Text {
+                eprintln!(
+                    "imported {} rows, skipped {} malformed",
+                    result.imported, result.failed
+                );
+                for e in result.errors.iter().take(10) {
+                    eprintln!("  row {}: {}: {}", e.row, e.column, e.reason);
+                }
+                if result.errors.len() > 10 {
+                    eprintln!("  ... (longrun ops get {} shows them all)", done.name);
+                }
+            }
+            Ok(if result.failed > 0 {
+                exit::code(exit::ROWS_SKIPPED)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

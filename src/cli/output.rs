@@ -53,6 +53,16 @@ pub fn expected_percent(m: &OperationMetadata) -> Option<u64> {
     (whole > 0.0).then(|| ((gone / whole) * 100.0).clamp(0.0, 100.0) as u64)
 }
 
+/// A duration for people: to the millisecond under ten seconds, to the
+/// second above ("2.003s", "1m 12s"), never in nanoseconds.
+pub fn short_duration(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(10) {
+        format!("{:.3}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
 /// The state name of an operation.
 pub fn state_name(op: &Operation) -> String {
     metadata(op)

@@ -11,8 +11,10 @@ use tokio_stream::StreamExt;
 use super::client::{Clients, connect, describe};
 use super::ops::{print, wait, watch};
 use super::{ClientArgs, Output};
-use longrun::pb::google::longrunning::operation;
-use longrun::pb::longrun::v1::{CreateReportRequest, ReadReportRequest, Report, ReportFormat};
+use longrun::pb::google::longrunning::{ListOperationsRequest, operation};
+use longrun::pb::longrun::v1::{
+    CreateReportRequest, GetReportRequest, ReadReportRequest, Report, ReportFormat,
+};
 
 /// Report commands.
 #[derive(Debug, clap::Subcommand)]
@@ -29,9 +31,13 @@ pub enum ReportCommand {
         #[arg(long, default_value = "csv", value_parser = parse_format)]
         format: ReportFormat,
         /// Follow the operation with a progress bar.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         watch: bool,
-        /// Download the finished report to this file.
+        /// Block until the report is done.
+        #[arg(long)]
+        wait: bool,
+        /// Download the finished report to this file (- for standard
+        /// output); waits for it.
         #[arg(long)]
         out: Option<PathBuf>,
         /// An idempotency key (UUID).
@@ -45,11 +51,20 @@ pub enum ReportCommand {
     Read {
         #[command(flatten)]
         client: ClientArgs,
-        /// The report, reports/{id}.
+        /// The report: reports/{id}, or the bare id.
+        #[arg(value_parser = super::report_name)]
         name: String,
         /// The file to write; - for standard output.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// List the finished reports, newest first.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -61,6 +76,15 @@ fn parse_format(text: &str) -> Result<ReportFormat, String> {
         other => Err(format!(
             "unknown format {other:?}; expected csv, json or pdf"
         )),
+    }
+}
+
+/// A write to standard output whose reader went away (`... --out - | head`)
+/// ends the command quietly, as other command-line tools do.
+fn quietly_on_broken_pipe(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => other,
     }
 }
 
@@ -105,15 +129,83 @@ async fn download(
         bar.set_position(total);
         match file.as_mut() {
             Some(f) => f.write_all(&chunk.data).await?,
-            None => stdout.write_all(&chunk.data).await?,
+            None => quietly_on_broken_pipe(stdout.write_all(&chunk.data).await)?,
         }
     }
     match file.as_mut() {
         Some(f) => f.flush().await?,
-        None => stdout.flush().await?,
+        None => quietly_on_broken_pipe(stdout.flush().await)?,
     }
     bar.finish_and_clear();
     Ok(total)
+}
+
+/// Lists the finished reports: the responses of the report operations that
+/// succeeded, newest first.
+async fn list(clients: &mut Clients, limit: usize, format: Output) -> anyhow::Result<()> {
+    let mut token = String::new();
+    let mut shown = 0;
+    if format == Output::Text {
+        say!(
+            "{:<46} {:<8} {:<5} {:>9} {:>12}  CREATED",
+            "NAME",
+            "MONTH",
+            "TYPE",
+            "ORDERS",
+            "BYTES"
+        );
+    }
+    while shown < limit {
+        let page = clients
+            .operations
+            .list_operations(ListOperationsRequest {
+                name: "operations".into(),
+                filter: "kind = \"longrun.v1.ReportService.CreateReport\" AND state = SUCCEEDED"
+                    .into(),
+                page_size: i32::try_from(limit - shown).unwrap_or(1000).min(1000),
+                page_token: token.clone(),
+                return_partial_success: false,
+            })
+            .await
+            .map_err(|s| describe(&s))?
+            .into_inner();
+        for op in &page.operations {
+            let Some(operation::Result::Response(any)) = &op.result else {
+                continue;
+            };
+            let Ok(report) = <Report as prost::Message>::decode(any.value.as_slice()) else {
+                continue;
+            };
+            shown += 1;
+            match format {
+                Output::Json => say!("{}", super::output::json(&report)),
+                Output::Text => {
+                    let format = ReportFormat::try_from(report.format)
+                        .map(|f| f.as_str_name().to_ascii_lowercase())
+                        .unwrap_or_default();
+                    let created = super::output::metadata(op)
+                        .and_then(|m| m.end_time)
+                        .as_ref()
+                        .and_then(longrun::pb::system_time)
+                        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                        .unwrap_or_default();
+                    say!(
+                        "{:<46} {:<8} {:<5} {:>9} {:>12}  {created}",
+                        report.name,
+                        report.month,
+                        format,
+                        report.order_count,
+                        report.size_bytes
+                    );
+                }
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    Ok(())
 }
 
 pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
@@ -123,6 +215,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             month,
             format,
             watch: follow,
+            wait: block,
             out,
             request_id,
             notify,
@@ -139,7 +232,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            if !follow && out.is_none() {
+            if !follow && !block && out.is_none() {
                 print(&op, client.output);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -179,15 +272,30 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
         }
         ReportCommand::Read { client, name, out } => {
             let mut clients = connect(&client).await?;
+            let report = clients
+                .reports
+                .get_report(GetReportRequest { name: name.clone() })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
             let bytes = download(&mut clients, &name, &out, client.output == Output::Json).await?;
             if client.output == Output::Json {
                 say!(
                     "{}",
-                    serde_json::json!({ "name": name, "bytes": bytes, "out": out })
+                    serde_json::json!({ "name": name, "bytes": bytes, "out": out, "sha256": report.sha256 })
                 );
             } else if out != Path::new("-") {
-                eprintln!("wrote {} ({bytes} bytes)", out.display());
+                eprintln!(
+                    "wrote {} ({bytes} bytes, sha256 {})",
+                    out.display(),
+                    report.sha256
+                );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::List { client, limit } => {
+            let mut clients = connect(&client).await?;
+            list(&mut clients, limit, client.output).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -557,10 +557,27 @@ impl Server {
                 .clone()
                 .follow_store(Arc::clone(&stores.operations), watching.clone()),
         );
+        let store = match &config.backend {
+            Backend::Sled => format!(
+                "sled in {}",
+                std::path::absolute(&config.data_dir)
+                    .unwrap_or_else(|_| config.data_dir.clone())
+                    .display()
+            ),
+            Backend::Postgres(url) => format!("PostgreSQL at {}", redacted(url)),
+        };
+        info!(
+            store,
+            pid = std::process::id(),
+            "reload the auth file and certificates with kill -HUP {}",
+            std::process::id()
+        );
         match local {
             // A stable line that scripts and tests can wait for.
             Some(address) => {
                 info!(tls = tls.is_some(), auth = auth.is_enforcing(), "security");
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                info!("dashboard at {scheme}://{address}/");
                 info!("listening on {address}")
             }
             None => info!("serving"),

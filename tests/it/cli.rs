@@ -84,10 +84,7 @@ async fn errors_are_explained_and_exit_with_2() {
     let out = longrun(&server, &["ops", "get", "operations/nope"]).await;
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(
-        err.contains("InvalidArgument") && err.contains("name"),
-        "{err}"
-    );
+    assert!(err.contains("is not a name"), "{err}");
 
     let unknown = "operations/0190b2d4-7d7c-7f7e-8000-000000000000";
     let out = longrun(&server, &["ops", "cancel", unknown]).await;
@@ -191,5 +188,145 @@ async fn the_readme_demo_generate_import_report_download() {
     .await;
     assert!(report.status.success(), "{report:?}");
     assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn exit_codes_and_names_say_what_happened() {
+    let server = TestServer::start().await;
+    // A wait that runs out: its own code, and a readable duration.
+    let op = start_sleep(&server, sleep(std::time::Duration::from_secs(300), 1)).await;
+    let out = longrun(&server, &["ops", "wait", &op.name, "--timeout", "1s"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = stderr(&out);
+    let took = err.split("still running after ").nth(1).unwrap().trim();
+    assert!(took.starts_with("1.") && took.ends_with('s') && !took.contains(' '), "{err}");
+    // A bare id is a name; the JSON is the operation alone.
+    let bare = &op.name["operations/".len()..];
+    let out = longrun(&server, &["ops", "get", bare, "--output", "json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["name"], op.name.as_str());
+    assert!(json.get("deliveries").is_none(), "{json}");
+    let out = longrun(&server, &["ops", "get", bare]).await;
+    assert!(stdout(&out).contains("webhooks:  none"), "{out:?}");
+    let out = longrun(&server, &["ops", "cancel", bare]).await;
+    assert!(out.status.success(), "{out:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_that_skipped_rows_says_so_and_exits_4() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("orders.csv");
+    std::fs::write(
+        &csv,
+        "order_id,created_at,customer_id,status,amount_cents\n\
+         o-1,2024-03-01T00:00:00Z,c-1,placed,100\n\
+         o-2,yesterday,c-2,placed,100\n",
+    )
+    .unwrap();
+    let out = longrun(
+        &server,
+        &["orders", "import", csv.to_str().unwrap(), "--wait"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("imported 1 rows, skipped 1 malformed"),
+        "{err}"
+    );
+    assert!(err.contains("row 3: created_at"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reports_are_listed_read_with_their_checksum_and_piped() {
+    let server = TestServer::start().await;
+    let made = longrun(
+        &server,
+        &[
+            "report", "create", "--month", "2024-05", "--wait", "--output", "json",
+        ],
+    )
+    .await;
+    assert!(made.status.success(), "{made:?}");
+    let json: serde_json::Value = serde_json::from_str(stdout(&made).trim()).unwrap();
+    let name = json["response"]["name"].as_str().unwrap().to_owned();
+    let sha = json["response"]["sha256"].as_str().unwrap().to_owned();
+    let list = longrun(&server, &["report", "list"]).await;
+    assert!(stdout(&list).contains(&name), "{list:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("may.csv");
+    let read = longrun(
+        &server,
+        &["report", "read", &name, "--out", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(read.status.success(), "{read:?}");
+    assert!(stderr(&read).contains(&sha), "{read:?}");
+    // To a pipe whose reader stops early: no complaint.
+    let url = server.url();
+    let piped = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "'{}' report read {name} --out - | head -c 5",
+                env!("CARGO_BIN_EXE_longrun")
+            ))
+            .env("LONGRUN_SERVER", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(stdout(&piped), "order");
+    assert!(!stderr(&piped).contains("Broken pipe"), "{piped:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_following_and_says_the_operation_goes_on() {
+    let server = TestServer::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["sleep", "30s", "--watch"])
+        .env("LONGRUN_SERVER", server.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let name = wait_for_line(stderr, PATIENCE, "the name being followed", |line| {
+        line.strip_prefix("following ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(name.starts_with("operations/"), "{name}");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    // It is still running.
+    let op = server
+        .operations()
+        .await
+        .get_operation(longrun::pb::google::longrunning::GetOperationRequest { name })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!op.done);
     server.stop().await;
 }

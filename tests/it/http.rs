@@ -248,9 +248,16 @@ async fn idempotency_keys_follow_the_draft() {
         .await;
     assert_eq!(a["name"], c["name"]);
 
+    // The same key with another body: the code and the status agree.
     let (status, _, body) = http.send(create(json!({"duration": "5s"}), key)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["error"]["status"], "ALREADY_EXISTS", "{body}");
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "ALREADY_EXISTS",
+        "REQUEST_ID_CONFLICT",
+        None,
+    );
 
     let (status, _, body) = http
         .send(create(json!({"duration": "0s"}), "not a uuid"))
@@ -327,6 +334,59 @@ async fn bad_requests_get_googles_error_body() {
         "NOT_FOUND",
         "NO_SUCH_ROUTE",
         None,
+    );
+    // A path served with another method: 405, and a body that says so.
+    let (status, headers, body) = http
+        .send(http.request(reqwest::Method::PUT, "/v1/operations"))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UNIMPLEMENTED",
+        "METHOD_NOT_ALLOWED",
+        None,
+    );
+    assert_eq!(headers["allow"], "GET");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_operations_result_says_it_is_the_operations_outcome() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server, None);
+    // The work itself ended NOT_FOUND.
+    let failed = http
+        .create(
+            "/v1/diagnostics:sleep",
+            json!({"duration": "0s", "failCode": 5}),
+        )
+        .await;
+    let response = result_of(&http, &failed).await;
+    let status = response.status();
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let info = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(
+        info["metadata"]["operation"],
+        &failed["/v1/".len()..],
+        "{body}"
+    );
+    assert_eq!(info["metadata"]["operation_state"], "FAILED", "{body}");
+    // No such operation: the ErrorInfo names no operation outcome.
+    let response = result_of(&http, "/v1/operations/0b6e4a52-8f0d-4d7e-9a51-3c1f2e4d5b6a").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["details"][0]["reason"], "NOT_FOUND", "{body}");
+    assert!(
+        body["error"]["details"][0]["metadata"]
+            .get("operation")
+            .is_none()
     );
     server.stop().await;
 }

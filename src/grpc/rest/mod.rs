@@ -12,7 +12,7 @@
 //!
 //! Creates answer 202 Accepted with a `Location`; an operation that is not
 //! done carries `Retry-After`; an `Idempotency-Key` header is the
-//! request_id (malformed: 400; reused with another body: 422). Server
+//! request_id (malformed: 400; reused with another body: 409). Server
 //! streams are Server-Sent Events, raw byte streams are downloads, and an
 //! upload streams its body into a client stream as it arrives.
 
@@ -431,7 +431,10 @@ pub fn not_found(path: &str) -> Response {
 fn wrong_method(allowed: &[Method], method: &Method, path: &str) -> Refused {
     let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut refused = Refused::with(
-        &no_route(format!("{path} takes {}, not {method}", names.join(" or "))),
+        &super::status::unimplemented(
+            "METHOD_NOT_ALLOWED",
+            format!("{path} takes {}, not {method}", names.join(" or ")),
+        ),
         Some(StatusCode::METHOD_NOT_ALLOWED),
     );
     if let Ok(allow) = HeaderValue::from_str(&names.join(", ")) {
@@ -593,7 +596,7 @@ async fn route(
     let typed = request.headers().contains_key(header::CONTENT_TYPE);
     if binding.shape == Shape::Upload {
         let first = message(binding, &fields, query.as_deref(), &[], key.as_deref())?;
-        return upload(rest, binding, &caller, first, key.is_some(), request).await;
+        return upload(rest, binding, &caller, first, request).await;
     }
     // A reconnecting event stream sends the last event's id: a cursor to
     // resume after, for a method that takes one, else a version to skip
@@ -633,7 +636,7 @@ async fn route(
     match binding.shape {
         Shape::Unary | Shape::Upload => {
             let answer = rest.bridge.unary(&caller, &path, message).await;
-            answered(rest, binding, answer, key.is_some())
+            answered(rest, binding, answer)
         }
         Shape::Result => result(rest, &caller, &path, message).await,
         Shape::Download => download(rest, binding, &caller, &fields, message).await,
@@ -803,19 +806,10 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Refused> {
 }
 
 /// A unary answer: JSON; an operation with `Retry-After` while not done,
-/// and 202 with a `Location` when the method created it. A reused
-/// Idempotency-Key with another body is 422.
-fn answered(rest: &Rest, binding: &Binding, answer: Result<Bytes, Status>, keyed: bool) -> Answer {
-    let bytes = match answer {
-        Ok(bytes) => bytes,
-        Err(status) if keyed && status.code() == Code::AlreadyExists => {
-            return Err(Refused::with(
-                &status,
-                Some(StatusCode::UNPROCESSABLE_ENTITY),
-            ));
-        }
-        Err(status) => return Err(status.into()),
-    };
+/// and 202 with a `Location` when the method created it. (A reused
+/// Idempotency-Key with another body is ALREADY_EXISTS: 409.)
+fn answered(rest: &Rest, binding: &Binding, answer: Result<Bytes, Status>) -> Answer {
+    let bytes = answer?;
     let output = binding.rpc.output();
     if output.full_name() != Operation::full_name() {
         return Ok((StatusCode::OK, axum::Json(rest.to_json(&output, &bytes))).into_response());
@@ -844,7 +838,7 @@ async fn result(rest: &Rest, caller: &Arc<Principal>, path: &str, message: Bytes
         return Ok(rest.operation(StatusCode::ACCEPTED, &op, &bytes));
     }
     let response = match &op.result {
-        Some(OpResult::Error(error)) => return Err(from_rpc(error).into()),
+        Some(OpResult::Error(error)) => return Err(failed(&op.name, error).into()),
         Some(OpResult::Response(any)) => rest.unpack(any),
         None => None,
     };
@@ -870,6 +864,42 @@ async fn result(rest: &Rest, caller: &Arc<Principal>, path: &str, message: Bytes
         }
         None => Ok((StatusCode::OK, axum::Json(pb::json::message(&response))).into_response()),
     }
+}
+
+/// The status a failed (or cancelled) operation's `:result` answers with:
+/// its own error, with its ErrorInfo saying that it is the operation's
+/// outcome (`operation` and `operation_state` in its metadata), so that a
+/// NOT_FOUND the work ended with is told from a missing operation.
+fn failed(name: &str, error: &pb::google::rpc::Status) -> Status {
+    use pb::google::rpc::ErrorInfo;
+    let mut error = error.clone();
+    let state = if error.code == Code::Cancelled as i32 {
+        "CANCELLED"
+    } else {
+        "FAILED"
+    };
+    let info_at = error
+        .details
+        .iter()
+        .position(|d| d.type_url == ErrorInfo::type_url());
+    let mut info = info_at
+        .and_then(|at| ErrorInfo::decode(error.details[at].value.as_slice()).ok())
+        .unwrap_or_else(|| ErrorInfo {
+            reason: "OPERATION_FAILED".into(),
+            domain: super::status::DOMAIN.into(),
+            ..ErrorInfo::default()
+        });
+    info.metadata.insert("operation".into(), name.to_owned());
+    info.metadata.insert("operation_state".into(), state.into());
+    let packed = prost_types::Any {
+        type_url: ErrorInfo::type_url(),
+        value: info.encode_to_vec(),
+    };
+    match info_at {
+        Some(at) => error.details[at] = packed,
+        None => error.details.insert(0, packed),
+    }
+    from_rpc(&error)
 }
 
 /// The media type of a file format named by an enum value.
@@ -1072,7 +1102,6 @@ async fn upload(
     binding: &Binding,
     caller: &Arc<Principal>,
     first: Bytes,
-    keyed: bool,
     request: Request,
 ) -> Answer {
     let input = binding.rpc.input();
@@ -1106,7 +1135,7 @@ async fn upload(
     let path = binding.grpc_path();
     let call = rest.bridge.client_streaming(caller, &path, messages);
     tokio::select! {
-        answer = call => answered(rest, binding, answer, keyed),
+        answer = call => answered(rest, binding, answer),
         Ok(error) = broken => Err(Refused::with(
             &invalid_field("body", format!("the upload broke off: {error}")),
             None,
