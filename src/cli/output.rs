@@ -76,11 +76,30 @@ pub fn text(op: &Operation) -> String {
     let mut out = format!("name:      {}\n", op.name);
     if let Some(m) = metadata(op) {
         out.push_str(&format!("kind:      {}\n", m.kind));
+        out.push_str(&format!("state:     {}\n", state_name(op)));
+        let counted = m.attempt - m.stopped_attempts;
         out.push_str(&format!(
-            "state:     {} (attempt {})\n",
-            state_name(op),
-            m.attempt
+            "attempt:   {} ({counted} of {} allowed",
+            m.attempt, m.max_attempts
         ));
+        if m.stopped_attempts > 0 {
+            out.push_str(&format!(
+                "; {} stopped by a shutdown, which do not count",
+                m.stopped_attempts
+            ));
+        }
+        out.push_str(")\n");
+        match &m.request {
+            Some(any) => out.push_str(&format!("request:   {}\n", any_json(any))),
+            None if m.request_size_bytes > 0 => out.push_str(&format!(
+                "request:   ({} bytes, too large to show)\n",
+                m.request_size_bytes
+            )),
+            None => {}
+        }
+        if !m.holder.is_empty() {
+            out.push_str(&format!("runs on:   {}\n", m.holder));
+        }
         out.push_str(&format!("progress:  {}%", m.progress_percent));
         if !m.status_message.is_empty() {
             out.push_str(&format!("  {}", m.status_message));
@@ -93,6 +112,19 @@ pub fn text(op: &Operation) -> String {
         out.push_str(&format!("started:   {}\n", time(&m.start_time)));
         out.push_str(&format!("updated:   {}\n", time(&m.update_time)));
         out.push_str(&format!("ended:     {}\n", time(&m.end_time)));
+        let at = |ts: &Option<prost_types::Timestamp>| ts.as_ref().and_then(pb::system_time);
+        let (created, started, ended) = (at(&m.create_time), at(&m.start_time), at(&m.end_time));
+        let span = |from: Option<SystemTime>, to: Option<SystemTime>| {
+            let to = to.unwrap_or_else(SystemTime::now);
+            from.and_then(|from| to.duration_since(from).ok())
+                .map(short_duration)
+        };
+        if let Some(queued) = span(created, started.or(ended)) {
+            out.push_str(&format!("queued:    {queued}\n"));
+        }
+        if let Some(ran) = span(started, ended) {
+            out.push_str(&format!("ran:       {ran}\n"));
+        }
         if m.end_time.is_none() {
             let estimate = match (&m.estimated_end_time, eta(&m)) {
                 (Some(_), Some(eta)) => format!("{} ({eta})", time(&m.estimated_end_time)),

@@ -182,7 +182,7 @@ fn failure(
     if !e.retryable {
         return done(Outcome::Error(e.error), progress);
     }
-    if op.attempt < op.max_attempts {
+    if op.attempts_left() {
         let delay = policy.backoff(op.attempt);
         debug!(?delay, "retryable failure; retrying after a backoff");
         return Finish::Retry {
@@ -193,11 +193,12 @@ fn failure(
     let mut error = e.error;
     error.message = format!(
         "gave up after {} attempts; the last failed with: {}",
-        op.attempt, error.message
+        op.counted_attempts(),
+        error.message
     );
     error
         .metadata
-        .insert("attempts".to_owned(), op.attempt.to_string());
+        .insert("attempts".to_owned(), op.counted_attempts().to_string());
     done(Outcome::Error(error), progress)
 }
 

@@ -157,6 +157,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 wants,
                 lease,
                 tenant: None,
+                by: Some(inner.config.node.clone()),
             };
             match inner.ops.claim(&request, inner.clock.now()).await {
                 Ok(claimed) => {

@@ -36,7 +36,10 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
                 // A claim first, so that the attempt that ends it owns it.
                 writes.push(Write::Update {
                     id: op.id,
-                    edit: Edit::Claim { lease: None },
+                    edit: Edit::Claim {
+                        lease: None,
+                        by: None,
+                    },
                 });
                 writes.push(finish_unknown(op, op.attempt + 1));
             }
@@ -100,10 +103,12 @@ pub(super) fn orphan_retry(policy: &TaskPolicy, op: &Operation, why: &str) -> Or
             "attempt {} {why}, and kind {:?} is not safe to run twice",
             op.attempt, op.kind
         ))
-    } else if op.attempt >= op.max_attempts {
+    } else if !op.attempts_left() {
         OrphanRetry::Refused(format!(
-            "attempt {} of {} {why}; no attempts are left",
-            op.attempt, op.max_attempts
+            "attempt {} ({} of {} allowed) {why}; no attempts are left",
+            op.attempt,
+            op.counted_attempts(),
+            op.max_attempts
         ))
     } else {
         OrphanRetry::Allowed

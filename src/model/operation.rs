@@ -155,6 +155,12 @@ pub struct Operation {
     /// When an attempt was expected to start, at its creation: after the
     /// work ahead of it, at its kind's concurrency.
     pub expected_start: Option<SystemTime>,
+    /// Who runs the current attempt: the node that claimed it, and, for an
+    /// outside kind, the worker it was handed to ("node: worker").
+    pub holder: Option<String>,
+    /// Attempts stopped by a shutdown and run again: they do not count
+    /// against `max_attempts`.
+    pub stops: u32,
 }
 
 /// How many ended attempts an operation remembers.
@@ -253,7 +259,20 @@ impl Operation {
             notification: None,
             tenant,
             lease: None,
+            holder: None,
+            stops: 0,
         }
+    }
+
+    /// The attempts that count against `max_attempts`: all but those a
+    /// shutdown stopped.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.stops)
+    }
+
+    /// Whether another attempt may follow this one's failure.
+    pub fn attempts_left(&self) -> bool {
+        self.counted_attempts() < self.max_attempts
     }
 
     /// About how many bytes it takes on the wire: its response or error,

@@ -68,8 +68,14 @@ pub enum OrphanRetry {
 pub enum Edit {
     /// A worker takes the queued operation: RUNNING under attempt + 1,
     /// which becomes the fencing token of its claim, held under `lease`
-    /// when it has one.
-    Claim { lease: Option<Lease> },
+    /// when it has one, by the node `by`.
+    Claim {
+        lease: Option<Lease>,
+        by: Option<String>,
+    },
+    /// The attempt held by `claim` was handed to the outside worker
+    /// `worker`.
+    Assign { claim: Claim, worker: String },
     /// Progress reported by the holder of `claim`.
     Progress { claim: Claim, progress: Progress },
     /// The attempt held by `claim` ends, or is released.
@@ -136,7 +142,8 @@ impl Operation {
     pub fn apply(&self, edit: &Edit, now: SystemTime) -> Result<Option<Transition>, Rejection> {
         let now = to_micros_precision(now);
         let next = match edit {
-            Edit::Claim { lease } => Some(self.claim(lease, now)?),
+            Edit::Claim { lease, by } => Some(self.claim(lease, by, now)?),
+            Edit::Assign { claim, worker } => Some(self.assign(claim, worker, now)?),
             Edit::Progress { claim, progress } => Some(self.progress(claim, progress, now)?),
             Edit::Finish { claim, finish } => Some(self.finish(claim, finish, now)?),
             Edit::Cancel => self.cancel(now)?,
@@ -164,7 +171,12 @@ impl Operation {
     }
 
     /// QUEUED -> RUNNING under a new attempt number.
-    fn claim(&self, lease: &Option<Lease>, now: SystemTime) -> Result<Operation, Rejection> {
+    fn claim(
+        &self,
+        lease: &Option<Lease>,
+        by: &Option<String>,
+        now: SystemTime,
+    ) -> Result<Operation, Rejection> {
         if self.state != State::Queued {
             return Err(Rejection::Precondition {
                 reason: "OPERATION_NOT_QUEUED",
@@ -181,6 +193,18 @@ impl Operation {
         next.lease = lease.as_ref().map(|lease| Lease {
             holder: lease.holder.clone(),
             expires: to_micros_precision(lease.expires),
+        });
+        next.holder.clone_from(by);
+        Ok(next.touched(now))
+    }
+
+    /// Names the outside worker the running attempt was handed to.
+    fn assign(&self, claim: &Claim, worker: &str, now: SystemTime) -> Result<Operation, Rejection> {
+        self.check_claim(claim)?;
+        let mut next = self.clone();
+        next.holder = Some(match &self.holder {
+            Some(node) => format!("{node}: {worker}"),
+            None => worker.to_owned(),
         });
         Ok(next.touched(now))
     }
@@ -221,6 +245,7 @@ impl Operation {
         let mut next = self.clone();
         // However it ends, the attempt holds nothing any more.
         next.lease = None;
+        next.holder = None;
         match finish {
             Finish::Release if self.state == State::Cancelling => {
                 // Nobody wants the rest of this work: end it as cancelled
@@ -228,17 +253,18 @@ impl Operation {
                 next.end(Outcome::Error(OperationError::cancelled()), now);
             }
             Finish::Release => {
-                next.remember_failure(
+                // A stop, not a failure: it does not count against the
+                // operation's attempts.
+                next.stops += 1;
+                next.requeue(
                     self,
                     OperationError::new(
                         Code::Aborted,
                         "ATTEMPT_STOPPED",
-                        "the attempt was stopped before it ended (a shutdown, a restart or a lost lease); it runs again",
+                        "the attempt was stopped before it ended (a shutdown or a restart); it runs again",
                     ),
                     now,
                 );
-                next.state = State::Queued;
-                next.start_time = None;
             }
             Finish::Retry { error, not_before } => {
                 next.remember_failure(self, error.clone(), now);
@@ -260,6 +286,14 @@ impl Operation {
             }
         }
         Ok(next.touched(now))
+    }
+
+    /// Puts the operation back in the queue after the attempt `before`
+    /// ran ended with `error`.
+    fn requeue(&mut self, before: &Operation, error: OperationError, now: SystemTime) {
+        self.remember_failure(before, error, now);
+        self.state = State::Queued;
+        self.start_time = None;
     }
 
     /// Adds the attempt `before` ran to the failed ones, keeping the latest.
@@ -322,12 +356,29 @@ impl Operation {
     /// which includes an attempt whose lease has not lapsed by `now`: its
     /// holder may still be alive.
     fn recover_orphan(&self, retry: &OrphanRetry, now: SystemTime) -> Option<Operation> {
-        if self.lease.as_ref().is_some_and(|lease| lease.expires > now) {
+        let running = matches!(self.state, State::Running | State::Cancelling);
+        if !running || self.lease.as_ref().is_some_and(|lease| lease.expires > now) {
             return None;
         }
         let finish = match retry {
             _ if self.state == State::Cancelling => Finish::Release,
-            OrphanRetry::Allowed => Finish::Release,
+            OrphanRetry::Allowed => {
+                // Its process died, or lost its lease: unlike a shutdown's
+                // stop, this counts as an attempt.
+                let mut next = self.clone();
+                next.lease = None;
+                next.holder = None;
+                next.requeue(
+                    self,
+                    OperationError::new(
+                        Code::Aborted,
+                        "ATTEMPT_INTERRUPTED",
+                        "the attempt was interrupted (its server died or lost its lease); it runs again",
+                    ),
+                    now,
+                );
+                return Some(next.touched(now));
+            }
             OrphanRetry::Refused(message) => Finish::Done {
                 outcome: Outcome::Error(OperationError::new(
                     Code::Aborted,

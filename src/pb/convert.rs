@@ -115,7 +115,21 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
                 error: Some(status(&a.error)),
             })
             .collect(),
+        request: shown_request(&op.request).map(to_any),
+        request_size_bytes: i64::try_from(op.request.value.len()).unwrap_or(i64::MAX),
+        holder: op.holder.clone().unwrap_or_default(),
+        stopped_attempts: i32::try_from(op.stops).unwrap_or(i32::MAX),
     }
+}
+
+/// The most bytes of a request the metadata shows.
+pub const SHOWN_REQUEST: usize = 4096;
+
+/// The request as the metadata shows it: none when it is large, or the
+/// server's own bookkeeping rather than what a client sent.
+fn shown_request(request: &Payload) -> Option<&Payload> {
+    (request.value.len() <= SHOWN_REQUEST && !request.type_url.contains("/longrun.internal."))
+        .then_some(request)
 }
 
 /// A google.rpc.Status with an ErrorInfo detail for an operation error.

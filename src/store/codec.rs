@@ -104,6 +104,10 @@ pub(crate) struct StoredOperation {
     expected_run_us: Option<u64>,
     #[prost(sint64, optional, tag = "33")]
     expected_start_after_us: Option<i64>,
+    #[prost(string, optional, tag = "34")]
+    holder: Option<String>,
+    #[prost(uint32, tag = "35")]
+    stops: u32,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -354,6 +358,8 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
             .expected_run
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         expected_start_after_us: op.expected_start.map(after),
+        holder: op.holder.clone(),
+        stops: op.stops,
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -455,6 +461,8 @@ pub(crate) fn from_stored(
         max_attempts: s.max_attempts,
         expected_run: s.expected_run_us.map(Duration::from_micros),
         expected_start: s.expected_start_after_us.map(|o| from_micros(created + o)),
+        holder: s.holder,
+        stops: s.stops,
         notification: match s.notification {
             Some(n) => Some(Notification {
                 callback_url: n.callback_url,

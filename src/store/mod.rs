@@ -140,7 +140,7 @@ impl Write {
         !matches!(
             self,
             Write::Update {
-                edit: Edit::Claim { .. } | Edit::Progress { .. },
+                edit: Edit::Claim { .. } | Edit::Progress { .. } | Edit::Assign { .. },
                 ..
             }
         )
@@ -177,6 +177,8 @@ pub struct ClaimRequest {
     /// Only this tenant's operations (an outside worker of one tenant);
     /// None for every tenant's, taking turns.
     pub tenant: Option<Tenant>,
+    /// Who claims (the node's name), to show who runs each attempt.
+    pub by: Option<String>,
 }
 
 /// What a claim took.

@@ -200,7 +200,10 @@ async fn exit_codes_and_names_say_what_happened() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = stderr(&out);
     let took = err.split("still running after ").nth(1).unwrap().trim();
-    assert!(took.starts_with("1.") && took.ends_with('s') && !took.contains(' '), "{err}");
+    assert!(
+        took.starts_with("1.") && took.ends_with('s') && !took.contains(' '),
+        "{err}"
+    );
     // A bare id is a name; the JSON is the operation alone.
     let bare = &op.name["operations/".len()..];
     let out = longrun(&server, &["ops", "get", bare, "--output", "json"]).await;

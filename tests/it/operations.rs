@@ -615,3 +615,34 @@ async fn wait_returns_when_done_or_at_the_timeout() {
         .unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_operation_shows_what_it_was_asked_who_runs_it_and_that_shutdowns_do_not_count() {
+    let temp = tempfile::tempdir().unwrap();
+    let cfg = config(temp.path());
+    let server = TestServer::start_config(cfg.clone()).await;
+    let op = start_sleep(&server, sleep(std::time::Duration::from_secs(60), 2)).await;
+    let running = wait_state(&server, &op.name, State::Running).await;
+    let m = meta(&running);
+    let request = m.request.as_ref().expect("the request is shown");
+    assert_eq!(
+        request.type_url,
+        "type.googleapis.com/longrun.v1.SleepRequest"
+    );
+    let asked = longrun::pb::longrun::v1::SleepRequest::decode(request.value.as_slice()).unwrap();
+    assert_eq!(asked.duration.unwrap().seconds, 60);
+    assert!(m.request_size_bytes > 0);
+    assert!(!m.holder.is_empty(), "who runs it");
+    assert_eq!((m.attempt, m.stopped_attempts), (1, 0));
+    server.stop().await;
+
+    // A restart stops the attempt and runs it again: that stop does not
+    // count against the operation's attempts.
+    let mut server = TestServer::start_config(cfg).await;
+    server.keep(temp);
+    let again = wait_state(&server, &op.name, State::Running).await;
+    let m = meta(&again);
+    assert_eq!((m.attempt, m.stopped_attempts), (2, 1), "{m:?}");
+    assert_eq!(m.max_attempts, 3);
+    server.stop().await;
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::common::*;
 use longrun::engine::{Registry, Task, TaskContext, TaskError, TaskPolicy};
-use longrun::model::{Claim, Code, Edit, Finish, Limits, Operation, Payload, Tenant};
+use longrun::model::{Code, Edit, Limits, Operation, Payload, Tenant};
 use longrun::pb::longrun::v1::{SleepRequest, State};
 use longrun::store::{Applied, Created, OperationStore, SledStore, SyncMode, Write};
 
@@ -63,15 +63,16 @@ async fn crashed_while_running(dir: &std::path::Path, op: Operation, claims: u32
         panic!("new");
     };
     for i in 0..claims {
-        let edit = Edit::Claim { lease: None };
-        let Applied::Updated(claimed) = one(Write::Update { id: op.id, edit }).await else {
+        let edit = Edit::Claim {
+            lease: None,
+            by: None,
+        };
+        let Applied::Updated(_) = one(Write::Update { id: op.id, edit }).await else {
             panic!("claimed");
         };
         if i + 1 < claims {
-            let edit = Edit::Finish {
-                claim: Claim::of(&claimed),
-                finish: Finish::Release,
-            };
+            // An earlier crash, recovered: an attempt that counts.
+            let edit = Edit::RecoverOrphan(longrun::model::OrphanRetry::Allowed);
             one(Write::Update { id: op.id, edit }).await;
         }
     }

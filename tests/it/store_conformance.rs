@@ -141,9 +141,16 @@ async fn edit(s: &Stores, op: &Operation, edit: Edit) -> Result<Operation, Store
 }
 
 async fn claim(s: &Stores, op: &Operation) -> (Operation, Claim) {
-    let running = edit(s, op, Edit::Claim { lease: None })
-        .await
-        .expect("claimable");
+    let running = edit(
+        s,
+        op,
+        Edit::Claim {
+            lease: None,
+            by: None,
+        },
+    )
+    .await
+    .expect("claimable");
     (running.clone(), Claim::of(&running))
 }
 
@@ -299,7 +306,15 @@ pub async fn claims_fence_stale_attempts(s: Stores) {
     assert!(running.start_time.is_some());
     // A running operation can't be claimed twice.
     assert!(matches!(
-        edit(&s, &op, Edit::Claim { lease: None }).await,
+        edit(
+            &s,
+            &op,
+            Edit::Claim {
+                lease: None,
+                by: None
+            }
+        )
+        .await,
         Err(StoreError::Rejected(Rejection::Precondition { .. }))
     ));
 
@@ -331,7 +346,18 @@ pub async fn claims_fence_stale_attempts(s: Stores) {
     assert_eq!(s.operations.get(op.id).await.unwrap(), Some(finished));
     // Nothing overwrites a finished result.
     assert!(finish(&s, second, done(ok())).await.is_err());
-    assert!(edit(&s, &op, Edit::Claim { lease: None }).await.is_err());
+    assert!(
+        edit(
+            &s,
+            &op,
+            Edit::Claim {
+                lease: None,
+                by: None
+            }
+        )
+        .await
+        .is_err()
+    );
 }
 
 pub async fn retries_wait_for_their_time(s: Stores) {
@@ -1121,6 +1147,7 @@ fn wants(list: &[(&str, usize)]) -> ClaimRequest {
         wants: list.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
         lease: None,
         tenant: None,
+        by: None,
     }
 }
 
@@ -1247,9 +1274,11 @@ pub async fn a_leased_claim_records_and_drops_its_lease(s: Stores) {
         wants: vec![("k".into(), 1)],
         lease: Some(lease.clone()),
         tenant: None,
+        by: Some("node-a".into()),
     };
     let claimed = s.operations.claim(&request, now).await.unwrap();
     assert_eq!(claimed.operations[0].lease, Some(lease.clone()));
+    assert_eq!(claimed.operations[0].holder.as_deref(), Some("node-a"));
     let stored = s.operations.get(op.id).await.unwrap().unwrap();
     assert_eq!(stored.lease, Some(lease));
     let released = finish(&s, Claim::of(&stored), Finish::Release)

@@ -776,6 +776,28 @@ async fn only_the_worker_holding_a_lease_may_report_on_it() {
     let a = holder.assignment().await;
     assert_eq!(a.name, op.name);
     assert_eq!(a.lease_token.len(), 32, "128 random bits in hex");
+    // The operation says which worker holds it.
+    let mut watch =
+        longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient::new(
+            server.authed(writer.token()).await,
+        )
+        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(seen) = watch.message().await.unwrap() {
+            if meta(&seen).holder.ends_with(": test") {
+                return;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("the holder is named");
+    drop(watch);
 
     // A worker of another kind of the same tenant, even knowing the token:
     // its principal may not serve the kind.

@@ -22,8 +22,8 @@ use tracing::warn;
 use super::kinds::Owner;
 use super::{Assignment, Connected, Held, ToWorker, lock};
 use crate::engine::{Inner, attempt};
-use crate::model::{Lease, Operation, Tenant};
-use crate::store::ClaimRequest;
+use crate::model::{Claim, Edit, Lease, Operation, Tenant};
+use crate::store::{ClaimRequest, Write};
 
 /// The most operations one claim takes.
 const CLAIM_BATCH: usize = 256;
@@ -97,6 +97,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     expires: inner.clock.now() + inner.config.lease,
                 }),
                 tenant: group.tenant.clone(),
+                by: Some(inner.config.node.clone()),
             };
             match inner.ops.claim(&request, inner.clock.now()).await {
                 Ok(claimed) => {
@@ -184,6 +185,7 @@ fn assign(inner: &Arc<Inner>, group: &Group, op: Operation) {
         deadline: now + op.timeout,
         lease_token: token,
     };
+    let named = worker.as_ref().map(|(id, w)| (*id, w.spec.name.clone()));
     let sent = worker.is_some_and(|(_, worker)| {
         let took = worker
             .credits
@@ -191,6 +193,16 @@ fn assign(inner: &Arc<Inner>, group: &Group, op: Operation) {
             .is_ok();
         took && worker.outbox.send(ToWorker::Assign(assignment)).is_ok()
     });
+    if sent && let Some((_, worker)) = &named {
+        // Who holds it, for people: lazy, like progress.
+        let edit = Edit::Assign {
+            claim: Claim::of(&op),
+            worker: worker.clone(),
+        };
+        inner
+            .committer
+            .write_and_forget(Write::Update { id: op.id, edit });
+    }
     if !sent && let Some(h) = lock(&hub.held).get_mut(&op.id) {
         // Gone between the claim and now: the attempt finds nobody and
         // goes back to the queue, and no credit is owed.

@@ -140,6 +140,7 @@ impl PgStore {
         for id in ids {
             let edit = Edit::Claim {
                 lease: request.lease.clone(),
+                by: request.by.clone(),
             };
             if let Ok(Applied::Updated(op)) = stage.write(&Write::Update { id, edit }) {
                 claimed.push(op);

@@ -132,7 +132,13 @@ mod tests {
             states: Vec::new(),
         });
         let claimed = done
-            .apply(&Edit::Claim { lease: None }, now)
+            .apply(
+                &Edit::Claim {
+                    lease: None,
+                    by: None,
+                },
+                now,
+            )
             .unwrap()
             .unwrap();
         let finish = Edit::Finish {

@@ -290,6 +290,7 @@ impl SledStore {
         }
         let edit = Edit::Claim {
             lease: request.lease.clone(),
+            by: request.by.clone(),
         };
         let mut apply = lock(&self.inner.apply);
         let ids = lock(&self.inner.ready).take(&request.wants, request.tenant.as_ref(), now);
