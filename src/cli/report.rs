@@ -40,6 +40,10 @@ pub enum ReportCommand {
         /// output); waits for it.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The currency the orders' amounts are in (ISO 4217), shown on the
+        /// report; USD by default.
+        #[arg(long, default_value = "")]
+        currency: String,
         /// An idempotency key (UUID).
         #[arg(long, default_value = "")]
         request_id: String,
@@ -217,6 +221,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             watch: follow,
             wait: block,
             out,
+            currency,
             request_id,
             notify,
         } => {
@@ -224,6 +229,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             let op = clients
                 .reports
                 .create_report(CreateReportRequest {
+                    currency,
                     month,
                     format: format as i32,
                     request_id,

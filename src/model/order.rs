@@ -201,6 +201,7 @@ pub struct Totals {
     /// Saturates rather than wraps.
     pub amount_cents: i64,
     by_status: [i64; 4],
+    amount_by_status: [i64; 4],
 }
 
 impl Totals {
@@ -208,12 +209,29 @@ impl Totals {
     pub fn add(&mut self, order: &Order) {
         self.orders += 1;
         self.amount_cents = self.amount_cents.saturating_add(order.amount_cents);
-        self.by_status[usize::from(order.status.as_u8() - 1)] += 1;
+        let slot = usize::from(order.status.as_u8() - 1);
+        self.by_status[slot] += 1;
+        self.amount_by_status[slot] =
+            self.amount_by_status[slot].saturating_add(order.amount_cents);
     }
 
     /// How many of the orders have `status`.
     pub fn with_status(&self, status: OrderStatus) -> i64 {
         self.by_status[usize::from(status.as_u8() - 1)]
+    }
+
+    /// The amount of the orders with `status`, in cents.
+    pub fn amount_with_status(&self, status: OrderStatus) -> i64 {
+        self.amount_by_status[usize::from(status.as_u8() - 1)]
+    }
+
+    /// The orders and amount (in cents) leaving out cancelled orders.
+    pub fn not_cancelled(&self) -> (i64, i64) {
+        (
+            self.orders - self.with_status(OrderStatus::Cancelled),
+            self.amount_cents
+                .saturating_sub(self.amount_with_status(OrderStatus::Cancelled)),
+        )
     }
 }
 

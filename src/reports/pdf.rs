@@ -127,6 +127,8 @@ pub struct Heading {
     /// `reports/{uuid}`.
     pub name: String,
     pub generated: OffsetDateTime,
+    /// The ISO 4217 code the amounts are in.
+    pub currency: String,
 }
 
 /// A content stream being drawn, which opens and closes text objects as
@@ -277,11 +279,11 @@ impl PdfReport {
             canvas.text(Font::Sans, 9.0, ORDER_X, row_y(row), &self.no_orders());
             self.page = Some((canvas, row + 1));
         }
-        // The totals need two rows on the page.
+        // The totals need three rows on the page.
         if self
             .page
             .as_ref()
-            .is_some_and(|(_, row)| row + 2 > ROWS_PER_PAGE)
+            .is_some_and(|(_, row)| row + 3 > ROWS_PER_PAGE)
         {
             self.close_page(out)?;
         }
@@ -382,7 +384,8 @@ impl PdfReport {
         canvas.text(Font::MonoBold, DATA_SIZE, CREATED_X, head, b"Created (UTC)");
         canvas.text(Font::MonoBold, DATA_SIZE, CUSTOMER_X, head, b"Customer");
         canvas.text(Font::MonoBold, DATA_SIZE, STATUS_X, head, b"Status");
-        canvas.text_right(Font::MonoBold, DATA_SIZE, RIGHT, head, b"Amount");
+        let amount = format!("Amount ({})", self.heading.currency);
+        canvas.text_right(Font::MonoBold, DATA_SIZE, RIGHT, head, amount.as_bytes());
         canvas.line(0.6, 0.0, (LEFT, head - 4.0), (RIGHT, head - 4.0));
         self.footer(&mut canvas, self.table_pages + 2);
         Ok((canvas, 0))
@@ -452,16 +455,24 @@ impl PdfReport {
             .set_fill_gray(0.0);
     }
 
-    /// The closing rows of the table: the count and the amount, then the
-    /// count of each status.
+    /// The closing rows of the table: the count and the amount, with and
+    /// without cancelled orders, then the count of each status.
     fn draw_totals(&self, canvas: &mut Canvas, y: f32, totals: &Totals) {
         canvas.line(0.6, 0.0, (LEFT, y + 9.0), (RIGHT, y + 9.0));
-        canvas.text(Font::MonoBold, DATA_SIZE, ORDER_X, y, b"Total");
-        let orders = format!("{} orders", grouped(totals.orders));
-        canvas.text(Font::MonoBold, DATA_SIZE, CREATED_X, y, orders.as_bytes());
-        let mut amount = Vec::new();
-        write_money(totals.amount_cents, &mut amount);
-        canvas.text_right(Font::MonoBold, DATA_SIZE, RIGHT, y, &amount);
+        let (kept, kept_amount) = totals.not_cancelled();
+        let rows = [
+            ("Total", totals.orders, totals.amount_cents),
+            ("Not cancelled", kept, kept_amount),
+        ];
+        for (i, (label, orders, cents)) in rows.into_iter().enumerate() {
+            let y = y - ROW_HEIGHT * i as f32;
+            canvas.text(Font::MonoBold, DATA_SIZE, ORDER_X, y, label.as_bytes());
+            let orders = format!("{} orders", grouped(orders));
+            canvas.text(Font::MonoBold, DATA_SIZE, CREATED_X, y, orders.as_bytes());
+            let mut amount = Vec::new();
+            write_money(cents, &mut amount);
+            canvas.text_right(Font::MonoBold, DATA_SIZE, RIGHT, y, &amount);
+        }
         let by_status = OrderStatus::ALL
             .iter()
             .map(|s| format!("{} {}", s.as_str(), grouped(totals.with_status(*s))))
@@ -471,7 +482,7 @@ impl PdfReport {
             Font::Mono,
             DATA_SIZE,
             ORDER_X,
-            y - ROW_HEIGHT,
+            y - 2.0 * ROW_HEIGHT,
             by_status.as_bytes(),
         );
     }
@@ -499,37 +510,51 @@ impl PdfReport {
             canvas.text(Font::Sans, 10.0, LEFT + 70.0, y, &win_ansi_owned(value));
         }
 
-        canvas.text(Font::Bold, 13.0, LEFT, 676.0, b"Totals");
-        let mut amount = Vec::new();
-        write_money(totals.amount_cents, &mut amount);
-        let mut average = Vec::new();
-        match totals.amount_cents.checked_div(totals.orders) {
-            Some(cents) => write_money(cents, &mut average),
-            None => average.push(b'-'),
-        }
+        let currency = &self.heading.currency;
+        let title = format!("Totals (amounts in {currency})");
+        canvas.text(Font::Bold, 13.0, LEFT, 676.0, title.as_bytes());
+        let money = |cents: i64| {
+            let mut text = Vec::new();
+            write_money(cents, &mut text);
+            text
+        };
+        let average = |cents: i64, orders: i64| match cents.checked_div(orders) {
+            Some(each) => money(each),
+            None => b"-".to_vec(),
+        };
+        let (kept, kept_amount) = totals.not_cancelled();
         let rows = [
             ("Orders", grouped(totals.orders).into_bytes()),
-            ("Amount", amount),
-            ("Average order", average),
+            ("Amount", money(totals.amount_cents)),
+            ("Not cancelled", grouped(kept).into_bytes()),
+            ("Their amount", money(kept_amount)),
+            ("Average order", average(kept_amount, kept)),
         ];
         for (i, (label, value)) in rows.iter().enumerate() {
             let y = 656.0 - 16.0 * i as f32;
             canvas.text(Font::Sans, 10.0, LEFT, y, label.as_bytes());
-            canvas.text_right(Font::Mono, 10.0, 270.0, y, value);
+            canvas.text_right(Font::Mono, 10.0, 250.0, y, value);
         }
 
-        canvas.text(Font::Bold, 13.0, 320.0, 676.0, b"By status");
+        canvas.text(Font::Bold, 13.0, 280.0, 676.0, b"By status");
         for (i, status) in OrderStatus::ALL.into_iter().enumerate() {
             let y = 656.0 - 16.0 * i as f32;
             let count = totals.with_status(status);
-            canvas.text(Font::Sans, 10.0, 320.0, y, status.as_str().as_bytes());
-            canvas.text_right(Font::Mono, 10.0, 470.0, y, grouped(count).as_bytes());
+            canvas.text(Font::Sans, 10.0, 280.0, y, status.as_str().as_bytes());
+            canvas.text_right(Font::Mono, 10.0, 390.0, y, grouped(count).as_bytes());
             let share = if totals.orders > 0 {
                 format!("{:.1}%", count as f64 * 100.0 / totals.orders as f64)
             } else {
                 "-".to_owned()
             };
-            canvas.text_right(Font::Mono, 10.0, RIGHT, y, share.as_bytes());
+            canvas.text_right(Font::Mono, 10.0, 440.0, y, share.as_bytes());
+            canvas.text_right(
+                Font::Mono,
+                10.0,
+                RIGHT,
+                y,
+                &money(totals.amount_with_status(status)),
+            );
         }
 
         self.chart(&mut canvas);

@@ -219,8 +219,27 @@ async fn rendered(
     .map_err(|e: std::io::Error| store_failure(e))
 }
 
+/// The currency when a request names none.
+pub const DEFAULT_CURRENCY: &str = "USD";
+
+/// The currency a request names: three capital letters (ISO 4217), or
+/// the default when it names none.
+pub fn currency(request: &api::CreateReportRequest) -> Result<&str, FieldViolation> {
+    match request.currency.as_str() {
+        "" => Ok(DEFAULT_CURRENCY),
+        code if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) => Ok(code),
+        other => Err(FieldViolation::new(
+            "currency",
+            format!(
+                "{other:?} is not a currency code: three capital letters (ISO 4217), such as EUR"
+            ),
+        )),
+    }
+}
+
 /// Checks a CreateReport request, returning the month.
 pub fn validate(request: &api::CreateReportRequest) -> Result<Month, FieldViolation> {
+    currency(request)?;
     let month = request
         .month
         .parse::<Month>()
@@ -279,6 +298,7 @@ impl Task for CreateReportTask {
                 tenant: ctx.tenant().to_string(),
                 name: report_name.clone(),
                 generated: time::OffsetDateTime::now_utc(),
+                currency: currency(&request).unwrap_or(DEFAULT_CURRENCY).to_owned(),
             }))),
             _ => Body::Csv,
         };
@@ -333,6 +353,8 @@ impl Task for CreateReportTask {
             sha256: rendered.sha256,
             create_time: Some(crate::pb::timestamp(std::time::SystemTime::now())),
             page_count: rendered.pages as i32,
+            currency: currency(&request).unwrap_or(DEFAULT_CURRENCY).to_owned(),
+            amount_not_cancelled_cents: rendered.totals.not_cancelled().1,
         })
     }
 

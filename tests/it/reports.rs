@@ -687,14 +687,40 @@ async fn pdf_reports_show_every_order_and_the_totals() {
         "{summary:?}"
     );
     assert!(has_line(summary, &["Amount", &money(total)]), "{summary:?}");
+    assert!(
+        has_line(summary, &["Totals (amounts in USD)"]),
+        "{summary:?}"
+    );
+    let amount_of = |status: &str| -> i64 {
+        rows.iter()
+            .filter(|r| r[3] == status)
+            .map(|r| r[4].parse::<i64>().unwrap())
+            .sum()
+    };
     for status in ["placed", "approved", "delivered", "cancelled"] {
         let n = by_status.get(status).copied().unwrap_or(0);
         let share = format!("{:.1}%", n as f64 * 100.0 / count as f64);
         assert!(
-            has_line(summary, &[status, &grouped(n), &share]),
+            has_line(
+                summary,
+                &[status, &grouped(n), &share, &money(amount_of(status))]
+            ),
             "{status}: {summary:?}"
         );
     }
+    // Totals with and without the cancelled orders, said as such.
+    let cancelled = by_status.get("cancelled").copied().unwrap_or(0);
+    let kept_amount = total - amount_of("cancelled");
+    assert!(
+        has_line(summary, &["Not cancelled", &grouped(count - cancelled)]),
+        "{summary:?}"
+    );
+    assert!(
+        has_line(summary, &["Their amount", &money(kept_amount)]),
+        "{summary:?}"
+    );
+    assert_eq!(report.amount_not_cancelled_cents, kept_amount);
+    assert_eq!(report.currency, "USD");
     // The chart labels every day of July.
     assert!(has_line(summary, &["29", "30", "31"]), "{summary:?}");
 
@@ -716,7 +742,7 @@ async fn pdf_reports_show_every_order_and_the_totals() {
                     "Created (UTC)",
                     "Customer",
                     "Status",
-                    "Amount"
+                    "Amount (USD)"
                 ]
             ),
             "page {}",
@@ -746,6 +772,11 @@ async fn pdf_reports_show_every_order_and_the_totals() {
     let orders = format!("{} orders", grouped(count));
     assert!(
         has_line(last, &["Total", &orders, &money(total)]),
+        "{last:?}"
+    );
+    let kept = format!("{} orders", grouped(count - cancelled));
+    assert!(
+        has_line(last, &["Not cancelled", &kept, &money(kept_amount)]),
         "{last:?}"
     );
 
@@ -831,5 +862,44 @@ async fn csv_reports_never_hand_a_spreadsheet_a_formula() {
     let json: serde_json::Value =
         serde_json::from_slice(&download(&server, &report.name).await).unwrap();
     assert_eq!(json["orders"][0]["order_id"], "=1+1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_report_names_the_currency_its_amounts_are_in() {
+    let server = TestServer::start().await;
+    imported(&server, generated(200, "2024-02", "2024-02", 3).as_slice()).await;
+    let made = reports(&server)
+        .await
+        .create_report(CreateReportRequest {
+            month: "2024-02".into(),
+            format: ReportFormat::Pdf as i32,
+            currency: "EUR".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_done(&server, &made.name).await;
+    let report: Report = response(&done);
+    assert_eq!(report.currency, "EUR");
+    let pdf = read_pdf(&download(&server, &report.name).await);
+    assert!(has_line(&pdf.pages[0], &["Totals (amounts in EUR)"]));
+    assert!(has_line(&pdf.pages[1], &["Amount (EUR)"]));
+    let refused = reports(&server)
+        .await
+        .create_report(CreateReportRequest {
+            month: "2024-02".into(),
+            currency: "euro".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        &refused,
+        tonic::Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("currency"),
+    );
     server.stop().await;
 }

@@ -194,6 +194,7 @@ async fn render(
 ) -> anyhow::Result<Rendered> {
     let created = reports
         .create_report(CreateReportRequest {
+            currency: String::new(),
             month: month.to_string(),
             format: format as i32,
             request_id: String::new(),
