@@ -88,6 +88,8 @@ const state = {
   detailLive: null,
   detail: null,
   queueTimer: null,
+  // The list's URL, filters and all, for the way back from one operation.
+  listHash: "#/operations",
 };
 
 const canWrite = () => ["writer", "admin"].includes(state.caller?.role);
@@ -99,9 +101,26 @@ function say(text, isError = false) {
   status.classList.toggle("error", isError);
 }
 
+// A time with its zone, so a screenshot or a shared link says when.
 function when(timestamp) {
   if (!timestamp) return "";
-  return new Date(timestamp).toLocaleString();
+  return new Date(timestamp).toLocaleString(undefined, { timeZoneName: "short" });
+}
+
+// A length of time, short: "850 ms", "42 s", "3 min 5 s", "2 h 10 min".
+function span(seconds) {
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  const s = Math.round(seconds);
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+// From one time to another (or to now), as a span; "" without a start.
+function between(from, to) {
+  if (!from) return "";
+  const end = to ? new Date(to).getTime() : Date.now();
+  return span(Math.max(0, (end - new Date(from).getTime()) / 1000));
 }
 
 function age(timestamp) {
@@ -135,7 +154,7 @@ async function start() {
     who.append(out);
   }
   $("tenant-filter").hidden = !state.caller.allTenants;
-  show("operations");
+  route();
 }
 
 function showLogin(message) {
@@ -168,8 +187,57 @@ function show(view) {
   }
 }
 
+// ---- routes ----
+//
+// Every view has a URL, so Back, reload and a shared link work:
+//   #/operations?state=RUNNING&kind=...&tenant=...   the list, filtered
+//   #/operations/<id>                                 one operation
+//   #/queues                                          the queues
+// (#operations/<id>, the form of earlier links, still opens one.)
+
+const FILTER_FIELDS = ["state", "kind", "tenant"];
+
+function parseRoute(hash) {
+  const [raw, query = ""] = hash.replace(/^#\/?/, "").split("?");
+  const path = decodeURIComponent(raw);
+  if (path === "queues") return { view: "queues" };
+  const one = /^operations\/(.+)$/.exec(path);
+  if (one) return { view: "detail", name: `operations/${one[1]}` };
+  return { view: "operations", params: new URLSearchParams(query) };
+}
+
+function listHash() {
+  const params = new URLSearchParams();
+  for (const field of FILTER_FIELDS) {
+    const value = $(`filter-${field}`).value.trim();
+    if (value) params.set(field, value);
+  }
+  const query = params.toString();
+  return `#/operations${query ? `?${query}` : ""}`;
+}
+
+// Goes to a view by its URL (a new history entry unless it is the same).
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+function route() {
+  if (!state.caller) return;
+  const target = parseRoute(location.hash);
+  if (target.view === "detail") return openDetail(target.name);
+  if (target.view === "queues") return show("queues");
+  for (const field of FILTER_FIELDS) $(`filter-${field}`).value = target.params.get(field) ?? "";
+  state.filter = composeFilter();
+  state.pageToken = "";
+  state.listHash = listHash();
+  show("operations");
+}
+
+window.addEventListener("hashchange", route);
+
 for (const tab of document.querySelectorAll(".tab")) {
-  tab.addEventListener("click", () => state.caller && show(tab.dataset.view));
+  tab.addEventListener("click", () => state.caller && go(tab.dataset.view === "queues" ? "#/queues" : state.listHash));
 }
 
 // ---- the operations list ----
@@ -187,9 +255,7 @@ function composeFilter() {
 
 $("filters").addEventListener("submit", (event) => {
   event.preventDefault();
-  state.filter = composeFilter();
-  state.pageToken = "";
-  listOperations();
+  go(listHash());
 });
 $("next-page").addEventListener("click", () => {
   state.pageToken = state.nextPageToken;
@@ -225,12 +291,22 @@ async function listOperations() {
 
 function stateBadge(op) {
   const name = op.metadata?.state ?? "STATE_UNSPECIFIED";
-  return el("span", { class: `badge ${name.toLowerCase()}`, text: name });
+  return el("span", { class: `badge ${stateClass(op)}`, text: name });
+}
+
+// How far an operation got: a success is full; a failure or a cancel shows
+// how far it went, in its state's colour, never as a success's.
+function percentOf(op) {
+  return op.done && !op.error ? 100 : op.metadata?.progressPercent ?? 0;
+}
+
+function stateClass(op) {
+  return (op.metadata?.state ?? "STATE_UNSPECIFIED").toLowerCase();
 }
 
 function progressBar(op) {
-  const percent = op.done && !op.error ? 100 : op.metadata?.progressPercent ?? 0;
-  const bar = el("div", { class: "progress", role: "progressbar", "aria-valuenow": String(percent), "aria-valuemin": "0", "aria-valuemax": "100" });
+  const percent = percentOf(op);
+  const bar = el("div", { class: `progress ${stateClass(op)}`, role: "progressbar", "aria-valuenow": String(percent), "aria-valuemin": "0", "aria-valuemax": "100" });
   const fill = el("div");
   // Set through the CSSOM: the page's CSP allows no inline style attribute.
   fill.style.width = `${percent}%`;
@@ -242,7 +318,7 @@ function row(op) {
   const tr = el(
     "tr",
     { "data-name": op.name, tabindex: "0" },
-    el("td", { class: "mono" }, el("a", { href: `#${op.name}`, text: shortId(op.name) })),
+    el("td", { class: "mono" }, el("a", { href: `#/${op.name}`, text: shortId(op.name) })),
     el("td", { text: op.metadata?.kind ?? "" }),
     el("td", {}, stateBadge(op)),
     el("td", {}, progressBar(op)),
@@ -251,7 +327,10 @@ function row(op) {
   );
   tr.addEventListener("click", (event) => {
     event.preventDefault();
-    openDetail(op.name);
+    go(`#/${op.name}`);
+  });
+  tr.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") go(`#/${op.name}`);
   });
   state.rows.set(op.name, tr);
   return tr;
@@ -309,6 +388,7 @@ async function loadCounts() {
     return;
   }
   const totals = { QUEUED: 0, RUNNING: 0, CANCELLING: 0, "FINISHED (15 min)": 0 };
+  // The finishes are the answering node's, since it started.
   for (const kind of stats.kinds ?? []) {
     totals.QUEUED += Number(kind.queued ?? 0);
     totals.RUNNING += Number(kind.running ?? 0);
@@ -332,21 +412,27 @@ function stopDetail() {
 async function openDetail(name) {
   stopDetail();
   state.live?.abort();
+  // Leaving the page aborts this, even while the first read is under way.
+  const controller = new AbortController();
+  state.detailLive = controller;
   show("detail");
-  history.replaceState(null, "", `#${name}`);
   $("detail-name").textContent = name;
   $("cancel").hidden = !canWrite();
   $("delete").hidden = !canWrite();
+  for (const id of ["detail-meta", "attempts", "result", "deliveries", "detail-request"]) $(id).replaceChildren();
   let op;
   try {
     op = await call("GET", `/v1/${name}`);
   } catch (error) {
-    return say(error.message, true);
+    return controller.signal.aborted || say(error.message, true);
   }
+  if (controller.signal.aborted) return;
+  say("");
   renderDetail(op);
   loadDeliveries(name);
-  const controller = new AbortController();
-  state.detailLive = controller;
+  // Durations and the ETA move on between changes.
+  const clock = setInterval(() => state.detail && renderFacts(state.detail), 1000);
+  controller.signal.addEventListener("abort", () => clearInterval(clock));
   try {
     for await (const message of events(`/v1/${name}:watch`, controller.signal)) {
       if (message.event === "error") break;
@@ -358,30 +444,75 @@ async function openDetail(name) {
   if (!controller.signal.aborted) loadDeliveries(name);
 }
 
-function renderDetail(op) {
-  state.detail = op;
+// "2 (1 of 3 allowed; 1 stopped by a shutdown, which does not count)".
+function attemptText(meta) {
+  const attempt = meta.attempt ?? 0;
+  const stopped = meta.stoppedAttempts ?? 0;
+  let text = `${attempt} (${attempt - stopped} of ${meta.maxAttempts ?? "?"} allowed`;
+  if (stopped > 0) text += `; ${stopped} stopped by a shutdown, which ${stopped === 1 ? "does" : "do"} not count`;
+  return `${text})`;
+}
+
+// When it should be done: "12:04:05 UTC (in 3 min 5 s)", or overdue.
+function estimateText(op) {
   const meta = op.metadata ?? {};
-  const percent = op.done && !op.error ? 100 : meta.progressPercent ?? 0;
-  const bar = $("detail-bar");
-  bar.style.width = `${percent}%`;
-  bar.parentElement.setAttribute("aria-valuenow", String(percent));
+  if (op.done || meta.endTime) return "";
+  if (!meta.estimatedEndTime) return "not known yet";
+  const left = (new Date(meta.estimatedEndTime).getTime() - Date.now()) / 1000;
+  return `${when(meta.estimatedEndTime)} (${left > 0 ? `in ${span(left)}` : "overdue"})`;
+}
+
+function renderFacts(op) {
+  const meta = op.metadata ?? {};
+  const percent = percentOf(op);
   const facts = [
     ["State", meta.state],
     ["Kind", meta.kind],
     ["Tenant", meta.tenant || "—"],
     ["Progress", `${percent}%${meta.statusMessage ? ` · ${meta.statusMessage}` : ""}`],
-    ["Attempt", `${meta.attempt ?? 0} of ${meta.maxAttempts ?? "?"}`],
+    ["Estimated end", estimateText(op)],
+    ["Attempt", attemptText(meta)],
+    ["Runs on", op.done ? "" : meta.holder],
     ["Created", when(meta.createTime)],
     ["Started", when(meta.startTime)],
     ["Updated", when(meta.updateTime)],
     ["Ended", when(meta.endTime)],
+    ["Queued for", between(meta.createTime, meta.startTime ?? meta.endTime)],
+    ["Ran for", between(meta.startTime, meta.endTime)],
     ["Next attempt", when(meta.nextAttemptTime)],
+    ["Cancel", meta.requestedCancellation ? "requested" : ""],
     ["Version", meta.version],
   ];
   $("detail-meta").replaceChildren(
     ...facts.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v), "data-fact": k })]),
   );
   $("detail-meta").querySelector('[data-fact="State"]')?.replaceChildren(stateBadge(op));
+}
+
+// What it was asked to do: the create request, as JSON (trimmed), or its
+// size when it was too large to keep.
+const REQUEST_SHOWN = 4000;
+function renderRequest(meta) {
+  const box = $("detail-request");
+  if (meta.request) {
+    let text = JSON.stringify(meta.request, null, 2);
+    if (text.length > REQUEST_SHOWN) text = `${text.slice(0, REQUEST_SHOWN)}\n… (trimmed)`;
+    return box.replaceChildren(el("pre", { text }));
+  }
+  const size = Number(meta.requestSizeBytes ?? 0);
+  box.replaceChildren(el("p", { class: "muted", text: size > 0 ? `${size} bytes, too large to show.` : "Not recorded." }));
+}
+
+function renderDetail(op) {
+  state.detail = op;
+  const meta = op.metadata ?? {};
+  const percent = percentOf(op);
+  const bar = $("detail-bar");
+  bar.style.width = `${percent}%`;
+  bar.parentElement.className = `progress big ${stateClass(op)}`;
+  bar.parentElement.setAttribute("aria-valuenow", String(percent));
+  renderFacts(op);
+  renderRequest(meta);
   const attempts = (meta.failedAttempts ?? []).map((a) =>
     attemptItem(`Attempt ${a.attempt} · ${when(a.startTime)} → ${when(a.endTime)}`, a.error),
   );
@@ -443,17 +574,18 @@ async function loadDeliveries(name) {
   } catch {
     return;
   }
+  const deliveries = page.deliveries ?? [];
   $("deliveries").replaceChildren(
-    ...(page.deliveries ?? []).map((d) =>
+    ...deliveries.map((d) =>
       el("tr", {}, el("td", { text: d.type ?? "" }), el("td", { text: d.state ?? "" }), el("td", { text: String(d.attempts ?? 0) }), el("td", { text: String(d.lastStatusCode ?? "") }), el("td", { text: d.lastError ?? "" })),
     ),
   );
+  if (!deliveries.length) {
+    $("deliveries").append(el("tr", { class: "none" }, el("td", { colspan: "5", class: "muted", text: "none" })));
+  }
 }
 
-$("back").addEventListener("click", () => {
-  history.replaceState(null, "", "#");
-  show("operations");
-});
+$("back").addEventListener("click", () => go(state.listHash));
 
 $("cancel").addEventListener("click", async () => {
   const name = state.detail?.name;
@@ -472,8 +604,8 @@ $("delete").addEventListener("click", async () => {
   try {
     await call("DELETE", `/v1/${name}`);
     say(`Deleted ${name}.`);
-    history.replaceState(null, "", "#");
-    show("operations");
+    // The deleted operation's page is gone: replace it in the history.
+    location.replace(state.listHash);
   } catch (error) {
     say(error.message, true);
   }
@@ -506,26 +638,28 @@ async function loadQueues() {
   } catch (error) {
     return say(error.message, true);
   }
+  say("");
+  // Each cell carries its column's name, which a phone shows beside it.
+  const cell = (label, ...children) => el("td", { "data-label": label }, ...children);
   $("queue-rows").replaceChildren(
     ...(stats.kinds ?? []).map((q) => {
       const limit = Number(q.concurrency ?? 0);
       return el(
         "tr",
         { "data-kind": q.kind },
-        el("td", { text: q.kind }),
-        el("td", { text: String(q.queued ?? 0) }),
-        el("td", { text: `${q.running ?? 0} / ${limit > 0 ? limit : "workers"}` }),
-        el("td", { text: String(q.cancelling ?? 0) }),
-        el("td", { text: age(q.oldestQueuedTime) }),
-        el("td", {}, sparkline(q.finishedPerMinute ?? [])),
+        cell("Kind", q.kind),
+        cell("Queued", String(q.queued ?? 0)),
+        cell("Running / limit", `${q.running ?? 0} / ${limit > 0 ? limit : "workers"}`),
+        cell("Cancelling", String(q.cancelling ?? 0)),
+        cell("Oldest waiting", age(q.oldestQueuedTime)),
+        cell("Finished per minute", sparkline(q.finishedPerMinute ?? [])),
       );
     }),
   );
+  $("queues-empty").hidden = (stats.kinds ?? []).length > 0;
+  $("counting-since").textContent = stats.countingSince
+    ? `Finished per minute: the last 15 minutes of the node that answered, counted since it started (${when(stats.countingSince)}).`
+    : "";
 }
 
-// A link to one operation opens it.
-window.addEventListener("load", async () => {
-  await start();
-  const name = decodeURIComponent(location.hash.slice(1));
-  if (state.caller && name.startsWith("operations/")) openDetail(name);
-});
+window.addEventListener("load", start);

@@ -15,10 +15,20 @@ pub const THROUGHPUT_MINUTES: usize = 15;
 /// (minute since the epoch, finishes in it), oldest first.
 type Minutes = VecDeque<(u64, u64)>;
 
-/// Finishes per minute, per tenant and kind, for the last minutes.
-#[derive(Default)]
+/// Finishes per minute, per tenant and kind, for the last minutes: this
+/// node's own, in memory, since it started.
 pub(crate) struct Throughput {
+    since: SystemTime,
     minutes: Mutex<HashMap<(Tenant, String), Minutes>>,
+}
+
+impl Default for Throughput {
+    fn default() -> Self {
+        Throughput {
+            since: SystemTime::now(),
+            minutes: Mutex::default(),
+        }
+    }
 }
 
 fn minute_of(time: SystemTime) -> u64 {
@@ -100,6 +110,12 @@ impl Inner {
 }
 
 impl Engine {
+    /// Since when this node has counted finishes (its start): the
+    /// throughput of [`Engine::queues`] begins there.
+    pub fn counting_since(&self) -> SystemTime {
+        self.inner.throughput.since
+    }
+
     /// The queues of every kind, counting the operations `scope` covers.
     pub async fn queues(&self, scope: &Scope) -> Result<Vec<QueueStats>, EngineError> {
         let backlog = self

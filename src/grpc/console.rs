@@ -63,6 +63,9 @@ impl Console for ConsoleService {
                     .collect(),
             })
             .collect();
-        Ok(Response::new(QueueStatsResponse { kinds }))
+        Ok(Response::new(QueueStatsResponse {
+            kinds,
+            counting_since: Some(crate::pb::timestamp(self.engine.counting_since())),
+        }))
     }
 }

@@ -37,6 +37,31 @@ function step(name) {
   console.log(`step: ${name}`);
 }
 
+// Text that wraps onto a second line inside a badge or a header (which
+// should never happen): the selectors whose text spans several lines.
+function wrapped(page) {
+  return page.evaluate(() => {
+    const broken = [];
+    for (const node of document.querySelectorAll(".badge, thead th")) {
+      if (!node.offsetParent) continue;
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+      if (lines.size > 1) broken.push(node.textContent);
+    }
+    return broken;
+  });
+}
+
+// How much wider than the window the page is.
+const overflowOf = (page) => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+
+// The fill colour of an operation's bar in the list.
+const barColour = (page, name) =>
+  page.evaluate((name) => getComputedStyle(document.querySelector(`tr[data-name="${name}"] [role=progressbar] > div`)).backgroundColor, name);
+
+const idOf = (name) => name.replace(/^operations\//, "");
+
 const browser = await chromium.launch({
   executablePath,
   args: ["--no-sandbox", "--disable-dev-shm-usage"],
@@ -71,28 +96,68 @@ try {
   await page.waitForSelector(`tr[data-name="${slow.name}"] .badge.succeeded`);
   const done = await page.getAttribute(bar, "aria-valuenow");
   if (done !== "100") throw new Error(`the finished bar shows ${done}`);
+
+  step("a failed operation's bar is not a success's");
+  const failed = await api(open, "POST", "/v1/diagnostics:sleep", { duration: "0s", steps: 1, failCode: 9 });
+  await page.waitForSelector(`tr[data-name="${failed.name}"] .badge.failed`);
+  const colours = { succeeded: await barColour(page, slow.name), failed: await barColour(page, failed.name) };
+  if (colours.succeeded === colours.failed) throw new Error(`a failure's bar looks like a success's: ${JSON.stringify(colours)}`);
+
+  step("no badge or header breaks inside a word at 1280x800");
+  let broken = await wrapped(page);
+  if (broken.length) throw new Error(`these wrap: ${broken.join(", ")}`);
+  if (!(await page.isVisible("#tenant-filter"))) throw new Error("an open server's admin is not offered the tenant filter");
   await page.screenshot({ path: `${shots}/operations-1280x800.png` });
 
-  step("cancel from the page");
+  step("one operation: its URL, its request, its durations, who runs it");
   const long = await sleepOp(open, "60s", 60);
   await page.click(`tr[data-name="${long.name}"]`);
   await page.waitForSelector("#detail:not([hidden])");
   await page.waitForSelector('#detail-meta [data-fact="State"] .badge.running');
+  if (!page.url().endsWith(`#/operations/${idOf(long.name)}`)) throw new Error(`one operation's URL is ${page.url()}`);
+  await page.waitForFunction(() => document.querySelector("#detail-request pre")?.textContent.includes('"duration": "60s"'));
+  for (const fact of ["Runs on", "Queued for", "Ran for", "Estimated end"]) {
+    await page.waitForSelector(`#detail-meta [data-fact="${fact}"]`);
+  }
+  const attempt = await page.textContent('#detail-meta [data-fact="Attempt"]');
+  if (!/^1 \(1 of \d+ allowed\)$/.test(attempt)) throw new Error(`the attempt reads "${attempt}"`);
+  const created = await page.textContent('#detail-meta [data-fact="Created"]');
+  if (!/UTC|GMT|[+-]\d/.test(created)) throw new Error(`a time without its zone: "${created}"`);
+  await page.waitForSelector("#deliveries tr.none");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${shots}/detail-390x844.png`, fullPage: true });
+  if ((await overflowOf(page)) > 2) throw new Error("one operation's page is wider than a phone");
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  step("cancel from the page");
   page.once("dialog", (dialog) => dialog.accept());
   await page.click("#cancel");
   await page.waitForSelector('#detail-meta [data-fact="State"] .badge.cancelled');
   await page.waitForSelector("#attempts li.failed");
   await page.screenshot({ path: `${shots}/detail-1280x800.png` });
 
-  step("filter by state");
-  await page.click("#back");
+  const cancelledBar = await page.evaluate(() => getComputedStyle(document.querySelector("#detail-bar")).backgroundColor);
+  if (cancelledBar === colours.succeeded) throw new Error("a cancelled operation's bar looks like a success's");
+
+  step("Back returns to the list; a filter has a URL that reloads");
+  await page.goBack();
   await page.waitForSelector("#operations:not([hidden])");
   await page.selectOption("#filter-state", "CANCELLED");
   await page.click("#filters button[type=submit]");
-  await page.waitForFunction((names) => {
+  const onlyLong = (names) => {
     const rows = [...document.querySelectorAll("#rows tr")].map((r) => r.dataset.name);
     return rows.length === 1 && rows[0] === names.long;
-  }, { long: long.name });
+  };
+  await page.waitForFunction(onlyLong, { long: long.name });
+  if (!page.url().includes("#/operations?state=CANCELLED")) throw new Error(`the filtered list's URL is ${page.url()}`);
+  await page.reload();
+  await page.waitForFunction(onlyLong, { long: long.name });
+  if ((await page.inputValue("#filter-state")) !== "CANCELLED") throw new Error("a reload forgets the filter");
+  await page.click(`tr[data-name="${long.name}"]`);
+  await page.waitForSelector("#detail:not([hidden])");
+  await page.click("#back");
+  await page.waitForFunction(onlyLong, { long: long.name });
+  if ((await page.inputValue("#filter-state")) !== "CANCELLED") throw new Error("the way back from one operation forgets the filter");
   await page.selectOption("#filter-state", "SUCCEEDED");
   await page.click("#filters button[type=submit]");
   await page.waitForFunction((names) => {
@@ -100,17 +165,36 @@ try {
     return rows.length === 2 && rows.includes(names.quick) && rows.includes(names.slow);
   }, { quick: quick.name, slow: slow.name });
 
-  step("the queues, with their throughput");
+  step("the queues, with their throughput, at their own URL");
   await page.click('.tab[data-view="queues"]');
-  await page.waitForSelector('#queue-rows tr[data-kind="longrun.v1.Diagnostics.Sleep"] svg.spark');
+  const sleepQueue = '#queue-rows tr[data-kind="longrun.v1.Diagnostics.Sleep"] svg.spark';
+  await page.waitForSelector(sleepQueue);
+  if (!page.url().endsWith("#/queues")) throw new Error(`the queues' URL is ${page.url()}`);
+  await page.waitForFunction(() => document.querySelector("#counting-since").textContent.includes("since it started"));
+  await page.reload();
+  await page.waitForSelector(sleepQueue);
+  await page.screenshot({ path: `${shots}/queues-1280x800.png` });
+  await page.goBack();
+  await page.waitForSelector("#operations:not([hidden])");
 
-  step("a phone's width");
+  step("a phone's width: nothing wider than the screen, no word broken");
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.click('.tab[data-view="operations"]');
   await page.waitForSelector("#rows tr");
   await page.screenshot({ path: `${shots}/operations-390x844.png`, fullPage: true });
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  if (overflow > 2) throw new Error(`the page is ${overflow}px wider than a phone`);
+  let overflow = await overflowOf(page);
+  if (overflow > 2) throw new Error(`the list is ${overflow}px wider than a phone`);
+  broken = await wrapped(page);
+  if (broken.length) throw new Error(`these wrap on a phone: ${broken.join(", ")}`);
+  await page.click('.tab[data-view="queues"]');
+  await page.waitForSelector(sleepQueue);
+  await page.screenshot({ path: `${shots}/queues-390x844.png`, fullPage: true });
+  overflow = await overflowOf(page);
+  if (overflow > 2) throw new Error(`the queues are ${overflow}px wider than a phone`);
+  const label = await page.evaluate(() => {
+    const cell = document.querySelector('#queue-rows tr[data-kind="longrun.v1.Diagnostics.Sleep"] td[data-label="Queued"]');
+    return getComputedStyle(cell, "::before").content;
+  });
+  if (!label.includes("Queued")) throw new Error(`a phone's queue card does not name its values: ${label}`);
 
   step("the token prompt of an authenticated server");
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -126,6 +210,7 @@ try {
   await guarded.fill("#token", readerToken);
   await guarded.click("#login-form button[type=submit]");
   await guarded.waitForSelector(`tr[data-name="${theirs.name}"]`);
+  if (await guarded.isVisible("#tenant-filter")) throw new Error("a reader of one tenant is offered the tenant filter");
   const stored = await guarded.evaluate(() => [sessionStorage.getItem("longrun.token"), document.cookie]);
   if (stored[0] !== readerToken || stored[1] !== "") throw new Error("the token is not kept for the tab alone");
   step("a reader sees no buttons it may not use");

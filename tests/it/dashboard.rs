@@ -64,7 +64,10 @@ async fn the_dashboard_works_in_a_real_browser() {
     for shot in [
         "operations-1280x800.png",
         "detail-1280x800.png",
+        "detail-390x844.png",
+        "queues-1280x800.png",
         "operations-390x844.png",
+        "queues-390x844.png",
         "login-1280x800.png",
     ] {
         assert!(shots.join(shot).exists(), "no screenshot {shot}");
