@@ -59,7 +59,8 @@ pub enum Command {
     /// Create and download monthly reports.
     #[command(subcommand)]
     Report(report::ReportCommand),
-    /// Webhook signing: print the secret, verify a delivery.
+    /// Webhooks: print the signing secret, verify a delivery, or receive
+    /// deliveries to try them out.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
     /// Authentication: make tokens for the auth file.

@@ -2,6 +2,8 @@
 
 use std::process::Output;
 
+use tokio::io::AsyncBufReadExt as _;
+
 use crate::common::*;
 
 /// Runs the binary with `args` against `server`, off the async runtime.
@@ -331,5 +333,64 @@ async fn ctrl_c_stops_following_and_says_the_operation_goes_on() {
         .unwrap()
         .into_inner();
     assert!(!op.done);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_listen_receives_and_checks_a_delivery() {
+    let secret = longrun::webhook::Secret::generate();
+    let server = TestServer::start_with(|c| {
+        c.webhooks.secrets = vec![secret.clone()];
+        c.webhooks.allow_private = true;
+    })
+    .await;
+    let mut listener = tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["webhook", "listen", "--listen", "127.0.0.1:0", "--count", "1"])
+        .env("LONGRUN_WEBHOOK_SECRET", secret.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("a line")
+    };
+    let url = next(&mut lines)
+        .await
+        .strip_prefix("listening on ")
+        .expect("the address first")
+        .to_owned();
+
+    // A forged delivery is refused, and said to be forged.
+    let forged = reqwest::Client::new()
+        .post(&url)
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", "1")
+        .header("webhook-signature", "v1,AAAA")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let line = next(&mut lines).await;
+    assert!(line.contains("msg_forged") && line.contains("INVALID"), "{line}");
+
+    // The server's delivery checks, and the listener stops after it.
+    let out = longrun(&server, &["sleep", "0s", "--notify", &url, "--wait"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let line = next(&mut lines).await;
+    assert!(
+        line.contains("operation.succeeded operations/") && line.ends_with("signature valid"),
+        "{line}"
+    );
+    let status = tokio::time::timeout(PATIENCE, listener.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
     server.stop().await;
 }
