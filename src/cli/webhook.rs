@@ -245,7 +245,12 @@ impl Receiver {
             Duration::from_secs(300),
         );
         let event: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-        let field = |pointer: &str| event.pointer(pointer).and_then(|v| v.as_str()).unwrap_or("?");
+        let field = |pointer: &str| {
+            event
+                .pointer(pointer)
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+        };
         let verdict = match &checked {
             Ok(()) => "signature valid".to_owned(),
             Err(e) => format!("signature INVALID: {e}"),

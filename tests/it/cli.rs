@@ -345,7 +345,14 @@ async fn webhook_listen_receives_and_checks_a_delivery() {
     })
     .await;
     let mut listener = tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
-        .args(["webhook", "listen", "--listen", "127.0.0.1:0", "--count", "1"])
+        .args([
+            "webhook",
+            "listen",
+            "--listen",
+            "127.0.0.1:0",
+            "--count",
+            "1",
+        ])
         .env("LONGRUN_WEBHOOK_SECRET", secret.to_string())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -377,7 +384,10 @@ async fn webhook_listen_receives_and_checks_a_delivery() {
         .unwrap();
     assert_eq!(forged.status(), 401);
     let line = next(&mut lines).await;
-    assert!(line.contains("msg_forged") && line.contains("INVALID"), "{line}");
+    assert!(
+        line.contains("msg_forged") && line.contains("INVALID"),
+        "{line}"
+    );
 
     // The server's delivery checks, and the listener stops after it.
     let out = longrun(&server, &["sleep", "0s", "--notify", &url, "--wait"]).await;
