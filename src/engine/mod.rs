@@ -463,8 +463,7 @@ impl Engine {
     /// store.
     pub async fn delete(&self, scope: &Scope, id: OperationId) -> Result<(), EngineError> {
         let op = self.get(scope, id).await?;
-        op.check_deletable()
-            .map_err(|e| EngineError::from_store(id.name(), e.into()))?;
+        crate::store::check_delete(&op).map_err(|e| EngineError::from_store(id.name(), e))?;
         self.inner.expire_artifacts(&op).await;
         match self.inner.committer.write(Write::Delete(id)).await {
             Ok(_) => Ok(()),

@@ -30,6 +30,7 @@ mod error;
 pub mod files;
 pub mod postgres;
 pub mod ready;
+pub(crate) mod rules;
 pub mod sled;
 
 use std::collections::{HashMap, HashSet};
@@ -47,6 +48,7 @@ pub use self::error::{StoreError, StoreResult};
 pub use self::files::{DirFiles, FileRead, FileStore, FileWriter};
 pub use self::postgres::PgStore;
 pub use self::ready::QueueDepth;
+pub(crate) use self::rules::check_delete;
 pub use self::sled::{SledStore, SyncMode};
 pub use crate::metrics::Backlog;
 

@@ -1,82 +1,59 @@
 //! A batch of writes as one transaction.
 //!
 //! The rows the batch touches are locked and read first (`FOR UPDATE`),
-//! so no other node changes them meanwhile. Each write is then decided by
-//! the model against the batch's view (each write sees those before it; a
-//! refused one leaves nothing), and the outcome goes back with one
-//! multi-row statement per kind of change: inserts, updates, deletes,
-//! deliveries, and the notification the other nodes follow. An update
-//! names the attempt and version it read, so the database itself refuses
-//! a write under a superseded attempt.
+//! so no other node changes them meanwhile: they are the rulebook's
+//! [`View`]. Its plan goes back with one multi-row statement per kind of
+//! change: inserts, updates, deletes, deliveries, and the notification the
+//! other nodes follow. An update names the attempt and version it read, so
+//! the database itself refuses a write under a superseded attempt.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::collections::HashMap;
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use super::feed::Note;
 use super::{OP_COLUMNS, db, micros, operation};
 use crate::model::{Delivery, DeliveryState, Operation, OperationId, RequestId, State, Tenant};
 use crate::store::codec::{Inline, encode, encode_delivery};
-use crate::store::{Applied, Change, Created, StoreError, StoreResult, Write};
+use crate::store::rules::{Plan, Step, View};
+use crate::store::{Change, StoreError, StoreResult, Write};
 
-/// The batch's view of the rows it touches, and what it changed.
-pub(super) struct Stage {
-    now: SystemTime,
-    /// Operations as the batch leaves them; None once deleted. With
-    /// `stored`, this says what to write: a row not stored is inserted, a
-    /// stored one whose version moved is updated, a stored one now None is
-    /// deleted.
-    rows: HashMap<OperationId, Option<Operation>>,
-    /// The attempt, version and state of each row as stored: the first two
-    /// for the fencing check, the state for the queue's count.
-    stored: HashMap<OperationId, (u32, u64, State)>,
-    by_request: HashMap<(Tenant, RequestId), OperationId>,
-    deliveries: Vec<Delivery>,
-    pub(super) changes: Vec<Change>,
-    notes: Vec<Note>,
-    /// Whether a write that succeeded must be durable before the answer.
-    pub(super) durable: bool,
-}
-
-/// What a committed batch did to the queue of claimable work.
+/// The rows a batch locked and read: what the rulebook decides against.
 #[derive(Default)]
-pub(super) struct QueueMoves {
-    pub(super) added: Vec<Tenant>,
-    pub(super) taken: Vec<Tenant>,
+pub(super) struct Locked {
+    rows: HashMap<OperationId, Operation>,
+    by_request: HashMap<(Tenant, RequestId), OperationId>,
 }
 
-impl Stage {
+impl Locked {
     /// Locks and reads the rows `writes` touch (and those holding the
     /// request_ids its creates name).
     pub(super) async fn load(
         tx: &mut Transaction<'_, Postgres>,
         writes: &[Write],
-        now: SystemTime,
     ) -> StoreResult<Self> {
         let mut ids = Vec::new();
         let (mut tenants, mut request_ids) = (Vec::new(), Vec::new());
         for write in writes {
             match write {
                 Write::Update { id, .. } | Write::Delete(id) | Write::Purge(id) => {
-                    ids.push(uuid::Uuid::from_bytes(*id.as_bytes()))
+                    ids.push(uuid_of(id))
                 }
+                Write::SaveDelivery(delivery) => ids.push(uuid_of(&delivery.operation)),
                 Write::Create(op) => {
                     if let Some(request_id) = op.request_id {
                         tenants.push(op.tenant.as_str().to_owned());
                         request_ids.push(uuid::Uuid::from_bytes(*request_id.as_bytes()));
                     }
                 }
-                Write::SaveDelivery(_) => {}
             }
         }
-        let mut stage = Self::empty(now);
+        let mut locked = Self::default();
         if ids.is_empty() && request_ids.is_empty() {
-            return Ok(stage);
+            return Ok(locked);
         }
         let rows = sqlx::query(&format!(
-            "SELECT {OP_COLUMNS}, attempt, version FROM longrun_operations
+            "SELECT {OP_COLUMNS} FROM longrun_operations
              WHERE id = ANY($1)
                 OR (request_id IS NOT NULL AND (tenant, request_id) IN
                     (SELECT * FROM unnest($2::text[], $3::uuid[])))
@@ -89,317 +66,216 @@ impl Stage {
         .await
         .map_err(db)?;
         for row in &rows {
-            let op = operation(row)?;
-            let attempt: i32 = row.try_get("attempt").map_err(db)?;
-            let version: i64 = row.try_get("version").map_err(db)?;
-            stage.take_in(op, attempt as u32, version as u64);
+            locked.take_in(operation(row)?);
         }
-        Ok(stage)
+        Ok(locked)
     }
 
-    /// A stage over rows already locked and read (a claim's).
-    pub(super) fn empty(now: SystemTime) -> Self {
-        Self {
-            now,
-            rows: HashMap::new(),
-            stored: HashMap::new(),
-            by_request: HashMap::new(),
-            deliveries: Vec::new(),
-            changes: Vec::new(),
-            notes: Vec::new(),
-            durable: false,
-        }
-    }
-
-    /// Adds a locked row, as stored, to the batch's view.
-    pub(super) fn take_in(&mut self, op: Operation, attempt: u32, version: u64) {
-        self.stored.insert(op.id, (attempt, version, op.state));
+    /// Adds a locked row, as stored.
+    pub(super) fn take_in(&mut self, op: Operation) {
         if let Some(request_id) = op.request_id {
             self.by_request
                 .insert((op.tenant.clone(), request_id), op.id);
         }
-        self.rows.insert(op.id, Some(op));
-    }
-
-    /// Applies one write, or refuses it leaving nothing staged.
-    pub(super) fn write(&mut self, write: &Write) -> StoreResult<Applied> {
-        let durable = write.is_durable();
-        let applied = match write {
-            Write::Create(op) => self.create(op).map(Applied::Created),
-            Write::Update { id, edit } => {
-                let current = self.read(*id)?;
-                match current.apply(edit, self.now)? {
-                    None => Ok(Applied::Updated(current)),
-                    Some(transition) => {
-                        let next = transition.operation;
-                        if let Some(delivery) = transition.delivery {
-                            self.deliveries.push(delivery);
-                        }
-                        self.changed(next.clone());
-                        Ok(Applied::Updated(next))
-                    }
-                }
-            }
-            Write::Delete(id) => {
-                let op = self.read(*id)?;
-                op.check_deletable()?;
-                self.remove(&op);
-                Ok(Applied::Deleted(true))
-            }
-            Write::Purge(id) => match self.read(*id) {
-                Ok(op) if op.check_deletable().is_ok() => {
-                    self.remove(&op);
-                    Ok(Applied::Deleted(true))
-                }
-                _ => Ok(Applied::Deleted(false)),
-            },
-            Write::SaveDelivery(delivery) => {
-                self.changes.push(Change::Delivery(delivery.operation));
-                self.deliveries.push(delivery.clone());
-                Ok(Applied::DeliverySaved)
-            }
-        }?;
-        self.durable |= durable;
-        Ok(applied)
-    }
-
-    fn read(&self, id: OperationId) -> StoreResult<Operation> {
-        self.rows
-            .get(&id)
-            .cloned()
-            .flatten()
-            .ok_or(StoreError::NotFound)
-    }
-
-    fn create(&mut self, op: &Operation) -> StoreResult<Created> {
-        if let Some(request_id) = op.request_id
-            && let Some(existing) = self.by_request.get(&(op.tenant.clone(), request_id))
-            && let Some(Some(existing)) = self.rows.get(existing)
-        {
-            if existing.request_digest == op.request_digest {
-                return Ok(Created::Existing(existing.clone()));
-            }
-            return Err(StoreError::RequestIdConflict {
-                request_id: request_id.to_string(),
-                existing: existing.id,
-            });
-        }
-        let transition = op.creation(op.create_time);
-        if let Some(delivery) = transition.delivery {
-            self.deliveries.push(delivery);
-        }
-        if let Some(request_id) = op.request_id {
-            self.by_request
-                .insert((op.tenant.clone(), request_id), op.id);
-        }
-        self.notes.push(Note::of(op, self.wants_delivery(op.id)));
-        self.changes.push(Change::Updated(Arc::new(op.clone())));
-        self.rows.insert(op.id, Some(op.clone()));
-        Ok(Created::New(op.clone()))
-    }
-
-    fn changed(&mut self, next: Operation) {
-        let id = next.id;
-        self.notes.push(Note::of(&next, self.wants_delivery(id)));
-        self.changes.push(Change::Updated(Arc::new(next.clone())));
-        self.rows.insert(id, Some(next));
-    }
-
-    fn wants_delivery(&self, id: OperationId) -> bool {
-        self.deliveries
-            .last()
-            .is_some_and(|d| d.operation == id && d.state == DeliveryState::Pending)
-    }
-
-    fn remove(&mut self, op: &Operation) {
-        let id = op.id;
-        self.rows.insert(id, None);
-        if let Some(request_id) = op.request_id {
-            self.by_request.remove(&(op.tenant.clone(), request_id));
-        }
-        self.deliveries.retain(|d| d.operation != id);
-        self.notes.push(Note::deleted(id));
-        self.changes.push(Change::Deleted(id));
-    }
-
-    /// Writes what the batch staged, in `tx`, and says what it did to the
-    /// queue. Fails (so that the caller rolls back) when a row changed
-    /// under the batch, or when a create lost its request_id to a create
-    /// committed meanwhile by another node: a retry of the whole batch then
-    /// sees that operation.
-    pub(super) async fn save(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        tag: &str,
-    ) -> Result<QueueMoves, SaveError> {
-        let mut moves = QueueMoves::default();
-        let (mut created, mut updated, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, row) in &self.rows {
-            match (self.stored.get(id), row) {
-                (None, Some(op)) => created.push(op),
-                (Some((_, version, _)), Some(op)) if op.version != *version => updated.push(op),
-                (Some(_), None) => deleted.push(*id),
-                _ => {}
-            }
-        }
-        if !created.is_empty() {
-            let columns = Columns::of(&created);
-            let query = sqlx::query(concat!(insert_operations!(), " ON CONFLICT DO NOTHING"));
-            let inserted = columns
-                .bind_all(query)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| SaveError::Store(db(e)))?;
-            if inserted.rows_affected() != created.len() as u64 {
-                return Err(SaveError::RequestIdRace);
-            }
-            moves.added = queued_tenants(&created);
-        }
-        if !updated.is_empty() {
-            let columns = Columns::of(&updated);
-            let (was_attempt, was_version): (Vec<i32>, Vec<i64>) = updated
-                .iter()
-                .map(|op| {
-                    let (attempt, version, _) =
-                        self.stored
-                            .get(&op.id)
-                            .copied()
-                            .unwrap_or((0, 0, State::Queued));
-                    (attempt as i32, version as i64)
-                })
-                .unzip();
-            let query = sqlx::query(
-                "UPDATE longrun_operations o SET
-                    state = u.state, due_us = u.due_us, ended_us = u.ended_us,
-                    lease_holder = u.lease_holder, lease_expires_us = u.lease_expires_us,
-                    attempt = u.attempt, version = u.version, record = u.record
-                 FROM unnest($1::uuid[], $2::int4[], $3::int8[], $4::int2[], $5::int8[],
-                    $6::int8[], $7::text[], $8::int8[], $9::int4[], $10::int8[], $11::bytea[])
-                    AS u(id, was_attempt, was_version, state, due_us, ended_us,
-                         lease_holder, lease_expires_us, attempt, version, record)
-                 WHERE o.id = u.id AND o.attempt = u.was_attempt AND o.version = u.was_version",
-            );
-            let query = columns.bind_changing(
-                query
-                    .bind(&columns.id)
-                    .bind(&was_attempt)
-                    .bind(&was_version),
-            );
-            let done = query
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| SaveError::Store(db(e)))?;
-            if done.rows_affected() != updated.len() as u64 {
-                return Err(SaveError::Store(StoreError::Backend(
-                    "an operation changed under a batch that held its lock".into(),
-                )));
-            }
-            for op in &updated {
-                let was_queued = self
-                    .stored
-                    .get(&op.id)
-                    .is_some_and(|(_, _, state)| *state == State::Queued);
-                match (was_queued, op.state == State::Queued) {
-                    (false, true) => moves.added.push(op.tenant.clone()),
-                    (true, false) => moves.taken.push(op.tenant.clone()),
-                    _ => {}
-                }
-            }
-        }
-        if !deleted.is_empty() {
-            let ids: Vec<uuid::Uuid> = deleted.iter().map(uuid_of).collect();
-            sqlx::query("DELETE FROM longrun_deliveries WHERE operation = ANY($1)")
-                .bind(&ids)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| SaveError::Store(db(e)))?;
-            sqlx::query("DELETE FROM longrun_operations WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| SaveError::Store(db(e)))?;
-        }
-        if !self.deliveries.is_empty() {
-            let d = DeliveryColumns::of(&self.deliveries);
-            sqlx::query(
-                "INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
-                 SELECT u.* FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[], $5::text[])
-                    AS u(id, operation, due_us, record, tenant)
-                 WHERE EXISTS (SELECT 1 FROM longrun_operations o WHERE o.id = u.operation)
-                 ON CONFLICT (id) DO UPDATE SET due_us = EXCLUDED.due_us, record = EXCLUDED.record",
-            )
-            .bind(&d.id)
-            .bind(&d.operation)
-            .bind(&d.due_us)
-            .bind(&d.record)
-            .bind(&d.tenant)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| SaveError::Store(db(e)))?;
-        }
-        super::feed::notify(tx, tag, &self.notes)
-            .await
-            .map_err(SaveError::Store)?;
-        Ok(moves)
+        self.rows.insert(op.id, op);
     }
 }
 
-impl Stage {
-    /// Whether the batch only creates, so that [`Stage::save_new`] can
-    /// write it in one statement.
-    pub(super) fn only_creates(writes: &[Write]) -> bool {
-        writes.iter().all(|w| matches!(w, Write::Create(_)))
+impl View for Locked {
+    // The rulebook reads each operation once, so the row can be handed
+    // over rather than copied.
+    fn operation(&mut self, id: OperationId) -> StoreResult<Option<Operation>> {
+        Ok(self.rows.remove(&id))
     }
 
-    /// Writes a batch of creates staged over nothing read (see
-    /// [`Stage::only_creates`]) as one statement, which is its own
-    /// transaction: the operations, their deliveries and the notification,
-    /// in one round trip. A request_id already stored fails the whole
-    /// statement ([`SaveError::RequestIdRace`]), and the caller goes the
-    /// long way, which reads it.
-    pub(super) async fn save_new(
-        &self,
-        pool: &sqlx::PgPool,
-        tag: &str,
-    ) -> Result<QueueMoves, SaveError> {
-        let created: Vec<&Operation> = self.rows.values().flatten().collect();
-        let columns = Columns::of(&created);
-        let d = DeliveryColumns::of(&self.deliveries);
-        let payloads = super::feed::payloads(tag, &self.notes);
-        let query = sqlx::query(concat!(
-            "WITH new_operations AS (",
-            insert_operations!(),
-            " RETURNING 1
-             ), new_deliveries AS (
-                INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
-                 SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[], $19::text[])
-                 RETURNING 1
-             )
-             SELECT (SELECT count(*) FROM new_operations) AS operations,
-                    (SELECT count(*) FROM new_deliveries) AS deliveries,
-                    (SELECT count(pg_notify($17, p)) FROM unnest($18::text[]) AS p) AS notes",
-        ));
-        let query = columns
-            .bind_all(query)
-            .bind(&d.id)
-            .bind(&d.operation)
-            .bind(&d.due_us)
-            .bind(&d.record)
-            .bind(super::feed::CHANNEL)
-            .bind(&payloads)
-            .bind(&d.tenant);
-        match query.fetch_one(pool).await {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(SaveError::RequestIdRace);
-            }
-            Err(e) => return Err(SaveError::Store(db(e))),
-        }
-        Ok(QueueMoves {
-            added: queued_tenants(&created),
-            taken: Vec::new(),
-        })
+    fn request_holder(
+        &mut self,
+        tenant: &Tenant,
+        request_id: RequestId,
+    ) -> StoreResult<Option<OperationId>> {
+        Ok(self.by_request.get(&(tenant.clone(), request_id)).copied())
     }
+}
+
+/// What a committed batch did to the queue of claimable work.
+#[derive(Default)]
+pub(super) struct QueueMoves {
+    pub(super) added: Vec<Tenant>,
+    pub(super) taken: Vec<Tenant>,
+}
+
+/// The notification of a plan's changes, for the other nodes.
+fn notes(plan: &Plan) -> Vec<Note> {
+    plan.changes
+        .iter()
+        .filter_map(|announce| match &announce.change {
+            Change::Updated(op) => Some(Note::of(op, announce.delivery)),
+            Change::Deleted(id) => Some(Note::deleted(*id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes `plan` in `tx`, and says what it did to the queue. Fails (so
+/// that the caller rolls back) when a row changed under the batch, or when
+/// a create lost its request_id to a create committed meanwhile by another
+/// node: a retry of the whole batch then sees that operation.
+pub(super) async fn save(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &Plan,
+    tag: &str,
+) -> Result<QueueMoves, SaveError> {
+    let mut moves = QueueMoves::default();
+    let (mut created, mut updated, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+    for step in &plan.steps {
+        match step {
+            Step::Insert(op) => created.push(op),
+            Step::Update { was, op } => updated.push((was, op)),
+            Step::Remove(op) => deleted.push(uuid_of(&op.id)),
+        }
+    }
+    if !created.is_empty() {
+        let columns = Columns::of(&created);
+        let query = sqlx::query(concat!(insert_operations!(), " ON CONFLICT DO NOTHING"));
+        let inserted = columns
+            .bind_all(query)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+        if inserted.rows_affected() != created.len() as u64 {
+            return Err(SaveError::RequestIdRace);
+        }
+        moves.added = queued_tenants(&created);
+    }
+    if !updated.is_empty() {
+        let ops: Vec<&Operation> = updated.iter().map(|(_, op)| *op).collect();
+        let columns = Columns::of(&ops);
+        let (was_attempt, was_version): (Vec<i32>, Vec<i64>) = updated
+            .iter()
+            .map(|(was, _)| (was.attempt as i32, was.version as i64))
+            .unzip();
+        let query = sqlx::query(
+            "UPDATE longrun_operations o SET
+                state = u.state, due_us = u.due_us, ended_us = u.ended_us,
+                lease_holder = u.lease_holder, lease_expires_us = u.lease_expires_us,
+                attempt = u.attempt, version = u.version, record = u.record
+             FROM unnest($1::uuid[], $2::int4[], $3::int8[], $4::int2[], $5::int8[],
+                $6::int8[], $7::text[], $8::int8[], $9::int4[], $10::int8[], $11::bytea[])
+                AS u(id, was_attempt, was_version, state, due_us, ended_us,
+                     lease_holder, lease_expires_us, attempt, version, record)
+             WHERE o.id = u.id AND o.attempt = u.was_attempt AND o.version = u.was_version",
+        );
+        let query = columns.bind_changing(
+            query
+                .bind(&columns.id)
+                .bind(&was_attempt)
+                .bind(&was_version),
+        );
+        let done = query
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+        if done.rows_affected() != updated.len() as u64 {
+            return Err(SaveError::Store(StoreError::Backend(
+                "an operation changed under a batch that held its lock".into(),
+            )));
+        }
+        for (was, op) in &updated {
+            match (was.state == State::Queued, op.state == State::Queued) {
+                (false, true) => moves.added.push(op.tenant.clone()),
+                (true, false) => moves.taken.push(op.tenant.clone()),
+                _ => {}
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        sqlx::query("DELETE FROM longrun_deliveries WHERE operation = ANY($1)")
+            .bind(&deleted)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+        sqlx::query("DELETE FROM longrun_operations WHERE id = ANY($1)")
+            .bind(&deleted)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| SaveError::Store(db(e)))?;
+    }
+    if !plan.deliveries.is_empty() {
+        let d = DeliveryColumns::of(&plan.deliveries);
+        sqlx::query(
+            "INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bytea[], $5::text[])
+             ON CONFLICT (id) DO UPDATE SET due_us = EXCLUDED.due_us, record = EXCLUDED.record",
+        )
+        .bind(&d.id)
+        .bind(&d.operation)
+        .bind(&d.due_us)
+        .bind(&d.record)
+        .bind(&d.tenant)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| SaveError::Store(db(e)))?;
+    }
+    super::feed::notify(tx, tag, &notes(plan))
+        .await
+        .map_err(SaveError::Store)?;
+    Ok(moves)
+}
+
+/// Whether a batch only creates, so that [`save_new`] can write it in one
+/// statement.
+pub(super) fn only_creates(writes: &[Write]) -> bool {
+    writes.iter().all(|w| matches!(w, Write::Create(_)))
+}
+
+/// Writes the plan of a batch of creates decided over nothing read (see
+/// [`only_creates`]) as one statement, which is its own transaction: the
+/// operations, their deliveries and the notification, in one round trip.
+/// A request_id already stored fails the whole statement
+/// ([`SaveError::RequestIdRace`]), and the caller goes the long way, which
+/// reads it.
+pub(super) async fn save_new(
+    pool: &sqlx::PgPool,
+    plan: &Plan,
+    tag: &str,
+) -> Result<QueueMoves, SaveError> {
+    let created: Vec<&Operation> = plan.steps.iter().map(Step::operation).collect();
+    let columns = Columns::of(&created);
+    let d = DeliveryColumns::of(&plan.deliveries);
+    let payloads = super::feed::payloads(tag, &notes(plan));
+    let query = sqlx::query(concat!(
+        "WITH new_operations AS (",
+        insert_operations!(),
+        " RETURNING 1
+         ), new_deliveries AS (
+            INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
+             SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[], $19::text[])
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM new_operations) AS operations,
+                (SELECT count(*) FROM new_deliveries) AS deliveries,
+                (SELECT count(pg_notify($17, p)) FROM unnest($18::text[]) AS p) AS notes",
+    ));
+    let query = columns
+        .bind_all(query)
+        .bind(&d.id)
+        .bind(&d.operation)
+        .bind(&d.due_us)
+        .bind(&d.record)
+        .bind(super::feed::CHANNEL)
+        .bind(&payloads)
+        .bind(&d.tenant);
+    match query.fetch_one(pool).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(SaveError::RequestIdRace);
+        }
+        Err(e) => return Err(SaveError::Store(db(e))),
+    }
+    Ok(QueueMoves {
+        added: queued_tenants(&created),
+        taken: Vec::new(),
+    })
 }
 
 /// Why saving a batch failed.
@@ -418,7 +294,7 @@ pub(super) fn due_of(d: &Delivery) -> Option<i64> {
     (d.state == DeliveryState::Pending).then(|| micros(d.next_attempt.unwrap_or(d.create_time)))
 }
 
-/// The last version of each delivery a batch wrote, as columns.
+/// Deliveries as columns, for `unnest`.
 struct DeliveryColumns {
     id: Vec<uuid::Uuid>,
     operation: Vec<uuid::Uuid>,
@@ -428,22 +304,17 @@ struct DeliveryColumns {
 }
 
 impl DeliveryColumns {
+    /// The plan's deliveries (one version of each) as columns.
     fn of(deliveries: &[Delivery]) -> Self {
-        let mut seen = HashSet::new();
-        let latest: Vec<&Delivery> = deliveries
-            .iter()
-            .rev()
-            .filter(|d| seen.insert(d.id))
-            .collect();
         Self {
-            id: latest.iter().map(|d| d.id).collect(),
-            operation: latest.iter().map(|d| uuid_of(&d.operation)).collect(),
-            due_us: latest.iter().map(|d| due_of(d)).collect(),
-            record: latest
+            id: deliveries.iter().map(|d| d.id).collect(),
+            operation: deliveries.iter().map(|d| uuid_of(&d.operation)).collect(),
+            due_us: deliveries.iter().map(due_of).collect(),
+            record: deliveries
                 .iter()
                 .map(|d| encode_delivery(d, &mut Inline))
                 .collect(),
-            tenant: latest
+            tenant: deliveries
                 .iter()
                 .map(|d| d.snapshot.tenant.as_str().to_owned())
                 .collect(),

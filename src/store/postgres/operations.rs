@@ -7,10 +7,11 @@ use async_trait::async_trait;
 use sqlx::Row;
 use tokio::sync::{broadcast, watch};
 
-use super::commit::{QueueMoves, SaveError, Stage};
+use super::commit::{Locked, QueueMoves, SaveError, only_creates, save, save_new};
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
 use crate::model::{Edit, Operation, OperationId, State};
 use crate::store::codec::from_micros;
+use crate::store::rules::{Plan, Rulebook};
 use crate::store::{
     Applied, Backlog, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
     QueueDepth, StoreError, StoreResult, Write,
@@ -46,51 +47,55 @@ WITH RECURSIVE tenants(t) AS (
     ORDER BY c.turn, c.due_us, c.id
     LIMIT $3
 )
-SELECT o.id, o.record, o.lease_holder, o.lease_expires_us, o.attempt, o.version
+SELECT o.id, o.record, o.lease_holder, o.lease_expires_us
   FROM longrun_operations o
  WHERE o.id IN (SELECT id FROM picks) AND o.state = 1
  FOR UPDATE OF o SKIP LOCKED";
 
 impl PgStore {
     /// One try at a batch: its own transaction, committed or rolled back.
-    /// Commits `writes` as one transaction: the rows they touch are locked
-    /// and read, the model decides, and the outcome is written back.
+    /// The rows `writes` touch are locked and read, the rulebook decides,
+    /// and its plan is written back.
     async fn try_commit(
         &self,
         writes: &[Write],
         now: SystemTime,
-    ) -> Result<(Vec<StoreResult<Applied>>, Stage), SaveError> {
+    ) -> Result<(Vec<StoreResult<Applied>>, Plan), SaveError> {
         let mut tx = self
             .pool()
             .begin()
             .await
             .map_err(|e| SaveError::Store(db(e)))?;
-        let mut stage = Stage::load(&mut tx, writes, now)
+        let mut locked = Locked::load(&mut tx, writes)
             .await
             .map_err(SaveError::Store)?;
-        let results: Vec<_> = writes.iter().map(|w| stage.write(w)).collect();
-        if !stage.durable {
+        let mut book = Rulebook::new(&mut locked, now);
+        let results: Vec<_> = writes.iter().map(|w| book.write(w)).collect();
+        let plan = book.plan();
+        if !plan.durable {
             // Claims and progress only: they need not wait for the WAL.
             lazy(&mut tx).await.map_err(SaveError::Store)?;
         }
-        let moves = stage.save(&mut tx, &self.inner.tag).await?;
+        let moves = save(&mut tx, &plan, &self.inner.tag).await?;
         tx.commit().await.map_err(|e| SaveError::Store(db(e)))?;
         self.committed(&moves);
-        Ok((results, stage))
+        Ok((results, plan))
     }
 
     /// Commits a batch of creates alone in one statement, with nothing to
-    /// read first (see [`Stage::save_new`]).
+    /// read first (see [`save_new`]).
     async fn try_creates(
         &self,
         writes: &[Write],
         now: SystemTime,
-    ) -> Result<(Vec<StoreResult<Applied>>, Stage), SaveError> {
-        let mut stage = Stage::empty(now);
-        let results: Vec<_> = writes.iter().map(|w| stage.write(w)).collect();
-        let moves = stage.save_new(self.pool(), &self.inner.tag).await?;
+    ) -> Result<(Vec<StoreResult<Applied>>, Plan), SaveError> {
+        let mut nothing = Locked::default();
+        let mut book = Rulebook::new(&mut nothing, now);
+        let results: Vec<_> = writes.iter().map(|w| book.write(w)).collect();
+        let plan = book.plan();
+        let moves = save_new(self.pool(), &plan, &self.inner.tag).await?;
         self.committed(&moves);
-        Ok((results, stage))
+        Ok((results, plan))
     }
 
     /// Takes in what a committed batch did to the queue.
@@ -102,9 +107,9 @@ impl PgStore {
     }
 
     /// Announces a committed batch's changes on the local feed.
-    fn announce(&self, stage: Stage) {
-        for change in stage.changes {
-            let _ = self.inner.feed.send(change);
+    fn announce(&self, plan: Plan) {
+        for announce in plan.changes {
+            let _ = self.inner.feed.send(announce.change);
         }
     }
 
@@ -127,28 +132,27 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut stage = Stage::empty(now);
+        let mut locked = Locked::default();
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
             let op = operation(row)?;
-            let attempt: i32 = row.try_get("attempt").map_err(db)?;
-            let version: i64 = row.try_get("version").map_err(db)?;
             ids.push(op.id);
-            stage.take_in(op, attempt as u32, version as u64);
+            locked.take_in(op);
         }
+        let edit = Edit::Claim {
+            lease: request.lease.clone(),
+            by: request.by.clone(),
+        };
+        let mut book = Rulebook::new(&mut locked, now);
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
-            let edit = Edit::Claim {
-                lease: request.lease.clone(),
-                by: request.by.clone(),
-            };
-            if let Ok(Applied::Updated(op)) = stage.write(&Write::Update { id, edit }) {
+            if let Some(op) = book.claim(id, &edit)? {
                 claimed.push(op);
             }
         }
+        let plan = book.plan();
         lazy(&mut tx).await?;
-        let moves = stage
-            .save(&mut tx, &self.inner.tag)
+        let moves = save(&mut tx, &plan, &self.inner.tag)
             .await
             .map_err(|e| match e {
                 SaveError::Store(e) => e,
@@ -156,7 +160,7 @@ impl PgStore {
             })?;
         tx.commit().await.map_err(db)?;
         self.queue_moved(&moves.added, &moves.taken);
-        self.announce(stage);
+        self.announce(plan);
         Ok(claimed)
     }
 
@@ -203,7 +207,7 @@ impl OperationStore for PgStore {
                 // Creates alone take one round trip; should one meet a
                 // request_id already stored, the batch goes the long way,
                 // which reads it.
-                let mut creates = Stage::only_creates(&writes);
+                let mut creates = only_creates(&writes);
                 loop {
                     let tried = if creates {
                         self.try_creates(&writes, now).await
@@ -225,8 +229,8 @@ impl OperationStore for PgStore {
             })
             .await;
         match committed {
-            Ok((results, stage)) => {
-                self.announce(stage);
+            Ok((results, plan)) => {
+                self.announce(plan);
                 results
             }
             Err(e) => all_failed(n, &e),

@@ -1,19 +1,16 @@
-//! The write path: a batch of writes applied against an overlay of the
-//! tree, so that each write sees those before it, then handed to sled as
-//! one atomic `apply_batch`.
-//!
-//! Each write is decided whole before anything of it is staged, so a write
-//! that is refused leaves no trace and the rest of the batch goes on.
-//! Everything the batch changed is collected for the caller: the feed
-//! announcements, and the operations whose place in the ready queue moved.
+//! The write path: the rulebook decides a batch against the tree (and the
+//! records kept in memory), and its plan becomes keys for one atomic
+//! `apply_batch`. Everything the batch changed is collected for the
+//! caller: the feed announcements, and the operations whose place in the
+//! ready queue moved.
 //!
 //! Claims are lazy, so a claim is not written on its own: its record waits
 //! in memory (`claimed`), where reads find it, and goes to disk with the
 //! next commit, unless that commit writes a newer version first (a quick
-//! task's finish), in which case the claim is never written at all.
+//! task's finish), in which case the claim is never written at all. A
+//! claim that calls for a webhook delivery is written with it at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,9 +19,10 @@ use sled::{IVec, Tree};
 use super::keys;
 use super::recent::Recent;
 use super::strings::Staged;
-use crate::model::{Delivery, DeliveryState, Edit, Operation, OperationId, Transition};
+use crate::model::{Delivery, DeliveryState, Operation, OperationId, RequestId, Tenant};
 use crate::store::codec::{decode, decode_delivery, encode, encode_delivery};
-use crate::store::{Applied, Change, Created, StoreError, StoreResult, Write};
+use crate::store::rules::{Plan, Step, View};
+use crate::store::{Change, StoreError, StoreResult};
 
 pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -37,50 +35,6 @@ pub(super) fn disk(e: sled::Error) -> StoreError {
         sled::Error::Io(e) => StoreError::Unavailable(format!("the disk failed: {e}")),
         sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
         other => StoreError::Backend(other.to_string()),
-    }
-}
-
-/// The tree as the batch so far would leave it.
-struct Overlay<'a> {
-    tree: &'a Tree,
-    staged: BTreeMap<Vec<u8>, Option<IVec>>,
-}
-
-impl<'a> Overlay<'a> {
-    fn get(&self, key: &[u8]) -> StoreResult<Option<IVec>> {
-        match self.staged.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => self.tree.get(key).map_err(backend),
-        }
-    }
-
-    fn insert(&mut self, key: &[u8], value: impl Into<IVec>) {
-        self.staged.insert(key.to_vec(), Some(value.into()));
-    }
-
-    fn remove(&mut self, key: &[u8]) {
-        self.staged.insert(key.to_vec(), None);
-    }
-
-    /// The keys with `prefix`, stored or staged, as the batch would leave
-    /// them.
-    fn keys_with_prefix(&self, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
-        let mut keys = std::collections::BTreeSet::new();
-        for entry in self.tree.scan_prefix(prefix) {
-            let (key, _) = entry.map_err(backend)?;
-            keys.insert(key.to_vec());
-        }
-        let staged = self
-            .staged
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix));
-        for (key, value) in staged {
-            match value {
-                Some(_) => keys.insert(key.clone()),
-                None => keys.remove(key),
-            };
-        }
-        Ok(keys.into_iter().collect())
     }
 }
 
@@ -164,117 +118,182 @@ pub(super) struct Finished {
 /// Records claimed but not written yet.
 pub(super) type Claimed = HashMap<OperationId, Operation>;
 
-/// One batch being applied.
-pub(super) struct Batch<'a> {
-    overlay: Overlay<'a>,
-    strings: Staged<'a>,
-    claimed: &'a mut Claimed,
-    recent: &'a Recent,
-    applier: &'a Applier,
-    created: Vec<OperationId>,
-    ended: Vec<OperationId>,
-    now: SystemTime,
-    /// What the feed announces once the batch is committed.
-    changes: Vec<Change>,
-    /// Operations whose place in the ready queue may have moved.
-    moved: Vec<Moved>,
-    /// Whether a write that succeeded must be made durable.
-    durable: bool,
+/// The tree as it was before the batch, with the records kept in memory:
+/// what the rulebook reads.
+pub(super) struct SledView<'v, 's> {
+    pub(super) tree: &'v Tree,
+    pub(super) strings: &'v Staged<'s>,
+    pub(super) claimed: &'v Claimed,
+    pub(super) recent: &'v Recent,
 }
 
-impl<'a> Batch<'a> {
-    pub(super) fn new(
-        tree: &'a Tree,
-        strings: Staged<'a>,
-        claimed: &'a mut Claimed,
-        recent: &'a Recent,
-        applier: &'a Applier,
-        now: SystemTime,
-    ) -> Self {
+impl View for SledView<'_, '_> {
+    fn operation(&mut self, id: OperationId) -> StoreResult<Option<Operation>> {
+        if let Some(op) = self.claimed.get(&id) {
+            return Ok(Some(op.clone()));
+        }
+        if let Some(op) = self.recent.get(&id) {
+            return Ok(Some(Operation::clone(&op)));
+        }
+        match self.tree.get(keys::op(id)).map_err(backend)? {
+            Some(bytes) => decode(id, &bytes, self.strings).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn request_holder(
+        &mut self,
+        tenant: &Tenant,
+        request_id: RequestId,
+    ) -> StoreResult<Option<OperationId>> {
+        let key = keys::request_id(tenant, request_id);
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(backend)?
+            .and_then(|id| keys::id_at_end(&id)))
+    }
+}
+
+/// Turns a plan into keys for one sled batch.
+pub(super) struct Staging<'a> {
+    tree: &'a Tree,
+    strings: Staged<'a>,
+    staged: BTreeMap<Vec<u8>, Option<IVec>>,
+    created: Vec<OperationId>,
+    ended: Vec<OperationId>,
+    moved: Vec<Moved>,
+}
+
+impl<'a> Staging<'a> {
+    pub(super) fn new(tree: &'a Tree, strings: Staged<'a>) -> Self {
         Self {
-            overlay: Overlay {
-                tree,
-                staged: BTreeMap::new(),
-            },
+            tree,
             strings,
-            claimed,
-            recent,
-            applier,
+            staged: BTreeMap::new(),
             created: Vec::new(),
             ended: Vec::new(),
-            now,
-            changes: Vec::new(),
             moved: Vec::new(),
-            durable: false,
         }
     }
 
-    /// Applies one write, or refuses it leaving nothing staged.
-    pub(super) fn write(&mut self, write: Write) -> StoreResult<Applied> {
-        let durable = write.is_durable();
-        let applied = match write {
-            Write::Create(op) => self.create(op).map(Applied::Created),
-            Write::Update { id, edit } => {
-                self.update(id, &edit).map(|(op, _)| Applied::Updated(op))
+    fn insert(&mut self, key: &[u8], value: impl Into<IVec>) {
+        self.staged.insert(key.to_vec(), Some(value.into()));
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.staged.insert(key.to_vec(), None);
+    }
+
+    /// Stages `plan`, except the steps `lazy` keeps in memory (claims that
+    /// call for no delivery), which go to `claimed` instead.
+    pub(super) fn plan(
+        &mut self,
+        plan: &Plan,
+        claimed: &mut Claimed,
+        lazy: bool,
+    ) -> StoreResult<()> {
+        for step in &plan.steps {
+            let op = step.operation();
+            self.moved.push(match step {
+                Step::Remove(op) => Moved::Left(op.id),
+                Step::Insert(op) | Step::Update { op, .. } => Moved::of(op),
+            });
+            if step.ends() {
+                self.ended.push(op.id);
             }
-            Write::Delete(id) => {
-                let op = self.read(id)?.ok_or(StoreError::NotFound)?;
-                op.check_deletable()?;
-                self.remove(&op)?;
-                Ok(Applied::Deleted(true))
-            }
-            Write::Purge(id) => match self.read(id)? {
-                Some(op) if op.check_deletable().is_ok() => {
-                    self.remove(&op)?;
-                    Ok(Applied::Deleted(true))
+            match step {
+                Step::Update { op, .. }
+                    if lazy && !plan.deliveries.iter().any(|d| d.operation == op.id) =>
+                {
+                    claimed.insert(op.id, op.clone());
                 }
-                _ => Ok(Applied::Deleted(false)),
-            },
-            Write::SaveDelivery(delivery) => {
-                self.save_delivery(&delivery)?;
-                self.changes.push(Change::Delivery(delivery.operation));
-                Ok(Applied::DeliverySaved)
+                Step::Insert(op) => {
+                    self.created.push(op.id);
+                    self.record(op);
+                    if let Some(key) = keys::by_tenant(op) {
+                        self.insert(&key, &[]);
+                    }
+                }
+                Step::Update { op, .. } => self.record(op),
+                Step::Remove(op) => self.remove_operation(op)?,
             }
-        }?;
-        self.durable |= durable;
-        Ok(applied)
-    }
-
-    /// A claim of an operation taken from the ready queue: its record, now
-    /// RUNNING, or None when it is no longer claimable. The record waits in
-    /// memory for the next commit, unless the claim calls for a webhook
-    /// delivery, which is staged with it as any change is.
-    pub(super) fn claim(&mut self, id: OperationId, edit: &Edit) -> StoreResult<Option<Operation>> {
-        let current = match self.read(id)? {
-            Some(op) => op,
-            None => return Ok(None),
-        };
-        let Ok(Some(transition)) = current.apply(edit, self.now) else {
-            return Ok(None);
-        };
-        if transition.delivery.is_some() {
-            return self.update(id, edit).map(|(op, _)| Some(op));
         }
-        let op = transition.operation;
-        self.moved.push(Moved::of(&op));
-        self.changes.push(Change::Updated(Arc::new(op.clone())));
-        self.claimed.insert(id, op.clone());
-        Ok(Some(op))
+        for entry in &plan.requests {
+            let key = keys::request_id(&entry.tenant, entry.request_id);
+            match entry.holder {
+                Some(id) => self.insert(&key, id.as_bytes()),
+                None => self.remove(&key),
+            }
+        }
+        for delivery in &plan.deliveries {
+            self.delivery(delivery)?;
+        }
+        Ok(())
     }
 
-    /// The staged writes, with the batch's new strings, for sled. With
+    fn record(&mut self, op: &Operation) {
+        let record = encode(op, &mut self.strings);
+        self.insert(&keys::op(op.id), record);
+    }
+
+    /// Removes a record with its tenant entry and its stored deliveries.
+    fn remove_operation(&mut self, op: &Operation) -> StoreResult<()> {
+        self.remove(&keys::op(op.id));
+        if let Some(key) = keys::by_tenant(op) {
+            self.remove(&key);
+        }
+        for entry in self.tree.scan_prefix(keys::deliveries_of(op.id)) {
+            let (key, _) = entry.map_err(backend)?;
+            let record = keys::delivery_of(&key);
+            if let Some(bytes) = self.tree.get(record).map_err(backend)?
+                && let Ok(d) = decode_delivery(&bytes, &self.strings)
+                && let Some(due) = keys::due(&d)
+            {
+                self.remove(&due);
+            }
+            self.remove(&record);
+            self.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Stores a delivery over its stored version, keeping the due index in
+    /// step.
+    fn delivery(&mut self, delivery: &Delivery) -> StoreResult<()> {
+        let record = keys::delivery(delivery);
+        if let Some(old) = self.tree.get(record).map_err(backend)? {
+            let old = decode_delivery(&old, &self.strings)?;
+            if let Some(due) = keys::due(&old) {
+                self.remove(&due);
+            }
+        }
+        let encoded = encode_delivery(delivery, &mut self.strings);
+        self.insert(&record, encoded);
+        if delivery.state == DeliveryState::Pending
+            && let Some(due) = keys::due(delivery)
+        {
+            self.insert(&due, &[]);
+        }
+        self.insert(&keys::of_operation(delivery), &[]);
+        Ok(())
+    }
+
+    /// The staged batch for sled, with the batch's new strings. With
     /// `claims`, the claims waiting in memory are written too, unless the
     /// batch already writes a newer version of their records.
-    pub(super) fn finish(mut self, claims: bool) -> Finished {
-        if claims {
-            // Left in the map until the batch is applied: if it fails, the
-            // claims are still there to read and to write next time.
-            for (id, op) in self.claimed.iter() {
-                let key = keys::op(*id);
-                if !self.overlay.staged.contains_key(key.as_slice()) {
-                    let record = encode(op, &mut self.strings);
-                    self.overlay.insert(&key, record);
-                }
+    pub(super) fn finish(
+        mut self,
+        plan: Plan,
+        claims: Option<&Claimed>,
+        applier: &Applier,
+    ) -> Finished {
+        // Left in the map until the batch is applied: if it fails, the
+        // claims are still there to read and to write next time.
+        for (id, op) in claims.into_iter().flatten() {
+            let key = keys::op(*id);
+            if !self.staged.contains_key(key.as_slice()) {
+                self.record(op);
             }
         }
         let added: Vec<(u32, String)> = self
@@ -283,15 +302,15 @@ impl<'a> Batch<'a> {
             .map(|(n, s)| (n, s.to_owned()))
             .collect();
         for (number, text) in added {
-            self.overlay.insert(&keys::string(number), text.as_bytes());
+            self.insert(&keys::string(number), text.as_bytes());
         }
-        let low_water = self.low_water();
+        let low_water = low_water(applier, &self.created, &self.ended);
         if let Some(low) = low_water {
             let value = low.map_or_else(Vec::new, |id| id.as_bytes().to_vec());
-            self.overlay.insert(keys::LOW_WATER, value);
+            self.insert(keys::LOW_WATER, value);
         }
         let mut batch = sled::Batch::default();
-        for (key, value) in self.overlay.staged {
+        for (key, value) in self.staged {
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
@@ -303,156 +322,35 @@ impl<'a> Batch<'a> {
             ended: self.ended,
             low_water,
             strings: self.strings.into_added(),
-            changes: self.changes,
+            changes: plan.changes.into_iter().map(|a| a.change).collect(),
             moved: self.moved,
-            durable: self.durable,
+            durable: plan.durable,
         }
     }
+}
 
-    /// The low-water mark after this batch, when it differs from the one
-    /// stored: the lowest id that is not done once the batch is applied.
-    fn low_water(&self) -> Option<Option<OperationId>> {
-        let ended: HashSet<&OperationId> = self.ended.iter().collect();
-        let left = self
-            .applier
-            .unfinished
-            .iter()
-            .find(|id| !ended.contains(id))
-            .copied();
-        let new = self
-            .created
-            .iter()
-            .filter(|id| !ended.contains(id))
-            .min()
-            .copied();
-        let low = match (left, new) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        (self.applier.written != Some(low)).then_some(low)
-    }
-
-    /// An operation as the batch so far leaves it: staged, claimed in
-    /// memory, recently written, or stored.
-    fn read(&self, id: OperationId) -> StoreResult<Option<Operation>> {
-        let key = keys::op(id);
-        if !self.overlay.staged.contains_key(key.as_slice()) {
-            if let Some(op) = self.claimed.get(&id) {
-                return Ok(Some(op.clone()));
-            }
-            if let Some(op) = self.recent.get(&id) {
-                return Ok(Some(Operation::clone(&op)));
-            }
-        }
-        match self.overlay.get(&key)? {
-            Some(bytes) => decode(id, &bytes, &self.strings).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn create(&mut self, op: Operation) -> StoreResult<Created> {
-        let request_key = keys::request_id(&op);
-        if let (Some(request_id), Some(key)) = (op.request_id, &request_key)
-            && let Some(existing) = self.overlay.get(key)?
-            && let Some(id) = keys::id_at_end(&existing)
-            && let Some(existing) = self.read(id)?
-        {
-            if existing.request_digest == op.request_digest {
-                return Ok(Created::Existing(existing));
-            }
-            return Err(StoreError::RequestIdConflict {
-                request_id: request_id.to_string(),
-                existing: existing.id,
-            });
-        }
-        let transition = op.creation(op.create_time);
-        let record = encode(&op, &mut self.strings);
-        self.overlay.insert(&keys::op(op.id), record);
-        self.created.push(op.id);
-        if let Some(key) = request_key {
-            self.overlay.insert(&key, op.id.as_bytes());
-        }
-        if let Some(key) = keys::by_tenant(&op) {
-            self.overlay.insert(&key, &[]);
-        }
-        if let Some(delivery) = &transition.delivery {
-            self.save_delivery(delivery)?;
-        }
-        self.moved.push(Moved::of(&op));
-        self.changes.push(Change::Updated(Arc::new(op.clone())));
-        Ok(Created::New(op))
-    }
-
-    /// Applies an edit; returns the operation as it now is, and whether it
-    /// changed.
-    fn update(&mut self, id: OperationId, edit: &Edit) -> StoreResult<(Operation, bool)> {
-        let current = self.read(id)?.ok_or(StoreError::NotFound)?;
-        let Some(Transition {
-            operation: next,
-            delivery,
-        }) = current.apply(edit, self.now)?
-        else {
-            return Ok((current, false));
-        };
-        let record = encode(&next, &mut self.strings);
-        self.overlay.insert(&keys::op(id), record);
-        if let Some(delivery) = &delivery {
-            self.save_delivery(delivery)?;
-        }
-        if !current.is_done() && next.is_done() {
-            self.ended.push(id);
-        }
-        self.moved.push(Moved::of(&next));
-        self.changes.push(Change::Updated(Arc::new(next.clone())));
-        Ok((next, true))
-    }
-
-    /// Removes a done operation with its index entries and deliveries.
-    fn remove(&mut self, op: &Operation) -> StoreResult<()> {
-        self.overlay.remove(&keys::op(op.id));
-        if let Some(key) = keys::request_id(op) {
-            // Only if it still names this operation.
-            if self.overlay.get(&key)?.as_deref() == Some(op.id.as_bytes()) {
-                self.overlay.remove(&key);
-            }
-        }
-        if let Some(key) = keys::by_tenant(op) {
-            self.overlay.remove(&key);
-        }
-        for key in self.overlay.keys_with_prefix(&keys::deliveries_of(op.id))? {
-            let record = keys::delivery_of(&key);
-            if let Some(bytes) = self.overlay.get(&record)?
-                && let Ok(d) = decode_delivery(&bytes, &self.strings)
-                && let Some(due) = keys::due(&d)
-            {
-                self.overlay.remove(&due);
-            }
-            self.overlay.remove(&record);
-            self.overlay.remove(&key);
-        }
-        self.changes.push(Change::Deleted(op.id));
-        self.moved.push(Moved::Left(op.id));
-        Ok(())
-    }
-
-    /// Stores a delivery, replacing its earlier version and keeping the due
-    /// index in step.
-    fn save_delivery(&mut self, delivery: &Delivery) -> StoreResult<()> {
-        let record = keys::delivery(delivery);
-        if let Some(old) = self.overlay.get(&record)? {
-            let old = decode_delivery(&old, &self.strings)?;
-            if let Some(due) = keys::due(&old) {
-                self.overlay.remove(&due);
-            }
-        }
-        let encoded = encode_delivery(delivery, &mut self.strings);
-        self.overlay.insert(&record, encoded);
-        if delivery.state == DeliveryState::Pending
-            && let Some(due) = keys::due(delivery)
-        {
-            self.overlay.insert(&due, &[]);
-        }
-        self.overlay.insert(&keys::of_operation(delivery), &[]);
-        Ok(())
-    }
+/// The low-water mark after a batch that created and ended these, when it
+/// differs from the one stored: the lowest id that is not done once the
+/// batch is applied.
+fn low_water(
+    applier: &Applier,
+    created: &[OperationId],
+    ended: &[OperationId],
+) -> Option<Option<OperationId>> {
+    let ended: HashSet<&OperationId> = ended.iter().collect();
+    let left = applier
+        .unfinished
+        .iter()
+        .find(|id| !ended.contains(id))
+        .copied();
+    let new = created
+        .iter()
+        .filter(|id| !ended.contains(id))
+        .min()
+        .copied();
+    let low = match (left, new) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    (applier.written != Some(low)).then_some(low)
 }

@@ -25,7 +25,7 @@
 
 use std::time::SystemTime;
 
-use crate::model::{Delivery, Operation, OperationId, Tenant};
+use crate::model::{Delivery, Operation, OperationId, RequestId, Tenant};
 
 /// The tree everything but orders lives in.
 pub(super) const TREE: &str = "longrun";
@@ -71,14 +71,13 @@ pub(super) fn op(id: OperationId) -> [u8; 17] {
 
 /// The idempotency key of an operation, with its tenant, so that tenants
 /// never share request_ids.
-pub(super) fn request_id(op: &Operation) -> Option<Vec<u8>> {
-    let request_id = op.request_id?;
-    let tenant = op.tenant.as_str();
+pub(super) fn request_id(tenant: &Tenant, request_id: RequestId) -> Vec<u8> {
+    let tenant = tenant.as_str();
     let mut key = Vec::with_capacity(17 + tenant.len());
     key.push(b'r');
     key.extend_from_slice(request_id.as_bytes());
     key.extend_from_slice(tenant.as_bytes());
-    Some(key)
+    key
 }
 
 /// The `t` key of an operation; None for the default tenant, which is only

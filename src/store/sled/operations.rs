@@ -6,11 +6,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
-use super::commit::{Applier, Batch, Finished, Moved, backend, disk};
+use super::commit::{Applier, Finished, Moved, SledView, Staging, backend, disk};
 use super::space::Room;
 use super::{SledStore, SyncMode, keys, lock};
 use crate::model::{Edit, Operation, OperationId, State};
 use crate::store::codec::decode;
+use crate::store::rules::Rulebook;
 use crate::store::{
     Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
     QueueDepth, StoreError, StoreResult, Write,
@@ -229,26 +230,31 @@ impl SledStore {
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
         let recent = self.recent();
-        let mut batch = Batch::new(
-            &self.inner.tree,
-            strings.stage(),
-            &mut claimed,
-            &recent,
-            &apply,
-            now,
-        );
+        let stage = strings.stage();
+        let mut view = SledView {
+            tree: &self.inner.tree,
+            strings: &stage,
+            claimed: &claimed,
+            recent: &recent,
+        };
+        let mut book = Rulebook::new(&mut view, now);
         let mut results: Vec<StoreResult<Applied>> = writes
-            .into_iter()
+            .iter()
             .map(|write| match room {
                 Room::None => Err(StoreError::Full),
                 Room::Low if write.grows() => Err(StoreError::Full),
-                _ => batch.write(write),
+                _ => book.write(write),
             })
             .collect();
-        let finished = batch.finish(true);
+        let plan = book.plan();
+        let mut staging = Staging::new(&self.inner.tree, stage);
+        let finished = staging
+            .plan(&plan, &mut claimed, false)
+            .map(|()| staging.finish(plan, Some(&claimed), &apply));
+        // `apply` takes both of these for writing.
         drop(recent);
         drop(strings);
-        let applied = self.apply(finished, &mut apply);
+        let applied = finished.and_then(|finished| self.apply(finished, &mut apply));
         if applied.is_ok() {
             // Written, or superseded by what the batch wrote.
             claimed.clear();
@@ -297,18 +303,18 @@ impl SledStore {
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
         let recent = self.recent();
-        let mut batch = Batch::new(
-            &self.inner.tree,
-            strings.stage(),
-            &mut claimed,
-            &recent,
-            &apply,
-            now,
-        );
+        let stage = strings.stage();
+        let mut view = SledView {
+            tree: &self.inner.tree,
+            strings: &stage,
+            claimed: &claimed,
+            recent: &recent,
+        };
+        let mut book = Rulebook::new(&mut view, now);
         let mut operations = Vec::with_capacity(ids.len());
         let mut failed = None;
         for id in &ids {
-            match batch.claim(*id, &edit) {
+            match book.claim(*id, &edit) {
                 Ok(Some(op)) => operations.push(op),
                 Ok(None) => {}
                 Err(e) => {
@@ -317,14 +323,16 @@ impl SledStore {
                 }
             }
         }
-        let finished = batch.finish(false);
+        let plan = book.plan();
+        let mut staging = Staging::new(&self.inner.tree, stage);
+        let finished = failed
+            .map_or_else(|| staging.plan(&plan, &mut claimed, true), Err)
+            .map(|()| staging.finish(plan, None, &apply));
+        // `apply` takes both of these for writing.
         drop(recent);
         drop(strings);
+        let applied = finished.and_then(|finished| self.apply(finished, &mut apply));
         drop(claimed);
-        let applied = match failed {
-            None => self.apply(finished, &mut apply),
-            Some(e) => Err(e),
-        };
         let changes = match applied {
             Ok((changes, _)) => changes,
             Err(e) => {
