@@ -19,7 +19,7 @@ use tonic::{Code, Request, Status};
 use tower::{Layer, Service};
 use tracing::info;
 
-use super::status::{not_through_the_door, permission_denied, unauthenticated};
+use super::status::{not_found, not_through_the_door, permission_denied, unauthenticated};
 use crate::auth::{AuthError, Authenticator, Credentials, Principal, Role};
 
 /// Paths that need no credentials.
@@ -171,7 +171,7 @@ struct Refusal {
 
 /// Decides whether a call may go on, and as whom: the refusal is the
 /// status to answer with.
-pub(super) fn admit_as<B>(
+pub(crate) fn admit_as<B>(
     auth: &Authenticator,
     request: &http::Request<B>,
     needed: Role,
@@ -270,7 +270,7 @@ where
             if http_path(path) {
                 return Either::Left(self.inner.call(request));
             }
-            let (parts, body) = super::rest::not_found(path).into_parts();
+            let (parts, body) = not_found(path).into_parts();
             return Either::Right(ready(Ok(http::Response::from_parts(
                 parts,
                 Body::new(body),

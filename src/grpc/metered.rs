@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use super::rest::http_status;
+use super::status::http_status;
 use crate::metrics::Metrics;
 
 /// Wraps a service with [`Metered`].

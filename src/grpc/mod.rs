@@ -2,9 +2,9 @@
 //! service is a thin struct over an [`Engine`](crate::engine::Engine)
 //! handle that converts requests (with `pb::convert`), calls the engine or
 //! the report domain, and converts the answer back. `status` builds every
-//! status; `auth` is the door every call passes; `metered` counts calls.
-//! `rest` is the HTTP/JSON face: the protos' `google.api.http` bindings
-//! transcoded onto the same services.
+//! status (and the HTTP status and JSON body a status becomes); `auth` is
+//! the door every call passes; `metered` counts calls. The HTTP/JSON face
+//! above this layer is [`crate::http`].
 
 pub mod auth;
 pub mod console;
@@ -14,7 +14,6 @@ pub mod metered;
 pub mod notifications;
 pub mod operations;
 pub mod reports;
-pub mod rest;
 pub mod status;
 pub mod watcher;
 pub mod workers;

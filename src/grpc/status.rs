@@ -4,9 +4,15 @@
 //! UPPER_SNAKE reason); argument errors add a BadRequest listing the fields,
 //! and capacity errors a RetryInfo. Engine errors, refusals at the door and
 //! tonic's own limit errors all come through here.
+//!
+//! The HTTP side of a status lives here too, for gRPC's door and the
+//! HTTP/JSON face alike: [`http_status`] is the one gRPC-code-to-HTTP table,
+//! and [`error_json`] the JSON error body (AIP-193) a status becomes.
 
 use std::time::Duration;
 
+use http::{HeaderValue, StatusCode, header};
+use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::error;
@@ -24,6 +30,11 @@ fn with_info(code: Code, reason: &str, message: impl Into<String>) -> Status {
 /// No route of the HTTP/JSON face answers this path and method.
 pub fn no_route(message: impl Into<String>) -> Status {
     with_info(Code::NotFound, "NO_SUCH_ROUTE", message)
+}
+
+/// 404, and why, for an HTTP request of a path nothing serves over HTTP.
+pub fn not_found(path: &str) -> http::Response<String> {
+    http_error(&no_route(format!("nothing is served at {path}")), None)
 }
 
 /// Maps an engine error to its status.
@@ -200,4 +211,89 @@ pub fn body_too_slow(within: Duration) -> Status {
             within.as_secs_f64()
         ),
     )
+}
+
+/// The HTTP status and canonical name of a gRPC code (the mapping of
+/// google.rpc.Code), in one place.
+pub fn http_status(code: Code) -> (StatusCode, &'static str) {
+    match code {
+        Code::Ok => (StatusCode::OK, "OK"),
+        Code::Cancelled => (
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "CANCELLED",
+        ),
+        Code::Unknown => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        Code::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+        Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
+        Code::Aborted => (StatusCode::CONFLICT, "ABORTED"),
+        Code::OutOfRange => (StatusCode::BAD_REQUEST, "OUT_OF_RANGE"),
+        Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "UNIMPLEMENTED"),
+        Code::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        Code::DataLoss => (StatusCode::INTERNAL_SERVER_ERROR, "DATA_LOSS"),
+    }
+}
+
+/// A status as Google's JSON error object, under `http`.
+pub fn error_json(status: &Status, http: StatusCode) -> serde_json::Value {
+    let details = crate::pb::google::rpc::Status::decode(status.details())
+        .map(|rpc| crate::pb::to_json(&rpc)["details"].clone())
+        .ok()
+        .filter(|d| d.is_array())
+        .unwrap_or_else(|| serde_json::json!([]));
+    serde_json::json!({
+        "error": {
+            "code": http.as_u16(),
+            "message": status.message(),
+            "status": http_status(status.code()).1,
+            "details": details,
+        }
+    })
+}
+
+/// A status as a whole HTTP answer: Google's JSON error body under `http`
+/// (its mapped status unless the caller has a more exact one), with
+/// `Retry-After` when the status says when to retry.
+pub fn http_error(status: &Status, http: Option<StatusCode>) -> http::Response<String> {
+    let http = http.unwrap_or(http_status(status.code()).0);
+    let mut response = http::Response::new(error_json(status, http).to_string());
+    *response.status_mut() = http;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Some(delay) = retry_delay(status) {
+        headers.insert(header::RETRY_AFTER, retry_after_seconds(delay));
+    }
+    response
+}
+
+/// The RetryInfo delay of a status, if it has one.
+fn retry_delay(status: &Status) -> Option<Duration> {
+    let rpc = crate::pb::google::rpc::Status::decode(status.details()).ok()?;
+    rpc.details.iter().find_map(|any| {
+        let info = any.to_msg::<crate::pb::google::rpc::RetryInfo>().ok()?;
+        let delay = info.retry_delay?;
+        Some(Duration::new(
+            u64::try_from(delay.seconds).ok()?,
+            u32::try_from(delay.nanos).ok()?,
+        ))
+    })
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, at least 1.
+pub fn retry_after_seconds(delay: Duration) -> HeaderValue {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    HeaderValue::from(seconds.max(1))
 }

@@ -39,7 +39,7 @@ use crate::engine::{
 };
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::metered::MeteredLayer;
-use crate::grpc::rest;
+
 use crate::grpc::{
     ConsoleService, DiagnosticsService, NotificationsService, OperationsService, ReportsService,
     WatcherService, WorkersService,
@@ -465,14 +465,14 @@ impl Server {
         // The HTTP/JSON face, on the same listener: it calls the gRPC
         // services in-process.
         let grpc = routes.routes().into_axum_router();
-        let rest_config = rest::RestConfig {
+        let rest_config = crate::http::RestConfig {
             descriptors: descriptors.clone(),
             max_body: max,
             body_timeout: config.request_body_timeout,
             cors_origins: config.cors_origins.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
         };
-        let rest = rest::Rest::new(
+        let rest = crate::http::Rest::new(
             grpc.clone(),
             Arc::clone(&auth),
             Arc::clone(engine.metrics()),
@@ -480,10 +480,10 @@ impl Server {
         )
         .map_err(ServerError::Cors)?;
         let faces = grpc
-            .merge(rest::router(rest))
+            .merge(crate::http::router(rest))
             .merge(dashboard::router())
             .merge(readiness.router())
-            .fallback(rest::unknown_path);
+            .fallback(crate::http::unknown_path);
 
         // Small gRPC frames must not wait for delayed ACKs (Nagle); TCP
         // keepalive finds peers that vanished without a word.

@@ -13,8 +13,8 @@ use http::uri::PathAndQuery;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::{Request, Status};
 
-use super::super::auth::Caller;
 use crate::auth::Principal;
+use crate::grpc::auth::Caller;
 
 /// Messages as their encoded bytes: the bridge's payloads are encoded
 /// and decoded by the caller, from and to JSON.
@@ -85,7 +85,7 @@ impl Bridge {
     }
 
     fn path(path: &str) -> Result<PathAndQuery, Status> {
-        PathAndQuery::try_from(path).map_err(|_| super::super::status::no_route(path))
+        PathAndQuery::try_from(path).map_err(|_| crate::grpc::status::no_route(path))
     }
 
     /// A unary call of `path` as `caller`.

@@ -1,0 +1,180 @@
+//! Transcoding: a request's path fields, query, JSON body (the proto3
+//! JSON mapping) and headers (`Idempotency-Key`, `Last-Event-ID`) become
+//! the bound gRPC method's request message.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use prost::Message;
+use prost_reflect::DynamicMessage;
+
+use super::answers::Refused;
+use super::binding::Binding;
+use crate::grpc::status::{body_too_slow, invalid_field};
+
+/// Reads a JSON body of at most `limit` bytes, within `within`.
+pub(super) async fn body_of(
+    request: Request,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, Refused> {
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(Refused::with(
+            &invalid_field("body", format!("the body could not be read: {e}")),
+            Some(StatusCode::PAYLOAD_TOO_LARGE),
+        )),
+        Err(_) => Err(Refused::with(
+            &body_too_slow(within),
+            Some(StatusCode::REQUEST_TIMEOUT),
+        )),
+    }
+}
+
+/// The bound method's request message, encoded: from the path's fields,
+/// the query parameters, the JSON body and the Idempotency-Key.
+pub(super) fn message(
+    binding: &Binding,
+    fields: &[(String, String)],
+    query: Option<&str>,
+    body: &[u8],
+    key: Option<&str>,
+) -> Result<Bytes, Refused> {
+    let input = binding.rpc.input();
+    let blank = body.iter().all(u8::is_ascii_whitespace);
+    let mut object = serde_json::Map::new();
+    match binding.body.as_str() {
+        "" => {}
+        "*" if blank => {}
+        "*" => match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(map)) => object = map,
+            Ok(_) => return Err(invalid_field("body", "the body must be a JSON object").into()),
+            Err(e) => {
+                return Err(invalid_field("body", format!("the body is not JSON: {e}")).into());
+            }
+        },
+        field => {
+            if !blank && let Some(descriptor) = input.get_field_by_name(field) {
+                let value = serde_json::from_slice(body).map_err(|e| {
+                    Refused::from(invalid_field("body", format!("the body is not JSON: {e}")))
+                })?;
+                object.insert(descriptor.json_name().to_owned(), value);
+            }
+        }
+    }
+    if let Some(query) = query {
+        let pairs: Vec<(String, String)> =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+                &format!("/?{query}").parse().unwrap_or_default(),
+            )
+            .map(|q| q.0)
+            .map_err(|e| Refused::from(invalid_field("query", e.body_text())))?;
+        for (name, value) in pairs {
+            let Some(field) = input
+                .get_field_by_name(&name)
+                .or_else(|| input.get_field_by_json_name(&name))
+                .filter(|_| binding.body != "*")
+            else {
+                return Err(invalid_field(
+                    &name,
+                    format!("{} takes no query parameter {name:?}", binding.rpc.name()),
+                )
+                .into());
+            };
+            let value = match (field.kind(), value.as_str()) {
+                (prost_reflect::Kind::Bool, "true") => serde_json::Value::Bool(true),
+                (prost_reflect::Kind::Bool, "false") => serde_json::Value::Bool(false),
+                _ => serde_json::Value::String(value),
+            };
+            // Each parameter is checked alone, so that a bad one is named.
+            let mut alone = serde_json::Map::new();
+            let single = if field.is_list() {
+                serde_json::Value::Array(vec![value.clone()])
+            } else {
+                value.clone()
+            };
+            alone.insert(field.json_name().to_owned(), single);
+            if let Err(e) =
+                DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(alone))
+            {
+                return Err(invalid_field(&name, format!("{name}: {e}")).into());
+            }
+            let slot = object.entry(field.json_name().to_owned());
+            if field.is_list() {
+                let list = slot.or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                if let serde_json::Value::Array(items) = list {
+                    items.push(value);
+                }
+            } else {
+                *slot.or_insert(serde_json::Value::Null) = value;
+            }
+        }
+    }
+    for (field, value) in fields {
+        if let Some(descriptor) = input.get_field_by_name(field) {
+            object.insert(
+                descriptor.json_name().to_owned(),
+                serde_json::Value::String(value.clone()),
+            );
+        }
+    }
+    if let (Some(key), Some(field)) = (key, input.get_field_by_name("request_id")) {
+        object.insert(
+            field.json_name().to_owned(),
+            serde_json::Value::String(key.to_owned()),
+        );
+    }
+    let message =
+        DynamicMessage::deserialize(input, serde_json::Value::Object(object)).map_err(|e| {
+            Refused::from(invalid_field(
+                "body",
+                format!("not a valid {}: {e}", binding.rpc.input().name()),
+            ))
+        })?;
+    Ok(message.encode_to_vec().into())
+}
+
+/// The request_id an `Idempotency-Key` header names: a UUID, quoted as a
+/// structured-field string or bare.
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let malformed = || {
+        Refused::from(invalid_field(
+            "Idempotency-Key",
+            "Idempotency-Key must be a UUID, e.g. \"4b5e7a1c-0d3f-4e2a-9b8c-1f2e3d4c5b6a\"",
+        ))
+    };
+    let text = value.to_str().map_err(|_| malformed())?.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    if uuid::Uuid::parse_str(text).is_err() {
+        return Err(malformed());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// The `Last-Event-ID` a reconnecting event stream sends.
+pub(super) fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Refused> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            invalid_field(
+                "Last-Event-ID",
+                "Last-Event-ID must be the id of an event this stream sent",
+            )
+            .into()
+        })
+}
