@@ -174,7 +174,7 @@ pub(crate) struct Inner {
     committer: Committer,
     registry: Registry,
     /// Kinds served by outside workers, and the workers.
-    outside: Arc<outside::Hub>,
+    outside: Arc<outside::Roster>,
     /// Finishes per minute, for consoles.
     throughput: activity::Throughput,
     /// Every change seen, for streams of all changes.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::Hub;
+use super::Roster;
 use super::task::OutsideTask;
 use crate::engine::error::EngineError;
 use crate::engine::task::{Kind, TaskPolicy};
@@ -222,7 +222,7 @@ impl Declarations {
     /// one for everyone stands over it); returns the standing one.
     fn insert(
         &self,
-        hub: Weak<Hub>,
+        hub: Weak<Roster>,
         owner: Owner,
         spec: KindSpec,
     ) -> Result<Arc<Declared>, EngineError> {

@@ -10,14 +10,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Hub, Report, ToWorker, lock};
+use super::{Report, Roster, ToWorker, lock};
 use crate::engine::error::EngineError;
 use crate::engine::task::{ErasedTask, ExpireFuture, TaskContext, TaskError, TaskFuture};
 use crate::model::{Code, OperationId, Payload};
 
 /// Waits for the worker that holds the attempt.
 pub(crate) struct OutsideTask {
-    pub(crate) hub: Weak<Hub>,
+    pub(crate) hub: Weak<Roster>,
 }
 
 impl ErasedTask for OutsideTask {
@@ -62,7 +62,7 @@ impl ErasedTask for OutsideTask {
 
 /// Releases an attempt's hold when dropped.
 struct Release {
-    hub: Arc<Hub>,
+    hub: Arc<Roster>,
     id: OperationId,
     attempt: u32,
 }
@@ -78,7 +78,7 @@ fn lost(why: &str) -> TaskError {
 }
 
 async fn wait_for_worker(
-    hub: &Hub,
+    hub: &Roster,
     ctx: &TaskContext,
     reports: &mut mpsc::UnboundedReceiver<Report>,
     lease: Duration,
