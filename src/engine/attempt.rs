@@ -21,7 +21,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::Inner;
 use super::task::{Kind, TaskContext, TaskError};
 use crate::model::{
-    Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress, State,
+    Attempt, Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress,
+    State,
 };
 use crate::store::{Applied, StoreError, Write};
 
@@ -37,7 +38,7 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct Running {
     pub(crate) token: CancellationToken,
     /// The attempt it runs.
-    pub(crate) attempt: u32,
+    pub(crate) attempt: Attempt,
     /// Set when a client (not a shutdown or a deadline) asked for the stop.
     pub(crate) by_client: Arc<AtomicBool>,
     /// Set when this node lost the attempt's lease: it can no longer prove
@@ -63,7 +64,7 @@ impl Running {
 /// that is not retry-safe runs only once it is.
 pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_disk: bool) {
     let claim = Claim::of(&op);
-    let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt);
+    let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt.get());
     async move {
         let token = inner.shutdown.child_token();
         let by_client = Arc::new(AtomicBool::new(false));
@@ -102,7 +103,7 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_d
         let ctx = TaskContext::new(
             op.id,
             op.tenant.clone(),
-            op.attempt,
+            op.attempt.get(),
             token.clone(),
             progress_tx,
         );
@@ -183,7 +184,7 @@ fn failure(
         return done(Outcome::Error(e.error), progress);
     }
     if op.attempts_left() {
-        let delay = policy.backoff(op.attempt);
+        let delay = policy.backoff(op.attempt.get());
         debug!(?delay, "retryable failure; retrying after a backoff");
         return Finish::Retry {
             error: e.error,

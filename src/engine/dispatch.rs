@@ -22,7 +22,7 @@ use tracing::{error, warn};
 use super::error::EngineError;
 use super::task::Registry;
 use super::{Inner, attempt};
-use crate::model::{Lease, Operation};
+use crate::model::{Attempt, Lease, Operation};
 use crate::store::{ClaimRequest, Health, StoreError};
 
 /// The most operations of one kind claimed at once.
@@ -223,14 +223,14 @@ async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
             };
         // The queue wait is counted for first attempts only: a retry's
         // claim no longer says when it became due.
-        let waited = match (op.attempt, op.start_time) {
+        let waited = match (op.attempt.get(), op.start_time) {
             (1, Some(started)) => started.duration_since(op.create_time).unwrap_or_default(),
             _ => Duration::ZERO,
         };
         inner
             .config
             .metrics
-            .started(&op.kind, waited, op.attempt == 1);
+            .started(&op.kind, waited, op.attempt == Attempt::new(1));
         inner
             .tracker
             .spawn(attempt::run(Arc::clone(inner), op, kind, on_disk));

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::Inner;
 use super::recovery::orphan_retry;
-use crate::model::{Claim, Edit, Operation, OperationId};
+use crate::model::{Attempt, Claim, Edit, Operation, OperationId};
 use crate::store::{Applied, Write};
 
 /// The most lapsed operations taken back in one round.
@@ -47,7 +47,7 @@ pub(crate) struct Leases {
 }
 
 struct Held {
-    attempt: u32,
+    attempt: Attempt,
     /// When the lease was last set in the store (claimed or renewed): it
     /// lasts a lease from then.
     proven: Instant,
@@ -85,7 +85,7 @@ impl Leases {
     }
 
     /// Every lease held, as (operation, attempt).
-    fn all(&self) -> Vec<(OperationId, u32)> {
+    fn all(&self) -> Vec<(OperationId, Attempt)> {
         self.lock().iter().map(|(id, h)| (*id, h.attempt)).collect()
     }
 
@@ -94,7 +94,7 @@ impl Leases {
     /// are no longer this node's, and forgets them.
     fn renewed(
         &self,
-        asked: &[(OperationId, u32)],
+        asked: &[(OperationId, Attempt)],
         renewed: &[OperationId],
         sent: Instant,
     ) -> Vec<Claim> {
@@ -214,7 +214,7 @@ pub(super) async fn fresh(inner: &Inner, mut claimed: Vec<Operation>) -> Vec<Ope
             .and_then(|l| l.expires.duration_since(now).ok())
             .unwrap_or_default()
     };
-    let stale: Vec<(OperationId, u32)> = claimed
+    let stale: Vec<(OperationId, Attempt)> = claimed
         .iter()
         .filter(|op| left(op) < lease / 2)
         .map(|op| (op.id, op.attempt))

@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::{EngineError, Inner, TaskPolicy};
 use crate::model::{
-    Claim, Code, Edit, Finish, Operation, OperationError, OrphanRetry, Outcome, State,
+    Attempt, Claim, Code, Edit, Finish, Operation, OperationError, OrphanRetry, Outcome, State,
 };
 use crate::store::{StoreError, Write};
 
@@ -41,7 +41,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
                         by: None,
                     },
                 });
-                writes.push(finish_unknown(op, op.attempt + 1));
+                writes.push(finish_unknown(op, op.attempt.next()));
             }
             (_, None) => {
                 unknown += 1;
@@ -75,7 +75,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
 
 /// Ends an operation of a kind this server does not run, under the claim
 /// of `attempt`.
-fn finish_unknown(op: &Operation, attempt: u32) -> Write {
+fn finish_unknown(op: &Operation, attempt: Attempt) -> Write {
     let error = OperationError::new(
         Code::Unimplemented,
         "KIND_NOT_REGISTERED",

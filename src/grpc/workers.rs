@@ -16,7 +16,7 @@ use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
 use crate::engine::{
     Engine, KindSpec, LeaseRef, Owner, SubmitOptions, TaskError, ToWorker, WorkerCaller, WorkerSpec,
 };
-use crate::model::Progress;
+use crate::model::{Attempt, Progress};
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::jobs_server::Jobs;
@@ -85,6 +85,7 @@ fn lease_ref(name: &str, attempt: i32, token: String) -> Result<LeaseRef, Status
     let attempt = u32::try_from(attempt)
         .ok()
         .filter(|a| *a > 0)
+        .map(Attempt::new)
         .ok_or_else(|| {
             invalid_field(
                 "attempt",
@@ -107,7 +108,7 @@ fn to_wire(message: ToWorker) -> LeaseResponse {
     let message = match message {
         ToWorker::Assign(a) => ForWorker::Assignment(Assignment {
             name: a.id.name(),
-            attempt: a.attempt as i32,
+            attempt: a.attempt.get() as i32,
             kind: a.kind,
             tenant: a.tenant.as_str().to_owned(),
             payload: Some(convert::to_any(&a.payload)),
@@ -118,7 +119,7 @@ fn to_wire(message: ToWorker) -> LeaseResponse {
         }),
         ToWorker::Cancel { id, attempt } => ForWorker::Cancellation(Cancellation {
             name: id.name(),
-            attempt: attempt as i32,
+            attempt: attempt.get() as i32,
         }),
     };
     LeaseResponse {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use super::attempt::Attempt;
 use super::id::{OperationId, RequestId};
 use super::payload::Payload;
 use super::status::OperationError;
@@ -108,10 +109,9 @@ pub struct Operation {
     /// The registered kind that runs it.
     pub kind: String,
     pub state: State,
-    /// The attempt now or last running, from 1; 0 before the first claim. It
-    /// is also the fencing token of claims: only the holder of the current
-    /// attempt may write.
-    pub attempt: u32,
+    /// The attempt now or last running; [`Attempt::NONE`] before the first
+    /// claim. Only the holder of the current attempt may write.
+    pub attempt: Attempt,
     pub progress_percent: u32,
     pub status_message: String,
     pub requested_cancellation: bool,
@@ -169,7 +169,7 @@ pub const MAX_FAILED_ATTEMPTS: usize = 20;
 /// An attempt that ended without ending its operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedAttempt {
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub start_time: Option<SystemTime>,
     pub end_time: SystemTime,
     pub error: OperationError,
@@ -236,7 +236,7 @@ impl Operation {
             id: OperationId::generate(),
             kind: kind.into(),
             state: State::Queued,
-            attempt: 0,
+            attempt: Attempt::NONE,
             progress_percent: 0,
             status_message: String::new(),
             requested_cancellation: false,
@@ -267,7 +267,7 @@ impl Operation {
     /// The attempts that count against `max_attempts`: all but those a
     /// shutdown stopped.
     pub fn counted_attempts(&self) -> u32 {
-        self.attempt.saturating_sub(self.stops)
+        self.attempt.get().saturating_sub(self.stops)
     }
 
     /// Whether another attempt may follow this one's failure.

@@ -9,6 +9,7 @@
 
 use std::time::SystemTime;
 
+use super::attempt::Attempt;
 use super::delivery::Delivery;
 use super::id::OperationId;
 use super::operation::{
@@ -22,7 +23,7 @@ use super::status::{Code, OperationError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claim {
     pub id: OperationId,
-    pub attempt: u32,
+    pub attempt: Attempt,
 }
 
 impl Claim {
@@ -100,7 +101,7 @@ pub enum Rejection {
     /// The claim's attempt is not the current one: a newer attempt owns the
     /// operation, or it is already finished.
     #[error("the claim is stale: attempt {held} no longer owns the operation")]
-    Stale { held: u32 },
+    Stale { held: Attempt },
 }
 
 /// What a state change decided: the operation's next record and, when the
@@ -185,7 +186,7 @@ impl Operation {
         }
         let mut next = self.clone();
         next.state = State::Running;
-        next.attempt += 1;
+        next.attempt = next.attempt.next();
         next.progress_percent = 0;
         next.status_message.clear();
         next.start_time = Some(now);

@@ -91,7 +91,7 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         progress_percent: op.progress_percent as i32,
         status_message: op.status_message.clone(),
         kind: op.kind.clone(),
-        attempt: op.attempt as i32,
+        attempt: op.attempt.get() as i32,
         requested_cancellation: op.requested_cancellation,
         create_time: Some(timestamp(op.create_time)),
         start_time: op.start_time.map(timestamp),
@@ -109,7 +109,7 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
             .failed_attempts
             .iter()
             .map(|a| api::FailedAttempt {
-                attempt: a.attempt as i32,
+                attempt: a.attempt.get() as i32,
                 start_time: a.start_time.map(timestamp),
                 end_time: Some(timestamp(a.end_time)),
                 error: Some(status(&a.error)),

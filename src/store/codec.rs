@@ -19,8 +19,8 @@ use prost::Message;
 use super::{StoreError, StoreResult};
 use crate::model::order::{Order, OrderStatus};
 use crate::model::{
-    Code, Delivery, DeliveryState, FailedAttempt, Lease, Notification, Operation, OperationError,
-    OperationId, Outcome, Payload, RequestId, State, Tenant,
+    Attempt, Code, Delivery, DeliveryState, FailedAttempt, Lease, Notification, Operation,
+    OperationError, OperationId, Outcome, Payload, RequestId, State, Tenant,
 };
 
 /// Numbers for the strings records repeat.
@@ -309,7 +309,7 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
     let request_type_ref = strings.intern(&op.request.type_url);
     StoredOperation {
         state: u32::from(op.state.as_u8()),
-        attempt: op.attempt,
+        attempt: op.attempt.get(),
         progress_percent: op.progress_percent,
         status_message: op.status_message.clone(),
         requested_cancellation: op.requested_cancellation,
@@ -348,7 +348,7 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
             .failed_attempts
             .iter()
             .map(|a| StoredAttempt {
-                attempt: a.attempt,
+                attempt: a.attempt.get(),
                 start_after_us: a.start_time.map(after),
                 end_after_us: after(a.end_time),
                 error: Some(store_error(&a.error)),
@@ -411,7 +411,7 @@ pub(crate) fn from_stored(
         id,
         kind: text(s.kind, s.kind_ref, strings, "kind")?,
         state,
-        attempt: s.attempt,
+        attempt: Attempt::new(s.attempt),
         progress_percent: s.progress_percent,
         status_message: s.status_message,
         requested_cancellation: s.requested_cancellation,
@@ -448,7 +448,7 @@ pub(crate) fn from_stored(
             .into_iter()
             .map(|a| {
                 Ok(FailedAttempt {
-                    attempt: a.attempt,
+                    attempt: Attempt::new(a.attempt),
                     start_time: a.start_after_us.map(|o| from_micros(created + o)),
                     end_time: from_micros(created + a.end_after_us),
                     error: load_error(
@@ -584,7 +584,7 @@ pub(crate) mod first_layout {
             id: op.id.as_bytes().to_vec(),
             kind: op.kind.clone(),
             state: u32::from(op.state.as_u8()),
-            attempt: op.attempt,
+            attempt: op.attempt.get(),
             progress_percent: op.progress_percent,
             status_message: op.status_message.clone(),
             create_time_us: to_micros(op.create_time),

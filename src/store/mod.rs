@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use crate::model::order::{Month, Order};
-use crate::model::{Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant};
+use crate::model::{Attempt, Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant};
 
 pub use self::error::{StoreError, StoreResult};
 pub use self::files::{DirFiles, FileRead, FileStore, FileWriter};
@@ -319,7 +319,7 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn renew(
         &self,
         _holder: &str,
-        held: &[(OperationId, u32)],
+        held: &[(OperationId, Attempt)],
         _until: SystemTime,
     ) -> StoreResult<Vec<OperationId>> {
         Ok(held.iter().map(|(id, _)| *id).collect())

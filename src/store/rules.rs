@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{Applied, Change, Created, StoreError, StoreResult, Write};
-use crate::model::{Delivery, Edit, Operation, OperationId, RequestId, State, Tenant};
+use crate::model::{Attempt, Delivery, Edit, Operation, OperationId, RequestId, State, Tenant};
 
 /// What the rulebook reads: the store as it was before the batch.
 pub(crate) trait View {
@@ -51,7 +51,7 @@ pub(crate) trait View {
 /// so that the store refuses it should the row have moved meanwhile.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fence {
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub version: u64,
     pub state: State,
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use longrun::model::order::{Month, Order, OrderStatus};
 use longrun::model::{
-    Claim, Code, DeliveryState, Edit, Filter, Finish, Lease, Limits, Notification, Operation,
-    OperationError, OrphanRetry, Outcome, Payload, Progress, Rejection, RequestId, State, Tenant,
+    Attempt, Claim, Code, DeliveryState, Edit, Filter, Finish, Lease, Limits, Notification,
+    Operation, OperationError, OrphanRetry, Outcome, Payload, Progress, Rejection, RequestId,
+    State, Tenant,
 };
 use longrun::store::{
     Applied, Change, ClaimRequest, Created, ListQuery, OperationStore, PutOrders, StoreError,
@@ -302,7 +303,7 @@ pub async fn claims_fence_stale_attempts(s: Stores) {
     let op = created(&s, new_op("k", None, 1)).await;
     let (running, first) = claim(&s, &op).await;
     assert_eq!(running.state, State::Running);
-    assert_eq!(running.attempt, 1);
+    assert_eq!(running.attempt.get(), 1);
     assert!(running.start_time.is_some());
     // A running operation can't be claimed twice.
     assert!(matches!(
@@ -322,7 +323,7 @@ pub async fn claims_fence_stale_attempts(s: Stores) {
     let released = finish(&s, first, Finish::Release).await.unwrap();
     assert_eq!(released.state, State::Queued);
     let (_, second) = claim(&s, &op).await;
-    assert_eq!(second.attempt, 2);
+    assert_eq!(second.attempt.get(), 2);
 
     // The stale claim can write nothing.
     assert!(matches!(
@@ -379,7 +380,7 @@ pub async fn retries_wait_for_their_time(s: Stores) {
     );
     // The next claim is attempt 2 and clears the wait.
     let (again, _) = claim(&s, &op).await;
-    assert_eq!(again.attempt, 2);
+    assert_eq!(again.attempt.get(), 2);
     assert_eq!(again.not_before, None);
 }
 
@@ -492,7 +493,7 @@ pub async fn unfinished_and_orphans(s: Stores) {
         .unwrap();
     assert_eq!(recovered.state, State::Queued);
     let (again, _) = claim(&s, &recovered).await;
-    assert_eq!(again.attempt, 2);
+    assert_eq!(again.attempt.get(), 2);
 
     let refused = OrphanRetry::Refused("not safe to run twice".into());
     let aborted = edit(&s, &unsafe_running, Edit::RecoverOrphan(refused.clone()))
@@ -1057,7 +1058,7 @@ pub async fn a_batch_commits_what_it_can_and_refuses_the_rest(s: Stores) {
     let missing = longrun::model::OperationId::generate();
     let stale = Claim {
         id: existing.id,
-        attempt: 7,
+        attempt: Attempt::new(7),
     };
     let mut feed = s.operations.subscribe();
     let results = s
@@ -1100,7 +1101,8 @@ pub async fn a_batch_commits_what_it_can_and_refuses_the_rest(s: Stores) {
     );
     assert!(matches!(
         next(),
-        Err(StoreError::Rejected(Rejection::Stale { held: 7 }))
+        Err(StoreError::Rejected(Rejection::Stale { held }))
+            if held == Attempt::new(7)
     ));
     assert!(matches!(next(), Ok(Applied::Updated(op)) if op.state == State::Cancelled));
     assert!(matches!(
@@ -1206,7 +1208,7 @@ pub async fn claims_take_work_by_kind_with_tenants_in_turn(s: Stores) {
     assert_eq!(mine(&of_a), of_a[..2]);
     assert_eq!(mine(&of_b), of_b[..]);
     for op in &claimed.operations {
-        assert_eq!((op.state, op.attempt), (State::Running, 1));
+        assert_eq!((op.state, op.attempt.get()), (State::Running, 1));
         assert_eq!(s.operations.get(op.id).await.unwrap().as_ref(), Some(op));
     }
     assert_eq!(s.operations.queued(&tenant("a")).tenant, 4);
@@ -1260,7 +1262,7 @@ pub async fn claims_wait_for_retries_to_come_due(s: Stores) {
         .unwrap();
     assert_eq!(later.operations.len(), 1);
     assert_eq!(later.operations[0].id, op.id);
-    assert_eq!(later.operations[0].attempt, 2);
+    assert_eq!(later.operations[0].attempt.get(), 2);
 }
 
 pub async fn a_leased_claim_records_and_drops_its_lease(s: Stores) {
@@ -1287,7 +1289,7 @@ pub async fn a_leased_claim_records_and_drops_its_lease(s: Stores) {
     assert_eq!(released.lease, None);
     assert_eq!(released.state, State::Queued);
     let again = s.operations.claim(&wants(&[("k", 1)]), now).await.unwrap();
-    assert_eq!(again.operations[0].attempt, 2);
+    assert_eq!(again.operations[0].attempt.get(), 2);
     assert_eq!(again.operations[0].lease, None);
 }
 

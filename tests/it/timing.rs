@@ -102,14 +102,18 @@ async fn retryable_failures_are_retried_after_a_backoff() {
         .await;
     let done = paused.done(&op).await;
     assert_eq!(done.state, State::Succeeded);
-    assert_eq!(done.attempt, 3);
+    assert_eq!(done.attempt.get(), 3);
     let last = done
         .last_error
         .as_ref()
         .expect("the failure that was retried");
     assert_eq!(last.code, Code::Unavailable);
     // The timeline keeps both failed attempts, in order, with their times.
-    let failed: Vec<u32> = done.failed_attempts.iter().map(|a| a.attempt).collect();
+    let failed: Vec<u32> = done
+        .failed_attempts
+        .iter()
+        .map(|a| a.attempt.get())
+        .collect();
     assert_eq!(failed, [1, 2]);
     for a in &done.failed_attempts {
         assert_eq!(a.error.code, Code::Unavailable);
@@ -141,7 +145,7 @@ async fn a_retry_waits_out_its_backoff_before_it_runs_again() {
     let waiting = loop {
         if let longrun::engine::Snapshot::Present(op) = sub.current()
             && op.state == State::Queued
-            && op.attempt == 1
+            && op.attempt.get() == 1
         {
             break op;
         }
@@ -149,7 +153,7 @@ async fn a_retry_waits_out_its_backoff_before_it_runs_again() {
     };
     let not_before = waiting.not_before.expect("a retry time");
     let done = paused.done(&op).await;
-    assert_eq!(done.attempt, 2);
+    assert_eq!(done.attempt.get(), 2);
     assert!(done.start_time.unwrap() >= not_before);
     assert!(not_before.duration_since(waiting.update_time).unwrap() <= Duration::from_secs(60));
 }
@@ -165,7 +169,7 @@ async fn retries_stop_after_the_last_attempt() {
         .await;
     let done = paused.done(&op).await;
     assert_eq!(done.state, State::Failed);
-    assert_eq!(done.attempt, 3);
+    assert_eq!(done.attempt.get(), 3);
     let e = error(&done);
     assert_eq!(e.code, Code::Unavailable);
     assert!(e.message.contains("gave up after 3 attempts"), "{e:?}");
@@ -182,7 +186,7 @@ async fn permanent_failures_are_not_retried() {
         })
         .await;
     let done = paused.done(&op).await;
-    assert_eq!(done.attempt, 1);
+    assert_eq!(done.attempt.get(), 1);
     assert_eq!(error(&done).code, Code::InvalidArgument);
 }
 

@@ -12,12 +12,12 @@ use super::{LeaseRef, Report, Roster, WorkerCaller, lock};
 use crate::engine::error::EngineError;
 use crate::engine::task::TaskError;
 use crate::engine::{Engine, Snapshot};
-use crate::model::{OperationId, Payload, Progress, Scope, State, bounded_message};
+use crate::model::{Attempt, OperationId, Payload, Progress, Scope, State, bounded_message};
 
 /// How long Complete and Fail wait for the result to be stored.
 const RESULT_STORED: Duration = Duration::from_secs(30);
 
-fn stale(id: OperationId, attempt: u32, why: &str) -> EngineError {
+fn stale(id: OperationId, attempt: Attempt, why: &str) -> EngineError {
     EngineError::FailedPrecondition {
         reason: "STALE_ATTEMPT",
         message: format!(
@@ -78,7 +78,7 @@ impl Roster {
     }
 
     /// Forgets an attempt and gives its worker the credit back.
-    pub(super) fn release(&self, id: OperationId, attempt: u32) {
+    pub(super) fn release(&self, id: OperationId, attempt: Attempt) {
         let entry = {
             let mut held = lock(&self.held);
             match held.get(&id) {

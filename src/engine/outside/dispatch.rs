@@ -22,7 +22,7 @@ use tracing::warn;
 use super::kinds::Owner;
 use super::{Assignment, Connected, Held, ToWorker, lock};
 use crate::engine::{Inner, attempt};
-use crate::model::{Claim, Edit, Lease, Operation, Tenant};
+use crate::model::{Attempt, Claim, Edit, Lease, Operation, Tenant};
 use crate::store::{ClaimRequest, Write};
 
 /// The most operations one claim takes.
@@ -172,7 +172,7 @@ fn assign(inner: &Arc<Inner>, group: &Group, op: Operation) {
         op.start_time
             .and_then(|s| s.duration_since(op.create_time).ok())
             .unwrap_or_default(),
-        op.attempt == 1,
+        op.attempt == Attempt::new(1),
     );
     let assignment = Assignment {
         id: op.id,

@@ -45,7 +45,7 @@ pub use self::kinds::{DEFAULT_WORKER_LEASE, KindSpec, MAX_OUTSIDE_KINDS, Owner};
 pub use self::session::WorkerSession;
 use super::error::EngineError;
 use super::task::TaskError;
-use crate::model::{OperationId, Payload, Progress, Scope, Tenant};
+use crate::model::{Attempt, OperationId, Payload, Progress, Scope, Tenant};
 
 /// The most Lease streams one principal may have open on this server, by
 /// default.
@@ -70,7 +70,7 @@ pub struct WorkerSpec {
 #[derive(Clone, Debug)]
 pub struct Assignment {
     pub id: OperationId,
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub kind: String,
     pub tenant: Tenant,
     pub max_attempts: u32,
@@ -88,7 +88,7 @@ pub enum ToWorker {
     /// A client asked to cancel this attempt.
     Cancel {
         id: OperationId,
-        attempt: u32,
+        attempt: Attempt,
     },
 }
 
@@ -97,7 +97,7 @@ pub enum ToWorker {
 #[derive(Clone, Debug)]
 pub struct LeaseRef {
     pub id: OperationId,
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub token: String,
 }
 
@@ -116,7 +116,7 @@ enum Report {
 
 /// An attempt held by a worker.
 struct Held {
-    attempt: u32,
+    attempt: Attempt,
     /// The worker's session; `u64::MAX` when it has none.
     worker: u64,
     tenant: Tenant,

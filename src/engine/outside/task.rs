@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::{Report, Roster, ToWorker, lock};
 use crate::engine::error::EngineError;
 use crate::engine::task::{ErasedTask, ExpireFuture, TaskContext, TaskError, TaskFuture};
-use crate::model::{Code, OperationId, Payload};
+use crate::model::{Attempt, Code, OperationId, Payload};
 
 /// Waits for the worker that holds the attempt.
 pub(crate) struct OutsideTask {
@@ -32,7 +32,7 @@ impl ErasedTask for OutsideTask {
                 return Err(lost("the server is stopping"));
             };
             let id = ctx.operation_id();
-            let attempt = ctx.attempt();
+            let attempt = Attempt::new(ctx.attempt());
             let taken = {
                 let mut held = lock(&hub.held);
                 held.get_mut(&id)
@@ -64,7 +64,7 @@ impl ErasedTask for OutsideTask {
 struct Release {
     hub: Arc<Roster>,
     id: OperationId,
-    attempt: u32,
+    attempt: Attempt,
 }
 
 impl Drop for Release {
@@ -84,7 +84,7 @@ async fn wait_for_worker(
     lease: Duration,
 ) -> Result<Payload, TaskError> {
     let id = ctx.operation_id();
-    let attempt = ctx.attempt();
+    let attempt = Attempt::new(ctx.attempt());
     let mut expires = Instant::now() + lease;
     let mut cancel_sent = false;
     loop {

@@ -152,7 +152,7 @@ pub(super) async fn save(
         let columns = Columns::of(&ops);
         let (was_attempt, was_version): (Vec<i32>, Vec<i64>) = updated
             .iter()
-            .map(|(was, _)| (was.attempt as i32, was.version as i64))
+            .map(|(was, _)| (was.attempt.get() as i32, was.version as i64))
             .unzip();
         let query = sqlx::query(
             "UPDATE longrun_operations o SET
@@ -417,7 +417,7 @@ impl Columns {
                 .push(op.lease.as_ref().map(|l| l.holder.clone()));
             c.lease_expires_us
                 .push(op.lease.as_ref().map(|l| micros(l.expires)));
-            c.attempt.push(op.attempt as i32);
+            c.attempt.push(op.attempt.get() as i32);
             c.version.push(op.version as i64);
             c.record.push(encode(op, &mut Inline));
         }

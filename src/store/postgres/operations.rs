@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::commit::{Locked, QueueMoves, SaveError, only_creates, save, save_new};
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
-use crate::model::{Edit, Operation, OperationId, State};
+use crate::model::{Attempt, Edit, Operation, OperationId, State};
 use crate::store::codec::from_micros;
 use crate::store::rules::{Plan, Rulebook};
 use crate::store::{
@@ -452,7 +452,7 @@ impl OperationStore for PgStore {
     async fn renew(
         &self,
         holder: &str,
-        held: &[(OperationId, u32)],
+        held: &[(OperationId, Attempt)],
         until: SystemTime,
     ) -> StoreResult<Vec<OperationId>> {
         if held.is_empty() {
@@ -464,7 +464,7 @@ impl OperationStore for PgStore {
             .collect();
         let attempts: Vec<i32> = held
             .iter()
-            .map(|(_, a)| i32::try_from(*a).unwrap_or(i32::MAX))
+            .map(|(_, a)| i32::try_from(a.get()).unwrap_or(i32::MAX))
             .collect();
         self.call(async {
             // Rows are locked in id order, as commits lock them, so that a
