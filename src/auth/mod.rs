@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use self::file::{AuthFile, AuthFileError};
-use crate::model::{Scope, Tenant};
+use crate::model::{Reason, Scope, Tenant};
 use crate::webhook::{Secret, TenantSecrets};
 
 /// What a principal may do. Each role from reader on includes the ones
@@ -156,11 +156,11 @@ pub enum AuthError {
 
 impl AuthError {
     /// The ErrorInfo reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            AuthError::Missing => "CREDENTIALS_MISSING",
-            AuthError::UnknownToken => "TOKEN_INVALID",
-            AuthError::UnknownCertificate => "CERTIFICATE_UNKNOWN",
+            AuthError::Missing => Reason::CredentialsMissing,
+            AuthError::UnknownToken => Reason::TokenInvalid,
+            AuthError::UnknownCertificate => Reason::CertificateUnknown,
         }
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Task};
-use crate::model::{Limits, Notification, Operation, Payload, RequestId, Tenant};
+use crate::model::{Limits, Notification, Operation, Payload, Reason, RequestId, Tenant};
 use crate::store::{Applied, Created, QueueDepth, StoreError, Write};
 
 /// Checks a webhook callback URL before an operation that names it is
@@ -68,7 +68,7 @@ impl Engine {
             inner
                 .kind(&options.tenant, kind)
                 .ok_or_else(|| EngineError::Unimplemented {
-                    reason: "KIND_NOT_REGISTERED",
+                    reason: Reason::KindNotRegistered,
                     message: format!("kind {kind:?} is not registered on this server"),
                 })?;
         registered.task.validate(&request)?;
@@ -181,7 +181,7 @@ impl Admission {
         let mine = in_flight.tenants.get(tenant).copied().unwrap_or(0);
         if queued.total + in_flight.total >= max as u64 {
             return Err(EngineError::ResourceExhausted {
-                reason: "QUEUE_FULL",
+                reason: Reason::QueueFull,
                 message:
                     "the server has as many operations waiting for a worker as it may; retry later"
                         .into(),
@@ -190,7 +190,7 @@ impl Admission {
         }
         if tenant_max.is_some_and(|cap| queued.tenant + mine >= cap as u64) {
             return Err(EngineError::ResourceExhausted {
-                reason: "TENANT_QUEUE_FULL",
+                reason: Reason::TenantQueueFull,
                 message:
                     "this tenant has as many operations waiting for a worker as it may; retry later"
                         .into(),

@@ -22,7 +22,7 @@ use super::Inner;
 use super::task::{Kind, TaskContext, TaskError};
 use crate::model::{
     Attempt, Claim, Code, Edit, Finish, Operation, OperationError, Outcome, Payload, Progress,
-    State,
+    Reason, State,
 };
 use crate::store::{Applied, StoreError, Write};
 
@@ -133,7 +133,7 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_d
             Ended::TimedOut => done(
                 Outcome::Error(OperationError::new(
                     Code::DeadlineExceeded,
-                    "OPERATION_DEADLINE_EXCEEDED",
+                    Reason::OperationDeadlineExceeded,
                     format!(
                         "attempt {} ran longer than its timeout of {}",
                         op.attempt,
@@ -146,7 +146,7 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_d
             Ended::Panicked => done(
                 Outcome::Error(OperationError::new(
                     Code::Internal,
-                    "TASK_PANICKED",
+                    Reason::TaskPanicked,
                     "the task panicked; see the server log",
                 )),
                 progress,

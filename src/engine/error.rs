@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::model::{FieldViolation, Rejection};
+use crate::model::{FieldViolation, Reason, Rejection};
 use crate::store::StoreError;
 
 /// What an engine call can fail with.
@@ -17,41 +17,29 @@ pub enum EngineError {
     InvalidArgument { violations: Vec<FieldViolation> },
     /// The resource is not in a state that allows the call.
     #[error("{message}")]
-    FailedPrecondition {
-        reason: &'static str,
-        message: String,
-    },
+    FailedPrecondition { reason: Reason, message: String },
     /// The request_id was used before for a different request.
     #[error("{message}")]
-    AlreadyExists {
-        reason: &'static str,
-        message: String,
-    },
+    AlreadyExists { reason: Reason, message: String },
     /// The server is at capacity; the client may retry later.
     #[error("{message}")]
     ResourceExhausted {
-        reason: &'static str,
+        reason: Reason,
         message: String,
         retry_after: Duration,
     },
     /// The caller may not act on this resource (a worker on a kind it may
     /// not serve, say).
     #[error("{message}")]
-    PermissionDenied {
-        reason: &'static str,
-        message: String,
-    },
+    PermissionDenied { reason: Reason, message: String },
     /// The call asks for something this server does not do.
     #[error("{message}")]
-    Unimplemented {
-        reason: &'static str,
-        message: String,
-    },
+    Unimplemented { reason: Reason, message: String },
     /// Storage cannot take the call now (a full or failing disk); the
     /// client may retry later.
     #[error("{message}")]
     Unavailable {
-        reason: &'static str,
+        reason: Reason,
         message: String,
         retry_after: Duration,
     },
@@ -71,19 +59,19 @@ impl From<StoreError> for EngineError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Full => EngineError::Unavailable {
-                reason: "STORAGE_FULL",
+                reason: Reason::StorageFull,
                 message:
                     "the server's disk is full; new operations are refused until there is room"
                         .into(),
                 retry_after: STORAGE_RETRY,
             },
             StoreError::Unavailable(e) => EngineError::Unavailable {
-                reason: "STORAGE_UNAVAILABLE",
+                reason: Reason::StorageUnavailable,
                 message: format!("storage cannot be reached: {e}"),
                 retry_after: STORAGE_RETRY,
             },
             StoreError::Backend(e) => EngineError::Unavailable {
-                reason: "STORAGE_UNAVAILABLE",
+                reason: Reason::StorageUnavailable,
                 message: format!("storage failed: {e}"),
                 retry_after: STORAGE_RETRY,
             },
@@ -113,26 +101,26 @@ impl EngineError {
         matches!(
             self,
             EngineError::Unavailable {
-                reason: "STORAGE_FULL",
+                reason: Reason::StorageFull,
                 ..
             }
         )
     }
 
     /// The stable UPPER_SNAKE reason reported in google.rpc.ErrorInfo.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            EngineError::NotFound { .. } => "NOT_FOUND",
-            EngineError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            EngineError::NotFound { .. } => Reason::NotFound,
+            EngineError::InvalidArgument { .. } => Reason::InvalidArgument,
             EngineError::FailedPrecondition { reason, .. }
             | EngineError::AlreadyExists { reason, .. }
             | EngineError::ResourceExhausted { reason, .. }
             | EngineError::Unimplemented { reason, .. }
-            | EngineError::PermissionDenied { reason, .. } => reason,
-            EngineError::ShuttingDown => "SHUTTING_DOWN",
-            EngineError::Unavailable { reason, .. } => reason,
-            EngineError::Store(StoreError::Corrupt(_)) => "DATA_CORRUPT",
-            EngineError::Store(_) => "STORAGE_FAILED",
+            | EngineError::PermissionDenied { reason, .. } => *reason,
+            EngineError::ShuttingDown => Reason::ShuttingDown,
+            EngineError::Unavailable { reason, .. } => *reason,
+            EngineError::Store(StoreError::Corrupt(_)) => Reason::DataCorrupt,
+            EngineError::Store(_) => Reason::StorageFailed,
         }
     }
 
@@ -150,7 +138,7 @@ impl EngineError {
                 request_id,
                 existing,
             } => EngineError::AlreadyExists {
-                reason: "REQUEST_ID_CONFLICT",
+                reason: Reason::RequestIdConflict,
                 message: format!(
                     "request_id {request_id} was already used to create {existing} with a different request; \
                      use a new request_id for a different request"

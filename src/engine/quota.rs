@@ -12,7 +12,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::EngineError;
 use crate::metrics::WatchGauge;
-use crate::model::Tenant;
+use crate::model::{Reason, Tenant};
 
 /// Concurrent Watch streams and WaitOperation calls a tenant may have by
 /// default.
@@ -73,7 +73,7 @@ impl Quotas {
         limiter.check_key(tenant).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             EngineError::ResourceExhausted {
-                reason: "RATE_LIMITED",
+                reason: Reason::RateLimited,
                 message: format!(
                     "too many creates from this tenant; retry in {} ms",
                     wait.as_millis().max(1)
@@ -96,7 +96,7 @@ impl Quotas {
         let count = watches.entry(tenant.clone()).or_insert(0);
         if self.max_watches.is_some_and(|max| *count >= max) {
             return Err(EngineError::ResourceExhausted {
-                reason: "TOO_MANY_WATCHES",
+                reason: Reason::TooManyWatches,
                 message: format!(
                     "this tenant already follows {count} operations (Watch streams and WaitOperation calls), its limit; end one first"
                 ),

@@ -14,7 +14,8 @@ use tracing::info;
 
 use super::{EngineError, Inner, TaskPolicy};
 use crate::model::{
-    Attempt, Claim, Code, Edit, Finish, Operation, OperationError, OrphanRetry, Outcome, State,
+    Attempt, Claim, Code, Edit, Finish, Operation, OperationError, OrphanRetry, Outcome, Reason,
+    State,
 };
 use crate::store::{StoreError, Write};
 
@@ -78,7 +79,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
 fn finish_unknown(op: &Operation, attempt: Attempt) -> Write {
     let error = OperationError::new(
         Code::Unimplemented,
-        "KIND_NOT_REGISTERED",
+        Reason::KindNotRegistered,
         format!(
             "no handler for kind {:?} is registered on this server",
             op.kind

@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::error::EngineError;
-use crate::model::{Code, FieldViolation, OperationError, OperationId, Payload, Progress, Tenant};
+use crate::model::{
+    Code, FieldViolation, OperationError, OperationId, Payload, Progress, Reason, Tenant,
+};
 
 /// One kind of long-running work.
 ///
@@ -307,9 +309,9 @@ impl<T: Task> ErasedTask for Erased<T> {
     fn run(&self, ctx: TaskContext, request: Payload) -> TaskFuture {
         let task = Arc::clone(&self.0);
         Box::pin(async move {
-            let request: T::Request = request
-                .unpack()
-                .map_err(|e| TaskError::new(Code::Internal, "REQUEST_UNREADABLE", e.to_string()))?;
+            let request: T::Request = request.unpack().map_err(|e| {
+                TaskError::new(Code::Internal, Reason::RequestUnreadable, e.to_string())
+            })?;
             let response = task.run(ctx, request).await?;
             Ok(Payload::pack(&response))
         })

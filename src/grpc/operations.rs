@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{audit, caller};
 use super::status::{invalid_field, unimplemented};
 use crate::engine::Engine;
+use crate::model::Reason;
 use crate::pb::convert;
 use crate::pb::google::longrunning::operations_server::Operations;
 use crate::pb::google::longrunning::{
@@ -63,7 +64,7 @@ impl Operations for OperationsService {
         }
         if req.return_partial_success {
             return Err(unimplemented(
-                "PARTIAL_SUCCESS_UNSUPPORTED",
+                Reason::PartialSuccessUnsupported,
                 "return_partial_success is not supported: the operations collection is never partly unreachable",
             ));
         }

@@ -11,6 +11,7 @@ use super::auth::{audit, caller, created_name};
 use super::status::stalled;
 use crate::auth::Principal;
 use crate::engine::{Engine, EngineError, SubmitOptions};
+use crate::model::Reason;
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation as ProtoOperation;
 use crate::pb::longrun::v1::report_service_server::ReportService;
@@ -54,7 +55,7 @@ impl ReportsService {
         let mut first = true;
         loop {
             let Ok(next) = tokio::time::timeout(self.upload_idle, messages.message()).await else {
-                return Err(stalled("UPLOAD_STALLED", self.upload_idle));
+                return Err(stalled(Reason::UploadStalled, self.upload_idle));
             };
             let Some(message) = next? else { break };
             if first {

@@ -19,17 +19,17 @@ use tracing::error;
 
 use crate::auth::{AuthError, Principal, Role};
 use crate::engine::EngineError;
-use crate::model::FieldViolation;
+use crate::model::{FieldViolation, Reason};
 pub use crate::pb::convert::DOMAIN;
 
-fn with_info(code: Code, reason: &str, message: impl Into<String>) -> Status {
+fn with_info(code: Code, reason: Reason, message: impl Into<String>) -> Status {
     let details = ErrorDetails::with_error_info(reason, DOMAIN, []);
     Status::with_error_details(code, message, details)
 }
 
 /// No route of the HTTP/JSON face answers this path and method.
 pub fn no_route(message: impl Into<String>) -> Status {
-    with_info(Code::NotFound, "NO_SUCH_ROUTE", message)
+    with_info(Code::NotFound, Reason::NoSuchRoute, message)
 }
 
 /// 404, and why, for an HTTP request of a path nothing serves over HTTP.
@@ -96,7 +96,7 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
 }
 
 /// A feature this server does not offer.
-pub fn unimplemented(reason: &str, message: impl Into<String>) -> Status {
+pub fn unimplemented(reason: Reason, message: impl Into<String>) -> Status {
     with_info(Code::Unimplemented, reason, message)
 }
 
@@ -109,7 +109,7 @@ pub fn unauthenticated(error: &AuthError) -> Status {
 pub fn not_through_the_door() -> Status {
     with_info(
         Code::Unauthenticated,
-        "CREDENTIALS_MISSING",
+        Reason::CredentialsMissing,
         "this call was not authenticated",
     )
 }
@@ -117,7 +117,7 @@ pub fn not_through_the_door() -> Status {
 /// A principal whose role is too low for the call.
 pub fn permission_denied(principal: &Principal, needed: Role) -> Status {
     let details = ErrorDetails::with_error_info(
-        "ROLE_TOO_LOW",
+        Reason::RoleTooLow,
         DOMAIN,
         [
             ("required_role".to_owned(), needed.to_string()),
@@ -136,7 +136,7 @@ pub fn permission_denied(principal: &Principal, needed: Role) -> Status {
 
 /// A request message over the size limit, as tonic reported it.
 pub fn message_too_large(tonic_message: &str) -> Status {
-    let mut details = ErrorDetails::with_error_info("MESSAGE_TOO_LARGE", DOMAIN, []);
+    let mut details = ErrorDetails::with_error_info(Reason::MessageTooLarge, DOMAIN, []);
     details.add_bad_request_violation("request", tonic_message.to_owned());
     Status::with_error_details(
         Code::InvalidArgument,
@@ -146,7 +146,7 @@ pub fn message_too_large(tonic_message: &str) -> Status {
 }
 
 /// A client stream that sent nothing for `idle`.
-pub fn stalled(reason: &str, idle: Duration) -> Status {
+pub fn stalled(reason: Reason, idle: Duration) -> Status {
     with_info(
         Code::DeadlineExceeded,
         reason,
@@ -171,14 +171,14 @@ pub fn from_rpc(rpc: &crate::pb::google::rpc::Status) -> Status {
 /// An answer of the server's own services that could not be read back
 /// (the HTTP face decodes what gRPC encoded).
 pub fn garbled(message: impl Into<String>) -> Status {
-    with_info(Code::Internal, "GARBLED_ANSWER", message)
+    with_info(Code::Internal, Reason::GarbledAnswer, message)
 }
 
 /// A worker that asked to serve a kind its principal may not lease.
 pub fn kind_not_allowed(principal: &Principal, kind: &str) -> Status {
     with_info(
         Code::PermissionDenied,
-        "KIND_NOT_ALLOWED",
+        Reason::KindNotAllowed,
         format!(
             "{} may not serve kind {kind:?}; the auth file lists the kinds a worker may lease",
             principal.name
@@ -190,14 +190,14 @@ pub fn kind_not_allowed(principal: &Principal, kind: &str) -> Status {
 pub fn unknown_kind(kind: &str) -> Status {
     with_info(
         Code::NotFound,
-        "UNKNOWN_KIND",
+        Reason::UnknownKind,
         format!("no worker or configuration has declared kind {kind:?}"),
     )
 }
 
 /// An HTTP request the face refuses before it reaches any method (a Host
 /// or an origin it does not serve).
-pub fn refused(reason: &str, message: impl Into<String>) -> Status {
+pub fn refused(reason: Reason, message: impl Into<String>) -> Status {
     with_info(Code::PermissionDenied, reason, message)
 }
 
@@ -205,7 +205,7 @@ pub fn refused(reason: &str, message: impl Into<String>) -> Status {
 pub fn body_too_slow(within: Duration) -> Status {
     with_info(
         Code::DeadlineExceeded,
-        "BODY_TOO_SLOW",
+        Reason::BodyTooSlow,
         format!(
             "the request body did not arrive within {} s",
             within.as_secs_f64()

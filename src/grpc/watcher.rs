@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::{
     ChangeStream, ChangeType, Engine, EngineError, Snapshot, Subscription, WatchPermit,
 };
-use crate::model::OperationId;
+use crate::model::{OperationId, Reason};
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::operation_change as change;
@@ -87,7 +87,7 @@ async fn next_operation(
         match (change.change, change.operation) {
             (ChangeType::Resync, _) => {
                 let missed = EngineError::Unavailable {
-                    reason: "CHANGES_MISSED",
+                    reason: Reason::ChangesMissed,
                     message: "changes were missed; list the operations again and reconnect".into(),
                     retry_after: std::time::Duration::from_millis(100),
                 };

@@ -16,7 +16,7 @@ use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
 use crate::engine::{
     Engine, KindSpec, LeaseRef, Owner, SubmitOptions, TaskError, ToWorker, WorkerCaller, WorkerSpec,
 };
-use crate::model::{Attempt, Progress};
+use crate::model::{Attempt, Progress, Reason};
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::jobs_server::Jobs;
@@ -196,7 +196,7 @@ impl Workers for WorkersService {
         let mut incoming = request.into_inner();
         let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, incoming.message())
             .await
-            .map_err(|_| stalled("SUBSCRIBE_STALLED", SUBSCRIBE_TIMEOUT))??
+            .map_err(|_| stalled(Reason::SubscribeStalled, SUBSCRIBE_TIMEOUT))??
             .and_then(|m| m.message)
             .ok_or_else(|| invalid_field("subscribe", "a Lease stream opens with a Subscribe"))?;
         let FromWorker::Subscribe(subscribe) = first else {

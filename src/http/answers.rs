@@ -17,6 +17,7 @@ use super::Rest;
 use super::binding::{Binding, Found, Shape};
 use crate::auth::Principal;
 use crate::grpc::status::{from_rpc, garbled, http_error, retry_after_seconds};
+use crate::model::Reason;
 use crate::pb;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::google::longrunning::operation::Result as OpResult;
@@ -193,7 +194,7 @@ pub(super) fn failed(name: &str, error: &pb::google::rpc::Status) -> Status {
     let mut info = info_at
         .and_then(|at| ErrorInfo::decode(error.details[at].value.as_slice()).ok())
         .unwrap_or_else(|| ErrorInfo {
-            reason: "OPERATION_FAILED".into(),
+            reason: Reason::OperationFailed.into(),
             domain: crate::grpc::status::DOMAIN.into(),
             ..ErrorInfo::default()
         });

@@ -19,6 +19,7 @@ use super::{Rest, Shared};
 use crate::auth::{Principal, Role};
 use crate::grpc::auth::{admit_as, required_role};
 use crate::grpc::status::{invalid_field, no_route, refused};
+use crate::model::Reason;
 
 /// Every `/v1/` request: finds its binding and answers through it.
 pub(super) async fn serve(State(rest): Shared, request: Request) -> Response {
@@ -60,7 +61,7 @@ pub async fn unknown_path(request: Request) -> Response {
     let path = request.uri().path();
     if grpc {
         let status = crate::grpc::status::unimplemented(
-            "UNKNOWN_METHOD",
+            Reason::UnknownMethod,
             format!("this server has no method {path}"),
         );
         return status.into_http::<Body>().into_response();
@@ -72,7 +73,7 @@ pub(super) fn wrong_method(allowed: &[Method], method: &Method, path: &str) -> R
     let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut refused = Refused::with(
         &crate::grpc::status::unimplemented(
-            "METHOD_NOT_ALLOWED",
+            Reason::MethodNotAllowed,
             format!("{path} takes {}, not {method}", names.join(" or ")),
         ),
         Some(StatusCode::METHOD_NOT_ALLOWED),
@@ -104,7 +105,7 @@ impl Rest {
         }
         Err(Refused::with(
             &refused(
-                "HOST_NOT_ALLOWED",
+                Reason::HostNotAllowed,
                 format!(
                     "this server runs without authentication and answers only to IP addresses, localhost and the names --allowed-host lists, not {host:?}"
                 ),
@@ -141,7 +142,7 @@ impl Rest {
         }
         Err(Refused::with(
             &refused(
-                "CROSS_ORIGIN_REFUSED",
+                Reason::CrossOriginRefused,
                 format!(
                     "a change from the origin {origin:?} is refused; --cors-origin lists the origins that may call"
                 ),

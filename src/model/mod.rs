@@ -9,6 +9,7 @@
 //!   webhook delivery is due;
 //! - `delivery`: the webhook deliveries that state changes produce;
 //! - `payload` and `status`: requests, responses and errors;
+//! - `reason`: the reasons the server gives in ErrorInfo, in one place;
 //! - `filter`: the List filter;
 //! - `order`: orders and months, the report service's data.
 //!
@@ -21,6 +22,7 @@ pub mod id;
 pub mod operation;
 pub mod order;
 pub mod payload;
+pub mod reason;
 pub mod status;
 pub mod tenant;
 pub mod transition;
@@ -34,6 +36,7 @@ pub use self::operation::{
     State, to_micros_precision,
 };
 pub use self::payload::Payload;
+pub use self::reason::Reason;
 pub use self::status::{Code, FieldViolation, MAX_MESSAGE, OperationError, bounded_message};
 pub use self::tenant::{Scope, Tenant};
 pub use self::transition::{Claim, Edit, Finish, OrphanRetry, Rejection, Transition};

@@ -2,6 +2,7 @@
 //! operation ends with, and a request field that fails validation. They are
 //! owned here so that no layer below the gRPC one needs its library's types.
 
+use super::reason::Reason;
 use std::collections::BTreeMap;
 
 /// The canonical error codes of google.rpc.Code.
@@ -117,7 +118,7 @@ impl OperationError {
     pub fn cancelled() -> Self {
         Self::new(
             Code::Cancelled,
-            "OPERATION_CANCELLED",
+            Reason::OperationCancelled,
             "the operation was cancelled at a client's request",
         )
     }

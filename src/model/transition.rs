@@ -16,6 +16,7 @@ use super::operation::{
     FailedAttempt, Lease, MAX_FAILED_ATTEMPTS, Operation, Outcome, Progress, State,
     to_micros_precision,
 };
+use super::reason::Reason;
 use super::status::{Code, OperationError};
 
 /// The token a worker holds while it runs an attempt. Writes made with a
@@ -94,7 +95,7 @@ pub enum Rejection {
     #[error("{message}")]
     Precondition {
         /// An UPPER_SNAKE reason for google.rpc.ErrorInfo.
-        reason: &'static str,
+        reason: Reason,
         /// What is wrong, for people.
         message: &'static str,
     },
@@ -159,7 +160,7 @@ impl Operation {
             Ok(())
         } else {
             Err(Rejection::Precondition {
-                reason: "OPERATION_NOT_DONE",
+                reason: Reason::OperationNotDone,
                 message: "the operation is not done yet; cancel it first, then delete it once it is done",
             })
         }
@@ -180,7 +181,7 @@ impl Operation {
     ) -> Result<Operation, Rejection> {
         if self.state != State::Queued {
             return Err(Rejection::Precondition {
-                reason: "OPERATION_NOT_QUEUED",
+                reason: Reason::OperationNotQueued,
                 message: "only a queued operation can be claimed",
             });
         }
@@ -261,7 +262,7 @@ impl Operation {
                     self,
                     OperationError::new(
                         Code::Aborted,
-                        "ATTEMPT_STOPPED",
+                        Reason::AttemptStopped,
                         "the attempt was stopped before it ended (a shutdown or a restart); it runs again",
                     ),
                     now,
@@ -332,7 +333,7 @@ impl Operation {
         match self.state {
             State::Cancelling | State::Cancelled => Ok(None),
             State::Succeeded | State::Failed => Err(Rejection::Precondition {
-                reason: "OPERATION_ALREADY_DONE",
+                reason: Reason::OperationAlreadyDone,
                 message: "the operation is already done and can no longer be cancelled",
             }),
             State::Queued => {
@@ -373,7 +374,7 @@ impl Operation {
                     self,
                     OperationError::new(
                         Code::Aborted,
-                        "ATTEMPT_INTERRUPTED",
+                        Reason::AttemptInterrupted,
                         "the attempt was interrupted (its server died or lost its lease); it runs again",
                     ),
                     now,
@@ -383,7 +384,7 @@ impl Operation {
             OrphanRetry::Refused(message) => Finish::Done {
                 outcome: Outcome::Error(OperationError::new(
                     Code::Aborted,
-                    "ATTEMPT_INTERRUPTED",
+                    Reason::AttemptInterrupted,
                     message.clone(),
                 )),
                 progress: None,

@@ -152,7 +152,7 @@ async fn charger(
                     break;
                 }
                 Err(e) => {
-                    assert_eq!(e.reason(), "STORAGE_UNAVAILABLE", "{e}");
+                    assert_eq!(e.reason().as_str(), "STORAGE_UNAVAILABLE", "{e}");
                     assert!(
                         tokio::time::Instant::now() < giving_up,
                         "never acknowledged"

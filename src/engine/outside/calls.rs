@@ -12,14 +12,16 @@ use super::{LeaseRef, Report, Roster, WorkerCaller, lock};
 use crate::engine::error::EngineError;
 use crate::engine::task::TaskError;
 use crate::engine::{Engine, Snapshot};
-use crate::model::{Attempt, OperationId, Payload, Progress, Scope, State, bounded_message};
+use crate::model::{
+    Attempt, OperationId, Payload, Progress, Reason, Scope, State, bounded_message,
+};
 
 /// How long Complete and Fail wait for the result to be stored.
 const RESULT_STORED: Duration = Duration::from_secs(30);
 
 fn stale(id: OperationId, attempt: Attempt, why: &str) -> EngineError {
     EngineError::FailedPrecondition {
-        reason: "STALE_ATTEMPT",
+        reason: Reason::StaleAttempt,
         message: format!(
             "attempt {attempt} of {} no longer holds the operation: {why}; its result changes nothing",
             id.name()
@@ -47,7 +49,7 @@ impl Roster {
         }
         if !(caller.may_serve)(&entry.kind) {
             return Err(EngineError::PermissionDenied {
-                reason: "KIND_NOT_ALLOWED",
+                reason: Reason::KindNotAllowed,
                 message: format!(
                     "this worker may not serve kind {:?}; the auth file lists the kinds it may lease",
                     entry.kind
@@ -59,7 +61,7 @@ impl Roster {
         }
         if !bool::from(entry.token.as_bytes().ct_eq(lease.token.as_bytes())) {
             return Err(EngineError::FailedPrecondition {
-                reason: "LEASE_NOT_HELD",
+                reason: Reason::LeaseNotHeld,
                 message: format!(
                     "attempt {} of {} is not held with this lease_token; only the worker it was assigned to may report on it",
                     lease.attempt,
@@ -168,7 +170,7 @@ impl Engine {
         })
         .await;
         stored.unwrap_or(Err(EngineError::Unavailable {
-            reason: "RESULT_NOT_STORED",
+            reason: Reason::ResultNotStored,
             message:
                 "the result was taken but is not stored yet; it will be, or the attempt is retried"
                     .into(),
@@ -196,7 +198,7 @@ impl Engine {
             return Err(stale(id, attempt, "the operation has moved on"));
         }
         Err(EngineError::FailedPrecondition {
-            reason: "LEASED_ELSEWHERE",
+            reason: Reason::LeasedElsewhere,
             message: format!(
                 "attempt {attempt} of {} is held through another server; call the one whose Lease stream it came on",
                 id.name()

@@ -21,7 +21,7 @@ use super::task::OutsideTask;
 use crate::engine::error::EngineError;
 use crate::engine::task::{Kind, TaskPolicy};
 use crate::engine::{Engine, Inner};
-use crate::model::{Scope, Tenant};
+use crate::model::{Reason, Scope, Tenant};
 
 /// How long a lease lasts without a heartbeat, unless the kind says.
 pub const DEFAULT_WORKER_LEASE: Duration = Duration::from_secs(30);
@@ -234,7 +234,7 @@ impl Declarations {
             return Ok(Arc::clone(standing));
         }
         let full = |message: String| EngineError::ResourceExhausted {
-            reason: "TOO_MANY_KINDS",
+            reason: Reason::TooManyKinds,
             message,
             retry_after: Duration::from_secs(60),
         };
@@ -292,7 +292,7 @@ impl Engine {
         let inner = &self.inner;
         if inner.registry.contains(&spec.name) {
             return Err(EngineError::FailedPrecondition {
-                reason: "KIND_IS_BUILT_IN",
+                reason: Reason::KindIsBuiltIn,
                 message: format!("{} is a built-in kind, not an outside one", spec.name),
             });
         }

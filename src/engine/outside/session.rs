@@ -12,6 +12,7 @@ use tracing::debug;
 use super::{Connected, Owner, Roster, ToWorker, WorkerSpec, lock, unknown_kind};
 use crate::engine::Engine;
 use crate::engine::error::EngineError;
+use crate::model::Reason;
 
 /// A worker's end of its session: what to send it, until it is dropped,
 /// which is when the worker is gone and loses every lease it holds.
@@ -95,7 +96,7 @@ impl Engine {
             let most = inner.config.max_worker_streams;
             if open >= most {
                 return Err(EngineError::ResourceExhausted {
-                    reason: "TOO_MANY_WORKER_STREAMS",
+                    reason: Reason::TooManyWorkerStreams,
                     message: format!(
                         "{} has {open} Lease streams open; a principal may have at most {most}",
                         spec.principal

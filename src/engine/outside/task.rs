@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::{Report, Roster, ToWorker, lock};
 use crate::engine::error::EngineError;
 use crate::engine::task::{ErasedTask, ExpireFuture, TaskContext, TaskError, TaskFuture};
-use crate::model::{Attempt, Code, OperationId, Payload};
+use crate::model::{Attempt, Code, OperationId, Payload, Reason};
 
 /// Waits for the worker that holds the attempt.
 pub(crate) struct OutsideTask {
@@ -74,7 +74,7 @@ impl Drop for Release {
 }
 
 fn lost(why: &str) -> TaskError {
-    TaskError::retryable(Code::Aborted, "WORKER_LOST", why.to_owned())
+    TaskError::retryable(Code::Aborted, Reason::WorkerLost, why.to_owned())
 }
 
 async fn wait_for_worker(
@@ -100,7 +100,7 @@ async fn wait_for_worker(
             () = tokio::time::sleep_until(expires) => {
                 return Err(TaskError::retryable(
                     Code::Aborted,
-                    "LEASE_EXPIRED",
+                    Reason::LeaseExpired,
                     format!(
                         "the worker sent no heartbeat for {}",
                         humantime::format_duration(lease)
