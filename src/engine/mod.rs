@@ -76,7 +76,7 @@ use self::task::Kind;
 use crate::metrics::{Backlog, Metrics, WatchGauge};
 use crate::model::{Claim, Delivery, Edit, Operation, Scope, State, Tenant};
 use crate::store::{
-    Applied, Health, OperationStore, OutboxStore, QueueDepth, SecretStore, StoreError, Stores,
+    Applied, Health, OperationStore, OutboxStore, QueueDepth, SettledStore, StoreError, Stores,
     Write,
 };
 
@@ -170,7 +170,7 @@ pub struct Engine {
 pub(crate) struct Inner {
     ops: Arc<dyn OperationStore>,
     outbox: Arc<dyn OutboxStore>,
-    secrets: Arc<dyn SecretStore>,
+    settled: Arc<dyn SettledStore>,
     committer: Committer,
     registry: Registry,
     /// Kinds served by outside workers, and the workers.
@@ -312,8 +312,8 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let fresh_key: [u8; 32] = rand::random();
         let key = stores
-            .secrets
-            .secret("page-token-key", &fresh_key)
+            .settled
+            .settle("page-token-key", &fresh_key)
             .await
             .map_err(EngineError::from)?;
         let slots = Slots::new(&registry, &config.concurrency)?;
@@ -330,7 +330,7 @@ impl Engine {
             quotas: Quotas::new(&config.quotas),
             ops: Arc::clone(&stores.operations),
             outbox: Arc::clone(&stores.outbox),
-            secrets: Arc::clone(&stores.secrets),
+            settled: Arc::clone(&stores.settled),
             outside: Arc::default(),
             throughput: activity::Throughput::default(),
             changes: changes::ChangeLog::default(),

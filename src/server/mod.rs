@@ -286,7 +286,7 @@ impl Server {
         }
         if config.webhooks.secrets.is_empty() {
             // No secret given: the nodes of one store share one, kept in it.
-            let secret = crate::webhook::shared_secret(stores.secrets.as_ref())
+            let secret = crate::webhook::shared_secret(stores.settled.as_ref())
                 .await
                 .map_err(|source| ServerError::Store {
                     path: "the webhook secret".into(),

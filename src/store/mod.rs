@@ -3,8 +3,9 @@
 //! - [`OperationStore`]: operations, their indexes, claims of queued work
 //!   and the change feed;
 //! - [`OutboxStore`]: webhook deliveries;
-//! - [`SecretStore`]: small named secrets shared by every process on the
-//!   store;
+//! - [`SettledStore`]: small named values settled by whoever writes them
+//!   first (the webhook signing secret, the page-token key, the kinds
+//!   outside workers declared), shared by every process on the store;
 //! - [`OrderStore`]: the orders reports are made from;
 //! - [`FileStore`] (`files`): files too large for a record, such as
 //!   uploads and rendered reports.
@@ -414,18 +415,18 @@ impl DeliveryTake {
     }
 }
 
-/// Small named secrets (the page-token key, say), shared by every process
-/// that uses the same store.
+/// Small named values settled by their first writer and never changed
+/// after: the webhook signing secret, the page-token key and the kinds
+/// outside workers declared. Every process on the same store sees the same
+/// value.
 #[async_trait]
-pub trait SecretStore: Send + Sync + 'static {
-    /// Returns the named secret, creating it durably from `initial` on
-    /// first use. Every caller gets the same value, whoever came first.
-    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>>;
+pub trait SettledStore: Send + Sync + 'static {
+    /// Returns the named value, settling it durably as `initial` on first
+    /// use. Every caller gets the same value, whoever came first.
+    async fn settle(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>>;
 
-    /// Every value whose name starts with `prefix`, with its name. Besides
-    /// secrets, the store keeps other first-writer-wins declarations this
-    /// way (the outside kinds workers declared).
-    async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Every settled value whose name starts with `prefix`, with its name.
+    async fn settled(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
 }
 
 /// What `put_orders` did.
@@ -482,7 +483,7 @@ pub trait OrderStore: Send + Sync + 'static {
 pub struct Stores {
     pub operations: Arc<dyn OperationStore>,
     pub outbox: Arc<dyn OutboxStore>,
-    pub secrets: Arc<dyn SecretStore>,
+    pub settled: Arc<dyn SettledStore>,
     pub orders: Arc<dyn OrderStore>,
     pub files: Arc<dyn FileStore>,
 }
@@ -491,13 +492,13 @@ impl Stores {
     /// All five from one backend value.
     pub fn from_backend<B>(backend: B) -> Self
     where
-        B: OperationStore + OutboxStore + SecretStore + OrderStore + FileStore,
+        B: OperationStore + OutboxStore + SettledStore + OrderStore + FileStore,
     {
         let backend = Arc::new(backend);
         Self {
             operations: backend.clone(),
             outbox: backend.clone(),
-            secrets: backend.clone(),
+            settled: backend.clone(),
             orders: backend.clone(),
             files: backend,
         }

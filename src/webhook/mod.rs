@@ -15,16 +15,16 @@ use std::time::Duration;
 
 pub use self::sign::{Secret, VerifyError, sign, verify};
 use crate::model::Tenant;
-use crate::store::{SecretStore, StoreError, StoreResult};
+use crate::store::{SettledStore, StoreError, StoreResult};
 
-/// The name the shared signing secret is kept under in a [`SecretStore`].
+/// The name the shared signing secret is kept under in a [`SettledStore`].
 const SHARED_SECRET: &str = "webhook-signing-secret";
 
 /// The signing secret every node of a shared store uses when none is
 /// given: created by whichever node asks first, and kept in the store.
-pub async fn shared_secret(secrets: &dyn SecretStore) -> StoreResult<Secret> {
+pub async fn shared_secret(secrets: &dyn SettledStore) -> StoreResult<Secret> {
     let initial = Secret::generate().to_string();
-    let kept = secrets.secret(SHARED_SECRET, initial.as_bytes()).await?;
+    let kept = secrets.settle(SHARED_SECRET, initial.as_bytes()).await?;
     String::from_utf8_lossy(&kept)
         .trim()
         .parse()

@@ -785,17 +785,17 @@ pub async fn deleting_an_operation_drops_its_deliveries(s: Stores) {
     assert_eq!(s.outbox.next_delivery_due().await.unwrap(), None);
 }
 
-pub async fn secrets_are_created_once(s: Stores) {
-    let a = s.secrets.secret("s", b"first").await.unwrap();
-    let b = s.secrets.secret("s", b"second").await.unwrap();
+pub async fn settled_values_are_written_once(s: Stores) {
+    let a = s.settled.settle("s", b"first").await.unwrap();
+    let b = s.settled.settle("s", b"second").await.unwrap();
     assert_eq!(a, b"first");
     assert_eq!(b, b"first");
     // Racing first uses agree on one value.
     let mut joins = Vec::new();
     for i in 0..8u8 {
-        let secrets = Arc::clone(&s.secrets);
+        let settled = Arc::clone(&s.settled);
         joins.push(tokio::spawn(async move {
-            secrets.secret("race", &[i]).await.unwrap()
+            settled.settle("race", &[i]).await.unwrap()
         }));
     }
     let mut values = HashSet::new();
@@ -1331,7 +1331,7 @@ pub async fn the_queue_is_rebuilt_at_open(s: Stores, reopen: impl AsyncFn() -> S
 pub async fn survives_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
     let op = created(&s, notified(1, Vec::new())).await;
     let finished = finished_op(&s, 2, None).await;
-    let secret = s.secrets.secret("kept", b"value").await.unwrap();
+    let secret = s.settled.settle("kept", b"value").await.unwrap();
     s.orders
         .put_orders(
             &tenant("acme"),
@@ -1345,7 +1345,7 @@ pub async fn survives_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
     let s = reopen().await;
     assert_eq!(s.operations.get(op.id).await.unwrap(), Some(op));
     assert_eq!(s.operations.get(finished.id).await.unwrap(), Some(finished));
-    assert_eq!(s.secrets.secret("kept", b"other").await.unwrap(), secret);
+    assert_eq!(s.settled.settle("kept", b"other").await.unwrap(), secret);
     let march: Month = "2024-03".parse().unwrap();
     assert_eq!(
         s.orders.month_count(&tenant("acme"), march).await.unwrap(),
@@ -1411,7 +1411,7 @@ macro_rules! conformance {
             case!(transitions_fill_the_outbox);
             case!(saved_deliveries_move_through_the_due_index);
             case!(deleting_an_operation_drops_its_deliveries);
-            case!(secrets_are_created_once);
+            case!(settled_values_are_written_once);
             case!(orders_are_kept_by_month_in_order);
             case!(an_order_id_is_replaced_wherever_it_was);
             case!(the_order_limit_holds_whole_batches);

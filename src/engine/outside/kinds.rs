@@ -305,8 +305,8 @@ impl Engine {
             return Ok((standing.spec.clone(), false));
         }
         let stored = inner
-            .secrets
-            .secret(&owner.key(&spec.name), &encode(&spec))
+            .settled
+            .settle(&owner.key(&spec.name), &encode(&spec))
             .await
             .map_err(EngineError::from)?;
         let standing = decode(&spec.name, &stored).unwrap_or(spec.clone());
@@ -330,8 +330,8 @@ impl Engine {
             let key = candidate.key(name);
             let stored = self
                 .inner
-                .secrets
-                .secrets_named(&key)
+                .settled
+                .settled(&key)
                 .await
                 .map_err(EngineError::from)?;
             if let Some(spec) = stored
@@ -349,8 +349,8 @@ impl Engine {
     pub(crate) async fn load_declared_kinds(&self) -> Result<(), EngineError> {
         let stored = self
             .inner
-            .secrets
-            .secrets_named(DECLARED)
+            .settled
+            .settled(DECLARED)
             .await
             .map_err(EngineError::from)?;
         for (key, value) in stored {

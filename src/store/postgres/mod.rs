@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::codec::{Inline, decode, from_micros};
-use super::{Change, Health, QueueDepth, SecretStore, StoreError, StoreResult};
+use super::{Change, Health, QueueDepth, SettledStore, StoreError, StoreResult};
 use crate::model::{Lease, Operation, OperationId, Tenant};
 
 /// Connections in the pool by default.
@@ -383,8 +383,8 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
 }
 
 #[async_trait]
-impl SecretStore for PgStore {
-    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
+impl SettledStore for PgStore {
+    async fn settle(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
         self.call(async {
             sqlx::query(
                 "INSERT INTO longrun_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -404,7 +404,7 @@ impl SecretStore for PgStore {
         .await
     }
 
-    async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    async fn settled(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.call(async {
             let rows =
                 sqlx::query("SELECT name, value FROM longrun_secrets WHERE starts_with(name, $1)")

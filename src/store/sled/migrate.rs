@@ -102,7 +102,7 @@ mod tests {
     use crate::store::codec::first_layout;
     use crate::store::sled::{SledStore, SyncMode};
     use crate::store::{
-        Applied, Created, ListQuery, OperationStore, OutboxStore, SecretStore, Write,
+        Applied, Created, ListQuery, OperationStore, OutboxStore, SettledStore, Write,
     };
 
     fn id_key(prefix: &[u8], op: &Operation) -> Vec<u8> {
@@ -265,7 +265,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(expired, std::slice::from_ref(&done));
-        assert_eq!(store.secret("kept", b"other").await.unwrap(), b"value");
+        assert_eq!(store.settle("kept", b"other").await.unwrap(), b"value");
         assert_eq!(
             store.deliveries(done.id).await.unwrap(),
             std::slice::from_ref(&delivery)

@@ -43,7 +43,7 @@ use self::space::{Room, Space};
 use self::strings::StringTable;
 use super::files::{DirFiles, FileRead, FileStore, FileWriter};
 use super::ready::Ready;
-use super::{Change, Health, SecretStore, StoreError, StoreResult};
+use super::{Change, Health, SettledStore, StoreError, StoreResult};
 
 /// How hard the store works to keep acknowledged writes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -281,8 +281,8 @@ impl SledStore {
 }
 
 #[async_trait]
-impl SecretStore for SledStore {
-    async fn secret(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
+impl SettledStore for SledStore {
+    async fn settle(&self, name: &str, initial: &[u8]) -> StoreResult<Vec<u8>> {
         let key = keys::secret(name);
         match self
             .inner
@@ -301,7 +301,7 @@ impl SecretStore for SledStore {
         }
     }
 
-    async fn secrets_named(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    async fn settled(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         let start = keys::secret("");
         self.inner
             .tree
