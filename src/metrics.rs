@@ -19,6 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::model::Backlog;
+
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -67,17 +69,6 @@ fn seconds() -> Histogram {
 /// Writes per commit batch, 1 to 4096, doubling.
 fn batch_sizes() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 13))
-}
-
-/// How much of one kind is unfinished, as the store counts it at a scrape.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backlog {
-    pub kind: String,
-    /// "queued", "running" or "cancelling".
-    pub state: &'static str,
-    pub count: u64,
-    /// When the oldest of them was created.
-    pub oldest: Option<SystemTime>,
 }
 
 /// One kind's series, looked up once: the hot path then counts without

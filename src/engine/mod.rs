@@ -73,8 +73,8 @@ use self::dispatch::Slots;
 use self::page_token::PageTokens;
 use self::quota::Quotas;
 use self::task::Kind;
-use crate::metrics::{Backlog, Metrics, WatchGauge};
-use crate::model::{Claim, Delivery, Edit, Operation, Scope, State, Tenant};
+use crate::metrics::{Metrics, WatchGauge};
+use crate::model::{Backlog, Claim, Delivery, Edit, Operation, Scope, State, Tenant};
 use crate::store::{
     Applied, Health, OperationStore, OutboxStore, QueueDepth, SettledStore, StoreError, Stores,
     Write,

@@ -2,6 +2,7 @@
 //! may change, with nothing of storage, scheduling or the wire in it.
 //!
 //! - `id`: operation ids and idempotency keys;
+//! - `backlog`: unfinished work counted by kind and state;
 //! - `attempt`: attempt numbers, the fencing token of claims;
 //! - `tenant`: tenants and the scope a caller acts in;
 //! - `operation`: the record, its states, outcome and webhook;
@@ -16,6 +17,7 @@
 //! **Invariant:** this module depends on nothing else of the crate.
 
 pub mod attempt;
+pub mod backlog;
 pub mod delivery;
 pub mod filter;
 pub mod id;
@@ -28,6 +30,7 @@ pub mod tenant;
 pub mod transition;
 
 pub use self::attempt::Attempt;
+pub use self::backlog::Backlog;
 pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
 pub use self::id::{OperationId, RequestId};

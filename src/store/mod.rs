@@ -43,7 +43,9 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use crate::model::order::{Month, Order};
-use crate::model::{Attempt, Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant};
+use crate::model::{
+    Attempt, Backlog, Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant,
+};
 
 pub use self::error::{StoreError, StoreResult};
 pub use self::files::{DirFiles, FileRead, FileStore, FileWriter};
@@ -51,7 +53,6 @@ pub use self::postgres::PgStore;
 pub use self::ready::QueueDepth;
 pub(crate) use self::rules::check_delete;
 pub use self::sled::{SledStore, SyncMode};
-pub use crate::metrics::Backlog;
 
 /// What `create` did.
 #[derive(Debug, Clone)]

@@ -805,6 +805,250 @@ pub async fn settled_values_are_written_once(s: Stores) {
     assert_eq!(values.len(), 1);
 }
 
+pub async fn the_queue_depth_counts_what_waits(s: Stores) {
+    let (a, b) = (tenant("depth-a"), tenant("depth-b"));
+    assert_eq!(s.operations.queued(&a).total, 0);
+    for i in 0..3u8 {
+        created(&s, of_tenant("x", Some("depth-a"), i)).await;
+    }
+    created(&s, of_tenant("y", Some("depth-b"), 9)).await;
+    let depth = s.operations.queued(&a);
+    assert_eq!((depth.total, depth.tenant), (4, 3));
+    assert_eq!(s.operations.queued(&b).tenant, 1);
+    // A backend that counts by kind without a query says so exactly.
+    if let Some(n) = s.operations.queued_of_kind("x") {
+        assert_eq!(n, 3);
+        assert_eq!(s.operations.queued_of_kind("y"), Some(1));
+        assert_eq!(s.operations.queued_of_kind("none"), Some(0));
+    }
+
+    let claimed = s
+        .operations
+        .claim(&wants(&[("x", 2)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.operations.len(), 2);
+    let depth = s.operations.queued(&a);
+    assert_eq!((depth.total, depth.tenant), (2, 1));
+    if let Some(n) = s.operations.queued_of_kind("x") {
+        assert_eq!(n, 1);
+    }
+}
+
+pub async fn the_backlog_counts_unfinished_work_by_kind_and_state(s: Stores) {
+    let first = created(&s, of_tenant("x", Some("log-a"), 1)).await;
+    created(&s, of_tenant("x", Some("log-a"), 2)).await;
+    created(&s, of_tenant("y", Some("log-b"), 3)).await;
+    let ended = created(&s, of_tenant("z", Some("log-b"), 4)).await;
+    let (_, c) = claim(&s, &ended).await;
+    finish(&s, c, done(ok())).await.unwrap();
+    let claimed = s
+        .operations
+        .claim(&wants(&[("x", 1)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.operations[0].id, first.id, "the oldest first");
+
+    let count = |rows: &[longrun::model::Backlog], kind: &str, state: State| {
+        rows.iter()
+            .find(|r| r.kind == kind && r.state == state.as_str())
+            .map_or(0, |r| r.count)
+    };
+    let all = s.operations.backlog(None).await.unwrap();
+    assert_eq!(count(&all, "x", State::Queued), 1);
+    assert_eq!(count(&all, "x", State::Running), 1);
+    assert_eq!(count(&all, "y", State::Queued), 1);
+    assert!(
+        all.iter().all(|r| r.kind != "z"),
+        "an ended operation is not backlog: {all:?}"
+    );
+    // The oldest's creation time, to the millisecond (a backend may read
+    // it from the id, which keeps milliseconds).
+    let millis = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let running = all
+        .iter()
+        .find(|r| r.kind == "x" && r.state == State::Running.as_str())
+        .unwrap();
+    assert_eq!(running.oldest.map(millis), Some(millis(first.create_time)));
+
+    let of_b = s.operations.backlog(Some(&tenant("log-b"))).await.unwrap();
+    assert_eq!(of_b.len(), 1, "{of_b:?}");
+    assert_eq!((of_b[0].kind.as_str(), of_b[0].count), ("y", 1));
+}
+
+pub async fn a_healthy_store_says_so_and_a_probe_keeps_it(s: Stores) {
+    let health = s.operations.health();
+    assert_eq!(*health.borrow(), longrun::store::Health::Writable);
+    s.operations.probe().await;
+    assert_eq!(
+        *s.operations.health().borrow(),
+        longrun::store::Health::Writable
+    );
+    // Whatever a backend commits at once, it is at least one batch.
+    assert!(s.operations.parallel_commits() >= 1);
+}
+
+pub async fn leases_are_renewed_by_their_holder_and_lapse(s: Stores) {
+    let op = created(&s, new_op("k", None, 1)).await;
+    let other = created(&s, new_op("k", None, 2)).await;
+    let now = SystemTime::now();
+    let lease = Lease {
+        holder: "node-a".into(),
+        expires: longrun::model::to_micros_precision(now + Duration::from_secs(30)),
+    };
+    let request = ClaimRequest {
+        wants: vec![("k".into(), 2)],
+        lease: Some(lease),
+        tenant: None,
+        by: Some("node-a".into()),
+    };
+    let claimed = s.operations.claim(&request, now).await.unwrap();
+    assert_eq!(claimed.operations.len(), 2);
+    let held: Vec<_> = claimed
+        .operations
+        .iter()
+        .map(|o| (o.id, o.attempt))
+        .collect();
+    let until = now + Duration::from_secs(60);
+
+    if !s.operations.shared() {
+        // One process: nothing lapses, and every hold renews.
+        let renewed = s.operations.renew("node-a", &held, until).await.unwrap();
+        assert_eq!(renewed.len(), 2);
+        let far = now + Duration::from_secs(3600);
+        assert!(s.operations.lapsed(far, 10).await.unwrap().is_empty());
+        return;
+    }
+
+    // Only the holder renews, and only the attempts it holds.
+    assert!(
+        s.operations
+            .renew("node-b", &held, until)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stale = [(op.id, Attempt::new(7))];
+    assert!(
+        s.operations
+            .renew("node-a", &stale, until)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let renewed = s
+        .operations
+        .renew("node-a", &held[..1], until)
+        .await
+        .unwrap();
+    assert_eq!(renewed, vec![held[0].0]);
+    let stored = s.operations.get(held[0].0).await.unwrap().unwrap();
+    let micros = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    };
+    assert_eq!(stored.lease.map(|l| micros(l.expires)), Some(micros(until)));
+
+    // Before the first lease runs out nothing has lapsed; after it, the
+    // unrenewed one has, and after the renewed one's end both have.
+    assert!(s.operations.lapsed(now, 10).await.unwrap().is_empty());
+    let between = now + Duration::from_secs(45);
+    let lapsed = s.operations.lapsed(between, 10).await.unwrap();
+    assert_eq!(lapsed.len(), 1, "{lapsed:?}");
+    assert_eq!(lapsed[0].id, held[1].0);
+    assert_eq!(lapsed[0].state, State::Running);
+    let after = now + Duration::from_secs(90);
+    let ids: HashSet<_> = s
+        .operations
+        .lapsed(after, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(ids, HashSet::from([op.id, other.id]));
+    assert_eq!(s.operations.lapsed(after, 1).await.unwrap().len(), 1);
+}
+
+/// A delivery for `op`, due now.
+async fn due_delivery(s: &Stores, digest: u8, tenant_name: &str) -> longrun::model::Delivery {
+    let mut op = notified(digest, Vec::new());
+    op.tenant = tenant(tenant_name);
+    let op = created(s, op).await;
+    let (_, c) = claim(s, &op).await;
+    finish(s, c, done(ok())).await.unwrap();
+    s.outbox.deliveries(op.id).await.unwrap().remove(0)
+}
+
+pub async fn deliveries_are_taken_oldest_first_within_each_tenants_room(s: Stores) {
+    let a1 = due_delivery(&s, 1, "take-a").await;
+    let a2 = due_delivery(&s, 2, "take-a").await;
+    let b1 = due_delivery(&s, 3, "take-b").await;
+    let take = |limit, per_tenant| longrun::store::DeliveryTake {
+        limit,
+        per_tenant,
+        busy: Default::default(),
+        in_flight: Default::default(),
+        lease: Duration::from_secs(60),
+    };
+    let now = SystemTime::now() + Duration::from_secs(1);
+
+    // One of each tenant at most: a1 and b1, not a2.
+    let taken = s.outbox.take_deliveries(now, &take(10, 1)).await.unwrap();
+    let ids: HashSet<_> = taken.iter().map(|d| d.id).collect();
+    assert_eq!(ids, HashSet::from([a1.id, b1.id]));
+
+    // What this taker sends already is not taken again; a tenant that is
+    // busy has no room.
+    let mut next = take(10, 1);
+    next.in_flight = ids.clone();
+    next.busy.insert(tenant("take-b"), 1);
+    let taken = s.outbox.take_deliveries(now, &next).await.unwrap();
+    assert_eq!(taken.iter().map(|d| d.id).collect::<Vec<_>>(), vec![a2.id]);
+
+    // The limit holds.
+    let mut one = take(1, 10);
+    one.in_flight = HashSet::from([a1.id, a2.id, b1.id]);
+    assert!(
+        s.outbox
+            .take_deliveries(now, &one)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    if s.operations.shared() {
+        // Another taker finds each taken delivery held for the lease.
+        assert!(
+            s.outbox
+                .take_deliveries(now, &take(10, 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+pub async fn settled_values_are_listed_by_prefix(s: Stores) {
+    s.settled.settle("kind:a", b"1").await.unwrap();
+    s.settled.settle("kind:b", b"2").await.unwrap();
+    s.settled.settle("other", b"3").await.unwrap();
+    let mut listed = s.settled.settled("kind:").await.unwrap();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            ("kind:a".to_owned(), b"1".to_vec()),
+            ("kind:b".to_owned(), b"2".to_vec()),
+        ]
+    );
+    assert!(s.settled.settled("none:").await.unwrap().is_empty());
+}
+
 /// `len` bytes of a pattern that differs with `seed`, so that a chunk out
 /// of place shows.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -1412,6 +1656,12 @@ macro_rules! conformance {
             case!(saved_deliveries_move_through_the_due_index);
             case!(deleting_an_operation_drops_its_deliveries);
             case!(settled_values_are_written_once);
+            case!(settled_values_are_listed_by_prefix);
+            case!(the_queue_depth_counts_what_waits);
+            case!(the_backlog_counts_unfinished_work_by_kind_and_state);
+            case!(a_healthy_store_says_so_and_a_probe_keeps_it);
+            case!(leases_are_renewed_by_their_holder_and_lapse);
+            case!(deliveries_are_taken_oldest_first_within_each_tenants_room);
             case!(orders_are_kept_by_month_in_order);
             case!(an_order_id_is_replaced_wherever_it_was);
             case!(the_order_limit_holds_whole_batches);

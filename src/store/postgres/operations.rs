@@ -9,11 +9,11 @@ use tokio::sync::{broadcast, watch};
 
 use super::commit::{Locked, QueueMoves, SaveError, only_creates, save, save_new};
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
-use crate::model::{Attempt, Edit, Operation, OperationId, State};
+use crate::model::{Attempt, Backlog, Edit, Operation, OperationId, State};
 use crate::store::codec::from_micros;
 use crate::store::rules::{Plan, Rulebook};
 use crate::store::{
-    Applied, Backlog, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
+    Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
     QueueDepth, StoreError, StoreResult, Write,
 };
 
