@@ -2,20 +2,27 @@
 //! questions about them. It speaks only the model's types and its own;
 //! `grpc/` translates.
 //!
-//! - `commit`: the committer, the one owner of the store's writes, which
-//!   commits whatever waits as one batch;
+//! - `commit`: the committer, the one caller of the store's `commit`,
+//!   which commits whatever waits as one batch;
 //! - `admission`: creates, from the checks to the durable write;
+//! - `estimate`: what a new operation can expect, fixed at its create;
 //! - `dispatch` and `attempt`: claiming queued work in batches, per kind
 //!   up to its concurrency, and running each attempt;
-//! - `listing`: List, with its filter and signed page tokens;
+//! - `lease`: on a shared store, the leases this node holds, renewed, and
+//!   the work of nodes whose leases lapsed, taken back;
+//! - `outside`: kinds run by outside workers over a lease stream;
+//! - `listing`: List, with its filter and `page_token`'s signed tokens;
 //! - `recovery`: what a restart does with unfinished operations;
 //! - `retention`: the sweeper of expired operations;
 //! - `feed`: follows the store's change feed into the watch hub;
+//! - `changes`: the change log that change streams resume from;
+//! - `activity`: per-kind queues and recent finishes, for consoles;
 //! - `task`: the [`Task`] trait for operation kinds, and the registry;
 //! - `watch`: the hub that Wait and Watch follow;
-//! - `quota`: what each tenant may use; `clock`: the time source.
+//! - `quota`: what each tenant may use; `clock`: the time source;
+//! - `error`: [`EngineError`], the one error of this layer.
 //!
-//! **Invariant:** the engine knows neither tonic nor sled.
+//! **Invariant:** the engine knows neither tonic, sled nor sqlx.
 
 pub mod activity;
 mod admission;

@@ -11,10 +11,10 @@
 //!   uploads and rendered reports.
 //!
 //! A backend implements all five and hands them out together as
-//! [`Stores`]. It persists decisions and never makes them: every state
-//! change is an [`Edit`] that the model's [`Operation::apply`] turns into a
-//! [`Transition`](crate::model::Transition), and the backend stores the
-//! record and the delivery it was handed in one atomic write.
+//! [`Stores`]. It persists decisions and never makes them: `rules` (the
+//! rulebook) decides what a batch of writes does, asking the model's
+//! [`Operation::apply`] for every state change, and hands the backend a
+//! plan that it carries out in one atomic write.
 //!
 //! The shapes are batch-shaped, for a shared database too: writes are
 //! committed many at a time ([`OperationStore::commit`]), claims take up to

@@ -90,7 +90,11 @@ impl SledStore {
     /// strings, recent records, and the ready queue. Returns the feed
     /// announcements and whether the batch must be flushed. Called under
     /// the apply lock.
-    fn apply(&self, finished: Finished, applier: &mut Applier) -> StoreResult<(Vec<Change>, bool)> {
+    fn write_batch(
+        &self,
+        finished: Finished,
+        applier: &mut Applier,
+    ) -> StoreResult<(Vec<Change>, bool)> {
         let Finished {
             writes,
             created,
@@ -251,10 +255,10 @@ impl SledStore {
         let finished = staging
             .plan(&plan, &mut claimed, false)
             .map(|()| staging.finish(plan, Some(&claimed), &apply));
-        // `apply` takes both of these for writing.
+        // `write_batch` takes both of these for writing.
         drop(recent);
         drop(strings);
-        let applied = finished.and_then(|finished| self.apply(finished, &mut apply));
+        let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply));
         if applied.is_ok() {
             // Written, or superseded by what the batch wrote.
             claimed.clear();
@@ -328,10 +332,10 @@ impl SledStore {
         let finished = failed
             .map_or_else(|| staging.plan(&plan, &mut claimed, true), Err)
             .map(|()| staging.finish(plan, None, &apply));
-        // `apply` takes both of these for writing.
+        // `write_batch` takes both of these for writing.
         drop(recent);
         drop(strings);
-        let applied = finished.and_then(|finished| self.apply(finished, &mut apply));
+        let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply));
         drop(claimed);
         let changes = match applied {
             Ok((changes, _)) => changes,
