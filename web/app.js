@@ -631,6 +631,26 @@ function sparkline(values) {
   return svg;
 }
 
+// A queue's state, and for an admin the button that flips it: a paused
+// queue accepts operations and starts none.
+function queueState(q) {
+  const badge = el("span", { class: q.paused ? "badge paused" : "badge", text: q.paused ? "paused" : "active" });
+  if (state.caller?.role !== "admin") return [badge];
+  const action = q.paused ? "resume" : "pause";
+  const button = el("button", { type: "button", class: "queue-action", "data-action": action, text: q.paused ? "Resume" : "Pause" });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      await call("POST", `/v1/queues/${encodeURIComponent(q.kind)}:${action}`, {});
+      say(`${q.kind} ${q.paused ? "resumed: its backlog starts now" : "paused: its operations wait"}.`);
+    } catch (error) {
+      say(error.message, true);
+    }
+    loadQueues();
+  });
+  return [badge, " ", button];
+}
+
 async function loadQueues() {
   let stats;
   try {
@@ -653,6 +673,7 @@ async function loadQueues() {
         cell("Cancelling", String(q.cancelling ?? 0)),
         cell("Oldest waiting", age(q.oldestQueuedTime)),
         cell("Finished per minute", sparkline(q.finishedPerMinute ?? [])),
+        cell("State", ...queueState(q)),
       );
     }),
   );

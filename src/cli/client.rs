@@ -9,10 +9,12 @@ use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::longrun::v1::console_client::ConsoleClient;
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::jobs_client::JobsClient;
 use longrun::pb::longrun::v1::notifications_client::NotificationsClient;
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use longrun::pb::longrun::v1::queues_client::QueuesClient;
 use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
 use longrun::pb::longrun::v1::workers_client::WorkersClient;
 
@@ -60,6 +62,8 @@ pub struct Clients {
     pub notifications: NotificationsClient<Connection>,
     pub jobs: JobsClient<Connection>,
     pub workers: WorkersClient<Connection>,
+    pub console: ConsoleClient<Connection>,
+    pub queues: QueuesClient<Connection>,
 }
 
 /// The TLS settings the flags ask for, if any.
@@ -110,7 +114,9 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
         reports: ReportServiceClient::new(connection.clone()),
         notifications: NotificationsClient::new(connection.clone()),
         jobs: JobsClient::new(connection.clone()),
-        workers: WorkersClient::new(connection),
+        workers: WorkersClient::new(connection.clone()),
+        console: ConsoleClient::new(connection.clone()),
+        queues: QueuesClient::new(connection),
     })
 }
 

@@ -23,6 +23,7 @@ pub(crate) mod client;
 mod ops;
 mod orders;
 mod output;
+mod queue;
 mod report;
 mod serve;
 mod sleep;
@@ -75,6 +76,10 @@ pub enum Command {
     /// Create an operation of an outside kind, e.g.
     /// `longrun enqueue --kind thumbnails cat.png --wait`.
     Enqueue(worker::EnqueueArgs),
+    /// The queues of every kind; pause and resume one (admin), e.g.
+    /// `longrun queue pause sleep`.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
 }
 
 /// Options every client command takes.
@@ -181,6 +186,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd).await.map(|()| ExitCode::SUCCESS),
         Command::Worker(args) => worker::run(args).await,
         Command::Enqueue(args) => worker::enqueue(args).await,
+        Command::Queue(cmd) => queue::run(cmd).await,
     };
     match result {
         Ok(code) => code,

@@ -95,6 +95,8 @@ pub struct QueueStats {
     pub oldest_queued: Option<SystemTime>,
     /// Finishes per minute, oldest first, the last minute last.
     pub finished_per_minute: Vec<u64>,
+    /// Paused: its operations are queued and none starts.
+    pub paused: bool,
 }
 
 impl Inner {
@@ -160,8 +162,54 @@ impl Engine {
                 _ => {}
             }
         }
+        for kind in self.inner.ops.paused().await.map_err(EngineError::from)? {
+            if let Some(stats) = kinds.get_mut(&kind) {
+                stats.paused = true;
+            }
+        }
         let mut out: Vec<QueueStats> = kinds.into_values().collect();
         out.sort_by(|a, b| a.kind.cmp(&b.kind));
         Ok(out)
+    }
+
+    /// Pauses the queue of `kind` (or resumes it) on every node of this
+    /// store: while paused, its operations are accepted and queued and
+    /// none starts; running ones finish. Returns the kind's full name.
+    /// The pause is stored, so it outlives restarts.
+    pub async fn pause_queue(&self, kind: &str, paused: bool) -> Result<String, EngineError> {
+        let kind = self.queue_kind(kind)?;
+        self.inner
+            .ops
+            .set_paused(&kind, paused)
+            .await
+            .map_err(EngineError::from)?;
+        if !paused {
+            // The store woke this node's claim loop; outside workers' has
+            // its own.
+            self.inner.outside.wake();
+        }
+        Ok(kind)
+    }
+
+    /// The full name of a kind that has a queue: a built-in kind (by its
+    /// full or short name) or a declared outside kind.
+    fn queue_kind(&self, kind: &str) -> Result<String, EngineError> {
+        if let Some(full) = self.inner.registry.resolve(kind) {
+            return Ok(full.to_owned());
+        }
+        if self
+            .outside_kinds(&Scope::All)
+            .iter()
+            .any(|spec| spec.name == kind)
+        {
+            return Ok(kind.to_owned());
+        }
+        Err(EngineError::invalid(
+            "kind",
+            format!(
+                "there is no kind {kind:?}; queues exist for {} and the declared outside kinds",
+                self.inner.registry.describe()
+            ),
+        ))
     }
 }

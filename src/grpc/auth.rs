@@ -55,6 +55,9 @@ pub const PROBE_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 /// Methods only workers (and admins) may call.
 const WORKER_PREFIX: &str = "/longrun.v1.Workers/";
 
+/// Services only an admin may call: they act on every tenant's work.
+const ADMIN_PREFIX: &str = "/longrun.v1.Queues/";
+
 /// Where the HTTP/JSON face lives; it checks its callers itself
 /// (`rest`), with the same tokens and roles.
 pub const REST_PREFIX: &str = "/v1/";
@@ -81,6 +84,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         Some(Role::Reader)
     } else if path.starts_with(WORKER_PREFIX) {
         Some(Role::Worker)
+    } else if path.starts_with(ADMIN_PREFIX) {
+        Some(Role::Admin)
     } else {
         Some(Role::Writer)
     }

@@ -1,14 +1,17 @@
 //! longrun.v1.Console: what a console (the dashboard) reads about the
-//! caller and the queues.
+//! caller and the queues; longrun.v1.Queues: pausing and resuming them.
 
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{audit, caller};
+use crate::auth::Principal;
 use crate::engine::Engine;
 use crate::model::Scope;
 use crate::pb::longrun::v1::console_server::Console;
+use crate::pb::longrun::v1::queues_server::Queues;
 use crate::pb::longrun::v1::{
-    Caller, GetCallerRequest, GetQueueStatsRequest, QueueStats, QueueStatsResponse,
+    Caller, GetCallerRequest, GetQueueStatsRequest, PauseQueueRequest, Queue, QueueStats,
+    QueueStatsResponse, ResumeQueueRequest,
 };
 
 /// The Console service.
@@ -61,11 +64,58 @@ impl Console for ConsoleService {
                     .into_iter()
                     .map(|n| n as i64)
                     .collect(),
+                paused: q.paused,
             })
             .collect();
         Ok(Response::new(QueueStatsResponse {
             kinds,
             counting_since: Some(crate::pb::timestamp(self.engine.counting_since())),
         }))
+    }
+}
+
+/// The Queues service: admins pause and resume a kind's queue.
+#[derive(Clone)]
+pub struct QueuesService {
+    engine: Engine,
+}
+
+impl QueuesService {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    async fn set(&self, caller: &Principal, kind: &str, paused: bool) -> Result<Queue, Status> {
+        let rpc = if paused { "PauseQueue" } else { "ResumeQueue" };
+        let result = self
+            .engine
+            .pause_queue(kind, paused)
+            .await
+            .map(|kind| Queue { kind, paused })
+            .map_err(Status::from);
+        audit(caller, rpc, kind, &result);
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl Queues for QueuesService {
+    async fn pause_queue(
+        &self,
+        request: Request<PauseQueueRequest>,
+    ) -> Result<Response<Queue>, Status> {
+        let caller = caller(&request)?;
+        let queue = self.set(&caller, &request.get_ref().kind, true).await?;
+        Ok(Response::new(queue))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<ResumeQueueRequest>,
+    ) -> Result<Response<Queue>, Status> {
+        let caller = caller(&request)?;
+        let queue = self.set(&caller, &request.get_ref().kind, false).await?;
+        Ok(Response::new(queue))
     }
 }

@@ -18,7 +18,7 @@ pub mod status;
 pub mod watcher;
 pub mod workers;
 
-pub use self::console::ConsoleService;
+pub use self::console::{ConsoleService, QueuesService};
 pub use self::diagnostics::DiagnosticsService;
 pub use self::notifications::NotificationsService;
 pub use self::operations::OperationsService;

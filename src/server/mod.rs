@@ -41,8 +41,8 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::metered::MeteredLayer;
 
 use crate::grpc::{
-    ConsoleService, DiagnosticsService, NotificationsService, OperationsService, ReportsService,
-    WatcherService, WorkersService,
+    ConsoleService, DiagnosticsService, NotificationsService, OperationsService, QueuesService,
+    ReportsService, WatcherService, WorkersService,
 };
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
@@ -51,6 +51,7 @@ use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
 use crate::pb::longrun::v1::jobs_server::JobsServer;
 use crate::pb::longrun::v1::notifications_server::NotificationsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
+use crate::pb::longrun::v1::queues_server::QueuesServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
 use crate::pb::longrun::v1::workers_server::WorkersServer;
 use crate::reports::Reports;
@@ -405,6 +406,7 @@ impl Server {
             <JobsServer<WorkersService> as tonic::server::NamedService>::NAME,
             <WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
             <ConsoleServer<ConsoleService> as tonic::server::NamedService>::NAME,
+            <QueuesServer<QueuesService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -437,6 +439,10 @@ impl Server {
             )
             .add_service(
                 ConsoleServer::new(ConsoleService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                QueuesServer::new(QueuesService::new(engine.clone()))
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {

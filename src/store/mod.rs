@@ -332,6 +332,14 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn lapsed(&self, _now: SystemTime, _limit: usize) -> StoreResult<Vec<Operation>> {
         Ok(Vec::new())
     }
+
+    /// Pauses `kind` (or resumes it): while it is paused, no claim of any
+    /// process on this store takes its operations, and creates still queue
+    /// them. Durable before it returns; resuming wakes every claimer.
+    async fn set_paused(&self, kind: &str, paused: bool) -> StoreResult<()>;
+
+    /// The kinds paused now, by name.
+    async fn paused(&self) -> StoreResult<Vec<String>>;
 }
 
 /// The webhook outbox. Deliveries are added with the state change that

@@ -174,6 +174,17 @@ try {
   await page.reload();
   await page.waitForSelector(sleepQueue);
   await page.screenshot({ path: `${shots}/queues-1280x800.png` });
+
+  step("an admin pauses a queue: its work waits; resumed, it runs");
+  const sleepRow = '#queue-rows tr[data-kind="longrun.v1.Diagnostics.Sleep"]';
+  await page.click(`${sleepRow} button[data-action="pause"]`);
+  await page.waitForSelector(`${sleepRow} .badge.paused`);
+  const held = await sleepOp(open, "0s", 1);
+  const queued = await api(open, "GET", `/v1/${held.name}`);
+  if (queued.done) throw new Error("an operation of a paused kind ran");
+  await page.click(`${sleepRow} button[data-action="resume"]`);
+  await page.waitForSelector(`${sleepRow} button[data-action="pause"]`);
+  await api(open, "POST", `/v1/${held.name}:wait`, { timeout: "30s" });
   await page.goBack();
   await page.waitForSelector("#operations:not([hidden])");
 
@@ -218,6 +229,9 @@ try {
   await guarded.waitForSelector("#detail:not([hidden])");
   if (await guarded.isVisible("#cancel")) throw new Error("a reader is shown Cancel");
   if (await guarded.isVisible("#delete")) throw new Error("a reader is shown Delete");
+  await guarded.click('.tab[data-view="queues"]');
+  await guarded.waitForSelector("#queue-rows tr");
+  if ((await guarded.$$(".queue-action")).length) throw new Error("a reader is offered Pause");
   await api(secured, "POST", `/v1/${theirs.name}:cancel`, {}, writerToken);
 
   if (problems.length) throw new Error(`the page reported errors: ${problems.join("; ")}`);

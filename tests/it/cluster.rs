@@ -37,13 +37,13 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Short, so that failover is quick to see.
 const LEASE: &str = "2s";
 
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    channel: Channel,
+    pub(crate) channel: Channel,
 }
 
 /// Starts `longrun serve` on `db` as node `name`, and waits until it serves.
-async fn start(db: &TestDb, dir: &Path, name: &str) -> Node {
+pub(crate) async fn start(db: &TestDb, dir: &Path, name: &str) -> Node {
     let (child, url) = crate::common::spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_longrun"))
             .args(["serve", "--listen", "127.0.0.1:0", "--store", &db.url])

@@ -22,6 +22,7 @@ mod outage;
 mod parsers;
 mod pg;
 mod proxy;
+mod queues;
 mod recovery;
 mod reflection;
 mod reports;

@@ -134,6 +134,14 @@ impl OperationStore for Spy {
         self.inner.expired(ended_before, limit).await
     }
 
+    async fn set_paused(&self, kind: &str, paused: bool) -> StoreResult<()> {
+        self.inner.set_paused(kind, paused).await
+    }
+
+    async fn paused(&self) -> StoreResult<Vec<String>> {
+        self.inner.paused().await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         match self.fault() {
             Fault::None => self.inner.flush().await,

@@ -1397,6 +1397,55 @@ fn wants(list: &[(&str, usize)]) -> ClaimRequest {
     }
 }
 
+pub async fn a_paused_kind_is_claimed_by_nobody_until_resumed(
+    s: Stores,
+    reopen: impl AsyncFn() -> Stores,
+) {
+    created(&s, new_op("held", None, 1)).await;
+    created(&s, new_op("free", None, 2)).await;
+    s.operations.set_paused("held", true).await.unwrap();
+    s.operations.set_paused("held", true).await.unwrap();
+    assert_eq!(
+        s.operations.paused().await.unwrap(),
+        vec!["held".to_owned()]
+    );
+    let claimed = s
+        .operations
+        .claim(&wants(&[("held", 5), ("free", 5)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.operations.len(), 1);
+    assert_eq!(claimed.operations[0].kind, "free");
+
+    // Stored: a reopened store (another node, a restart) holds it too.
+    drop(s);
+    let s = reopen().await;
+    assert_eq!(
+        s.operations.paused().await.unwrap(),
+        vec!["held".to_owned()]
+    );
+    let claimed = s
+        .operations
+        .claim(&wants(&[("held", 5)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert!(claimed.operations.is_empty());
+
+    // Resuming wakes the claimers and frees the queue.
+    let mut work = s.operations.work();
+    work.borrow_and_update();
+    s.operations.set_paused("held", false).await.unwrap();
+    assert!(work.has_changed().unwrap());
+    assert!(s.operations.paused().await.unwrap().is_empty());
+    let claimed = s
+        .operations
+        .claim(&wants(&[("held", 5)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(claimed.operations.len(), 1);
+    assert_eq!(claimed.operations[0].kind, "held");
+}
+
 pub async fn a_claim_for_one_tenant_takes_only_its_work(s: Stores) {
     let mut of_a = Vec::new();
     for i in 0..3u8 {
@@ -1673,6 +1722,7 @@ macro_rules! conformance {
             case!(a_leased_claim_records_and_drops_its_lease);
             case!(claims_and_cancels_leave_the_queue_consistent);
             case_with_reopen!(the_queue_is_rebuilt_at_open);
+            case_with_reopen!(a_paused_kind_is_claimed_by_nobody_until_resumed);
             case_with_reopen!(flush_makes_lazy_writes_durable);
             case_with_reopen!(survives_reopen);
             case!(files_appear_whole_when_finished_and_replace_whole);

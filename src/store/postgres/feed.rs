@@ -5,7 +5,8 @@
 //! process's tag, then one entry per change, a letter and the id. The
 //! letter says what the change was: `q` queued (work to claim), `u`
 //! updated, `d` deleted; a capital when the change wrote a webhook
-//! delivery. Every node listens; it skips its own tag (it announced those
+//! delivery. A lone `r` (no id) says a paused kind was resumed: its queue
+//! is work to claim again. Every node listens; it skips its own tag (it announced those
 //! changes locally already) and turns the rest into
 //! [`Change::Elsewhere`], which whoever follows the operation re-reads.
 //! A listener that loses its connection announces [`Change::Resync`] once
@@ -25,6 +26,9 @@ use crate::store::{Change, StoreResult};
 
 /// The channel every node listens on.
 pub(super) const CHANNEL: &str = "longrun_changes";
+
+/// The entry that says a paused kind was resumed.
+pub(super) const RESUMED: &str = "r";
 
 /// PostgreSQL's limit on a payload is 8,000 bytes; entries are 33.
 const PAYLOAD_BYTES: usize = 7_000;
@@ -152,6 +156,10 @@ fn take_in(payload: &str, tag: &str, feed: &broadcast::Sender<Change>) -> bool {
     }
     let mut work = false;
     for entry in parts {
+        if entry == RESUMED {
+            work = true;
+            continue;
+        }
         let Some(letter) = entry.bytes().next() else {
             continue;
         };

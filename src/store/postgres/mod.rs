@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery tenants",
         include_str!("migrations/0003_delivery_tenants.sql"),
     ),
+    (
+        4,
+        "paused kinds",
+        include_str!("migrations/0004_queues.sql"),
+    ),
 ];
 
 /// How the PostgreSQL backend is set up.

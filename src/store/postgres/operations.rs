@@ -44,6 +44,7 @@ WITH RECURSIVE tenants(t) AS (
          ORDER BY due_us, id LIMIT $3
     ) c
     WHERE tenants.t IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM longrun_paused_kinds WHERE kind = $1)
     ORDER BY c.turn, c.due_us, c.id
     LIMIT $3
 )
@@ -241,6 +242,9 @@ impl OperationStore for PgStore {
         self.call(async {
             let mut claimed = Claimed::default();
             let mut short = Vec::new();
+            // A paused kind is skipped by CLAIM itself: the statement reads
+            // the pause as of its own start, so a claim that begins after a
+            // pause is stored never takes the kind, on any node.
             for (kind, n) in &request.wants {
                 if *n == 0 {
                     continue;
@@ -447,6 +451,46 @@ impl OperationStore for PgStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn set_paused(&self, kind: &str, paused: bool) -> StoreResult<()> {
+        self.call(async {
+            if paused {
+                sqlx::query(
+                    "INSERT INTO longrun_paused_kinds (kind) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(kind)
+                .execute(self.pool())
+                .await
+                .map_err(db)?;
+                return Ok(());
+            }
+            // Resumed: every node's claimer wakes for the kind's queue.
+            let payload = format!("{} {}", self.inner.tag, super::feed::RESUMED);
+            sqlx::query(
+                "WITH gone AS (DELETE FROM longrun_paused_kinds WHERE kind = $1)
+                 SELECT pg_notify($2, $3)",
+            )
+            .bind(kind)
+            .bind(super::feed::CHANNEL)
+            .bind(payload)
+            .execute(self.pool())
+            .await
+            .map_err(db)?;
+            self.inner.work.send_modify(|n| *n = n.wrapping_add(1));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn paused(&self) -> StoreResult<Vec<String>> {
+        self.call(async {
+            sqlx::query_scalar("SELECT kind FROM longrun_paused_kinds ORDER BY kind")
+                .fetch_all(self.pool())
+                .await
+                .map_err(db)
+        })
+        .await
     }
 
     async fn renew(

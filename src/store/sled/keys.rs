@@ -14,7 +14,8 @@
 //! - `q` due(8) delivery id: pending deliveries by due time;
 //! - `w` operation id, delivery id: deliveries by operation;
 //! - `s` number(4): a string of the table records refer to;
-//! - `m` name: a secret.
+//! - `m` name: a settled value;
+//! - `p` kind: a paused kind (empty value).
 //!
 //! Ids are 16-byte UUIDv7s, so key order is creation order; times are 8
 //! big-endian bytes of microseconds, so byte order is time order. An
@@ -36,6 +37,7 @@ pub(super) const LOW_WATER: &[u8] = b"l";
 pub(super) const DELIVERY: u8 = b'd';
 pub(super) const DUE: u8 = b'q';
 pub(super) const STRING: u8 = b's';
+pub(super) const PAUSED: u8 = b'p';
 
 /// A time as 8 big-endian bytes of microseconds.
 pub(super) fn time_key(time: SystemTime) -> [u8; 8] {
@@ -153,6 +155,11 @@ pub(super) fn string(number: u32) -> [u8; 5] {
 }
 
 /// A secret.
+/// A paused kind.
+pub(super) fn paused(kind: &str) -> Vec<u8> {
+    [&[PAUSED], kind.as_bytes()].concat()
+}
+
 pub(super) fn secret(name: &str) -> Vec<u8> {
     [b"m".as_slice(), name.as_bytes()].concat()
 }

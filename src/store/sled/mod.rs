@@ -128,6 +128,9 @@ struct Inner {
     claimed: Mutex<commit::Claimed>,
     recent: RwLock<recent::Recent>,
     ready: Mutex<Ready>,
+    /// The kinds paused now (as stored under `keys::paused`): claims skip
+    /// them.
+    paused: RwLock<std::collections::HashSet<String>>,
     /// Bumped when claimable work may have appeared.
     work: watch::Sender<u64>,
     feed: broadcast::Sender<Change>,
@@ -193,6 +196,11 @@ impl SledStore {
                 .map_err(|_| StoreError::Corrupt("string value".into()))?;
             strings.load(number, text);
         }
+        let mut paused = std::collections::HashSet::new();
+        for entry in tree.scan_prefix([keys::PAUSED]) {
+            let (key, _) = entry.map_err(backend)?;
+            paused.insert(String::from_utf8_lossy(&key[1..]).into_owned());
+        }
         let space = Space::new(dir.to_path_buf(), config.min_free_bytes);
         let health = match space.room(true) {
             Room::Plenty => Health::Writable,
@@ -207,6 +215,7 @@ impl SledStore {
                 claimed: Mutex::default(),
                 recent: RwLock::default(),
                 ready: Mutex::new(Ready::default()),
+                paused: RwLock::new(paused),
                 work: watch::channel(0).0,
                 feed: broadcast::channel(FEED_CAPACITY).0,
                 health: watch::channel(health).0,

@@ -303,7 +303,18 @@ impl SledStore {
             by: request.by.clone(),
         };
         let mut apply = lock(&self.inner.apply);
-        let ids = lock(&self.inner.ready).take(&request.wants, request.tenant.as_ref(), now);
+        // Read under the apply lock, which a pause takes too: a claim that
+        // runs after a pause returned never takes the kind.
+        let wants: Vec<(String, usize)> = {
+            let paused = self.inner.paused.read().unwrap_or_else(|e| e.into_inner());
+            request
+                .wants
+                .iter()
+                .filter(|(kind, _)| !paused.contains(kind))
+                .cloned()
+                .collect()
+        };
+        let ids = lock(&self.inner.ready).take(&wants, request.tenant.as_ref(), now);
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
         let recent = self.recent();
@@ -382,6 +393,43 @@ impl OperationStore for SledStore {
         tokio::task::spawn_blocking(move || store.claim_blocking(request, now))
             .await
             .map_err(backend)?
+    }
+
+    async fn set_paused(&self, kind: &str, paused: bool) -> StoreResult<()> {
+        let key = keys::paused(kind);
+        let store = self.clone();
+        let kind = kind.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let tree = &store.inner.tree;
+            if paused {
+                tree.insert(key, &[] as &[u8]).map_err(disk)?;
+            } else {
+                tree.remove(key).map_err(disk)?;
+            }
+            store.sync()?;
+            // Under the apply lock, as claims read it.
+            let _apply = lock(&store.inner.apply);
+            let mut set = store
+                .inner
+                .paused
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if paused {
+                set.insert(kind);
+            } else if set.remove(&kind) {
+                store.inner.work.send_modify(|n| *n += 1);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn paused(&self) -> StoreResult<Vec<String>> {
+        let paused = self.inner.paused.read().unwrap_or_else(|e| e.into_inner());
+        let mut kinds: Vec<String> = paused.iter().cloned().collect();
+        kinds.sort();
+        Ok(kinds)
     }
 
     fn queued_of_kind(&self, kind: &str) -> Option<u64> {
