@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "proto/longrun/v1/diagnostics.proto",
     "proto/longrun/v1/reports.proto",
     "proto/longrun/v1/notification.proto",
+    "proto/longrun/v1/run.proto",
     "proto/longrun/v1/workers.proto",
     "proto/longrun/v1/console.proto",
 ];

@@ -18,6 +18,7 @@ OUT = HERE / "gen"
 FILES = [
     "longrun/v1/workers.proto",
     "longrun/v1/notification.proto",
+    "longrun/v1/run.proto",
     "longrun/v1/metadata.proto",
     "google/longrunning/operations.proto",
     "google/rpc/status.proto",

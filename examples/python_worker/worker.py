@@ -25,8 +25,9 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 STUB = HERE / "gen" / "longrun" / "v1" / "workers_pb2.py"
-PROTO = HERE.parent.parent / "proto" / "longrun" / "v1" / "workers.proto"
-if not STUB.exists() or STUB.stat().st_mtime < PROTO.stat().st_mtime:
+PROTOS = HERE.parent.parent / "proto" / "longrun" / "v1"
+NEWEST = max(p.stat().st_mtime for p in PROTOS.glob("*.proto"))
+if not STUB.exists() or STUB.stat().st_mtime < NEWEST:
     import generate
 
     generate.generate()

@@ -172,6 +172,11 @@ fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::Notific
     )
 }
 
+/// The RunOptions for a `--priority` flag (none for the default).
+fn run_options(priority: i32) -> Option<longrun::pb::longrun::v1::RunOptions> {
+    (priority != 0).then_some(longrun::pb::longrun::v1::RunOptions { priority })
+}
+
 /// Runs a client command (anything but `serve`) and returns the process
 /// exit code (see [`exit`]).
 pub async fn run_client(command: Command) -> ExitCode {

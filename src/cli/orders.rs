@@ -54,6 +54,9 @@ pub enum OrdersCommand {
         /// POST the finished operation to this URL (a signed webhook).
         #[arg(long)]
         notify: Option<String>,
+        /// Higher starts first among the kind's queued operations (default 0).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
     },
 }
 
@@ -104,6 +107,7 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
             wait: block,
             request_id,
             notify,
+            priority,
         } => {
             let mut clients = connect(&client).await?;
             let mut input = tokio::fs::File::open(&file)
@@ -142,6 +146,11 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
                         },
                         notification: if first {
                             super::notification(notify.clone())
+                        } else {
+                            None
+                        },
+                        run: if first {
+                            super::run_options(priority)
                         } else {
                             None
                         },

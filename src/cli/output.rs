@@ -97,6 +97,9 @@ pub fn text(op: &Operation) -> String {
             )),
             None => {}
         }
+        if let Some(run) = m.run.as_ref().filter(|run| run.priority != 0) {
+            out.push_str(&format!("priority:  {}\n", run.priority));
+        }
         if !m.holder.is_empty() {
             out.push_str(&format!("runs on:   {}\n", m.holder));
         }

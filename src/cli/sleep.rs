@@ -34,6 +34,9 @@ pub struct SleepArgs {
     /// POST the finished operation to this URL (a signed webhook).
     #[arg(long)]
     notify: Option<String>,
+    /// Higher starts first among the kind's queued operations (default 0).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// Block until the operation is done.
     #[arg(long, conflicts_with = "watch")]
     wait: bool,
@@ -61,6 +64,7 @@ pub(super) async fn run(args: SleepArgs) -> anyhow::Result<ExitCode> {
             fail_attempts: args.fail_attempts,
             timeout: args.timeout.map(proto_duration),
             notification: super::notification(args.notify),
+            run: super::run_options(args.priority),
         })
         .await
         .map_err(|s| describe(&s))?

@@ -75,6 +75,9 @@ pub struct EnqueueArgs {
     /// An idempotency key (UUID).
     #[arg(long, default_value = "")]
     request_id: String,
+    /// Higher starts first among the kind's queued operations (default 0).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// Block until the operation is done.
     #[arg(long, conflicts_with = "watch")]
     wait: bool,
@@ -114,6 +117,7 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
                 value: text.encode_to_vec(),
             }),
             request_id: args.request_id.clone(),
+            run: super::run_options(args.priority),
             ..EnqueueRequest::default()
         })
         .await

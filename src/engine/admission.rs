@@ -38,6 +38,8 @@ pub struct SubmitOptions {
     /// request does not (an upload stored under a fresh name, say). By
     /// default the encoded request itself is used.
     pub fingerprint: Option<[u8; 32]>,
+    /// Higher starts first among the kind's queued operations.
+    pub priority: i32,
 }
 
 impl Engine {
@@ -124,6 +126,7 @@ impl Engine {
             inner.clock.now(),
         );
         op.notification = options.notification;
+        op.priority = options.priority;
         (op.expected_run, op.expected_start) =
             inner.expectations(&op.kind, registered.task.size(&op.request), op.create_time);
         let name = op.id.name();

@@ -50,6 +50,7 @@ impl DiagnosticsService {
                 .map(|t| convert::duration("timeout", t))
                 .transpose()?,
             notification: convert::notification(req.notification.as_ref())?,
+            priority: convert::priority(req.run.as_ref()),
             ..SubmitOptions::default()
         };
         let op = self.engine.submit::<SleepTask>(req, options).await?;

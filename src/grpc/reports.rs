@@ -61,6 +61,7 @@ impl ReportsService {
             if first {
                 options.request_id = convert::request_id(&message.request_id)?;
                 options.notification = convert::notification(message.notification.as_ref())?;
+                options.priority = convert::priority(message.run.as_ref());
                 first = false;
             }
             upload
@@ -102,6 +103,7 @@ impl ReportService for ReportsService {
                 tenant: caller.tenant.clone(),
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
+                priority: convert::priority(req.run.as_ref()),
                 ..SubmitOptions::default()
             };
             let op = self

@@ -148,6 +148,7 @@ impl Jobs for WorkersService {
                 tenant: caller.tenant.clone(),
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
+                priority: convert::priority(req.run.as_ref()),
                 timeout: req
                     .timeout
                     .as_ref()

@@ -161,6 +161,9 @@ pub struct Operation {
     /// Attempts stopped by a shutdown and run again: they do not count
     /// against `max_attempts`.
     pub stops: u32,
+    /// Higher starts first among the queued operations of its kind; 0 by
+    /// default. Fixed at the create.
+    pub priority: i32,
 }
 
 /// How many ended attempts an operation remembers.
@@ -261,6 +264,7 @@ impl Operation {
             lease: None,
             holder: None,
             stops: 0,
+            priority: 0,
         }
     }
 

@@ -119,6 +119,9 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         request_size_bytes: i64::try_from(op.request.value.len()).unwrap_or(i64::MAX),
         holder: op.holder.clone().unwrap_or_default(),
         stopped_attempts: i32::try_from(op.stops).unwrap_or(i32::MAX),
+        run: Some(api::RunOptions {
+            priority: op.priority,
+        }),
     }
 }
 
@@ -194,6 +197,11 @@ pub fn operation_id(field: &str, name: &str) -> Result<OperationId, FieldViolati
 /// Reads the optional request_id field.
 pub fn request_id(value: &str) -> Result<Option<RequestId>, FieldViolation> {
     RequestId::parse_optional(value).map_err(|e| FieldViolation::new("request_id", e.to_string()))
+}
+
+/// The priority a create request's RunOptions asks for (0 without any).
+pub fn priority(run: Option<&api::RunOptions>) -> i32 {
+    run.map_or(0, |run| run.priority)
 }
 
 /// The model's view of a create request's NotificationConfig. The URL

@@ -108,6 +108,8 @@ pub(crate) struct StoredOperation {
     holder: Option<String>,
     #[prost(uint32, tag = "35")]
     stops: u32,
+    #[prost(sint32, tag = "36")]
+    priority: i32,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -360,6 +362,7 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
         expected_start_after_us: op.expected_start.map(after),
         holder: op.holder.clone(),
         stops: op.stops,
+        priority: op.priority,
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -463,6 +466,7 @@ pub(crate) fn from_stored(
         expected_start: s.expected_start_after_us.map(|o| from_micros(created + o)),
         holder: s.holder,
         stops: s.stops,
+        priority: s.priority,
         notification: match s.notification {
             Some(n) => Some(Notification {
                 callback_url: n.callback_url,

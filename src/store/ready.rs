@@ -3,12 +3,15 @@
 //! the records stay the truth, and a claim still goes through
 //! `Operation::apply`, which refuses anything no longer queued.
 //!
-//! Work is kept per kind, and within a kind per tenant, oldest first.
-//! Taking work goes round the tenants that have some, one operation each
-//! turn, so one tenant's backlog never starves another's. Operations that
+//! Work is kept per kind, within a kind per priority (higher first), and
+//! within a priority per tenant, oldest first. Taking work empties the
+//! higher priorities first; within one it goes round the tenants that
+//! have some, one operation each turn, so one tenant's backlog never
+//! starves another's. Operations that
 //! wait out a retry backoff sit apart until they are due.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -30,18 +33,66 @@ struct Entry {
     tenant: Tenant,
     /// Set while it waits out a backoff.
     due: Option<SystemTime>,
+    priority: i32,
 }
 
-/// The ready work of one kind.
+/// The ready work of one kind, by priority, the highest first.
 #[derive(Default)]
 struct KindQueue {
+    levels: BTreeMap<Reverse<i32>, Level>,
+}
+
+impl KindQueue {
+    fn push(&mut self, priority: i32, tenant: &Tenant, id: OperationId) {
+        self.levels
+            .entry(Reverse(priority))
+            .or_default()
+            .push(tenant, id);
+    }
+
+    fn remove(&mut self, priority: i32, tenant: &Tenant, id: OperationId) {
+        if let Some(level) = self.levels.get_mut(&Reverse(priority)) {
+            level.remove(tenant, id);
+            if level.waiting.is_empty() {
+                self.levels.remove(&Reverse(priority));
+            }
+        }
+    }
+
+    /// Up to `n` operations, the highest priority first: of `tenant`
+    /// alone, or of every tenant in turn.
+    fn take(&mut self, tenant: Option<&Tenant>, n: usize, out: &mut Vec<OperationId>) {
+        let start = out.len();
+        let mut emptied = Vec::new();
+        for (priority, level) in &mut self.levels {
+            let left = n - (out.len() - start);
+            if left == 0 {
+                break;
+            }
+            match tenant {
+                Some(tenant) => level.take_of(tenant, left, out),
+                None => level.take(left, out),
+            }
+            if level.waiting.is_empty() {
+                emptied.push(*priority);
+            }
+        }
+        for priority in emptied {
+            self.levels.remove(&priority);
+        }
+    }
+}
+
+/// The ready work of one kind at one priority.
+#[derive(Default)]
+struct Level {
     /// Tenants with ready work, in the order they are served.
     turn: VecDeque<Tenant>,
     /// Each tenant's ready operations, oldest first (ids sort by creation).
     waiting: HashMap<Tenant, BTreeSet<OperationId>>,
 }
 
-impl KindQueue {
+impl Level {
     fn push(&mut self, tenant: &Tenant, id: OperationId) {
         let set = self.waiting.entry(tenant.clone()).or_default();
         if set.is_empty() {
@@ -65,10 +116,12 @@ impl KindQueue {
         let Some(set) = self.waiting.get_mut(tenant) else {
             return;
         };
-        while out.len() < n
+        let mut taken = 0;
+        while taken < n
             && let Some(id) = set.pop_first()
         {
             out.push(id);
+            taken += 1;
         }
         if set.is_empty() {
             self.waiting.remove(tenant);
@@ -116,7 +169,7 @@ impl Ready {
     /// is added (or moved), anything else is taken out.
     pub fn track(&mut self, op: &Operation) {
         if op.state == State::Queued {
-            self.queue(op.id, &op.kind, &op.tenant, op.not_before);
+            self.queue(op.id, &op.kind, &op.tenant, op.not_before, op.priority);
         } else {
             self.remove(op.id);
         }
@@ -133,7 +186,7 @@ impl Ready {
             }
             None => {
                 if let Some(queue) = self.kinds.get_mut(&entry.kind) {
-                    queue.remove(&entry.tenant, id);
+                    queue.remove(entry.priority, &entry.tenant, id);
                 }
             }
         }
@@ -152,9 +205,16 @@ impl Ready {
         }
     }
 
-    /// Puts a queued operation of `kind` and `tenant` in line: at once, or
-    /// when `due` comes.
-    pub fn queue(&mut self, id: OperationId, kind: &str, tenant: &Tenant, due: Option<SystemTime>) {
+    /// Puts a queued operation of `kind` and `tenant` in line at its
+    /// `priority`: at once, or when `due` comes.
+    pub fn queue(
+        &mut self,
+        id: OperationId,
+        kind: &str,
+        tenant: &Tenant,
+        due: Option<SystemTime>,
+        priority: i32,
+    ) {
         self.remove(id);
         let kind = match self.kinds.get_key_value(kind) {
             Some((kind, _)) => Arc::clone(kind),
@@ -164,12 +224,17 @@ impl Ready {
             kind: Arc::clone(&kind),
             tenant: tenant.clone(),
             due,
+            priority,
         };
         match due {
             Some(due) => {
                 self.delayed.insert((due, id));
             }
-            None => self.kinds.entry(kind).or_default().push(tenant, id),
+            None => self
+                .kinds
+                .entry(kind)
+                .or_default()
+                .push(priority, tenant, id),
         }
         *self.tenants.entry(tenant.clone()).or_insert(0) += 1;
         *self.per_kind.entry(Arc::clone(&entry.kind)).or_insert(0) += 1;
@@ -186,14 +251,18 @@ impl Ready {
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.due = None;
                 let (kind, tenant) = (Arc::clone(&entry.kind), entry.tenant.clone());
-                self.kinds.entry(kind).or_default().push(&tenant, id);
+                let priority = entry.priority;
+                self.kinds
+                    .entry(kind)
+                    .or_default()
+                    .push(priority, &tenant, id);
             }
         }
     }
 
     /// Takes up to the wanted number of due operations of each kind, and
-    /// forgets them: the caller claims them next. Within a kind, tenants
-    /// take turns.
+    /// forgets them: the caller claims them next. Within a kind, the
+    /// higher priorities go first, and within one, tenants take turns.
     pub fn take(
         &mut self,
         wants: &[(String, usize)],
@@ -205,14 +274,7 @@ impl Ready {
         for (kind, n) in wants {
             if let Some(queue) = self.kinds.get_mut(kind.as_str()) {
                 let from = out.len();
-                match tenant {
-                    Some(tenant) => {
-                        let mut mine = Vec::new();
-                        queue.take_of(tenant, *n, &mut mine);
-                        out.extend(mine);
-                    }
-                    None => queue.take(*n, &mut out),
-                }
+                queue.take(tenant, *n, &mut out);
                 for id in &out[from..] {
                     if let Some(entry) = self.entries.remove(id) {
                         self.uncount(&entry);

@@ -85,6 +85,11 @@ fn random_request(rng: &mut impl Rng) -> SleepRequest {
         },
         timeout: None,
         notification: None,
+        run: rng
+            .random_bool(0.3)
+            .then(|| longrun::pb::longrun::v1::RunOptions {
+                priority: rng.random_range(-2..3),
+            }),
     }
 }
 

@@ -251,3 +251,85 @@ async fn the_cli_pauses_lists_and_resumes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("kind"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_high_priority_starts_before_ten_thousand_older_ones() {
+    // One at a time, so that the first claim round takes exactly one.
+    let server = TestServer::start_with(crate::common::one_sleep_at_a_time).await;
+    let channel = server.channel().await;
+    QueuesClient::new(channel.clone())
+        .pause_queue(PauseQueueRequest {
+            kind: "sleep".into(),
+        })
+        .await
+        .unwrap();
+    let mut creators = Vec::new();
+    for _ in 0..10 {
+        let channel = channel.clone();
+        creators.push(tokio::spawn(async move {
+            let mut names = Vec::new();
+            for _ in 0..1_000 {
+                names.push(sleep_on(&channel).await.name);
+            }
+            names
+        }));
+    }
+    // Each creator's first is the oldest of its own; the oldest of those
+    // is the oldest of all.
+    let mut firsts = Vec::new();
+    for creator in creators {
+        let names = creator.await.unwrap();
+        assert_eq!(names.len(), 1_000);
+        firsts.push(names[0].clone());
+    }
+    let oldest = {
+        let mut ops = Vec::new();
+        for name in &firsts {
+            ops.push(get(&channel, name).await);
+        }
+        ops.into_iter()
+            .min_by_key(|op| {
+                crate::common::meta(op)
+                    .create_time
+                    .map(|t| (t.seconds, t.nanos))
+            })
+            .unwrap()
+    };
+
+    // Created over HTTP, with a "run" object.
+    let response = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(format!("http://{}/v1/diagnostics:sleep", server.addr))
+        .header("content-type", "application/json")
+        .body(r#"{"duration": "0s", "run": {"priority": 10}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let high: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(high["metadata"]["run"]["priority"], 10);
+    let high = high["name"].as_str().unwrap().to_owned();
+
+    QueuesClient::new(channel.clone())
+        .resume_queue(ResumeQueueRequest {
+            kind: "sleep".into(),
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&server, &high).await;
+    let started = |op: &Operation| {
+        crate::common::meta(op)
+            .start_time
+            .map(|t| (t.seconds, t.nanos))
+    };
+    let oldest = get(&channel, &oldest.name).await;
+    // The oldest low one, first in line without priorities, started after
+    // the high one (or not yet).
+    assert!(
+        started(&oldest).is_none_or(|t| Some(t) > started(&done)),
+        "the oldest low-priority operation started first"
+    );
+    server.stop().await;
+}

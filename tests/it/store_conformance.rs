@@ -1446,6 +1446,43 @@ pub async fn a_paused_kind_is_claimed_by_nobody_until_resumed(
     assert_eq!(claimed.operations[0].kind, "held");
 }
 
+pub async fn claims_take_the_higher_priority_first(s: Stores) {
+    let with = |priority: i32, tenant_name: &str, digest: u8| {
+        let mut op = of_tenant("p", Some(tenant_name), digest);
+        op.priority = priority;
+        op
+    };
+    let a_low = created(&s, with(0, "pa", 1)).await;
+    let b_low = created(&s, with(0, "pb", 2)).await;
+    let a_least = created(&s, with(-1, "pa", 3)).await;
+    let b_high = created(&s, with(5, "pb", 4)).await;
+    let a_high = created(&s, with(5, "pa", 5)).await;
+    // The highest first, the oldest of them first.
+    let first = s
+        .operations
+        .claim(&wants(&[("p", 1)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(first.operations[0].id, b_high.id);
+    assert_eq!(first.operations[0].priority, 5);
+    // Then the rest of that priority, then the default in tenants' turns,
+    // then below it. (Which ones a claim takes is the contract; the order
+    // within one claim's answer is not.)
+    let claim = async |n| -> HashSet<longrun::model::OperationId> {
+        s.operations
+            .claim(&wants(&[("p", n)]), SystemTime::now())
+            .await
+            .unwrap()
+            .operations
+            .into_iter()
+            .map(|op| op.id)
+            .collect()
+    };
+    assert_eq!(claim(1).await, HashSet::from([a_high.id]));
+    assert_eq!(claim(2).await, HashSet::from([a_low.id, b_low.id]));
+    assert_eq!(claim(5).await, HashSet::from([a_least.id]));
+}
+
 pub async fn a_claim_for_one_tenant_takes_only_its_work(s: Stores) {
     let mut of_a = Vec::new();
     for i in 0..3u8 {
@@ -1718,6 +1755,7 @@ macro_rules! conformance {
             case!(a_batch_commits_what_it_can_and_refuses_the_rest);
             case!(claims_take_work_by_kind_with_tenants_in_turn);
             case!(a_claim_for_one_tenant_takes_only_its_work);
+            case!(claims_take_the_higher_priority_first);
             case!(claims_wait_for_retries_to_come_due);
             case!(a_leased_claim_records_and_drops_its_lease);
             case!(claims_and_cancels_leave_the_queue_consistent);

@@ -83,6 +83,7 @@ pub(super) async fn run(common: Common, count: u64, months: u8, seed: u64) -> an
                 csv_chunk: chunk,
                 request_id: String::new(),
                 notification: None,
+                run: None,
             };
             if tx.send(message).await.is_err() {
                 return Ok(());
@@ -199,6 +200,7 @@ async fn render(
             format: format as i32,
             request_id: String::new(),
             notification: None,
+            run: None,
         })
         .await?
         .into_inner();

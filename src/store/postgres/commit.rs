@@ -249,12 +249,12 @@ pub(super) async fn save_new(
         " RETURNING 1
          ), new_deliveries AS (
             INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
-             SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::int8[], $16::bytea[], $19::text[])
+             SELECT * FROM unnest($14::uuid[], $15::uuid[], $16::int8[], $17::bytea[], $20::text[])
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM new_operations) AS operations,
                 (SELECT count(*) FROM new_deliveries) AS deliveries,
-                (SELECT count(pg_notify($17, p)) FROM unnest($18::text[]) AS p) AS notes",
+                (SELECT count(pg_notify($18, p)) FROM unnest($19::text[]) AS p) AS notes",
     ));
     let query = columns
         .bind_all(query)
@@ -331,16 +331,16 @@ fn queued_tenants(created: &[&Operation]) -> Vec<Tenant> {
         .collect()
 }
 
-/// Inserts operations from the twelve column arrays [`Columns::bind_all`]
-/// binds as $1..$12 (a macro, so that statements can `concat!` it).
+/// Inserts operations from the thirteen column arrays [`Columns::bind_all`]
+/// binds as $1..$13 (a macro, so that statements can `concat!` it).
 macro_rules! insert_operations {
     () => {
         "INSERT INTO longrun_operations
            (id, tenant, kind, request_id, state, due_us, ended_us,
-            lease_holder, lease_expires_us, attempt, version, record)
+            lease_holder, lease_expires_us, attempt, version, record, priority)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
             $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
-            $10::int4[], $11::int8[], $12::bytea[])"
+            $10::int4[], $11::int8[], $12::bytea[], $13::int4[])"
     };
 }
 use insert_operations;
@@ -359,6 +359,8 @@ struct Columns {
     attempt: Vec<i32>,
     version: Vec<i64>,
     record: Vec<Vec<u8>>,
+    /// Fixed at the insert: no update moves it.
+    priority: Vec<i32>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -373,6 +375,7 @@ impl Columns {
                 .bind(&self.kind)
                 .bind(&self.request_id),
         )
+        .bind(&self.priority)
     }
 
     /// Binds the columns a change may move, state to record, in that order.
@@ -403,6 +406,7 @@ impl Columns {
             attempt: Vec::with_capacity(n),
             version: Vec::with_capacity(n),
             record: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
         };
         for op in ops {
             c.id.push(uuid_of(&op.id));
@@ -420,6 +424,7 @@ impl Columns {
             c.attempt.push(op.attempt.get() as i32);
             c.version.push(op.version as i64);
             c.record.push(encode(op, &mut Inline));
+            c.priority.push(op.priority);
         }
         c
     }

@@ -73,6 +73,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "paused kinds",
         include_str!("migrations/0004_queues.sql"),
     ),
+    (5, "priority", include_str!("migrations/0005_priority.sql")),
 ];
 
 /// How the PostgreSQL backend is set up.

@@ -20,9 +20,10 @@ use crate::store::{
 /// How many times a batch is tried again after losing a request_id race.
 const RACE_RETRIES: usize = 3;
 
-/// The queued, due operations of one kind, up to `$3`, the tenants taking
-/// turns: the first of every tenant, then the second of every tenant, and
-/// so on, each tenant's oldest first. The tenants are found by skipping
+/// The queued, due operations of one kind, up to `$3`, the higher
+/// priorities first and within one the tenants taking turns: the first of
+/// every tenant, then the second of every tenant, and so on, each
+/// tenant's oldest first. The tenants are found by skipping
 /// through the queue index rather than reading all of it; rows another
 /// node is claiming are skipped.
 const CLAIM: &str = "
@@ -38,14 +39,15 @@ WITH RECURSIVE tenants(t) AS (
       FROM tenants WHERE tenants.t IS NOT NULL
 ), picks AS (
     SELECT c.id FROM tenants CROSS JOIN LATERAL (
-        SELECT id, due_us, row_number() OVER (ORDER BY due_us, id) AS turn
+        SELECT id, priority, due_us,
+               row_number() OVER (PARTITION BY priority ORDER BY due_us, id) AS turn
           FROM longrun_operations
          WHERE state = 1 AND kind = $1 AND tenant = tenants.t AND due_us <= $2
-         ORDER BY due_us, id LIMIT $3
+         ORDER BY priority DESC, due_us, id LIMIT $3
     ) c
     WHERE tenants.t IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM longrun_paused_kinds WHERE kind = $1)
-    ORDER BY c.turn, c.due_us, c.id
+    ORDER BY c.priority DESC, c.turn, c.due_us, c.id
     LIMIT $3
 )
 SELECT o.id, o.record, o.lease_holder, o.lease_expires_us

@@ -52,6 +52,7 @@ pub(super) struct Queued {
     pub(super) kind: String,
     pub(super) tenant: crate::model::Tenant,
     pub(super) due: Option<SystemTime>,
+    pub(super) priority: i32,
 }
 
 impl Moved {
@@ -62,6 +63,7 @@ impl Moved {
                 kind: op.kind.clone(),
                 tenant: op.tenant.clone(),
                 due: op.not_before,
+                priority: op.priority,
             })
         } else {
             Moved::Left(op.id)

@@ -128,7 +128,7 @@ impl SledStore {
             match moved {
                 Moved::Queued(op) => {
                     queued = true;
-                    ready.queue(op.id, &op.kind, &op.tenant, op.due);
+                    ready.queue(op.id, &op.kind, &op.tenant, op.due, op.priority);
                 }
                 Moved::Left(id) => ready.remove(id),
             }
