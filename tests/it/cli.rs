@@ -7,7 +7,7 @@ use tokio::io::AsyncBufReadExt as _;
 use crate::common::*;
 
 /// Runs the binary with `args` against `server`, off the async runtime.
-async fn longrun(server: &TestServer, args: &[&str]) -> Output {
+pub(crate) async fn longrun(server: &TestServer, args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let url = server.url();
     tokio::task::spawn_blocking(move || {

@@ -47,27 +47,13 @@ async fn get(channel: &Channel, name: &str) -> Operation {
 
 /// Waits until `name`, read through `channel`, is done.
 async fn done_on(channel: &Channel, name: &str) -> Operation {
-    let mut ops = OperationsClient::new(channel.clone());
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let op = ops
-                .wait_operation(longrun::pb::google::longrunning::WaitOperationRequest {
-                    name: name.into(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 10,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if op.done {
-                return op;
-            }
-        }
-    })
-    .await
-    .expect("done in time")
+    let mut ops = OperationsClient::new(tonic::service::interceptor::InterceptedService::new(
+        channel.clone(),
+        crate::common::Bearer(None),
+    ));
+    tokio::time::timeout(PATIENCE, crate::common::wait_done_on(&mut ops, name))
+        .await
+        .expect("done in time")
 }
 
 /// Runs an operation of another kind (an empty month's report) to its end
@@ -214,39 +200,24 @@ async fn a_pause_on_one_node_holds_on_every_node() {
     assert_eq!(state(&done), State::Succeeded);
 }
 
-/// Runs the CLI against `server`.
-async fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let url = server.url();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(&args)
-            .env("LONGRUN_SERVER", url)
-            .output()
-            .expect("run longrun")
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn the_cli_pauses_lists_and_resumes() {
     let server = TestServer::start().await;
-    let out = cli(&server, &["queue", "pause", "sleep"]).await;
+    let out = crate::cli::longrun(&server, &["queue", "pause", "sleep"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
-    let out = cli(&server, &["queue", "list"]).await;
+    let out = crate::cli::longrun(&server, &["queue", "list"]).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let row = text
         .lines()
         .find(|l| l.starts_with(SLEEP))
         .unwrap_or_else(|| panic!("no Sleep row in:\n{text}"));
     assert!(row.ends_with("paused"), "{row}");
-    let out = cli(&server, &["queue", "resume", "sleep", "--output", "json"]).await;
+    let out = crate::cli::longrun(&server, &["queue", "resume", "sleep", "--output", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["kind"], SLEEP);
     assert_eq!(json.get("paused"), None, "false is left out: {json}");
-    let out = cli(&server, &["queue", "pause", "nothing"]).await;
+    let out = crate::cli::longrun(&server, &["queue", "pause", "nothing"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("kind"));
     server.stop().await;
