@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::Backlog;
+use crate::model::{Backlog, State};
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -95,6 +95,7 @@ pub struct Metrics {
     retries: Family<KindLabel, Counter>,
     depth: Family<StateLabels, Gauge>,
     oldest: Family<KindLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    paused: Family<KindLabel, Gauge>,
     queue_wait: Histograms<KindLabel>,
     run_time: Histograms<KindLabel>,
     watches: Gauge<i64, AtomicI64>,
@@ -127,6 +128,7 @@ impl Metrics {
         let retries = Family::default();
         let depth = Family::default();
         let oldest = Family::default();
+        let paused = Family::default();
         let queue_wait: Histograms<KindLabel> = Family::new_with_constructor(seconds);
         let run_time: Histograms<KindLabel> = Family::new_with_constructor(seconds);
         let watches = Gauge::default();
@@ -157,13 +159,18 @@ impl Metrics {
         );
         registry.register(
             "queue_depth",
-            "Unfinished operations in the store, by kind and state (queued, running, cancelling)",
+            "Unfinished operations in the store, by kind and state (QUEUED, RUNNING, CANCELLING)",
             depth.clone(),
         );
         registry.register(
             "queue_oldest_age_seconds",
             "Age of the oldest queued operation, by kind",
             oldest.clone(),
+        );
+        registry.register(
+            "queue_paused",
+            "1 for each kind whose queue is paused (its operations wait)",
+            paused.clone(),
         );
         registry.register(
             "queue_wait_seconds",
@@ -214,6 +221,7 @@ impl Metrics {
             retries,
             depth,
             oldest,
+            paused,
             queue_wait,
             run_time,
             watches,
@@ -348,9 +356,13 @@ impl Metrics {
     }
 
     /// Replaces the queue gauges with what the store counts now.
-    pub fn set_backlog(&self, backlog: &[Backlog], now: SystemTime) {
+    pub fn set_backlog(&self, backlog: &[Backlog], paused: &[String], now: SystemTime) {
         self.depth.clear();
         self.oldest.clear();
+        self.paused.clear();
+        for kind in paused {
+            self.paused.get_or_create(&Self::kind(kind)).set(1);
+        }
         for entry in backlog {
             self.depth
                 .get_or_create(&StateLabels {
@@ -358,7 +370,7 @@ impl Metrics {
                     state: entry.state.to_owned(),
                 })
                 .set(i64::try_from(entry.count).unwrap_or(i64::MAX));
-            if entry.state == "queued"
+            if entry.state == State::Queued.as_str()
                 && let Some(oldest) = entry.oldest
             {
                 let age = now.duration_since(oldest).unwrap_or_default();
@@ -422,14 +434,18 @@ mod tests {
         let now = SystemTime::now();
         let entry = |kind: &str, count| Backlog {
             kind: kind.into(),
-            state: "queued",
+            state: "QUEUED",
             count,
             oldest: Some(now - Duration::from_secs(5)),
         };
-        metrics.set_backlog(&[entry("a", 3), entry("b", 1)], now);
-        metrics.set_backlog(&[entry("a", 2)], now);
+        metrics.set_backlog(&[entry("a", 3), entry("b", 1)], &["b".into()], now);
+        metrics.set_backlog(&[entry("a", 2)], &["a".into()], now);
         let text = metrics.render();
-        assert!(text.contains("longrun_queue_depth{kind=\"a\",state=\"queued\"} 2"));
+        assert!(text.contains("longrun_queue_depth{kind=\"a\",state=\"QUEUED\"} 2"));
+        assert!(
+            text.contains("longrun_queue_paused{kind=\"a\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("kind=\"b\""), "{text}");
         assert!(text.contains("longrun_queue_oldest_age_seconds{kind=\"a\"} 5"));
     }

@@ -582,14 +582,12 @@ impl Engine {
         &self.inner.config.metrics
     }
 
-    /// What is unfinished in the store, by kind and state, for a metrics
-    /// scrape.
-    pub async fn backlog(&self) -> Result<Vec<Backlog>, EngineError> {
-        self.inner
-            .ops
-            .backlog(None)
-            .await
-            .map_err(EngineError::from)
+    /// What is unfinished in the store, by kind and state, and the kinds
+    /// paused now, for a metrics scrape.
+    pub async fn backlog(&self) -> Result<(Vec<Backlog>, Vec<String>), EngineError> {
+        let backlog = self.inner.ops.backlog(None).await?;
+        let paused = self.inner.ops.paused().await?;
+        Ok((backlog, paused))
     }
 
     /// How many operations have at least one watcher.

@@ -34,7 +34,7 @@ pub async fn serve(listener: TcpListener, engine: Engine, stop: CancellationToke
 async fn scrape(State(engine): State<Engine>) -> Response {
     let metrics = engine.metrics();
     match engine.backlog().await {
-        Ok(backlog) => metrics.set_backlog(&backlog, SystemTime::now()),
+        Ok((backlog, paused)) => metrics.set_backlog(&backlog, &paused, SystemTime::now()),
         // The rest is still worth a scrape; the queue gauges keep their
         // last values.
         Err(e) => warn!(error = %e, "could not count the backlog for metrics"),

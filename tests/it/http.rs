@@ -963,6 +963,20 @@ async fn metrics_count_known_work() {
         "{text}"
     );
     http.post(&format!("{long}:cancel"), json!({})).await;
+
+    // A paused queue says so, and its waiting work shows its age.
+    http.post("/v1/queues/sleep:pause", json!({})).await;
+    http.create("/v1/diagnostics:sleep", json!({"duration": "0s"}))
+        .await;
+    let text = metrics_when(&server, |text| {
+        text.contains("longrun_queue_oldest_age_seconds{kind=\"longrun.v1.Diagnostics.Sleep\"}")
+    })
+    .await;
+    assert_eq!(
+        sample(&text, &format!("longrun_queue_paused{{{sleep}}}")),
+        Some(1.0),
+        "{text}"
+    );
     server.stop().await;
 }
 
