@@ -1,6 +1,7 @@
 //! What a console shows about the queues: per kind, what waits and runs,
-//! the limit, the oldest waiting, and how many finished in each of the
-//! last minutes. (Its live list follows `changes`.)
+//! the limit, the oldest waiting, whether it is paused, and how many
+//! finished in each of the last minutes (its live list follows
+//! `changes`); and an admin's pause and resume of a queue.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -16,7 +16,8 @@
 //! - `retention`: the sweeper of expired operations;
 //! - `feed`: follows the store's change feed into the watch hub;
 //! - `changes`: the change log that change streams resume from;
-//! - `activity`: per-kind queues and recent finishes, for consoles;
+//! - `activity`: per-kind queues and recent finishes, for consoles, and
+//!   pausing and resuming a queue;
 //! - `task`: the [`Task`] trait for operation kinds, and the registry;
 //! - `watch`: the hub that Wait and Watch follow;
 //! - `quota`: what each tenant may use; `clock`: the time source;
