@@ -9,6 +9,10 @@
 //! before the target is looked at, so the refusal says nothing about
 //! whether the target exists.
 
+// The http crate's request and response types: named apart from this
+// crate's HTTP/JSON face (`src/http/`), which sits above this layer.
+use ::http as http_crate;
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -140,7 +144,7 @@ pub fn created_name(
 }
 
 /// The subject CN of the verified client certificate, if one was shown.
-fn client_cn<B>(request: &http::Request<B>) -> Option<String> {
+fn client_cn<B>(request: &http_crate::Request<B>) -> Option<String> {
     let info = request
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()?;
@@ -153,8 +157,8 @@ fn client_cn<B>(request: &http::Request<B>) -> Option<String> {
 
 /// The token of an `authorization: Bearer` header. A header that is there
 /// but malformed counts as a wrong token, not a missing one.
-fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, AuthError> {
-    let Some(value) = request.headers().get(http::header::AUTHORIZATION) else {
+fn bearer<B>(request: &http_crate::Request<B>) -> Result<Option<&str>, AuthError> {
+    let Some(value) = request.headers().get(http_crate::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let text = value.to_str().map_err(|_| AuthError::UnknownToken)?;
@@ -178,7 +182,7 @@ struct Refusal {
 /// status to answer with.
 pub(crate) fn admit_as<B>(
     auth: &Authenticator,
-    request: &http::Request<B>,
+    request: &http_crate::Request<B>,
     needed: Role,
 ) -> Result<Arc<Principal>, Status> {
     admit(auth, request, needed).map_err(|r| r.status)
@@ -187,7 +191,7 @@ pub(crate) fn admit_as<B>(
 /// Decides whether a call may go on, and as whom.
 fn admit<B>(
     auth: &Authenticator,
-    request: &http::Request<B>,
+    request: &http_crate::Request<B>,
     needed: Role,
 ) -> Result<Arc<Principal>, Refusal> {
     let anonymous = |e: AuthError| Refusal {
@@ -250,11 +254,11 @@ pub struct AuthService<S> {
     auth: Arc<Authenticator>,
 }
 
-impl<S, B> Service<http::Request<B>> for AuthService<S>
+impl<S, B> Service<http_crate::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S: Service<http_crate::Request<B>, Response = http_crate::Response<Body>>,
 {
-    type Response = http::Response<Body>;
+    type Response = http_crate::Response<Body>;
     type Error = S::Error;
     type Future = Either<S::Future, Ready<Result<Self::Response, Self::Error>>>;
 
@@ -262,11 +266,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http_crate::Request<B>) -> Self::Future {
         let path = request.uri().path();
         let grpc = request
             .headers()
-            .get(http::header::CONTENT_TYPE)
+            .get(http_crate::header::CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
         if !grpc {
             // An HTTP client: the HTTP face, the dashboard and the probes
@@ -276,7 +280,7 @@ where
                 return Either::Left(self.inner.call(request));
             }
             let (parts, body) = not_found(path).into_parts();
-            return Either::Right(ready(Ok(http::Response::from_parts(
+            return Either::Right(ready(Ok(http_crate::Response::from_parts(
                 parts,
                 Body::new(body),
             ))));
@@ -339,7 +343,7 @@ mod tests {
     #[test]
     fn bearer_headers_are_read_strictly() {
         let request = |value: &str| {
-            http::Request::builder()
+            http_crate::Request::builder()
                 .header("authorization", value)
                 .body(())
                 .unwrap()
@@ -348,6 +352,6 @@ mod tests {
         assert_eq!(bearer(&request("bearer abc")), Ok(Some("abc")));
         assert_eq!(bearer(&request("Basic abc")), Err(AuthError::UnknownToken));
         assert_eq!(bearer(&request("Bearer ")), Err(AuthError::UnknownToken));
-        assert_eq!(bearer(&http::Request::new(())), Ok(None));
+        assert_eq!(bearer(&http_crate::Request::new(())), Ok(None));
     }
 }

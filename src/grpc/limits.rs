@@ -5,6 +5,10 @@
 //! message. This response mapper, applied to every route, rewrites that
 //! status in place.
 
+// The http crate's request and response types: named apart from this
+// crate's HTTP/JSON face (`src/http/`), which sits above this layer.
+use ::http as http_crate;
+
 use tonic::Status;
 use tonic::body::Body;
 
@@ -15,7 +19,9 @@ const TOO_LARGE: &str = "message length too large";
 /// Rewrites tonic's "message too large" status as INVALID_ARGUMENT with an
 /// ErrorInfo (reason MESSAGE_TOO_LARGE) and a BadRequest; leaves every
 /// other response alone.
-pub fn explain_limit_errors(mut response: http::Response<Body>) -> http::Response<Body> {
+pub fn explain_limit_errors(
+    mut response: http_crate::Response<Body>,
+) -> http_crate::Response<Body> {
     let is_out_of_range = response
         .headers()
         .get("grpc-status")

@@ -3,12 +3,16 @@
 //! failed at once, otherwise in the trailers at the end of the body.
 //! Requests that are not gRPC (the HTTP/JSON face counts its own) pass by.
 
+// The http crate's request and response types: named apart from this
+// crate's HTTP/JSON face (`src/http/`), which sits above this layer.
+use ::http as http_crate;
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::HeaderMap;
 use http_body_util::BodyExt;
+use http_crate::HeaderMap;
 use tonic::Code;
 use tonic::body::Body;
 use tower::{Layer, Service};
@@ -53,12 +57,12 @@ fn code_in(headers: &HeaderMap) -> Option<&'static str> {
     Some(http_status(Code::from_i32(value.parse().ok()?)).1)
 }
 
-impl<S, B> Service<http::Request<B>> for Metered<S>
+impl<S, B> Service<http_crate::Request<B>> for Metered<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S: Service<http_crate::Request<B>, Response = http_crate::Response<Body>>,
     S::Future: Send + 'static,
 {
-    type Response = http::Response<Body>;
+    type Response = http_crate::Response<Body>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -66,10 +70,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http_crate::Request<B>) -> Self::Future {
         let grpc = request
             .headers()
-            .get(http::header::CONTENT_TYPE)
+            .get(http_crate::header::CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
         let method = grpc.then(|| request.uri().path().to_owned());
         let metrics = Arc::clone(&self.metrics);
@@ -93,7 +97,7 @@ where
                 }
                 frame
             });
-            Ok(http::Response::from_parts(parts, Body::new(body)))
+            Ok(http_crate::Response::from_parts(parts, Body::new(body)))
         })
     }
 }

@@ -4,7 +4,8 @@
 //! the report domain, and converts the answer back. `status` builds every
 //! status (and the HTTP status and JSON body a status becomes); `auth` is
 //! the door every call passes; `metered` counts calls. The HTTP/JSON face
-//! above this layer is [`crate::http`].
+//! above this layer (`src/http/`) calls these services; nothing here
+//! calls it.
 
 pub mod auth;
 pub mod console;

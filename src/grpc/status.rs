@@ -9,9 +9,13 @@
 //! HTTP/JSON face alike: [`http_status`] is the one gRPC-code-to-HTTP table,
 //! and [`error_json`] the JSON error body (AIP-193) a status becomes.
 
+// The http crate's request and response types: named apart from this
+// crate's HTTP/JSON face (`src/http/`), which sits above this layer.
+use ::http as http_crate;
+
 use std::time::Duration;
 
-use http::{HeaderValue, StatusCode, header};
+use http_crate::{HeaderValue, StatusCode, header};
 use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -33,7 +37,7 @@ pub fn no_route(message: impl Into<String>) -> Status {
 }
 
 /// 404, and why, for an HTTP request of a path nothing serves over HTTP.
-pub fn not_found(path: &str) -> http::Response<String> {
+pub fn not_found(path: &str) -> http_crate::Response<String> {
     http_error(&no_route(format!("nothing is served at {path}")), None)
 }
 
@@ -260,9 +264,9 @@ pub fn error_json(status: &Status, http: StatusCode) -> serde_json::Value {
 /// A status as a whole HTTP answer: Google's JSON error body under `http`
 /// (its mapped status unless the caller has a more exact one), with
 /// `Retry-After` when the status says when to retry.
-pub fn http_error(status: &Status, http: Option<StatusCode>) -> http::Response<String> {
+pub fn http_error(status: &Status, http: Option<StatusCode>) -> http_crate::Response<String> {
     let http = http.unwrap_or(http_status(status.code()).0);
-    let mut response = http::Response::new(error_json(status, http).to_string());
+    let mut response = http_crate::Response::new(error_json(status, http).to_string());
     *response.status_mut() = http;
     let headers = response.headers_mut();
     headers.insert(
