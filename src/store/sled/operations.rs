@@ -304,15 +304,20 @@ impl SledStore {
         };
         let mut apply = lock(&self.inner.apply);
         // Read under the apply lock, which a pause takes too: a claim that
-        // runs after a pause returned never takes the kind.
-        let wants: Vec<(String, usize)> = {
+        // runs after a pause returned never takes the kind. With nothing
+        // paused (the usual case) the request is used as it is.
+        let wants: std::borrow::Cow<'_, [(String, usize)]> = {
             let paused = self.inner.paused.read().unwrap_or_else(|e| e.into_inner());
-            request
-                .wants
-                .iter()
-                .filter(|(kind, _)| !paused.contains(kind))
-                .cloned()
-                .collect()
+            if paused.is_empty() {
+                std::borrow::Cow::Borrowed(&request.wants)
+            } else {
+                request
+                    .wants
+                    .iter()
+                    .filter(|(kind, _)| !paused.contains(kind))
+                    .cloned()
+                    .collect()
+            }
         };
         let ids = lock(&self.inner.ready).take(&wants, request.tenant.as_ref(), now);
         let mut claimed = lock(&self.inner.claimed);
