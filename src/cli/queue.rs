@@ -65,32 +65,25 @@ pub async fn run(command: QueueCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        QueueCommand::Pause { client, kind } => {
-            let mut clients = connect(&client).await?;
-            let queue = clients
-                .queues
-                .pause_queue(PauseQueueRequest { kind })
-                .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            match client.output {
-                Output::Json => println!("{}", json(&queue)),
-                Output::Text => println!("{} paused: its operations wait", queue.kind),
-            }
-        }
-        QueueCommand::Resume { client, kind } => {
-            let mut clients = connect(&client).await?;
-            let queue = clients
-                .queues
-                .resume_queue(ResumeQueueRequest { kind })
-                .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            match client.output {
-                Output::Json => println!("{}", json(&queue)),
-                Output::Text => println!("{} resumed", queue.kind),
-            }
-        }
+        QueueCommand::Pause { client, kind } => set(&client, kind, true).await?,
+        QueueCommand::Resume { client, kind } => set(&client, kind, false).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pauses or resumes `kind`'s queue and says what it is now.
+async fn set(client: &ClientArgs, kind: String, paused: bool) -> anyhow::Result<()> {
+    let mut queues = connect(client).await?.queues;
+    let answer = if paused {
+        queues.pause_queue(PauseQueueRequest { kind }).await
+    } else {
+        queues.resume_queue(ResumeQueueRequest { kind }).await
+    };
+    let queue = answer.map_err(|s| describe(&s))?.into_inner();
+    match client.output {
+        Output::Json => println!("{}", json(&queue)),
+        Output::Text if queue.paused => println!("{} paused: its operations wait", queue.kind),
+        Output::Text => println!("{} resumed", queue.kind),
+    }
+    Ok(())
 }
