@@ -103,6 +103,13 @@ fn new_op(kind: &str, request_id: Option<RequestId>, digest: u8) -> Operation {
     )
 }
 
+/// A time as whole microseconds since the epoch, the precision stores keep.
+fn micros(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
 fn ok() -> Outcome {
     Outcome::Response(Payload {
         type_url: "type.googleapis.com/test.Response".into(),
@@ -741,11 +748,6 @@ pub async fn saved_deliveries_move_through_the_due_index(s: Stores) {
     assert_eq!(due_then.len(), 1);
     assert_eq!(due_then[0].attempts, 1);
     let next = s.outbox.next_delivery_due().await.unwrap().unwrap();
-    let micros = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    };
     assert_eq!(micros(next), micros(later));
 
     // Delivered: due never again, still listed.
@@ -896,16 +898,7 @@ pub async fn leases_are_renewed_by_their_holder_and_lapse(s: Stores) {
     let op = created(&s, new_op("k", None, 1)).await;
     let other = created(&s, new_op("k", None, 2)).await;
     let now = SystemTime::now();
-    let lease = Lease {
-        holder: "node-a".into(),
-        expires: longrun::model::to_micros_precision(now + Duration::from_secs(30)),
-    };
-    let request = ClaimRequest {
-        wants: vec![("k".into(), 2)],
-        lease: Some(lease),
-        tenant: None,
-        by: Some("node-a".into()),
-    };
+    let (_, request) = leased_by_node_a(2, now);
     let claimed = s.operations.claim(&request, now).await.unwrap();
     assert_eq!(claimed.operations.len(), 2);
     let held: Vec<_> = claimed
@@ -947,11 +940,6 @@ pub async fn leases_are_renewed_by_their_holder_and_lapse(s: Stores) {
         .unwrap();
     assert_eq!(renewed, vec![held[0].0]);
     let stored = s.operations.get(held[0].0).await.unwrap().unwrap();
-    let micros = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    };
     assert_eq!(stored.lease.map(|l| micros(l.expires)), Some(micros(until)));
 
     // Before the first lease runs out nothing has lapsed; after it, the
@@ -1577,11 +1565,6 @@ pub async fn claims_wait_for_retries_to_come_due(s: Stores) {
     let early = s.operations.claim(&wants(&[("k", 5)]), now).await.unwrap();
     assert!(early.operations.is_empty());
     let due = early.next_due.expect("a retry is waiting");
-    let micros = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    };
     assert_eq!(micros(due), micros(at));
     // Queued all along, and counted as such.
     assert_eq!(s.operations.queued(&Tenant::default_tenant()).total, 1);
@@ -1595,19 +1578,26 @@ pub async fn claims_wait_for_retries_to_come_due(s: Stores) {
     assert_eq!(later.operations[0].attempt.get(), 2);
 }
 
-pub async fn a_leased_claim_records_and_drops_its_lease(s: Stores) {
-    let op = created(&s, new_op("k", None, 1)).await;
-    let now = SystemTime::now();
+/// A claim of up to `n` operations of kind "k" by node-a, under a lease
+/// of 30 s from `now`, and that lease.
+fn leased_by_node_a(n: usize, now: SystemTime) -> (Lease, ClaimRequest) {
     let lease = Lease {
         holder: "node-a".into(),
         expires: longrun::model::to_micros_precision(now + Duration::from_secs(30)),
     };
     let request = ClaimRequest {
-        wants: vec![("k".into(), 1)],
+        wants: vec![("k".into(), n)],
         lease: Some(lease.clone()),
         tenant: None,
         by: Some("node-a".into()),
     };
+    (lease, request)
+}
+
+pub async fn a_leased_claim_records_and_drops_its_lease(s: Stores) {
+    let op = created(&s, new_op("k", None, 1)).await;
+    let now = SystemTime::now();
+    let (lease, request) = leased_by_node_a(1, now);
     let claimed = s.operations.claim(&request, now).await.unwrap();
     assert_eq!(claimed.operations[0].lease, Some(lease.clone()));
     assert_eq!(claimed.operations[0].holder.as_deref(), Some("node-a"));
