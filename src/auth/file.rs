@@ -21,6 +21,7 @@
 //!
 //! [tenant.acme]
 //! webhook_secrets = ["whsec_..."]    # the current one first
+//! weight = 3                         # three starts per turn (default 1)
 //! ```
 //!
 //! Parsing checks everything a typo could break (unknown keys, bad hex,
@@ -54,6 +55,9 @@ struct RawPrincipal {
 struct RawTenant {
     #[serde(default)]
     webhook_secrets: Vec<String>,
+    /// Its share of a kind's starts when tenants take turns (1 to 1000).
+    #[serde(default)]
+    weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,7 +81,12 @@ pub(crate) struct Entry {
 pub struct AuthFile {
     pub(crate) entries: Vec<Entry>,
     pub(crate) webhook_secrets: HashMap<Tenant, Vec<Secret>>,
+    /// The tenants whose weight is not 1.
+    pub(crate) weights: std::sync::Arc<HashMap<Tenant, u32>>,
 }
+
+/// The largest weight a tenant may have.
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// Why an auth file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,9 +154,21 @@ impl AuthFile {
             });
         }
         let mut webhook_secrets = HashMap::new();
+        let mut weights = HashMap::new();
         for (tenant, settings) in raw.tenant {
             let named = Tenant::named(&tenant)
                 .map_err(|e| AuthFileError(format!("[tenant.{tenant}]: {e}")))?;
+            match settings.weight {
+                None | Some(1) => {}
+                Some(w @ 2..=MAX_WEIGHT) => {
+                    weights.insert(named.clone(), w);
+                }
+                Some(w) => {
+                    return Err(AuthFileError(format!(
+                        "[tenant.{tenant}] weight: {w} is not from 1 to {MAX_WEIGHT}"
+                    )));
+                }
+            }
             if settings.webhook_secrets.is_empty() {
                 continue;
             }
@@ -162,6 +183,7 @@ impl AuthFile {
         Ok(Self {
             entries,
             webhook_secrets,
+            weights: std::sync::Arc::new(weights),
         })
     }
 

@@ -12,6 +12,7 @@
 pub mod file;
 pub mod token;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use self::file::{AuthFile, AuthFileError};
+use crate::engine::TenantWeights;
 use crate::model::{Reason, Scope, Tenant};
 use crate::webhook::{Secret, TenantSecrets};
 
@@ -294,6 +296,12 @@ impl Authenticator {
                 .ok_or(AuthError::UnknownCertificate);
         }
         Err(AuthError::Missing)
+    }
+}
+
+impl TenantWeights for Authenticator {
+    fn weights(&self) -> Arc<HashMap<Tenant, u32>> {
+        Arc::clone(&self.file().weights)
     }
 }
 

@@ -172,9 +172,27 @@ fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::Notific
     )
 }
 
-/// The RunOptions for a `--priority` flag (none for the default).
-fn run_options(priority: i32) -> Option<longrun::pb::longrun::v1::RunOptions> {
-    (priority != 0).then_some(longrun::pb::longrun::v1::RunOptions { priority })
+/// How a created operation runs: the flags behind RunOptions.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Higher starts first among the kind's queued operations (default 0).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// The concurrency key the kind's per-key limits count it under (a
+    /// customer id, say; at most 128 bytes).
+    #[arg(long)]
+    concurrency_key: Option<String>,
+}
+
+impl RunArgs {
+    /// The RunOptions the flags ask for (none for the defaults).
+    fn options(&self) -> Option<longrun::pb::longrun::v1::RunOptions> {
+        let options = longrun::pb::longrun::v1::RunOptions {
+            priority: self.priority,
+            concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
+        };
+        (options != longrun::pb::longrun::v1::RunOptions::default()).then_some(options)
+    }
 }
 
 /// Runs a client command (anything but `serve`) and returns the process

@@ -54,9 +54,8 @@ pub enum OrdersCommand {
         /// POST the finished operation to this URL (a signed webhook).
         #[arg(long)]
         notify: Option<String>,
-        /// Higher starts first among the kind's queued operations (default 0).
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        priority: i32,
+        #[command(flatten)]
+        run: super::RunArgs,
     },
 }
 
@@ -107,7 +106,7 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
             wait: block,
             request_id,
             notify,
-            priority,
+            run,
         } => {
             let mut clients = connect(&client).await?;
             let mut input = tokio::fs::File::open(&file)
@@ -149,11 +148,7 @@ pub(super) async fn run(cmd: OrdersCommand) -> anyhow::Result<ExitCode> {
                         } else {
                             None
                         },
-                        run: if first {
-                            super::run_options(priority)
-                        } else {
-                            None
-                        },
+                        run: if first { run.options() } else { None },
                     };
                     first = false;
                     if tx.send(message).await.is_err() {

@@ -97,8 +97,23 @@ pub fn text(op: &Operation) -> String {
             )),
             None => {}
         }
-        if let Some(run) = m.run.as_ref().filter(|run| run.priority != 0) {
-            out.push_str(&format!("priority:  {}\n", run.priority));
+        if let Some(run) = m.run.as_ref() {
+            if run.priority != 0 {
+                out.push_str(&format!("priority:  {}\n", run.priority));
+            }
+            if !run.concurrency_key.is_empty() {
+                out.push_str(&format!("key:       {}\n", run.concurrency_key));
+            }
+        }
+        if let Some(w) = &m.waiting_reason {
+            out.push_str(&format!("waiting:   {}", w.reason));
+            if !w.concurrency_key.is_empty() {
+                out.push_str(&format!(" (key {})", w.concurrency_key));
+            }
+            if w.until.is_some() {
+                out.push_str(&format!(" until {}", time(&w.until)));
+            }
+            out.push('\n');
         }
         if !m.holder.is_empty() {
             out.push_str(&format!("runs on:   {}\n", m.holder));

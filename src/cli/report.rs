@@ -50,9 +50,8 @@ pub enum ReportCommand {
         /// POST the finished operation to this URL (a signed webhook).
         #[arg(long)]
         notify: Option<String>,
-        /// Higher starts first among the kind's queued operations (default 0).
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        priority: i32,
+        #[command(flatten)]
+        run: super::RunArgs,
     },
     /// Download a finished report.
     Read {
@@ -227,7 +226,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             currency,
             request_id,
             notify,
-            priority,
+            run,
         } => {
             let mut clients = connect(&client).await?;
             let op = clients
@@ -238,7 +237,7 @@ pub(super) async fn run(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
                     format: format as i32,
                     request_id,
                     notification: super::notification(notify),
-                    run: super::run_options(priority),
+                    run: run.options(),
                 })
                 .await
                 .map_err(|s| describe(&s))?

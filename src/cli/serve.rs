@@ -5,28 +5,101 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use longrun::engine::LimitRequest;
 use longrun::engine::{EngineConfig, KindSpec, TenantQuotas};
+use longrun::model::LimitScope;
 use longrun::server::ServerConfig;
 use longrun::server::tls::TlsPaths;
 use longrun::store::sled::SledConfig;
 use longrun::store::{Backend, SyncMode};
 use longrun::webhook::{Secret, WebhookConfig};
 
-/// Reads a `KIND=N` concurrency.
-fn parse_concurrency(text: &str) -> Result<(String, usize), String> {
-    let (kind, n) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not KIND=N, such as sleep=2000"))?;
+/// One `--concurrency` value: this node's slots for a kind, or a limit
+/// kept in the store and enforced across the cluster.
+#[derive(Debug, Clone)]
+pub enum Concurrency {
+    /// `KIND=N`: at most N of the kind at once on this node.
+    Node(String, usize),
+    /// `KIND:key=N`, `KIND:tenant=N` or `KIND:all=N`.
+    Limit(LimitRequest),
+}
+
+/// Reads `KIND=N`, or `KIND:SCOPE=N` with a scope of key, tenant or all.
+fn parse_concurrency(text: &str) -> Result<Concurrency, String> {
+    let (target, n) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?} is not KIND=N or KIND:SCOPE=N, such as sleep=2000 or partner.sync:key=2")
+    })?;
     let n: usize = n
         .trim()
         .parse()
         .map_err(|_| format!("{n:?} in {text:?} is not a number of operations"))?;
     if n == 0 {
         return Err(format!(
-            "{text:?}: a kind must be able to run at least one operation"
+            "{text:?}: a limit must let at least one operation run"
         ));
     }
-    Ok((kind.trim().to_owned(), n))
+    Ok(match target.split_once(':') {
+        None => Concurrency::Node(target.trim().to_owned(), n),
+        Some((kind, scope)) => Concurrency::Limit(LimitRequest {
+            kind: kind.trim().to_owned(),
+            scope: Some(parse_scope(scope, text)?),
+            concurrency: Some(i64::try_from(n).unwrap_or(i64::MAX)),
+            rates: Vec::new(),
+        }),
+    })
+}
+
+fn parse_scope(word: &str, text: &str) -> Result<LimitScope, String> {
+    LimitScope::parse(word)
+        .ok_or_else(|| format!("{word:?} in {text:?} is not a scope; use key, tenant or all"))
+}
+
+/// Reads `KIND[:SCOPE]=RATE[;RATE...]`, such as `partner.sync=100/s;5000/h`
+/// or `partner.sync:key=10/s:burst=20`; the scope is `all` unless given.
+fn parse_rate(text: &str) -> Result<LimitRequest, String> {
+    let (target, rates) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KIND[:SCOPE]=RATE, such as partner.sync=100/s"))?;
+    let (kind, scope) = match target.split_once(':') {
+        Some((kind, scope)) => (kind, parse_scope(scope, text)?),
+        None => (target, LimitScope::Kind),
+    };
+    let parsed = longrun::model::flow::parse_rates(rates)?;
+    if parsed.is_empty() {
+        return Err(format!("{text:?} names no rate"));
+    }
+    Ok(LimitRequest {
+        kind: kind.trim().to_owned(),
+        scope: Some(scope),
+        concurrency: None,
+        rates: parsed.iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// The limits the flags ask for: concurrency and rates of one kind and
+/// scope are one limit.
+fn limits(concurrency: &[Concurrency], rates: &[LimitRequest]) -> Vec<LimitRequest> {
+    let mut out: Vec<LimitRequest> = Vec::new();
+    let given = concurrency
+        .iter()
+        .filter_map(|c| match c {
+            Concurrency::Limit(limit) => Some(limit),
+            Concurrency::Node(..) => None,
+        })
+        .chain(rates);
+    for limit in given {
+        match out
+            .iter_mut()
+            .find(|l| l.kind == limit.kind && l.scope == limit.scope)
+        {
+            Some(same) => {
+                same.concurrency = limit.concurrency.or(same.concurrency);
+                same.rates.extend(limit.rates.iter().cloned());
+            }
+            None => out.push(limit.clone()),
+        }
+    }
+    out
 }
 
 /// Arguments of `longrun serve`.
@@ -67,11 +140,20 @@ pub struct ServeArgs {
     /// quarter of it no write is made. Reads always work. 0 turns it off.
     #[arg(long, env = "LONGRUN_MIN_FREE_DISK_MIB", default_value_t = longrun::store::sled::DEFAULT_MIN_FREE_BYTES / (1024 * 1024))]
     pub min_free_disk_mib: u64,
-    /// How many operations of a kind run at once, as KIND=N (the kind's
-    /// full or short name: sleep, import, report). Repeat it for several
-    /// kinds; the others run as many as their kind declares.
+    /// How many operations of a kind run at once. KIND=N (the kind's full
+    /// or short name: sleep, import, report) sets this node's slots; the
+    /// others run as many as their kind declares. KIND:key=N, KIND:tenant=N
+    /// and KIND:all=N set limits across the whole cluster: per concurrency
+    /// key, per tenant, or for the whole kind. Repeat it, or separate
+    /// values with commas.
     #[arg(long = "concurrency", env = "LONGRUN_CONCURRENCY", value_delimiter = ',', value_parser = parse_concurrency)]
-    pub concurrency: Vec<(String, usize)>,
+    pub concurrency: Vec<Concurrency>,
+    /// Rate limits across the whole cluster, as KIND[:SCOPE]=RATE: a token
+    /// bucket of COUNT/UNIT (unit s, m, h or d) with an optional
+    /// :burst=N, for the whole kind or per key or tenant. Stack several with
+    /// `;` or by repeating the flag: partner.sync=100/s;5000/h.
+    #[arg(long = "rate", env = "LONGRUN_RATE", value_parser = parse_rate)]
+    pub rate: Vec<LimitRequest>,
     /// How many operations may wait for a worker before creates are refused
     /// with RESOURCE_EXHAUSTED.
     #[arg(long, env = "LONGRUN_MAX_QUEUED", default_value_t = 100_000)]
@@ -322,7 +404,15 @@ impl ServeArgs {
                 min_free_bytes: self.min_free_disk_mib * 1024 * 1024,
             },
             engine: EngineConfig {
-                concurrency: self.concurrency.iter().cloned().collect(),
+                concurrency: self
+                    .concurrency
+                    .iter()
+                    .filter_map(|c| match c {
+                        Concurrency::Node(kind, n) => Some((kind.clone(), *n)),
+                        Concurrency::Limit(_) => None,
+                    })
+                    .collect(),
+                limits: limits(&self.concurrency, &self.rate),
                 max_queued: self.max_queued,
                 progress_interval: self.progress_interval,
                 shutdown_grace: self.shutdown_grace,

@@ -34,9 +34,8 @@ pub struct SleepArgs {
     /// POST the finished operation to this URL (a signed webhook).
     #[arg(long)]
     notify: Option<String>,
-    /// Higher starts first among the kind's queued operations (default 0).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Block until the operation is done.
     #[arg(long, conflicts_with = "watch")]
     wait: bool,
@@ -64,7 +63,7 @@ pub(super) async fn run(args: SleepArgs) -> anyhow::Result<ExitCode> {
             fail_attempts: args.fail_attempts,
             timeout: args.timeout.map(proto_duration),
             notification: super::notification(args.notify),
-            run: super::run_options(args.priority),
+            run: args.run.options(),
         })
         .await
         .map_err(|s| describe(&s))?

@@ -75,9 +75,8 @@ pub struct EnqueueArgs {
     /// An idempotency key (UUID).
     #[arg(long, default_value = "")]
     request_id: String,
-    /// Higher starts first among the kind's queued operations (default 0).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
+    #[command(flatten)]
+    run: super::RunArgs,
     /// Block until the operation is done.
     #[arg(long, conflicts_with = "watch")]
     wait: bool,
@@ -117,7 +116,7 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
                 value: text.encode_to_vec(),
             }),
             request_id: args.request_id.clone(),
-            run: super::run_options(args.priority),
+            run: args.run.options(),
             ..EnqueueRequest::default()
         })
         .await

@@ -84,7 +84,7 @@ impl Throughput {
 }
 
 /// The queue of one kind, as a console shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct QueueStats {
     pub kind: String,
     pub queued: u64,
@@ -98,6 +98,8 @@ pub struct QueueStats {
     pub finished_per_minute: Vec<u64>,
     /// Paused: its operations are queued and none starts.
     pub paused: bool,
+    /// Its limits, and their use.
+    pub limits: Vec<super::flow::LimitUse>,
 }
 
 impl Inner {
@@ -168,6 +170,12 @@ impl Engine {
                 stats.paused = true;
             }
         }
+        for (kind, uses) in self.limit_uses(scope).await? {
+            kinds
+                .entry(kind.clone())
+                .or_insert_with(|| entry(&kind))
+                .limits = uses;
+        }
         let mut out: Vec<QueueStats> = kinds.into_values().collect();
         out.sort_by(|a, b| a.kind.cmp(&b.kind));
         Ok(out)
@@ -194,7 +202,7 @@ impl Engine {
 
     /// The full name of a kind that has a queue: a built-in kind (by its
     /// full or short name) or a declared outside kind.
-    fn queue_kind(&self, kind: &str) -> Result<String, EngineError> {
+    pub(crate) fn queue_kind(&self, kind: &str) -> Result<String, EngineError> {
         if let Some(full) = self.inner.registry.resolve(kind) {
             return Ok(full.to_owned());
         }

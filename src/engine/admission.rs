@@ -40,6 +40,8 @@ pub struct SubmitOptions {
     pub fingerprint: Option<[u8; 32]>,
     /// Higher starts first among the kind's queued operations.
     pub priority: i32,
+    /// What the kind's per-key limits count it under.
+    pub concurrency_key: Option<String>,
 }
 
 impl Engine {
@@ -99,6 +101,7 @@ impl Engine {
             Some(_) => request_digest(kind, &request.type_url, identity),
             None => [0; 32],
         };
+        super::flow::check_key(options.concurrency_key.as_deref())?;
         let tenant = options.tenant;
         inner.quotas.create(&tenant)?;
         let _room = inner.admission.reserve(
@@ -127,6 +130,7 @@ impl Engine {
         );
         op.notification = options.notification;
         op.priority = options.priority;
+        op.concurrency_key = options.concurrency_key;
         (op.expected_run, op.expected_start) =
             inner.expectations(&op.kind, registered.task.size(&op.request), op.create_time);
         let name = op.id.name();

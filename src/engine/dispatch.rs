@@ -158,12 +158,13 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 lease,
                 tenant: None,
                 by: Some(inner.config.node.clone()),
+                weights: inner.weights(),
             };
             match inner.ops.claim(&request, inner.clock.now()).await {
                 Ok(claimed) => {
                     let got = claimed.operations.len();
                     start(&inner, claimed.operations).await;
-                    if got == wanted {
+                    if got == wanted || claimed.more {
                         // The store may hold more.
                         continue;
                     }

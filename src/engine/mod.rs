@@ -35,6 +35,7 @@ mod dispatch;
 pub mod error;
 mod estimate;
 mod feed;
+pub mod flow;
 mod lease;
 mod listing;
 pub mod outside;
@@ -60,6 +61,7 @@ pub use self::changes::{ChangeStream, ChangeType, StreamedChange};
 pub use self::clock::Clock;
 pub use self::dispatch::CLAIM_BATCH;
 pub use self::error::EngineError;
+pub use self::flow::{LimitRequest, TenantWeights};
 pub use self::listing::{
     DEFAULT_PAGE_SIZE, LIST_SCAN_BUDGET, MAX_FILTER_LEN, MAX_PAGE_SIZE, OperationPage,
 };
@@ -122,6 +124,10 @@ pub struct EngineConfig {
     /// The largest response or error an outside worker may store, in
     /// bytes.
     pub max_result_size: usize,
+    /// Limits given by flag, stored at start for every node to enforce.
+    pub limits: Vec<flow::LimitRequest>,
+    /// Where tenants' weights come from; None gives every tenant 1.
+    pub weights: Option<Arc<dyn flow::TenantWeights>>,
 }
 
 /// The largest response or error an outside worker may store by default.
@@ -146,6 +152,8 @@ impl Default for EngineConfig {
             metrics: Arc::default(),
             max_worker_streams: outside::DEFAULT_MAX_WORKER_STREAMS,
             max_result_size: DEFAULT_MAX_RESULT_SIZE,
+            limits: Vec::new(),
+            weights: None,
         }
     }
 }
@@ -165,6 +173,8 @@ impl fmt::Debug for EngineConfig {
             .field("lease", &self.lease)
             .field("max_worker_streams", &self.max_worker_streams)
             .field("max_result_size", &self.max_result_size)
+            .field("limits", &self.limits)
+            .field("weights", &self.weights.is_some())
             .finish()
     }
 }
@@ -373,6 +383,8 @@ impl Engine {
     /// is room, and reads are served meanwhile.
     pub async fn start(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
+        // The kinds are all registered and declared by now.
+        self.set_configured_limits().await?;
         match recovery::recover(inner).await {
             Ok(()) => {}
             Err(e) if e.is_storage_full() => {

@@ -14,8 +14,8 @@ use tracing::info;
 
 use super::{EngineError, Inner, TaskPolicy};
 use crate::model::{
-    Attempt, Claim, Code, Edit, Finish, Operation, OperationError, OrphanRetry, Outcome, Reason,
-    State,
+    Attempt, Claim, Code, Edit, Finish, Holds, Operation, OperationError, OrphanRetry, Outcome,
+    Reason, State,
 };
 use crate::store::{StoreError, Write};
 
@@ -40,6 +40,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
                     edit: Edit::Claim {
                         lease: None,
                         by: None,
+                        holds: Holds::NONE,
                     },
                 });
                 writes.push(finish_unknown(op, op.attempt.next()));

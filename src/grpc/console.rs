@@ -6,12 +6,17 @@ use tonic::{Request, Response, Status};
 use super::auth::{audit, caller};
 use crate::auth::Principal;
 use crate::engine::Engine;
+use crate::engine::LimitRequest;
+use crate::engine::flow::LimitUse as EngineLimitUse;
 use crate::model::Scope;
+use crate::model::flow::format_rates;
+use crate::model::{Limit as ModelLimit, LimitScope};
 use crate::pb::longrun::v1::console_server::Console;
 use crate::pb::longrun::v1::queues_server::Queues;
 use crate::pb::longrun::v1::{
-    Caller, GetCallerRequest, GetQueueStatsRequest, PauseQueueRequest, Queue, QueueStats,
-    QueueStatsResponse, ResumeQueueRequest,
+    Caller, DeleteLimitRequest, DeleteLimitResponse, GetCallerRequest, GetQueueStatsRequest, Limit,
+    LimitUse, ListLimitsRequest, ListLimitsResponse, PauseQueueRequest, Queue, QueueStats,
+    QueueStatsResponse, ResumeQueueRequest, SetLimitRequest, SlotUse,
 };
 
 /// The Console service.
@@ -65,6 +70,7 @@ impl Console for ConsoleService {
                     .map(|n| n as i64)
                     .collect(),
                 paused: q.paused,
+                limits: q.limits.iter().map(limit_use).collect(),
             })
             .collect();
         Ok(Response::new(QueueStatsResponse {
@@ -74,7 +80,48 @@ impl Console for ConsoleService {
     }
 }
 
-/// The Queues service: admins pause and resume a kind's queue.
+/// A limit on the wire.
+fn limit(limit: &ModelLimit) -> Limit {
+    Limit {
+        kind: limit.kind.clone(),
+        scope: limit.scope.as_str().to_owned(),
+        concurrency: limit.concurrency.map_or(0, i64::from),
+        rates: format_rates(&limit.rates)
+            .split(';')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+fn limit_use(used: &EngineLimitUse) -> LimitUse {
+    LimitUse {
+        limit: Some(limit(&used.limit)),
+        at_limit: i64::try_from(used.running).unwrap_or(i64::MAX),
+        busiest: used
+            .busiest
+            .iter()
+            .map(|(key, n)| SlotUse {
+                key: key.clone(),
+                running: i64::from(*n),
+            })
+            .collect(),
+        tokens: used.tokens.clone(),
+    }
+}
+
+/// Reads a scope word, naming the field when it is wrong.
+fn scope(word: &str) -> Result<LimitScope, Status> {
+    LimitScope::parse(word).ok_or_else(|| {
+        Status::from(crate::engine::EngineError::invalid(
+            "scope",
+            format!("{word:?} is not a scope; use kind, key or tenant"),
+        ))
+    })
+}
+
+/// The Queues service: admins pause and resume a kind's queue, and set
+/// its limits.
 #[derive(Clone)]
 pub struct QueuesService {
     engine: Engine,
@@ -117,5 +164,53 @@ impl Queues for QueuesService {
         let caller = caller(&request)?;
         let queue = self.set(&caller, &request.get_ref().kind, false).await?;
         Ok(Response::new(queue))
+    }
+
+    async fn set_limit(
+        &self,
+        request: Request<SetLimitRequest>,
+    ) -> Result<Response<Limit>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let result = async {
+            let asked = LimitRequest {
+                kind: req.kind.clone(),
+                scope: Some(scope(&req.scope)?),
+                // 0 is none; below it is refused by the engine.
+                concurrency: (req.concurrency != 0).then_some(req.concurrency),
+                rates: req.rates.clone(),
+            };
+            let set = self.engine.set_limit(&asked).await?;
+            Ok(limit(&set))
+        }
+        .await;
+        audit(&caller, "SetLimit", &req.kind, &result);
+        result.map(Response::new)
+    }
+
+    async fn delete_limit(
+        &self,
+        request: Request<DeleteLimitRequest>,
+    ) -> Result<Response<DeleteLimitResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let result = async {
+            let deleted = self
+                .engine
+                .clear_limit(&req.kind, scope(&req.scope)?)
+                .await?;
+            Ok(DeleteLimitResponse { deleted })
+        }
+        .await;
+        audit(&caller, "DeleteLimit", &req.kind, &result);
+        result.map(Response::new)
+    }
+
+    async fn list_limits(
+        &self,
+        _request: Request<ListLimitsRequest>,
+    ) -> Result<Response<ListLimitsResponse>, Status> {
+        let limits = self.engine.limits().await?.iter().map(limit).collect();
+        Ok(Response::new(ListLimitsResponse { limits }))
     }
 }

@@ -51,6 +51,7 @@ impl DiagnosticsService {
                 .transpose()?,
             notification: convert::notification(req.notification.as_ref())?,
             priority: convert::priority(req.run.as_ref()),
+            concurrency_key: convert::concurrency_key(req.run.as_ref()),
             ..SubmitOptions::default()
         };
         let op = self.engine.submit::<SleepTask>(req, options).await?;

@@ -86,7 +86,12 @@ impl Operations for OperationsService {
         let scope = caller(&request)?.scope();
         let id = convert::operation_id("name", &request.get_ref().name)?;
         let op = self.engine.get(&scope, id).await?;
-        Ok(Response::new(convert::operation(&op)))
+        // A queued one says why it waits.
+        let answer = match self.engine.waiting(&op).await {
+            Some(waiting) => convert::waiting_operation(&op, &waiting),
+            None => convert::operation(&op),
+        };
+        Ok(Response::new(answer))
     }
 
     async fn delete_operation(

@@ -62,6 +62,7 @@ impl ReportsService {
                 options.request_id = convert::request_id(&message.request_id)?;
                 options.notification = convert::notification(message.notification.as_ref())?;
                 options.priority = convert::priority(message.run.as_ref());
+                options.concurrency_key = convert::concurrency_key(message.run.as_ref());
                 first = false;
             }
             upload
@@ -104,6 +105,7 @@ impl ReportService for ReportsService {
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
                 priority: convert::priority(req.run.as_ref()),
+                concurrency_key: convert::concurrency_key(req.run.as_ref()),
                 ..SubmitOptions::default()
             };
             let op = self

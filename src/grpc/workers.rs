@@ -149,6 +149,7 @@ impl Jobs for WorkersService {
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
                 priority: convert::priority(req.run.as_ref()),
+                concurrency_key: convert::concurrency_key(req.run.as_ref()),
                 timeout: req
                     .timeout
                     .as_ref()

@@ -11,6 +11,8 @@
 //! - `delivery`: the webhook deliveries that state changes produce;
 //! - `payload` and `status`: requests, responses and errors;
 //! - `reason`: the reasons the server gives in ErrorInfo, in one place;
+//! - `flow`: limits on how many run and how fast they start, and why
+//!   queued work waits;
 //! - `filter`: the List filter;
 //! - `order`: orders and months, the report service's data.
 //!
@@ -20,6 +22,7 @@ pub mod attempt;
 pub mod backlog;
 pub mod delivery;
 pub mod filter;
+pub mod flow;
 pub mod id;
 pub mod operation;
 pub mod order;
@@ -33,6 +36,7 @@ pub use self::attempt::Attempt;
 pub use self::backlog::Backlog;
 pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
+pub use self::flow::{Holds, KindLimits, Limit, LimitScope, Rate, Waiting};
 pub use self::id::{OperationId, RequestId};
 pub use self::operation::{
     FailedAttempt, Lease, Limits, MAX_FAILED_ATTEMPTS, Notification, Operation, Outcome, Progress,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::attempt::Attempt;
+use super::flow::Holds;
 use super::id::{OperationId, RequestId};
 use super::payload::Payload;
 use super::status::OperationError;
@@ -164,6 +165,12 @@ pub struct Operation {
     /// Higher starts first among the queued operations of its kind; 0 by
     /// default. Fixed at the create.
     pub priority: i32,
+    /// The key its kind's per-key limits count it under (a customer id,
+    /// say), if it has one. Fixed at the create.
+    pub concurrency_key: Option<String>,
+    /// While running: the limit slots its claim took, given back when it
+    /// stops running.
+    pub holds: Holds,
 }
 
 /// How many ended attempts an operation remembers.
@@ -265,6 +272,8 @@ impl Operation {
             holder: None,
             stops: 0,
             priority: 0,
+            concurrency_key: None,
+            holds: Holds::NONE,
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use super::attempt::Attempt;
 use super::delivery::Delivery;
+use super::flow::Holds;
 use super::id::OperationId;
 use super::operation::{
     FailedAttempt, Lease, MAX_FAILED_ATTEMPTS, Operation, Outcome, Progress, State,
@@ -70,10 +71,12 @@ pub enum OrphanRetry {
 pub enum Edit {
     /// A worker takes the queued operation: RUNNING under attempt + 1,
     /// which becomes the fencing token of its claim, held under `lease`
-    /// when it has one, by the node `by`.
+    /// when it has one, by the node `by`, holding the limit slots
+    /// `holds` its store's gate gave it.
     Claim {
         lease: Option<Lease>,
         by: Option<String>,
+        holds: Holds,
     },
     /// The attempt held by `claim` was handed to the outside worker
     /// `worker`.
@@ -144,14 +147,20 @@ impl Operation {
     pub fn apply(&self, edit: &Edit, now: SystemTime) -> Result<Option<Transition>, Rejection> {
         let now = to_micros_precision(now);
         let next = match edit {
-            Edit::Claim { lease, by } => Some(self.claim(lease, by, now)?),
+            Edit::Claim { lease, by, holds } => Some(self.claim(lease, by, *holds, now)?),
             Edit::Assign { claim, worker } => Some(self.assign(claim, worker, now)?),
             Edit::Progress { claim, progress } => Some(self.progress(claim, progress, now)?),
             Edit::Finish { claim, finish } => Some(self.finish(claim, finish, now)?),
             Edit::Cancel => self.cancel(now)?,
             Edit::RecoverOrphan(retry) => self.recover_orphan(retry, now),
         };
-        Ok(next.map(|next| Transition::between(Some(self), next, now)))
+        Ok(next.map(|mut next| {
+            // Slots are held while the work runs, and only then.
+            if !matches!(next.state, State::Running | State::Cancelling) {
+                next.holds = Holds::NONE;
+            }
+            Transition::between(Some(self), next, now)
+        }))
     }
 
     /// Checks that the operation may be deleted: only finished ones may.
@@ -177,6 +186,7 @@ impl Operation {
         &self,
         lease: &Option<Lease>,
         by: &Option<String>,
+        holds: Holds,
         now: SystemTime,
     ) -> Result<Operation, Rejection> {
         if self.state != State::Queued {
@@ -197,6 +207,7 @@ impl Operation {
             expires: to_micros_precision(lease.expires),
         });
         next.holder.clone_from(by);
+        next.holds = holds;
         Ok(next.touched(now))
     }
 

@@ -5,13 +5,13 @@
 //! each face turns that into its own error (a gRPC status with a
 //! BadRequest, say).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prost::Name;
 
 use crate::model::{
     Code, Delivery, DeliveryState, FieldViolation, Notification, Operation, OperationError,
-    OperationId, Outcome, Payload, RequestId, State,
+    OperationId, Outcome, Payload, RequestId, State, Waiting,
 };
 use crate::pb::google::longrunning as lro;
 use crate::pb::google::rpc;
@@ -121,8 +121,44 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         stopped_attempts: i32::try_from(op.stops).unwrap_or(i32::MAX),
         run: Some(api::RunOptions {
             priority: op.priority,
+            concurrency_key: op.concurrency_key.clone().unwrap_or_default(),
         }),
+        waiting_reason: None,
     }
+}
+
+/// The OperationMetadata of an operation that waits for `waiting`, whose
+/// estimate then counts the wait: nothing is known while its queue is
+/// paused; it starts no sooner than a timed wait ends, or than one run of
+/// what holds the slot it needs.
+pub fn metadata_waiting(
+    op: &Operation,
+    waiting: &Waiting,
+    now: SystemTime,
+) -> api::OperationMetadata {
+    let mut meta = metadata(op);
+    let run = op.expected_run.unwrap_or_default();
+    let start = match waiting {
+        Waiting::QueuePaused => None,
+        Waiting::KindConcurrency | Waiting::KeyConcurrency { .. } | Waiting::TenantConcurrency => {
+            Some(now + run)
+        }
+        Waiting::RateLimited { until }
+        | Waiting::Scheduled { until }
+        | Waiting::Backoff { until } => Some((*until).max(now)),
+    };
+    meta.estimated_end_time = match (start, op.estimated_end(now)) {
+        (None, _) => None,
+        (Some(start), estimate) => Some(timestamp(
+            estimate.map_or(start + run, |e| e.max(start + run)),
+        )),
+    };
+    meta.waiting_reason = Some(api::Waiting {
+        reason: waiting.as_str().to_owned(),
+        concurrency_key: waiting.key().unwrap_or_default().to_owned(),
+        until: waiting.until().map(timestamp),
+    });
+    meta
 }
 
 /// The most bytes of a request the metadata shows.
@@ -151,13 +187,22 @@ pub fn status(e: &OperationError) -> rpc::Status {
 
 /// The google.longrunning.Operation clients see.
 pub fn operation(op: &Operation) -> lro::Operation {
+    operation_with(op, metadata(op))
+}
+
+/// The public form of an operation that waits for `waiting`.
+pub fn waiting_operation(op: &Operation, waiting: &Waiting) -> lro::Operation {
+    operation_with(op, metadata_waiting(op, waiting, SystemTime::now()))
+}
+
+fn operation_with(op: &Operation, metadata: api::OperationMetadata) -> lro::Operation {
     let result = op.outcome.as_ref().map(|outcome| match outcome {
         Outcome::Response(payload) => lro::operation::Result::Response(to_any(payload)),
         Outcome::Error(e) => lro::operation::Result::Error(status(e)),
     });
     lro::Operation {
         name: op.id.name(),
-        metadata: Some(pack(&metadata(op))),
+        metadata: Some(pack(&metadata)),
         done: op.is_done(),
         result,
     }
@@ -197,6 +242,13 @@ pub fn operation_id(field: &str, name: &str) -> Result<OperationId, FieldViolati
 /// Reads the optional request_id field.
 pub fn request_id(value: &str) -> Result<Option<RequestId>, FieldViolation> {
     RequestId::parse_optional(value).map_err(|e| FieldViolation::new("request_id", e.to_string()))
+}
+
+/// The concurrency key a create request's RunOptions names (none when
+/// empty).
+pub fn concurrency_key(run: Option<&api::RunOptions>) -> Option<String> {
+    run.map(|run| run.concurrency_key.clone())
+        .filter(|key| !key.is_empty())
 }
 
 /// The priority a create request's RunOptions asks for (0 without any).

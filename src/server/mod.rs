@@ -306,6 +306,7 @@ impl Server {
             registry.register_with(SleepTask, config.sleep_policy.clone());
         }
         let mut engine_config = config.engine.clone();
+        engine_config.weights = Some(Arc::clone(&auth) as Arc<dyn crate::engine::TenantWeights>);
         engine_config.callback_guard = Some(Arc::new(CreateTimeGuard {
             allow_private: config.webhooks.allow_private,
         }));

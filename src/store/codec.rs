@@ -110,6 +110,10 @@ pub(crate) struct StoredOperation {
     stops: u32,
     #[prost(sint32, tag = "36")]
     priority: i32,
+    #[prost(string, optional, tag = "37")]
+    concurrency_key: Option<String>,
+    #[prost(uint32, tag = "38")]
+    holds: u32,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -363,6 +367,8 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
         holder: op.holder.clone(),
         stops: op.stops,
         priority: op.priority,
+        concurrency_key: op.concurrency_key.clone(),
+        holds: u32::from(op.holds.bits()),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -467,6 +473,8 @@ pub(crate) fn from_stored(
         holder: s.holder,
         stops: s.stops,
         priority: s.priority,
+        concurrency_key: s.concurrency_key,
+        holds: crate::model::Holds::from_bits(u8::try_from(s.holds).unwrap_or(0)),
         notification: match s.notification {
             Some(n) => Some(Notification {
                 callback_url: n.callback_url,

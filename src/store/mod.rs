@@ -42,9 +42,11 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
+use crate::model::flow::{SlotId, Usage};
 use crate::model::order::{Month, Order};
 use crate::model::{
-    Attempt, Backlog, Delivery, Edit, Filter, Lease, Operation, OperationId, Tenant,
+    Attempt, Backlog, Delivery, Edit, Filter, KindLimits, Lease, Limit, Operation, OperationId,
+    Tenant,
 };
 
 pub use self::error::{StoreError, StoreResult};
@@ -183,6 +185,9 @@ pub struct ClaimRequest {
     pub tenant: Option<Tenant>,
     /// Who claims (the node's name), to show who runs each attempt.
     pub by: Option<String>,
+    /// The tenants whose weight is not 1: each takes that many operations
+    /// per turn when tenants take turns.
+    pub weights: Arc<HashMap<Tenant, u32>>,
 }
 
 /// What a claim took.
@@ -190,8 +195,12 @@ pub struct ClaimRequest {
 pub struct Claimed {
     /// The operations now RUNNING for the caller, each under attempt + 1.
     pub operations: Vec<Operation>,
-    /// When the earliest operation that waits out a backoff becomes due.
+    /// When the earliest operation that waits out a backoff becomes due,
+    /// or a spent rate limit fills again.
     pub next_due: Option<SystemTime>,
+    /// Limits held back some of the work this claim looked at, while it
+    /// took other work: claim again at once, as there may be more.
+    pub more: bool,
 }
 
 /// Whether the store can take writes.
@@ -340,7 +349,24 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// The kinds paused now, by name.
     async fn paused(&self) -> StoreResult<Vec<String>>;
+
+    /// Sets one limit of a kind (replacing the one of its scope), or with
+    /// `limit.concurrency` and `limit.rates` both empty, removes it. Every
+    /// claim that starts after it returns, on any process, obeys it.
+    async fn set_limit(&self, limit: &Limit) -> StoreResult<()>;
+
+    /// Every kind's limits, by kind and scope.
+    async fn limits(&self) -> StoreResult<Vec<Limit>>;
+
+    /// A kind's limits and what runs against them now: for the slots
+    /// `slots` names, or, when it is None, the busiest slots (at most
+    /// [`USAGE_ROWS`]) and the kind's own buckets.
+    async fn usage(&self, kind: &str, slots: Option<&[SlotId]>)
+    -> StoreResult<(KindLimits, Usage)>;
 }
+
+/// The most slots [`OperationStore::usage`] lists when asked for all.
+pub const USAGE_ROWS: usize = 100;
 
 /// The webhook outbox. Deliveries are added with the state change that
 /// causes them, and updated with [`Write::SaveDelivery`]; this trait reads

@@ -32,7 +32,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{Applied, Change, Created, StoreError, StoreResult, Write};
-use crate::model::{Attempt, Delivery, Edit, Operation, OperationId, RequestId, State, Tenant};
+use crate::model::{
+    Attempt, Delivery, Edit, Holds, Operation, OperationId, RequestId, State, Tenant,
+};
 
 /// What the rulebook reads: the store as it was before the batch.
 pub(crate) trait View {
@@ -54,6 +56,8 @@ pub(crate) struct Fence {
     pub attempt: Attempt,
     pub version: u64,
     pub state: State,
+    /// The limit slots it held.
+    pub holds: Holds,
 }
 
 impl Fence {
@@ -62,6 +66,7 @@ impl Fence {
             attempt: op.attempt,
             version: op.version,
             state: op.state,
+            holds: op.holds,
         }
     }
 }
@@ -82,6 +87,15 @@ impl Step {
     pub(crate) fn operation(&self) -> &Operation {
         match self {
             Step::Insert(op) | Step::Update { op, .. } | Step::Remove(op) => op,
+        }
+    }
+
+    /// The limit slots the step gives back: those the operation held as
+    /// read, once it no longer runs.
+    pub(crate) fn released(&self) -> Holds {
+        match self {
+            Step::Update { was, op } if !was.holds.is_empty() && op.holds.is_empty() => was.holds,
+            _ => Holds::NONE,
         }
     }
 

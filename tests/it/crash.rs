@@ -89,6 +89,7 @@ fn random_request(rng: &mut impl Rng) -> SleepRequest {
             .random_bool(0.3)
             .then(|| longrun::pb::longrun::v1::RunOptions {
                 priority: rng.random_range(-2..3),
+                concurrency_key: format!("customer-{}", rng.random_range(0..3)),
             }),
     }
 }

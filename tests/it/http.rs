@@ -1056,6 +1056,15 @@ fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String,
         "Console.GetQueueStats" => ("/v1/queues".into(), none),
         "Queues.PauseQueue" => ("/v1/queues/echo:pause".into(), Some(json!({}))),
         "Queues.ResumeQueue" => ("/v1/queues/echo:resume".into(), Some(json!({}))),
+        "Queues.SetLimit" => (
+            "/v1/queues/echo:setLimit".into(),
+            Some(json!({"scope": "key", "concurrency": 2, "rates": ["10/s", "500/h"]})),
+        ),
+        "Queues.DeleteLimit" => (
+            "/v1/queues/echo:deleteLimit".into(),
+            Some(json!({"scope": "key"})),
+        ),
+        "Queues.ListLimits" => ("/v1/limits".into(), none),
         "Jobs.Enqueue" => (
             "/v1/jobs:enqueue".into(),
             Some(json!({
@@ -1176,7 +1185,7 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 19, "{doc}");
+    assert_eq!(checked, 22, "{doc}");
     http.post(&format!("/v1/{running}:cancel"), json!({})).await;
     server.stop().await;
 }

@@ -13,6 +13,7 @@ mod connections;
 mod crash;
 mod custom_kind;
 mod dashboard;
+mod flow;
 mod full_disk;
 mod hot_path;
 mod http;

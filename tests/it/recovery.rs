@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::common::*;
 use longrun::engine::{Registry, Task, TaskContext, TaskError, TaskPolicy};
-use longrun::model::{Code, Edit, Limits, Operation, Payload, Tenant};
+use longrun::model::{Code, Edit, Holds, Limits, Operation, Payload, Tenant};
 use longrun::pb::longrun::v1::{SleepRequest, State};
 use longrun::store::{Applied, Created, OperationStore, SledStore, SyncMode, Write};
 
@@ -66,6 +66,7 @@ async fn crashed_while_running(dir: &std::path::Path, op: Operation, claims: u32
         let edit = Edit::Claim {
             lease: None,
             by: None,
+            holds: Holds::NONE,
         };
         let Applied::Updated(_) = one(Write::Update { id: op.id, edit }).await else {
             panic!("claimed");

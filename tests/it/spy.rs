@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use longrun::model::{Operation, OperationId, Tenant};
+use longrun::model::flow::{SlotId, Usage};
+use longrun::model::{KindLimits, Limit, Operation, OperationId, Tenant};
 use longrun::store::{
     Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
     QueueDepth, StoreError, StoreResult, Stores, Write,
@@ -140,6 +141,22 @@ impl OperationStore for Spy {
 
     async fn paused(&self) -> StoreResult<Vec<String>> {
         self.inner.paused().await
+    }
+
+    async fn set_limit(&self, limit: &Limit) -> StoreResult<()> {
+        self.inner.set_limit(limit).await
+    }
+
+    async fn limits(&self) -> StoreResult<Vec<Limit>> {
+        self.inner.limits().await
+    }
+
+    async fn usage(
+        &self,
+        kind: &str,
+        slots: Option<&[SlotId]>,
+    ) -> StoreResult<(KindLimits, Usage)> {
+        self.inner.usage(kind, slots).await
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use longrun::model::order::{Month, Order, OrderStatus};
 use longrun::model::{
-    Attempt, Claim, Code, DeliveryState, Edit, Filter, Finish, Lease, Limits, Notification,
-    Operation, OperationError, OrphanRetry, Outcome, Payload, Progress, Rejection, RequestId,
-    State, Tenant,
+    Attempt, Claim, Code, DeliveryState, Edit, Filter, Finish, Holds, Lease, Limit, LimitScope,
+    Limits, Notification, Operation, OperationError, OrphanRetry, Outcome, Payload, Progress,
+    Rejection, RequestId, State, Tenant,
 };
 use longrun::store::{
     Applied, Change, ClaimRequest, Created, ListQuery, OperationStore, PutOrders, StoreError,
@@ -155,6 +155,7 @@ async fn claim(s: &Stores, op: &Operation) -> (Operation, Claim) {
         Edit::Claim {
             lease: None,
             by: None,
+            holds: Holds::NONE,
         },
     )
     .await
@@ -319,7 +320,8 @@ pub async fn claims_fence_stale_attempts(s: Stores) {
             &op,
             Edit::Claim {
                 lease: None,
-                by: None
+                by: None,
+                holds: Holds::NONE,
             }
         )
         .await,
@@ -360,7 +362,8 @@ pub async fn claims_fence_stale_attempts(s: Stores) {
             &op,
             Edit::Claim {
                 lease: None,
-                by: None
+                by: None,
+                holds: Holds::NONE,
             }
         )
         .await
@@ -1379,10 +1382,166 @@ fn of_tenant(kind: &str, tenant_name: Option<&str>, digest: u8) -> Operation {
 fn wants(list: &[(&str, usize)]) -> ClaimRequest {
     ClaimRequest {
         wants: list.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
-        lease: None,
-        tenant: None,
-        by: None,
+        ..ClaimRequest::default()
     }
+}
+
+fn keyed(kind: &str, key: Option<&str>, digest: u8) -> Operation {
+    let mut op = new_op(kind, None, digest);
+    op.concurrency_key = key.map(str::to_owned);
+    op
+}
+
+fn limit(kind: &str, scope: LimitScope, concurrency: Option<u32>, rates: &str) -> Limit {
+    Limit {
+        kind: kind.into(),
+        scope,
+        concurrency,
+        rates: longrun::model::flow::parse_rates(rates).unwrap(),
+    }
+}
+
+/// The concurrency keys of claimed operations, sorted.
+fn keys_of(claimed: &[Operation]) -> Vec<Option<String>> {
+    let mut keys: Vec<_> = claimed
+        .iter()
+        .map(|op| op.concurrency_key.clone())
+        .collect();
+    keys.sort();
+    keys
+}
+
+pub async fn limits_hold_claims_back_until_slots_come_back(
+    s: Stores,
+    reopen: impl AsyncFn() -> Stores,
+) {
+    let per_key = limit("lim", LimitScope::Key, Some(1), "");
+    let per_tenant = limit("lim", LimitScope::Tenant, Some(3), "");
+    s.operations.set_limit(&per_tenant).await.unwrap();
+    s.operations.set_limit(&per_key).await.unwrap();
+    assert_eq!(
+        s.operations.limits().await.unwrap(),
+        vec![per_key.clone(), per_tenant.clone()]
+    );
+    for (i, key) in [Some("a"), Some("a"), Some("a"), Some("b"), Some("b"), None]
+        .into_iter()
+        .enumerate()
+    {
+        created(&s, keyed("lim", key, i as u8 + 1)).await;
+    }
+    // One per key, and the one without a key: the tenant's three.
+    let first = s
+        .operations
+        .claim(&wants(&[("lim", 10)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_of(&first.operations),
+        vec![None, Some("a".into()), Some("b".into())]
+    );
+    let a = first
+        .operations
+        .iter()
+        .find(|op| op.concurrency_key.as_deref() == Some("a"))
+        .unwrap();
+    assert!(a.holds.has(LimitScope::Key) && a.holds.has(LimitScope::Tenant));
+    let none = s
+        .operations
+        .claim(&wants(&[("lim", 10)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert!(none.operations.is_empty(), "{:?}", none.operations);
+    let (_, usage) = s.operations.usage("lim", None).await.unwrap();
+    assert_eq!(usage.running.get(&(LimitScope::Key, "a".into())), Some(&1));
+    assert_eq!(
+        usage.running.get(&(LimitScope::Tenant, String::new())),
+        Some(&3)
+    );
+
+    // What runs is counted again after a reopen (of claims made durable:
+    // a lazy claim lost in a crash is queued again, holding nothing).
+    s.operations.flush().await.unwrap();
+    drop(s);
+    let s = reopen().await;
+    let slots = [(LimitScope::Key, "a".to_owned())];
+    let (limits, usage) = s.operations.usage("lim", Some(&slots)).await.unwrap();
+    assert_eq!(limits.limits, vec![per_key.clone(), per_tenant]);
+    assert_eq!(usage.running.get(&slots[0]), Some(&1));
+    assert!(
+        s.operations
+            .claim(&wants(&[("lim", 10)]), SystemTime::now())
+            .await
+            .unwrap()
+            .operations
+            .is_empty()
+    );
+
+    // Its end gives the slots back: the next of key "a" starts, and work
+    // held back wakes the claimers.
+    let mut work = s.operations.work();
+    work.borrow_and_update();
+    let a = s.operations.get(a.id).await.unwrap().unwrap();
+    finish(&s, Claim::of(&a), done(ok())).await.unwrap();
+    assert!(work.has_changed().unwrap());
+    let next = s
+        .operations
+        .claim(&wants(&[("lim", 10)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(keys_of(&next.operations), vec![Some("a".into())]);
+
+    // Removed, a limit holds nothing back.
+    s.operations
+        .set_limit(&limit("lim", LimitScope::Tenant, None, ""))
+        .await
+        .unwrap();
+    s.operations
+        .set_limit(&limit("lim", LimitScope::Key, None, ""))
+        .await
+        .unwrap();
+    assert!(s.operations.limits().await.unwrap().is_empty());
+    let rest = s
+        .operations
+        .claim(&wants(&[("lim", 10)]), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(rest.operations.len(), 2);
+}
+
+pub async fn a_rate_limit_starts_work_as_its_bucket_fills(s: Stores) {
+    s.operations
+        .set_limit(&limit("rated", LimitScope::Kind, None, "2/s"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        created(&s, new_op("rated", None, i + 1)).await;
+    }
+    let now = SystemTime::now();
+    let first = s
+        .operations
+        .claim(&wants(&[("rated", 10)]), now)
+        .await
+        .unwrap();
+    assert_eq!(first.operations.len(), 2, "the burst");
+    // The next token is due in half a second, and the claim says so.
+    let due = first.next_due.expect("a wake-up for the next token");
+    let wait = due.duration_since(now).unwrap();
+    assert!(
+        wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+        "{wait:?}"
+    );
+    let early = s
+        .operations
+        .claim(&wants(&[("rated", 10)]), now + Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(early.operations.is_empty());
+    let later = s
+        .operations
+        .claim(&wants(&[("rated", 10)]), now + Duration::from_millis(600))
+        .await
+        .unwrap();
+    assert_eq!(later.operations.len(), 1);
 }
 
 pub async fn a_paused_kind_is_claimed_by_nobody_until_resumed(
@@ -1588,8 +1747,8 @@ fn leased_by_node_a(n: usize, now: SystemTime) -> (Lease, ClaimRequest) {
     let request = ClaimRequest {
         wants: vec![("k".into(), n)],
         lease: Some(lease.clone()),
-        tenant: None,
         by: Some("node-a".into()),
+        ..ClaimRequest::default()
     };
     (lease, request)
 }
@@ -1746,6 +1905,8 @@ macro_rules! conformance {
             case!(claims_take_work_by_kind_with_tenants_in_turn);
             case!(a_claim_for_one_tenant_takes_only_its_work);
             case!(claims_take_the_higher_priority_first);
+            case!(a_rate_limit_starts_work_as_its_bucket_fills);
+            case_with_reopen!(limits_hold_claims_back_until_slots_come_back);
             case!(claims_wait_for_retries_to_come_due);
             case!(a_leased_claim_records_and_drops_its_lease);
             case!(claims_and_cancels_leave_the_queue_consistent);

@@ -98,6 +98,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 }),
                 tenant: group.tenant.clone(),
                 by: Some(inner.config.node.clone()),
+                weights: inner.weights(),
             };
             match inner.ops.claim(&request, inner.clock.now()).await {
                 Ok(claimed) => {

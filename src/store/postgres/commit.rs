@@ -102,6 +102,8 @@ impl View for Locked {
 pub(super) struct QueueMoves {
     pub(super) added: Vec<Tenant>,
     pub(super) taken: Vec<Tenant>,
+    /// Limit slots were given back: held-back work may start.
+    pub(super) released: bool,
 }
 
 /// The notification of a plan's changes, for the other nodes.
@@ -216,6 +218,12 @@ pub(super) async fn save(
         .await
         .map_err(|e| SaveError::Store(db(e)))?;
     }
+    if super::flow::release(tx, plan, tag)
+        .await
+        .map_err(SaveError::Store)?
+    {
+        moves.released = true;
+    }
     super::feed::notify(tx, tag, &notes(plan))
         .await
         .map_err(SaveError::Store)?;
@@ -249,12 +257,12 @@ pub(super) async fn save_new(
         " RETURNING 1
          ), new_deliveries AS (
             INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
-             SELECT * FROM unnest($14::uuid[], $15::uuid[], $16::int8[], $17::bytea[], $20::text[])
+             SELECT * FROM unnest($15::uuid[], $16::uuid[], $17::int8[], $18::bytea[], $21::text[])
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM new_operations) AS operations,
                 (SELECT count(*) FROM new_deliveries) AS deliveries,
-                (SELECT count(pg_notify($18, p)) FROM unnest($19::text[]) AS p) AS notes",
+                (SELECT count(pg_notify($19, p)) FROM unnest($20::text[]) AS p) AS notes",
     ));
     let query = columns
         .bind_all(query)
@@ -275,6 +283,7 @@ pub(super) async fn save_new(
     Ok(QueueMoves {
         added: queued_tenants(&created),
         taken: Vec::new(),
+        released: false,
     })
 }
 
@@ -337,10 +346,11 @@ macro_rules! insert_operations {
     () => {
         "INSERT INTO longrun_operations
            (id, tenant, kind, request_id, state, due_us, ended_us,
-            lease_holder, lease_expires_us, attempt, version, record, priority)
+            lease_holder, lease_expires_us, attempt, version, record, priority,
+            concurrency_key)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
             $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
-            $10::int4[], $11::int8[], $12::bytea[], $13::int4[])"
+            $10::int4[], $11::int8[], $12::bytea[], $13::int4[], $14::text[])"
     };
 }
 use insert_operations;
@@ -359,8 +369,9 @@ struct Columns {
     attempt: Vec<i32>,
     version: Vec<i64>,
     record: Vec<Vec<u8>>,
-    /// Fixed at the insert: no update moves it.
+    /// Fixed at the insert, as is the key: no update moves them.
     priority: Vec<i32>,
+    concurrency_key: Vec<Option<String>>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -376,6 +387,7 @@ impl Columns {
                 .bind(&self.request_id),
         )
         .bind(&self.priority)
+        .bind(&self.concurrency_key)
     }
 
     /// Binds the columns a change may move, state to record, in that order.
@@ -407,6 +419,7 @@ impl Columns {
             version: Vec::with_capacity(n),
             record: Vec::with_capacity(n),
             priority: Vec::with_capacity(n),
+            concurrency_key: Vec::with_capacity(n),
         };
         for op in ops {
             c.id.push(uuid_of(&op.id));
@@ -425,6 +438,7 @@ impl Columns {
             c.version.push(op.version as i64);
             c.record.push(encode(op, &mut Inline));
             c.priority.push(op.priority);
+            c.concurrency_key.push(op.concurrency_key.clone());
         }
         c
     }

@@ -23,6 +23,7 @@
 mod commit;
 mod feed;
 mod files;
+mod flow;
 mod operations;
 mod orders;
 mod outbox;
@@ -74,6 +75,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0004_queues.sql"),
     ),
     (5, "priority", include_str!("migrations/0005_priority.sql")),
+    (6, "flow control", include_str!("migrations/0006_flow.sql")),
 ];
 
 /// How the PostgreSQL backend is set up.

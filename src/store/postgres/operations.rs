@@ -8,8 +8,12 @@ use sqlx::Row;
 use tokio::sync::{broadcast, watch};
 
 use super::commit::{Locked, QueueMoves, SaveError, only_creates, save, save_new};
+use super::flow::Claiming;
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
-use crate::model::{Attempt, Backlog, Edit, Operation, OperationId, State};
+use crate::model::flow::{SlotId, Usage};
+use crate::model::{
+    Attempt, Backlog, Edit, Holds, KindLimits, Limit, Operation, OperationId, State,
+};
 use crate::store::codec::from_micros;
 use crate::store::rules::{Plan, Rulebook};
 use crate::store::{
@@ -21,11 +25,15 @@ use crate::store::{
 const RACE_RETRIES: usize = 3;
 
 /// The queued, due operations of one kind, up to `$3`, the higher
-/// priorities first and within one the tenants taking turns: the first of
-/// every tenant, then the second of every tenant, and so on, each
-/// tenant's oldest first. The tenants are found by skipping
-/// through the queue index rather than reading all of it; rows another
-/// node is claiming are skipped.
+/// priorities first and within one the tenants taking turns: the first
+/// `weight` of every tenant (`$9`, `$10`; 1 unless listed), then the next,
+/// and so on, each tenant's oldest first. The tenants are found by
+/// skipping through the queue index rather than reading all of it; rows
+/// another node is claiming are skipped. For a limited kind, keys and
+/// tenants whose limits start nothing now are left out: at their
+/// concurrency (`$5` per key, `$6` per tenant) or with a spent bucket
+/// (`$7`, `$8`: each key rate's tokens per microsecond and burst; `$11`,
+/// `$12` the same per tenant).
 const CLAIM: &str = "
 WITH RECURSIVE tenants(t) AS (
     (SELECT tenant FROM longrun_operations
@@ -39,14 +47,33 @@ WITH RECURSIVE tenants(t) AS (
       FROM tenants WHERE tenants.t IS NOT NULL
 ), picks AS (
     SELECT c.id FROM tenants CROSS JOIN LATERAL (
-        SELECT id, priority, due_us,
-               row_number() OVER (PARTITION BY priority ORDER BY due_us, id) AS turn
-          FROM longrun_operations
-         WHERE state = 1 AND kind = $1 AND tenant = tenants.t AND due_us <= $2
-         ORDER BY priority DESC, due_us, id LIMIT $3
+        SELECT o.id, o.priority, o.due_us,
+               (row_number() OVER (PARTITION BY o.priority ORDER BY o.due_us, o.id) - 1)
+                 / coalesce((SELECT w FROM unnest($9::text[], $10::int4[]) AS u(t, w)
+                              WHERE u.t = tenants.t), 1) AS turn
+          FROM longrun_operations o
+         WHERE o.state = 1 AND o.kind = $1 AND o.tenant = tenants.t AND o.due_us <= $2
+           AND ($5::int4 IS NULL OR o.concurrency_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM longrun_slots s
+                 WHERE s.kind = $1 AND s.scope = 1 AND s.key = o.concurrency_key
+                   AND s.running >= $5))
+           AND (cardinality($7::float8[]) = 0 OR o.concurrency_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM longrun_buckets b
+                 WHERE b.kind = $1 AND b.scope = 1 AND b.key = o.concurrency_key
+                   AND least(($8::float8[])[b.rate + 1],
+                             b.tokens + ($2 - b.at_us) * ($7::float8[])[b.rate + 1]) < 1))
+         ORDER BY o.priority DESC, o.due_us, o.id LIMIT $3
     ) c
     WHERE tenants.t IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM longrun_paused_kinds WHERE kind = $1)
+      AND ($6::int4 IS NULL OR NOT EXISTS (
+           SELECT 1 FROM longrun_slots s
+            WHERE s.kind = $1 AND s.scope = 2 AND s.key = tenants.t AND s.running >= $6))
+      AND (cardinality($11::float8[]) = 0 OR NOT EXISTS (
+           SELECT 1 FROM longrun_buckets b
+            WHERE b.kind = $1 AND b.scope = 2 AND b.key = tenants.t
+              AND least(($12::float8[])[b.rate + 1],
+                        b.tokens + ($2 - b.at_us) * ($11::float8[])[b.rate + 1]) < 1))
     ORDER BY c.priority DESC, c.turn, c.due_us, c.id
     LIMIT $3
 )
@@ -54,6 +81,16 @@ SELECT o.id, o.record, o.lease_holder, o.lease_expires_us
   FROM longrun_operations o
  WHERE o.id IN (SELECT id FROM picks) AND o.state = 1
  FOR UPDATE OF o SKIP LOCKED";
+
+/// What one claim of one kind took.
+#[derive(Default)]
+struct KindClaim {
+    operations: Vec<Operation>,
+    /// Candidates its limits held back: there may be more to take.
+    held_back: bool,
+    /// When a spent rate fills again.
+    wake: Option<SystemTime>,
+}
 
 impl PgStore {
     /// One try at a batch: its own transaction, committed or rolled back.
@@ -104,7 +141,7 @@ impl PgStore {
     /// Takes in what a committed batch did to the queue.
     fn committed(&self, moves: &QueueMoves) {
         self.queue_moved(&moves.added, &moves.taken);
-        if !moves.added.is_empty() {
+        if !moves.added.is_empty() || moves.released {
             self.bump_work();
         }
     }
@@ -122,33 +159,68 @@ impl PgStore {
         n: usize,
         request: &ClaimRequest,
         now: SystemTime,
-    ) -> StoreResult<Vec<Operation>> {
+    ) -> StoreResult<KindClaim> {
         let mut tx = self.pool().begin().await.map_err(db)?;
+        let mut gate = match Claiming::begin(&mut tx, kind, now).await? {
+            None => None,
+            Some(Ok(gate)) => Some(gate),
+            Some(Err(wake)) => {
+                return Ok(KindClaim {
+                    wake,
+                    ..KindClaim::default()
+                });
+            }
+        };
+        let filters = gate.as_ref().map(Claiming::filters).unwrap_or_default();
+        let (weighed, weights): (Vec<&str>, Vec<i32>) = request
+            .weights
+            .iter()
+            .map(|(t, w)| (t.as_str(), (*w).clamp(1, 1_000) as i32))
+            .unzip();
         let rows = sqlx::query(CLAIM)
             .bind(kind)
             .bind(micros(now))
             .bind(i64::try_from(n).unwrap_or(i64::MAX))
             .bind(request.tenant.as_ref().map(|t| t.as_str().to_owned()))
+            .bind(filters.key)
+            .bind(filters.tenant)
+            .bind(&filters.key_rates.0)
+            .bind(&filters.key_rates.1)
+            .bind(&weighed)
+            .bind(&weights)
+            .bind(&filters.tenant_rates.0)
+            .bind(&filters.tenant_rates.1)
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(KindClaim::default());
         }
-        let mut locked = Locked::default();
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let op = operation(row)?;
-            ids.push(op.id);
-            locked.take_in(op);
-        }
-        let edit = Edit::Claim {
-            lease: request.lease.clone(),
-            by: request.by.clone(),
+        let candidates = rows
+            .iter()
+            .map(operation)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let picks: Vec<(usize, Holds)> = match &mut gate {
+            Some(gate) => gate.admit(&mut tx, &candidates, now).await?,
+            None => (0..candidates.len()).map(|i| (i, Holds::NONE)).collect(),
         };
+        let mut locked = Locked::default();
+        let mut ids = Vec::with_capacity(picks.len());
+        let mut candidates: Vec<Option<Operation>> = candidates.into_iter().map(Some).collect();
+        for (i, holds) in picks {
+            if let Some(op) = candidates[i].take() {
+                ids.push((op.id, holds));
+                locked.take_in(op);
+            }
+        }
         let mut book = Rulebook::new(&mut locked, now);
         let mut claimed = Vec::with_capacity(ids.len());
-        for id in ids {
+        for (id, holds) in ids {
+            let edit = Edit::Claim {
+                lease: request.lease.clone(),
+                by: request.by.clone(),
+                holds,
+            };
             if let Some(op) = book.claim(id, &edit)? {
                 claimed.push(op);
             }
@@ -164,7 +236,11 @@ impl PgStore {
         tx.commit().await.map_err(db)?;
         self.queue_moved(&moves.added, &moves.taken);
         self.announce(plan);
-        Ok(claimed)
+        Ok(KindClaim {
+            operations: claimed,
+            held_back: gate.as_ref().is_some_and(|g| g.held_back > 0),
+            wake: gate.and_then(|g| g.wake),
+        })
     }
 
     async fn select(
@@ -244,6 +320,7 @@ impl OperationStore for PgStore {
         self.call(async {
             let mut claimed = Claimed::default();
             let mut short = Vec::new();
+            let mut wake_at = None;
             // A paused kind is skipped by CLAIM itself: the statement reads
             // the pause as of its own start, so a claim that begins after a
             // pause is stored never takes the kind, on any node.
@@ -252,10 +329,14 @@ impl OperationStore for PgStore {
                     continue;
                 }
                 let got = self.claim_kind(kind, *n, request, now).await?;
-                if got.len() < *n {
+                if got.operations.len() < *n {
                     short.push(kind.clone());
                 }
-                claimed.operations.extend(got);
+                claimed.more |= got.held_back && !got.operations.is_empty();
+                if let Some(wake) = got.wake {
+                    wake_at = Some(wake_at.map_or(wake, |w: SystemTime| w.min(wake)));
+                }
+                claimed.operations.extend(got.operations);
             }
             if !short.is_empty() {
                 let row = sqlx::query(
@@ -269,6 +350,9 @@ impl OperationStore for PgStore {
                 .map_err(db)?;
                 let due: Option<i64> = row.try_get("due").map_err(db)?;
                 claimed.next_due = due.map(from_micros);
+            }
+            if let Some(wake) = wake_at {
+                claimed.next_due = Some(claimed.next_due.map_or(wake, |d| d.min(wake)));
             }
             Ok(claimed)
         })
@@ -483,6 +567,22 @@ impl OperationStore for PgStore {
             Ok(())
         })
         .await
+    }
+
+    async fn set_limit(&self, limit: &Limit) -> StoreResult<()> {
+        self.call(self.save_limit(limit)).await
+    }
+
+    async fn limits(&self) -> StoreResult<Vec<Limit>> {
+        self.call(self.all_limits()).await
+    }
+
+    async fn usage(
+        &self,
+        kind: &str,
+        slots: Option<&[SlotId]>,
+    ) -> StoreResult<(KindLimits, Usage)> {
+        self.call(self.kind_usage(kind, slots)).await
     }
 
     async fn paused(&self) -> StoreResult<Vec<String>> {

@@ -21,6 +21,7 @@ use super::recent::Recent;
 use super::strings::Staged;
 use crate::model::{Delivery, DeliveryState, Operation, OperationId, RequestId, Tenant};
 use crate::store::codec::{decode, decode_delivery, encode, encode_delivery};
+use crate::store::ready::{Held, QueuedOp};
 use crate::store::rules::{Plan, Step, View};
 use crate::store::{Change, StoreError, StoreResult};
 
@@ -42,8 +43,9 @@ pub(super) fn disk(e: sled::Error) -> StoreError {
 pub(super) enum Moved {
     /// It is queued now (again, or with another due time).
     Queued(Queued),
-    /// It is not queued any more (claimed, done, or gone).
-    Left(OperationId),
+    /// It is not queued any more (claimed, done, or gone), and runs holding
+    /// these slots, if any.
+    Left(OperationId, Option<Held>),
 }
 
 /// A queued operation, as the ready queue keeps it.
@@ -51,8 +53,22 @@ pub(super) struct Queued {
     pub(super) id: OperationId,
     pub(super) kind: String,
     pub(super) tenant: crate::model::Tenant,
+    pub(super) key: Option<String>,
     pub(super) due: Option<SystemTime>,
     pub(super) priority: i32,
+}
+
+impl Queued {
+    pub(super) fn as_queued(&self) -> QueuedOp<'_> {
+        QueuedOp {
+            id: self.id,
+            kind: &self.kind,
+            tenant: &self.tenant,
+            key: self.key.as_deref(),
+            due: self.due,
+            priority: self.priority,
+        }
+    }
 }
 
 impl Moved {
@@ -62,11 +78,12 @@ impl Moved {
                 id: op.id,
                 kind: op.kind.clone(),
                 tenant: op.tenant.clone(),
+                key: op.concurrency_key.clone(),
                 due: op.not_before,
                 priority: op.priority,
             })
         } else {
-            Moved::Left(op.id)
+            Moved::Left(op.id, Held::of(op))
         }
     }
 }
@@ -198,7 +215,7 @@ impl<'a> Staging<'a> {
         for step in &plan.steps {
             let op = step.operation();
             self.moved.push(match step {
-                Step::Remove(op) => Moved::Left(op.id),
+                Step::Remove(op) => Moved::Left(op.id, None),
                 Step::Insert(op) | Step::Update { op, .. } => Moved::of(op),
             });
             if step.ends() {

@@ -15,7 +15,9 @@
 //! - `w` operation id, delivery id: deliveries by operation;
 //! - `s` number(4): a string of the table records refer to;
 //! - `m` name: a settled value;
-//! - `p` kind: a paused kind (empty value).
+//! - `p` kind: a paused kind (empty value);
+//! - `c` kind 0 scope(1): a limit of a kind, its value
+//!   `CONCURRENCY|RATES` (either may be empty).
 //!
 //! Ids are 16-byte UUIDv7s, so key order is creation order; times are 8
 //! big-endian bytes of microseconds, so byte order is time order. An
@@ -26,7 +28,8 @@
 
 use std::time::SystemTime;
 
-use crate::model::{Delivery, Operation, OperationId, RequestId, Tenant};
+use crate::model::flow;
+use crate::model::{Delivery, Limit, LimitScope, Operation, OperationId, RequestId, Tenant};
 
 /// The tree everything but orders lives in.
 pub(super) const TREE: &str = "longrun";
@@ -38,6 +41,7 @@ pub(super) const DELIVERY: u8 = b'd';
 pub(super) const DUE: u8 = b'q';
 pub(super) const STRING: u8 = b's';
 pub(super) const PAUSED: u8 = b'p';
+pub(super) const LIMIT: u8 = b'c';
 
 /// A time as 8 big-endian bytes of microseconds.
 pub(super) fn time_key(time: SystemTime) -> [u8; 8] {
@@ -155,6 +159,35 @@ pub(super) fn string(number: u32) -> [u8; 5] {
 }
 
 /// A secret.
+/// A limit of a kind.
+pub(super) fn limit(kind: &str, scope: LimitScope) -> Vec<u8> {
+    [&[LIMIT], kind.as_bytes(), &[0, scope.code() as u8]].concat()
+}
+
+/// The value a limit is stored as.
+pub(super) fn limit_value(limit: &Limit) -> Vec<u8> {
+    let concurrency = limit.concurrency.map(|n| n.to_string()).unwrap_or_default();
+    format!("{concurrency}|{}", flow::format_rates(&limit.rates)).into_bytes()
+}
+
+/// Reads a stored limit back.
+pub(super) fn limit_of(key: &[u8], value: &[u8]) -> Option<Limit> {
+    let rest = key.get(1..)?;
+    let (&code, kind) = rest.split_last()?;
+    let kind = kind.strip_suffix(&[0])?;
+    let value = std::str::from_utf8(value).ok()?;
+    let (concurrency, rates) = value.split_once('|')?;
+    Some(Limit {
+        kind: std::str::from_utf8(kind).ok()?.to_owned(),
+        scope: LimitScope::from_code(i16::from(code))?,
+        concurrency: match concurrency {
+            "" => None,
+            n => Some(n.parse().ok()?),
+        },
+        rates: flow::parse_rates(rates).ok()?,
+    })
+}
+
 /// A paused kind.
 pub(super) fn paused(kind: &str) -> Vec<u8> {
     [&[PAUSED], kind.as_bytes()].concat()

@@ -96,8 +96,8 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        Delivery, Edit, Filter, Limits, Notification, Operation, Outcome, Payload, RequestId,
-        Tenant, to_micros_precision,
+        Delivery, Edit, Filter, Holds, Limits, Notification, Operation, Outcome, Payload,
+        RequestId, Tenant, to_micros_precision,
     };
     use crate::store::codec::first_layout;
     use crate::store::sled::{SledStore, SyncMode};
@@ -136,6 +136,7 @@ mod tests {
                 &Edit::Claim {
                     lease: None,
                     by: None,
+                    holds: Holds::NONE,
                 },
                 now,
             )

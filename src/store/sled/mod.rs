@@ -30,6 +30,7 @@ mod recent;
 mod space;
 mod strings;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -44,6 +45,7 @@ use self::strings::StringTable;
 use super::files::{DirFiles, FileRead, FileStore, FileWriter};
 use super::ready::Ready;
 use super::{Change, Health, SettledStore, StoreError, StoreResult};
+use crate::model::KindLimits;
 
 /// How hard the store works to keep acknowledged writes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,6 +203,21 @@ impl SledStore {
             let (key, _) = entry.map_err(backend)?;
             paused.insert(String::from_utf8_lossy(&key[1..]).into_owned());
         }
+        let mut ready = Ready::default();
+        let mut limits: HashMap<String, KindLimits> = HashMap::new();
+        for entry in tree.scan_prefix([keys::LIMIT]) {
+            let (key, value) = entry.map_err(backend)?;
+            let limit = keys::limit_of(&key, &value)
+                .ok_or_else(|| StoreError::Corrupt("a stored limit".into()))?;
+            limits
+                .entry(limit.kind.clone())
+                .or_default()
+                .limits
+                .push(limit);
+        }
+        for (kind, limits) in limits {
+            ready.set_limits(&kind, limits);
+        }
         let space = Space::new(dir.to_path_buf(), config.min_free_bytes);
         let health = match space.room(true) {
             Room::Plenty => Health::Writable,
@@ -214,7 +231,7 @@ impl SledStore {
                 apply: Mutex::default(),
                 claimed: Mutex::default(),
                 recent: RwLock::default(),
-                ready: Mutex::new(Ready::default()),
+                ready: Mutex::new(ready),
                 paused: RwLock::new(paused),
                 work: watch::channel(0).0,
                 feed: broadcast::channel(FEED_CAPACITY).0,

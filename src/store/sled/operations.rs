@@ -9,12 +9,13 @@ use tokio::sync::{broadcast, watch};
 use super::commit::{Applier, Finished, Moved, SledView, Staging, backend, disk};
 use super::space::Room;
 use super::{SledStore, SyncMode, keys, lock};
-use crate::model::{Edit, Operation, OperationId, State};
+use crate::model::flow::{SlotId, Usage};
+use crate::model::{Edit, KindLimits, Limit, LimitScope, Operation, OperationId};
 use crate::store::codec::decode;
 use crate::store::rules::Rulebook;
 use crate::store::{
     Applied, Change, ClaimRequest, Claimed, Health, ListPage, ListQuery, OperationStore,
-    QueueDepth, StoreError, StoreResult, Write,
+    QueueDepth, StoreError, StoreResult, USAGE_ROWS, Write,
 };
 
 impl SledStore {
@@ -74,9 +75,8 @@ impl SledStore {
             let Some(op) = self.read(id)? else { continue };
             if !op.is_done() {
                 apply.unfinished.insert(id);
-                if op.state == State::Queued {
-                    ready.track(&op);
-                }
+                // Queued ones go in line; running ones count their slots.
+                ready.track(&op);
             }
         }
         Ok(())
@@ -128,9 +128,12 @@ impl SledStore {
             match moved {
                 Moved::Queued(op) => {
                     queued = true;
-                    ready.queue(op.id, &op.kind, &op.tenant, op.due, op.priority);
+                    ready.queue(op.as_queued());
                 }
-                Moved::Left(id) => ready.remove(id),
+                Moved::Left(id, held) => {
+                    // Slots given back may let held-back work start.
+                    queued |= ready.left(id, held);
+                }
             }
         }
         drop(ready);
@@ -298,10 +301,6 @@ impl SledStore {
         if self.room(false) == Room::None {
             return Err(StoreError::Full);
         }
-        let edit = Edit::Claim {
-            lease: request.lease.clone(),
-            by: request.by.clone(),
-        };
         let mut apply = lock(&self.inner.apply);
         // Read under the apply lock, which a pause takes too: a claim that
         // runs after a pause returned never takes the kind. With nothing
@@ -319,7 +318,9 @@ impl SledStore {
                     .collect()
             }
         };
-        let ids = lock(&self.inner.ready).take(&wants, request.tenant.as_ref(), now);
+        let (picks, wake) =
+            lock(&self.inner.ready).take(&wants, request.tenant.as_ref(), &request.weights, now);
+        let ids: Vec<OperationId> = picks.iter().map(|(id, _)| *id).collect();
         let mut claimed = lock(&self.inner.claimed);
         let strings = self.inner.strings.read().unwrap_or_else(|e| e.into_inner());
         let recent = self.recent();
@@ -333,7 +334,12 @@ impl SledStore {
         let mut book = Rulebook::new(&mut view, now);
         let mut operations = Vec::with_capacity(ids.len());
         let mut failed = None;
-        for id in &ids {
+        for (id, holds) in &picks {
+            let edit = Edit::Claim {
+                lease: request.lease.clone(),
+                by: request.by.clone(),
+                holds: *holds,
+            };
             match book.claim(*id, &edit) {
                 Ok(Some(op)) => operations.push(op),
                 Ok(None) => {}
@@ -374,9 +380,14 @@ impl SledStore {
         };
         drop(apply);
         self.announce(changes);
+        let due = lock(&self.inner.ready).next_due();
         Ok(Claimed {
             operations,
-            next_due: lock(&self.inner.ready).next_due(),
+            next_due: match (due, wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            more: false,
         })
     }
 }
@@ -435,6 +446,72 @@ impl OperationStore for SledStore {
         let mut kinds: Vec<String> = paused.iter().cloned().collect();
         kinds.sort();
         Ok(kinds)
+    }
+
+    async fn set_limit(&self, limit: &Limit) -> StoreResult<()> {
+        let store = self.clone();
+        let limit = limit.clone();
+        tokio::task::spawn_blocking(move || {
+            let tree = &store.inner.tree;
+            let key = keys::limit(&limit.kind, limit.scope);
+            let clear = limit.concurrency.is_none() && limit.rates.is_empty();
+            if clear {
+                tree.remove(key).map_err(disk)?;
+            } else {
+                tree.insert(key, keys::limit_value(&limit)).map_err(disk)?;
+            }
+            store.sync()?;
+            // Under the apply lock, as claims read the limits.
+            let _apply = lock(&store.inner.apply);
+            let mut ready = lock(&store.inner.ready);
+            let (mut limits, _) = ready.flow(&limit.kind);
+            limits.limits.retain(|l| l.scope != limit.scope);
+            if !clear {
+                limits.limits.push(limit.clone());
+                limits.limits.sort_by_key(|l| l.scope);
+            }
+            ready.set_limits(&limit.kind, limits);
+            drop(ready);
+            // A limit raised or removed may let held-back work start.
+            store.inner.work.send_modify(|n| *n += 1);
+            Ok(())
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn limits(&self) -> StoreResult<Vec<Limit>> {
+        let ready = lock(&self.inner.ready);
+        let mut all: Vec<Limit> = ready.limits().flat_map(|k| k.limits.clone()).collect();
+        all.sort_by(|a, b| (&a.kind, a.scope).cmp(&(&b.kind, b.scope)));
+        Ok(all)
+    }
+
+    async fn usage(
+        &self,
+        kind: &str,
+        slots: Option<&[SlotId]>,
+    ) -> StoreResult<(KindLimits, Usage)> {
+        let (limits, mut usage) = lock(&self.inner.ready).flow(kind);
+        match slots {
+            Some(slots) => {
+                usage.running.retain(|id, _| slots.contains(id));
+                usage.buckets.retain(|(id, _), _| slots.contains(id));
+            }
+            None => {
+                let mut busiest: Vec<_> = usage.running.iter().filter(|(_, n)| **n > 0).collect();
+                busiest.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                usage.running = busiest
+                    .into_iter()
+                    .take(USAGE_ROWS)
+                    .map(|(id, n)| (id.clone(), *n))
+                    .collect();
+                usage
+                    .buckets
+                    .retain(|((scope, _), _), _| *scope == LimitScope::Kind);
+            }
+        }
+        Ok((limits, usage))
     }
 
     fn queued_of_kind(&self, kind: &str) -> Option<u64> {
