@@ -30,6 +30,31 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    kind: String,
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLabels {
+    kind: String,
+    rate: String,
+}
+
+/// One limit's use, as the gauges show it.
+#[derive(Clone, Debug)]
+pub struct LimitGauge {
+    pub kind: String,
+    /// kind, key or tenant.
+    pub scope: &'static str,
+    /// For the whole kind, how many run holding it; per key or tenant,
+    /// how many keys or tenants run as many as they may.
+    pub in_use: u64,
+    /// Whole tokens left in each whole-kind rate, by rate.
+    pub tokens: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     kind: String,
     outcome: String,
@@ -96,6 +121,8 @@ pub struct Metrics {
     depth: Family<StateLabels, Gauge>,
     oldest: Family<KindLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     paused: Family<KindLabel, Gauge>,
+    limit_in_use: Family<LimitLabels, Gauge>,
+    limit_tokens: Family<RateLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     queue_wait: Histograms<KindLabel>,
     run_time: Histograms<KindLabel>,
     watches: Gauge<i64, AtomicI64>,
@@ -129,6 +156,8 @@ impl Metrics {
         let depth = Family::default();
         let oldest = Family::default();
         let paused = Family::default();
+        let limit_in_use = Family::default();
+        let limit_tokens = Family::default();
         let queue_wait: Histograms<KindLabel> = Family::new_with_constructor(seconds);
         let run_time: Histograms<KindLabel> = Family::new_with_constructor(seconds);
         let watches = Gauge::default();
@@ -171,6 +200,17 @@ impl Metrics {
             "queue_paused",
             "1 for each kind whose queue is paused (its operations wait)",
             paused.clone(),
+        );
+        registry.register(
+            "limit_in_use",
+            "Each limit's use: for a whole-kind limit (scope kind) how many run holding it; \
+             per key or tenant, how many keys or tenants run as many as they may, whose work waits",
+            limit_in_use.clone(),
+        );
+        registry.register(
+            "limit_tokens",
+            "Whole tokens left in each whole-kind rate limit's bucket, by kind and rate",
+            limit_tokens.clone(),
         );
         registry.register(
             "queue_wait_seconds",
@@ -222,6 +262,8 @@ impl Metrics {
             depth,
             oldest,
             paused,
+            limit_in_use,
+            limit_tokens,
             queue_wait,
             run_time,
             watches,
@@ -353,6 +395,28 @@ impl Metrics {
                 code: code.to_string(),
             })
             .inc();
+    }
+
+    /// Replaces the limit gauges with what the store holds now.
+    pub fn set_limits(&self, limits: &[LimitGauge]) {
+        self.limit_in_use.clear();
+        self.limit_tokens.clear();
+        for limit in limits {
+            self.limit_in_use
+                .get_or_create(&LimitLabels {
+                    kind: limit.kind.clone(),
+                    scope: limit.scope.to_owned(),
+                })
+                .set(i64::try_from(limit.in_use).unwrap_or(i64::MAX));
+            for (rate, tokens) in &limit.tokens {
+                self.limit_tokens
+                    .get_or_create(&RateLabels {
+                        kind: limit.kind.clone(),
+                        rate: rate.clone(),
+                    })
+                    .set(*tokens);
+            }
+        }
     }
 
     /// Replaces the queue gauges with what the store counts now.

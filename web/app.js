@@ -462,6 +462,16 @@ function estimateText(op) {
   return `${when(meta.estimatedEndTime)} (${left > 0 ? `in ${span(left)}` : "overdue"})`;
 }
 
+// Why a queued operation waits: "KEY_CONCURRENCY (key acme)", "RATE_LIMITED
+// until 12:04:05 UTC".
+function waitingText(meta) {
+  const w = meta.waitingReason;
+  if (!w?.reason) return "";
+  const key = w.concurrencyKey ? ` (key ${w.concurrencyKey})` : "";
+  const until = w.until ? ` until ${when(w.until)}` : "";
+  return `${w.reason}${key}${until}`;
+}
+
 function renderFacts(op) {
   const meta = op.metadata ?? {};
   const percent = percentOf(op);
@@ -470,9 +480,12 @@ function renderFacts(op) {
     ["Kind", meta.kind],
     ["Tenant", meta.tenant || "—"],
     ["Progress", `${percent}%${meta.statusMessage ? ` · ${meta.statusMessage}` : ""}`],
+    ["Waiting", op.done ? "" : waitingText(meta)],
     ["Estimated end", estimateText(op)],
     ["Attempt", attemptText(meta)],
     ["Runs on", op.done ? "" : meta.holder],
+    ["Priority", meta.run?.priority ? String(meta.run.priority) : ""],
+    ["Concurrency key", meta.run?.concurrencyKey],
     ["Created", when(meta.createTime)],
     ["Started", when(meta.startTime)],
     ["Updated", when(meta.updateTime)],
@@ -651,6 +664,28 @@ function queueState(q) {
   return [badge, " ", button];
 }
 
+// A kind's limits and their use: "key: 2 at once, 10/s (3 keys at their
+// limit: acme 2, globex 2, initech 2)", the busiest three named.
+function limitsText(q) {
+  return (q.limits ?? []).map((used) => {
+    const limit = used.limit ?? {};
+    const parts = [];
+    if (Number(limit.concurrency ?? 0) > 0) parts.push(`${limit.concurrency} at once`);
+    parts.push(...(limit.rates ?? []));
+    const atLimit = Number(used.atLimit ?? 0);
+    let use;
+    if (limit.scope === "kind") {
+      const tokens = (used.tokens ?? []).map((t, i) => `${Math.floor(t)} of ${limit.rates?.[i]} left`);
+      use = [`${atLimit} running`, ...tokens].join(", ");
+    } else {
+      const busiest = (used.busiest ?? []).slice(0, 3).map((b) => `${b.key || "default"} ${b.running}`);
+      const some = atLimit === 1 ? `1 ${limit.scope} at its limit` : `${atLimit} ${limit.scope}s at their limit`;
+      use = `${some}${busiest.length ? `: ${busiest.join(", ")}` : ""}`;
+    }
+    return `${limit.scope}: ${parts.join(", ")} (${use})`;
+  });
+}
+
 async function loadQueues() {
   let stats;
   try {
@@ -673,6 +708,7 @@ async function loadQueues() {
         cell("Cancelling", String(q.cancelling ?? 0)),
         cell("Oldest waiting", age(q.oldestQueuedTime)),
         cell("Finished per minute", sparkline(q.finishedPerMinute ?? [])),
+        cell("Limits", ...limitsText(q).flatMap((text, i) => (i ? [el("br"), text] : [text]))),
         cell("State", ...queueState(q)),
       );
     }),

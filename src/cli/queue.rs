@@ -113,9 +113,10 @@ pub async fn run(command: QueueCommand) -> anyhow::Result<ExitCode> {
                 );
                 for used in &q.limits {
                     let Some(limit) = &used.limit else { continue };
-                    let at = match limit.scope.as_str() {
-                        "kind" => format!("{} running", used.at_limit),
-                        scope => format!("{} {scope}s at their limit", used.at_limit),
+                    let at = match (limit.scope.as_str(), used.at_limit) {
+                        ("kind", n) => format!("{n} running"),
+                        (scope, 1) => format!("1 {scope} at its limit"),
+                        (scope, n) => format!("{n} {scope}s at their limit"),
                     };
                     println!("    limit {}  ({at})", describe_limit(limit));
                 }

@@ -157,7 +157,7 @@ impl Engine {
     }
 
     /// Every limited kind's limits and their use, as `scope` may see them.
-    pub(crate) async fn limit_uses(
+    pub async fn limit_uses(
         &self,
         scope: &Scope,
     ) -> Result<HashMap<String, Vec<LimitUse>>, EngineError> {

@@ -185,7 +185,27 @@ try {
   await page.click(`${sleepRow} button[data-action="resume"]`);
   await page.waitForSelector(`${sleepRow} button[data-action="pause"]`);
   await api(open, "POST", `/v1/${held.name}:wait`, { timeout: "30s" });
-  await page.goBack();
+
+  step("a key's limit holds work back: the queue shows it, the operation says why it waits");
+  await api(open, "POST", "/v1/queues/sleep:setLimit", { scope: "key", concurrency: 1 });
+  const keyed = (duration) =>
+    api(open, "POST", "/v1/diagnostics:sleep", { duration, steps: 1, run: { concurrencyKey: "acme" } });
+  const holder = await keyed("60s");
+  await page.goto(`${open}#/operations/${idOf(holder.name)}`);
+  await page.waitForFunction(() => document.querySelector('#detail-meta [data-fact="State"]')?.textContent === "RUNNING");
+  const waiter = await keyed("0s");
+  await page.goto(`${open}#/operations/${idOf(waiter.name)}`);
+  await page.waitForFunction(() =>
+    document.querySelector('#detail-meta [data-fact="Waiting"]')?.textContent === "KEY_CONCURRENCY (key acme)");
+  await page.goto(`${open}#/queues`);
+  await page.waitForFunction(() =>
+    document.querySelector(`#queue-rows tr[data-kind="longrun.v1.Diagnostics.Sleep"] td[data-label="Limits"]`)
+      ?.textContent.includes("key: 1 at once (1 key at its limit: acme 1)"));
+  await page.screenshot({ path: `${shots}/queues-limits-1280x800.png` });
+  await api(open, "POST", `/v1/${holder.name}:cancel`, {});
+  await api(open, "POST", `/v1/${waiter.name}:wait`, { timeout: "30s" });
+  await api(open, "POST", "/v1/queues/sleep:deleteLimit", { scope: "key" });
+  await page.goto(`${open}#/operations`);
   await page.waitForSelector("#operations:not([hidden])");
 
   step("a phone's width: nothing wider than the screen, no word broken");
