@@ -493,6 +493,31 @@ mod tests {
     }
 
     #[test]
+    fn limit_gauges_show_each_limits_use() {
+        let metrics = Metrics::new();
+        metrics.set_limits(&[
+            LimitGauge {
+                kind: "k".into(),
+                scope: "key",
+                in_use: 3,
+                tokens: Vec::new(),
+            },
+            LimitGauge {
+                kind: "k".into(),
+                scope: "kind",
+                in_use: 7,
+                tokens: vec![("100/s".into(), 42.0)],
+            },
+        ]);
+        let text = metrics.render();
+        assert!(text.contains("longrun_limit_in_use{kind=\"k\",scope=\"key\"} 3"), "{text}");
+        assert!(text.contains("longrun_limit_tokens{kind=\"k\",rate=\"100/s\"} 42.0"), "{text}");
+        // Replaced, not added to.
+        metrics.set_limits(&[]);
+        assert!(!metrics.render().contains("longrun_limit_in_use{"));
+    }
+
+    #[test]
     fn the_backlog_replaces_what_was_there() {
         let metrics = Metrics::new();
         let now = SystemTime::now();
