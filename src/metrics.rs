@@ -510,8 +510,14 @@ mod tests {
             },
         ]);
         let text = metrics.render();
-        assert!(text.contains("longrun_limit_in_use{kind=\"k\",scope=\"key\"} 3"), "{text}");
-        assert!(text.contains("longrun_limit_tokens{kind=\"k\",rate=\"100/s\"} 42.0"), "{text}");
+        assert!(
+            text.contains("longrun_limit_in_use{kind=\"k\",scope=\"key\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("longrun_limit_tokens{kind=\"k\",rate=\"100/s\"} 42.0"),
+            "{text}"
+        );
         // Replaced, not added to.
         metrics.set_limits(&[]);
         assert!(!metrics.render().contains("longrun_limit_in_use{"));

@@ -299,10 +299,21 @@ roles = ["reader"]"#
                 "[tenant.acme]\nwebhook_secrets = [\"whsec_!!\"]".to_owned(),
                 "webhook_secrets",
             ),
+            ("[tenant.acme]\nweight = 0".to_owned(), "weight"),
+            ("[tenant.acme]\nweight = 1001".to_owned(), "weight"),
         ];
         for (text, expected) in cases {
             let error = AuthFile::parse(&text).unwrap_err();
             assert!(error.0.contains(expected), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn tenants_weights_are_kept_when_not_one() {
+        let file =
+            AuthFile::parse("[tenant.acme]\nweight = 3\n[tenant.globex]\nweight = 1\n").unwrap();
+        let acme = Tenant::named("acme").unwrap();
+        assert_eq!(file.weights.get(&acme), Some(&3));
+        assert_eq!(file.weights.len(), 1);
     }
 }
