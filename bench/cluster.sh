@@ -7,6 +7,7 @@
 #
 #   bench/cluster.sh                     # N=20000, RUNS=3, NODES="1 2 3"
 #   PG=postgres://postgres@127.0.0.1:5432 bench/cluster.sh
+#   KEY=acme SERVE_ARGS='--concurrency sleep:key=100' bench/cluster.sh
 #
 # Needs: a release build, h2load (Debian nghttp2-client), psql, and a
 # PostgreSQL server the URL's user may create databases on.
@@ -20,11 +21,13 @@ RUNS=${RUNS:-3}
 NODES=${NODES:-1 2 3}
 CONNECTIONS=${CONNECTIONS:-4}
 STREAMS=${STREAMS:-16}
+SERVE_ARGS=${SERVE_ARGS:-}
+KEY=${KEY:-}
 
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
-printf '\0\0\0\0\0' > "$work/empty"
+sleep_body "$work/empty" "$KEY"
 
 fresh_database() {
   db=longrun_bench_$RANDOM$RANDOM
@@ -37,7 +40,7 @@ start_nodes() {
   : > "$work/addresses"
   for i in $(seq "$1"); do
     "$BIN" serve --listen 127.0.0.1:0 --store "$PG/$2" --data-dir "$work/data-$i" \
-      --node-name "node-$i" 2> "$work/log-$i" &
+      --node-name "node-$i" $SERVE_ARGS 2> "$work/log-$i" & # shellcheck disable=SC2086
     pids+=($!)
     wait_listening "$work/log-$i" "$!"
     echo "$address" >> "$work/addresses"

@@ -11,6 +11,7 @@
 #
 #   bench/h2load.sh [BINARY]        # BINARY defaults to target/release/longrun
 #   N=20000 CONNECTIONS=4 STREAMS=16 SERVE_ARGS="--sync always" bench/h2load.sh
+#   KEY=acme bench/h2load.sh        # every create names concurrency key acme
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/longrun}
@@ -18,11 +19,11 @@ N=${N:-20000}
 CONNECTIONS=${CONNECTIONS:-4}
 STREAMS=${STREAMS:-16}
 SERVE_ARGS=${SERVE_ARGS:-}
+KEY=${KEY:-}
 
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-# An empty request message in gRPC framing: no compression, length 0.
-printf '\0\0\0\0\0' > "$work/empty"
+sleep_body "$work/empty" "$KEY"
 
 pid=
 # h2load's requests per second for N calls of a method.

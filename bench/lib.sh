@@ -32,3 +32,20 @@ stop_server() {
   wait "$pid" || true
   pid=
 }
+
+# Writes to $1 the Diagnostics.Sleep request the benches send, in gRPC
+# framing (no compression, a 4-byte length): empty, or, when $2 names a
+# concurrency key, a SleepRequest whose run (field 8) carries it
+# (RunOptions field 2).
+sleep_body() {
+  python3 - "$1" "${2:-}" <<'PY'
+import struct, sys
+key = sys.argv[2].encode()
+message = b""
+if key:
+    assert len(key) < 120
+    run = b"\x12" + bytes([len(key)]) + key
+    message = b"\x42" + bytes([len(run)]) + run
+open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(message)) + message)
+PY
+}

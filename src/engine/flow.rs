@@ -184,23 +184,16 @@ impl Engine {
                         }
                     };
                     let mut busiest: Vec<(String, u32)> = usage
-                        .running
-                        .iter()
-                        .filter(|((s, key), _)| *s == limit.scope && mine(key))
-                        .map(|((_, key), n)| (key.clone(), *n))
+                        .slots()
+                        .filter(|(s, key, n)| *s == limit.scope && *n > 0 && mine(key))
+                        .map(|(_, key, n)| (key.to_owned(), n))
                         .collect();
                     busiest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                     let running = match (limit.scope, limit.concurrency) {
-                        (LimitScope::Kind, _) => usage
-                            .running
-                            .get(&(LimitScope::Kind, String::new()))
-                            .copied()
-                            .unwrap_or(0)
-                            .into(),
+                        (LimitScope::Kind, _) => usage.running(LimitScope::Kind, "").into(),
                         (_, Some(max)) => usage
-                            .running
-                            .iter()
-                            .filter(|((s, _), n)| *s == limit.scope && **n >= max)
+                            .slots()
+                            .filter(|(s, _, n)| *s == limit.scope && *n >= max)
                             .count() as u64,
                         (_, None) => 0,
                     };
@@ -210,10 +203,8 @@ impl Engine {
                             .iter()
                             .enumerate()
                             .map(|(i, rate)| {
-                                let id = ((LimitScope::Kind, String::new()), i);
                                 usage
-                                    .buckets
-                                    .get(&id)
+                                    .bucket(LimitScope::Kind, i, "")
                                     .map_or(f64::from(rate.burst), |b| b.level(rate, now).floor())
                             })
                             .collect(),

@@ -350,13 +350,84 @@ pub type SlotId = (LimitScope, String);
 
 /// What runs and what the buckets hold, for the slots and buckets of one
 /// kind a claim touches. Backends fill it (from memory, or from locked
-/// rows) and read back what changed.
-#[derive(Clone, Debug, Default)]
+/// rows) and read back what changed. Kept by scope, then key, so that a
+/// lookup by key allocates nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Usage {
-    /// How many run, by slot.
-    pub running: HashMap<SlotId, u32>,
-    /// Each bucket's level, by slot and rate (its index in the limit).
-    pub buckets: HashMap<(SlotId, usize), Bucket>,
+    running: HashMap<LimitScope, HashMap<String, u32>>,
+    /// By scope and rate (its index in the limit), then key.
+    buckets: HashMap<(LimitScope, usize), HashMap<String, Bucket>>,
+}
+
+impl Usage {
+    /// How many run holding the slot.
+    pub fn running(&self, scope: LimitScope, key: &str) -> u32 {
+        self.running
+            .get(&scope)
+            .and_then(|keys| keys.get(key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sets how many run holding the slot.
+    pub fn set_running(&mut self, scope: LimitScope, key: &str, n: u32) {
+        let keys = self.running.entry(scope).or_default();
+        match keys.get_mut(key) {
+            Some(count) => *count = n,
+            None => {
+                keys.insert(key.to_owned(), n);
+            }
+        }
+    }
+
+    /// Adds to (or, below zero, takes from) how many run holding the slot.
+    pub fn add_running(&mut self, scope: LimitScope, key: &str, by: i64) {
+        let n = i64::from(self.running(scope, key)).saturating_add(by);
+        self.set_running(scope, key, u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+    }
+
+    /// Every slot and how many run holding it.
+    pub fn slots(&self) -> impl Iterator<Item = (LimitScope, &str, u32)> {
+        self.running
+            .iter()
+            .flat_map(|(scope, keys)| keys.iter().map(|(key, n)| (*scope, key.as_str(), *n)))
+    }
+
+    /// A bucket's level as last stored, if it was.
+    pub fn bucket(&self, scope: LimitScope, rate: usize, key: &str) -> Option<Bucket> {
+        self.buckets
+            .get(&(scope, rate))
+            .and_then(|keys| keys.get(key))
+            .copied()
+    }
+
+    pub fn set_bucket(&mut self, scope: LimitScope, rate: usize, key: &str, bucket: Bucket) {
+        let keys = self.buckets.entry((scope, rate)).or_default();
+        match keys.get_mut(key) {
+            Some(b) => *b = bucket,
+            None => {
+                keys.insert(key.to_owned(), bucket);
+            }
+        }
+    }
+
+    /// Every bucket: scope, rate, key and level.
+    pub fn buckets(&self) -> impl Iterator<Item = (LimitScope, usize, &str, Bucket)> {
+        self.buckets.iter().flat_map(|((scope, rate), keys)| {
+            keys.iter()
+                .map(move |(key, b)| (*scope, *rate, key.as_str(), *b))
+        })
+    }
+
+    /// Keeps only the slots and buckets `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(LimitScope, &str) -> bool) {
+        for (scope, keys) in &mut self.running {
+            keys.retain(|key, _| keep(*scope, key));
+        }
+        for ((scope, _), keys) in &mut self.buckets {
+            keys.retain(|key, _| keep(*scope, key));
+        }
+    }
 }
 
 /// Decides, candidate by candidate, which queued operations of one kind
@@ -381,10 +452,8 @@ impl Gate<'_> {
             let Some(slot) = slot_key(limit.scope, tenant, key) else {
                 continue;
             };
-            let id = (limit.scope, slot.to_owned());
             if let Some(max) = limit.concurrency {
-                let running = self.usage.running.get(&id).copied().unwrap_or(0);
-                if running >= max {
+                if self.usage.running(limit.scope, slot) >= max {
                     return Err((
                         limit.scope,
                         match limit.scope {
@@ -400,7 +469,7 @@ impl Gate<'_> {
             }
             let mut until: Option<SystemTime> = None;
             for (i, rate) in limit.rates.iter().enumerate() {
-                let bucket = self.bucket(&id, i, rate, now);
+                let bucket = self.bucket(limit.scope, i, slot, rate, now);
                 if bucket.level(rate, now) < 1.0 {
                     let next = bucket.next_token(rate, now);
                     until = Some(until.map_or(next, |u| u.max(next)));
@@ -426,43 +495,44 @@ impl Gate<'_> {
             let Some(slot) = slot_key(limit.scope, tenant, key) else {
                 continue;
             };
-            let id = (limit.scope, slot.to_owned());
             if holds.has(limit.scope) {
-                *self.usage.running.entry(id.clone()).or_insert(0) += 1;
+                self.usage.add_running(limit.scope, slot, 1);
             }
             for (i, rate) in limit.rates.iter().enumerate() {
-                let level = self.bucket(&id, i, rate, now).level(rate, now);
-                self.usage.buckets.insert(
-                    (id.clone(), i),
-                    Bucket {
-                        tokens: level - 1.0,
-                        at: now,
-                    },
-                );
+                let level = self
+                    .bucket(limit.scope, i, slot, rate, now)
+                    .level(rate, now);
+                let bucket = Bucket {
+                    tokens: level - 1.0,
+                    at: now,
+                };
+                self.usage.set_bucket(limit.scope, i, slot, bucket);
             }
         }
         Ok(holds)
     }
 
-    fn bucket(&self, id: &SlotId, i: usize, rate: &Rate, now: SystemTime) -> Bucket {
-        self.usage
-            .buckets
-            .get(&(id.clone(), i))
-            .copied()
-            .unwrap_or(Bucket {
-                tokens: f64::from(rate.burst),
-                at: now,
-            })
+    /// A bucket as stored, or full when it never was.
+    fn bucket(
+        &self,
+        scope: LimitScope,
+        i: usize,
+        key: &str,
+        rate: &Rate,
+        now: SystemTime,
+    ) -> Bucket {
+        self.usage.bucket(scope, i, key).unwrap_or(Bucket {
+            tokens: f64::from(rate.burst),
+            at: now,
+        })
     }
 }
 
 /// Gives back what a stopped operation held.
-pub fn release(usage: &mut HashMap<SlotId, u32>, holds: Holds, tenant: &str, key: Option<&str>) {
+pub fn release(usage: &mut Usage, holds: Holds, tenant: &str, key: Option<&str>) {
     for scope in holds.scopes() {
-        if let Some(slot) = slot_key(scope, tenant, key)
-            && let Some(n) = usage.get_mut(&(scope, slot.to_owned()))
-        {
-            *n = n.saturating_sub(1);
+        if let Some(slot) = slot_key(scope, tenant, key) {
+            usage.add_running(scope, slot, -1);
         }
     }
 }
@@ -516,7 +586,7 @@ mod tests {
         // Without a key, a key limit does not apply.
         assert_eq!(gate.admit("t", None, now), Ok(Holds::NONE));
         let holds = Holds::NONE.with(LimitScope::Key);
-        release(&mut usage.running, holds, "t", Some("a"));
+        release(&mut usage, holds, "t", Some("a"));
         let mut gate = Gate {
             limits: &limits,
             usage: &mut usage,

@@ -412,7 +412,7 @@ impl Ready {
                         if let Some(slot) =
                             flow::slot_key(scope, held.tenant.as_str(), held.key.as_deref())
                         {
-                            *usage.running.entry((scope, slot.to_owned())).or_insert(0) += 1;
+                            usage.add_running(scope, slot, 1);
                         }
                     }
                     self.holding.insert(id, held);
@@ -422,12 +422,7 @@ impl Ready {
             None => match self.holding.remove(&id) {
                 Some(held) => {
                     if let Some(usage) = self.usage.get_mut(&held.kind) {
-                        flow::release(
-                            &mut usage.running,
-                            held.holds,
-                            held.tenant.as_str(),
-                            held.key.as_deref(),
-                        );
+                        flow::release(usage, held.holds, held.tenant.as_str(), held.key.as_deref());
                     }
                     true
                 }

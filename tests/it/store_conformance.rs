@@ -1452,11 +1452,8 @@ pub async fn limits_hold_claims_back_until_slots_come_back(
         .unwrap();
     assert!(none.operations.is_empty(), "{:?}", none.operations);
     let (_, usage) = s.operations.usage("lim", None).await.unwrap();
-    assert_eq!(usage.running.get(&(LimitScope::Key, "a".into())), Some(&1));
-    assert_eq!(
-        usage.running.get(&(LimitScope::Tenant, String::new())),
-        Some(&3)
-    );
+    assert_eq!(usage.running(LimitScope::Key, "a"), 1);
+    assert_eq!(usage.running(LimitScope::Tenant, ""), 3);
 
     // What runs is counted again after a reopen (of claims made durable:
     // a lazy claim lost in a crash is queued again, holding nothing).
@@ -1466,7 +1463,7 @@ pub async fn limits_hold_claims_back_until_slots_come_back(
     let slots = [(LimitScope::Key, "a".to_owned())];
     let (limits, usage) = s.operations.usage("lim", Some(&slots)).await.unwrap();
     assert_eq!(limits.limits, vec![per_key.clone(), per_tenant]);
-    assert_eq!(usage.running.get(&slots[0]), Some(&1));
+    assert_eq!(usage.running(LimitScope::Key, "a"), 1);
     assert!(
         s.operations
             .claim(&wants(&[("lim", 10)]), SystemTime::now())

@@ -74,9 +74,9 @@ async fn load(
     .await
     .map_err(db)?;
     for row in rows {
-        let id = slot_of(&row)?;
+        let (scope, key) = slot_of(&row)?;
         let running: i32 = row.try_get("running").map_err(db)?;
-        usage.running.insert(id, running.max(0) as u32);
+        usage.set_running(scope, &key, running.max(0) as u32);
     }
     let rows = sqlx::query(
         "SELECT scope, key, rate, tokens, at_us FROM longrun_buckets
@@ -89,13 +89,13 @@ async fn load(
     .await
     .map_err(db)?;
     for row in rows {
-        let id = slot_of(&row)?;
+        let (scope, key) = slot_of(&row)?;
         let rate: i16 = row.try_get("rate").map_err(db)?;
         let bucket = Bucket {
             tokens: row.try_get("tokens").map_err(db)?,
             at: from_micros(row.try_get("at_us").map_err(db)?),
         };
-        usage.buckets.insert((id, rate.max(0) as usize), bucket);
+        usage.set_bucket(scope, rate.max(0) as usize, &key, bucket);
     }
     Ok(())
 }
@@ -333,12 +333,7 @@ impl Claiming {
 
     /// Writes the buckets this claim took tokens from.
     async fn save_buckets(&self, tx: &mut Tx<'_>, kind: &str, now: SystemTime) -> StoreResult<()> {
-        let touched: Vec<_> = self
-            .usage
-            .buckets
-            .iter()
-            .filter(|(_, b)| b.at == now)
-            .collect();
+        let touched: Vec<_> = self.usage.buckets().filter(|(.., b)| b.at == now).collect();
         if touched.is_empty() {
             return Ok(());
         }
@@ -346,10 +341,10 @@ impl Claiming {
         let mut keys = Vec::new();
         let mut rates = Vec::new();
         let mut tokens = Vec::new();
-        for (((scope, key), rate), bucket) in touched {
+        for (scope, rate, key, bucket) in touched {
             scopes.push(scope.code());
-            keys.push(key.as_str());
-            rates.push(*rate as i16);
+            keys.push(key);
+            rates.push(rate as i16);
             tokens.push(bucket.tokens);
         }
         sqlx::query(
@@ -443,9 +438,6 @@ impl PgStore {
                 let mut slots = rows.iter().map(slot_of).collect::<StoreResult<Vec<_>>>()?;
                 slots.push((LimitScope::Kind, String::new()));
                 load(&mut conn, kind, &slots, &mut usage).await?;
-                usage
-                    .buckets
-                    .retain(|((scope, _), _), _| *scope == LimitScope::Kind);
             }
         }
         Ok((limits, usage))

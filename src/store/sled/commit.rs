@@ -21,7 +21,7 @@ use super::recent::Recent;
 use super::strings::Staged;
 use crate::model::{Delivery, DeliveryState, Operation, OperationId, RequestId, Tenant};
 use crate::store::codec::{decode, decode_delivery, encode, encode_delivery};
-use crate::store::ready::{Held, QueuedOp};
+use crate::store::ready::QueuedOp;
 use crate::store::rules::{Plan, Step, View};
 use crate::store::{Change, StoreError, StoreResult};
 
@@ -43,9 +43,9 @@ pub(super) fn disk(e: sled::Error) -> StoreError {
 pub(super) enum Moved {
     /// It is queued now (again, or with another due time).
     Queued(Queued),
-    /// It is not queued any more (claimed, done, or gone), and runs holding
-    /// these slots, if any.
-    Left(OperationId, Option<Held>),
+    /// It is not queued any more (claimed, done, or gone); true while it
+    /// runs holding limit slots (which its claim counted).
+    Left(OperationId, bool),
 }
 
 /// A queued operation, as the ready queue keeps it.
@@ -83,7 +83,7 @@ impl Moved {
                 priority: op.priority,
             })
         } else {
-            Moved::Left(op.id, Held::of(op))
+            Moved::Left(op.id, !op.holds.is_empty())
         }
     }
 }
@@ -215,7 +215,7 @@ impl<'a> Staging<'a> {
         for step in &plan.steps {
             let op = step.operation();
             self.moved.push(match step {
-                Step::Remove(op) => Moved::Left(op.id, None),
+                Step::Remove(op) => Moved::Left(op.id, false),
                 Step::Insert(op) | Step::Update { op, .. } => Moved::of(op),
             });
             if step.ends() {

@@ -130,9 +130,11 @@ impl SledStore {
                     queued = true;
                     ready.queue(op.as_queued());
                 }
-                Moved::Left(id, held) => {
+                // Still running: its claim counted its slots already.
+                Moved::Left(id, true) => ready.remove(id),
+                Moved::Left(id, false) => {
                     // Slots given back may let held-back work start.
-                    queued |= ready.left(id, held);
+                    queued |= ready.left(id, None);
                 }
             }
         }
@@ -495,20 +497,21 @@ impl OperationStore for SledStore {
         let (limits, mut usage) = lock(&self.inner.ready).flow(kind);
         match slots {
             Some(slots) => {
-                usage.running.retain(|id, _| slots.contains(id));
-                usage.buckets.retain(|(id, _), _| slots.contains(id));
+                usage.retain(|scope, key| slots.iter().any(|(s, k)| *s == scope && k == key))
             }
             None => {
-                let mut busiest: Vec<_> = usage.running.iter().filter(|(_, n)| **n > 0).collect();
-                busiest.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-                usage.running = busiest
-                    .into_iter()
-                    .take(USAGE_ROWS)
-                    .map(|(id, n)| (id.clone(), *n))
+                // The busiest slots, and the kind's own buckets.
+                let mut busiest: Vec<(LimitScope, String, u32)> = usage
+                    .slots()
+                    .filter(|(.., n)| *n > 0)
+                    .map(|(scope, key, n)| (scope, key.to_owned(), n))
                     .collect();
-                usage
-                    .buckets
-                    .retain(|((scope, _), _), _| *scope == LimitScope::Kind);
+                busiest.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (a.0, &a.1).cmp(&(b.0, &b.1))));
+                busiest.truncate(USAGE_ROWS);
+                usage.retain(|scope, key| {
+                    scope == LimitScope::Kind
+                        || busiest.iter().any(|(s, k, _)| *s == scope && k == key)
+                });
             }
         }
         Ok((limits, usage))
