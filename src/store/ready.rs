@@ -351,9 +351,9 @@ impl Level {
 /// What a running operation holds of its kind's limits.
 #[derive(Clone, Debug)]
 pub struct Held {
-    pub kind: String,
+    pub kind: Arc<str>,
     pub tenant: Tenant,
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     pub holds: Holds,
 }
 
@@ -361,9 +361,9 @@ impl Held {
     /// What `op` holds, if anything.
     pub fn of(op: &Operation) -> Option<Self> {
         (!op.holds.is_empty()).then(|| Held {
-            kind: op.kind.clone(),
+            kind: Arc::from(op.kind.as_str()),
             tenant: op.tenant.clone(),
-            key: op.concurrency_key.clone(),
+            key: op.concurrency_key.as_deref().map(Arc::from),
             holds: op.holds,
         })
     }
@@ -407,7 +407,7 @@ impl Ready {
         match held {
             Some(held) => {
                 if !self.holding.contains_key(&id) {
-                    let usage = self.usage.entry(held.kind.clone()).or_default();
+                    let usage = self.usage.entry(held.kind.to_string()).or_default();
                     for scope in held.holds.scopes() {
                         if let Some(slot) =
                             flow::slot_key(scope, held.tenant.as_str(), held.key.as_deref())
@@ -421,7 +421,7 @@ impl Ready {
             }
             None => match self.holding.remove(&id) {
                 Some(held) => {
-                    if let Some(usage) = self.usage.get_mut(&held.kind) {
+                    if let Some(usage) = self.usage.get_mut(&*held.kind) {
                         flow::release(usage, held.holds, held.tenant.as_str(), held.key.as_deref());
                     }
                     true
@@ -579,9 +579,9 @@ impl Ready {
                     // claim's record (or its failure) finds them.
                     if !holds.is_empty() {
                         let held = Held {
-                            kind: entry.kind.to_string(),
+                            kind: entry.kind,
                             tenant: entry.tenant,
-                            key: entry.key.map(|k| k.to_string()),
+                            key: entry.key,
                             holds: *holds,
                         };
                         self.holding.insert(*id, held);
@@ -687,9 +687,9 @@ mod tests {
         assert!(again.is_empty());
         // Its end gives the slot back.
         let held = Held {
-            kind: "k".into(),
+            kind: Arc::from("k"),
             tenant: tenant.clone(),
-            key: Some("busy".into()),
+            key: Some(Arc::from("busy")),
             holds: taken[0].1,
         };
         assert!(!ready.left(busy[0], Some(held)));
