@@ -381,9 +381,17 @@ impl Usage {
     }
 
     /// Adds to (or, below zero, takes from) how many run holding the slot.
+    /// A slot that falls to zero is forgotten, so that the slots kept are
+    /// as many as run.
     pub fn add_running(&mut self, scope: LimitScope, key: &str, by: i64) {
         let n = i64::from(self.running(scope, key)).saturating_add(by);
-        self.set_running(scope, key, u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+        if n <= 0 {
+            if let Some(keys) = self.running.get_mut(&scope) {
+                keys.remove(key);
+            }
+            return;
+        }
+        self.set_running(scope, key, u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     /// Every slot and how many run holding it.

@@ -2,7 +2,7 @@
 //! end, dispatch latency, Get under load, watch fan-out and scale.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
@@ -21,7 +21,9 @@ use longrun::pb::google::longrunning::{
 };
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
-use longrun::pb::longrun::v1::{OperationMetadata, SleepRequest, WatchOperationRequest};
+use longrun::pb::longrun::v1::{
+    OperationMetadata, RunOptions, SleepRequest, WatchOperationRequest,
+};
 
 /// Latencies in microseconds, and how many calls made them.
 pub struct Stats {
@@ -151,9 +153,27 @@ fn dispatch_latency(op: &Operation) -> Option<Duration> {
     ts(&m.start_time)?.duration_since(ts(&m.create_time)?).ok()
 }
 
+/// How many concurrency keys the creates are spread over (0: none), set
+/// once by `bench run --keys`, and the number of the next create.
+static KEYS: AtomicUsize = AtomicUsize::new(0);
+static CREATED: AtomicUsize = AtomicUsize::new(0);
+
+/// Spreads the creates that follow over `keys` concurrency keys.
+pub fn spread_over_keys(keys: usize) {
+    KEYS.store(keys, Ordering::Relaxed);
+}
+
 async fn create(channel: Connection) -> Result<Operation, tonic::Status> {
+    let keys = KEYS.load(Ordering::Relaxed);
+    let run = (keys > 0).then(|| RunOptions {
+        concurrency_key: format!("key-{}", CREATED.fetch_add(1, Ordering::Relaxed) % keys),
+        ..RunOptions::default()
+    });
     Ok(DiagnosticsClient::new(channel)
-        .sleep(SleepRequest::default())
+        .sleep(SleepRequest {
+            run,
+            ..SleepRequest::default()
+        })
         .await?
         .into_inner())
 }

@@ -33,9 +33,13 @@ pub struct Common {
     #[arg(long, default_value = "always")]
     pub sync: String,
     /// The started server's --concurrency, as KIND=N (default: each kind's
-    /// own). Repeat it for several kinds.
+    /// own) or a limit such as sleep:key=1. Repeat it for several.
     #[arg(long = "server-concurrency")]
     pub server_concurrency: Vec<String>,
+    /// Spread the creates of Sleep over this many concurrency keys, round
+    /// robin (0: no key), to measure per-key limits.
+    #[arg(long, default_value_t = 0)]
+    pub keys: usize,
     /// Start the server with an auth file and call it with a bearer token,
     /// to measure what authentication costs.
     #[arg(long, conflicts_with = "server")]
@@ -203,6 +207,7 @@ async fn run_scenarios(
     // stream limits.
     let stream_connections = watchers.div_ceil(500).max(common.connections);
     let c = common.concurrency;
+    load::spread_over_keys(common.keys);
     let mut results = Map::new();
     let mut ceiling = None::<f64>;
     let ratio = |rate: f64, ceiling: Option<f64>| ceiling.map(|c| rate / c);

@@ -108,10 +108,16 @@ pub(super) struct QueueMoves {
 
 /// The notification of a plan's changes, for the other nodes.
 fn notes(plan: &Plan) -> Vec<Note> {
+    let freed: Vec<OperationId> = plan
+        .steps
+        .iter()
+        .filter(|step| !step.released().is_empty())
+        .map(|step| step.operation().id)
+        .collect();
     plan.changes
         .iter()
         .filter_map(|announce| match &announce.change {
-            Change::Updated(op) => Some(Note::of(op, announce.delivery)),
+            Change::Updated(op) => Some(Note::of(op, announce.delivery, freed.contains(&op.id))),
             Change::Deleted(id) => Some(Note::deleted(*id)),
             _ => None,
         })
@@ -218,12 +224,9 @@ pub(super) async fn save(
         .await
         .map_err(|e| SaveError::Store(db(e)))?;
     }
-    if super::flow::release(tx, plan, tag)
+    moves.released = super::flow::release(tx, plan)
         .await
-        .map_err(SaveError::Store)?
-    {
-        moves.released = true;
-    }
+        .map_err(SaveError::Store)?;
     super::feed::notify(tx, tag, &notes(plan))
         .await
         .map_err(SaveError::Store)?;

@@ -3,8 +3,9 @@
 //! A commit notifies, inside its transaction (so only once it commits),
 //! the ids it changed, never the records: a payload is the committing
 //! process's tag, then one entry per change, a letter and the id. The
-//! letter says what the change was: `q` queued (work to claim), `u`
-//! updated, `d` deleted; a capital when the change wrote a webhook
+//! letter says what the change was: `q` queued (work to claim), `f`
+//! updated and giving limit slots back (held-back work may be claimable),
+//! `u` updated, `d` deleted; a capital when the change wrote a webhook
 //! delivery. A lone `r` (no id) says a paused kind was resumed: its queue
 //! is work to claim again. Every node listens; it skips its own tag (it announced those
 //! changes locally already) and turns the rest into
@@ -41,10 +42,12 @@ pub(super) struct Note {
 
 impl Note {
     /// An operation as a change left it; `delivery` when the change wrote
-    /// a pending webhook delivery.
-    pub(super) fn of(op: &Operation, delivery: bool) -> Self {
+    /// a pending webhook delivery, `freed` when it gave limit slots back.
+    pub(super) fn of(op: &Operation, delivery: bool, freed: bool) -> Self {
         let letter = if op.state == State::Queued {
             b'q'
+        } else if freed {
+            b'f'
         } else {
             b'u'
         };
@@ -167,7 +170,9 @@ fn take_in(payload: &str, tag: &str, feed: &broadcast::Sender<Change>) -> bool {
             continue;
         };
         let id = OperationId::from_bytes(*id.as_bytes());
-        work |= letter.eq_ignore_ascii_case(&b'q');
+        // Queued work, or limit slots given back: there may be work to
+        // claim.
+        work |= letter.eq_ignore_ascii_case(&b'q') || letter.eq_ignore_ascii_case(&b'f');
         let _ = feed.send(Change::Elsewhere {
             id,
             delivery: letter.is_ascii_uppercase(),

@@ -61,8 +61,22 @@ async fn load(
     slots: &[SlotId],
     usage: &mut Usage,
 ) -> StoreResult<()> {
-    let (scopes, keys): (Vec<i16>, Vec<&str>) =
-        slots.iter().map(|(s, k)| (s.code(), k.as_str())).unzip();
+    load_running(conn, kind, slots, usage).await?;
+    load_buckets(conn, kind, slots, usage).await
+}
+
+fn columns(slots: &[SlotId]) -> (Vec<i16>, Vec<&str>) {
+    slots.iter().map(|(s, k)| (s.code(), k.as_str())).unzip()
+}
+
+/// Reads what runs for `slots` into `usage`.
+async fn load_running(
+    conn: &mut sqlx::PgConnection,
+    kind: &str,
+    slots: &[SlotId],
+    usage: &mut Usage,
+) -> StoreResult<()> {
+    let (scopes, keys) = columns(slots);
     let rows = sqlx::query(
         "SELECT scope, key, running FROM longrun_slots
           WHERE kind = $1 AND (scope, key) IN (SELECT * FROM unnest($2::int2[], $3::text[]))",
@@ -70,7 +84,7 @@ async fn load(
     .bind(kind)
     .bind(&scopes)
     .bind(&keys)
-    .fetch_all(&mut *conn)
+    .fetch_all(conn)
     .await
     .map_err(db)?;
     for row in rows {
@@ -78,6 +92,17 @@ async fn load(
         let running: i32 = row.try_get("running").map_err(db)?;
         usage.set_running(scope, &key, running.max(0) as u32);
     }
+    Ok(())
+}
+
+/// Reads the buckets of `slots` into `usage`.
+async fn load_buckets(
+    conn: &mut sqlx::PgConnection,
+    kind: &str,
+    slots: &[SlotId],
+    usage: &mut Usage,
+) -> StoreResult<()> {
+    let (scopes, keys) = columns(slots);
     let rows = sqlx::query(
         "SELECT scope, key, rate, tokens, at_us FROM longrun_buckets
           WHERE kind = $1 AND (scope, key) IN (SELECT * FROM unnest($2::int2[], $3::text[]))",
@@ -107,8 +132,11 @@ fn slot_of(row: &sqlx::postgres::PgRow) -> StoreResult<SlotId> {
     Ok((scope, row.try_get("key").map_err(db)?))
 }
 
-/// Adds `delta` to the running count of each slot, locking the rows in
-/// key order first.
+/// Adds `delta` to the running count of each slot in one statement,
+/// which locks the rows in key order (the order of `deltas`), as every
+/// writer of slot rows does, so that no two wait on each other in a
+/// cycle. A key or tenant left with nothing running loses its row: one is
+/// made again when it next runs, so the rows are as many as run.
 async fn add_running(
     tx: &mut Tx<'_>,
     deltas: &BTreeMap<(String, i16, String), i32>,
@@ -126,52 +154,59 @@ async fn add_running(
         keys.push(key.as_str());
         ns.push(*n);
     }
-    let bind = |sql| {
-        sqlx::query(sql)
-            .bind(kinds.clone())
-            .bind(scopes.clone())
-            .bind(keys.clone())
-            .bind(ns.clone())
-    };
-    for sql in [
-        // The rows exist, then are locked in key order, then change.
-        "INSERT INTO longrun_slots (kind, scope, key, running)
-         SELECT k, s, key, 0 FROM unnest($1::text[], $2::int2[], $3::text[], $4::int4[])
-             AS u(k, s, key, n)
-         ON CONFLICT DO NOTHING",
-        "SELECT 1 FROM longrun_slots
-          WHERE (kind, scope, key) IN (SELECT k, s, key FROM unnest($1::text[], $2::int2[],
-                 $3::text[], $4::int4[]) AS u(k, s, key, n))
-          ORDER BY kind, scope, key FOR UPDATE",
-        "UPDATE longrun_slots t SET running = greatest(t.running + u.n, 0)
-           FROM unnest($1::text[], $2::int2[], $3::text[], $4::int4[]) AS u(k, s, key, n)
-          WHERE t.kind = u.k AND t.scope = u.s AND t.key = u.key",
-    ] {
-        bind(sql).execute(&mut **tx).await.map_err(db)?;
+    let emptied: Vec<(String, i16, String)> = sqlx::query_as(
+        "INSERT INTO longrun_slots AS t (kind, scope, key, running)
+         SELECT k, s, key, n
+           FROM unnest($1::text[], $2::int2[], $3::text[], $4::int4[]) WITH ORDINALITY
+             AS u(k, s, key, n, i)
+         ORDER BY i
+         ON CONFLICT (kind, scope, key)
+         DO UPDATE SET running = greatest(t.running + EXCLUDED.running, 0)
+         RETURNING t.kind, t.scope, t.key, t.running",
+    )
+    .bind(&kinds)
+    .bind(&scopes)
+    .bind(&keys)
+    .bind(&ns)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?
+    .into_iter()
+    .filter_map(|(kind, scope, key, running): (String, i16, String, i32)| {
+        (running <= 0 && scope != LimitScope::Kind.code()).then_some((kind, scope, key))
+    })
+    .collect();
+    if !emptied.is_empty() {
+        let (kinds, rest): (Vec<String>, Vec<(i16, String)>) =
+            emptied.into_iter().map(|(k, s, key)| (k, (s, key))).unzip();
+        let (scopes, keys): (Vec<i16>, Vec<String>) = rest.into_iter().unzip();
+        sqlx::query(
+            "DELETE FROM longrun_slots t
+              USING unnest($1::text[], $2::int2[], $3::text[]) AS u(k, s, key)
+              WHERE t.kind = u.k AND t.scope = u.s AND t.key = u.key AND t.running <= 0",
+        )
+        .bind(&kinds)
+        .bind(&scopes)
+        .bind(&keys)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
     }
     Ok(())
 }
 
-/// Gives back the slots of every operation `plan` stops running, and if
-/// any were, tells every node that held-back work may start. True when
-/// slots were given back.
-pub(super) async fn release(tx: &mut Tx<'_>, plan: &Plan, tag: &str) -> StoreResult<bool> {
+/// Gives back the slots of every operation `plan` stops running. True
+/// when some were: the plan's notification then tells every node that
+/// held-back work may start.
+pub(super) async fn release(tx: &mut Tx<'_>, plan: &Plan) -> StoreResult<bool> {
     let mut deltas = BTreeMap::new();
     for step in &plan.steps {
-        let held = step.released();
-        let op = step.operation();
-        count(&mut deltas, op, held, -1);
+        count(&mut deltas, step.operation(), step.released(), -1);
     }
     if deltas.is_empty() {
         return Ok(false);
     }
     add_running(tx, &deltas).await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(super::feed::CHANNEL)
-        .bind(format!("{tag} {}", super::feed::RESUMED))
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
     Ok(true)
 }
 
@@ -212,24 +247,23 @@ impl Claiming {
         if limits.is_empty() {
             return Ok(None);
         }
-        let whole = (LimitScope::Kind, String::new());
-        sqlx::query(
-            "INSERT INTO longrun_slots (kind, scope, key, running) VALUES ($1, 0, '', 0)
-             ON CONFLICT DO NOTHING",
+        // The kind's own row, made when missing, locked (claims of the kind
+        // take turns on it, on every node) and read, in one statement.
+        let running: i32 = sqlx::query_scalar(
+            "INSERT INTO longrun_slots AS t (kind, scope, key, running) VALUES ($1, 0, '', 0)
+             ON CONFLICT (kind, scope, key) DO UPDATE SET running = t.running
+             RETURNING t.running",
         )
         .bind(kind)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "SELECT 1 FROM longrun_slots WHERE kind = $1 AND scope = 0 AND key = '' FOR UPDATE",
-        )
-        .bind(kind)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
         let mut usage = Usage::default();
-        load(tx, kind, std::slice::from_ref(&whole), &mut usage).await?;
+        usage.set_running(LimitScope::Kind, "", running.max(0) as u32);
+        if limits.rated(LimitScope::Kind) {
+            let whole = (LimitScope::Kind, String::new());
+            load_buckets(tx, kind, std::slice::from_ref(&whole), &mut usage).await?;
+        }
         let kind_only = KindLimits {
             limits: limits.of(LimitScope::Kind).into_iter().cloned().collect(),
         };
@@ -303,8 +337,14 @@ impl Claiming {
         }
         slots.sort();
         slots.dedup();
-        if !slots.is_empty() {
-            load(tx, &kind, &slots, &mut self.usage).await?;
+        let counted = |scope| self.limits.concurrency(scope).is_some();
+        if !slots.is_empty() && (counted(LimitScope::Key) || counted(LimitScope::Tenant)) {
+            load_running(tx, &kind, &slots, &mut self.usage).await?;
+        }
+        if !slots.is_empty()
+            && (self.limits.rated(LimitScope::Key) || self.limits.rated(LimitScope::Tenant))
+        {
+            load_buckets(tx, &kind, &slots, &mut self.usage).await?;
         }
         let mut gate = Gate {
             limits: &self.limits,
@@ -423,6 +463,10 @@ impl PgStore {
         let mut conn = self.pool().acquire().await.map_err(db)?;
         let limits = kind_limits(&mut conn, kind).await?;
         let mut usage = Usage::default();
+        if limits.is_empty() {
+            // Nothing counts against a kind without limits.
+            return Ok((limits, usage));
+        }
         match slots {
             Some(slots) => load(&mut conn, kind, slots, &mut usage).await?,
             None => {
