@@ -484,6 +484,8 @@ function renderFacts(op) {
     ["Estimated end", estimateText(op)],
     ["Attempt", attemptText(meta)],
     ["Runs on", op.done ? "" : meta.holder],
+    ["Starts at", meta.startTime || op.done ? "" : when(meta.run?.startTime)],
+    ["Expires", meta.startTime || op.done ? "" : when(meta.run?.expireTime)],
     ["Priority", meta.run?.priority ? String(meta.run.priority) : ""],
     ["Concurrency key", meta.run?.concurrencyKey],
     ["Created", when(meta.createTime)],

@@ -172,6 +172,13 @@ fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::Notific
     )
 }
 
+fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 /// How a created operation runs: the flags behind RunOptions.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -182,6 +189,18 @@ pub struct RunArgs {
     /// customer id, say; at most 128 bytes).
     #[arg(long)]
     concurrency_key: Option<String>,
+    /// Not to start before this time (RFC 3339, e.g. 2026-12-24T09:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with = "delay")]
+    start_at: Option<std::time::SystemTime>,
+    /// Not to start before this long from now, e.g. 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<std::time::Duration>,
+    /// Not started by this time (RFC 3339), it ends without running.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with = "ttl")]
+    expire_at: Option<std::time::SystemTime>,
+    /// Not started this long from now, it ends without running, e.g. 1h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
 }
 
 impl RunArgs {
@@ -190,6 +209,10 @@ impl RunArgs {
         let options = longrun::pb::longrun::v1::RunOptions {
             priority: self.priority,
             concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
+            start_time: self.start_at.map(longrun::pb::timestamp),
+            start_delay: self.delay.map(proto_duration),
+            expire_time: self.expire_at.map(longrun::pb::timestamp),
+            ttl: self.ttl.map(proto_duration),
         };
         (options != longrun::pb::longrun::v1::RunOptions::default()).then_some(options)
     }

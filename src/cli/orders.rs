@@ -55,7 +55,7 @@ pub enum OrdersCommand {
         #[arg(long)]
         notify: Option<String>,
         #[command(flatten)]
-        run: super::RunArgs,
+        run: Box<super::RunArgs>,
     },
 }
 

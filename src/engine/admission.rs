@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Task};
-use crate::model::{Limits, Notification, Operation, Payload, Reason, RequestId, Tenant};
+use crate::model::{Limits, Notification, Operation, Payload, Reason, RequestId, RunSpec, Tenant};
 use crate::store::{Applied, Created, QueueDepth, StoreError, Write};
 
 /// Checks a webhook callback URL before an operation that names it is
@@ -38,10 +38,34 @@ pub struct SubmitOptions {
     /// request does not (an upload stored under a fresh name, say). By
     /// default the encoded request itself is used.
     pub fingerprint: Option<[u8; 32]>,
-    /// Higher starts first among the kind's queued operations.
-    pub priority: i32,
-    /// What the kind's per-key limits count it under.
-    pub concurrency_key: Option<String>,
+    /// Its priority, concurrency key, start and expiry.
+    pub run: RunSpec,
+}
+
+/// How far in the past a start time may be (a clock a little behind the
+/// server's): further back is a mistake, refused.
+pub const START_TIME_SLACK: Duration = Duration::from_secs(60);
+
+/// Checks a create's start and expire times against `now`, naming the
+/// field at fault.
+fn check_times(run: &RunSpec, now: SystemTime) -> Result<(), EngineError> {
+    if let Some(start) = run.start_at
+        && start + START_TIME_SLACK < now
+    {
+        return Err(EngineError::invalid(
+            "run.start_time",
+            "the start time is more than a minute in the past",
+        ));
+    }
+    if let Some(expire) = run.expire_at
+        && expire <= run.start_at.unwrap_or(now)
+    {
+        return Err(EngineError::invalid(
+            "run.expire_time",
+            "the expire time must come after the start time (or now, without one)",
+        ));
+    }
+    Ok(())
 }
 
 impl Engine {
@@ -101,7 +125,9 @@ impl Engine {
             Some(_) => request_digest(kind, &request.type_url, identity),
             None => [0; 32],
         };
-        super::flow::check_key(options.concurrency_key.as_deref())?;
+        let run = options.run;
+        super::flow::check_key(run.concurrency_key.as_deref())?;
+        check_times(&run, inner.clock.now())?;
         let tenant = options.tenant;
         inner.quotas.create(&tenant)?;
         let _room = inner.admission.reserve(
@@ -129,10 +155,19 @@ impl Engine {
             inner.clock.now(),
         );
         op.notification = options.notification;
-        op.priority = options.priority;
-        op.concurrency_key = options.concurrency_key;
+        op.priority = run.priority;
+        op.concurrency_key = run.concurrency_key;
+        op.expire_time = run.expire_at.map(crate::model::to_micros_precision);
+        if let Some(start) = run.start_at.filter(|start| *start > op.create_time) {
+            let start = crate::model::to_micros_precision(start);
+            op.scheduled_start = Some(start);
+            op.not_before = Some(start);
+        }
         (op.expected_run, op.expected_start) =
             inner.expectations(&op.kind, registered.task.size(&op.request), op.create_time);
+        if let Some(start) = op.scheduled_start {
+            op.expected_start = Some(op.expected_start.map_or(start, |e| e.max(start)));
+        }
         let name = op.id.name();
         match inner.committer.write(Write::Create(op)).await {
             Ok(Applied::Created(Created::New(op))) => {

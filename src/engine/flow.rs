@@ -250,7 +250,12 @@ impl Engine {
             return Some(Waiting::QueuePaused);
         }
         if let Some(until) = op.not_before.filter(|t| *t > now) {
-            return Some(Waiting::Backoff { until });
+            // Its first start, asked for later; or a retry's backoff.
+            return Some(if op.scheduled_start == Some(until) {
+                Waiting::Scheduled { until }
+            } else {
+                Waiting::Backoff { until }
+            });
         }
         let slots: Vec<_> = LimitScope::ALL
             .into_iter()

@@ -34,6 +34,7 @@ mod commit;
 mod dispatch;
 pub mod error;
 mod estimate;
+mod expiry;
 mod feed;
 pub mod flow;
 mod lease;
@@ -410,6 +411,7 @@ impl Engine {
         inner.tracker.spawn(dispatch::run(Arc::clone(inner)));
         inner.tracker.spawn(outside::dispatch(Arc::clone(inner)));
         inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
+        inner.tracker.spawn(expiry::sweep(Arc::clone(inner)));
         if inner.ops.shared() {
             inner.tracker.spawn(lease::keep(Arc::clone(inner)));
         }

@@ -50,8 +50,7 @@ impl DiagnosticsService {
                 .map(|t| convert::duration("timeout", t))
                 .transpose()?,
             notification: convert::notification(req.notification.as_ref())?,
-            priority: convert::priority(req.run.as_ref()),
-            concurrency_key: convert::concurrency_key(req.run.as_ref()),
+            run: convert::run_spec(req.run.as_ref(), std::time::SystemTime::now())?,
             ..SubmitOptions::default()
         };
         let op = self.engine.submit::<SleepTask>(req, options).await?;

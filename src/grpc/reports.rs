@@ -61,8 +61,8 @@ impl ReportsService {
             if first {
                 options.request_id = convert::request_id(&message.request_id)?;
                 options.notification = convert::notification(message.notification.as_ref())?;
-                options.priority = convert::priority(message.run.as_ref());
-                options.concurrency_key = convert::concurrency_key(message.run.as_ref());
+                options.run =
+                    convert::run_spec(message.run.as_ref(), std::time::SystemTime::now())?;
                 first = false;
             }
             upload
@@ -104,8 +104,7 @@ impl ReportService for ReportsService {
                 tenant: caller.tenant.clone(),
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
-                priority: convert::priority(req.run.as_ref()),
-                concurrency_key: convert::concurrency_key(req.run.as_ref()),
+                run: convert::run_spec(req.run.as_ref(), std::time::SystemTime::now())?,
                 ..SubmitOptions::default()
             };
             let op = self

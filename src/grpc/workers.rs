@@ -148,8 +148,7 @@ impl Jobs for WorkersService {
                 tenant: caller.tenant.clone(),
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
-                priority: convert::priority(req.run.as_ref()),
-                concurrency_key: convert::concurrency_key(req.run.as_ref()),
+                run: convert::run_spec(req.run.as_ref(), std::time::SystemTime::now())?,
                 timeout: req
                     .timeout
                     .as_ref()

@@ -12,6 +12,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+/// How a create asks its operation to run, beside what it does: the
+/// same on every create.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Higher starts first among the kind's queued operations.
+    pub priority: i32,
+    /// What the kind's per-key limits count it under.
+    pub concurrency_key: Option<String>,
+    /// Not to start before this time.
+    pub start_at: Option<SystemTime>,
+    /// Not started by this time, it ends without running.
+    pub expire_at: Option<SystemTime>,
+}
+
 /// The longest concurrency key, in bytes.
 pub const MAX_KEY: usize = 128;
 

@@ -36,7 +36,7 @@ pub use self::attempt::Attempt;
 pub use self::backlog::Backlog;
 pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
-pub use self::flow::{Holds, KindLimits, Limit, LimitScope, Rate, Waiting};
+pub use self::flow::{Holds, KindLimits, Limit, LimitScope, Rate, RunSpec, Waiting};
 pub use self::id::{OperationId, RequestId};
 pub use self::operation::{
     FailedAttempt, Lease, Limits, MAX_FAILED_ATTEMPTS, Notification, Operation, Outcome, Progress,

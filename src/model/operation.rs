@@ -171,6 +171,13 @@ pub struct Operation {
     /// While running: the limit slots its claim took, given back when it
     /// stops running.
     pub holds: Holds,
+    /// When it was asked to start, if later than its create; it is not
+    /// claimed before (its first `not_before`). Fixed at the create.
+    pub scheduled_start: Option<SystemTime>,
+    /// When it is no longer worth starting: not started by then, it ends
+    /// DEADLINE_EXCEEDED (`EXPIRED_BEFORE_START`) and never runs. Fixed at
+    /// the create.
+    pub expire_time: Option<SystemTime>,
 }
 
 /// How many ended attempts an operation remembers.
@@ -274,7 +281,15 @@ impl Operation {
             priority: 0,
             concurrency_key: None,
             holds: Holds::NONE,
+            scheduled_start: None,
+            expire_time: None,
         }
+    }
+
+    /// Whether it is queued and past its expire time at `now`: it must not
+    /// start.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.state == State::Queued && self.expire_time.is_some_and(|at| at <= now)
     }
 
     /// The attempts that count against `max_attempts`: all but those a

@@ -136,6 +136,8 @@ reasons! {
     AttemptStopped = "ATTEMPT_STOPPED",
     /// The attempt's node went away while it ran.
     AttemptInterrupted = "ATTEMPT_INTERRUPTED",
+    /// An operation that had not started by its expire time.
+    ExpiredBeforeStart = "EXPIRED_BEFORE_START",
     /// The task panicked.
     TaskPanicked = "TASK_PANICKED",
     /// The operation's request could not be decoded for its kind.

@@ -87,6 +87,8 @@ pub enum Edit {
     Finish { claim: Claim, finish: Finish },
     /// A client asks the operation to stop.
     Cancel,
+    /// A queued operation past its expire time ends without running.
+    Expire,
     /// After a restart: the attempt that was running has no worker left.
     RecoverOrphan(OrphanRetry),
 }
@@ -147,6 +149,9 @@ impl Operation {
     pub fn apply(&self, edit: &Edit, now: SystemTime) -> Result<Option<Transition>, Rejection> {
         let now = to_micros_precision(now);
         let next = match edit {
+            // One past its expire time ends instead of starting.
+            Edit::Claim { .. } | Edit::Expire if self.expired(now) => Some(self.expire(now)),
+            Edit::Expire => None,
             Edit::Claim { lease, by, holds } => Some(self.claim(lease, by, *holds, now)?),
             Edit::Assign { claim, worker } => Some(self.assign(claim, worker, now)?),
             Edit::Progress { claim, progress } => Some(self.progress(claim, progress, now)?),
@@ -335,6 +340,20 @@ impl Operation {
         }
         self.outcome = Some(outcome);
         self.end_time = Some(now);
+    }
+
+    /// QUEUED past its expire time -> FAILED, DEADLINE_EXCEEDED.
+    fn expire(&self, now: SystemTime) -> Operation {
+        let mut next = self.clone();
+        next.end(
+            Outcome::Error(OperationError::new(
+                Code::DeadlineExceeded,
+                Reason::ExpiredBeforeStart,
+                "the operation had not started by its expire time, so it never ran",
+            )),
+            now,
+        );
+        next.touched(now)
     }
 
     /// A queued operation ends at once; a running one moves to CANCELLING

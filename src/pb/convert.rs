@@ -11,7 +11,7 @@ use prost::Name;
 
 use crate::model::{
     Code, Delivery, DeliveryState, FieldViolation, Notification, Operation, OperationError,
-    OperationId, Outcome, Payload, RequestId, State, Waiting,
+    OperationId, Outcome, Payload, RequestId, RunSpec, State, Waiting,
 };
 use crate::pb::google::longrunning as lro;
 use crate::pb::google::rpc;
@@ -122,6 +122,9 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         run: Some(api::RunOptions {
             priority: op.priority,
             concurrency_key: op.concurrency_key.clone().unwrap_or_default(),
+            start_time: op.scheduled_start.map(timestamp),
+            expire_time: op.expire_time.map(timestamp),
+            ..api::RunOptions::default()
         }),
         waiting_reason: None,
     }
@@ -244,16 +247,42 @@ pub fn request_id(value: &str) -> Result<Option<RequestId>, FieldViolation> {
     RequestId::parse_optional(value).map_err(|e| FieldViolation::new("request_id", e.to_string()))
 }
 
-/// The concurrency key a create request's RunOptions names (none when
-/// empty).
-pub fn concurrency_key(run: Option<&api::RunOptions>) -> Option<String> {
-    run.map(|run| run.concurrency_key.clone())
-        .filter(|key| !key.is_empty())
-}
-
-/// The priority a create request's RunOptions asks for (0 without any).
-pub fn priority(run: Option<&api::RunOptions>) -> i32 {
-    run.map_or(0, |run| run.priority)
+/// What a create request's RunOptions asks for (the defaults without
+/// one), with delays and time-to-live made times from `now`.
+pub fn run_spec(run: Option<&api::RunOptions>, now: SystemTime) -> Result<RunSpec, FieldViolation> {
+    let Some(run) = run else {
+        return Ok(RunSpec::default());
+    };
+    let at = |field: &str,
+              time: Option<&prost_types::Timestamp>,
+              delay: Option<&prost_types::Duration>,
+              other: &str| match (time, delay) {
+        (Some(_), Some(_)) => Err(FieldViolation::new(
+            field,
+            format!("give {field} or run.{other}, not both"),
+        )),
+        (Some(t), None) => crate::pb::system_time(t)
+            .map(Some)
+            .ok_or_else(|| FieldViolation::new(field, "not a valid timestamp")),
+        (None, Some(d)) => Ok(Some(now + duration(&format!("run.{other}"), d)?)),
+        (None, None) => Ok(None),
+    };
+    Ok(RunSpec {
+        priority: run.priority,
+        concurrency_key: Some(run.concurrency_key.clone()).filter(|key| !key.is_empty()),
+        start_at: at(
+            "run.start_time",
+            run.start_time.as_ref(),
+            run.start_delay.as_ref(),
+            "start_delay",
+        )?,
+        expire_at: at(
+            "run.expire_time",
+            run.expire_time.as_ref(),
+            run.ttl.as_ref(),
+            "ttl",
+        )?,
+    })
 }
 
 /// The model's view of a create request's NotificationConfig. The URL

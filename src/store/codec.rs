@@ -114,6 +114,10 @@ pub(crate) struct StoredOperation {
     concurrency_key: Option<String>,
     #[prost(uint32, tag = "38")]
     holds: u32,
+    #[prost(sint64, optional, tag = "39")]
+    scheduled_start_after_us: Option<i64>,
+    #[prost(sint64, optional, tag = "40")]
+    expire_after_us: Option<i64>,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -369,6 +373,8 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
         priority: op.priority,
         concurrency_key: op.concurrency_key.clone(),
         holds: u32::from(op.holds.bits()),
+        scheduled_start_after_us: op.scheduled_start.map(after),
+        expire_after_us: op.expire_time.map(after),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -475,6 +481,8 @@ pub(crate) fn from_stored(
         priority: s.priority,
         concurrency_key: s.concurrency_key,
         holds: crate::model::Holds::from_bits(u8::try_from(s.holds).unwrap_or(0)),
+        scheduled_start: s.scheduled_start_after_us.map(|o| from_micros(created + o)),
+        expire_time: s.expire_after_us.map(|o| from_micros(created + o)),
         notification: match s.notification {
             Some(n) => Some(Notification {
                 callback_url: n.callback_url,

@@ -336,6 +336,14 @@ pub trait OperationStore: Send + Sync + 'static {
         Ok(held.iter().map(|(id, _)| *id).collect())
     }
 
+    /// Up to `limit` queued operations whose expire time passed by `now`
+    /// (they must end without running), and when the next one expires.
+    async fn expiring(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<(Vec<OperationId>, Option<SystemTime>)>;
+
     /// Up to `limit` running operations whose lease lapsed before `now`:
     /// their holder died or lost touch, and they wait to be taken back.
     async fn lapsed(&self, _now: SystemTime, _limit: usize) -> StoreResult<Vec<Operation>> {

@@ -90,6 +90,7 @@ fn random_request(rng: &mut impl Rng) -> SleepRequest {
             .then(|| longrun::pb::longrun::v1::RunOptions {
                 priority: rng.random_range(-2..3),
                 concurrency_key: format!("customer-{}", rng.random_range(0..3)),
+                ..Default::default()
             }),
     }
 }

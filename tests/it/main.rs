@@ -17,6 +17,7 @@ mod flow;
 mod full_disk;
 mod hot_path;
 mod http;
+mod later;
 mod lifecycle;
 mod operations;
 mod outage;

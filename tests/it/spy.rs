@@ -143,6 +143,14 @@ impl OperationStore for Spy {
         self.inner.paused().await
     }
 
+    async fn expiring(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<(Vec<OperationId>, Option<SystemTime>)> {
+        self.inner.expiring(now, limit).await
+    }
+
     async fn set_limit(&self, limit: &Limit) -> StoreResult<()> {
         self.inner.set_limit(limit).await
     }

@@ -1505,6 +1505,41 @@ pub async fn limits_hold_claims_back_until_slots_come_back(
     assert_eq!(rest.operations.len(), 2);
 }
 
+pub async fn queued_work_past_its_expire_time_ends_without_running(s: Stores) {
+    let now = SystemTime::now();
+    let mut soon = new_op("exp", None, 1);
+    soon.expire_time = Some(longrun::model::to_micros_precision(
+        now + Duration::from_secs(1),
+    ));
+    let soon = created(&s, soon).await;
+    let mut later = new_op("exp", None, 2);
+    later.expire_time = Some(longrun::model::to_micros_precision(
+        now + Duration::from_secs(60),
+    ));
+    created(&s, later).await;
+    // Nothing has expired yet; the next one to is `soon`.
+    let (expired, next) = s.operations.expiring(now, 10).await.unwrap();
+    assert!(expired.is_empty());
+    assert_eq!(next, soon.expire_time);
+    // Past its time, the sweep finds it, and a claim ends it instead of
+    // starting it.
+    let after = now + Duration::from_secs(2);
+    let (expired, _) = s.operations.expiring(after, 10).await.unwrap();
+    assert_eq!(expired, vec![soon.id]);
+    let claimed = s
+        .operations
+        .claim(&wants(&[("exp", 10)]), after)
+        .await
+        .unwrap();
+    assert_eq!(claimed.operations.len(), 1, "only the one not expired runs");
+    assert_ne!(claimed.operations[0].id, soon.id);
+    let ended = s.operations.get(soon.id).await.unwrap().unwrap();
+    assert_eq!(ended.state, State::Failed);
+    assert_eq!(ended.attempt, Attempt::NONE, "it never ran");
+    let (expired, _) = s.operations.expiring(after, 10).await.unwrap();
+    assert!(expired.is_empty(), "an ended operation expires no more");
+}
+
 pub async fn a_rate_limit_starts_work_as_its_bucket_fills(s: Stores) {
     s.operations
         .set_limit(&limit("rated", LimitScope::Kind, None, "2/s"))
@@ -1903,6 +1938,7 @@ macro_rules! conformance {
             case!(a_claim_for_one_tenant_takes_only_its_work);
             case!(claims_take_the_higher_priority_first);
             case!(a_rate_limit_starts_work_as_its_bucket_fills);
+            case!(queued_work_past_its_expire_time_ends_without_running);
             case_with_reopen!(limits_hold_claims_back_until_slots_come_back);
             case!(claims_wait_for_retries_to_come_due);
             case!(a_leased_claim_records_and_drops_its_lease);

@@ -260,12 +260,12 @@ pub(super) async fn save_new(
         " RETURNING 1
          ), new_deliveries AS (
             INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
-             SELECT * FROM unnest($15::uuid[], $16::uuid[], $17::int8[], $18::bytea[], $21::text[])
+             SELECT * FROM unnest($16::uuid[], $17::uuid[], $18::int8[], $19::bytea[], $22::text[])
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM new_operations) AS operations,
                 (SELECT count(*) FROM new_deliveries) AS deliveries,
-                (SELECT count(pg_notify($19, p)) FROM unnest($20::text[]) AS p) AS notes",
+                (SELECT count(pg_notify($20, p)) FROM unnest($21::text[]) AS p) AS notes",
     ));
     let query = columns
         .bind_all(query)
@@ -350,10 +350,10 @@ macro_rules! insert_operations {
         "INSERT INTO longrun_operations
            (id, tenant, kind, request_id, state, due_us, ended_us,
             lease_holder, lease_expires_us, attempt, version, record, priority,
-            concurrency_key)
+            concurrency_key, expire_us)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
             $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
-            $10::int4[], $11::int8[], $12::bytea[], $13::int4[], $14::text[])"
+            $10::int4[], $11::int8[], $12::bytea[], $13::int4[], $14::text[], $15::int8[])"
     };
 }
 use insert_operations;
@@ -372,9 +372,11 @@ struct Columns {
     attempt: Vec<i32>,
     version: Vec<i64>,
     record: Vec<Vec<u8>>,
-    /// Fixed at the insert, as is the key: no update moves them.
+    /// Fixed at the insert, as are the key and expiry: no update moves
+    /// them.
     priority: Vec<i32>,
     concurrency_key: Vec<Option<String>>,
+    expire_us: Vec<Option<i64>>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -391,6 +393,7 @@ impl Columns {
         )
         .bind(&self.priority)
         .bind(&self.concurrency_key)
+        .bind(&self.expire_us)
     }
 
     /// Binds the columns a change may move, state to record, in that order.
@@ -423,6 +426,7 @@ impl Columns {
             record: Vec::with_capacity(n),
             priority: Vec::with_capacity(n),
             concurrency_key: Vec::with_capacity(n),
+            expire_us: Vec::with_capacity(n),
         };
         for op in ops {
             c.id.push(uuid_of(&op.id));
@@ -442,6 +446,7 @@ impl Columns {
             c.record.push(encode(op, &mut Inline));
             c.priority.push(op.priority);
             c.concurrency_key.push(op.concurrency_key.clone());
+            c.expire_us.push(op.expire_time.map(micros));
         }
         c
     }

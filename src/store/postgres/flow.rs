@@ -308,9 +308,9 @@ impl Claiming {
         }
     }
 
-    /// Decides which of `candidates`, in order, may start, and writes back
-    /// the slots and tokens they take. Returns the holds of each admitted
-    /// one, by its index.
+    /// Decides which of `candidates`, in order, may start, with the holds
+    /// of each admitted one, by its index. [`Claiming::taken`] writes back
+    /// what the claim took.
     pub(super) async fn admit(
         &mut self,
         tx: &mut Tx<'_>,
@@ -351,13 +351,9 @@ impl Claiming {
             usage: &mut self.usage,
         };
         let mut admitted = Vec::new();
-        let mut deltas = BTreeMap::new();
         for (i, op) in candidates.iter().enumerate() {
             match gate.admit(op.tenant.as_str(), op.concurrency_key.as_deref(), now) {
-                Ok(holds) => {
-                    count(&mut deltas, op, holds, 1);
-                    admitted.push((i, holds));
-                }
+                Ok(holds) => admitted.push((i, holds)),
                 Err((_, waiting)) => {
                     self.held_back += 1;
                     if let Waiting::RateLimited { until } = waiting {
@@ -366,9 +362,24 @@ impl Claiming {
                 }
             }
         }
-        add_running(tx, &deltas).await?;
-        self.save_buckets(tx, &kind, now).await?;
         Ok(admitted)
+    }
+
+    /// Writes back what the claim took: the slots of the operations that
+    /// now run (not of those that expired instead), and the tokens.
+    pub(super) async fn taken(
+        &self,
+        tx: &mut Tx<'_>,
+        kind: &str,
+        running: &[Operation],
+        now: SystemTime,
+    ) -> StoreResult<()> {
+        let mut deltas = BTreeMap::new();
+        for op in running {
+            count(&mut deltas, op, op.holds, 1);
+        }
+        add_running(tx, &deltas).await?;
+        self.save_buckets(tx, kind, now).await
     }
 
     /// Writes the buckets this claim took tokens from.

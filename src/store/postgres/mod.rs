@@ -20,6 +20,7 @@
 //! write of a running operation updates its row only where the attempt and
 //! version are still the ones read.
 
+mod claim;
 mod commit;
 mod feed;
 mod files;
@@ -76,6 +77,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "priority", include_str!("migrations/0005_priority.sql")),
     (6, "flow control", include_str!("migrations/0006_flow.sql")),
+    (7, "expiry", include_str!("migrations/0007_expiry.sql")),
 ];
 
 /// How the PostgreSQL backend is set up.

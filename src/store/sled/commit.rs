@@ -56,6 +56,7 @@ pub(super) struct Queued {
     pub(super) key: Option<String>,
     pub(super) due: Option<SystemTime>,
     pub(super) priority: i32,
+    pub(super) expire: Option<SystemTime>,
 }
 
 impl Queued {
@@ -67,6 +68,7 @@ impl Queued {
             key: self.key.as_deref(),
             due: self.due,
             priority: self.priority,
+            expire: self.expire,
         }
     }
 }
@@ -81,6 +83,7 @@ impl Moved {
                 key: op.concurrency_key.clone(),
                 due: op.not_before,
                 priority: op.priority,
+                expire: op.expire_time,
             })
         } else {
             Moved::Left(op.id, !op.holds.is_empty())
@@ -222,8 +225,12 @@ impl<'a> Staging<'a> {
                 self.ended.push(op.id);
             }
             match step {
+                // A claim waits in memory; an end (an expiry met by a claim)
+                // is written.
                 Step::Update { op, .. }
-                    if lazy && !plan.deliveries.iter().any(|d| d.operation == op.id) =>
+                    if lazy
+                        && !step.ends()
+                        && !plan.deliveries.iter().any(|d| d.operation == op.id) =>
                 {
                     claimed.insert(op.id, op.clone());
                 }

@@ -10,7 +10,7 @@ use super::commit::{Applier, Finished, Moved, SledView, Staging, backend, disk};
 use super::space::Room;
 use super::{SledStore, SyncMode, keys, lock};
 use crate::model::flow::{SlotId, Usage};
-use crate::model::{Edit, KindLimits, Limit, LimitScope, Operation, OperationId};
+use crate::model::{Edit, KindLimits, Limit, LimitScope, Operation, OperationId, State};
 use crate::store::codec::decode;
 use crate::store::rules::Rulebook;
 use crate::store::{
@@ -343,8 +343,10 @@ impl SledStore {
                 holds: *holds,
             };
             match book.claim(*id, &edit) {
-                Ok(Some(op)) => operations.push(op),
-                Ok(None) => {}
+                // One past its expire time ends instead: it is written (and
+                // gives back what the take counted for it), not run.
+                Ok(Some(op)) if op.state == State::Running => operations.push(op),
+                Ok(_) => {}
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -515,6 +517,14 @@ impl OperationStore for SledStore {
             }
         }
         Ok((limits, usage))
+    }
+
+    async fn expiring(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> StoreResult<(Vec<OperationId>, Option<SystemTime>)> {
+        Ok(lock(&self.inner.ready).expiring(now, limit))
     }
 
     fn queued_of_kind(&self, kind: &str) -> Option<u64> {

@@ -35,6 +35,8 @@ pub struct QueuedOp<'a> {
     /// Set while it waits out a backoff.
     pub due: Option<SystemTime>,
     pub priority: i32,
+    /// When it expires unless started.
+    pub expire: Option<SystemTime>,
 }
 
 impl<'a> QueuedOp<'a> {
@@ -46,6 +48,7 @@ impl<'a> QueuedOp<'a> {
             key: op.concurrency_key.as_deref(),
             due: op.not_before,
             priority: op.priority,
+            expire: op.expire_time,
         }
     }
 }
@@ -68,6 +71,7 @@ struct Entry {
     /// Set while it waits out a backoff.
     due: Option<SystemTime>,
     priority: i32,
+    expire: Option<SystemTime>,
 }
 
 /// The concurrency key an operation is counted under, if any.
@@ -386,6 +390,8 @@ pub struct Ready {
     usage: HashMap<String, Usage>,
     /// The running operations that hold slots, and what they hold.
     holding: HashMap<OperationId, Held>,
+    /// Queued operations that expire unless started, by expire time.
+    expiring: BTreeSet<(SystemTime, OperationId)>,
 }
 
 impl Ready {
@@ -459,6 +465,9 @@ impl Ready {
         let Some(entry) = self.entries.remove(&id) else {
             return;
         };
+        if let Some(at) = entry.expire {
+            self.expiring.remove(&(at, id));
+        }
         match entry.due {
             Some(due) => {
                 self.delayed.remove(&(due, id));
@@ -498,7 +507,11 @@ impl Ready {
             key: op.key.map(Arc::from),
             due: op.due,
             priority: op.priority,
+            expire: op.expire,
         };
+        if let Some(at) = op.expire {
+            self.expiring.insert((at, op.id));
+        }
         match op.due {
             Some(due) => {
                 self.delayed.insert((due, op.id));
@@ -575,6 +588,9 @@ impl Ready {
             for (id, holds) in &out[from..] {
                 if let Some(entry) = self.entries.remove(id) {
                     self.uncount(&entry);
+                    if let Some(at) = entry.expire {
+                        self.expiring.remove(&(at, *id));
+                    }
                     // The gate counted its slots: note them, so that the
                     // claim's record (or its failure) finds them.
                     if !holds.is_empty() {
@@ -597,6 +613,28 @@ impl Ready {
         self.per_kind.get(kind).copied().unwrap_or(0)
     }
 
+    /// Up to `limit` queued operations expired by `now`, and when the next
+    /// one expires.
+    pub fn expiring(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> (Vec<OperationId>, Option<SystemTime>) {
+        let expired = self
+            .expiring
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let next = self
+            .expiring
+            .iter()
+            .find(|(at, _)| *at > now)
+            .map(|(at, _)| *at);
+        (expired, next)
+    }
+
     /// When the earliest delayed operation is due.
     pub fn next_due(&self) -> Option<SystemTime> {
         self.delayed.first().map(|(due, _)| *due)
@@ -612,97 +650,4 @@ impl Ready {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Limit;
-    use crate::model::flow::parse_rates;
-
-    fn queue(ready: &mut Ready, tenant: &Tenant, key: Option<&str>) -> OperationId {
-        let id = OperationId::generate();
-        ready.queue(QueuedOp {
-            id,
-            kind: "k",
-            tenant,
-            key,
-            due: None,
-            priority: 0,
-        });
-        id
-    }
-
-    #[test]
-    fn a_heavier_tenant_takes_more_per_turn() {
-        let (heavy, light) = (
-            Tenant::named("heavy").unwrap(),
-            Tenant::named("light").unwrap(),
-        );
-        let mut ready = Ready::default();
-        let mut owner = HashMap::new();
-        for _ in 0..20 {
-            for tenant in [&heavy, &light] {
-                owner.insert(queue(&mut ready, tenant, None), tenant.clone());
-            }
-        }
-        let weights = HashMap::from([(heavy.clone(), 3)]);
-        let (taken, _) = ready.take(&[("k".into(), 8)], None, &weights, SystemTime::now());
-        let of = |tenant: &Tenant| taken.iter().filter(|(id, _)| &owner[id] == tenant).count();
-        assert_eq!((of(&heavy), of(&light)), (6, 2));
-    }
-
-    #[test]
-    fn a_full_key_is_skipped_without_holding_back_the_others() {
-        let tenant = Tenant::default_tenant();
-        let mut ready = Ready::default();
-        ready.set_limits(
-            "k",
-            KindLimits {
-                limits: vec![Limit {
-                    kind: "k".into(),
-                    scope: LimitScope::Key,
-                    concurrency: Some(1),
-                    rates: parse_rates("").unwrap(),
-                }],
-            },
-        );
-        let busy: Vec<_> = (0..1_000)
-            .map(|_| queue(&mut ready, &tenant, Some("busy")))
-            .collect();
-        let other = queue(&mut ready, &tenant, Some("other"));
-        let plain = queue(&mut ready, &tenant, None);
-        let (taken, _) = ready.take(
-            &[("k".into(), 10)],
-            None,
-            &HashMap::new(),
-            SystemTime::now(),
-        );
-        let ids: Vec<_> = taken.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, vec![busy[0], other, plain]);
-        // The busy key's slot is held: nothing more of it starts.
-        let (again, _) = ready.take(
-            &[("k".into(), 10)],
-            None,
-            &HashMap::new(),
-            SystemTime::now(),
-        );
-        assert!(again.is_empty());
-        // Its end gives the slot back.
-        let held = Held {
-            kind: Arc::from("k"),
-            tenant: tenant.clone(),
-            key: Some(Arc::from("busy")),
-            holds: taken[0].1,
-        };
-        assert!(!ready.left(busy[0], Some(held)));
-        assert!(ready.left(busy[0], None));
-        let (next, _) = ready.take(
-            &[("k".into(), 10)],
-            None,
-            &HashMap::new(),
-            SystemTime::now(),
-        );
-        assert_eq!(
-            next.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            vec![busy[1]]
-        );
-    }
-}
+mod tests;
