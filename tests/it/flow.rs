@@ -143,16 +143,22 @@ async fn a_rate_of_fifty_a_second_starts_five_hundred_in_ten_seconds() {
     server.stop().await;
 }
 
+/// Three nodes of the real binary on `db`.
+async fn three_nodes(db: &TestDb, dir: &std::path::Path) -> Vec<crate::cluster::Node> {
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(crate::cluster::start(db, dir, name).await);
+    }
+    nodes
+}
+
 #[tokio::test]
 async fn a_rate_holds_across_three_postgres_nodes() {
     let Some(db) = TestDb::create().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["a", "b", "c"] {
-        nodes.push(crate::cluster::start(&db, dir.path(), name).await);
-    }
+    let nodes = three_nodes(&db, dir.path()).await;
     let channels: Vec<Channel> = nodes.iter().map(|n| n.channel.clone()).collect();
     let started = starts_in_ten_seconds(&channels, 700).await;
     assert!((475..=525).contains(&started), "{started} started in 10 s");
@@ -164,10 +170,7 @@ async fn a_key_limit_of_two_holds_across_three_postgres_nodes() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for name in ["a", "b", "c"] {
-        nodes.push(crate::cluster::start(&db, dir.path(), name).await);
-    }
+    let nodes = three_nodes(&db, dir.path()).await;
     set_limit(&nodes[0].channel, "key", 2, &[]).await;
     let mut sampler = sqlx::PgConnection::connect(&db.url).await.unwrap();
 
