@@ -9,7 +9,6 @@ use crate::engine::Engine;
 use crate::engine::LimitRequest;
 use crate::engine::flow::LimitUse as EngineLimitUse;
 use crate::model::Scope;
-use crate::model::flow::format_rates;
 use crate::model::{Limit as ModelLimit, LimitScope};
 use crate::pb::longrun::v1::console_server::Console;
 use crate::pb::longrun::v1::queues_server::Queues;
@@ -86,11 +85,7 @@ fn limit(limit: &ModelLimit) -> Limit {
         kind: limit.kind.clone(),
         scope: limit.scope.as_str().to_owned(),
         concurrency: limit.concurrency.map_or(0, i64::from),
-        rates: format_rates(&limit.rates)
-            .split(';')
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        rates: limit.rates.iter().map(ToString::to_string).collect(),
     }
 }
 

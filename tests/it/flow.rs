@@ -12,8 +12,9 @@ use tonic::transport::Channel;
 
 use crate::common::{Person, TestServer, assert_status, auth_toml, meta, state, wait_done};
 use crate::pg::TestDb;
+use crate::queues::{get, pause_sleep};
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
-use longrun::pb::google::longrunning::{CancelOperationRequest, GetOperationRequest, Operation};
+use longrun::pb::google::longrunning::{CancelOperationRequest, Operation};
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::queues_client::QueuesClient;
 use longrun::pb::longrun::v1::{
@@ -54,36 +55,8 @@ async fn set_limit(channel: &Channel, scope: &str, concurrency: i64, rates: &[&s
         .expect("limit set");
 }
 
-async fn pause(channel: &Channel, paused: bool) {
-    let mut queues = QueuesClient::new(channel.clone());
-    if paused {
-        queues
-            .pause_queue(PauseQueueRequest {
-                kind: "sleep".into(),
-            })
-            .await
-            .unwrap();
-    } else {
-        queues
-            .resume_queue(ResumeQueueRequest {
-                kind: "sleep".into(),
-            })
-            .await
-            .unwrap();
-    }
-}
-
-async fn get(channel: &Channel, name: &str) -> Operation {
-    OperationsClient::new(channel.clone())
-        .get_operation(GetOperationRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn started(op: &Operation) -> SystemTime {
-    let t = meta(op).start_time.expect("started");
-    SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32)
+    longrun::pb::system_time(&meta(op).start_time.expect("started")).expect("valid")
 }
 
 /// Creates `n` instant sleeps while the kind is paused, limits it to 50
@@ -91,7 +64,7 @@ fn started(op: &Operation) -> SystemTime {
 /// after the first second (which also spends the burst).
 async fn starts_in_ten_seconds(channels: &[Channel], n: usize) -> usize {
     let first = &channels[0];
-    pause(first, true).await;
+    pause_sleep(first, true).await;
     let mut creators = Vec::new();
     for (i, channel) in channels.iter().enumerate() {
         let channel = channel.clone();
@@ -113,7 +86,7 @@ async fn starts_in_ten_seconds(channels: &[Channel], n: usize) -> usize {
         names.extend(creator.await.unwrap());
     }
     set_limit(first, "kind", 0, &["50/s"]).await;
-    pause(first, false).await;
+    pause_sleep(first, false).await;
     // Done in about n / 50 seconds.
     let mut ops_client =
         OperationsClient::new(tonic::service::interceptor::InterceptedService::new(
@@ -283,11 +256,8 @@ async fn one_tenants_backlog_delays_another_by_one_round() {
         .into_inner();
     let done = crate::common::wait_done_as(&server, b.token(), &op.name).await;
     let m = meta(&done);
-    let (created, started) = (m.create_time.unwrap(), m.start_time.unwrap());
-    let waited = Duration::from_nanos(
-        ((started.seconds - created.seconds) * 1_000_000_000
-            + i64::from(started.nanos - created.nanos)) as u64,
-    );
+    let created = longrun::pb::system_time(&m.create_time.unwrap()).unwrap();
+    let waited = started(&done).duration_since(created).unwrap();
     assert!(
         waited < Duration::from_millis(100),
         "beta waited {waited:?}"
@@ -318,11 +288,11 @@ async fn a_queued_operation_says_why_it_waits() {
     );
 
     // Paused, nothing can be promised.
-    pause(&channel, true).await;
+    pause_sleep(&channel, true).await;
     let m = meta(&get(&channel, &waiting.name).await);
     assert_eq!(m.waiting_reason.unwrap().reason, "QUEUE_PAUSED");
     assert_eq!(m.estimated_end_time, None);
-    pause(&channel, false).await;
+    pause_sleep(&channel, false).await;
 
     // The slot comes back when the holder ends: the waiting one runs.
     OperationsClient::new(channel.clone())

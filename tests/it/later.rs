@@ -9,13 +9,11 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::common::{TestServer, assert_status, meta, op_error, state, wait_done};
+use crate::queues::pause_sleep;
 use longrun::pb::google::longrunning::GetOperationRequest;
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
-use longrun::pb::longrun::v1::queues_client::QueuesClient;
-use longrun::pb::longrun::v1::{
-    PauseQueueRequest, ResumeQueueRequest, RunOptions, SleepRequest, State,
-};
+use longrun::pb::longrun::v1::{RunOptions, SleepRequest, State};
 
 fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -94,12 +92,7 @@ async fn an_operation_not_started_by_its_expiry_ends_without_running() {
     let server = TestServer::start().await;
     let channel = server.channel().await;
     // Paused, nothing would claim it: the expiry ends it anyway.
-    QueuesClient::new(channel.clone())
-        .pause_queue(PauseQueueRequest {
-            kind: "sleep".into(),
-        })
-        .await
-        .unwrap();
+    pause_sleep(&channel, true).await;
     let name = sleep_with(
         &channel,
         RunOptions {
@@ -121,12 +114,7 @@ async fn an_operation_not_started_by_its_expiry_ends_without_running() {
     let m = meta(&done);
     assert_eq!(m.attempt, 0, "it never ran");
     assert_eq!(m.start_time, None);
-    QueuesClient::new(channel.clone())
-        .resume_queue(ResumeQueueRequest {
-            kind: "sleep".into(),
-        })
-        .await
-        .unwrap();
+    pause_sleep(&channel, false).await;
     server.stop().await;
 }
 

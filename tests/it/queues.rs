@@ -37,12 +37,30 @@ async fn sleep_on(channel: &Channel) -> Operation {
         .into_inner()
 }
 
-async fn get(channel: &Channel, name: &str) -> Operation {
+/// An operation, read through `channel`.
+pub(crate) async fn get(channel: &Channel, name: &str) -> Operation {
     OperationsClient::new(channel.clone())
         .get_operation(GetOperationRequest { name: name.into() })
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Pauses (or resumes) the Sleep kind's queue through `channel`.
+pub(crate) async fn pause_sleep(channel: &Channel, paused: bool) {
+    let mut queues = QueuesClient::new(channel.clone());
+    let kind = "sleep".to_owned();
+    if paused {
+        queues
+            .pause_queue(PauseQueueRequest { kind })
+            .await
+            .unwrap();
+    } else {
+        queues
+            .resume_queue(ResumeQueueRequest { kind })
+            .await
+            .unwrap();
+    }
 }
 
 /// Waits until `name`, read through `channel`, is done.
@@ -176,12 +194,7 @@ async fn a_pause_on_one_node_holds_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let a = crate::cluster::start(&db, dir.path(), "a").await;
     let b = crate::cluster::start(&db, dir.path(), "b").await;
-    QueuesClient::new(a.channel.clone())
-        .pause_queue(PauseQueueRequest {
-            kind: "sleep".into(),
-        })
-        .await
-        .unwrap();
+    pause_sleep(&a.channel, true).await;
     // Created on b, which never heard of the pause but through the store.
     let waiting = sleep_on(&b.channel).await;
     another_kind_runs(&b.channel).await;
@@ -190,12 +203,7 @@ async fn a_pause_on_one_node_holds_on_every_node() {
     assert_eq!(paused_kinds(&b.channel).await, vec![SLEEP.to_owned()]);
 
     // Resumed on a: b's queue, or a's, starts it at once.
-    QueuesClient::new(a.channel.clone())
-        .resume_queue(ResumeQueueRequest {
-            kind: "sleep".into(),
-        })
-        .await
-        .unwrap();
+    pause_sleep(&a.channel, false).await;
     let done = done_on(&b.channel, &waiting.name).await;
     assert_eq!(state(&done), State::Succeeded);
 }
@@ -228,12 +236,7 @@ async fn a_high_priority_starts_before_ten_thousand_older_ones() {
     // One at a time, so that the first claim round takes exactly one.
     let server = TestServer::start_with(crate::common::one_sleep_at_a_time).await;
     let channel = server.channel().await;
-    QueuesClient::new(channel.clone())
-        .pause_queue(PauseQueueRequest {
-            kind: "sleep".into(),
-        })
-        .await
-        .unwrap();
+    pause_sleep(&channel, true).await;
     let mut creators = Vec::new();
     for _ in 0..10 {
         let channel = channel.clone();
@@ -283,12 +286,7 @@ async fn a_high_priority_starts_before_ten_thousand_older_ones() {
     assert_eq!(high["metadata"]["run"]["priority"], 10);
     let high = high["name"].as_str().unwrap().to_owned();
 
-    QueuesClient::new(channel.clone())
-        .resume_queue(ResumeQueueRequest {
-            kind: "sleep".into(),
-        })
-        .await
-        .unwrap();
+    pause_sleep(&channel, false).await;
     let done = wait_done(&server, &high).await;
     let started = |op: &Operation| {
         crate::common::meta(op)

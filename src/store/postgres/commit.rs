@@ -106,14 +106,9 @@ pub(super) struct QueueMoves {
     pub(super) released: bool,
 }
 
-/// The notification of a plan's changes, for the other nodes.
-fn notes(plan: &Plan) -> Vec<Note> {
-    let freed: Vec<OperationId> = plan
-        .steps
-        .iter()
-        .filter(|step| !step.released().is_empty())
-        .map(|step| step.operation().id)
-        .collect();
+/// The notification of a plan's changes, for the other nodes; `freed`
+/// are the operations that gave limit slots back.
+fn notes(plan: &Plan, freed: &[OperationId]) -> Vec<Note> {
     plan.changes
         .iter()
         .filter_map(|announce| match &announce.change {
@@ -224,10 +219,11 @@ pub(super) async fn save(
         .await
         .map_err(|e| SaveError::Store(db(e)))?;
     }
-    moves.released = super::flow::release(tx, plan)
+    let freed = super::flow::release(tx, plan)
         .await
         .map_err(SaveError::Store)?;
-    super::feed::notify(tx, tag, &notes(plan))
+    moves.released = !freed.is_empty();
+    super::feed::notify(tx, tag, &notes(plan, &freed))
         .await
         .map_err(SaveError::Store)?;
     Ok(moves)
@@ -253,7 +249,7 @@ pub(super) async fn save_new(
     let created: Vec<&Operation> = plan.steps.iter().map(Step::operation).collect();
     let columns = Columns::of(&created);
     let d = DeliveryColumns::of(&plan.deliveries);
-    let payloads = super::feed::payloads(tag, &notes(plan));
+    let payloads = super::feed::payloads(tag, &notes(plan, &[]));
     let query = sqlx::query(concat!(
         "WITH new_operations AS (",
         insert_operations!(),

@@ -16,7 +16,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{PgStore, db, micros};
 use crate::model::flow::{self, Bucket, Gate, SlotId, Usage, Waiting};
-use crate::model::{Holds, KindLimits, Limit, LimitScope, Operation};
+use crate::model::{Holds, KindLimits, Limit, LimitScope, Operation, OperationId};
 use crate::store::codec::from_micros;
 use crate::store::rules::Plan;
 use crate::store::{StoreError, StoreResult, USAGE_ROWS};
@@ -195,19 +195,21 @@ async fn add_running(
     Ok(())
 }
 
-/// Gives back the slots of every operation `plan` stops running. True
-/// when some were: the plan's notification then tells every node that
-/// held-back work may start.
-pub(super) async fn release(tx: &mut Tx<'_>, plan: &Plan) -> StoreResult<bool> {
+/// Gives back the slots of every operation `plan` stops running, and
+/// returns those operations: the plan's notification then tells every node
+/// that held-back work may start.
+pub(super) async fn release(tx: &mut Tx<'_>, plan: &Plan) -> StoreResult<Vec<OperationId>> {
     let mut deltas = BTreeMap::new();
+    let mut freed = Vec::new();
     for step in &plan.steps {
-        count(&mut deltas, step.operation(), step.released(), -1);
-    }
-    if deltas.is_empty() {
-        return Ok(false);
+        let held = step.released();
+        if !held.is_empty() {
+            count(&mut deltas, step.operation(), held, -1);
+            freed.push(step.operation().id);
+        }
     }
     add_running(tx, &deltas).await?;
-    Ok(true)
+    Ok(freed)
 }
 
 /// Adds `by` to each slot `holds` names for `op`.
