@@ -436,7 +436,12 @@ async function openDetail(name) {
   try {
     for await (const message of events(`/v1/${name}:watch`, controller.signal)) {
       if (message.event === "error") break;
-      renderDetail(message.data);
+      // The stream's operations do not say why a queued one waits; a read
+      // does (and a queued operation changes seldom).
+      const queued = message.data.metadata?.state === "QUEUED";
+      const op = queued ? await call("GET", `/v1/${name}`).catch(() => message.data) : message.data;
+      if (controller.signal.aborted) break;
+      renderDetail(op);
     }
   } catch {
     // The stream ended (the operation is done, or gone); what is shown stays.
