@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "proto/longrun/v1/run.proto",
     "proto/longrun/v1/workers.proto",
     "proto/longrun/v1/console.proto",
+    "proto/longrun/v1/schedules.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,8 +17,8 @@
 //!   watch hub, over the store traits; the [`Task`] API for kinds.
 //! - [`pb`]: generated protobuf code, and `pb::convert` between the model
 //!   and the messages.
-//! - [`reports`], [`diagnostics`]: kinds built on the Task API (orders and
-//!   monthly reports; Sleep).
+//! - [`reports`], [`diagnostics`], [`backfill`]: kinds built on the Task
+//!   API (orders and monthly reports; Sleep; a schedule's backfill).
 //! - [`webhook`]: signed deliveries from the durable outbox;
 //!   [`auth`]: principals, roles, the auth file and tokens.
 //! - [`grpc`]: tonic services that translate between protobuf and the
@@ -32,6 +32,7 @@
 //! The `longrun` binary adds the command line on top (`src/cli/`).
 
 pub mod auth;
+pub mod backfill;
 pub mod diagnostics;
 pub mod engine;
 pub mod grpc;

@@ -16,6 +16,7 @@ use longrun::pb::longrun::v1::notifications_client::NotificationsClient;
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
 use longrun::pb::longrun::v1::queues_client::QueuesClient;
 use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
+use longrun::pb::longrun::v1::schedules_client::SchedulesClient;
 use longrun::pb::longrun::v1::workers_client::WorkersClient;
 
 use super::ClientArgs;
@@ -64,6 +65,7 @@ pub struct Clients {
     pub workers: WorkersClient<Connection>,
     pub console: ConsoleClient<Connection>,
     pub queues: QueuesClient<Connection>,
+    pub schedules: SchedulesClient<Connection>,
 }
 
 /// The TLS settings the flags ask for, if any.
@@ -116,6 +118,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
         jobs: JobsClient::new(connection.clone()),
         workers: WorkersClient::new(connection.clone()),
         console: ConsoleClient::new(connection.clone()),
+        schedules: SchedulesClient::new(connection.clone()),
         queues: QueuesClient::new(connection),
     })
 }

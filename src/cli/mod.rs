@@ -25,6 +25,7 @@ mod orders;
 mod output;
 mod queue;
 mod report;
+mod schedule;
 mod serve;
 mod sleep;
 mod webhook;
@@ -80,6 +81,10 @@ pub enum Command {
     /// `longrun queue pause sleep`.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Schedules: work on a clock, e.g. `longrun schedule create nightly
+    /// --kind sleep --cron '0 3 * * *' --tz Europe/Berlin`.
+    #[command(subcommand)]
+    Schedule(Box<schedule::ScheduleCommand>),
 }
 
 /// Options every client command takes.
@@ -233,6 +238,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Worker(args) => worker::run(args).await,
         Command::Enqueue(args) => worker::enqueue(args).await,
         Command::Queue(cmd) => queue::run(cmd).await,
+        Command::Schedule(cmd) => schedule::run(*cmd).await,
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Task};
+use crate::model::operation::ScheduleTick;
 use crate::model::{Limits, Notification, Operation, Payload, Reason, RequestId, RunSpec, Tenant};
 use crate::store::{Applied, Created, QueueDepth, StoreError, Write};
 
@@ -40,6 +41,8 @@ pub struct SubmitOptions {
     pub fingerprint: Option<[u8; 32]>,
     /// Its priority, concurrency key, start and expiry.
     pub run: RunSpec,
+    /// The schedule and tick it runs for, when a schedule makes it.
+    pub schedule: Option<ScheduleTick>,
 }
 
 /// How far in the past a start time may be (a clock a little behind the
@@ -88,6 +91,17 @@ impl Engine {
         request: Payload,
         options: SubmitOptions,
     ) -> Result<Operation, EngineError> {
+        self.create(kind, request, options).await.map(|(op, _)| op)
+    }
+
+    /// As [`Engine::submit_payload`], saying whether the operation is new
+    /// (false: its request_id found an earlier one).
+    pub(crate) async fn create(
+        &self,
+        kind: &str,
+        request: Payload,
+        options: SubmitOptions,
+    ) -> Result<(Operation, bool), EngineError> {
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
@@ -157,6 +171,7 @@ impl Engine {
         op.notification = options.notification;
         op.priority = run.priority;
         op.concurrency_key = run.concurrency_key;
+        op.schedule = options.schedule;
         op.expire_time = run.expire_at.map(crate::model::to_micros_precision);
         if let Some(start) = run.start_at.filter(|start| *start > op.create_time) {
             let start = crate::model::to_micros_precision(start);
@@ -172,9 +187,9 @@ impl Engine {
         match inner.committer.write(Write::Create(op)).await {
             Ok(Applied::Created(Created::New(op))) => {
                 inner.config.metrics.created(&op.kind);
-                Ok(op)
+                Ok((op, true))
             }
-            Ok(Applied::Created(Created::Existing(op))) => Ok(op),
+            Ok(Applied::Created(Created::Existing(op))) => Ok((op, false)),
             Ok(other) => Err(EngineError::Store(StoreError::Backend(format!(
                 "a create was answered with {other:?}"
             )))),

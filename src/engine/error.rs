@@ -21,6 +21,10 @@ pub enum EngineError {
     /// The request_id was used before for a different request.
     #[error("{message}")]
     AlreadyExists { reason: Reason, message: String },
+    /// The resource changed since the caller read it (an etag that no
+    /// longer matches); read it again and retry.
+    #[error("{message}")]
+    Aborted { reason: Reason, message: String },
     /// The server is at capacity; the client may retry later.
     #[error("{message}")]
     ResourceExhausted {
@@ -114,6 +118,7 @@ impl EngineError {
             EngineError::InvalidArgument { .. } => Reason::InvalidArgument,
             EngineError::FailedPrecondition { reason, .. }
             | EngineError::AlreadyExists { reason, .. }
+            | EngineError::Aborted { reason, .. }
             | EngineError::ResourceExhausted { reason, .. }
             | EngineError::Unimplemented { reason, .. }
             | EngineError::PermissionDenied { reason, .. } => *reason,

@@ -14,6 +14,9 @@
 //! - `listing`: List, with its filter and `page_token`'s signed tokens;
 //! - `recovery`: what a restart does with unfinished operations;
 //! - `retention`: the sweeper of expired operations;
+//! - `schedules`: schedules as callers see them (create, change, run now,
+//!   backfill a tick); `scheduler`: this node's loop that takes due
+//!   schedules and makes each tick's run, exactly once;
 //! - `feed`: follows the store's change feed into the watch hub;
 //! - `changes`: the change log that change streams resume from;
 //! - `activity`: per-kind queues and recent finishes, for consoles, and
@@ -44,6 +47,8 @@ pub mod page_token;
 pub mod quota;
 mod recovery;
 mod retention;
+mod scheduler;
+pub mod schedules;
 pub mod task;
 pub mod watch;
 
@@ -87,8 +92,8 @@ use self::task::Kind;
 use crate::metrics::{Metrics, WatchGauge};
 use crate::model::{Backlog, Claim, Delivery, Edit, Operation, Scope, State, Tenant};
 use crate::store::{
-    Applied, Health, OperationStore, OutboxStore, QueueDepth, SettledStore, StoreError, Stores,
-    Write,
+    Applied, Health, OperationStore, OutboxStore, QueueDepth, ScheduleStore, SettledStore,
+    StoreError, Stores, Write,
 };
 
 /// Engine settings.
@@ -129,6 +134,8 @@ pub struct EngineConfig {
     pub limits: Vec<flow::LimitRequest>,
     /// Where tenants' weights come from; None gives every tenant 1.
     pub weights: Option<Arc<dyn flow::TenantWeights>>,
+    /// The most schedules one tenant may have.
+    pub max_schedules: u64,
 }
 
 /// The largest response or error an outside worker may store by default.
@@ -155,6 +162,7 @@ impl Default for EngineConfig {
             max_result_size: DEFAULT_MAX_RESULT_SIZE,
             limits: Vec::new(),
             weights: None,
+            max_schedules: schedules::DEFAULT_MAX_SCHEDULES,
         }
     }
 }
@@ -176,6 +184,7 @@ impl fmt::Debug for EngineConfig {
             .field("max_result_size", &self.max_result_size)
             .field("limits", &self.limits)
             .field("weights", &self.weights.is_some())
+            .field("max_schedules", &self.max_schedules)
             .finish()
     }
 }
@@ -190,6 +199,9 @@ pub(crate) struct Inner {
     ops: Arc<dyn OperationStore>,
     outbox: Arc<dyn OutboxStore>,
     settled: Arc<dyn SettledStore>,
+    schedules: Arc<dyn ScheduleStore>,
+    /// Wakes this node's scheduler: a schedule changed here.
+    schedule_changed: tokio::sync::Notify,
     committer: Committer,
     registry: Registry,
     /// Kinds served by outside workers, and the workers.
@@ -350,6 +362,8 @@ impl Engine {
             ops: Arc::clone(&stores.operations),
             outbox: Arc::clone(&stores.outbox),
             settled: Arc::clone(&stores.settled),
+            schedules: Arc::clone(&stores.schedules),
+            schedule_changed: tokio::sync::Notify::new(),
             outside: Arc::default(),
             throughput: activity::Throughput::default(),
             changes: changes::ChangeLog::default(),
@@ -412,6 +426,7 @@ impl Engine {
         inner.tracker.spawn(outside::dispatch(Arc::clone(inner)));
         inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
         inner.tracker.spawn(expiry::sweep(Arc::clone(inner)));
+        inner.tracker.spawn(scheduler::run(Arc::clone(inner)));
         if inner.ops.shared() {
             inner.tracker.spawn(lease::keep(Arc::clone(inner)));
         }

@@ -34,7 +34,7 @@ const OPEN_PREFIXES: [&str; 3] = [
 ];
 
 /// Methods a reader may call; everything else protected needs a writer.
-const READ_METHODS: [&str; 11] = [
+const READ_METHODS: [&str; 14] = [
     "/google.longrunning.Operations/GetOperation",
     "/google.longrunning.Operations/ListOperations",
     "/google.longrunning.Operations/WaitOperation",
@@ -46,6 +46,9 @@ const READ_METHODS: [&str; 11] = [
     "/longrun.v1.ReportService/GetReport",
     "/longrun.v1.ReportService/ReadReport",
     "/longrun.v1.Notifications/ListDeliveries",
+    "/longrun.v1.Schedules/GetSchedule",
+    "/longrun.v1.Schedules/ListSchedules",
+    "/longrun.v1.Schedules/ListRuns",
 ];
 
 /// Where the dashboard's page and assets are served; they hold no data

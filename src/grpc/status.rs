@@ -56,6 +56,7 @@ pub fn to_status(error: EngineError) -> Status {
         }
         EngineError::FailedPrecondition { .. } => Code::FailedPrecondition,
         EngineError::AlreadyExists { .. } => Code::AlreadyExists,
+        EngineError::Aborted { .. } => Code::Aborted,
         EngineError::ResourceExhausted { retry_after, .. } => {
             details.set_retry_info(Some(*retry_after));
             Code::ResourceExhausted

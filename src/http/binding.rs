@@ -83,8 +83,10 @@ impl Template {
                     Some((field, pattern)) => (field, pattern),
                     None => (&inner[..end], "*"),
                 };
-                if field.contains('.') {
-                    return Err(format!("{text}: nested fields are not supported"));
+                if field.matches('.').count() > 1 {
+                    return Err(format!(
+                        "{text}: fields nested more than one deep are not supported"
+                    ));
                 }
                 let start = parts.len();
                 for segment in pattern.split('/') {
@@ -357,6 +359,21 @@ impl Bindings {
     }
 }
 
+/// The field a path variable names in `input`: a field of its own, or
+/// (`outer.inner`) a string field of one of its message fields.
+pub(super) fn path_field(
+    input: &prost_reflect::MessageDescriptor,
+    field: &str,
+) -> Option<prost_reflect::FieldDescriptor> {
+    match field.split_once('.') {
+        None => input.get_field_by_name(field),
+        Some((outer, inner)) => match input.get_field_by_name(outer)?.kind() {
+            prost_reflect::Kind::Message(message) => message.get_field_by_name(inner),
+            _ => None,
+        },
+    }
+}
+
 /// One rule of `rpc` as a binding; None for a pattern this face does not
 /// serve (custom HTTP methods).
 fn binding(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Binding>, String> {
@@ -371,7 +388,7 @@ fn binding(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Binding>, S
     let template = Template::parse(path)?;
     let input = rpc.input();
     for field in template.fields() {
-        if input.get_field_by_name(field).is_none() {
+        if path_field(&input, field).is_none() {
             return Err(format!("{path}: {} has no field {field}", input.name()));
         }
     }

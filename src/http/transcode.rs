@@ -114,11 +114,29 @@ pub(super) fn message(
         }
     }
     for (field, value) in fields {
-        if let Some(descriptor) = input.get_field_by_name(field) {
-            object.insert(
-                descriptor.json_name().to_owned(),
-                serde_json::Value::String(value.clone()),
-            );
+        let value = serde_json::Value::String(value.clone());
+        match field.split_once('.') {
+            None => {
+                if let Some(descriptor) = input.get_field_by_name(field) {
+                    object.insert(descriptor.json_name().to_owned(), value);
+                }
+            }
+            // A field of a message field (`schedule.name`): set inside the
+            // message the body gave, or a new one.
+            Some((outer, _)) => {
+                let (Some(outer), Some(inner)) = (
+                    input.get_field_by_name(outer),
+                    super::binding::path_field(&input, field),
+                ) else {
+                    continue;
+                };
+                let slot = object
+                    .entry(outer.json_name().to_owned())
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                if let serde_json::Value::Object(message) = slot {
+                    message.insert(inner.json_name().to_owned(), value);
+                }
+            }
         }
     }
     if let (Some(key), Some(field)) = (key, input.get_field_by_name("request_id")) {

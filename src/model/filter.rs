@@ -3,13 +3,15 @@
 //! ```text
 //! filter     = [ condition { "AND" condition } ]
 //! condition  = field op value
-//! field      = "done" | "state" | "kind" | "tenant" | "create_time" | "update_time"
+//! field      = "done" | "state" | "kind" | "tenant" | "schedule" | "create_time"
+//!            | "update_time"
 //! op         = "=" | "!=" | "<" | "<=" | ">" | ">="
 //! value      = bare word | "quoted string"
 //! ```
 //!
 //! `done` takes true or false, `state` a state name such as RUNNING, `kind`
-//! and `tenant` a string, and the times an RFC 3339 timestamp. Order
+//! and `tenant` a string, `schedule` the name of the schedule that made a
+//! run (`schedules/nightly`), and the times an RFC 3339 timestamp. Order
 //! comparisons apply to times only.
 //!
 //! A caller confined to one tenant gets that tenant ANDed to whatever it
@@ -46,6 +48,11 @@ enum Condition {
         value: String,
     },
     Tenant {
+        equal: bool,
+        value: String,
+    },
+    /// The id of the schedule that made it (without `schedules/`).
+    Schedule {
         equal: bool,
         value: String,
     },
@@ -101,7 +108,7 @@ impl Op {
 #[error("{0}")]
 pub struct FilterError(String);
 
-const FIELDS: &str = "done, state, kind, tenant, create_time, update_time";
+const FIELDS: &str = "done, state, kind, tenant, schedule, create_time, update_time";
 
 impl Filter {
     /// Parses a filter expression.
@@ -144,6 +151,14 @@ impl Filter {
         });
     }
 
+    /// Narrows the filter to the runs of one schedule (by its id).
+    pub fn restrict_to_schedule(&mut self, id: &str) {
+        self.conditions.push(Condition::Schedule {
+            equal: true,
+            value: id.to_owned(),
+        });
+    }
+
     /// True when the operation satisfies every condition.
     pub fn matches(&self, op: &Operation) -> bool {
         self.matches_as(op, op.state, op.update_time)
@@ -156,7 +171,7 @@ impl Filter {
         self.conditions.iter().any(|c| match c {
             Condition::Done { .. } | Condition::State { .. } => true,
             Condition::Time { field, .. } => *field == TimeField::Update,
-            Condition::Kind { .. } | Condition::Tenant { .. } => false,
+            Condition::Kind { .. } | Condition::Tenant { .. } | Condition::Schedule { .. } => false,
         })
     }
 
@@ -169,6 +184,9 @@ impl Filter {
             Condition::State { equal, value } => (state == *value) == *equal,
             Condition::Kind { equal, value } => (op.kind == *value) == *equal,
             Condition::Tenant { equal, value } => (op.tenant.as_str() == value) == *equal,
+            Condition::Schedule { equal, value } => {
+                (op.schedule.as_ref().is_some_and(|s| s.id == *value)) == *equal
+            }
             Condition::Time {
                 field,
                 op: cmp,
@@ -197,6 +215,9 @@ impl fmt::Display for Filter {
                 Condition::State { equal, value } => write!(f, "state {} {value}", eq(*equal))?,
                 Condition::Kind { equal, value } => write!(f, "kind {} {value:?}", eq(*equal))?,
                 Condition::Tenant { equal, value } => write!(f, "tenant {} {value:?}", eq(*equal))?,
+                Condition::Schedule { equal, value } => {
+                    write!(f, "schedule {} \"schedules/{value}\"", eq(*equal))?
+                }
                 Condition::Time { field, op, value } => {
                     let name = match field {
                         TimeField::Create => "create_time",
@@ -377,6 +398,12 @@ fn parse_condition(tokens: &[Token]) -> Result<(Condition, &[Token]), FilterErro
         "tenant" => Condition::Tenant {
             equal: equality(field)?,
             value: text.to_owned(),
+        },
+        "schedule" => Condition::Schedule {
+            equal: equality(field)?,
+            value: super::schedule::parse_name(text)
+                .map_err(FilterError)?
+                .to_owned(),
         },
         "create_time" | "update_time" => Condition::Time {
             field: if field == "create_time" {

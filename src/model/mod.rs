@@ -13,6 +13,8 @@
 //! - `reason`: the reasons the server gives in ErrorInfo, in one place;
 //! - `flow`: limits on how many run and how fast they start, and why
 //!   queued work waits;
+//! - `when` and `schedule`: a schedule's clock (cron in a time zone, or
+//!   an interval) and the schedule itself, with the decisions of a tick;
 //! - `filter`: the List filter;
 //! - `order`: orders and months, the report service's data.
 //!
@@ -28,9 +30,11 @@ pub mod operation;
 pub mod order;
 pub mod payload;
 pub mod reason;
+pub mod schedule;
 pub mod status;
 pub mod tenant;
 pub mod transition;
+pub mod when;
 
 pub use self::attempt::Attempt;
 pub use self::backlog::Backlog;
@@ -44,6 +48,8 @@ pub use self::operation::{
 };
 pub use self::payload::Payload;
 pub use self::reason::Reason;
+pub use self::schedule::{Overlap, RunTemplate, Schedule, ScheduleRun, TickAction};
 pub use self::status::{Code, FieldViolation, MAX_MESSAGE, OperationError, bounded_message};
 pub use self::tenant::{Scope, Tenant};
 pub use self::transition::{Claim, Edit, Finish, OrphanRetry, Rejection, Transition};
+pub use self::when::{When, WhenError};

@@ -178,6 +178,18 @@ pub struct Operation {
     /// DEADLINE_EXCEEDED (`EXPIRED_BEFORE_START`) and never runs. Fixed at
     /// the create.
     pub expire_time: Option<SystemTime>,
+    /// The schedule that made it (`schedules/{id}`) and the tick it ran
+    /// for. Fixed at the create.
+    pub schedule: Option<ScheduleTick>,
+}
+
+/// Which schedule made a run, and for which tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleTick {
+    /// The schedule's id (without `schedules/`).
+    pub id: String,
+    /// The tick it ran for.
+    pub tick: SystemTime,
 }
 
 /// How many ended attempts an operation remembers.
@@ -283,6 +295,7 @@ impl Operation {
             holds: Holds::NONE,
             scheduled_start: None,
             expire_time: None,
+            schedule: None,
         }
     }
 

@@ -103,6 +103,14 @@ reasons! {
     /// The server is shutting down.
     ShuttingDown = "SHUTTING_DOWN",
 
+    // Schedules.
+    /// A schedule of that id exists in the tenant.
+    ScheduleExists = "SCHEDULE_EXISTS",
+    /// The tenant has as many schedules as it may.
+    TooManySchedules = "TOO_MANY_SCHEDULES",
+    /// An update named an etag the schedule no longer has.
+    EtagMismatch = "ETAG_MISMATCH",
+
     // The door.
     /// No credentials were sent.
     CredentialsMissing = "CREDENTIALS_MISSING",

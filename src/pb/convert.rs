@@ -127,6 +127,12 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
             ..api::RunOptions::default()
         }),
         waiting_reason: None,
+        schedule: op
+            .schedule
+            .as_ref()
+            .map(|s| format!("schedules/{}", s.id))
+            .unwrap_or_default(),
+        scheduled_time: op.schedule.as_ref().map(|s| timestamp(s.tick)),
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod json;
+pub mod schedule;
 
 /// Google's shared API types.
 #[allow(clippy::all, missing_docs)]

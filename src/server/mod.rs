@@ -33,7 +33,9 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::auth::{Authenticator, LoadError};
+use crate::backfill::BackfillTask;
 use crate::diagnostics::SleepTask;
+use crate::engine::schedules::WeakEngine;
 use crate::engine::{
     Engine, EngineConfig, EngineError, KindSpec, Owner, Registry, Task, TaskPolicy,
 };
@@ -42,7 +44,7 @@ use crate::grpc::metered::MeteredLayer;
 
 use crate::grpc::{
     ConsoleService, DiagnosticsService, NotificationsService, OperationsService, QueuesService,
-    ReportsService, WatcherService, WorkersService,
+    ReportsService, SchedulesService, WatcherService, WorkersService,
 };
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
@@ -53,6 +55,7 @@ use crate::pb::longrun::v1::notifications_server::NotificationsServer;
 use crate::pb::longrun::v1::operation_watcher_server::OperationWatcherServer;
 use crate::pb::longrun::v1::queues_server::QueuesServer;
 use crate::pb::longrun::v1::report_service_server::ReportServiceServer;
+use crate::pb::longrun::v1::schedules_server::SchedulesServer;
 use crate::pb::longrun::v1::workers_server::WorkersServer;
 use crate::reports::Reports;
 use crate::store::postgres::{DEFAULT_POOL_SIZE, PgConfig, redacted};
@@ -302,6 +305,8 @@ impl Server {
             config.max_orders_per_tenant,
         );
         reports.register(&mut registry);
+        let backfills = WeakEngine::new();
+        registry.register(BackfillTask::new(backfills.clone()));
         if config.diagnostics {
             registry.register_with(SleepTask, config.sleep_policy.clone());
         }
@@ -311,6 +316,7 @@ impl Server {
             allow_private: config.webhooks.allow_private,
         }));
         let engine = Engine::open(&stores, registry, engine_config).await?;
+        backfills.set(&engine);
         for kind in &config.outside_kinds {
             engine.declare_kind(Owner::Everyone, kind.clone()).await?;
         }
@@ -408,6 +414,7 @@ impl Server {
             <WorkersServer<WorkersService> as tonic::server::NamedService>::NAME,
             <ConsoleServer<ConsoleService> as tonic::server::NamedService>::NAME,
             <QueuesServer<QueuesService> as tonic::server::NamedService>::NAME,
+            <SchedulesServer<SchedulesService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -444,6 +451,10 @@ impl Server {
             )
             .add_service(
                 QueuesServer::new(QueuesService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                SchedulesServer::new(SchedulesService::new(engine.clone()))
                     .max_decoding_message_size(max),
             );
         if config.diagnostics {

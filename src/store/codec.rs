@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use super::{StoreError, StoreResult};
+use crate::model::operation::ScheduleTick;
 use crate::model::order::{Order, OrderStatus};
 use crate::model::{
     Attempt, Code, Delivery, DeliveryState, FailedAttempt, Lease, Notification, Operation,
@@ -118,6 +119,10 @@ pub(crate) struct StoredOperation {
     scheduled_start_after_us: Option<i64>,
     #[prost(sint64, optional, tag = "40")]
     expire_after_us: Option<i64>,
+    #[prost(string, optional, tag = "41")]
+    schedule: Option<String>,
+    #[prost(sint64, optional, tag = "42")]
+    scheduled_tick_us: Option<i64>,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -143,11 +148,11 @@ struct StoredLease {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct StoredNotification {
+pub(super) struct StoredNotification {
     #[prost(string, tag = "1")]
-    callback_url: String,
+    pub(super) callback_url: String,
     #[prost(uint32, repeated, tag = "2")]
-    states: Vec<u32>,
+    pub(super) states: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -162,7 +167,7 @@ pub(crate) struct StoredPayload {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct StoredError {
+pub(super) struct StoredError {
     #[prost(int32, tag = "1")]
     code: i32,
     #[prost(string, tag = "2")]
@@ -255,7 +260,7 @@ fn text(inline: String, number: u32, strings: &impl Strings, what: &str) -> Stor
         .ok_or_else(|| corrupt(what))
 }
 
-fn store_error(e: &OperationError) -> StoredError {
+pub(super) fn store_error(e: &OperationError) -> StoredError {
     StoredError {
         code: e.code.as_i32(),
         message: e.message.clone(),
@@ -264,7 +269,7 @@ fn store_error(e: &OperationError) -> StoredError {
     }
 }
 
-fn load_error(e: StoredError) -> StoreResult<OperationError> {
+pub(super) fn load_error(e: StoredError) -> StoreResult<OperationError> {
     Ok(OperationError {
         code: Code::from_i32(e.code).ok_or_else(|| corrupt("unknown error code"))?,
         message: e.message,
@@ -375,6 +380,8 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
         holds: u32::from(op.holds.bits()),
         scheduled_start_after_us: op.scheduled_start.map(after),
         expire_after_us: op.expire_time.map(after),
+        schedule: op.schedule.as_ref().map(|s| s.id.clone()),
+        scheduled_tick_us: op.schedule.as_ref().map(|s| to_micros(s.tick)),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -483,6 +490,13 @@ pub(crate) fn from_stored(
         holds: crate::model::Holds::from_bits(u8::try_from(s.holds).unwrap_or(0)),
         scheduled_start: s.scheduled_start_after_us.map(|o| from_micros(created + o)),
         expire_time: s.expire_after_us.map(|o| from_micros(created + o)),
+        schedule: match (s.schedule, s.scheduled_tick_us) {
+            (Some(id), Some(tick)) => Some(ScheduleTick {
+                id,
+                tick: from_micros(tick),
+            }),
+            _ => None,
+        },
         notification: match s.notification {
             Some(n) => Some(Notification {
                 callback_url: n.callback_url,

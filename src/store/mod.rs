@@ -7,10 +7,11 @@
 //!   first (the webhook signing secret, the page-token key, the kinds
 //!   outside workers declared), shared by every process on the store;
 //! - [`OrderStore`]: the orders reports are made from;
+//! - [`ScheduleStore`]: schedules, and which of them are due;
 //! - [`FileStore`] (`files`): files too large for a record, such as
 //!   uploads and rendered reports.
 //!
-//! A backend implements all five and hands them out together as
+//! A backend implements all six and hands them out together as
 //! [`Stores`]. It persists decisions and never makes them: `rules` (the
 //! rulebook) decides what a batch of writes does, asking the model's
 //! [`Operation::apply`] for every state change, and hands the backend a
@@ -32,6 +33,7 @@ pub mod files;
 pub mod postgres;
 pub mod ready;
 pub(crate) mod rules;
+mod schedules;
 pub mod sled;
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +46,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::model::flow::{SlotId, Usage};
 use crate::model::order::{Month, Order};
+use crate::model::schedule::Schedule;
 use crate::model::{
     Attempt, Backlog, Delivery, Edit, Filter, KindLimits, Lease, Limit, Operation, OperationId,
     Tenant,
@@ -54,6 +57,7 @@ pub use self::files::{DirFiles, FileRead, FileStore, FileWriter};
 pub use self::postgres::PgStore;
 pub use self::ready::QueueDepth;
 pub(crate) use self::rules::check_delete;
+pub use self::schedules::{Expect, PutSchedule};
 pub use self::sled::{SledStore, SyncMode};
 
 /// What `create` did.
@@ -521,6 +525,54 @@ pub trait OrderStore: Send + Sync + 'static {
     ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)>;
 }
 
+/// Storage for schedules, and the index of when each is due.
+///
+/// A schedule is unique by tenant and id. Every write names what it
+/// expects to find ([`Expect`]) and bumps the revision, so that two
+/// writers (an update and a scheduler, or two nodes) never lose each
+/// other's change: the second is refused as `Stale` and reads again.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
+    /// Stores `schedule` if the stored one is as `expect` says; made
+    /// durable before it returns when `durable` (a scheduler moving its
+    /// clock need not be: a tick made again finds its run by request_id).
+    async fn put_schedule(
+        &self,
+        schedule: &Schedule,
+        expect: Expect,
+        durable: bool,
+    ) -> StoreResult<PutSchedule>;
+
+    /// One schedule.
+    async fn get_schedule(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<Schedule>>;
+
+    /// Up to `limit` of the tenant's schedules with ids after `after`, by
+    /// id.
+    async fn list_schedules(
+        &self,
+        tenant: &Tenant,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Schedule>>;
+
+    /// Removes a schedule; false when there was none.
+    async fn delete_schedule(&self, tenant: &Tenant, id: &str) -> StoreResult<bool>;
+
+    /// Takes up to `limit` schedules due at `now` (soonest first) that no
+    /// scheduler holds, and holds each until `until`: no other take
+    /// returns it before then. They come back at their new revision, for
+    /// the write that lets them go.
+    async fn take_due_schedules(
+        &self,
+        now: SystemTime,
+        until: SystemTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Schedule>>;
+
+    /// When the soonest schedule comes due (or its hold ends), if any is.
+    async fn next_schedule_due(&self) -> StoreResult<Option<SystemTime>>;
+}
+
 /// Every store a server uses, from one backend; cheap to clone.
 #[derive(Clone)]
 pub struct Stores {
@@ -529,13 +581,14 @@ pub struct Stores {
     pub settled: Arc<dyn SettledStore>,
     pub orders: Arc<dyn OrderStore>,
     pub files: Arc<dyn FileStore>,
+    pub schedules: Arc<dyn ScheduleStore>,
 }
 
 impl Stores {
-    /// All five from one backend value.
+    /// All six from one backend value.
     pub fn from_backend<B>(backend: B) -> Self
     where
-        B: OperationStore + OutboxStore + SettledStore + OrderStore + FileStore,
+        B: OperationStore + OutboxStore + SettledStore + OrderStore + FileStore + ScheduleStore,
     {
         let backend = Arc::new(backend);
         Self {
@@ -543,6 +596,7 @@ impl Stores {
             outbox: backend.clone(),
             settled: backend.clone(),
             orders: backend.clone(),
+            schedules: backend.clone(),
             files: backend,
         }
     }

@@ -104,7 +104,7 @@ impl Node {
         .unwrap_or_else(|_| panic!("{name} done in time"))
     }
 
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
     }

@@ -29,6 +29,7 @@ mod recovery;
 mod reflection;
 mod reports;
 mod restart;
+mod schedules;
 mod security;
 mod serve_security;
 mod spy;

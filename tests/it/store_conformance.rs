@@ -1877,6 +1877,194 @@ pub async fn survives_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
     assert_eq!(listed.operations.len(), 2);
 }
 
+// Schedules.
+
+fn a_schedule(tenant: &Tenant, id: &str, due_in: Duration) -> longrun::model::Schedule {
+    use longrun::model::schedule::{Overlap, RunTemplate, Schedule};
+    let now = SystemTime::now();
+    Schedule {
+        tenant: tenant.clone(),
+        id: id.into(),
+        kind: "k".into(),
+        payload: longrun::model::Payload {
+            type_url: "type.googleapis.com/x.Y".into(),
+            value: vec![1, 2, 3].into(),
+        },
+        run: RunTemplate {
+            priority: 2,
+            concurrency_key: Some("key".into()),
+            start_delay: Some(Duration::from_secs(5)),
+            ttl: Some(Duration::from_secs(60)),
+            timeout: None,
+            max_attempts: Some(3),
+            notification: None,
+        },
+        when: longrun::model::When::cron("0 3 * * *", "Europe/Berlin").unwrap(),
+        jitter: Duration::from_secs(1),
+        overlap: Overlap::BufferOne,
+        catch_up_window: Duration::from_secs(600),
+        catch_up_latest_only: true,
+        paused: false,
+        create_time: longrun::model::to_micros_precision(now),
+        update_time: longrun::model::to_micros_precision(now),
+        next_tick: Some(longrun::model::to_micros_precision(now + due_in)),
+        buffered: None,
+        recheck: None,
+        recent: Vec::new(),
+        last_error: None,
+        skipped: 0,
+        revision: 0,
+        lease_until: None,
+    }
+}
+
+async fn schedules_are_stored_by_tenant_and_written_by_revision(s: Stores) {
+    use longrun::store::{Expect, PutSchedule};
+    let acme = Tenant::named("acme").unwrap();
+    let one = a_schedule(&acme, "one", Duration::from_secs(3600));
+    let limit = Expect::Absent { max_per_tenant: 2 };
+    let PutSchedule::Stored(stored) = s.schedules.put_schedule(&one, limit, true).await.unwrap()
+    else {
+        panic!("not stored")
+    };
+    assert_eq!(stored.revision, 1);
+    let read = s
+        .schedules
+        .get_schedule(&acme, "one")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, *stored, "a schedule reads back as written");
+    assert_eq!(
+        s.schedules.put_schedule(&one, limit, true).await.unwrap(),
+        PutSchedule::Exists
+    );
+    assert!(
+        s.schedules
+            .get_schedule(&Tenant::default_tenant(), "one")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let two = a_schedule(&acme, "two", Duration::from_secs(3600));
+    s.schedules.put_schedule(&two, limit, true).await.unwrap();
+    assert_eq!(
+        s.schedules
+            .put_schedule(&a_schedule(&acme, "three", Duration::ZERO), limit, true)
+            .await
+            .unwrap(),
+        PutSchedule::OverLimit
+    );
+    // Revisions: the one read is written; an older one is stale.
+    let mut changed = read.clone();
+    changed.paused = true;
+    assert!(matches!(
+        s.schedules.put_schedule(&changed, Expect::Revision(1), true).await.unwrap(),
+        PutSchedule::Stored(ref c) if c.revision == 2 && c.paused
+    ));
+    assert_eq!(
+        s.schedules
+            .put_schedule(&changed, Expect::Revision(1), true)
+            .await
+            .unwrap(),
+        PutSchedule::Stale
+    );
+    let page = s.schedules.list_schedules(&acme, None, 1).await.unwrap();
+    assert_eq!(
+        page.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["one"]
+    );
+    let rest = s
+        .schedules
+        .list_schedules(&acme, Some("one"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["two"]
+    );
+    assert!(s.schedules.delete_schedule(&acme, "one").await.unwrap());
+    assert!(!s.schedules.delete_schedule(&acme, "one").await.unwrap());
+    assert_eq!(
+        s.schedules
+            .put_schedule(&changed, Expect::Revision(2), true)
+            .await
+            .unwrap(),
+        PutSchedule::Missing
+    );
+}
+
+async fn due_schedules_are_taken_once_until_their_hold_ends(s: Stores) {
+    use longrun::store::{Expect, PutSchedule};
+    let tenant = Tenant::default_tenant();
+    let absent = Expect::Absent { max_per_tenant: 10 };
+    let due = a_schedule(&tenant, "due", Duration::ZERO);
+    let later = a_schedule(&tenant, "later", Duration::from_secs(3600));
+    let mut paused = a_schedule(&tenant, "paused", Duration::ZERO);
+    paused.paused = true;
+    for schedule in [&due, &later, &paused] {
+        s.schedules
+            .put_schedule(schedule, absent, true)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.schedules.next_schedule_due().await.unwrap(),
+        due.next_tick,
+        "the soonest due, paused ones aside"
+    );
+    let now = SystemTime::now() + Duration::from_millis(10);
+    let until = now + Duration::from_secs(5);
+    let taken = s
+        .schedules
+        .take_due_schedules(now, until, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["due"]
+    );
+    assert_eq!(taken[0].lease_until, Some(until));
+    assert!(
+        s.schedules
+            .take_due_schedules(now, until, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held: no second take"
+    );
+    // Once the hold ends, it is due again.
+    let after = until + Duration::from_millis(1);
+    let again = s
+        .schedules
+        .take_due_schedules(after, after + Duration::from_secs(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    // Let go with its clock moved on, it is no longer due.
+    let mut moved = again[0].clone();
+    moved.lease_until = None;
+    moved.next_tick = Some(now + Duration::from_secs(7200));
+    assert!(matches!(
+        s.schedules
+            .put_schedule(&moved, Expect::Revision(moved.revision), false)
+            .await
+            .unwrap(),
+        PutSchedule::Stored(_)
+    ));
+    assert!(
+        s.schedules
+            .take_due_schedules(after, after, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.schedules.next_schedule_due().await.unwrap(),
+        later.next_tick
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $fixture:ty) => {
         mod $backend {
@@ -1951,6 +2139,8 @@ macro_rules! conformance {
             case!(an_abandoned_file_leaves_nothing_visible);
             case!(file_names_are_checked);
             case_with_reopen!(files_survive_reopen);
+            case!(schedules_are_stored_by_tenant_and_written_by_revision);
+            case!(due_schedules_are_taken_once_until_their_hold_ends);
         }
     };
 }

@@ -361,3 +361,190 @@ async fn the_estimate_follows_the_known_length_then_progress() {
     assert!(estimate <= long.create_time + Duration::from_secs(601));
     paused.done(&long).await;
 }
+
+// Schedules, in paused time: the scheduler's clock is tokio's, so a run
+// longer than the interval and a ten-minute stop take no real time.
+
+mod schedules {
+    use std::time::{Duration, SystemTime};
+
+    use longrun::engine::schedules::ScheduleDraft;
+    use longrun::engine::{Clock, Engine, EngineConfig, Registry, Task};
+    use longrun::model::{Operation, Overlap, Payload, RunTemplate, Scope, State, Tenant, When};
+    use longrun::store::{SledStore, Stores, SyncMode};
+
+    use super::{SleepTask, sleep};
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    async fn engine(stores: &Stores, clock: &Clock) -> Engine {
+        let config = EngineConfig {
+            clock: *clock,
+            ..EngineConfig::default()
+        };
+        let mut registry = Registry::new();
+        registry.register(SleepTask);
+        let engine = Engine::open(stores, registry, config).await.unwrap();
+        engine.start().await.unwrap();
+        engine
+    }
+
+    fn every_minute(run: Duration, overlap: Overlap, window: Duration) -> ScheduleDraft {
+        ScheduleDraft {
+            kind: SleepTask::KIND.into(),
+            payload: Payload::pack(&sleep(run)),
+            run: RunTemplate::default(),
+            when: When::every(MINUTE).unwrap(),
+            jitter: Duration::ZERO,
+            overlap,
+            catch_up_window: Some(window),
+            catch_up_latest_only: false,
+        }
+    }
+
+    /// The runs of schedule `id`, oldest tick first.
+    async fn runs(engine: &Engine, id: &str) -> Vec<Operation> {
+        let mut runs = engine
+            .list(
+                &Scope::All,
+                &format!("schedule = \"schedules/{id}\""),
+                500,
+                "",
+            )
+            .await
+            .unwrap()
+            .operations;
+        runs.sort_by_key(|op| op.schedule.as_ref().unwrap().tick);
+        runs
+    }
+
+    fn tick(op: &Operation) -> SystemTime {
+        op.schedule.as_ref().unwrap().tick
+    }
+
+    /// Creates a schedule, lets its first ten ticks pass, and returns its
+    /// runs.
+    async fn ten_minutes_of(overlap: Overlap, run: Duration) -> Vec<Operation> {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::from_backend(SledStore::open(dir.path(), SyncMode::Always).unwrap());
+        let clock = Clock::following_tokio();
+        let engine = engine(&stores, &clock).await;
+        let draft = every_minute(run, overlap, Duration::from_secs(3600));
+        let created = engine
+            .create_schedule(&Tenant::default_tenant(), "s", draft)
+            .await
+            .unwrap();
+        // Ten ticks: the first, and nine more.
+        let first = created.next_tick.unwrap();
+        tokio::time::sleep(clock.until(first) + 9 * MINUTE + MINUTE / 2).await;
+        let runs = runs(&engine, "s").await;
+        engine.shutdown().await;
+        runs
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skip_makes_no_run_while_the_last_one_goes() {
+        // Runs of 150 s on a one-minute clock: a tick finds the last run
+        // going twice, then it has ended.
+        let runs = ten_minutes_of(Overlap::Skip, Duration::from_secs(150)).await;
+        let ticks: Vec<SystemTime> = runs.iter().map(tick).collect();
+        assert_eq!(ticks.len(), 4, "{ticks:?}");
+        for pair in ticks.windows(2) {
+            assert_eq!(pair[1].duration_since(pair[0]).unwrap(), 3 * MINUTE);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allow_all_runs_every_tick_beside_the_last() {
+        let runs = ten_minutes_of(Overlap::AllowAll, Duration::from_secs(150)).await;
+        assert_eq!(runs.len(), 10);
+        let running = runs.iter().filter(|op| op.state == State::Running).count();
+        assert!(running >= 2, "runs overlap: {running} running at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_previous_cancels_the_last_run_for_the_new_one() {
+        let runs = ten_minutes_of(Overlap::CancelPrevious, Duration::from_secs(150)).await;
+        assert_eq!(runs.len(), 10);
+        for op in &runs[..9] {
+            assert_eq!(op.state, State::Cancelled, "{:?}", tick(op));
+        }
+        assert_ne!(runs[9].state, State::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffer_one_runs_one_waiting_tick_after_the_last_run_ends() {
+        // Runs of 130 s: the tick after a run starts waits for its end, the
+        // one after that is dropped.
+        let runs = ten_minutes_of(Overlap::BufferOne, Duration::from_secs(130)).await;
+        let ticks: Vec<u64> = runs
+            .iter()
+            .map(|op| tick(op).duration_since(tick(&runs[0])).unwrap().as_secs())
+            .collect();
+        assert_eq!(ticks, vec![0, 60, 180, 300, 420], "{ticks:?}");
+        for pair in runs.windows(2) {
+            let (before, after) = (&pair[0], &pair[1]);
+            if let (Some(end), Some(start)) = (before.end_time, after.start_time) {
+                assert!(
+                    start >= end,
+                    "{:?} started before {:?} ended",
+                    tick(after),
+                    tick(before)
+                );
+            }
+        }
+        assert!(
+            runs[1].start_time.unwrap() > tick(&runs[1]) + MINUTE,
+            "the buffered run waited"
+        );
+    }
+
+    /// A schedule whose node stops for ten minutes, then starts again.
+    async fn after_a_ten_minute_stop(window: Duration, latest_only: bool) -> Vec<Operation> {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::from_backend(SledStore::open(dir.path(), SyncMode::Always).unwrap());
+        // One clock for both: a stopped node's time passes too.
+        let clock = Clock::following_tokio();
+        let first = engine(&stores, &clock).await;
+        let mut draft = every_minute(Duration::from_secs(1), Overlap::AllowAll, window);
+        draft.catch_up_latest_only = latest_only;
+        first
+            .create_schedule(&Tenant::default_tenant(), "s", draft)
+            .await
+            .unwrap();
+        tokio::time::sleep(2 * MINUTE).await;
+        assert_eq!(runs(&first, "s").await.len(), 2);
+        first.shutdown().await;
+        tokio::time::sleep(10 * MINUTE).await;
+        let second = engine(&stores, &clock).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let runs = runs(&second, "s").await;
+        second.shutdown().await;
+        runs
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_missed_within_the_window_run_once_each_after_a_stop() {
+        let runs = after_a_ten_minute_stop(15 * MINUTE, false).await;
+        // Two before the stop, ten missed during it, each once.
+        assert_eq!(
+            runs.len(),
+            12,
+            "{:?}",
+            runs.iter().map(tick).collect::<Vec<_>>()
+        );
+        let ticks: std::collections::BTreeSet<SystemTime> = runs.iter().map(tick).collect();
+        assert_eq!(ticks.len(), 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_missed_beyond_the_window_are_skipped() {
+        let runs = after_a_ten_minute_stop(5 * MINUTE, false).await;
+        // Two before the stop; of the ten missed, those of the last five
+        // minutes (both ends in the window).
+        let caught_up = runs.len() - 2;
+        assert!((5..=6).contains(&caught_up), "{caught_up} caught up");
+        let latest = after_a_ten_minute_stop(15 * MINUTE, true).await;
+        assert_eq!(latest.len(), 3, "only the latest missed tick runs");
+    }
+}

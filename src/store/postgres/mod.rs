@@ -28,6 +28,7 @@ mod flow;
 mod operations;
 mod orders;
 mod outbox;
+mod schedules;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -78,6 +79,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "priority", include_str!("migrations/0005_priority.sql")),
     (6, "flow control", include_str!("migrations/0006_flow.sql")),
     (7, "expiry", include_str!("migrations/0007_expiry.sql")),
+    (
+        8,
+        "schedules",
+        include_str!("migrations/0008_schedules.sql"),
+    ),
 ];
 
 /// How the PostgreSQL backend is set up.

@@ -17,7 +17,9 @@
 //! - `m` name: a settled value;
 //! - `p` kind: a paused kind (empty value);
 //! - `c` kind 0 scope(1): a limit of a kind, its value
-//!   `CONCURRENCY|RATES` (either may be empty).
+//!   `CONCURRENCY|RATES` (either may be empty);
+//! - `h` tenant 0 id: a schedule;
+//! - `H` wake(8) tenant 0 id: the schedules that come due, by time.
 //!
 //! Ids are 16-byte UUIDv7s, so key order is creation order; times are 8
 //! big-endian bytes of microseconds, so byte order is time order. An
@@ -42,6 +44,47 @@ pub(super) const DUE: u8 = b'q';
 pub(super) const STRING: u8 = b's';
 pub(super) const PAUSED: u8 = b'p';
 pub(super) const LIMIT: u8 = b'c';
+pub(super) const SCHEDULE: u8 = b'h';
+pub(super) const SCHEDULE_DUE: u8 = b'H';
+
+/// Where a tenant's schedules start.
+pub(super) fn schedules_of(tenant: &Tenant) -> Vec<u8> {
+    let mut key = vec![SCHEDULE];
+    key.extend_from_slice(tenant.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+/// A schedule's record.
+pub(super) fn schedule(tenant: &Tenant, id: &str) -> Vec<u8> {
+    let mut key = schedules_of(tenant);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// A schedule's place in the due index, at `wake_us`.
+pub(super) fn schedule_due(wake_us: i64, tenant: &Tenant, id: &str) -> Vec<u8> {
+    let mut key = vec![SCHEDULE_DUE];
+    key.extend_from_slice(&(wake_us.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(&schedule(tenant, id)[1..]);
+    key
+}
+
+/// Just past the due-index keys of every schedule due by `wake_us`.
+pub(super) fn schedules_due_by(wake_us: i64) -> Vec<u8> {
+    let mut key = vec![SCHEDULE_DUE];
+    key.extend_from_slice(&(wake_us.max(0) as u64 + 1).to_be_bytes());
+    key
+}
+
+/// The tenant and id a due-index key names.
+pub(super) fn schedule_of_due(key: &[u8]) -> Option<(Tenant, String)> {
+    let rest = key.get(9..)?;
+    let split = rest.iter().position(|b| *b == 0)?;
+    let tenant = Tenant::from_stored(std::str::from_utf8(&rest[..split]).ok()?).ok()?;
+    let id = std::str::from_utf8(&rest[split + 1..]).ok()?.to_owned();
+    Some((tenant, id))
+}
 
 /// A time as 8 big-endian bytes of microseconds.
 pub(super) fn time_key(time: SystemTime) -> [u8; 8] {

@@ -27,6 +27,7 @@ mod operations;
 mod orders;
 mod outbox;
 mod recent;
+mod schedules;
 mod space;
 mod strings;
 
@@ -146,6 +147,9 @@ struct Inner {
     /// One order writer at a time: replacing an order reads where it was
     /// stored, and two batches must not both move the same order.
     orders_writer: Mutex<()>,
+    /// One schedule writer at a time: a write compares the stored
+    /// revision, then moves the record and its due-index key.
+    schedules_writer: Mutex<()>,
     files: DirFiles,
 }
 
@@ -241,6 +245,7 @@ impl SledStore {
                 mode: config.sync,
                 flushes: AtomicU64::new(0),
                 orders_writer: Mutex::new(()),
+                schedules_writer: Mutex::new(()),
                 files: DirFiles::open(dir)?,
             }),
         };
