@@ -158,7 +158,7 @@ async function start() {
 }
 
 function showLogin(message) {
-  for (const id of ["operations", "detail", "queues"]) $(id).hidden = true;
+  for (const id of ["operations", "detail", "queues", "schedules"]) $(id).hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("token").focus();
@@ -174,7 +174,7 @@ $("login-form").addEventListener("submit", (event) => {
 
 function show(view) {
   state.view = view;
-  for (const id of ["operations", "detail", "queues"]) $(id).hidden = id !== view;
+  for (const id of ["operations", "detail", "queues", "schedules"]) $(id).hidden = id !== view;
   for (const tab of document.querySelectorAll(".tab")) {
     tab.classList.toggle("active", tab.dataset.view === (view === "detail" ? "operations" : view));
   }
@@ -185,6 +185,10 @@ function show(view) {
     loadQueues();
     state.queueTimer = setInterval(loadQueues, 5000);
   }
+  if (view === "schedules") {
+    loadSchedules();
+    state.queueTimer = setInterval(loadSchedules, 5000);
+  }
 }
 
 // ---- routes ----
@@ -193,6 +197,7 @@ function show(view) {
 //   #/operations?state=RUNNING&kind=...&tenant=...   the list, filtered
 //   #/operations/<id>                                 one operation
 //   #/queues                                          the queues
+//   #/schedules                                       the schedules
 // (#operations/<id>, the form of earlier links, still opens one.)
 
 const FILTER_FIELDS = ["state", "kind", "tenant"];
@@ -201,6 +206,7 @@ function parseRoute(hash) {
   const [raw, query = ""] = hash.replace(/^#\/?/, "").split("?");
   const path = decodeURIComponent(raw);
   if (path === "queues") return { view: "queues" };
+  if (path === "schedules") return { view: "schedules" };
   const one = /^operations\/(.+)$/.exec(path);
   if (one) return { view: "detail", name: `operations/${one[1]}` };
   return { view: "operations", params: new URLSearchParams(query) };
@@ -227,6 +233,7 @@ function route() {
   const target = parseRoute(location.hash);
   if (target.view === "detail") return openDetail(target.name);
   if (target.view === "queues") return show("queues");
+  if (target.view === "schedules") return show("schedules");
   for (const field of FILTER_FIELDS) $(`filter-${field}`).value = target.params.get(field) ?? "";
   state.filter = composeFilter();
   state.pageToken = "";
@@ -237,7 +244,11 @@ function route() {
 window.addEventListener("hashchange", route);
 
 for (const tab of document.querySelectorAll(".tab")) {
-  tab.addEventListener("click", () => state.caller && go(tab.dataset.view === "queues" ? "#/queues" : state.listHash));
+  tab.addEventListener("click", () => {
+    if (!state.caller) return;
+    const view = tab.dataset.view;
+    go(view === "operations" ? state.listHash : `#/${view}`);
+  });
 }
 
 // ---- the operations list ----
@@ -724,6 +735,79 @@ async function loadQueues() {
   $("counting-since").textContent = stats.countingSince
     ? `Finished per minute: the last 15 minutes of the node that answered, counted since it started (${when(stats.countingSince)}).`
     : "";
+}
+
+// ---- schedules ----
+
+// A schedule's actions for a writer: pause or resume it, or run it now.
+function scheduleActions(s) {
+  const badge = el("span", { class: s.paused ? "badge paused" : "badge", text: s.paused ? "paused" : "active" });
+  if (state.caller?.role === "reader") return [badge];
+  const id = s.name.replace(/^schedules\//, "");
+  const act = (action, label, done) => {
+    const button = el("button", { type: "button", class: "schedule-action", "data-action": action, text: label });
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const answer = await call("POST", `/v1/schedules/${encodeURIComponent(id)}:${action}`, {});
+        say(done(answer));
+      } catch (error) {
+        say(error.message, true);
+      }
+      loadSchedules();
+    });
+    return button;
+  };
+  const flip = s.paused
+    ? act("resume", "Resume", () => `${id} resumed: it runs from its next tick.`)
+    : act("pause", "Pause", () => `${id} paused: no ticks until it is resumed.`);
+  const now = act("runNow", "Run now", (op) => `${id} runs now as ${op.name}.`);
+  return [badge, " ", flip, " ", now];
+}
+
+// The last runs, newest first: each its tick, linked to the operation,
+// with its state.
+function recentRuns(s) {
+  const runs = (s.recentRuns ?? []).slice(0, 5);
+  if (!runs.length) return ["none yet"];
+  return runs.flatMap((run, i) => {
+    const link = el("a", { href: `#/${run.operation}`, text: when(run.scheduledTime) });
+    const state = (run.state || "GONE").toLowerCase();
+    const item = [link, " ", el("span", { class: `badge ${state}`, text: run.state || "gone" })];
+    return i ? [el("br"), ...item] : item;
+  });
+}
+
+async function loadSchedules() {
+  let page;
+  try {
+    page = await call("GET", "/v1/schedules?pageSize=100");
+  } catch (error) {
+    return say(error.message, true);
+  }
+  // The list leaves out runs' states; each schedule's own read has them.
+  const schedules = await Promise.all(
+    (page.schedules ?? []).map((s) => call("GET", `/v1/${s.name}`).catch(() => s)),
+  );
+  say("");
+  const cell = (label, ...children) => el("td", { "data-label": label }, ...children);
+  $("schedule-rows").replaceChildren(
+    ...schedules.map((s) => {
+      const next = (s.nextRunTimes ?? []).map(when);
+      const problem = s.lastError ? [el("br"), el("span", { class: "muted", text: `last tick: ${s.lastError.message}` })] : [];
+      return el(
+        "tr",
+        { "data-schedule": s.name },
+        cell("Schedule", s.name.replace(/^schedules\//, "")),
+        cell("When", s.description ?? "", el("br"), el("span", { class: "muted", text: `overlap ${s.overlapPolicy ?? "SKIP"}` }), ...problem),
+        cell("Kind", s.kind),
+        cell("Next runs", ...(next.length ? next.flatMap((t, i) => (i ? [el("br"), t] : [t])) : ["-"])),
+        cell("Last runs", ...recentRuns(s)),
+        cell("State", ...scheduleActions(s)),
+      );
+    }),
+  );
+  $("schedules-empty").hidden = schedules.length > 0;
 }
 
 window.addEventListener("load", start);

@@ -153,10 +153,9 @@ impl SpecArgs {
             }
         };
         named("kind", self.kind.is_some());
-        named(
-            "cron",
-            self.cron.is_some() || self.every.is_some() || self.tz.is_some(),
-        );
+        named("cron", self.cron.is_some());
+        named("time_zone", self.tz.is_some());
+        named("interval", self.every.is_some());
         named(
             "payload",
             self.payload.is_some() || self.sleep.is_some() || self.text.is_some(),

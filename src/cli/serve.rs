@@ -251,6 +251,9 @@ pub struct ServeArgs {
     /// Orders one tenant may store.
     #[arg(long, env = "LONGRUN_TENANT_MAX_ORDERS")]
     pub tenant_max_orders: Option<u64>,
+    /// Schedules one tenant may have.
+    #[arg(long, env = "LONGRUN_MAX_SCHEDULES", default_value_t = longrun::engine::schedules::DEFAULT_MAX_SCHEDULES)]
+    pub max_schedules: u64,
     /// How often idle connections are pinged; one that does not answer
     /// within 10 seconds is closed.
     #[arg(long, env = "LONGRUN_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -426,6 +429,7 @@ impl ServeArgs {
                 lease: self.lease.max(Duration::from_millis(300)),
                 max_worker_streams: self.max_worker_streams.max(1),
                 max_result_size: self.max_result_size,
+                max_schedules: self.max_schedules,
                 ..match &self.node_name {
                     Some(node) => EngineConfig {
                         node: node.clone(),

@@ -17,16 +17,14 @@ use tracing::{debug, warn};
 use super::{Engine, EngineError, Inner};
 use crate::model::schedule::{MAX_TICKS_PER_TURN, Schedule, ScheduleRun, TickAction};
 use crate::model::{Code, OperationError};
-use crate::store::Expect;
+use crate::store::{Expect, PutSchedule};
 
 /// How long a node holds a due schedule while it makes its runs.
 pub const HOLD: Duration = Duration::from_secs(5);
 
-/// How many due schedules one take asks for.
-const TAKE: usize = 256;
-
-/// How many schedules are fired at once.
-const FIRING: usize = 64;
+/// How many due schedules one take asks for, and fires at once (their
+/// runs' creates share the committer's batches).
+const TAKE: usize = 512;
 
 /// How soon a schedule is looked at again when a run could not be made for
 /// now (a full queue, storage away), or while a buffered tick waits.
@@ -67,7 +65,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         };
         let full = taken.len() == TAKE;
         futures_util::stream::iter(taken)
-            .for_each_concurrent(FIRING, |s| fire(&engine, s, now))
+            .for_each_concurrent(TAKE, |s| fire(&engine, s, now))
             .await;
         if full {
             continue;
@@ -174,20 +172,49 @@ async fn let_go_later(engine: &Engine, mut s: Schedule, e: &EngineError) {
     let_go(engine, s).await;
 }
 
-/// Writes the schedule back without its hold. Another writer having got in
-/// first (an update) is fine: the schedule is taken again when its hold
-/// ends, and its ticks find their runs by request_id.
+/// Writes the schedule back without its hold. When another writer got in
+/// first (an update, a run made now), the turn's outcome is laid over what
+/// it wrote: the clock moves on, unless the writer gave it a new clock or
+/// paused it, and the runs made are remembered.
 async fn let_go(engine: &Engine, mut s: Schedule) {
-    s.lease_until = None;
-    match engine
-        .inner
-        .schedules
-        .put_schedule(&s, Expect::Revision(s.revision), false)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) => warn!(schedule = %s.name(), error = %e, "a schedule's clock was not moved on"),
+    let store = &engine.inner.schedules;
+    let turn = s.clone();
+    for _ in 0..3 {
+        s.lease_until = None;
+        match store
+            .put_schedule(&s, Expect::Revision(s.revision), false)
+            .await
+        {
+            Ok(PutSchedule::Stale) => {}
+            Ok(_) => return,
+            Err(e) => {
+                return warn!(schedule = %s.name(), error = %e, "a schedule's clock was not moved on");
+            }
+        }
+        let Ok(Some(fresh)) = store.get_schedule(&turn.tenant, &turn.id).await else {
+            return;
+        };
+        s = merged(fresh, &turn);
     }
+}
+
+/// A schedule another writer changed during a turn, with the turn's
+/// outcome laid over it.
+fn merged(mut fresh: Schedule, turn: &Schedule) -> Schedule {
+    if fresh.when == turn.when && !fresh.paused && fresh.create_time == turn.create_time {
+        fresh.next_tick = turn.next_tick;
+        fresh.buffered = turn.buffered;
+        fresh.recheck = turn.recheck;
+    }
+    for run in turn.recent.iter().rev() {
+        if !fresh.recent.iter().any(|r| r.operation == run.operation) {
+            fresh.record_run(*run);
+        }
+    }
+    fresh.recent.sort_by(|a, b| b.tick.cmp(&a.tick));
+    fresh.skipped = fresh.skipped.max(turn.skipped);
+    fresh.last_error.clone_from(&turn.last_error);
+    fresh
 }
 
 /// Whether a refusal may pass (a full queue, a quota, storage away).

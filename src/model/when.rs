@@ -60,6 +60,19 @@ impl When {
     /// A cron clock: 5 fields, or 6 with seconds first, read in `zone`
     /// (UTC when empty). An expression that never matches is refused.
     pub fn cron(expression: &str, zone: &str) -> Result<Self, WhenError> {
+        let when = Self::stored_cron(expression, zone)?;
+        if when.next_after(SystemTime::now()).is_none() {
+            return Err(WhenError::new(
+                "cron",
+                format!("{:?} never matches a time to come", expression.trim()),
+            ));
+        }
+        Ok(when)
+    }
+
+    /// A cron clock read back from storage: parsed, without looking for
+    /// its next time (it was checked when it was made).
+    pub fn stored_cron(expression: &str, zone: &str) -> Result<Self, WhenError> {
         let expression = expression.trim();
         if expression.len() > MAX_TEXT {
             return Err(WhenError::new("cron", "the cron expression is too long"));
@@ -93,19 +106,12 @@ impl When {
                 format!("{zone_name:?} is not an IANA time zone (such as Europe/Berlin)"),
             )
         })?;
-        let when = When::Cron(Box::new(CronClock {
+        Ok(When::Cron(Box::new(CronClock {
             expression: expression.to_owned(),
             zone_name: zone_name.to_owned(),
             cron,
             zone: tz,
-        }));
-        if when.next_after(SystemTime::now()).is_none() {
-            return Err(WhenError::new(
-                "cron",
-                format!("{expression:?} never matches a time to come"),
-            ));
-        }
-        Ok(when)
+        })))
     }
 
     /// An interval clock of at least [`MIN_INTERVAL`].

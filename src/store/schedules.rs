@@ -173,7 +173,7 @@ pub(crate) fn decode(tenant: Tenant, id: &str, bytes: &[u8]) -> StoreResult<Sche
     let when = if s.cron.is_empty() {
         When::every(Duration::from_micros(s.interval_us))
     } else {
-        When::cron(&s.cron, &s.zone)
+        When::stored_cron(&s.cron, &s.zone)
     }
     .map_err(|e| corrupt(format!("schedule {id}: {}", e.message)))?;
     let overlap = match s.overlap {

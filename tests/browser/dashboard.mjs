@@ -208,6 +208,31 @@ try {
   await page.goto(`${open}#/operations`);
   await page.waitForSelector("#operations:not([hidden])");
 
+  step("the schedules: the clock in words, the next five times, Run now, the last runs");
+  await api(open, "POST", "/v1/schedules?scheduleId=nightly", {
+    kind: "sleep",
+    payload: { "@type": "type.googleapis.com/longrun.v1.SleepRequest", duration: "0s" },
+    cron: "0 3 * * *",
+    timeZone: "Europe/Berlin",
+  });
+  await page.click('.tab[data-view="schedules"]');
+  const nightly = '#schedule-rows tr[data-schedule="schedules/nightly"]';
+  await page.waitForSelector(nightly);
+  if (!page.url().endsWith("#/schedules")) throw new Error(`the schedules' URL is ${page.url()}`);
+  const words = await page.textContent(`${nightly} td[data-label="When"]`);
+  if (!words.includes("every day at 03:00 Europe/Berlin")) throw new Error(`the schedule in words: ${words}`);
+  const nextTimes = await page.$$eval(`${nightly} td[data-label="Next runs"]`, (cells) => cells[0].innerText.split("\n").length);
+  if (nextTimes !== 5) throw new Error(`${nextTimes} next times shown, not 5`);
+  await page.click(`${nightly} button[data-action="runNow"]`);
+  await page.waitForSelector(`${nightly} td[data-label="Last runs"] a`);
+  await page.click(`${nightly} button[data-action="pause"]`);
+  await page.waitForSelector(`${nightly} button[data-action="resume"]`);
+  await page.screenshot({ path: `${shots}/schedules-1280x800.png` });
+  await page.click(`${nightly} td[data-label="Last runs"] a`);
+  await page.waitForSelector("#detail:not([hidden])");
+  await page.goto(`${open}#/operations`);
+  await page.waitForSelector("#operations:not([hidden])");
+
   step("a phone's width: nothing wider than the screen, no word broken");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForSelector("#rows tr");
@@ -252,6 +277,9 @@ try {
   await guarded.click('.tab[data-view="queues"]');
   await guarded.waitForSelector("#queue-rows tr");
   if ((await guarded.$$(".queue-action")).length) throw new Error("a reader is offered Pause");
+  await guarded.click('.tab[data-view="schedules"]');
+  await guarded.waitForSelector("#schedules:not([hidden])");
+  if ((await guarded.$$(".schedule-action")).length) throw new Error("a reader is offered Run now");
   await api(secured, "POST", `/v1/${theirs.name}:cancel`, {}, writerToken);
 
   if (problems.length) throw new Error(`the page reported errors: ${problems.join("; ")}`);

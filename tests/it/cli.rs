@@ -404,3 +404,73 @@ async fn webhook_listen_receives_and_checks_a_delivery() {
     assert!(status.success());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn schedules_are_made_shown_run_paused_and_refused_from_the_command_line() {
+    let server = TestServer::start().await;
+    let made = longrun(
+        &server,
+        &[
+            "schedule",
+            "create",
+            "nightly",
+            "--kind",
+            "sleep",
+            "--sleep",
+            "10ms",
+            "--cron",
+            "0 3 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--overlap",
+            "buffer-one",
+        ],
+    )
+    .await;
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(
+        stdout(&made).contains("nightly: every day at 03:00 Europe/Berlin (active)"),
+        "{}",
+        stdout(&made)
+    );
+    assert!(stdout(&made).contains("BUFFER_ONE"));
+    let run = longrun(&server, &["schedule", "run", "nightly", "--output", "json"]).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    let op: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(op["metadata"]["schedule"], "schedules/nightly");
+    let runs = longrun(&server, &["schedule", "runs", "nightly"]).await;
+    assert!(stdout(&runs).contains(op["name"].as_str().unwrap()));
+    let updated = longrun(
+        &server,
+        &["schedule", "update", "nightly", "--every", "15m"],
+    )
+    .await;
+    assert!(
+        stdout(&updated).contains("every 15 minutes"),
+        "{}",
+        stdout(&updated)
+    );
+    let paused = longrun(&server, &["schedule", "pause", "nightly"]).await;
+    assert!(stdout(&paused).contains("(paused)"), "{}", stdout(&paused));
+    let bad = longrun(
+        &server,
+        &[
+            "schedule",
+            "create",
+            "bad",
+            "--kind",
+            "sleep",
+            "--cron",
+            "0 3 * * *",
+            "--tz",
+            "Nowhere/City",
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("time_zone"), "{}", stderr(&bad));
+    let gone = longrun(&server, &["schedule", "delete", "nightly"]).await;
+    assert!(gone.status.success());
+    let list = longrun(&server, &["schedule", "list"]).await;
+    assert!(stdout(&list).is_empty(), "{}", stdout(&list));
+}

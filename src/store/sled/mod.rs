@@ -147,9 +147,11 @@ struct Inner {
     /// One order writer at a time: replacing an order reads where it was
     /// stored, and two batches must not both move the same order.
     orders_writer: Mutex<()>,
-    /// One schedule writer at a time: a write compares the stored
-    /// revision, then moves the record and its due-index key.
-    schedules_writer: Mutex<()>,
+    /// One schedule writer at a time (a write compares the stored
+    /// revision, then moves the record and its due-index key), and the
+    /// schedules a scheduler holds, until when: kept in memory, as the one
+    /// process is the only scheduler.
+    schedules: Mutex<schedules::Held>,
     files: DirFiles,
 }
 
@@ -245,7 +247,7 @@ impl SledStore {
                 mode: config.sync,
                 flushes: AtomicU64::new(0),
                 orders_writer: Mutex::new(()),
-                schedules_writer: Mutex::new(()),
+                schedules: Mutex::default(),
                 files: DirFiles::open(dir)?,
             }),
         };

@@ -1,7 +1,10 @@
 //! [`ScheduleStore`] on sled: each schedule is one record (`h`) and, while
-//! it is due at all, one key of the due index (`H`, by wake time). One
-//! writer at a time compares revisions and moves both in one batch.
+//! it is due at all, one key of the due index (`H`, by due time). One
+//! writer at a time compares revisions and moves both in one batch. A
+//! scheduler's hold is kept in memory, not written: this process is the
+//! store's only scheduler, so a take writes nothing.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -13,6 +16,9 @@ use crate::model::schedule::Schedule;
 use crate::store::codec::to_micros;
 use crate::store::schedules::{decode, encode, wake_us};
 use crate::store::{Expect, PutSchedule, ScheduleStore, StoreResult};
+
+/// The schedules held by a take, until when.
+pub(super) type Held = HashMap<(Tenant, String), SystemTime>;
 
 impl SledStore {
     fn read_schedule(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<Schedule>> {
@@ -47,7 +53,7 @@ impl SledStore {
         expect: Expect,
         durable: bool,
     ) -> StoreResult<PutSchedule> {
-        let _writer = lock(&self.inner.schedules_writer);
+        let mut held = lock(&self.inner.schedules);
         let stored = self.read_schedule(&schedule.tenant, &schedule.id)?;
         let revision = match (expect, &stored) {
             (Expect::Absent { .. }, Some(_)) => return Ok(PutSchedule::Exists),
@@ -70,7 +76,13 @@ impl SledStore {
         };
         let mut next = schedule.clone();
         next.revision = revision;
+        // Holds live in memory alone.
+        let lease = next.lease_until.take();
         self.write_schedule(stored.as_ref(), &next)?;
+        if lease.is_none() {
+            held.remove(&(next.tenant.clone(), next.id.clone()));
+        }
+        drop(held);
         if durable {
             self.sync()?;
         }
@@ -129,10 +141,11 @@ impl ScheduleStore for SledStore {
         let store = self.clone();
         let (tenant, id) = (tenant.clone(), id.to_owned());
         tokio::task::spawn_blocking(move || {
-            let _writer = lock(&store.inner.schedules_writer);
+            let mut held = lock(&store.inner.schedules);
             let Some(stored) = store.read_schedule(&tenant, &id)? else {
                 return Ok(false);
             };
+            held.remove(&(tenant.clone(), id.clone()));
             let mut batch = sled::Batch::default();
             if let Some(wake) = wake_us(&stored) {
                 batch.remove(keys::schedule_due(wake, &tenant, &id));
@@ -154,31 +167,30 @@ impl ScheduleStore for SledStore {
     ) -> StoreResult<Vec<Schedule>> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _writer = lock(&store.inner.schedules_writer);
+            let mut held = lock(&store.inner.schedules);
+            held.retain(|_, end| *end > now);
             let end = keys::schedules_due_by(to_micros(now));
             let mut taken = Vec::new();
-            let due: Vec<_> = store
-                .inner
-                .tree
-                .range(vec![keys::SCHEDULE_DUE]..end)
-                .keys()
-                .take(limit)
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            for key in due {
+            for key in store.inner.tree.range(vec![keys::SCHEDULE_DUE]..end).keys() {
+                if taken.len() == limit {
+                    break;
+                }
+                let key = key.map_err(backend)?;
                 let Some((tenant, id)) = keys::schedule_of_due(&key) else {
                     continue;
                 };
-                let Some(stored) = store.read_schedule(&tenant, &id)? else {
-                    // An index key whose record is gone: drop it.
-                    store.inner.tree.remove(key).map_err(disk)?;
+                let hold = (tenant, id);
+                if held.contains_key(&hold) {
+                    continue;
+                }
+                let Some(mut schedule) = store.read_schedule(&hold.0, &hold.1)? else {
+                    // An index key whose record is gone.
+                    store.inner.tree.remove(&key).map_err(disk)?;
                     continue;
                 };
-                let mut held = stored.clone();
-                held.lease_until = Some(until);
-                held.revision += 1;
-                store.write_schedule(Some(&stored), &held)?;
-                taken.push(held);
+                schedule.lease_until = Some(until);
+                held.insert(hold, until);
+                taken.push(schedule);
             }
             Ok(taken)
         })
@@ -187,14 +199,21 @@ impl ScheduleStore for SledStore {
     }
 
     async fn next_schedule_due(&self) -> StoreResult<Option<SystemTime>> {
-        let first = self
-            .inner
-            .tree
-            .scan_prefix([keys::SCHEDULE_DUE])
-            .keys()
-            .next()
-            .transpose()
-            .map_err(backend)?;
-        Ok(first.and_then(|key| keys::time_of(&key[1..])))
+        let held = lock(&self.inner.schedules);
+        // The first schedule not held, or the first hold to end.
+        let mut soonest = held.values().min().copied();
+        for key in self.inner.tree.scan_prefix([keys::SCHEDULE_DUE]).keys() {
+            let key = key.map_err(backend)?;
+            if keys::schedule_of_due(&key).is_some_and(|hold| held.contains_key(&hold)) {
+                continue;
+            }
+            let due = keys::time_of(&key[1..]);
+            soonest = match (soonest, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            break;
+        }
+        Ok(soonest)
     }
 }
