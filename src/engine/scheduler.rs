@@ -211,7 +211,7 @@ fn merged(mut fresh: Schedule, turn: &Schedule) -> Schedule {
             fresh.record_run(*run);
         }
     }
-    fresh.recent.sort_by(|a, b| b.tick.cmp(&a.tick));
+    fresh.recent.sort_by_key(|run| std::cmp::Reverse(run.tick));
     fresh.skipped = fresh.skipped.max(turn.skipped);
     fresh.last_error.clone_from(&turn.last_error);
     fresh
