@@ -6,13 +6,14 @@
 #                     schedule defined;
 #   schedules_made    seconds to create COUNT schedules over HTTP;
 #   ticks             runs the schedules made per second over WINDOW
-#                     seconds, each schedule ticking every second (COUNT
-#                     ticks per second asked for);
+#                     seconds, each schedule ticking every second by
+#                     default (COUNT ticks per second asked for);
 #   creates_beside    the same creates per second while they tick;
 #   ticks_beside      the runs the schedules made per second meanwhile.
 #
 #   bench/schedules.sh [BINARY]     # BINARY defaults to target/release/longrun
 #   COUNT=10000 WINDOW=20 N=20000 bench/schedules.sh
+#   CRON='0 * * * * *' WINDOW=60 bench/schedules.sh   # every minute instead
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/longrun}
@@ -20,6 +21,7 @@ COUNT=${COUNT:-10000}
 WINDOW=${WINDOW:-20}
 N=${N:-20000}
 SERVE_ARGS=${SERVE_ARGS:---sync always}
+CRON=${CRON:-* * * * * *}
 METRICS=127.0.0.1:${METRICS_PORT:-19464}
 
 work=$(mktemp -d)
@@ -46,7 +48,7 @@ pid=
 start_server $SERVE_ARGS --metrics-listen "$METRICS"
 alone=$(creates)
 
-body='{"kind":"sleep","payload":{"@type":"type.googleapis.com/longrun.v1.SleepRequest"},"cron":"* * * * * *"}'
+body='{"kind":"sleep","payload":{"@type":"type.googleapis.com/longrun.v1.SleepRequest"},"cron":"'"$CRON"'"}'
 started=$(date +%s.%N)
 seq 1 "$COUNT" | xargs -P 32 -I{} curl -s -o /dev/null -w '%{http_code}\n' \
   -X POST "http://$address/v1/schedules?scheduleId=s{}" \

@@ -127,6 +127,8 @@ pub struct Metrics {
     run_time: Histograms<KindLabel>,
     watches: Gauge<i64, AtomicI64>,
     deliveries: Family<DeliveryLabel, Counter>,
+    ticks: Family<DeliveryLabel, Counter>,
+    tick_lateness: Histogram,
     batch_size: Histogram,
     commit_time: Histogram,
     grpc: Family<GrpcLabels, Counter>,
@@ -162,6 +164,8 @@ impl Metrics {
         let run_time: Histograms<KindLabel> = Family::new_with_constructor(seconds);
         let watches = Gauge::default();
         let deliveries = Family::default();
+        let ticks = Family::default();
+        let tick_lateness = seconds();
         let batch_size = batch_sizes();
         let commit_time = seconds();
         let grpc = Family::default();
@@ -233,6 +237,16 @@ impl Metrics {
             deliveries.clone(),
         );
         registry.register(
+            "schedule_ticks",
+            "Schedule ticks handled, by outcome (run, skipped, buffered, retrying, failed)",
+            ticks.clone(),
+        );
+        registry.register(
+            "schedule_tick_lateness_seconds",
+            "How long after its tick a schedule's run was made",
+            tick_lateness.clone(),
+        );
+        registry.register(
             "store_commit_batch_size",
             "Writes per store commit",
             batch_size.clone(),
@@ -268,6 +282,8 @@ impl Metrics {
             run_time,
             watches,
             deliveries,
+            ticks,
+            tick_lateness,
             batch_size,
             commit_time,
             grpc,
@@ -367,6 +383,19 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// A schedule's tick was handled with `outcome`; a run made for it
+    /// was made `late` after the tick.
+    pub fn tick(&self, outcome: &str, late: Option<Duration>) {
+        self.ticks
+            .get_or_create(&DeliveryLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if let Some(late) = late {
+            self.tick_lateness.observe(late.as_secs_f64());
+        }
     }
 
     /// The store committed `writes` writes in `took`.

@@ -86,6 +86,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
 /// Makes the due runs of one schedule, then moves its clock on and lets
 /// it go.
 async fn fire(engine: &Engine, mut s: Schedule, now: SystemTime) {
+    let metrics = &engine.inner.config.metrics;
     let due = s.due_ticks(now, MAX_TICKS_PER_TURN);
     s.skipped += due.skipped;
     let mut next = due.next;
@@ -111,13 +112,16 @@ async fn fire(engine: &Engine, mut s: Schedule, now: SystemTime) {
         match action {
             TickAction::Skip => {
                 s.skipped += 1;
+                metrics.tick("skipped", None);
                 continue;
             }
             TickAction::Buffer => {
                 if s.buffered.is_some() {
                     s.skipped += 1;
+                    metrics.tick("skipped", None);
                 } else {
                     s.buffered = Some(tick);
+                    metrics.tick("buffered", None);
                 }
                 continue;
             }
@@ -130,6 +134,7 @@ async fn fire(engine: &Engine, mut s: Schedule, now: SystemTime) {
         }
         match engine.make_run(&s, tick, None).await {
             Ok(Some((op, _))) => {
+                metrics.tick("run", op.create_time.duration_since(tick).ok());
                 going = !op.state.is_terminal();
                 s.record_run(ScheduleRun {
                     operation: op.id,
@@ -139,10 +144,14 @@ async fn fire(engine: &Engine, mut s: Schedule, now: SystemTime) {
                     s.buffered = None;
                 }
             }
-            // It would have expired before starting.
-            Ok(None) => s.skipped += 1,
+            // It would have expired before starting (or its run exists).
+            Ok(None) => {
+                s.skipped += 1;
+                metrics.tick("skipped", None);
+            }
             Err(e) if transient(&e) => {
                 // This tick and the rest wait for the next look.
+                metrics.tick("retrying", None);
                 s.last_error = Some(error_of(&e));
                 if Some(tick) != buffered {
                     next = Some(tick);
@@ -152,6 +161,7 @@ async fn fire(engine: &Engine, mut s: Schedule, now: SystemTime) {
             }
             Err(e) => {
                 debug!(schedule = %s.name(), error = %e, "a tick made no run");
+                metrics.tick("failed", None);
                 s.last_error = Some(error_of(&e));
                 s.skipped += 1;
                 if Some(tick) == buffered {

@@ -21,6 +21,10 @@ pub const DEFAULT_MAX_SCHEDULES: u64 = 10_000;
 /// The most ticks one backfill runs.
 pub const MAX_BACKFILL_TICKS: usize = 10_000;
 
+/// The largest request a schedule keeps for its runs, in bytes: every
+/// schedule holds one, so it is kept small.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
 /// The longest jitter, start delay or ttl of a schedule's runs.
 const MAX_OFFSET: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -401,6 +405,11 @@ impl Engine {
         tick: SystemTime,
         request_id: Option<RequestId>,
     ) -> Result<Option<(Operation, bool)>, EngineError> {
+        // An outside kind's declaration may not be loaded on this node yet
+        // (a restart, say): find it before the create looks for it.
+        if self.inner.kind(&s.tenant, &s.kind).is_none() {
+            self.find_outside_kind(&s.tenant, &s.kind).await?;
+        }
         let now = self.inner.clock.now();
         let start = tick + s.start_offset(tick);
         let expire_at = s.run.ttl.map(|ttl| start + ttl);
@@ -513,6 +522,15 @@ impl Engine {
                 format!("no kind {:?} is registered or declared", draft.kind),
             ));
         };
+        if draft.payload.value.len() > MAX_PAYLOAD {
+            return Err(EngineError::invalid(
+                "payload",
+                format!(
+                    "a schedule's request is at most {} KiB; keep large inputs elsewhere and name them",
+                    MAX_PAYLOAD / 1024
+                ),
+            ));
+        }
         kind.task.validate(&draft.payload)?;
         super::flow::check_key(draft.run.concurrency_key.as_deref())?;
         for (field, value) in [

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
 use longrun::pb::google::longrunning::{Operation, WaitOperationRequest};
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
+use longrun::pb::longrun::v1::schedule::OverlapPolicy;
 use longrun::pb::longrun::v1::schedules_client::SchedulesClient;
 use longrun::pb::longrun::v1::{
     BackfillRequest, BackfillResponse, CreateScheduleRequest, DeleteScheduleRequest,
@@ -118,7 +119,13 @@ async fn a_clock_makes_one_run_per_tick_and_a_schedule_is_run_paused_and_changed
     let server = TestServer::start().await;
     let channel = server.channel().await;
     let mut client = SchedulesClient::new(channel.clone());
-    let created = create(&mut client, "every-second", sleeper("* * * * * *", "")).await;
+    // Every tick runs, whether or not the last run has ended: the test
+    // is of the clock, not of the overlap policy (see timing.rs).
+    let every_tick = Schedule {
+        overlap_policy: OverlapPolicy::AllowAll as i32,
+        ..sleeper("* * * * * *", "")
+    };
+    let created = create(&mut client, "every-second", every_tick).await;
     assert_eq!(created.name, "schedules/every-second");
     assert_eq!(created.description, "every second UTC");
     assert_eq!(created.next_run_times.len(), 5);
@@ -208,7 +215,10 @@ async fn a_clock_makes_one_run_per_tick_and_a_schedule_is_run_paused_and_changed
 
 #[tokio::test]
 async fn bad_schedules_are_refused_naming_the_field() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| {
+        c.outside_kinds = vec![longrun::engine::KindSpec::new("echo")];
+    })
+    .await;
     let mut client = SchedulesClient::new(server.channel().await);
     let with = |f: &dyn Fn(&mut Schedule)| {
         let mut s = sleeper("0 3 * * *", "");
@@ -247,6 +257,17 @@ async fn bad_schedules_are_refused_naming_the_field() {
             "run.start_time",
         ),
         ("kind", with(&|s| s.kind = "no.such.kind".into()), "kind"),
+        (
+            "huge",
+            with(&|s| {
+                s.kind = "echo".into();
+                s.payload = Some(prost_types::Any {
+                    type_url: "type.googleapis.com/google.protobuf.BytesValue".into(),
+                    value: vec![7; 65 * 1024],
+                });
+            }),
+            "payload",
+        ),
         ("Bad_Id", sleeper("0 3 * * *", ""), "schedule_id"),
     ];
     for (id, schedule, field) in cases {
@@ -439,7 +460,13 @@ async fn a_per_second_schedule_on_three_postgres_nodes_runs_each_tick_once_thoug
     }
     let watch = nodes[0].channel.clone();
     let mut client = SchedulesClient::new(nodes[1].channel.clone());
-    let created = create(&mut client, "tick", sleeper("*/1 * * * * *", "")).await;
+    // Every tick runs even while the last run waits (as the ticks a dead
+    // node left are caught up together), so that each tick shows.
+    let every_tick = Schedule {
+        overlap_policy: OverlapPolicy::AllowAll as i32,
+        ..sleeper("*/1 * * * * *", "")
+    };
+    let created = create(&mut client, "tick", every_tick).await;
     let first = longrun::pb::system_time(&created.next_run_times[0]).unwrap();
     let last = first + Duration::from_secs(19);
     // Ten ticks in, node c dies (it may hold the schedule as it does).
