@@ -499,10 +499,29 @@ async fn a_per_second_schedule_on_three_postgres_nodes_runs_each_tick_once_thoug
     );
 }
 
+/// Sends `method` to `url` with a JSON body (or none) and returns the
+/// status and the JSON answer.
+async fn send(
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
 #[tokio::test]
 async fn schedules_are_served_over_http() {
+    use reqwest::Method;
     let server = TestServer::start().await;
-    let http = reqwest::Client::new();
     let base = format!("{}/v1", server.url());
     let body = serde_json::json!({
         "kind": "sleep",
@@ -511,71 +530,44 @@ async fn schedules_are_served_over_http() {
         "timeZone": "Europe/Berlin",
         "overlapPolicy": "BUFFER_ONE",
     });
-    let created = http
-        .post(format!("{base}/schedules?scheduleId=nightly"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 200, "{:?}", created.text().await);
-    let patched: serde_json::Value = http
-        .patch(format!("{base}/schedules/nightly?updateMask=cron"))
-        .header("content-type", "application/json")
-        .body(serde_json::json!({"cron": "15 4 * * MON-FRI"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let (status, created) = send(
+        Method::POST,
+        format!("{base}/schedules?scheduleId=nightly"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let (_, patched) = send(
+        Method::PATCH,
+        format!("{base}/schedules/nightly?updateMask=cron"),
+        Some(serde_json::json!({"cron": "15 4 * * MON-FRI"})),
+    )
+    .await;
     assert_eq!(
         patched["description"],
         "every Monday to Friday at 04:15 Europe/Berlin"
     );
     assert_eq!(patched["overlapPolicy"], "BUFFER_ONE");
-    let run: serde_json::Value = http
-        .post(format!("{base}/schedules/nightly:runNow"))
-        .header("content-type", "application/json")
-        .body(serde_json::json!({}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let (_, run) = send(
+        Method::POST,
+        format!("{base}/schedules/nightly:runNow"),
+        Some(serde_json::json!({})),
+    )
+    .await;
     assert_eq!(run["metadata"]["schedule"], "schedules/nightly");
-    let runs: serde_json::Value = http
-        .get(format!("{base}/schedules/nightly/runs"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let (_, runs) = send(Method::GET, format!("{base}/schedules/nightly/runs"), None).await;
     assert_eq!(runs["operations"][0]["name"], run["name"]);
-    let bad = http
-        .post(format!("{base}/schedules?scheduleId=bad"))
-        .header("content-type", "application/json")
-        .body(
-            serde_json::json!({"kind": "sleep", "cron": "0 3 * * *", "timeZone": "Nowhere/City"})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let list: serde_json::Value = http
-        .get(format!("{base}/schedules"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap();
+    let (status, refusal) = send(
+        Method::POST,
+        format!("{base}/schedules?scheduleId=bad"),
+        Some(serde_json::json!({"kind": "sleep", "cron": "0 3 * * *", "timeZone": "Nowhere/City"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{refusal}");
+    assert!(
+        refusal.to_string().contains(r#""field":"time_zone""#),
+        "a BadRequest names the field: {refusal}"
+    );
+    let (_, list) = send(Method::GET, format!("{base}/schedules"), None).await;
     assert_eq!(list["schedules"].as_array().map(Vec::len), Some(1));
 }
