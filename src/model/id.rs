@@ -19,7 +19,23 @@ pub struct OperationId(Uuid);
 impl OperationId {
     /// A fresh id that sorts after every id made before it in this process.
     pub fn generate() -> Self {
-        Self(Uuid::now_v7())
+        Self::at(std::time::SystemTime::now())
+    }
+
+    /// A fresh id that carries `time` (to the millisecond), so that the
+    /// time an id tells is its operation's creation time, and that still
+    /// sorts after every id made before it in this process (a time earlier
+    /// than the last one given takes the last one's).
+    pub fn at(time: std::time::SystemTime) -> Self {
+        static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
+            std::sync::Mutex::new(uuid::ContextV7::new());
+        let since = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let context = CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
+        let timestamp =
+            uuid::Timestamp::from_unix(&*context, since.as_secs(), since.subsec_nanos());
+        Self(Uuid::new_v7(timestamp))
     }
 
     /// Rebuilds an id from the 16 bytes `as_bytes` returned.

@@ -262,7 +262,7 @@ impl Operation {
             [0; 32]
         };
         Self {
-            id: OperationId::generate(),
+            id: OperationId::at(now),
             kind: kind.into(),
             state: State::Queued,
             attempt: Attempt::NONE,
