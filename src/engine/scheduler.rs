@@ -22,9 +22,13 @@ use crate::store::{Expect, PutSchedule};
 /// How long a node holds a due schedule while it makes its runs.
 pub const HOLD: Duration = Duration::from_secs(5);
 
-/// How many due schedules one take asks for, and fires at once (their
-/// runs' creates share the committer's batches).
+/// How many due schedules one take asks for.
 const TAKE: usize = 512;
+
+/// How many of them are fired at once: enough for their creates to share
+/// the committer's batches, few enough to leave it to other callers too
+/// while the scheduler is behind.
+const FIRING: usize = 64;
 
 /// How soon a schedule is looked at again when a run could not be made for
 /// now (a full queue, storage away), or while a buffered tick waits.
@@ -65,7 +69,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         };
         let full = taken.len() == TAKE;
         futures_util::stream::iter(taken)
-            .for_each_concurrent(TAKE, |s| fire(&engine, s, now))
+            .for_each_concurrent(FIRING, |s| fire(&engine, s, now))
             .await;
         if full {
             continue;
