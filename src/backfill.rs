@@ -26,20 +26,13 @@ impl BackfillTask {
     }
 }
 
+/// A refusal as the backfill's failure: retried later when it may pass.
 fn task_error(e: EngineError) -> TaskError {
-    let retryable = matches!(
-        e,
-        EngineError::Unavailable { .. } | EngineError::ResourceExhausted { .. }
-    );
-    let code = match &e {
-        EngineError::NotFound { .. } => Code::NotFound,
-        EngineError::InvalidArgument { .. } => Code::InvalidArgument,
-        _ => Code::Unavailable,
-    };
-    if retryable {
-        TaskError::retryable(code, e.reason().as_str(), e.to_string())
+    let (code, reason, message) = (e.code(), e.reason().as_str(), e.to_string());
+    if e.is_transient() {
+        TaskError::retryable(code, reason, message)
     } else {
-        TaskError::new(code, e.reason().as_str(), e.to_string())
+        TaskError::new(code, reason, message)
     }
 }
 
@@ -107,12 +100,7 @@ impl Task for BackfillTask {
                         .with_max_times(30),
                 )
                 .sleep(tokio::time::sleep)
-                .when(|e| {
-                    matches!(
-                        e,
-                        EngineError::Unavailable { .. } | EngineError::ResourceExhausted { .. }
-                    )
-                })
+                .when(EngineError::is_transient)
                 .await
                 .map_err(task_error)?;
             if made {

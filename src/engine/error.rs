@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::model::{FieldViolation, Reason, Rejection};
+use crate::model::{Code, FieldViolation, Reason, Rejection};
 use crate::store::StoreError;
 
 /// What an engine call can fail with.
@@ -97,6 +97,34 @@ impl EngineError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         EngineError::InvalidArgument {
             violations: vec![FieldViolation::new(field, description)],
+        }
+    }
+
+    /// Whether the refusal may pass if the call is made again later: a
+    /// full queue or quota, storage out of reach, a shutdown.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            EngineError::ResourceExhausted { .. }
+                | EngineError::Unavailable { .. }
+                | EngineError::ShuttingDown
+        )
+    }
+
+    /// The canonical code of the refusal, for what records it (a
+    /// schedule's last error, a task's failure).
+    pub fn code(&self) -> Code {
+        match self {
+            EngineError::NotFound { .. } => Code::NotFound,
+            EngineError::InvalidArgument { .. } => Code::InvalidArgument,
+            EngineError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            EngineError::AlreadyExists { .. } => Code::AlreadyExists,
+            EngineError::Aborted { .. } => Code::Aborted,
+            EngineError::ResourceExhausted { .. } => Code::ResourceExhausted,
+            EngineError::PermissionDenied { .. } => Code::PermissionDenied,
+            EngineError::Unimplemented { .. } => Code::Unimplemented,
+            EngineError::Unavailable { .. } | EngineError::ShuttingDown => Code::Unavailable,
+            EngineError::Store(_) => Code::Internal,
         }
     }
 

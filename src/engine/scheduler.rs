@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use tracing::{debug, warn};
 
 use super::{Engine, EngineError, Inner};
+use crate::model::OperationError;
 use crate::model::schedule::{MAX_TICKS_PER_TURN, Schedule, ScheduleRun, TickAction};
-use crate::model::{Code, OperationError};
 use crate::store::{Expect, PutSchedule};
 
 /// How long a node holds a due schedule while it makes its runs.
@@ -231,26 +231,13 @@ fn merged(mut fresh: Schedule, turn: &Schedule) -> Schedule {
     fresh
 }
 
-/// Whether a refusal may pass (a full queue, a quota, storage away).
+/// Whether a tick's refusal waits for the next look: one that may pass,
+/// and a storage failure, so that no tick is lost to one.
 fn transient(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::ResourceExhausted { .. }
-            | EngineError::Unavailable { .. }
-            | EngineError::ShuttingDown
-            | EngineError::Store(_)
-    )
+    e.is_transient() || matches!(e, EngineError::Store(_))
 }
 
 /// What the schedule shows of a refusal.
 fn error_of(e: &EngineError) -> OperationError {
-    let code = match e {
-        EngineError::ResourceExhausted { .. } => Code::ResourceExhausted,
-        EngineError::InvalidArgument { .. } => Code::InvalidArgument,
-        EngineError::NotFound { .. } => Code::NotFound,
-        EngineError::Unimplemented { .. } => Code::Unimplemented,
-        EngineError::Unavailable { .. } | EngineError::ShuttingDown => Code::Unavailable,
-        _ => Code::Internal,
-    };
-    OperationError::new(code, e.reason().as_str(), e.to_string())
+    OperationError::new(e.code(), e.reason().as_str(), e.to_string())
 }
