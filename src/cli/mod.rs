@@ -177,13 +177,6 @@ fn notification(url: Option<String>) -> Option<longrun::pb::longrun::v1::Notific
     )
 }
 
-fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// How a created operation runs: the flags behind RunOptions.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -215,9 +208,9 @@ impl RunArgs {
             priority: self.priority,
             concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
             start_time: self.start_at.map(longrun::pb::timestamp),
-            start_delay: self.delay.map(proto_duration),
+            start_delay: self.delay.map(longrun::pb::duration),
             expire_time: self.expire_at.map(longrun::pb::timestamp),
-            ttl: self.ttl.map(proto_duration),
+            ttl: self.ttl.map(longrun::pb::duration),
         };
         (options != longrun::pb::longrun::v1::RunOptions::default()).then_some(options)
     }

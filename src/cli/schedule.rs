@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use super::client::{connect, describe};
 use super::ops::wait;
 use super::output::{self, json};
-use super::{ClientArgs, Output, proto_duration};
+use super::{ClientArgs, Output};
 use longrun::pb::longrun::v1::schedule::OverlapPolicy;
 use longrun::pb::longrun::v1::{
     BackfillRequest, CreateScheduleRequest, DeleteScheduleRequest, GetScheduleRequest,
@@ -174,7 +174,7 @@ impl SpecArgs {
                     .map_err(|e| anyhow::anyhow!("--payload: {e}"))?,
             ),
             (None, Some(d), _) => Some(prost_types::Any::from_msg(&SleepRequest {
-                duration: Some(proto_duration(d)),
+                duration: Some(longrun::pb::duration(d)),
                 ..SleepRequest::default()
             })?),
             (None, None, Some(text)) => Some(prost_types::Any::from_msg(&text.clone())?),
@@ -194,15 +194,15 @@ impl SpecArgs {
             payload,
             cron: self.cron.clone().unwrap_or_default(),
             time_zone: self.tz.clone().unwrap_or_default(),
-            interval: self.every.map(proto_duration),
-            jitter: self.jitter.map(proto_duration),
+            interval: self.every.map(longrun::pb::duration),
+            jitter: self.jitter.map(longrun::pb::duration),
             overlap_policy: overlap as i32,
-            catch_up_window: self.catch_up_window.map(proto_duration),
+            catch_up_window: self.catch_up_window.map(longrun::pb::duration),
             catch_up_latest_only: self.latest_only,
             run: Some(RunOptions {
                 priority: self.priority.unwrap_or(0),
                 concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
-                ttl: self.ttl.map(proto_duration),
+                ttl: self.ttl.map(longrun::pb::duration),
                 ..RunOptions::default()
             }),
             ..Schedule::default()

@@ -44,24 +44,17 @@ pub struct SleepArgs {
     watch: bool,
 }
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 pub(super) async fn run(args: SleepArgs) -> anyhow::Result<ExitCode> {
     let mut clients = connect(&args.client).await?;
     let op = clients
         .diagnostics
         .sleep(SleepRequest {
-            duration: Some(proto_duration(args.duration)),
+            duration: Some(longrun::pb::duration(args.duration)),
             steps: args.steps,
             fail_code: args.fail_code,
             request_id: args.request_id,
             fail_attempts: args.fail_attempts,
-            timeout: args.timeout.map(proto_duration),
+            timeout: args.timeout.map(longrun::pb::duration),
             notification: super::notification(args.notify),
             run: args.run.options(),
         })

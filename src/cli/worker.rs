@@ -91,13 +91,6 @@ const BYTES_VALUE: &str = "type.googleapis.com/google.protobuf.BytesValue";
 /// The exit status that asks for another attempt (sysexits' EX_TEMPFAIL).
 const TEMPFAIL: i32 = 75;
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 pub(super) async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let text = if args.text == "-" {
         let mut text = String::new();
@@ -177,9 +170,9 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .map(|name| KindDeclaration {
             name: name.clone(),
             max_attempts: args.attempts as i32,
-            attempt_timeout: args.timeout.map(proto_duration),
+            attempt_timeout: args.timeout.map(longrun::pb::duration),
             concurrency: 0,
-            lease_duration: Some(proto_duration(args.lease)),
+            lease_duration: Some(longrun::pb::duration(args.lease)),
         })
         .collect();
     let (sender, receiver) = mpsc::channel(8);

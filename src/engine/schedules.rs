@@ -129,30 +129,19 @@ impl Engine {
         schedule::check_id(id).map_err(|e| EngineError::invalid("schedule_id", e))?;
         let draft = self.check_draft(tenant, draft).await?;
         let now = self.inner.clock.now();
-        let mut s = Schedule {
-            tenant: tenant.clone(),
-            id: id.to_owned(),
-            kind: draft.kind,
-            payload: draft.payload,
-            run: draft.run,
-            next_tick: None,
-            when: draft.when,
-            jitter: draft.jitter,
-            overlap: draft.overlap,
-            catch_up_window: draft.catch_up_window.unwrap_or(DEFAULT_CATCH_UP),
-            catch_up_latest_only: draft.catch_up_latest_only,
-            paused: false,
-            create_time: now,
-            update_time: now,
-            buffered: None,
-            recheck: None,
-            recent: Vec::new(),
-            last_error: None,
-            skipped: 0,
-            revision: 0,
-            lease_until: None,
-        };
-        s.restart_clock(now);
+        let mut s = Schedule::new(
+            tenant.clone(),
+            id,
+            draft.kind,
+            draft.payload,
+            draft.when,
+            now,
+        );
+        s.run = draft.run;
+        s.jitter = draft.jitter;
+        s.overlap = draft.overlap;
+        s.catch_up_window = draft.catch_up_window.unwrap_or(DEFAULT_CATCH_UP);
+        s.catch_up_latest_only = draft.catch_up_latest_only;
         let expect = Expect::Absent {
             max_per_tenant: self.inner.config.max_schedules,
         };

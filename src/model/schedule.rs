@@ -136,6 +136,44 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A new schedule of `kind` on `when`, made at `now`: its clock at the
+    /// first tick after now, the other settings at their defaults (no
+    /// jitter, SKIP, a [`DEFAULT_CATCH_UP`] window), nothing run yet.
+    pub fn new(
+        tenant: Tenant,
+        id: impl Into<String>,
+        kind: impl Into<String>,
+        payload: Payload,
+        when: When,
+        now: SystemTime,
+    ) -> Self {
+        let mut schedule = Self {
+            tenant,
+            id: id.into(),
+            kind: kind.into(),
+            payload,
+            run: RunTemplate::default(),
+            when,
+            jitter: Duration::ZERO,
+            overlap: Overlap::default(),
+            catch_up_window: DEFAULT_CATCH_UP,
+            catch_up_latest_only: false,
+            paused: false,
+            create_time: now,
+            update_time: now,
+            next_tick: None,
+            buffered: None,
+            recheck: None,
+            recent: Vec::new(),
+            last_error: None,
+            skipped: 0,
+            revision: 0,
+            lease_until: None,
+        };
+        schedule.restart_clock(now);
+        schedule
+    }
+
     /// `schedules/{id}`.
     pub fn name(&self) -> String {
         format!("schedules/{}", self.id)
@@ -321,30 +359,16 @@ mod tests {
     }
 
     fn every_minute() -> Schedule {
-        let when = When::Every(Duration::from_secs(60));
-        Schedule {
-            tenant: Tenant::default_tenant(),
-            id: "nightly".into(),
-            kind: "longrun.diagnostics.sleep".into(),
-            payload: Payload::default(),
-            run: RunTemplate::default(),
-            next_tick: when.next_after(at(1_000_000)),
-            when,
-            jitter: Duration::ZERO,
-            overlap: Overlap::Skip,
-            catch_up_window: Duration::from_secs(15 * 60),
-            catch_up_latest_only: false,
-            paused: false,
-            create_time: at(1_000_000),
-            update_time: at(1_000_000),
-            buffered: None,
-            recheck: None,
-            recent: Vec::new(),
-            last_error: None,
-            skipped: 0,
-            revision: 0,
-            lease_until: None,
-        }
+        let mut s = Schedule::new(
+            Tenant::default_tenant(),
+            "nightly",
+            "longrun.diagnostics.sleep",
+            Payload::default(),
+            When::Every(Duration::from_secs(60)),
+            at(1_000_000),
+        );
+        s.catch_up_window = Duration::from_secs(15 * 60);
+        s
     }
 
     #[test]

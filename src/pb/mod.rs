@@ -69,6 +69,14 @@ pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
     &POOL
 }
 
+/// A duration as the protobuf message.
+pub fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 /// A protobuf Timestamp for a system time.
 pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
     let (seconds, nanos) = match time.duration_since(std::time::UNIX_EPOCH) {

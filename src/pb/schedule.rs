@@ -4,18 +4,11 @@
 
 use super::convert::{status, to_any};
 use super::longrun::v1 as api;
-use super::timestamp;
+use super::{duration, timestamp};
 use crate::model::{Notification, Overlap, Schedule, State};
 
 /// How many upcoming ticks a schedule shows.
 pub const UPCOMING: usize = 5;
-
-fn duration(d: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
 
 /// The wire form of an overlap policy.
 pub fn overlap(policy: Overlap) -> api::schedule::OverlapPolicy {

@@ -9,8 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
-use longrun::pb::google::longrunning::operations_client::OperationsClient;
-use longrun::pb::google::longrunning::{Operation, WaitOperationRequest};
+use longrun::pb::google::longrunning::Operation;
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
 use longrun::pb::longrun::v1::schedule::OverlapPolicy;
 use longrun::pb::longrun::v1::schedules_client::SchedulesClient;
@@ -24,7 +23,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{Person, TestServer, assert_status, auth_toml, meta, sleep};
+use crate::common::{Person, TestServer, assert_status, auth_toml, meta, sleep, wait_done};
 use crate::pg::TestDb;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -297,28 +296,8 @@ async fn bad_schedules_are_refused_naming_the_field() {
 }
 
 /// Waits until the backfill `op` is done and returns what it did.
-async fn backfilled(channel: &Channel, op: Operation) -> BackfillResponse {
-    let mut ops = OperationsClient::new(channel.clone());
-    let done = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let op = ops
-                .wait_operation(WaitOperationRequest {
-                    name: op.name.clone(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 5,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if op.done {
-                return op;
-            }
-        }
-    })
-    .await
-    .expect("the backfill ends");
+async fn backfilled(server: &TestServer, op: Operation) -> BackfillResponse {
+    let done = wait_done(server, &op.name).await;
     match done.result {
         Some(longrun::pb::google::longrunning::operation::Result::Response(any)) => {
             BackfillResponse::decode(any.value.as_slice()).unwrap()
@@ -372,14 +351,14 @@ async fn a_0230_daily_backfilled_over_daylight_saving_days_runs_once_each_day() 
             request_id: String::new(),
         };
         let op = client.backfill(request.clone()).await.unwrap().into_inner();
-        let did = backfilled(&channel, op).await;
+        let did = backfilled(&server, op).await;
         assert_eq!((did.ticks, did.created, did.existing), (3, 3, 0), "{id}");
         let ticks: BTreeSet<SystemTime> = runs(&channel, id).await.iter().map(tick_of).collect();
         let want: BTreeSet<SystemTime> = expected.iter().map(|t| rfc3339(t)).collect();
         assert_eq!(ticks, want, "{zone}");
         // The same range again finds every tick's run: none twice.
         let op = client.backfill(request).await.unwrap().into_inner();
-        let again = backfilled(&channel, op).await;
+        let again = backfilled(&server, op).await;
         assert_eq!((again.created, again.existing), (0, 3), "{id}");
         assert_eq!(runs(&channel, id).await.len(), 3, "{id}");
     }

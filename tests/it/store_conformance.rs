@@ -1881,41 +1881,33 @@ pub async fn survives_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
 
 fn a_schedule(tenant: &Tenant, id: &str, due_in: Duration) -> longrun::model::Schedule {
     use longrun::model::schedule::{Overlap, RunTemplate, Schedule};
-    let now = SystemTime::now();
-    Schedule {
-        tenant: tenant.clone(),
-        id: id.into(),
-        kind: "k".into(),
-        payload: longrun::model::Payload {
+    let now = longrun::model::to_micros_precision(SystemTime::now());
+    let mut s = Schedule::new(
+        tenant.clone(),
+        id,
+        "k",
+        longrun::model::Payload {
             type_url: "type.googleapis.com/x.Y".into(),
             value: vec![1, 2, 3].into(),
         },
-        run: RunTemplate {
-            priority: 2,
-            concurrency_key: Some("key".into()),
-            start_delay: Some(Duration::from_secs(5)),
-            ttl: Some(Duration::from_secs(60)),
-            timeout: None,
-            max_attempts: Some(3),
-            notification: None,
-        },
-        when: longrun::model::When::cron("0 3 * * *", "Europe/Berlin").unwrap(),
-        jitter: Duration::from_secs(1),
-        overlap: Overlap::BufferOne,
-        catch_up_window: Duration::from_secs(600),
-        catch_up_latest_only: true,
-        paused: false,
-        create_time: longrun::model::to_micros_precision(now),
-        update_time: longrun::model::to_micros_precision(now),
-        next_tick: Some(longrun::model::to_micros_precision(now + due_in)),
-        buffered: None,
-        recheck: None,
-        recent: Vec::new(),
-        last_error: None,
-        skipped: 0,
-        revision: 0,
-        lease_until: None,
-    }
+        longrun::model::When::cron("0 3 * * *", "Europe/Berlin").unwrap(),
+        now,
+    );
+    s.run = RunTemplate {
+        priority: 2,
+        concurrency_key: Some("key".into()),
+        start_delay: Some(Duration::from_secs(5)),
+        ttl: Some(Duration::from_secs(60)),
+        timeout: None,
+        max_attempts: Some(3),
+        notification: None,
+    };
+    s.jitter = Duration::from_secs(1);
+    s.overlap = Overlap::BufferOne;
+    s.catch_up_window = Duration::from_secs(600);
+    s.catch_up_latest_only = true;
+    s.next_tick = Some(longrun::model::to_micros_precision(now + due_in));
+    s
 }
 
 async fn schedules_are_stored_by_tenant_and_written_by_revision(s: Stores) {
