@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, Task};
 use crate::model::operation::ScheduleTick;
-use crate::model::{Limits, Notification, Operation, Payload, Reason, RequestId, RunSpec, Tenant};
+use crate::model::{
+    Limits, Notification, Operation, OperationId, Payload, Reason, RequestId, RunSpec, Tenant,
+};
 use crate::store::{Applied, Created, QueueDepth, StoreError, Write};
 
 /// Checks a webhook callback URL before an operation that names it is
@@ -43,6 +45,8 @@ pub struct SubmitOptions {
     pub run: RunSpec,
     /// The schedule and tick it runs for, when a schedule makes it.
     pub schedule: Option<ScheduleTick>,
+    /// The batch it joins, as a child.
+    pub parent: Option<OperationId>,
 }
 
 /// How far in the past a start time may be (a clock a little behind the
@@ -102,6 +106,30 @@ impl Engine {
         request: Payload,
         options: SubmitOptions,
     ) -> Result<(Operation, bool), EngineError> {
+        let (op, _room) = self.prepare(kind, request, options).await?;
+        let name = op.id.name();
+        match self.inner.committer.write(Write::Create(op)).await {
+            Ok(Applied::Created(Created::New(op))) => {
+                self.inner.config.metrics.created(&op.kind);
+                Ok((op, true))
+            }
+            Ok(Applied::Created(Created::Existing(op))) => Ok((op, false)),
+            Ok(other) => Err(EngineError::Store(StoreError::Backend(format!(
+                "a create was answered with {other:?}"
+            )))),
+            Err(e) => Err(EngineError::from_store(name, e)),
+        }
+    }
+
+    /// Checks a create and makes its operation, not stored yet: the kind
+    /// and its request, the webhook, the options, the tenant's quota and
+    /// room in the queue (held by the reservation until it is stored).
+    pub(crate) async fn prepare(
+        &self,
+        kind: &str,
+        request: Payload,
+        options: SubmitOptions,
+    ) -> Result<(Operation, Reservation<'_>), EngineError> {
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
@@ -114,14 +142,7 @@ impl Engine {
                     message: format!("kind {kind:?} is not registered on this server"),
                 })?;
         registered.task.validate(&request)?;
-        if let (Some(notification), Some(guard)) =
-            (&options.notification, &inner.config.callback_guard)
-        {
-            guard
-                .check(&notification.callback_url)
-                .await
-                .map_err(|reason| EngineError::invalid("notification.callback_url", reason))?;
-        }
+        self.check_callback(options.notification.as_ref()).await?;
         let timeout = match options.timeout {
             Some(t) if t.is_zero() => {
                 return Err(EngineError::invalid("timeout", "timeout must be positive"));
@@ -144,7 +165,7 @@ impl Engine {
         check_times(&run, inner.clock.now())?;
         let tenant = options.tenant;
         inner.quotas.create(&tenant)?;
-        let _room = inner.admission.reserve(
+        let room = inner.admission.reserve(
             &tenant,
             inner.ops.queued(&tenant),
             inner.config.max_queued,
@@ -183,18 +204,25 @@ impl Engine {
         if let Some(start) = op.scheduled_start {
             op.expected_start = Some(op.expected_start.map_or(start, |e| e.max(start)));
         }
-        let name = op.id.name();
-        match inner.committer.write(Write::Create(op)).await {
-            Ok(Applied::Created(Created::New(op))) => {
-                inner.config.metrics.created(&op.kind);
-                Ok((op, true))
-            }
-            Ok(Applied::Created(Created::Existing(op))) => Ok((op, false)),
-            Ok(other) => Err(EngineError::Store(StoreError::Backend(format!(
-                "a create was answered with {other:?}"
-            )))),
-            Err(e) => Err(EngineError::from_store(name, e)),
+        op.parent = options.parent;
+        Ok((op, room))
+    }
+}
+
+impl Engine {
+    /// Checks a webhook's URL with the injected guard, when there is one.
+    pub(crate) async fn check_callback(
+        &self,
+        notification: Option<&Notification>,
+    ) -> Result<(), EngineError> {
+        if let (Some(notification), Some(guard)) = (notification, &self.inner.config.callback_guard)
+        {
+            guard
+                .check(&notification.callback_url)
+                .await
+                .map_err(|reason| EngineError::invalid("notification.callback_url", reason))?;
         }
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::Inner;
 use super::recovery::orphan_retry;
-use crate::model::{Attempt, Claim, Edit, Operation, OperationId};
+use crate::model::{Attempt, Claim, Edit, Operation, OperationId, OrphanRetry};
 use crate::store::{Applied, Write};
 
 /// The most lapsed operations taken back in one round.
@@ -258,6 +258,14 @@ async fn take_back(inner: &Inner) {
     };
     let mut writes = Vec::new();
     for op in &lapsed {
+        if op.is_batch() {
+            // The stream adding its children is gone: any node seals it.
+            writes.push(Write::Update {
+                id: op.id,
+                edit: Edit::RecoverOrphan(OrphanRetry::Allowed),
+            });
+            continue;
+        }
         // A kind this node does not run is left for a node that does.
         let Some(policy) = inner.kind(&op.tenant, &op.kind).map(|k| k.policy) else {
             continue;

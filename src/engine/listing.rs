@@ -81,6 +81,7 @@ impl Engine {
                     Scope::Tenant(tenant) if !tenant.is_default() => Some(tenant),
                     _ => None,
                 },
+                parent: filter.parent(),
                 filter: &filter,
                 limit,
                 scan_budget: LIST_SCAN_BUDGET.max(limit),

@@ -17,6 +17,9 @@
 //! - `schedules`: schedules as callers see them (create, change, run now,
 //!   backfill a tick); `scheduler`: this node's loop that takes due
 //!   schedules and makes each tick's run, exactly once;
+//! - `batches`: batches made (in one call or streamed) and sealed, their
+//!   children deleted with them, and the redrive of one operation;
+//!   `cascade`: the children of a cancelled or failing batch cancelled;
 //! - `feed`: follows the store's change feed into the watch hub;
 //! - `changes`: the change log that change streams resume from;
 //! - `activity`: per-kind queues and recent finishes, for consoles, and
@@ -31,6 +34,8 @@
 pub mod activity;
 mod admission;
 mod attempt;
+pub mod batches;
+mod cascade;
 pub mod changes;
 pub mod clock;
 mod commit;
@@ -63,6 +68,7 @@ use tracing::{info, warn};
 
 pub use self::activity::{QueueStats, THROUGHPUT_MINUTES};
 pub use self::admission::{CallbackGuard, SubmitOptions};
+pub use self::batches::{BatchDraft, ChildDraft, OpenBatch};
 pub use self::changes::{ChangeStream, ChangeType, StreamedChange};
 pub use self::clock::Clock;
 pub use self::dispatch::CLAIM_BATCH;
@@ -427,6 +433,7 @@ impl Engine {
         inner.tracker.spawn(retention::sweep(Arc::clone(inner)));
         inner.tracker.spawn(expiry::sweep(Arc::clone(inner)));
         inner.tracker.spawn(scheduler::run(Arc::clone(inner)));
+        inner.tracker.spawn(cascade::run(Arc::clone(inner)));
         if inner.ops.shared() {
             inner.tracker.spawn(lease::keep(Arc::clone(inner)));
         }
@@ -501,6 +508,10 @@ impl Engine {
     pub async fn delete(&self, scope: &Scope, id: OperationId) -> Result<(), EngineError> {
         let op = self.get(scope, id).await?;
         crate::store::check_delete(&op).map_err(|e| EngineError::from_store(id.name(), e))?;
+        if op.is_batch() {
+            // Its children go first: a batch is never gone while they stay.
+            self.delete_children(id).await?;
+        }
         self.inner.expire_artifacts(&op).await;
         match self.inner.committer.write(Write::Delete(id)).await {
             Ok(_) => Ok(()),

@@ -26,6 +26,18 @@ pub(super) async fn recover(inner: &Inner) -> Result<(), EngineError> {
     let (mut orphans, mut unknown) = (0usize, 0usize);
     let shared = inner.ops.shared();
     for op in &unfinished {
+        if op.is_batch() {
+            // A batch runs nowhere. One still taking children lost the
+            // stream that added them (on a shared store, once its lease
+            // lapses: `lease.rs`).
+            if !shared {
+                writes.push(Write::Update {
+                    id: op.id,
+                    edit: Edit::RecoverOrphan(OrphanRetry::Allowed),
+                });
+            }
+            continue;
+        }
         let kind = inner.kind(&op.tenant, &op.kind);
         let policy = kind.as_ref().map(|k| &k.policy);
         match (op.state, policy) {

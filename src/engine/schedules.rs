@@ -422,6 +422,7 @@ impl Engine {
                 id: s.id.clone(),
                 tick,
             }),
+            parent: None,
         };
         match self.create(&s.kind, s.payload.clone(), options).await {
             Ok(made) => Ok(Some(made)),

@@ -102,6 +102,10 @@ pub struct TaskPolicy {
     /// can run hundreds; kinds that keep a core busy should run about one
     /// per core ([`TaskPolicy::cpu_bound`]).
     pub concurrency: usize,
+    /// Whether a client may put a failed, cancelled or aborted operation
+    /// of the kind back in the queue (RetryOperation). Kinds whose work
+    /// must not be repeated by hand say false.
+    pub redrive: bool,
 }
 
 /// The concurrency of a kind that does not say: enough for work that
@@ -112,6 +116,7 @@ impl Default for TaskPolicy {
     fn default() -> Self {
         Self {
             retry_safe: true,
+            redrive: true,
             max_attempts: 3,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),

@@ -3,15 +3,16 @@
 //! ```text
 //! filter     = [ condition { "AND" condition } ]
 //! condition  = field op value
-//! field      = "done" | "state" | "kind" | "tenant" | "schedule" | "create_time"
-//!            | "update_time"
+//! field      = "done" | "state" | "kind" | "tenant" | "schedule" | "parent"
+//!            | "create_time" | "update_time"
 //! op         = "=" | "!=" | "<" | "<=" | ">" | ">="
 //! value      = bare word | "quoted string"
 //! ```
 //!
 //! `done` takes true or false, `state` a state name such as RUNNING, `kind`
 //! and `tenant` a string, `schedule` the name of the schedule that made a
-//! run (`schedules/nightly`), and the times an RFC 3339 timestamp. Order
+//! run (`schedules/nightly`), `parent` the name of the batch a child
+//! belongs to (`operations/...`), and the times an RFC 3339 timestamp. Order
 //! comparisons apply to times only.
 //!
 //! A caller confined to one tenant gets that tenant ANDed to whatever it
@@ -24,6 +25,7 @@ use std::time::SystemTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::id::OperationId;
 use super::operation::{Operation, State};
 use super::tenant::Tenant;
 
@@ -55,6 +57,11 @@ enum Condition {
     Schedule {
         equal: bool,
         value: String,
+    },
+    /// The batch it is a child of.
+    Parent {
+        equal: bool,
+        value: OperationId,
     },
     Time {
         field: TimeField,
@@ -108,7 +115,7 @@ impl Op {
 #[error("{0}")]
 pub struct FilterError(String);
 
-const FIELDS: &str = "done, state, kind, tenant, schedule, create_time, update_time";
+const FIELDS: &str = "done, state, kind, tenant, schedule, parent, create_time, update_time";
 
 impl Filter {
     /// Parses a filter expression.
@@ -159,6 +166,15 @@ impl Filter {
         });
     }
 
+    /// The batch whose children it asks for (`parent = "operations/..."`),
+    /// which a store reads through its index of children.
+    pub fn parent(&self) -> Option<OperationId> {
+        self.conditions.iter().find_map(|c| match c {
+            Condition::Parent { equal: true, value } => Some(*value),
+            _ => None,
+        })
+    }
+
     /// True when the operation satisfies every condition.
     pub fn matches(&self, op: &Operation) -> bool {
         self.matches_as(op, op.state, op.update_time)
@@ -171,7 +187,10 @@ impl Filter {
         self.conditions.iter().any(|c| match c {
             Condition::Done { .. } | Condition::State { .. } => true,
             Condition::Time { field, .. } => *field == TimeField::Update,
-            Condition::Kind { .. } | Condition::Tenant { .. } | Condition::Schedule { .. } => false,
+            Condition::Kind { .. }
+            | Condition::Tenant { .. }
+            | Condition::Schedule { .. }
+            | Condition::Parent { .. } => false,
         })
     }
 
@@ -187,6 +206,7 @@ impl Filter {
             Condition::Schedule { equal, value } => {
                 (op.schedule.as_ref().is_some_and(|s| s.id == *value)) == *equal
             }
+            Condition::Parent { equal, value } => (op.parent == Some(*value)) == *equal,
             Condition::Time {
                 field,
                 op: cmp,
@@ -217,6 +237,9 @@ impl fmt::Display for Filter {
                 Condition::Tenant { equal, value } => write!(f, "tenant {} {value:?}", eq(*equal))?,
                 Condition::Schedule { equal, value } => {
                     write!(f, "schedule {} \"schedules/{value}\"", eq(*equal))?
+                }
+                Condition::Parent { equal, value } => {
+                    write!(f, "parent {} \"{}\"", eq(*equal), value.name())?
                 }
                 Condition::Time { field, op, value } => {
                     let name = match field {
@@ -404,6 +427,14 @@ fn parse_condition(tokens: &[Token]) -> Result<(Condition, &[Token]), FilterErro
             value: super::schedule::parse_name(text)
                 .map_err(FilterError)?
                 .to_owned(),
+        },
+        "parent" => Condition::Parent {
+            equal: equality(field)?,
+            value: OperationId::parse_name(text).map_err(|_| {
+                FilterError(format!(
+                    "parent takes an operation's name, operations/ and its id, not {text:?}"
+                ))
+            })?,
         },
         "create_time" | "update_time" => Condition::Time {
             field: if field == "create_time" {

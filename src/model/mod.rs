@@ -8,6 +8,7 @@
 //! - `operation`: the record, its states, outcome and webhook;
 //! - `transition`: the pure state changes, which also decide when a
 //!   webhook delivery is due;
+//! - `batch`: a batch's parent and the roll-up of its children;
 //! - `delivery`: the webhook deliveries that state changes produce;
 //! - `payload` and `status`: requests, responses and errors;
 //! - `reason`: the reasons the server gives in ErrorInfo, in one place;
@@ -22,6 +23,7 @@
 
 pub mod attempt;
 pub mod backlog;
+pub mod batch;
 pub mod delivery;
 pub mod filter;
 pub mod flow;
@@ -38,13 +40,14 @@ pub mod when;
 
 pub use self::attempt::Attempt;
 pub use self::backlog::Backlog;
+pub use self::batch::{BATCH_KIND, BATCH_RESULT_TYPE, MAX_BATCH_DEPTH, Mark};
 pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
 pub use self::flow::{Holds, KindLimits, Limit, LimitScope, Rate, RunSpec, Waiting};
 pub use self::id::{OperationId, RequestId};
 pub use self::operation::{
-    FailedAttempt, Lease, Limits, MAX_FAILED_ATTEMPTS, Notification, Operation, Outcome, Progress,
-    State, to_micros_precision,
+    ChildFailure, FailedAttempt, Lease, Limits, MAX_BATCH_FAILURES, MAX_FAILED_ATTEMPTS,
+    Notification, Operation, Outcome, Policy, Progress, Rollup, State, to_micros_precision,
 };
 pub use self::payload::Payload;
 pub use self::reason::Reason;

@@ -181,6 +181,87 @@ pub struct Operation {
     /// The schedule that made it (`schedules/{id}`) and the tick it ran
     /// for. Fixed at the create.
     pub schedule: Option<ScheduleTick>,
+    /// The batch it is a child of, if any. Fixed at the create.
+    pub parent: Option<OperationId>,
+    /// For a batch's parent: its children rolled up (counts, progress,
+    /// failures). Kept on the parent, changed in the same store write as
+    /// the child that moved.
+    pub batch: Option<Box<Rollup>>,
+}
+
+/// What a batch does when a child fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Every child runs; the batch fails at the end if any did.
+    #[default]
+    WaitAll,
+    /// The first failure cancels the rest and fails the batch.
+    FailFast,
+}
+
+/// A batch's children as its parent keeps them: counts by state, the
+/// sum of their progress, and the first failures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollup {
+    pub policy: Policy,
+    /// How deep it is nested: 0 for a batch that is no one's child.
+    pub depth: u32,
+    /// Children added so far.
+    pub total: u64,
+    /// Children per state, indexed by `State::as_u8() - 1`.
+    pub counts: [u64; 6],
+    /// The sum of the children's progress: 100 for each ended child, its
+    /// percent for the others.
+    pub progress: u64,
+    /// Whether its last child has been added: only a sealed batch ends.
+    pub sealed: bool,
+    /// A FAIL_FAST batch had a child fail: the rest are being cancelled
+    /// and the batch fails once they have ended.
+    pub failing: bool,
+    /// The first [`MAX_BATCH_FAILURES`] children that failed or were
+    /// cancelled (not by the batch itself), in the order they ended.
+    pub failures: Vec<ChildFailure>,
+    /// When its first child started running, for the estimate.
+    pub first_start: Option<SystemTime>,
+}
+
+/// How many failed children a batch names.
+pub const MAX_BATCH_FAILURES: usize = 100;
+
+/// A child that ended without succeeding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildFailure {
+    pub id: OperationId,
+    pub error: OperationError,
+}
+
+impl Rollup {
+    /// Children in `state`.
+    pub fn count(&self, state: State) -> u64 {
+        self.counts[usize::from(state.as_u8() - 1)]
+    }
+
+    /// Children not ended yet.
+    pub fn unfinished(&self) -> u64 {
+        [State::Queued, State::Running, State::Cancelling]
+            .into_iter()
+            .map(|s| self.count(s))
+            .sum()
+    }
+
+    /// The share of the batch's work done, 0.0 to 1.0.
+    pub fn done_share(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        (self.progress as f64 / (100.0 * self.total as f64)).min(1.0)
+    }
+
+    /// Whether the children still running must be cancelled: the batch
+    /// was cancelled, or is failing fast.
+    pub fn cascades(&self, parent: &Operation) -> bool {
+        (parent.requested_cancellation || self.failing) && self.unfinished() > 0
+    }
 }
 
 /// Which schedule made a run, and for which tick.
@@ -222,6 +303,16 @@ impl Operation {
     pub fn estimated_end(&self, now: SystemTime) -> Option<SystemTime> {
         if self.state.is_terminal() {
             return self.end_time;
+        }
+        if let Some(rollup) = &self.batch
+            && let Some(started) = rollup.first_start
+        {
+            // A batch: the rate of its work so far, carried to the end.
+            let share = rollup.done_share();
+            if share > 0.0 {
+                let spent = self.update_time.duration_since(started).ok()?;
+                return Some(started + spent.div_f64(share));
+            }
         }
         let run = self.expected_run;
         match (self.state, self.start_time) {
@@ -296,7 +387,14 @@ impl Operation {
             scheduled_start: None,
             expire_time: None,
             schedule: None,
+            parent: None,
+            batch: None,
         }
+    }
+
+    /// Whether it is a batch's parent.
+    pub fn is_batch(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Whether it is queued and past its expire time at `now`: it must not

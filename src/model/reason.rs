@@ -111,6 +111,25 @@ reasons! {
     /// An update named an etag the schedule no longer has.
     EtagMismatch = "ETAG_MISMATCH",
 
+    // Batches and redrives.
+    /// A child was added to a batch that no longer takes children (sealed,
+    /// cancelled, failing or done).
+    BatchClosed = "BATCH_CLOSED",
+    /// Batches nest no deeper than this.
+    BatchTooDeep = "BATCH_TOO_DEEP",
+    /// A batch that is too large.
+    BatchTooLarge = "BATCH_TOO_LARGE",
+    /// Some of a batch's children did not succeed.
+    ChildrenFailed = "CHILDREN_FAILED",
+    /// The stream creating a batch ended before its last child.
+    BatchIncomplete = "BATCH_INCOMPLETE",
+    /// Only a failed, cancelled or aborted operation can be retried.
+    OperationNotRetryable = "OPERATION_NOT_RETRYABLE",
+    /// The operation's kind does not allow retries by hand.
+    KindNotRetryable = "KIND_NOT_RETRYABLE",
+    /// The operation was put back in the queue by a client.
+    RetriedByClient = "RETRIED_BY_CLIENT",
+
     // The door.
     /// No credentials were sent.
     CredentialsMissing = "CREDENTIALS_MISSING",

@@ -10,6 +10,7 @@
 use std::time::SystemTime;
 
 use super::attempt::Attempt;
+use super::batch::Mark;
 use super::delivery::Delivery;
 use super::flow::Holds;
 use super::id::OperationId;
@@ -91,6 +92,23 @@ pub enum Edit {
     Expire,
     /// After a restart: the attempt that was running has no worker left.
     RecoverOrphan(OrphanRetry),
+    /// A client puts a failed, cancelled or aborted operation back in the
+    /// queue, as attempt + 1 with its history kept.
+    Retry,
+    /// A batch's child moved from `before` (None: it was created) to
+    /// `after`, with its error when it did not succeed. The rulebook
+    /// writes it to the parent in the same batch as the child's change.
+    Child {
+        child: OperationId,
+        before: Option<Mark>,
+        after: Mark,
+        error: Option<OperationError>,
+    },
+    /// A batch's last child has been added (`complete`), or the stream
+    /// adding them is gone and the batch fails once its children end.
+    Seal { complete: bool },
+    /// The stream adding a batch's children is alive until `until`.
+    HoldOpen { until: SystemTime },
 }
 
 /// Why a state change was refused.
@@ -158,6 +176,18 @@ impl Operation {
             Edit::Finish { claim, finish } => Some(self.finish(claim, finish, now)?),
             Edit::Cancel => self.cancel(now)?,
             Edit::RecoverOrphan(retry) => self.recover_orphan(retry, now),
+            Edit::Retry => Some(self.redrive(now)?),
+            Edit::Child {
+                child,
+                before,
+                after,
+                error,
+            } => self
+                .child(*child, *before, *after, error.as_ref(), now)?
+                .map(|next| next.touched(now)),
+            Edit::Seal { complete: true } => self.seal(now).map(|next| next.touched(now)),
+            Edit::Seal { complete: false } => self.abandon(now).map(|next| next.touched(now)),
+            Edit::HoldOpen { until } => self.hold_open(*until).map(|next| next.touched(now)),
         };
         Ok(next.map(|mut next| {
             // Slots are held while the work runs, and only then.
@@ -329,7 +359,7 @@ impl Operation {
         self.failed_attempts.drain(..extra);
     }
 
-    fn end(&mut self, outcome: Outcome, now: SystemTime) {
+    pub(super) fn end(&mut self, outcome: Outcome, now: SystemTime) {
         self.state = match &outcome {
             Outcome::Response(_) => State::Succeeded,
             Outcome::Error(e) if e.code == Code::Cancelled => State::Cancelled,
@@ -381,6 +411,41 @@ impl Operation {
         }
     }
 
+    /// A failed, cancelled or aborted operation goes back to the queue: its
+    /// last attempt joins the failed ones, and it gets one attempt more
+    /// than it has had. A batch's parent is not retried itself (its
+    /// children are).
+    fn redrive(&self, now: SystemTime) -> Result<Operation, Rejection> {
+        let error = match (&self.outcome, self.state) {
+            (Some(Outcome::Error(error)), State::Failed | State::Cancelled) if !self.is_batch() => {
+                error.clone()
+            }
+            _ => {
+                return Err(Rejection::Precondition {
+                    reason: Reason::OperationNotRetryable,
+                    message: "only a failed, cancelled or aborted operation (not a batch) can be retried",
+                });
+            }
+        };
+        let mut next = self.clone();
+        if self.attempt != Attempt::NONE {
+            next.remember_failure(self, error.clone(), now);
+        }
+        next.state = State::Queued;
+        next.outcome = None;
+        next.end_time = None;
+        next.start_time = None;
+        next.not_before = None;
+        next.requested_cancellation = false;
+        // Asked for by a client: it may start whenever it is claimed.
+        next.expire_time = None;
+        next.progress_percent = 0;
+        next.status_message = format!("retried by a client after attempt {}", self.attempt);
+        next.last_error = Some(error);
+        next.max_attempts = next.max_attempts.max(self.counted_attempts() + 1);
+        Ok(next.touched(now))
+    }
+
     /// An attempt that was running when its process died goes back to the
     /// queue (the next claim makes attempt + 1) when `retry` allows;
     /// otherwise it ends ABORTED with `retry`'s reason. One that was being
@@ -388,6 +453,15 @@ impl Operation {
     /// which includes an attempt whose lease has not lapsed by `now`: its
     /// holder may still be alive.
     fn recover_orphan(&self, retry: &OrphanRetry, now: SystemTime) -> Option<Operation> {
+        if let Some(rollup) = &self.batch {
+            // A batch runs nowhere; only the stream still adding its
+            // children can be lost, once its lease lapses.
+            let lapsed = self.lease.as_ref().is_none_or(|lease| lease.expires <= now);
+            return (!rollup.sealed && lapsed)
+                .then(|| self.abandon(now))
+                .flatten()
+                .map(|next| next.touched(now));
+        }
         let running = matches!(self.state, State::Running | State::Cancelling);
         if !running || self.lease.as_ref().is_some_and(|lease| lease.expires > now) {
             return None;

@@ -133,6 +133,28 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
             .map(|s| format!("schedules/{}", s.id))
             .unwrap_or_default(),
         scheduled_time: op.schedule.as_ref().map(|s| timestamp(s.tick)),
+        parent: op.parent.map(|p| p.name()).unwrap_or_default(),
+        batch: op.batch.as_deref().map(batch_counts),
+    }
+}
+
+/// A batch's counts as the wire shows them.
+pub fn batch_counts(r: &crate::model::Rollup) -> api::BatchCounts {
+    let n = |state| i64::try_from(r.count(state)).unwrap_or(i64::MAX);
+    api::BatchCounts {
+        total: i64::try_from(r.total).unwrap_or(i64::MAX),
+        queued: n(State::Queued),
+        running: n(State::Running),
+        succeeded: n(State::Succeeded),
+        failed: n(State::Failed),
+        cancelling: n(State::Cancelling),
+        cancelled: n(State::Cancelled),
+        policy: match r.policy {
+            crate::model::Policy::WaitAll => api::BatchPolicy::WaitAll,
+            crate::model::Policy::FailFast => api::BatchPolicy::FailFast,
+        } as i32,
+        sealed: r.sealed,
+        failing: r.failing,
     }
 }
 

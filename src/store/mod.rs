@@ -110,6 +110,9 @@ pub struct ListQuery<'a> {
     /// Only this named tenant's operations, read through a per-tenant index
     /// rather than by filtering everything. The filter must agree.
     pub tenant: Option<&'a Tenant>,
+    /// Only the children of this batch, read through its index of
+    /// children. The filter must agree.
+    pub parent: Option<OperationId>,
     /// Only operations that match.
     pub filter: &'a Filter,
     /// At most this many results.
@@ -261,6 +264,15 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// Every operation that is not done, oldest first, for recovery.
     async fn unfinished(&self) -> StoreResult<Vec<Operation>>;
+
+    /// Up to `limit` batch parents that are not done, oldest first, from
+    /// `after` on: the batches whose children a cascade may have to
+    /// cancel.
+    async fn open_batches(
+        &self,
+        after: Option<OperationId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Operation>>;
 
     /// How many operations of each kind (of `tenant`, or of all) are
     /// unfinished, by state, with the creation time of the oldest: what a

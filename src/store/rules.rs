@@ -33,7 +33,7 @@ use std::time::SystemTime;
 
 use super::{Applied, Change, Created, StoreError, StoreResult, Write};
 use crate::model::{
-    Attempt, Delivery, Edit, Holds, Operation, OperationId, RequestId, State, Tenant,
+    Attempt, Delivery, Edit, Holds, Mark, Operation, OperationId, Outcome, RequestId, State, Tenant,
 };
 
 /// What the rulebook reads: the store as it was before the batch.
@@ -97,6 +97,11 @@ impl Step {
             Step::Update { was, op } if !was.holds.is_empty() && op.holds.is_empty() => was.holds,
             _ => Holds::NONE,
         }
+    }
+
+    /// Whether the step brings a done operation back (a retry).
+    pub(crate) fn reopens(&self) -> bool {
+        matches!(self, Step::Update { was, op } if was.state.is_terminal() && !op.is_done())
     }
 
     /// Whether the step ends the operation: it was not done before and is
@@ -369,6 +374,9 @@ impl<'v, V: View> Rulebook<'v, V> {
                 existing: existing.id,
             });
         }
+        // A batch that takes no more children refuses it, before anything
+        // of it is in the plan.
+        self.roll_up(None, op)?;
         let transition = op.creation(op.create_time);
         let delivery = transition.delivery.is_some();
         if let Some(d) = transition.delivery {
@@ -390,6 +398,7 @@ impl<'v, V: View> Rulebook<'v, V> {
             return Ok(current);
         };
         let next = transition.operation;
+        self.roll_up(Some(&current), &next)?;
         let delivery = transition.delivery.is_some();
         if let Some(d) = transition.delivery {
             self.deliveries.push(d);
@@ -397,6 +406,34 @@ impl<'v, V: View> Rulebook<'v, V> {
         self.set(next.clone());
         self.announce(Change::Updated(Arc::new(next.clone())), delivery);
         Ok(next)
+    }
+
+    /// Carries a child's change (from `before`, None when it is new) to
+    /// its parent, in the same plan: the parent's counts are never
+    /// recomputed from the children. A parent that is gone is left alone.
+    fn roll_up(&mut self, before: Option<&Operation>, after: &Operation) -> StoreResult<()> {
+        let Some(parent) = after.parent else {
+            return Ok(());
+        };
+        let (was, now) = (before.map(Mark::of), Mark::of(after));
+        if was == Some(now) {
+            return Ok(());
+        }
+        let error = match &after.outcome {
+            Some(Outcome::Error(error)) => Some(error.clone()),
+            _ => None,
+        };
+        let edit = Edit::Child {
+            child: after.id,
+            before: was,
+            after: now,
+            error,
+        };
+        match self.update(parent, &edit) {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound) if before.is_some() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes a done operation, its request_id entry while it still names

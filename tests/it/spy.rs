@@ -127,6 +127,14 @@ impl OperationStore for Spy {
         self.inner.list(query).await
     }
 
+    async fn open_batches(
+        &self,
+        after: Option<OperationId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Operation>> {
+        self.inner.open_batches(after, limit).await
+    }
+
     async fn unfinished(&self) -> StoreResult<Vec<Operation>> {
         self.inner.unfinished().await
     }

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use longrun::model::order::{Month, Order, OrderStatus};
 use longrun::model::{
     Attempt, Claim, Code, DeliveryState, Edit, Filter, Finish, Holds, Lease, Limit, LimitScope,
-    Limits, Notification, Operation, OperationError, OrphanRetry, Outcome, Payload, Progress,
-    Rejection, RequestId, State, Tenant,
+    Limits, Notification, Operation, OperationError, OrphanRetry, Outcome, Payload, Policy,
+    Progress, Rejection, RequestId, State, Tenant,
 };
 use longrun::store::{
     Applied, Change, ClaimRequest, Created, ListQuery, OperationStore, PutOrders, StoreError,
@@ -284,6 +284,7 @@ pub async fn a_tenants_listing_sees_only_its_own(s: Stores) {
         let page = s
             .operations
             .list(ListQuery {
+                parent: None,
                 after,
                 tenant: Some(&acme),
                 filter: &filter,
@@ -448,6 +449,7 @@ pub async fn list_is_newest_first_filtered_and_bounded(s: Stores) {
     let all = Filter::default();
     let list = |after, filter, limit, scan_budget| {
         s.operations.list(ListQuery {
+            parent: None,
             tenant: None,
             after,
             filter,
@@ -1866,6 +1868,7 @@ pub async fn survives_reopen(s: Stores, reopen: impl AsyncFn() -> Stores) {
     let listed = s
         .operations
         .list(ListQuery {
+            parent: None,
             after: None,
             tenant: None,
             filter: &all,
@@ -2057,6 +2060,91 @@ async fn due_schedules_are_taken_once_until_their_hold_ends(s: Stores) {
     );
 }
 
+/// A batch's children are counted on its parent, changed in the same
+/// write as the child that moved (created, claimed, ended), so that the
+/// counts are exact without reading the children again; the children are
+/// listed through their own index, and the parent, among the open batches
+/// until then, ends with its last child.
+async fn a_batch_rolls_its_children_up_in_the_same_write(s: Stores) {
+    let kind = "conformance.batch.child";
+    let now = SystemTime::now();
+    let batch = Operation::new_batch(
+        Tenant::default_tenant(),
+        Policy::WaitAll,
+        0,
+        false,
+        None,
+        now,
+    );
+    let parent = created(&s, batch).await;
+    let counts = |op: &Operation, state| op.batch.as_ref().unwrap().count(state);
+    let reread = || async { s.operations.get(parent.id).await.unwrap().unwrap() };
+    let open = s.operations.open_batches(None, 100).await.unwrap();
+    assert!(
+        open.iter().any(|op| op.id == parent.id),
+        "open while running"
+    );
+    for digest in 0..3 {
+        let mut child = new_op(kind, None, digest);
+        child.parent = Some(parent.id);
+        created(&s, child).await;
+    }
+    let p = reread().await;
+    assert_eq!(
+        (p.batch.as_ref().unwrap().total, counts(&p, State::Queued)),
+        (3, 3)
+    );
+    let claimed = s
+        .operations
+        .claim(&wants(&[(kind, 3)]), SystemTime::now())
+        .await
+        .unwrap()
+        .operations;
+    assert_eq!(claimed.len(), 3);
+    let p = reread().await;
+    assert_eq!(
+        (counts(&p, State::Queued), counts(&p, State::Running)),
+        (0, 3)
+    );
+    edit(&s, &p, Edit::Seal { complete: true }).await.unwrap();
+    let filter = Filter::parse(&format!("parent = \"{}\"", parent.id.name())).unwrap();
+    let page = s
+        .operations
+        .list(ListQuery {
+            after: None,
+            tenant: None,
+            parent: Some(parent.id),
+            filter: &filter,
+            limit: 10,
+            scan_budget: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.operations.len(), 3);
+    let boom = OperationError::new(Code::Internal, "BOOM", "boom");
+    for (i, child) in claimed.iter().enumerate() {
+        let outcome = if i == 0 {
+            Outcome::Error(boom.clone())
+        } else {
+            ok()
+        };
+        finish(&s, Claim::of(child), done(outcome)).await.unwrap();
+        let p = reread().await;
+        assert_eq!(p.is_done(), i == 2, "the batch ends with its last child");
+    }
+    let p = reread().await;
+    assert_eq!(p.state, State::Failed);
+    assert_eq!(
+        (counts(&p, State::Succeeded), counts(&p, State::Failed)),
+        (2, 1)
+    );
+    let r = p.batch.as_ref().unwrap();
+    assert_eq!(r.failures.len(), 1);
+    assert_eq!(r.failures[0].id, claimed[0].id);
+    let open = s.operations.open_batches(None, 100).await.unwrap();
+    assert!(open.iter().all(|op| op.id != parent.id), "done, not open");
+}
+
 macro_rules! conformance {
     ($backend:ident, $fixture:ty) => {
         mod $backend {
@@ -2133,6 +2221,7 @@ macro_rules! conformance {
             case_with_reopen!(files_survive_reopen);
             case!(schedules_are_stored_by_tenant_and_written_by_revision);
             case!(due_schedules_are_taken_once_until_their_hold_ends);
+            case!(a_batch_rolls_its_children_up_in_the_same_write);
         }
     };
 }

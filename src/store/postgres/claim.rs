@@ -136,13 +136,23 @@ impl PgStore {
             None => (0..candidates.len()).map(|i| (i, Holds::NONE)).collect(),
         };
         let mut locked = Locked::default();
-        let mut ids = Vec::with_capacity(picks.len());
         let mut candidates: Vec<Option<Operation>> = candidates.into_iter().map(Some).collect();
+        let mut picked = Vec::with_capacity(picks.len());
+        let mut holds_of = std::collections::HashMap::with_capacity(picks.len());
         for (i, holds) in picks {
             if let Some(op) = candidates[i].take() {
-                ids.push((op.id, holds));
-                locked.take_in(op);
+                holds_of.insert(op.id, holds);
+                picked.push(op);
             }
+        }
+        // A batch's child is claimed with its batch locked (the claim
+        // rolls up into it); one whose batch is busy waits for a later
+        // claim.
+        let busy = locked.lock_parents(&mut tx, &mut picked).await?;
+        let mut ids = Vec::with_capacity(picked.len());
+        for op in picked {
+            ids.push((op.id, holds_of.remove(&op.id).unwrap_or(Holds::NONE)));
+            locked.take_in(op);
         }
         let mut book = Rulebook::new(&mut locked, now);
         let mut claimed = Vec::with_capacity(ids.len());
@@ -176,7 +186,7 @@ impl PgStore {
         self.announce(plan);
         Ok(KindClaim {
             operations: claimed,
-            held_back: gate.as_ref().is_some_and(|g| g.held_back > 0),
+            held_back: busy > 0 || gate.as_ref().is_some_and(|g| g.held_back > 0),
             wake: gate.and_then(|g| g.wake),
         })
     }

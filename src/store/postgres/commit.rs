@@ -41,6 +41,9 @@ impl Locked {
                 }
                 Write::SaveDelivery(delivery) => ids.push(uuid_of(&delivery.operation)),
                 Write::Create(op) => {
+                    if let Some(parent) = op.parent {
+                        ids.push(uuid_of(&parent));
+                    }
                     if let Some(request_id) = op.request_id {
                         tenants.push(op.tenant.as_str().to_owned());
                         request_ids.push(uuid::Uuid::from_bytes(*request_id.as_bytes()));
@@ -52,9 +55,18 @@ impl Locked {
         if ids.is_empty() && request_ids.is_empty() {
             return Ok(locked);
         }
+        // With the batches they belong to, all the way up: a child's change
+        // is rolled up into them in the same transaction. One statement
+        // locks every row in id order, so batches never deadlock.
         let rows = sqlx::query(&format!(
-            "SELECT {OP_COLUMNS} FROM longrun_operations
-             WHERE id = ANY($1)
+            "WITH RECURSIVE wanted(id) AS (
+                 SELECT unnest($1::uuid[])
+               UNION
+                 SELECT o.parent FROM longrun_operations o JOIN wanted w ON o.id = w.id
+                  WHERE o.parent IS NOT NULL
+             )
+             SELECT {OP_COLUMNS} FROM longrun_operations
+             WHERE id IN (SELECT id FROM wanted)
                 OR (request_id IS NOT NULL AND (tenant, request_id) IN
                     (SELECT * FROM unnest($2::text[], $3::uuid[])))
              ORDER BY id FOR UPDATE"
@@ -94,6 +106,56 @@ impl View for Locked {
         request_id: RequestId,
     ) -> StoreResult<Option<OperationId>> {
         Ok(self.by_request.get(&(tenant.clone(), request_id)).copied())
+    }
+}
+
+impl Locked {
+    /// Locks the batches the claimed `candidates` belong to, all the way
+    /// up, skipping any another transaction holds (a claim never waits, so
+    /// it never deadlocks with a commit): the candidates that are left, a
+    /// batch being busy, are not claimed this time (the count returned).
+    pub(super) async fn lock_parents(
+        &mut self,
+        tx: &mut Transaction<'_, Postgres>,
+        candidates: &mut Vec<Operation>,
+    ) -> StoreResult<usize> {
+        let parents: Vec<uuid::Uuid> = candidates
+            .iter()
+            .filter_map(|op| op.parent.as_ref().map(uuid_of))
+            .collect();
+        if parents.is_empty() {
+            return Ok(0);
+        }
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE up(id) AS (
+                 SELECT unnest($1::uuid[])
+               UNION
+                 SELECT o.parent FROM longrun_operations o JOIN up ON o.id = up.id
+                  WHERE o.parent IS NOT NULL
+             )
+             SELECT {OP_COLUMNS} FROM longrun_operations
+              WHERE id IN (SELECT id FROM up) ORDER BY id FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(&parents)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+        for row in &rows {
+            self.take_in(operation(row)?);
+        }
+        let before = candidates.len();
+        let rows = &self.rows;
+        candidates.retain(|op| {
+            let mut parent = op.parent;
+            while let Some(id) = parent {
+                match rows.get(&id) {
+                    Some(p) => parent = p.parent,
+                    None => return false,
+                }
+            }
+            true
+        });
+        Ok(before - candidates.len())
     }
 }
 
@@ -229,10 +291,13 @@ pub(super) async fn save(
     Ok(moves)
 }
 
-/// Whether a batch only creates, so that [`save_new`] can write it in one
+/// Whether a batch only creates, none of them a batch's child (whose
+/// parent it changes), so that [`save_new`] can write it in one
 /// statement.
 pub(super) fn only_creates(writes: &[Write]) -> bool {
-    writes.iter().all(|w| matches!(w, Write::Create(_)))
+    writes
+        .iter()
+        .all(|w| matches!(w, Write::Create(op) if op.parent.is_none()))
 }
 
 /// Writes the plan of a batch of creates decided over nothing read (see
@@ -256,12 +321,12 @@ pub(super) async fn save_new(
         " RETURNING 1
          ), new_deliveries AS (
             INSERT INTO longrun_deliveries (id, operation, due_us, record, tenant)
-             SELECT * FROM unnest($16::uuid[], $17::uuid[], $18::int8[], $19::bytea[], $22::text[])
+             SELECT * FROM unnest($17::uuid[], $18::uuid[], $19::int8[], $20::bytea[], $23::text[])
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM new_operations) AS operations,
                 (SELECT count(*) FROM new_deliveries) AS deliveries,
-                (SELECT count(pg_notify($20, p)) FROM unnest($21::text[]) AS p) AS notes",
+                (SELECT count(pg_notify($21, p)) FROM unnest($22::text[]) AS p) AS notes",
     ));
     let query = columns
         .bind_all(query)
@@ -339,17 +404,18 @@ fn queued_tenants(created: &[&Operation]) -> Vec<Tenant> {
         .collect()
 }
 
-/// Inserts operations from the thirteen column arrays [`Columns::bind_all`]
-/// binds as $1..$13 (a macro, so that statements can `concat!` it).
+/// Inserts operations from the sixteen column arrays [`Columns::bind_all`]
+/// binds as $1..$16 (a macro, so that statements can `concat!` it).
 macro_rules! insert_operations {
     () => {
         "INSERT INTO longrun_operations
            (id, tenant, kind, request_id, state, due_us, ended_us,
             lease_holder, lease_expires_us, attempt, version, record, priority,
-            concurrency_key, expire_us)
+            concurrency_key, expire_us, parent)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
             $5::int2[], $6::int8[], $7::int8[], $8::text[], $9::int8[],
-            $10::int4[], $11::int8[], $12::bytea[], $13::int4[], $14::text[], $15::int8[])"
+            $10::int4[], $11::int8[], $12::bytea[], $13::int4[], $14::text[], $15::int8[],
+            $16::uuid[])"
     };
 }
 use insert_operations;
@@ -373,6 +439,7 @@ struct Columns {
     priority: Vec<i32>,
     concurrency_key: Vec<Option<String>>,
     expire_us: Vec<Option<i64>>,
+    parent: Vec<Option<uuid::Uuid>>,
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -390,6 +457,7 @@ impl Columns {
         .bind(&self.priority)
         .bind(&self.concurrency_key)
         .bind(&self.expire_us)
+        .bind(&self.parent)
     }
 
     /// Binds the columns a change may move, state to record, in that order.
@@ -423,6 +491,7 @@ impl Columns {
             priority: Vec::with_capacity(n),
             concurrency_key: Vec::with_capacity(n),
             expire_us: Vec::with_capacity(n),
+            parent: Vec::with_capacity(n),
         };
         for op in ops {
             c.id.push(uuid_of(&op.id));
@@ -443,6 +512,7 @@ impl Columns {
             c.priority.push(op.priority);
             c.concurrency_key.push(op.concurrency_key.clone());
             c.expire_us.push(op.expire_time.map(micros));
+            c.parent.push(op.parent.as_ref().map(uuid_of));
         }
         c
     }

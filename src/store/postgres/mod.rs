@@ -84,6 +84,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedules",
         include_str!("migrations/0008_schedules.sql"),
     ),
+    (9, "batches", include_str!("migrations/0009_batches.sql")),
 ];
 
 /// How the PostgreSQL backend is set up.

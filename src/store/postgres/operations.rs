@@ -224,16 +224,22 @@ impl OperationStore for PgStore {
         let after = query.after.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
         let tenant = query.tenant.map(|t| t.as_str().to_owned());
         let budget = i64::try_from(query.scan_budget.max(1)).unwrap_or(i64::MAX);
+        let parent = query
+            .parent
+            .map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
         self.call(async {
-            // One more than the budget, to know whether more follow.
+            // One more than the budget, to know whether more follow. A
+            // batch's children come through their index.
             let rows = sqlx::query(&format!(
                 "SELECT {OP_COLUMNS} FROM longrun_operations
                   WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR tenant = $2)
+                    AND ($4::uuid IS NULL OR parent = $4)
                   ORDER BY id DESC LIMIT $3"
             ))
             .bind(after)
             .bind(tenant)
             .bind(budget + 1)
+            .bind(parent)
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
@@ -261,6 +267,25 @@ impl OperationStore for PgStore {
                 "SELECT {OP_COLUMNS} FROM longrun_operations WHERE ended_us IS NULL ORDER BY id"
             ),
             |q| q,
+        )
+        .await
+    }
+
+    async fn open_batches(
+        &self,
+        after: Option<OperationId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Operation>> {
+        let after = after.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.select(
+            &format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations
+                  WHERE kind = 'longrun.v1.Batch' AND ended_us IS NULL
+                    AND ($1::uuid IS NULL OR id > $1)
+                  ORDER BY id LIMIT $2"
+            ),
+            |q| q.bind(after).bind(limit),
         )
         .await
     }

@@ -240,8 +240,17 @@ impl<'a> Staging<'a> {
                     if let Some(key) = keys::by_tenant(op) {
                         self.insert(&key, &[]);
                     }
+                    if let Some(key) = keys::child(op) {
+                        self.insert(&key, &[]);
+                    }
                 }
-                Step::Update { op, .. } => self.record(op),
+                Step::Update { op, .. } => {
+                    if step.reopens() {
+                        // Retried: unfinished again, as if new.
+                        self.created.push(op.id);
+                    }
+                    self.record(op);
+                }
                 Step::Remove(op) => self.remove_operation(op)?,
             }
         }
@@ -261,6 +270,14 @@ impl<'a> Staging<'a> {
     fn record(&mut self, op: &Operation) {
         let record = encode(op, &mut self.strings);
         self.insert(&keys::op(op.id), record);
+        if op.is_batch() {
+            let key = keys::open_batch(op.id);
+            if op.is_done() {
+                self.remove(&key);
+            } else {
+                self.insert(&key, &[]);
+            }
+        }
     }
 
     /// Removes a record with its tenant entry and its stored deliveries.
@@ -268,6 +285,12 @@ impl<'a> Staging<'a> {
         self.remove(&keys::op(op.id));
         if let Some(key) = keys::by_tenant(op) {
             self.remove(&key);
+        }
+        if let Some(key) = keys::child(op) {
+            self.remove(&key);
+        }
+        if op.is_batch() {
+            self.remove(&keys::open_batch(op.id));
         }
         for entry in self.tree.scan_prefix(keys::deliveries_of(op.id)) {
             let (key, _) = entry.map_err(backend)?;

@@ -19,7 +19,9 @@
 //! - `c` kind 0 scope(1): a limit of a kind, its value
 //!   `CONCURRENCY|RATES` (either may be empty);
 //! - `h` tenant 0 id: a schedule;
-//! - `H` wake(8) tenant 0 id: the schedules that come due, by time.
+//! - `H` wake(8) tenant 0 id: the schedules that come due, by time;
+//! - `k` parent(16) child(16): a batch's children, oldest first;
+//! - `b` id: the batches not done yet (their parents).
 //!
 //! Ids are 16-byte UUIDv7s, so key order is creation order; times are 8
 //! big-endian bytes of microseconds, so byte order is time order. An
@@ -46,6 +48,27 @@ pub(super) const PAUSED: u8 = b'p';
 pub(super) const LIMIT: u8 = b'c';
 pub(super) const SCHEDULE: u8 = b'h';
 pub(super) const SCHEDULE_DUE: u8 = b'H';
+pub(super) const CHILD: u8 = b'k';
+pub(super) const OPEN_BATCH: u8 = b'b';
+
+/// Where the children of `parent` start.
+pub(super) fn children_of(parent: OperationId) -> [u8; 17] {
+    with_id(CHILD, parent)
+}
+
+/// A child's entry under its parent.
+pub(super) fn child(op: &Operation) -> Option<[u8; 33]> {
+    let parent = op.parent?;
+    let mut key = [0; 33];
+    key[..17].copy_from_slice(&children_of(parent));
+    key[17..].copy_from_slice(op.id.as_bytes());
+    Some(key)
+}
+
+/// A batch not done yet.
+pub(super) fn open_batch(id: OperationId) -> [u8; 17] {
+    with_id(OPEN_BATCH, id)
+}
 
 /// Where a tenant's schedules start.
 pub(super) fn schedules_of(tenant: &Tenant) -> Vec<u8> {

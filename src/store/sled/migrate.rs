@@ -252,6 +252,7 @@ mod tests {
         let filter = Filter::default();
         let page = store
             .list(ListQuery {
+                parent: None,
                 after: None,
                 tenant: Some(&acme),
                 filter: &filter,

@@ -150,15 +150,23 @@ impl SledStore {
         // Newest first: every operation, or one tenant's through its index
         // (so neither the page nor its resume point ever touches another
         // tenant's).
-        let (start, end) = match query.tenant {
-            None => (
+        let (start, end) = match (query.parent, query.tenant) {
+            (Some(parent), _) => {
+                let start = keys::children_of(parent).to_vec();
+                let end = match query.after {
+                    Some(after) => [start.as_slice(), after.as_bytes()].concat(),
+                    None => [start.as_slice(), &[0xff; 17]].concat(),
+                };
+                (start, end)
+            }
+            (None, None) => (
                 vec![keys::OP],
                 match query.after {
                     Some(after) => keys::op(after).to_vec(),
                     None => vec![keys::OP + 1],
                 },
             ),
-            Some(tenant) => {
+            (None, Some(tenant)) => {
                 let start = keys::tenant_prefix(tenant);
                 let end = match query.after {
                     Some(after) => [start.as_slice(), after.as_bytes()].concat(),
@@ -548,11 +556,12 @@ impl OperationStore for SledStore {
 
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
         let (after, tenant, filter) = (query.after, query.tenant.cloned(), query.filter.clone());
-        let (limit, scan_budget) = (query.limit, query.scan_budget);
+        let (limit, scan_budget, parent) = (query.limit, query.scan_budget, query.parent);
         self.off_thread(move |store| {
             store.list_blocking(ListQuery {
                 after,
                 tenant: tenant.as_ref(),
+                parent,
                 filter: &filter,
                 limit,
                 scan_budget,
@@ -572,6 +581,36 @@ impl OperationStore for SledStore {
             for id in ids {
                 if let Some(op) = store.read(id)? {
                     out.push(op);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn open_batches(
+        &self,
+        after: Option<OperationId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Operation>> {
+        self.off_thread(move |store| {
+            let start = match after {
+                Some(after) => keys::open_batch(after).to_vec(),
+                None => vec![keys::OPEN_BATCH],
+            };
+            let mut out = Vec::new();
+            for entry in store.inner.tree.range(start..vec![keys::OPEN_BATCH + 1]) {
+                let (key, _) = entry.map_err(backend)?;
+                let id =
+                    keys::id_at_end(&key).ok_or_else(|| StoreError::Corrupt("batch key".into()))?;
+                if Some(id) == after {
+                    continue;
+                }
+                if let Some(op) = store.read(id)? {
+                    out.push(op);
+                }
+                if out.len() >= limit {
+                    break;
                 }
             }
             Ok(out)
