@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "proto/longrun/v1/workers.proto",
     "proto/longrun/v1/console.proto",
     "proto/longrun/v1/schedules.proto",
+    "proto/longrun/v1/batches.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -26,16 +26,6 @@ impl BackfillTask {
     }
 }
 
-/// A refusal as the backfill's failure: retried later when it may pass.
-fn task_error(e: EngineError) -> TaskError {
-    let (code, reason, message) = (e.code(), e.reason().as_str(), e.to_string());
-    if e.is_transient() {
-        TaskError::retryable(code, reason, message)
-    } else {
-        TaskError::new(code, reason, message)
-    }
-}
-
 impl Task for BackfillTask {
     type Request = BackfillRequest;
     type Response = BackfillResponse;
@@ -82,7 +72,7 @@ impl Task for BackfillTask {
         let ticks = engine
             .backfill_ticks(ctx.tenant(), id, from, to)
             .await
-            .map_err(task_error)?;
+            .map_err(TaskError::from)?;
         let mut response = BackfillResponse {
             ticks: ticks.len() as i64,
             ..BackfillResponse::default()
@@ -102,7 +92,7 @@ impl Task for BackfillTask {
                 .sleep(tokio::time::sleep)
                 .when(EngineError::is_transient)
                 .await
-                .map_err(task_error)?;
+                .map_err(TaskError::from)?;
             if made {
                 response.created += 1;
             } else {

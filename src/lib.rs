@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod backfill;
+pub mod bulk;
 pub mod diagnostics;
 pub mod engine;
 pub mod grpc;

@@ -9,6 +9,8 @@ use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
+use longrun::pb::longrun::v1::batches_client::BatchesClient;
+use longrun::pb::longrun::v1::bulk_client::BulkClient;
 use longrun::pb::longrun::v1::console_client::ConsoleClient;
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::jobs_client::JobsClient;
@@ -66,6 +68,8 @@ pub struct Clients {
     pub console: ConsoleClient<Connection>,
     pub queues: QueuesClient<Connection>,
     pub schedules: SchedulesClient<Connection>,
+    pub batches: BatchesClient<Connection>,
+    pub bulk: BulkClient<Connection>,
 }
 
 /// The TLS settings the flags ask for, if any.
@@ -119,6 +123,8 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Clients> {
         workers: WorkersClient::new(connection.clone()),
         console: ConsoleClient::new(connection.clone()),
         schedules: SchedulesClient::new(connection.clone()),
+        batches: BatchesClient::new(connection.clone()),
+        bulk: BulkClient::new(connection.clone()),
         queues: QueuesClient::new(connection),
     })
 }

@@ -18,6 +18,7 @@ macro_rules! say {
 }
 
 mod auth;
+mod batch;
 mod bench;
 pub(crate) mod client;
 mod ops;
@@ -85,6 +86,10 @@ pub enum Command {
     /// --kind sleep --cron '0 3 * * *' --tz Europe/Berlin`.
     #[command(subcommand)]
     Schedule(Box<schedule::ScheduleCommand>),
+    /// Batches: many operations followed as one, e.g. `longrun batch
+    /// create --file children.jsonl --watch`.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
 }
 
 /// Options every client command takes.
@@ -232,6 +237,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Enqueue(args) => worker::enqueue(args).await,
         Command::Queue(cmd) => queue::run(cmd).await,
         Command::Schedule(cmd) => schedule::run(*cmd).await,
+        Command::Batch(cmd) => batch::run(cmd).await,
     };
     match result {
         Ok(code) => code,

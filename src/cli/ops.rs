@@ -1,4 +1,6 @@
-//! `longrun ops list|get|wait|watch|cancel|delete`.
+//! `longrun ops list|get|wait|watch|cancel|delete|retry|deliveries`; cancel,
+//! delete and retry act on one operation or, with `--filter`, start a bulk
+//! operation over every match.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,7 +16,9 @@ use longrun::pb::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     Operation, WaitOperationRequest, operation,
 };
-use longrun::pb::longrun::v1::{ListDeliveriesRequest, WatchOperationRequest};
+use longrun::pb::longrun::v1::{
+    ListDeliveriesRequest, MatchingRequest, RetryOperationRequest, WatchOperationRequest,
+};
 
 /// Operation commands.
 #[derive(Debug, Subcommand)]
@@ -63,22 +67,15 @@ pub enum OpsCommand {
         #[arg(value_parser = super::operation_name)]
         name: String,
     },
-    /// Ask the operation to stop.
-    Cancel {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// The operation: operations/{id}, or the bare id.
-        #[arg(value_parser = super::operation_name)]
-        name: String,
-    },
-    /// Forget a finished operation.
-    Delete {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// The operation: operations/{id}, or the bare id.
-        #[arg(value_parser = super::operation_name)]
-        name: String,
-    },
+    /// Ask the operation to stop, or, with --filter, every unfinished one
+    /// that matches (a bulk operation of its own).
+    Cancel(Target),
+    /// Forget a finished operation, or, with --filter, every done one that
+    /// matches.
+    Delete(Target),
+    /// Put a failed, cancelled or aborted operation back in the queue as
+    /// its next attempt, or, with --filter, every such one that matches.
+    Retry(Target),
     /// List an operation's webhook deliveries.
     Deliveries {
         #[command(flatten)]
@@ -87,6 +84,84 @@ pub enum OpsCommand {
         #[arg(value_parser = super::operation_name)]
         name: String,
     },
+}
+
+/// One operation by name, or every operation a filter matches.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The operation: operations/{id}, or the bare id.
+    #[arg(value_parser = super::operation_name, required_unless_present = "filter", conflicts_with = "filter")]
+    name: Option<String>,
+    /// Every operation of your tenant that matches, e.g.
+    /// 'kind = "thumbnails" AND state = FAILED'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// With --filter: block until the bulk operation is done.
+    #[arg(long, requires = "filter", conflicts_with = "watch")]
+    wait: bool,
+    /// With --filter: follow the bulk operation with a progress bar.
+    #[arg(long, requires = "filter")]
+    watch: bool,
+}
+
+/// What `ops cancel|delete|retry` does.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Cancel,
+    Delete,
+    Retry,
+}
+
+/// Acts on one operation, or starts the bulk operation over a filter.
+async fn act(action: Action, target: Target) -> anyhow::Result<ExitCode> {
+    let mut clients = connect(&target.client).await?;
+    let format = target.client.output;
+    if let Some(filter) = target.filter {
+        let request = MatchingRequest {
+            filter,
+            ..MatchingRequest::default()
+        };
+        let bulk = &mut clients.bulk;
+        let op = match action {
+            Action::Cancel => bulk.cancel_matching(request).await,
+            Action::Delete => bulk.delete_matching(request).await,
+            Action::Retry => bulk.retry_matching(request).await,
+        }
+        .map_err(|s| describe(&s))?
+        .into_inner();
+        return answer_created(&mut clients, op, target.wait, target.watch, format).await;
+    }
+    let name = target.name.unwrap_or_default();
+    match action {
+        Action::Cancel => {
+            clients
+                .operations
+                .cancel_operation(CancelOperationRequest { name: name.clone() })
+                .await
+                .map_err(|s| describe(&s))?;
+            acknowledge(format, "cancel requested", &name);
+        }
+        Action::Delete => {
+            clients
+                .operations
+                .delete_operation(DeleteOperationRequest { name: name.clone() })
+                .await
+                .map_err(|s| describe(&s))?;
+            acknowledge(format, "deleted", &name);
+        }
+        Action::Retry => {
+            let op = clients
+                .bulk
+                .retry_operation(RetryOperationRequest { name })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            print(&op, format);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
@@ -193,26 +268,9 @@ pub(super) async fn run(cmd: OpsCommand) -> anyhow::Result<ExitCode> {
             let mut clients = connect(&client).await?;
             watch(&mut clients, name, client.output).await
         }
-        OpsCommand::Cancel { client, name } => {
-            let mut clients = connect(&client).await?;
-            clients
-                .operations
-                .cancel_operation(CancelOperationRequest { name: name.clone() })
-                .await
-                .map_err(|s| describe(&s))?;
-            acknowledge(client.output, "cancel requested", &name);
-            Ok(ExitCode::SUCCESS)
-        }
-        OpsCommand::Delete { client, name } => {
-            let mut clients = connect(&client).await?;
-            clients
-                .operations
-                .delete_operation(DeleteOperationRequest { name: name.clone() })
-                .await
-                .map_err(|s| describe(&s))?;
-            acknowledge(client.output, "deleted", &name);
-            Ok(ExitCode::SUCCESS)
-        }
+        OpsCommand::Cancel(target) => act(Action::Cancel, target).await,
+        OpsCommand::Delete(target) => act(Action::Delete, target).await,
+        OpsCommand::Retry(target) => act(Action::Retry, target).await,
     }
 }
 

@@ -109,9 +109,7 @@ impl Engine {
     /// attempt + 1 with its history kept, when its kind allows.
     pub async fn retry(&self, scope: &Scope, id: OperationId) -> Result<Operation, EngineError> {
         let op = self.get(scope, id).await?;
-        if let Some(kind) = self.inner.kind(&op.tenant, &op.kind)
-            && !kind.policy.redrive
-        {
+        if !self.redrivable(&op) {
             return Err(EngineError::FailedPrecondition {
                 reason: Reason::KindNotRetryable,
                 message: format!("operations of kind {} cannot be retried by hand", op.kind),
@@ -257,6 +255,11 @@ async fn prepare<'e>(
     let mut options = child.options;
     options.tenant = tenant.clone();
     options.parent = Some(parent);
+    if engine.inner.kind(tenant, &child.kind).is_none() {
+        // An outside kind declared by a worker elsewhere is loaded now;
+        // any other unknown kind is refused by the create's own checks.
+        engine.find_outside_kind(tenant, &child.kind).await?;
+    }
     let clock = &engine.inner.clock;
     let began = clock.now();
     loop {

@@ -35,6 +35,7 @@ pub mod activity;
 mod admission;
 mod attempt;
 pub mod batches;
+pub mod bulk;
 mod cascade;
 pub mod changes;
 pub mod clock;

@@ -195,6 +195,20 @@ impl TaskError {
     }
 }
 
+/// An engine's refusal, met by a task calling the engine, as the task's
+/// failure: retryable when it may pass later (a full queue, storage
+/// away), final otherwise.
+impl From<EngineError> for TaskError {
+    fn from(e: EngineError) -> Self {
+        let (code, reason, message) = (e.code(), e.reason().as_str(), e.to_string());
+        if e.is_transient() {
+            TaskError::retryable(code, reason, message)
+        } else {
+            TaskError::new(code, reason, message)
+        }
+    }
+}
+
 /// What a running task can see and do.
 pub struct TaskContext {
     id: OperationId,

@@ -8,6 +8,7 @@
 //! calls it.
 
 pub mod auth;
+pub mod batches;
 pub mod console;
 pub mod diagnostics;
 pub mod limits;
@@ -20,6 +21,7 @@ pub mod status;
 pub mod watcher;
 pub mod workers;
 
+pub use self::batches::BatchesService;
 pub use self::console::{ConsoleService, QueuesService};
 pub use self::diagnostics::DiagnosticsService;
 pub use self::notifications::NotificationsService;

@@ -13,10 +13,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{audit, caller, created_name};
 use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
+use crate::engine::batches::ChildDraft;
 use crate::engine::{
     Engine, KindSpec, LeaseRef, Owner, SubmitOptions, TaskError, ToWorker, WorkerCaller, WorkerSpec,
 };
-use crate::model::{Attempt, Progress, Reason};
+use crate::model::{Attempt, FieldViolation, Progress, Reason, Tenant};
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::jobs_server::Jobs;
@@ -134,6 +135,41 @@ fn or_empty(any: Option<&prost_types::Any>) -> crate::model::Payload {
         .unwrap_or_else(|| crate::model::Payload::pack(&()))
 }
 
+/// An Enqueue request as the engine's create of it, in `tenant`: alone,
+/// or as a batch's child.
+pub(super) fn enqueued(
+    tenant: &Tenant,
+    req: &EnqueueRequest,
+) -> Result<ChildDraft, FieldViolation> {
+    let max_attempts = match req.max_attempts {
+        n if n < 0 => {
+            return Err(FieldViolation::new(
+                "max_attempts",
+                "max_attempts is not negative",
+            ));
+        }
+        0 => None,
+        n => Some(n as u32),
+    };
+    Ok(ChildDraft {
+        kind: req.kind.clone(),
+        request: or_empty(req.payload.as_ref()),
+        options: SubmitOptions {
+            tenant: tenant.clone(),
+            request_id: convert::request_id(&req.request_id)?,
+            notification: convert::notification(req.notification.as_ref())?,
+            run: convert::run_spec(req.run.as_ref(), std::time::SystemTime::now())?,
+            timeout: req
+                .timeout
+                .as_ref()
+                .map(|t| convert::duration("timeout", t))
+                .transpose()?,
+            max_attempts,
+            ..SubmitOptions::default()
+        },
+    })
+}
+
 #[tonic::async_trait]
 impl Jobs for WorkersService {
     async fn enqueue(
@@ -143,29 +179,7 @@ impl Jobs for WorkersService {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let result = async {
-            let payload = or_empty(req.payload.as_ref());
-            let options = SubmitOptions {
-                tenant: caller.tenant.clone(),
-                request_id: convert::request_id(&req.request_id)?,
-                notification: convert::notification(req.notification.as_ref())?,
-                run: convert::run_spec(req.run.as_ref(), std::time::SystemTime::now())?,
-                timeout: req
-                    .timeout
-                    .as_ref()
-                    .map(|t| convert::duration("timeout", t))
-                    .transpose()?,
-                max_attempts: match req.max_attempts {
-                    n if n < 0 => {
-                        return Err(invalid_field(
-                            "max_attempts",
-                            "max_attempts is not negative",
-                        ));
-                    }
-                    0 => None,
-                    n => Some(n as u32),
-                },
-                ..SubmitOptions::default()
-            };
+            let draft = enqueued(&caller.tenant, &req)?;
             if !self
                 .engine
                 .find_outside_kind(&caller.tenant, &req.kind)
@@ -175,7 +189,7 @@ impl Jobs for WorkersService {
             }
             let op = self
                 .engine
-                .submit_payload(&req.kind, payload, options)
+                .submit_payload(&draft.kind, draft.request, draft.options)
                 .await?;
             Ok(Response::new(convert::operation(&op)))
         }

@@ -97,20 +97,34 @@ impl Operation {
     pub fn takes_children(&self) -> Result<&Rollup, Rejection> {
         let closed = Rejection::Precondition {
             reason: Reason::BatchClosed,
-            message: "the batch takes no more children: it is sealed, cancelled, failing or done",
+            message: "the batch takes no more children: it is sealed or done",
         };
         match &self.batch {
-            Some(r)
-                if !r.sealed && !r.failing && !self.requested_cancellation && !self.is_done() =>
-            {
-                Ok(r)
-            }
+            Some(r) if !r.sealed && !self.is_done() => Ok(r),
             Some(_) => Err(closed),
             None => Err(Rejection::Precondition {
                 reason: Reason::BatchClosed,
                 message: "the parent named is not a batch",
             }),
         }
+    }
+
+    /// How `child` joins this batch: refused once the batch is sealed or
+    /// done; cancelled at birth (Some) while the batch is being cancelled
+    /// or failing fast, so that the rest of a stream still counts, as
+    /// cancelled.
+    pub fn admit(
+        &self,
+        child: &Operation,
+        now: SystemTime,
+    ) -> Result<Option<Operation>, Rejection> {
+        let rollup = self.takes_children()?;
+        if !rollup.failing && !self.requested_cancellation {
+            return Ok(None);
+        }
+        Ok(child
+            .apply(&super::transition::Edit::Cancel, now)?
+            .map(|t| t.operation))
     }
 
     /// A child moved from `before` (None: it is new) to `after`, ending

@@ -24,6 +24,7 @@
 pub mod attempt;
 pub mod backlog;
 pub mod batch;
+pub mod bulk;
 pub mod delivery;
 pub mod filter;
 pub mod flow;
@@ -41,6 +42,7 @@ pub mod when;
 pub use self::attempt::Attempt;
 pub use self::backlog::Backlog;
 pub use self::batch::{BATCH_KIND, BATCH_RESULT_TYPE, MAX_BATCH_DEPTH, Mark};
+pub use self::bulk::{BulkAction, Tally};
 pub use self::delivery::{Delivery, DeliveryState};
 pub use self::filter::Filter;
 pub use self::flow::{Holds, KindLimits, Limit, LimitScope, Rate, RunSpec, Waiting};

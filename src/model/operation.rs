@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::attempt::Attempt;
+use super::bulk::Tally;
 use super::flow::Holds;
 use super::id::{OperationId, RequestId};
 use super::payload::Payload;
@@ -187,6 +188,9 @@ pub struct Operation {
     /// failures). Kept on the parent, changed in the same store write as
     /// the child that moved.
     pub batch: Option<Box<Rollup>>,
+    /// For a bulk action: how far it has walked its matching set, and
+    /// what it counted. Written with each page's edits.
+    pub bulk: Option<Box<Tally>>,
 }
 
 /// What a batch does when a child fails.
@@ -389,6 +393,7 @@ impl Operation {
             schedule: None,
             parent: None,
             batch: None,
+            bulk: None,
         }
     }
 

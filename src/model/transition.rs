@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use super::attempt::Attempt;
 use super::batch::Mark;
+use super::bulk::{BulkAction, Tally};
 use super::delivery::Delivery;
 use super::flow::Holds;
 use super::id::OperationId;
@@ -109,6 +110,13 @@ pub enum Edit {
     Seal { complete: bool },
     /// The stream adding a batch's children is alive until `until`.
     HoldOpen { until: SystemTime },
+    /// The bulk action running under `claim` has got this far. The
+    /// rulebook writes it with the page of edits it counts.
+    Tally {
+        claim: Claim,
+        action: BulkAction,
+        tally: Box<Tally>,
+    },
 }
 
 /// Why a state change was refused.
@@ -188,6 +196,11 @@ impl Operation {
             Edit::Seal { complete: true } => self.seal(now).map(|next| next.touched(now)),
             Edit::Seal { complete: false } => self.abandon(now).map(|next| next.touched(now)),
             Edit::HoldOpen { until } => self.hold_open(*until).map(|next| next.touched(now)),
+            Edit::Tally {
+                claim,
+                action,
+                tally,
+            } => Some(self.tally(claim, tally, action.verb(), now)?),
         };
         Ok(next.map(|mut next| {
             // Slots are held while the work runs, and only then.
@@ -267,6 +280,25 @@ impl Operation {
                 held: claim.attempt,
             })
         }
+    }
+
+    /// Records the tally of the bulk action running under `claim`.
+    fn tally(
+        &self,
+        claim: &Claim,
+        tally: &Tally,
+        verb: &str,
+        now: SystemTime,
+    ) -> Result<Operation, Rejection> {
+        self.check_claim(claim)?;
+        let mut next = self.clone();
+        next.progress_percent = tally.percent().max(self.progress_percent);
+        next.status_message = format!(
+            "{} of {} matching {verb}, {} skipped",
+            tally.changed, tally.matched, tally.skipped
+        );
+        next.bulk = Some(Box::new(tally.clone()));
+        Ok(next.touched(now))
     }
 
     /// Progress never goes down within an attempt.

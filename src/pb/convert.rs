@@ -158,6 +158,21 @@ pub fn batch_counts(r: &crate::model::Rollup) -> api::BatchCounts {
     }
 }
 
+/// What a batch did: its counts and its first failures.
+pub fn batch_result(r: &crate::model::Rollup) -> api::BatchResult {
+    api::BatchResult {
+        counts: Some(batch_counts(r)),
+        failures: r
+            .failures
+            .iter()
+            .map(|f| api::ChildFailure {
+                name: f.id.name(),
+                error: Some(status(&f.error)),
+            })
+            .collect(),
+    }
+}
+
 /// The OperationMetadata of an operation that waits for `waiting`, whose
 /// estimate then counts the wait: nothing is known while its queue is
 /// paused; it starts no sooner than a timed wait ends, or than one run of
@@ -227,9 +242,16 @@ pub fn waiting_operation(op: &Operation, waiting: &Waiting) -> lro::Operation {
 }
 
 fn operation_with(op: &Operation, metadata: api::OperationMetadata) -> lro::Operation {
-    let result = op.outcome.as_ref().map(|outcome| match outcome {
-        Outcome::Response(payload) => lro::operation::Result::Response(to_any(payload)),
-        Outcome::Error(e) => lro::operation::Result::Error(status(e)),
+    let batch = op.batch.as_deref().map(batch_result);
+    let result = op.outcome.as_ref().map(|outcome| match (outcome, batch) {
+        // A batch's result is its roll-up, made when it is shown.
+        (Outcome::Response(_), Some(batch)) => lro::operation::Result::Response(pack(&batch)),
+        (Outcome::Response(payload), None) => lro::operation::Result::Response(to_any(payload)),
+        (Outcome::Error(e), batch) => {
+            let mut status = status(e);
+            status.details.extend(batch.as_ref().map(pack));
+            lro::operation::Result::Error(status)
+        }
     });
     lro::Operation {
         name: op.id.name(),

@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::{Authenticator, LoadError};
 use crate::backfill::BackfillTask;
+use crate::bulk::{BulkTask, CancelMatching, DeleteMatching, RetryMatching};
 use crate::diagnostics::SleepTask;
 use crate::engine::schedules::WeakEngine;
 use crate::engine::{
@@ -43,11 +44,13 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::metered::MeteredLayer;
 
 use crate::grpc::{
-    ConsoleService, DiagnosticsService, NotificationsService, OperationsService, QueuesService,
-    ReportsService, SchedulesService, WatcherService, WorkersService,
+    BatchesService, ConsoleService, DiagnosticsService, NotificationsService, OperationsService,
+    QueuesService, ReportsService, SchedulesService, WatcherService, WorkersService,
 };
 use crate::pb;
 use crate::pb::google::longrunning::operations_server::OperationsServer;
+use crate::pb::longrun::v1::batches_server::BatchesServer;
+use crate::pb::longrun::v1::bulk_server::BulkServer;
 use crate::pb::longrun::v1::console_server::ConsoleServer;
 use crate::pb::longrun::v1::diagnostics_server::DiagnosticsServer;
 use crate::pb::longrun::v1::jobs_server::JobsServer;
@@ -305,8 +308,12 @@ impl Server {
             config.max_orders_per_tenant,
         );
         reports.register(&mut registry);
-        let backfills = WeakEngine::new();
-        registry.register(BackfillTask::new(backfills.clone()));
+        // The server's own kinds that call back into the engine.
+        let own = WeakEngine::new();
+        registry.register(BackfillTask::new(own.clone()));
+        registry.register(BulkTask::<CancelMatching>::new(own.clone()));
+        registry.register(BulkTask::<DeleteMatching>::new(own.clone()));
+        registry.register(BulkTask::<RetryMatching>::new(own.clone()));
         if config.diagnostics {
             registry.register_with(SleepTask, config.sleep_policy.clone());
         }
@@ -316,7 +323,7 @@ impl Server {
             allow_private: config.webhooks.allow_private,
         }));
         let engine = Engine::open(&stores, registry, engine_config).await?;
-        backfills.set(&engine);
+        own.set(&engine);
         for kind in &config.outside_kinds {
             engine.declare_kind(Owner::Everyone, kind.clone()).await?;
         }
@@ -415,6 +422,8 @@ impl Server {
             <ConsoleServer<ConsoleService> as tonic::server::NamedService>::NAME,
             <QueuesServer<QueuesService> as tonic::server::NamedService>::NAME,
             <SchedulesServer<SchedulesService> as tonic::server::NamedService>::NAME,
+            <BatchesServer<BatchesService> as tonic::server::NamedService>::NAME,
+            <BulkServer<BatchesService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
         routes
@@ -456,6 +465,13 @@ impl Server {
             .add_service(
                 SchedulesServer::new(SchedulesService::new(engine.clone()))
                     .max_decoding_message_size(max),
+            )
+            .add_service(
+                BatchesServer::new(BatchesService::new(engine.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                BulkServer::new(BatchesService::new(engine.clone())).max_decoding_message_size(max),
             );
         if config.diagnostics {
             names

@@ -48,8 +48,8 @@ use crate::model::flow::{SlotId, Usage};
 use crate::model::order::{Month, Order};
 use crate::model::schedule::Schedule;
 use crate::model::{
-    Attempt, Backlog, Delivery, Edit, Filter, KindLimits, Lease, Limit, Operation, OperationId,
-    Tenant,
+    Attempt, Backlog, BulkAction, Claim, Delivery, Edit, Filter, KindLimits, Lease, Limit,
+    Operation, OperationId, Tally, Tenant,
 };
 
 pub use self::error::{StoreError, StoreResult};
@@ -142,6 +142,23 @@ pub enum Write {
     Purge(OperationId),
     /// Records a webhook delivery attempt.
     SaveDelivery(Delivery),
+    /// One page of a bulk action: `action` applied to each of `items`
+    /// (those refused, or of another tenant, counted as skipped), and
+    /// the action's `tally`, with this page's counts added, recorded on
+    /// its operation under `claim`: all or nothing, so that a resumed
+    /// action never counts a page twice.
+    Bulk(Box<BulkPage>),
+}
+
+/// The page a [`Write::Bulk`] applies.
+#[derive(Clone, Debug)]
+pub struct BulkPage {
+    /// The attempt of the bulk action's own operation.
+    pub claim: Claim,
+    pub action: BulkAction,
+    pub items: Vec<OperationId>,
+    /// The tally after this page, its counts of `items` not yet added.
+    pub tally: Tally,
 }
 
 impl Write {
@@ -178,6 +195,12 @@ pub enum Applied {
     Deleted(bool),
     /// A delivery attempt was recorded.
     DeliverySaved,
+    /// A bulk page: the action's operation as it now is, and the items
+    /// the action changed (as they now are; a deleted one as it was).
+    Bulk {
+        operation: Operation,
+        changed: Vec<Operation>,
+    },
 }
 
 /// A claim of queued work.

@@ -19,6 +19,10 @@
 //! - only a done operation is deleted, with its request_id entry (while it
 //!   still names it) and its deliveries; a purge skips one that is not done;
 //! - a delivery is kept only while its operation is;
+//! - a bulk page applies its action to each item of the action's tenant
+//!   that allows it, skips the rest, and records the counts on the
+//!   action's operation in the same plan, or does nothing at all when the
+//!   action's attempt is no longer current;
 //! - claims, assignments and progress are lazy, everything else durable;
 //! - each write sees those before it, and a refused write leaves nothing.
 //!
@@ -31,9 +35,10 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Applied, Change, Created, StoreError, StoreResult, Write};
+use super::{Applied, BulkPage, Change, Created, StoreError, StoreResult, Write};
 use crate::model::{
-    Attempt, Delivery, Edit, Holds, Mark, Operation, OperationId, Outcome, RequestId, State, Tenant,
+    Attempt, BulkAction, Delivery, Edit, Holds, Mark, Operation, OperationId, Outcome, Rejection,
+    RequestId, State, Tenant,
 };
 
 /// What the rulebook reads: the store as it was before the batch.
@@ -230,6 +235,7 @@ impl<'v, V: View> Rulebook<'v, V> {
                 }
                 Ok(Applied::DeliverySaved)
             }
+            Write::Bulk(page) => self.bulk(page),
         }?;
         self.durable |= write.is_durable();
         Ok(applied)
@@ -375,7 +381,15 @@ impl<'v, V: View> Rulebook<'v, V> {
             });
         }
         // A batch that takes no more children refuses it, before anything
-        // of it is in the plan.
+        // of it is in the plan; one being cancelled takes it cancelled.
+        let born = match op.parent {
+            Some(parent) => match self.read(parent)? {
+                Some(parent) => parent.admit(op, self.now)?,
+                None => None,
+            },
+            None => None,
+        };
+        let op = born.as_ref().unwrap_or(op);
         self.roll_up(None, op)?;
         let transition = op.creation(op.create_time);
         let delivery = transition.delivery.is_some();
@@ -432,6 +446,62 @@ impl<'v, V: View> Rulebook<'v, V> {
         match self.update(parent, &edit) {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) if before.is_some() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies a bulk page: checks the action's attempt first, so that a
+    /// stale one leaves nothing, then each item, then the tally.
+    fn bulk(&mut self, page: &BulkPage) -> StoreResult<Applied> {
+        let id = page.claim.id;
+        let action = self.read(id)?.ok_or(StoreError::NotFound)?;
+        let owns = action.attempt == page.claim.attempt
+            && matches!(action.state, State::Running | State::Cancelling);
+        if !owns {
+            return Err(Rejection::Stale {
+                held: page.claim.attempt,
+            }
+            .into());
+        }
+        let mut tally = page.tally.clone();
+        let mut changed = Vec::new();
+        for &item in &page.items {
+            let done = match self.read(item)? {
+                Some(op) if op.tenant == action.tenant && item != id => match page.action {
+                    BulkAction::Cancel => self.changed_by(item, &Edit::Cancel)?,
+                    BulkAction::Retry => self.changed_by(item, &Edit::Retry)?,
+                    BulkAction::Delete if op.check_deletable().is_ok() => {
+                        self.remove(op.clone())?;
+                        Some(op)
+                    }
+                    BulkAction::Delete => None,
+                },
+                _ => None,
+            };
+            match done {
+                Some(op) => {
+                    tally.changed += 1;
+                    changed.push(op);
+                }
+                None => tally.skipped += 1,
+            }
+        }
+        let edit = Edit::Tally {
+            claim: page.claim,
+            action: page.action,
+            tally: Box::new(tally),
+        };
+        let operation = self.update(id, &edit)?;
+        Ok(Applied::Bulk { operation, changed })
+    }
+
+    /// The item as `edit` left it, or None when the edit was refused or
+    /// changed nothing.
+    fn changed_by(&mut self, id: OperationId, edit: &Edit) -> StoreResult<Option<Operation>> {
+        let before = self.read(id)?.map(|op| op.version);
+        match self.update(id, edit) {
+            Ok(op) if Some(op.version) != before => Ok(Some(op)),
+            Ok(_) | Err(StoreError::Rejected(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -474,3 +474,80 @@ async fn schedules_are_made_shown_run_paused_and_refused_from_the_command_line()
     let list = longrun(&server, &["schedule", "list"]).await;
     assert!(stdout(&list).is_empty(), "{}", stdout(&list));
 }
+
+#[tokio::test]
+async fn batches_and_bulk_actions_from_the_command_line() {
+    let server = TestServer::start_with(|c| c.sleep_policy.max_attempts = 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("children.jsonl");
+    let sleep = r#"{"kind": "longrun.v1.Diagnostics.Sleep", "payload": {"@type": "type.googleapis.com/longrun.v1.SleepRequest", "duration": "0s"}}"#;
+    let failing = r#"{"kind": "longrun.v1.Diagnostics.Sleep", "payload": {"@type": "type.googleapis.com/longrun.v1.SleepRequest", "failAttempts": 1}}"#;
+    let mut lines = vec!["# three children, one failing once".to_owned()];
+    lines.extend([sleep, sleep, failing].map(str::to_owned));
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = longrun(
+        &server,
+        &[
+            "batch", "create", "--file", file, "--wait", "--output", "json",
+        ],
+    )
+    .await;
+    // The batch failed: one child did.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let batch: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(batch["metadata"]["batch"]["succeeded"], "2");
+    assert_eq!(batch["metadata"]["batch"]["failed"], "1");
+    let failures = &batch["error"]["details"][1]["failures"];
+    let failed = failures[0]["name"].as_str().unwrap().to_owned();
+
+    // Retried by name, it passes, and the batch with it.
+    let out = longrun(&server, &["ops", "retry", &failed]).await;
+    assert!(out.status.success(), "{out:?}");
+    let parent = batch["name"].as_str().unwrap();
+    let done = wait_done(&server, &failed).await;
+    assert_eq!(state(&done), longrun::pb::longrun::v1::State::Succeeded);
+    let out = longrun(&server, &["ops", "wait", parent]).await;
+    assert!(out.status.success(), "{out:?}");
+
+    // A bad line is named, and no batch is made.
+    std::fs::write(
+        dir.path().join("bad.jsonl"),
+        format!("{sleep}\n{{\"kind\": 3}}\n"),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    let out = longrun(
+        &server,
+        &["batch", "create", "--file", bad.to_str().unwrap()],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad.jsonl:2"), "{}", stderr(&out));
+
+    // A bulk delete over a filter, followed to its end.
+    let out = longrun(
+        &server,
+        &[
+            "ops",
+            "delete",
+            "--filter",
+            &format!("parent = \"{parent}\""),
+            "--wait",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let bulk: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(bulk["response"]["changed"], "3");
+    let out = longrun(&server, &["ops", "cancel"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a name or --filter is needed: {out:?}"
+    );
+    server.stop().await;
+}

@@ -44,6 +44,11 @@ pub(crate) struct Node {
 
 /// Starts `longrun serve` on `db` as node `name`, and waits until it serves.
 pub(crate) async fn start(db: &TestDb, dir: &Path, name: &str) -> Node {
+    start_with(db, dir, name, &[]).await
+}
+
+/// As [`start`], with more flags.
+pub(crate) async fn start_with(db: &TestDb, dir: &Path, name: &str, flags: &[&str]) -> Node {
     let (child, url) = crate::common::spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_longrun"))
             .args(["serve", "--listen", "127.0.0.1:0", "--store", &db.url])
@@ -51,7 +56,8 @@ pub(crate) async fn start(db: &TestDb, dir: &Path, name: &str) -> Node {
             .args(["--shutdown-grace", "1s", "--webhook-allow-private"])
             .args(["--webhook-retry-schedule", "100ms,100ms,100ms"])
             .arg("--data-dir")
-            .arg(dir.join(name)),
+            .arg(dir.join(name))
+            .args(flags),
     )
     .await;
     let channel = Channel::from_shared(url)

@@ -1026,7 +1026,13 @@ async fn cors_is_off_unless_an_origin_is_allowed() {
 
 /// A request that should get the documented success answer of one
 /// OpenAPI operation, given an operation id and a report id that exist.
-fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String, Option<Value>) {
+fn recipe(
+    operation_id: &str,
+    op: &str,
+    running: &str,
+    cancelled: &str,
+    report: &str,
+) -> (String, Option<Value>) {
     let none = None;
     match operation_id {
         "Operations.ListOperations" => ("/v1/operations".into(), none),
@@ -1096,6 +1102,26 @@ fn recipe(operation_id: &str, op: &str, running: &str, report: &str) -> (String,
             "/v1/schedules/x:backfill".into(),
             Some(json!({"startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-03T00:00:00Z"})),
         ),
+        "Batches.CreateBatch" => (
+            "/v1/batches".into(),
+            Some(json!({"children": [{
+                "kind": "longrun.v1.Diagnostics.Sleep",
+                "payload": {"@type": "type.googleapis.com/longrun.v1.SleepRequest", "duration": "0s"},
+            }]})),
+        ),
+        "Bulk.CancelMatching" => (
+            "/v1/operations:cancelMatching".into(),
+            Some(json!({"filter": "kind = \"echo\""})),
+        ),
+        "Bulk.DeleteMatching" => (
+            "/v1/operations:deleteMatching".into(),
+            Some(json!({"filter": "kind = \"echo\" AND done = true"})),
+        ),
+        "Bulk.RetryMatching" => (
+            "/v1/operations:retryMatching".into(),
+            Some(json!({"filter": "kind = \"echo\""})),
+        ),
+        "Bulk.RetryOperation" => (format!("/v1/{cancelled}:retry"), Some(json!({}))),
         other => panic!("no request for the documented operation {other}; add one"),
     }
 }
@@ -1132,6 +1158,14 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
         .await;
     http.wait(&report_op).await;
     let report = format!("reports/{}", report_op.rsplit('/').next().unwrap());
+    // One to retry.
+    let cancelled = http
+        .create("/v1/diagnostics:sleep", json!({"duration": "60s"}))
+        .await["/v1/".len()..]
+        .to_owned();
+    http.post(&format!("/v1/{cancelled}:cancel"), json!({}))
+        .await;
+    http.wait(&format!("/v1/{cancelled}")).await;
 
     let client = reqwest::Client::builder()
         .http1_only()
@@ -1149,7 +1183,7 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
     calls.sort_by_key(|(_, method, _)| method == "delete");
     for (path, method, operation) in calls {
         let id = operation["operationId"].as_str().unwrap();
-        let (url, body) = recipe(id, &op, &running, &report);
+        let (url, body) = recipe(id, &op, &running, &cancelled, &report);
         let template = path.replace("{id}", "x");
         let concrete = url
             .split('?')
@@ -1157,6 +1191,7 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
             .unwrap()
             .replace(&op["operations/".len()..], "x")
             .replace(&running["operations/".len()..], "x")
+            .replace(&cancelled["operations/".len()..], "x")
             .replace(&report["reports/".len()..], "x")
             .replace("queues/echo:", "queues/x:");
         assert_eq!(concrete, template, "{id}'s request does not fit its path");
@@ -1212,7 +1247,7 @@ async fn every_route_the_openapi_document_lists_answers_as_documented() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 32, "{doc}");
+    assert_eq!(checked, 37, "{doc}");
     http.post(&format!("/v1/{running}:cancel"), json!({})).await;
     server.stop().await;
 }

@@ -5,6 +5,7 @@
 //! as a child process (`crash`, `restart`, `cli`, `serve_security`,
 //! `bench_smoke`).
 
+mod batches;
 mod bench_smoke;
 mod cli;
 mod cluster;

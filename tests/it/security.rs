@@ -11,13 +11,16 @@ use longrun::pb::google::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
     Operation, WaitOperationRequest,
 };
+use longrun::pb::longrun::v1::batches_client::BatchesClient;
+use longrun::pb::longrun::v1::bulk_client::BulkClient;
 use longrun::pb::longrun::v1::diagnostics_client::DiagnosticsClient;
 use longrun::pb::longrun::v1::notifications_client::NotificationsClient;
 use longrun::pb::longrun::v1::operation_watcher_client::OperationWatcherClient;
 use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
 use longrun::pb::longrun::v1::{
-    CreateReportRequest, GetReportRequest, ImportOrdersRequest, ListDeliveriesRequest,
-    ReadReportRequest, Report, SleepRequest, State, WatchOperationRequest,
+    CreateBatchRequest, CreateReportRequest, GetReportRequest, ImportOrdersRequest,
+    ListDeliveriesRequest, MatchingRequest, ReadReportRequest, Report, RetryOperationRequest,
+    SleepRequest, State, WatchOperationRequest,
 };
 use prost::Message;
 use tonic::Code;
@@ -198,6 +201,9 @@ enum Rpc {
     ListDeliveries,
     Health,
     Reflection,
+    CreateBatch,
+    CancelMatching,
+    RetryOperation,
 }
 
 /// Targets owned by the writer (tenant acme).
@@ -298,6 +304,24 @@ async fn call(world: &World, targets: &Targets, rpc: Rpc, who: Who) -> Code {
                 })
                 .await,
         ),
+        Rpc::CreateBatch => code(
+            BatchesClient::new(channel)
+                .create_batch(CreateBatchRequest::default())
+                .await,
+        ),
+        Rpc::CancelMatching => code(
+            BulkClient::new(channel)
+                .cancel_matching(MatchingRequest {
+                    filter: "kind = \"nothing.at.all\"".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        Rpc::RetryOperation => code(
+            BulkClient::new(channel)
+                .retry_operation(RetryOperationRequest { name: name() })
+                .await,
+        ),
         Rpc::ListDeliveries => code(
             NotificationsClient::new(channel)
                 .list_deliveries(ListDeliveriesRequest { name: name() })
@@ -349,7 +373,7 @@ async fn every_rpc_answers_every_kind_of_caller_with_the_exact_code() {
         report,
     };
 
-    use Code::{NotFound, Ok, PermissionDenied, Unauthenticated as Unauth};
+    use Code::{FailedPrecondition, NotFound, Ok, PermissionDenied, Unauthenticated as Unauth};
     // Columns: nobody, bad token, reader, writer, another tenant's writer,
     // admin.
     let read = [Unauth, Unauth, Ok, Ok, NotFound, Ok];
@@ -371,6 +395,21 @@ async fn every_rpc_answers_every_kind_of_caller_with_the_exact_code() {
         (Rpc::CreateReport, create),
         (Rpc::Health, open),
         (Rpc::Reflection, open),
+        (Rpc::CreateBatch, create),
+        (Rpc::CancelMatching, create),
+        // The target succeeded: those who may reach it are told it cannot
+        // be retried.
+        (
+            Rpc::RetryOperation,
+            [
+                Unauth,
+                Unauth,
+                PermissionDenied,
+                FailedPrecondition,
+                NotFound,
+                FailedPrecondition,
+            ],
+        ),
     ];
     let mut wrong = Vec::new();
     for (rpc, expected) in matrix {

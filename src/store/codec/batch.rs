@@ -1,7 +1,8 @@
-//! The stored form of a batch parent's roll-up.
+//! The stored forms of what groups of operations keep on one: a batch
+//! parent's roll-up and a bulk action's tally.
 
 use super::{StoredError, corrupt, from_micros, id16, load_error, store_error, to_micros};
-use crate::model::{ChildFailure, OperationId, Policy, Rollup};
+use crate::model::{ChildFailure, OperationId, Policy, Rollup, Tally};
 use crate::store::StoreResult;
 
 /// A batch parent's roll-up of its children.
@@ -88,5 +89,47 @@ pub(super) fn load_rollup(s: StoredRollup) -> StoreResult<Rollup> {
             })
             .collect::<StoreResult<_>>()?,
         first_start: s.first_start_us.map(from_micros),
+    })
+}
+
+/// A bulk action's tally.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StoredTally {
+    #[prost(uint64, tag = "1")]
+    total: u64,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    cursor: Option<Vec<u8>>,
+    #[prost(bool, tag = "3")]
+    walked: bool,
+    #[prost(uint64, tag = "4")]
+    matched: u64,
+    #[prost(uint64, tag = "5")]
+    changed: u64,
+    #[prost(uint64, tag = "6")]
+    skipped: u64,
+}
+
+pub(super) fn store_tally(t: &Tally) -> StoredTally {
+    StoredTally {
+        total: t.total,
+        cursor: t.cursor.map(|c| c.as_bytes().to_vec()),
+        walked: t.walked,
+        matched: t.matched,
+        changed: t.changed,
+        skipped: t.skipped,
+    }
+}
+
+pub(super) fn load_tally(s: StoredTally) -> StoreResult<Tally> {
+    Ok(Tally {
+        total: s.total,
+        cursor: match s.cursor {
+            Some(bytes) => Some(OperationId::from_bytes(id16(&bytes, "a bulk cursor")?)),
+            None => None,
+        },
+        walked: s.walked,
+        matched: s.matched,
+        changed: s.changed,
+        skipped: s.skipped,
     })
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 mod batch;
-use batch::{StoredRollup, load_rollup, store_rollup};
+use batch::{StoredRollup, StoredTally, load_rollup, load_tally, store_rollup, store_tally};
 
 use super::{StoreError, StoreResult};
 use crate::model::operation::ScheduleTick;
@@ -130,6 +130,8 @@ pub(crate) struct StoredOperation {
     parent: Option<Vec<u8>>,
     #[prost(message, optional, tag = "44")]
     batch: Option<StoredRollup>,
+    #[prost(message, optional, tag = "45")]
+    bulk: Option<StoredTally>,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -391,6 +393,7 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
         scheduled_tick_us: op.schedule.as_ref().map(|s| to_micros(s.tick)),
         parent: op.parent.map(|p| p.as_bytes().to_vec()),
         batch: op.batch.as_deref().map(store_rollup),
+        bulk: op.bulk.as_deref().map(store_tally),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -512,6 +515,10 @@ pub(crate) fn from_stored(
         },
         batch: match s.batch {
             Some(r) => Some(Box::new(load_rollup(r)?)),
+            None => None,
+        },
+        bulk: match s.bulk {
+            Some(t) => Some(Box::new(load_tally(t)?)),
             None => None,
         },
         notification: match s.notification {

@@ -40,6 +40,10 @@ impl Locked {
                     ids.push(uuid_of(id))
                 }
                 Write::SaveDelivery(delivery) => ids.push(uuid_of(&delivery.operation)),
+                Write::Bulk(page) => {
+                    ids.push(uuid_of(&page.claim.id));
+                    ids.extend(page.items.iter().map(uuid_of));
+                }
                 Write::Create(op) => {
                     if let Some(parent) = op.parent {
                         ids.push(uuid_of(&parent));
