@@ -84,6 +84,9 @@ const state = {
   pageToken: "",
   nextPageToken: "",
   rows: new Map(),
+  // The names ticked in the list.
+  selected: new Set(),
+  bulkLive: null,
   live: null,
   detailLive: null,
   detail: null,
@@ -154,11 +157,12 @@ async function start() {
     who.append(out);
   }
   $("tenant-filter").hidden = !state.caller.allTenants;
+  $("select-page").hidden = !canWrite();
   route();
 }
 
 function showLogin(message) {
-  for (const id of ["operations", "detail", "queues", "schedules"]) $(id).hidden = true;
+  for (const id of ["operations", "detail", "queues", "schedules", "failed"]) $(id).hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("token").focus();
@@ -174,7 +178,7 @@ $("login-form").addEventListener("submit", (event) => {
 
 function show(view) {
   state.view = view;
-  for (const id of ["operations", "detail", "queues", "schedules"]) $(id).hidden = id !== view;
+  for (const id of ["operations", "detail", "queues", "schedules", "failed"]) $(id).hidden = id !== view;
   for (const tab of document.querySelectorAll(".tab")) {
     tab.classList.toggle("active", tab.dataset.view === (view === "detail" ? "operations" : view));
   }
@@ -189,6 +193,7 @@ function show(view) {
     loadSchedules();
     state.queueTimer = setInterval(loadSchedules, 5000);
   }
+  if (view === "failed") loadFailed();
 }
 
 // ---- routes ----
@@ -198,15 +203,17 @@ function show(view) {
 //   #/operations/<id>                                 one operation
 //   #/queues                                          the queues
 //   #/schedules                                       the schedules
+//   #/failed                                          failures of the last day
 // (#operations/<id>, the form of earlier links, still opens one.)
 
-const FILTER_FIELDS = ["state", "kind", "tenant"];
+const FILTER_FIELDS = ["state", "kind", "tenant", "parent"];
 
 function parseRoute(hash) {
   const [raw, query = ""] = hash.replace(/^#\/?/, "").split("?");
   const path = decodeURIComponent(raw);
   if (path === "queues") return { view: "queues" };
   if (path === "schedules") return { view: "schedules" };
+  if (path === "failed") return { view: "failed" };
   const one = /^operations\/(.+)$/.exec(path);
   if (one) return { view: "detail", name: `operations/${one[1]}` };
   return { view: "operations", params: new URLSearchParams(query) };
@@ -234,6 +241,7 @@ function route() {
   if (target.view === "detail") return openDetail(target.name);
   if (target.view === "queues") return show("queues");
   if (target.view === "schedules") return show("schedules");
+  if (target.view === "failed") return show("failed");
   for (const field of FILTER_FIELDS) $(`filter-${field}`).value = target.params.get(field) ?? "";
   state.filter = composeFilter();
   state.pageToken = "";
@@ -258,7 +266,9 @@ function composeFilter() {
   const st = $("filter-state").value;
   const kind = $("filter-kind").value.trim();
   const tenant = $("filter-tenant").value.trim();
+  const parent = $("filter-parent").value.trim();
   if (st) parts.push(`state = ${st}`);
+  if (parent) parts.push(`parent = ${JSON.stringify(parent)}`);
   if (kind) parts.push(`kind = ${JSON.stringify(kind)}`);
   if (tenant) parts.push(`tenant = ${JSON.stringify(tenant)}`);
   return parts.join(" AND ");
@@ -289,6 +299,8 @@ async function listOperations() {
   }
   say("");
   state.rows.clear();
+  state.selected.clear();
+  showSelection();
   const body = $("rows");
   body.replaceChildren();
   for (const op of page.operations ?? []) body.append(row(op));
@@ -326,9 +338,19 @@ function progressBar(op) {
 }
 
 function row(op) {
+  const pick = el("input", { type: "checkbox", "aria-label": `Select ${shortId(op.name)}` });
+  pick.checked = state.selected.has(op.name);
+  pick.hidden = !canWrite();
+  pick.addEventListener("click", (event) => event.stopPropagation());
+  pick.addEventListener("change", () => {
+    if (pick.checked) state.selected.add(op.name);
+    else state.selected.delete(op.name);
+    showSelection();
+  });
   const tr = el(
     "tr",
     { "data-name": op.name, tabindex: "0" },
+    el("td", { class: "pick" }, pick),
     el("td", { class: "mono" }, el("a", { href: `#/${op.name}`, text: shortId(op.name) })),
     el("td", { text: op.metadata?.kind ?? "" }),
     el("td", {}, stateBadge(op)),
@@ -367,6 +389,8 @@ async function follow() {
         // No longer what the filter shows (or gone).
         old?.remove();
         state.rows.delete(op.name);
+        state.selected.delete(op.name);
+        showSelection();
       } else if (old) old.replaceWith(row(op));
       else if (!state.pageToken) {
         $("rows").prepend(row(op));
@@ -430,6 +454,7 @@ async function openDetail(name) {
   $("detail-name").textContent = name;
   $("cancel").hidden = !canWrite();
   $("delete").hidden = !canWrite();
+  $("retry").hidden = !canWrite();
   for (const id of ["detail-meta", "attempts", "result", "deliveries", "detail-request"]) $(id).replaceChildren();
   let op;
   try {
@@ -513,11 +538,43 @@ function renderFacts(op) {
     ["Next attempt", when(meta.nextAttemptTime)],
     ["Cancel", meta.requestedCancellation ? "requested" : ""],
     ["Version", meta.version],
+    ["Batch", meta.parent],
+    ["Children", childrenText(meta.batch)],
   ];
   $("detail-meta").replaceChildren(
     ...facts.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v), "data-fact": k })]),
   );
   $("detail-meta").querySelector('[data-fact="State"]')?.replaceChildren(stateBadge(op));
+  const parent = $("detail-meta").querySelector('[data-fact="Batch"]');
+  parent?.replaceChildren(el("a", { href: `#/${meta.parent}`, text: shortId(meta.parent ?? "") }));
+  const children = $("detail-meta").querySelector('[data-fact="Children"]');
+  if (children) {
+    const list = `#/operations?${new URLSearchParams({ parent: op.name })}`;
+    children.append(" · ", el("a", { href: list, id: "children-link", text: "list them" }));
+  }
+}
+
+// A batch's counts: "120 of 200 done: 118 succeeded, 2 failed; 80 waiting".
+function childrenText(batch) {
+  if (!batch) return "";
+  const n = (key) => Number(batch[key] ?? 0);
+  const done = n("succeeded") + n("failed") + n("cancelled");
+  const parts = [`${n("succeeded")} succeeded`];
+  if (n("failed")) parts.push(`${n("failed")} failed`);
+  if (n("cancelled")) parts.push(`${n("cancelled")} cancelled`);
+  const open = [];
+  if (n("running")) open.push(`${n("running")} running`);
+  if (n("queued")) open.push(`${n("queued")} queued`);
+  if (n("cancelling")) open.push(`${n("cancelling")} cancelling`);
+  const sealed = batch.sealed ? "" : " (still being added)";
+  return `${done} of ${n("total")} done${sealed}: ${parts.join(", ")}${open.length ? `; ${open.join(", ")}` : ""}`;
+}
+
+// Whether a client may put it back in the queue: a failed or cancelled
+// operation that is not a batch.
+function retryable(op) {
+  const meta = op.metadata ?? {};
+  return op.done && ["FAILED", "CANCELLED"].includes(meta.state) && !meta.batch;
 }
 
 // What it was asked to do: the create request, as JSON (trimmed), or its
@@ -556,6 +613,7 @@ function renderDetail(op) {
   const done = op.done;
   $("cancel").disabled = done || meta.requestedCancellation;
   $("delete").disabled = !done;
+  $("retry").disabled = !retryable(op);
   renderResult(op);
 }
 
@@ -629,6 +687,19 @@ $("cancel").addEventListener("click", async () => {
   }
 });
 
+$("retry").addEventListener("click", async () => {
+  const name = state.detail?.name;
+  if (!name) return;
+  try {
+    await call("POST", `/v1/${name}:retry`, {});
+    say("Put back in the queue as its next attempt.");
+    // Its stream ended with it: follow it again.
+    openDetail(name);
+  } catch (error) {
+    say(error.message, true);
+  }
+});
+
 $("delete").addEventListener("click", async () => {
   const name = state.detail?.name;
   if (!name || !confirm(`Delete ${name}? This cannot be undone.`)) return;
@@ -641,6 +712,162 @@ $("delete").addEventListener("click", async () => {
     say(error.message, true);
   }
 });
+
+// ---- many at once ----
+
+// What the selection bar offers: the ticked rows, or (ticked) every
+// operation the filter matches, as one bulk operation.
+function showSelection() {
+  $("selection").hidden = !canWrite();
+  const matching = $("select-matching").checked;
+  const n = state.selected.size;
+  $("selected").textContent = matching
+    ? `Every operation matching ${state.filter || "everything"}`
+    : n
+      ? `${n} selected`
+      : "None selected";
+  for (const id of ["bulk-cancel", "bulk-retry", "bulk-delete"]) $(id).disabled = !matching && n === 0;
+  $("select-page").checked = n > 0 && n === state.rows.size;
+}
+
+$("select-page").addEventListener("change", () => {
+  const all = $("select-page").checked;
+  state.selected.clear();
+  for (const [name, tr] of state.rows) {
+    const box = tr.querySelector(".pick input");
+    box.checked = all;
+    if (all) state.selected.add(name);
+  }
+  showSelection();
+});
+$("select-matching").addEventListener("change", showSelection);
+
+const ACTIONS = {
+  cancel: { verb: "Cancel", one: (name) => call("POST", `/v1/${name}:cancel`, {}), many: "cancelMatching" },
+  retry: { verb: "Retry", one: (name) => call("POST", `/v1/${name}:retry`, {}), many: "retryMatching" },
+  delete: { verb: "Delete", one: (name) => call("DELETE", `/v1/${name}`), many: "deleteMatching" },
+};
+
+async function actOnSelection(action) {
+  const { verb, one, many } = ACTIONS[action];
+  if ($("select-matching").checked) {
+    if (!state.filter) return say("Choose a filter first: a bulk action needs one.", true);
+    if (!confirm(`${verb} every operation matching ${state.filter}?`)) return;
+    try {
+      const op = await call("POST", `/v1/operations:${many}`, { filter: state.filter });
+      followBulk(op, `${verb} matching`);
+    } catch (error) {
+      say(error.message, true);
+    }
+    return;
+  }
+  const names = [...state.selected];
+  if (!confirm(`${verb} ${names.length} operation${names.length === 1 ? "" : "s"}?`)) return;
+  const results = await Promise.allSettled(names.map(one));
+  const failed = results.filter((r) => r.status === "rejected");
+  say(
+    failed.length ? `${verb}: ${names.length - failed.length} done, ${failed.length} refused (${failed[0].reason.message})` : `${verb}: ${names.length} done.`,
+    failed.length > 0,
+  );
+  listOperations();
+}
+
+for (const action of Object.keys(ACTIONS)) $(`bulk-${action}`).addEventListener("click", () => actOnSelection(action));
+
+// A bulk operation's own progress bar, live until it ends.
+async function followBulk(op, title) {
+  state.bulkLive?.abort();
+  const controller = new AbortController();
+  state.bulkLive = controller;
+  $("bulk").hidden = false;
+  $("bulk-title").textContent = title;
+  $("bulk-link").textContent = shortId(op.name);
+  $("bulk-link").href = `#/${op.name}`;
+  const draw = (op) => {
+    const percent = percentOf(op);
+    $("bulk-bar").style.width = `${percent}%`;
+    $("bulk-bar").parentElement.className = `progress big ${stateClass(op)}`;
+    $("bulk-bar").parentElement.setAttribute("aria-valuenow", String(percent));
+    const r = op.response;
+    $("bulk-message").textContent = r
+      ? `done: ${r.matched ?? 0} matched, ${r.changed ?? 0} changed, ${r.skipped ?? 0} skipped`
+      : op.error
+        ? `failed: ${op.error.message}`
+        : op.metadata?.statusMessage ?? "";
+  };
+  draw(op);
+  try {
+    for await (const message of events(`/v1/${op.name}:watch`, controller.signal)) {
+      if (message.event === "error") break;
+      draw(message.data);
+    }
+  } catch {
+    // The stream ended with the operation; what is shown stays.
+  }
+}
+
+// ---- failures of the last day ----
+
+const FAILED_PAGES = 10;
+
+async function loadFailed() {
+  const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+  const filter = `state = FAILED AND update_time >= ${JSON.stringify(since)}`;
+  const kinds = new Map();
+  let token = "";
+  let more = false;
+  try {
+    for (let page = 0; page < FAILED_PAGES; page++) {
+      const query = new URLSearchParams({ filter, page_size: 1000 });
+      if (token) query.set("page_token", token);
+      const answer = await call("GET", `/v1/operations?${query}`);
+      for (const op of answer.operations ?? []) {
+        const kind = op.metadata?.kind ?? "";
+        const entry = kinds.get(kind) ?? { kind, count: 0, latest: op };
+        entry.count += 1;
+        kinds.set(kind, entry);
+      }
+      token = answer.nextPageToken ?? "";
+      if (!token) break;
+      more = page === FAILED_PAGES - 1;
+    }
+  } catch (error) {
+    return say(error.message, true);
+  }
+  say("");
+  const cell = (label, ...children) => el("td", { "data-label": label }, ...children);
+  $("failed-rows").replaceChildren(
+    ...[...kinds.values()].sort((a, b) => b.count - a.count).map((entry) => {
+      const list = `#/operations?${new URLSearchParams({ state: "FAILED", kind: entry.kind })}`;
+      const actions = [el("a", { href: list, text: "Show" })];
+      if (canWrite()) {
+        const retry = el("button", { type: "button", class: "failed-retry", text: "Retry all" });
+        retry.addEventListener("click", async () => {
+          if (!confirm(`Retry every ${entry.kind} that failed in the last 24 hours?`)) return;
+          try {
+            const op = await call("POST", "/v1/operations:retryMatching", {
+              filter: `${filter} AND kind = ${JSON.stringify(entry.kind)}`,
+            });
+            followBulk(op, `Retry ${entry.kind}`);
+          } catch (error) {
+            say(error.message, true);
+          }
+        });
+        actions.push(" ", retry);
+      }
+      return el(
+        "tr",
+        { "data-kind": entry.kind },
+        cell("Kind", entry.kind),
+        cell("Failed (24 h)", `${entry.count}${more ? "+" : ""}`),
+        cell("Latest failure", when(entry.latest.metadata?.endTime)),
+        cell("Latest error", entry.latest.error?.message ?? ""),
+        cell("Actions", ...actions),
+      );
+    }),
+  );
+  $("failed-empty").hidden = kinds.size > 0;
+}
 
 // ---- queues ----
 

@@ -233,6 +233,55 @@ try {
   await page.goto(`${open}#/operations`);
   await page.waitForSelector("#operations:not([hidden])");
 
+  step("a failed operation is retried from its page, its history kept");
+  await page.goto(`${open}#/operations/${idOf(failed.name)}`);
+  await page.waitForSelector('#detail-meta [data-fact="State"] .badge.failed');
+  await page.click("#retry");
+  await page.waitForFunction(() => document.querySelector('#detail-meta [data-fact="Attempt"]')?.textContent.startsWith("2 "));
+  await page.waitForSelector('#detail-meta [data-fact="State"] .badge.failed');
+  await page.waitForFunction(() => document.querySelectorAll("#attempts li.failed").length === 2);
+
+  step("a batch shows its children's counts and lists them");
+  const batch = await api(open, "POST", "/v1/batches", {
+    children: [0, 1, 2].map(() => ({
+      kind: "longrun.v1.Diagnostics.Sleep",
+      payload: { "@type": "type.googleapis.com/longrun.v1.SleepRequest", duration: "0s" },
+    })),
+  });
+  await api(open, "POST", `/v1/${batch.name}:wait`, { timeout: "30s" });
+  await page.goto(`${open}#/operations/${idOf(batch.name)}`);
+  await page.waitForFunction(() =>
+    document.querySelector('#detail-meta [data-fact="Children"]')?.textContent.startsWith("3 of 3 done: 3 succeeded"));
+  await page.click("#children-link");
+  await page.waitForFunction(() => document.querySelectorAll("#rows tr").length === 3);
+  if ((await page.inputValue("#filter-parent")) !== batch.name) throw new Error("the children's list is not filtered by their batch");
+  await page.screenshot({ path: `${shots}/batch-children-1280x800.png` });
+
+  step("the failures of the last day, by kind, retried at once as a bulk operation");
+  await page.click('.tab[data-view="failed"]');
+  const failedSleeps = '#failed-rows tr[data-kind="longrun.v1.Diagnostics.Sleep"]';
+  await page.waitForSelector(failedSleeps);
+  if (!page.url().endsWith("#/failed")) throw new Error(`the failures' URL is ${page.url()}`);
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click(`${failedSleeps} button.failed-retry`);
+  await page.waitForFunction(() => document.querySelector("#bulk-message")?.textContent.startsWith("done: 1 matched, 1 changed"));
+  await page.screenshot({ path: `${shots}/failed-1280x800.png` });
+
+  step("many at once: every operation a filter matches, deleted as one bulk operation");
+  await api(open, "POST", `/v1/${failed.name}:wait`, { timeout: "30s" });
+  await page.goto(`${open}#/operations?state=FAILED`);
+  await page.waitForSelector(`tr[data-name="${failed.name}"]`);
+  await page.click(`tr[data-name="${failed.name}"] .pick input`);
+  await page.waitForFunction(() => document.querySelector("#selected").textContent === "1 selected");
+  await page.check("#select-matching");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("#bulk-delete");
+  await page.waitForFunction(() => document.querySelector("#bulk-message")?.textContent.startsWith("done: 1 matched, 1 changed"));
+  await page.waitForSelector(`tr[data-name="${failed.name}"]`, { state: "detached" });
+  await page.screenshot({ path: `${shots}/bulk-1280x800.png` });
+  await page.goto(`${open}#/operations`);
+  await page.waitForSelector("#operations:not([hidden])");
+
   step("a phone's width: nothing wider than the screen, no word broken");
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForSelector("#rows tr");
@@ -274,6 +323,10 @@ try {
   await guarded.waitForSelector("#detail:not([hidden])");
   if (await guarded.isVisible("#cancel")) throw new Error("a reader is shown Cancel");
   if (await guarded.isVisible("#delete")) throw new Error("a reader is shown Delete");
+  if (await guarded.isVisible("#retry")) throw new Error("a reader is shown Retry");
+  await guarded.goBack();
+  await guarded.waitForSelector("#operations:not([hidden])");
+  if (await guarded.isVisible("#selection")) throw new Error("a reader is offered bulk actions");
   await guarded.click('.tab[data-view="queues"]');
   await guarded.waitForSelector("#queue-rows tr");
   if ((await guarded.$$(".queue-action")).length) throw new Error("a reader is offered Pause");
