@@ -106,7 +106,7 @@ impl Engine {
         request: Payload,
         options: SubmitOptions,
     ) -> Result<(Operation, bool), EngineError> {
-        let (op, _room) = self.prepare(kind, request, options).await?;
+        let (op, _room) = self.prepare(kind, request, options, 0).await?;
         let name = op.id.name();
         match self.inner.committer.write(Write::Create(op)).await {
             Ok(Applied::Created(Created::New(op))) => {
@@ -124,11 +124,13 @@ impl Engine {
     /// Checks a create and makes its operation, not stored yet: the kind
     /// and its request, the webhook, the options, the tenant's quota and
     /// room in the queue (held by the reservation until it is stored).
+    /// `behind` operations of its kind go in the same write before it.
     pub(crate) async fn prepare(
         &self,
         kind: &str,
         request: Payload,
         options: SubmitOptions,
+        behind: u64,
     ) -> Result<(Operation, Reservation<'_>), EngineError> {
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
@@ -199,8 +201,12 @@ impl Engine {
             op.scheduled_start = Some(start);
             op.not_before = Some(start);
         }
-        (op.expected_run, op.expected_start) =
-            inner.expectations(&op.kind, registered.task.size(&op.request), op.create_time);
+        (op.expected_run, op.expected_start) = inner.expectations(
+            &op.kind,
+            registered.task.size(&op.request),
+            behind,
+            op.create_time,
+        );
         if let Some(start) = op.scheduled_start {
             op.expected_start = Some(op.expected_start.map_or(start, |e| e.max(start)));
         }

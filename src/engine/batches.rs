@@ -182,7 +182,13 @@ impl OpenBatch {
         // Each child's room in the queue is held until its chunk is stored.
         let mut rooms = Vec::with_capacity(chunk.capacity());
         for child in children {
-            let (op, room) = prepare(&engine, &tenant, parent, child).await?;
+            // Its siblings of the same kind in this chunk are ahead of it
+            // in the queue, though not stored yet.
+            let behind = chunk
+                .iter()
+                .filter(|op: &&Operation| op.kind == child.kind)
+                .count();
+            let (op, room) = prepare(&engine, &tenant, parent, child, behind as u64).await?;
             chunk.push(op);
             rooms.push(room);
             if chunk.len() == BATCH_CHUNK {
@@ -251,6 +257,7 @@ async fn prepare<'e>(
     tenant: &Tenant,
     parent: OperationId,
     child: ChildDraft,
+    behind: u64,
 ) -> Result<(Operation, Reservation<'e>), EngineError> {
     let mut options = child.options;
     options.tenant = tenant.clone();
@@ -264,7 +271,7 @@ async fn prepare<'e>(
     let began = clock.now();
     loop {
         match engine
-            .prepare(&child.kind, child.request.clone(), options.clone())
+            .prepare(&child.kind, child.request.clone(), options.clone(), behind)
             .await
         {
             Err(EngineError::ResourceExhausted { retry_after, .. })

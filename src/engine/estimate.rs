@@ -101,12 +101,14 @@ impl Inner {
     /// What a new operation of `kind`, of `size`, created at `now` can
     /// expect: its run time, and when an attempt should start. The start
     /// is known only for kinds with a fixed concurrency whose queue the
-    /// store can count; the work ahead is counted in the kind's median
-    /// runs (or this one's, before the kind has any).
+    /// store can count, with `behind` more not stored yet (a batch's
+    /// siblings in the same write); the work ahead is counted in the
+    /// kind's median runs (or this one's, before the kind has any).
     pub(crate) fn expectations(
         &self,
         kind: &str,
         size: Size,
+        behind: u64,
         now: SystemTime,
     ) -> (Option<Duration>, Option<SystemTime>) {
         let Some(run) = self.run_times.expected(kind, size) else {
@@ -115,7 +117,7 @@ impl Inner {
         let ahead = self.run_times.median(kind).unwrap_or(run);
         let start = self.slots.of(kind).and_then(|(running, limit)| {
             let queued = self.ops.queued_of_kind(kind)?;
-            let waves = waves_ahead(running as u64 + queued, limit as u64);
+            let waves = waves_ahead(running as u64 + queued + behind, limit as u64);
             Some(to_micros_precision(
                 now + ahead * u32::try_from(waves).unwrap_or(u32::MAX),
             ))

@@ -135,6 +135,7 @@ impl Operation {
         before: Option<Mark>,
         after: Mark,
         error: Option<&OperationError>,
+        expected: Option<SystemTime>,
         now: SystemTime,
     ) -> Result<Option<Operation>, Rejection> {
         let Some(rollup) = &self.batch else {
@@ -159,7 +160,10 @@ impl Operation {
                 r.counts[slot(b.state)] = r.counts[slot(b.state)].saturating_sub(1);
                 r.progress = r.progress.saturating_sub(u64::from(b.weight));
             }
-            None => r.total += 1,
+            None => {
+                r.total += 1;
+                r.expected_end = r.expected_end.max(expected);
+            }
         }
         r.counts[slot(after.state)] += 1;
         r.progress += u64::from(after.weight);
@@ -281,6 +285,7 @@ impl Operation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn mark(state: State, weight: u32) -> Mark {
         Mark { state, weight }
@@ -304,12 +309,31 @@ mod tests {
         for _ in 0..n {
             let id = OperationId::at(now);
             p = p
-                .child(id, None, mark(State::Queued, 0), None, now)
+                .child(
+                    id,
+                    None,
+                    mark(State::Queued, 0),
+                    None,
+                    Some(now + Duration::from_secs(60)),
+                    now,
+                )
                 .unwrap()
                 .unwrap();
             ids.push(id);
         }
         (p, ids)
+    }
+
+    #[test]
+    fn before_any_child_runs_the_batch_expects_what_its_children_did() {
+        let (p, _) = add(&batch(Policy::WaitAll, false), 3);
+        let now = SystemTime::now();
+        let expected = p.batch.as_ref().unwrap().expected_end.unwrap();
+        assert!(expected > now);
+        assert_eq!(p.estimated_end(now), Some(expected));
+        // Later than it, it is due now.
+        let later = expected + Duration::from_secs(5);
+        assert_eq!(p.estimated_end(later), Some(later));
     }
 
     #[test]
@@ -324,6 +348,7 @@ mod tests {
                     Some(mark(State::Queued, 0)),
                     mark(State::Running, 50),
                     None,
+                    None,
                     now,
                 )
                 .unwrap()
@@ -337,6 +362,7 @@ mod tests {
                     *id,
                     Some(mark(State::Running, 50)),
                     mark(State::Succeeded, 100),
+                    None,
                     None,
                     now,
                 )
@@ -364,6 +390,7 @@ mod tests {
                 Some(mark(State::Queued, 0)),
                 mark(State::Failed, 100),
                 Some(&error),
+                None,
                 now,
             )
             .unwrap()
@@ -379,6 +406,7 @@ mod tests {
                     Some(mark(State::Queued, 0)),
                     mark(State::Cancelled, 100),
                     Some(&cancelled),
+                    None,
                     now,
                 )
                 .unwrap()
@@ -400,6 +428,7 @@ mod tests {
                 Some(mark(State::Queued, 0)),
                 mark(State::Running, 80),
                 None,
+                None,
                 now,
             )
             .unwrap()
@@ -410,6 +439,7 @@ mod tests {
                 ids[0],
                 Some(mark(State::Running, 80)),
                 mark(State::Queued, 0),
+                None,
                 None,
                 now,
             )
@@ -423,6 +453,7 @@ mod tests {
                     OperationId::at(now),
                     None,
                     mark(State::Queued, 0),
+                    None,
                     None,
                     now
                 )

@@ -227,6 +227,10 @@ pub struct Rollup {
     pub failures: Vec<ChildFailure>,
     /// When its first child started running, for the estimate.
     pub first_start: Option<SystemTime>,
+    /// The latest end its children expected when they were added (each
+    /// from its kind's run times and the queue ahead of it at the kind's
+    /// concurrency): the batch's estimate before any child has run.
+    pub expected_end: Option<SystemTime>,
 }
 
 /// How many failed children a batch names.
@@ -317,6 +321,10 @@ impl Operation {
                 let spent = self.update_time.duration_since(started).ok()?;
                 return Some(started + spent.div_f64(share));
             }
+        }
+        if let Some(rollup) = &self.batch {
+            // Nothing done yet: what its children expected.
+            return rollup.expected_end.map(|end| end.max(now));
         }
         let run = self.expected_run;
         match (self.state, self.start_time) {

@@ -104,6 +104,8 @@ pub enum Edit {
         before: Option<Mark>,
         after: Mark,
         error: Option<OperationError>,
+        /// A new child's estimated end, as it was created.
+        expected: Option<SystemTime>,
     },
     /// A batch's last child has been added (`complete`), or the stream
     /// adding them is gone and the batch fails once its children end.
@@ -190,8 +192,9 @@ impl Operation {
                 before,
                 after,
                 error,
+                expected,
             } => self
-                .child(*child, *before, *after, error.as_ref(), now)?
+                .child(*child, *before, *after, error.as_ref(), *expected, now)?
                 .map(|next| next.touched(now)),
             Edit::Seal { complete: true } => self.seal(now).map(|next| next.touched(now)),
             Edit::Seal { complete: false } => self.abandon(now).map(|next| next.touched(now)),

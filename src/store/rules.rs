@@ -442,6 +442,10 @@ impl<'v, V: View> Rulebook<'v, V> {
             before: was,
             after: now,
             error,
+            expected: match before {
+                None => after.estimated_end(after.create_time),
+                Some(_) => None,
+            },
         };
         match self.update(parent, &edit) {
             Ok(_) => Ok(()),

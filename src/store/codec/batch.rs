@@ -26,6 +26,8 @@ pub(super) struct StoredRollup {
     failures: Vec<StoredFailure>,
     #[prost(sint64, optional, tag = "9")]
     first_start_us: Option<i64>,
+    #[prost(sint64, optional, tag = "10")]
+    expected_end_us: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -57,6 +59,7 @@ pub(super) fn store_rollup(r: &Rollup) -> StoredRollup {
             })
             .collect(),
         first_start_us: r.first_start.map(to_micros),
+        expected_end_us: r.expected_end.map(to_micros),
     }
 }
 
@@ -89,6 +92,7 @@ pub(super) fn load_rollup(s: StoredRollup) -> StoreResult<Rollup> {
             })
             .collect::<StoreResult<_>>()?,
         first_start: s.first_start_us.map(from_micros),
+        expected_end: s.expected_end_us.map(from_micros),
     })
 }
 
