@@ -84,6 +84,34 @@ fn batch_result(op: &Operation) -> BatchResult {
     BatchResult::decode(any.value.as_slice()).unwrap()
 }
 
+/// Watches `name`.
+async fn watch(channel: Channel, name: &str) -> tonic::Streaming<Operation> {
+    OperationWatcherClient::new(channel)
+        .watch_operation(WatchOperationRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Shows each state the watch sees to `accept`, and returns the first it
+/// accepts.
+async fn until(
+    watch: &mut tonic::Streaming<Operation>,
+    mut accept: impl FnMut(&Operation) -> bool,
+) -> Operation {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(op) = watch.next().await {
+            let op = op.unwrap();
+            if accept(&op) {
+                return op;
+            }
+        }
+        panic!("the watch ended first");
+    })
+    .await
+    .expect("the watch saw it in time")
+}
+
 fn time(t: &Option<prost_types::Timestamp>) -> SystemTime {
     let t = t.as_ref().expect("a time");
     SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32)
@@ -116,37 +144,24 @@ async fn a_streamed_batch_of_10000_rolls_up_exactly_and_never_goes_back() {
         .unwrap()
         .into_inner();
     assert_eq!(meta(&parent).kind, "longrun.v1.Batch");
-    let mut watch = OperationWatcherClient::new(server.channel().await)
-        .watch_operation(WatchOperationRequest {
-            name: parent.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch(server.channel().await, &parent.name).await;
     queues
         .resume_queue(ResumeQueueRequest { kind: SLEEP.into() })
         .await
         .unwrap();
     let (mut last, mut seen) = (0, 0);
-    let done = tokio::time::timeout(PATIENCE, async {
-        while let Some(op) = watch.next().await {
-            let op = op.unwrap();
-            let m = meta(&op);
-            assert!(
-                m.progress_percent >= last,
-                "progress went from {last} back to {}",
-                m.progress_percent
-            );
-            last = m.progress_percent;
-            seen += 1;
-            if op.done {
-                return op;
-            }
-        }
-        panic!("the watch ended before the batch did");
+    let done = until(&mut watch, |op| {
+        let m = meta(op);
+        assert!(
+            m.progress_percent >= last,
+            "progress went from {last} back to {}",
+            m.progress_percent
+        );
+        last = m.progress_percent;
+        seen += 1;
+        op.done
     })
-    .await
-    .expect("the batch ends");
+    .await;
     assert_eq!(state(&done), State::Succeeded, "{done:?}");
     let counts = meta(&done).batch.unwrap();
     assert_eq!(
@@ -230,25 +245,8 @@ async fn cancelling_a_batch_cancels_every_unfinished_child() {
         .unwrap()
         .into_inner();
     // Some are running when the cancel comes.
-    let mut watch = server
-        .watcher()
-        .await
-        .watch_operation(WatchOperationRequest {
-            name: parent.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(op) = watch.next().await {
-            if meta(&op.unwrap()).batch.unwrap().running > 0 {
-                return;
-            }
-        }
-        panic!("the watch ended first");
-    })
-    .await
-    .expect("children start");
+    let mut watch = watch(server.channel().await, &parent.name).await;
+    until(&mut watch, |op| meta(op).batch.unwrap().running > 0).await;
     server
         .operations()
         .await
@@ -289,32 +287,16 @@ async fn the_rolled_up_estimate_is_near_the_truth_after_the_first_wave() {
         .await
         .unwrap()
         .into_inner();
-    let mut watch = server
-        .watcher()
-        .await
-        .watch_operation(WatchOperationRequest {
-            name: parent.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch(server.channel().await, &parent.name).await;
     let mut estimate = None;
-    let done = tokio::time::timeout(PATIENCE, async {
-        while let Some(op) = watch.next().await {
-            let op = op.unwrap();
-            let m = meta(&op);
-            let counts = m.batch.unwrap();
-            if estimate.is_none() && counts.succeeded >= 10 {
-                estimate = Some(time(&m.estimated_end_time));
-            }
-            if op.done {
-                return op;
-            }
+    let done = until(&mut watch, |op| {
+        let m = meta(op);
+        if estimate.is_none() && m.batch.unwrap().succeeded >= 10 {
+            estimate = Some(time(&m.estimated_end_time));
         }
-        panic!("the watch ended first");
+        op.done
     })
-    .await
-    .expect("the batch ends");
+    .await;
     let m = meta(&done);
     let start = time(&m.create_time);
     let truth = time(&m.end_time).duration_since(start).unwrap();
@@ -639,25 +621,12 @@ async fn a_bulk_cancel_killed_midway_resumes_without_counting_twice() {
         .unwrap()
         .into_inner();
     // Killed once some pages are stored, and before the last.
-    let mut watch = OperationWatcherClient::new(channel)
-        .watch_operation(WatchOperationRequest {
-            name: cancel.name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(PATIENCE, async {
-        while let Some(op) = watch.next().await {
-            let op = op.unwrap();
-            assert!(!op.done, "the bulk cancel ended before it could be killed");
-            if meta(&op).progress_percent >= 10 {
-                return;
-            }
-        }
-        panic!("the watch ended first");
+    let mut watch = watch(channel, &cancel.name).await;
+    until(&mut watch, |op| {
+        assert!(!op.done, "the bulk cancel ended before it could be killed");
+        meta(op).progress_percent >= 10
     })
-    .await
-    .expect("the bulk cancel moves");
+    .await;
     server.start_kill().unwrap();
     server.wait().await.unwrap();
 

@@ -5,7 +5,7 @@
 //! limited kind's candidates then pass the gate (`flow.rs`); the rulebook
 //! makes the claims, and the plan is written back.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::commit::{Locked, SaveError, save};
 use super::flow::Claiming;
@@ -25,6 +25,9 @@ use crate::store::{ClaimRequest, StoreError, StoreResult};
 /// concurrency (`$5` per key, `$6` per tenant) or with a spent bucket
 /// (`$7`, `$8`: each key rate's tokens per microsecond and burst; `$11`,
 /// `$12` the same per tenant).
+/// How soon work skipped because its batch was busy is claimed again.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
 const CLAIM: &str = "
 WITH RECURSIVE tenants(t) AS (
     (SELECT tenant FROM longrun_operations
@@ -184,10 +187,18 @@ impl PgStore {
         tx.commit().await.map_err(db)?;
         self.queue_moved(&moves.added, &moves.taken);
         self.announce(plan);
+        // Work skipped only because its batch was busy in another
+        // transaction is tried again shortly, even when nothing was taken.
+        let retry_busy = (busy > 0 && claimed.is_empty()).then(|| now + BUSY_RETRY);
+        let held_back = busy > 0 || gate.as_ref().is_some_and(|g| g.held_back > 0);
+        let wake = match (gate.and_then(|g| g.wake), retry_busy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(KindClaim {
             operations: claimed,
-            held_back: busy > 0 || gate.as_ref().is_some_and(|g| g.held_back > 0),
-            wake: gate.and_then(|g| g.wake),
+            held_back,
+            wake,
         })
     }
 }
