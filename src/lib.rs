@@ -44,6 +44,7 @@ pub mod pb;
 pub mod reports;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod webhook;
 
 pub use engine::{Engine, EngineConfig, Registry, Task, TaskContext, TaskError};

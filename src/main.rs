@@ -11,9 +11,12 @@ use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command, MetricsListen, ServeArgs};
+use longrun::telemetry::Exporting;
 use longrun::{Registry, Server};
 use tokio_util::task::TaskTracker;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 // sled allocates and frees a node copy on most writes; mimalloc handles
 // that churn far better than the system allocator (see BENCHMARKS.md).
@@ -41,15 +44,46 @@ fn main() -> ExitCode {
                     .lossy(false)
                     .thread_name("longrun-log")
                     .finish(std::io::BufWriter::new(std::io::stderr()));
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_env("LONGRUN_LOG")
-                        .unwrap_or_else(|_| EnvFilter::new("info")),
-                )
+            let logs = tracing_subscriber::fmt::layer()
                 .with_writer(writer)
                 .with_ansi(std::io::stderr().is_terminal())
-                .init();
-            match runtime.block_on(serve(*args)) {
+                .with_filter(
+                    EnvFilter::try_from_env("LONGRUN_LOG")
+                        .unwrap_or_else(|_| EnvFilter::new("info")),
+                );
+            let config = args.config(Vec::new());
+            let metrics = std::sync::Arc::clone(&config.engine.metrics);
+            // Traces, when asked for: every longrun span down to debug
+            // (the creates), whatever the log level.
+            let exporting = match args.traces() {
+                None => None,
+                Some(traces) => {
+                    let _entered = runtime.enter();
+                    let dropped = move |n| metrics.spans_dropped(n);
+                    match Exporting::start(&traces, std::sync::Arc::new(dropped)) {
+                        Ok(exporting) => Some(exporting),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            let spans = exporting.as_ref().map(|e| {
+                e.layer().with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("longrun", tracing::Level::DEBUG),
+                )
+            });
+            tracing_subscriber::registry().with(logs).with(spans).init();
+            let served = runtime.block_on(async {
+                let served = serve(*args, config.engine.metrics).await;
+                if let Some(exporting) = &exporting {
+                    exporting.shutdown().await;
+                }
+                served
+            });
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -62,7 +96,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    counters: std::sync::Arc<longrun::metrics::Metrics>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
@@ -94,7 +131,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         },
     };
-    let mut server = Server::open(args.config(secrets), Registry::new()).await?;
+    let mut config = args.config(secrets);
+    // The metrics the trace exporter counts its drops in.
+    config.engine.metrics = counters;
+    let mut server = Server::open(config, Registry::new()).await?;
     if let Some(metrics) = metrics {
         server.metrics_on(metrics);
     }

@@ -133,6 +133,7 @@ pub struct Metrics {
     commit_time: Histogram,
     grpc: Family<GrpcLabels, Counter>,
     http: Family<HttpLabels, Counter>,
+    spans_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,6 +267,12 @@ impl Metrics {
             "HTTP/JSON requests answered, by method, route and status code",
             http.clone(),
         );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Finished spans not exported: the export queue was full, or the collector did not take them",
+            spans_dropped.clone(),
+        );
         Self {
             kinds: std::sync::RwLock::default(),
             registry,
@@ -288,7 +295,13 @@ impl Metrics {
             commit_time,
             grpc,
             http,
+            spans_dropped,
         }
+    }
+
+    /// `n` finished spans were dropped, not exported.
+    pub fn spans_dropped(&self, n: u64) {
+        self.spans_dropped.inc_by(n);
     }
 
     fn kind(kind: &str) -> KindLabel {

@@ -12,7 +12,18 @@ use longrun::server::ServerConfig;
 use longrun::server::tls::TlsPaths;
 use longrun::store::sled::SledConfig;
 use longrun::store::{Backend, SyncMode};
+use longrun::telemetry::{OtlpProtocol, TraceConfig};
 use longrun::webhook::{Secret, WebhookConfig};
+
+fn parse_otlp_protocol(text: &str) -> Result<OtlpProtocol, String> {
+    match text {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" | "http" => Ok(OtlpProtocol::HttpProtobuf),
+        other => Err(format!(
+            "{other:?} is not an OTLP protocol; use grpc or http/protobuf"
+        )),
+    }
+}
 
 /// One `--concurrency` value: this node's slots for a kind, or a limit
 /// kept in the store and enforced across the cluster.
@@ -279,6 +290,25 @@ pub struct ServeArgs {
     /// it; an address given here must be free].
     #[arg(long, env = "LONGRUN_METRICS_LISTEN", value_parser = parse_metrics_listen)]
     pub metrics_listen: Option<MetricsListen>,
+    /// Export traces over OTLP to this collector (http://host:4317 for
+    /// gRPC, http://host:4318 for HTTP/protobuf). Off by default. Spans
+    /// are batched off the request path; when the collector is down they
+    /// are dropped and counted (longrun_trace_spans_dropped_total).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// How to reach the collector: grpc or http/protobuf.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc", value_parser = parse_otlp_protocol)]
+    pub otlp_protocol: OtlpProtocol,
+    /// The service.name of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "longrun")]
+    pub otlp_service_name: String,
+    /// The most finished spans waiting for export; more are dropped.
+    #[arg(long, default_value_t = 8192)]
+    pub otlp_queue: usize,
+    /// Where the dashboard links an operation's trace, with {trace_id} in
+    /// it, e.g. https://jaeger.example/trace/{trace_id}.
+    #[arg(long, env = "LONGRUN_TRACE_URL_TEMPLATE")]
+    pub trace_url_template: Option<String>,
     /// An origin browsers may call the HTTP/JSON face from, such as
     /// `https://app.example.com` (CORS), or `*` for any; repeat for more.
     /// None by default: CORS is off, and changes from pages of other
@@ -471,7 +501,31 @@ impl ServeArgs {
             allowed_hosts: self.allowed_hosts.clone(),
             request_body_timeout: self.request_body_timeout.max(Duration::from_secs(1)),
             outside_kinds: self.outside_kinds.clone(),
+            trace_url_template: self.trace_url_template.clone(),
             ..ServerConfig::default()
         }
+    }
+
+    /// Where to export traces, when asked to. For HTTP a bare collector
+    /// address gets the traces path, as OTEL_EXPORTER_OTLP_ENDPOINT means.
+    pub fn traces(&self) -> Option<TraceConfig> {
+        let endpoint = self
+            .otlp_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty())?;
+        let endpoint = match self.otlp_protocol {
+            OtlpProtocol::HttpProtobuf
+                if !endpoint.trim_end_matches('/').ends_with("/v1/traces") =>
+            {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            }
+            _ => endpoint,
+        };
+        Some(TraceConfig {
+            endpoint,
+            protocol: self.otlp_protocol,
+            service_name: self.otlp_service_name.clone(),
+            queue: self.otlp_queue,
+        })
     }
 }

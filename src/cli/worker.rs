@@ -252,12 +252,24 @@ async fn run_one(
     lease: Duration,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new(&command[0])
+    let mut command_line = tokio::process::Command::new(&command[0]);
+    command_line
         .args(&command[1..])
         .env("LONGRUN_OPERATION", &a.name)
         .env("LONGRUN_ATTEMPT", a.attempt.to_string())
         .env("LONGRUN_KIND", &a.kind)
-        .env("LONGRUN_TENANT", &a.tenant)
+        .env("LONGRUN_TENANT", &a.tenant);
+    // The attempt's span, where OpenTelemetry's environment propagators
+    // look for it, so that the command's spans continue the trace.
+    for (name, value) in [
+        ("TRACEPARENT", &a.traceparent),
+        ("TRACESTATE", &a.tracestate),
+    ] {
+        if !value.is_empty() {
+            command_line.env(name, value);
+        }
+    }
+    let mut child = command_line
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::{Engine, EngineError, Task};
 use crate::model::operation::ScheduleTick;
 use crate::model::{
     Limits, Notification, Operation, OperationId, Payload, Reason, RequestId, RunSpec, Tenant,
+    TraceContext,
 };
 use crate::store::{Applied, Created, QueueDepth, StoreError, Write};
 
@@ -47,6 +49,9 @@ pub struct SubmitOptions {
     pub schedule: Option<ScheduleTick>,
     /// The batch it joins, as a child.
     pub parent: Option<OperationId>,
+    /// The caller's span (a W3C `traceparent`), which the create's span
+    /// continues.
+    pub trace: Option<TraceContext>,
 }
 
 /// How far in the past a start time may be (a clock a little behind the
@@ -106,9 +111,22 @@ impl Engine {
         request: Payload,
         options: SubmitOptions,
     ) -> Result<(Operation, bool), EngineError> {
-        let (op, _room) = self.prepare(kind, request, options, 0).await?;
+        // The create's span continues the caller's; the operation keeps its
+        // context (or the caller's, when no traces are exported) for the
+        // spans of its attempts and webhooks.
+        let span = tracing::debug_span!("create", kind, tenant = options.tenant.as_str());
+        crate::telemetry::adopt(&span, options.trace.as_ref());
+        let trace = crate::telemetry::context_of(&span).or_else(|| options.trace.clone());
+        let (mut op, _room) = self.prepare(kind, request, options, 0).await?;
+        op.trace = trace.map(Box::new);
         let name = op.id.name();
-        match self.inner.committer.write(Write::Create(op)).await {
+        match self
+            .inner
+            .committer
+            .write(Write::Create(op))
+            .instrument(span)
+            .await
+        {
             Ok(Applied::Created(Created::New(op))) => {
                 self.inner.config.metrics.created(&op.kind);
                 Ok((op, true))

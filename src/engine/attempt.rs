@@ -62,10 +62,23 @@ impl Running {
 /// Runs the attempt the claim of `op` started, with `kind`'s handler.
 /// `claim_on_disk` says whether the claim is known to be durable; a kind
 /// that is not retry-safe runs only once it is.
-pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_disk: bool) {
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    op: Operation,
+    kind: Kind,
+    claim_on_disk: bool,
+    span: tracing::Span,
+) {
     let claim = Claim::of(&op);
-    let span = info_span!("task", id = %op.id, kind = %op.kind, attempt = op.attempt.get());
+    let outcome_span = span.clone();
     async move {
+        if let Some(started) = op.start_time {
+            let queued = started.duration_since(op.create_time).unwrap_or_default();
+            debug!(
+                queued_ms = queued.as_millis() as u64,
+                "started after its wait in the queue"
+            );
+        }
         let token = inner.shutdown.child_token();
         let by_client = Arc::new(AtomicBool::new(false));
         let lease_lost = Arc::new(AtomicBool::new(false));
@@ -159,12 +172,55 @@ pub(crate) async fn run(inner: Arc<Inner>, op: Operation, kind: Kind, claim_on_d
             Ended::Returned(Err(_)) if token.is_cancelled() => Finish::Release,
             Ended::Returned(Err(e)) => failure(&inner, &kind.policy, &op, e, progress),
         };
+        outcome_span.record("outcome", outcome_of(&finish));
+        if let Finish::Retry { not_before, .. } = &finish {
+            let backoff = not_before
+                .duration_since(inner.clock.now())
+                .unwrap_or_default();
+            outcome_span.record("retry_backoff_ms", backoff.as_millis() as u64);
+        }
         inner.slots.release(&op.kind);
         end(&inner, claim, finish).await;
         inner.leases.release(claim);
     }
     .instrument(span)
     .await;
+}
+
+/// The span of `op`'s attempt: a child of its create's span (so, of the
+/// caller's), carrying the ids its log lines show.
+pub(crate) fn span(op: &Operation) -> tracing::Span {
+    let span = info_span!(
+        "task",
+        id = %op.id,
+        kind = %op.kind,
+        tenant = op.tenant.as_str(),
+        attempt = op.attempt.get(),
+        outcome = tracing::field::Empty,
+        retry_backoff_ms = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::adopt(&span, op.trace.as_deref());
+    crate::telemetry::label(&span);
+    span
+}
+
+/// How an attempt ended, as its span says.
+fn outcome_of(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::Done {
+            outcome: Outcome::Response(_),
+            ..
+        } => "succeeded",
+        Finish::Done {
+            outcome: Outcome::Error(e),
+            ..
+        } if e.code == Code::Cancelled => "cancelled",
+        Finish::Done { .. } => "failed",
+        Finish::Retry { .. } => "retried",
+        Finish::Release => "released",
+    }
 }
 
 fn done(outcome: Outcome, progress: Option<Progress>) -> Finish {

@@ -17,7 +17,7 @@ use super::admission::Reservation;
 use super::{Engine, EngineError, SubmitOptions};
 use crate::model::{
     Edit, Filter, Lease, MAX_BATCH_DEPTH, Notification, Operation, OperationId, Payload, Policy,
-    Reason, Scope, Tenant,
+    Reason, Scope, Tenant, TraceContext,
 };
 use crate::store::{Applied, Created, ListQuery, Write};
 
@@ -41,6 +41,9 @@ pub struct BatchDraft {
     pub parent: Option<OperationId>,
     /// A webhook called when the whole batch ends.
     pub notification: Option<Notification>,
+    /// The caller's span, which the batch's create continues; its
+    /// children's attempts continue the batch's.
+    pub trace: Option<TraceContext>,
 }
 
 /// One child, as its create would be asked.
@@ -91,6 +94,15 @@ impl Engine {
         let mut op = Operation::new_batch(draft.tenant, draft.policy, depth, false, lease, now);
         op.notification = draft.notification;
         op.parent = draft.parent;
+        let span = tracing::debug_span!(
+            "create",
+            kind = op.kind.as_str(),
+            tenant = op.tenant.as_str()
+        );
+        crate::telemetry::adopt(&span, draft.trace.as_ref());
+        op.trace = crate::telemetry::context_of(&span)
+            .or(draft.trace)
+            .map(Box::new);
         let name = op.id.name();
         let parent = match inner.committer.write(Write::Create(op)).await {
             Ok(Applied::Created(Created::New(op))) => op,
@@ -178,6 +190,7 @@ impl OpenBatch {
         }
         let engine = self.engine.clone();
         let (tenant, parent) = (self.parent.tenant.clone(), self.parent.id);
+        let trace = self.parent.trace.clone();
         let mut chunk = Vec::with_capacity(BATCH_CHUNK.min(children.len()));
         // Each child's room in the queue is held until its chunk is stored.
         let mut rooms = Vec::with_capacity(chunk.capacity());
@@ -188,7 +201,8 @@ impl OpenBatch {
                 .iter()
                 .filter(|op: &&Operation| op.kind == child.kind)
                 .count();
-            let (op, room) = prepare(&engine, &tenant, parent, child, behind as u64).await?;
+            let (mut op, room) = prepare(&engine, &tenant, parent, child, behind as u64).await?;
+            op.trace.clone_from(&trace);
             chunk.push(op);
             rooms.push(room);
             if chunk.len() == BATCH_CHUNK {

@@ -232,8 +232,9 @@ async fn start(inner: &Arc<Inner>, operations: Vec<Operation>) {
             .config
             .metrics
             .started(&op.kind, waited, op.attempt == Attempt::new(1));
-        inner
-            .tracker
-            .spawn(attempt::run(Arc::clone(inner), op, kind, on_disk));
+        inner.tracker.spawn({
+            let span = attempt::span(&op);
+            attempt::run(Arc::clone(inner), op, kind, on_disk, span)
+        });
     }
 }

@@ -423,6 +423,8 @@ impl Engine {
                 tick,
             }),
             parent: None,
+            // A tick starts a trace of its own.
+            trace: None,
         };
         match self.create(&s.kind, s.payload.clone(), options).await {
             Ok(made) => Ok(Some(made)),

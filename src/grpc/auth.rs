@@ -25,6 +25,7 @@ use tracing::info;
 
 use super::status::{not_found, not_through_the_door, permission_denied, unauthenticated};
 use crate::auth::{AuthError, Authenticator, Credentials, Principal, Role};
+use crate::model::TraceContext;
 
 /// Paths that need no credentials.
 const OPEN_PREFIXES: [&str; 3] = [
@@ -96,6 +97,17 @@ pub fn required_role(path: &str) -> Option<Role> {
     } else {
         Some(Role::Writer)
     }
+}
+
+/// The caller's span, from the W3C `traceparent` and `tracestate` headers
+/// (gRPC metadata, or the HTTP headers the HTTP/JSON face passes on);
+/// None without one, or with a malformed one.
+pub fn trace<T>(request: &Request<T>) -> Option<TraceContext> {
+    let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::from_headers(
+        header(crate::telemetry::TRACEPARENT),
+        header(crate::telemetry::TRACESTATE),
+    )
 }
 
 /// The authenticated caller, as handlers find it in the request.

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{audit, caller, created_name};
+use super::auth::{audit, caller, created_name, trace};
 use super::status::{invalid_field, stalled};
 use super::workers::enqueued;
 use crate::bulk::{BulkTask, CancelMatching, DeleteMatching, Matching, RetryMatching};
 use crate::engine::batches::{BatchDraft, ChildDraft, OpenBatch};
 use crate::engine::bulk::bulk_filter;
 use crate::engine::{Engine, SubmitOptions};
-use crate::model::{FieldViolation, Policy, Reason, Tenant};
+use crate::model::{FieldViolation, Policy, Reason, Tenant, TraceContext};
 use crate::pb::convert;
 use crate::pb::google::longrunning::Operation;
 use crate::pb::longrun::v1::batches_server::Batches;
@@ -41,7 +41,12 @@ impl BatchesService {
     }
 
     /// Opens the batch the first message of a request describes.
-    async fn open(&self, tenant: &Tenant, first: &CreateBatchRequest) -> Result<OpenBatch, Status> {
+    async fn open(
+        &self,
+        tenant: &Tenant,
+        first: &CreateBatchRequest,
+        trace: Option<TraceContext>,
+    ) -> Result<OpenBatch, Status> {
         let policy = match BatchPolicy::try_from(first.policy) {
             Ok(BatchPolicy::Unspecified | BatchPolicy::WaitAll) => Policy::WaitAll,
             Ok(BatchPolicy::FailFast) => Policy::FailFast,
@@ -56,6 +61,7 @@ impl BatchesService {
             policy,
             parent,
             notification: convert::notification(first.notification.as_ref())?,
+            trace,
         };
         Ok(self.engine.open_batch(draft).await?)
     }
@@ -67,11 +73,13 @@ impl BatchesService {
         rpc: &str,
     ) -> Result<Response<Operation>, Status> {
         let caller = caller(&request)?;
+        let trace = trace(&request);
         let req = request.into_inner();
         let result = async {
             bulk_filter(&req.filter)?;
             let options = SubmitOptions {
                 tenant: caller.tenant.clone(),
+                trace,
                 request_id: convert::request_id(&req.request_id)?,
                 ..SubmitOptions::default()
             };
@@ -120,7 +128,9 @@ async fn fill(
     tenant: &Tenant,
     messages: &mut Streaming<CreateBatchRequest>,
     batch: &mut Option<OpenBatch>,
+    trace: Option<TraceContext>,
 ) -> Result<(), Status> {
+    let mut trace = trace;
     loop {
         let Ok(next) = tokio::time::timeout(BATCH_STREAM_IDLE, messages.message()).await else {
             return Err(stalled(Reason::UploadStalled, BATCH_STREAM_IDLE));
@@ -142,7 +152,7 @@ async fn fill(
                 }
                 open
             }
-            None => batch.insert(service.open(tenant, &message).await?),
+            None => batch.insert(service.open(tenant, &message, trace.take()).await?),
         };
         open.add(drafts).await?;
     }
@@ -170,10 +180,11 @@ impl Batches for BatchesService {
         request: Request<CreateBatchRequest>,
     ) -> Result<Response<Operation>, Status> {
         let caller = caller(&request)?;
+        let trace = trace(&request);
         let req = request.into_inner();
         let result = async {
             let drafts = children(&caller.tenant, &req)?;
-            let mut open = self.open(&caller.tenant, &req).await?;
+            let mut open = self.open(&caller.tenant, &req, trace).await?;
             let added = open.add(drafts).await.map_err(Status::from);
             finish(open, added).await
         }
@@ -187,17 +198,25 @@ impl Batches for BatchesService {
         request: Request<Streaming<CreateBatchRequest>>,
     ) -> Result<Response<Operation>, Status> {
         let caller = caller(&request)?;
+        let trace = trace(&request);
         let mut messages = request.into_inner();
         let result = async {
             let mut batch = None;
-            let filled = fill(self, &caller.tenant, &mut messages, &mut batch).await;
+            let filled = fill(
+                self,
+                &caller.tenant,
+                &mut messages,
+                &mut batch,
+                trace.clone(),
+            )
+            .await;
             match (batch, filled) {
                 (Some(open), filled) => finish(open, filled).await,
                 (None, Err(e)) => Err(e),
                 // An empty stream makes an empty batch, which ends at once.
                 (None, Ok(())) => {
                     let empty = CreateBatchRequest::default();
-                    finish(self.open(&caller.tenant, &empty).await?, Ok(())).await
+                    finish(self.open(&caller.tenant, &empty, trace).await?, Ok(())).await
                 }
             }
         }

@@ -22,12 +22,17 @@ use crate::pb::longrun::v1::{
 #[derive(Clone)]
 pub struct ConsoleService {
     engine: Engine,
+    trace_url_template: String,
 }
 
 impl ConsoleService {
-    /// Serves `engine`.
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    /// Serves `engine`; the dashboard links traces with
+    /// `trace_url_template` (empty: no links).
+    pub fn new(engine: Engine, trace_url_template: String) -> Self {
+        Self {
+            engine,
+            trace_url_template,
+        }
     }
 }
 
@@ -43,6 +48,7 @@ impl Console for ConsoleService {
             tenant: caller.tenant.as_str().to_owned(),
             role: caller.role.to_string(),
             all_tenants: caller.scope() == Scope::All,
+            trace_url_template: self.trace_url_template.clone(),
         }))
     }
 

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{audit, caller, created_name};
+use super::auth::{audit, caller, created_name, trace};
 use crate::auth::Principal;
 use crate::diagnostics::SleepTask;
 use crate::engine::{Engine, SubmitOptions};
@@ -28,8 +28,9 @@ impl DiagnosticsService {
 impl Diagnostics for DiagnosticsService {
     async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<Operation>, Status> {
         let caller = caller(&request)?;
+        let trace = trace(&request);
         let req = request.into_inner();
-        let result = self.create(&caller, &req).await;
+        let result = self.create(&caller, &req, trace).await;
         audit(&caller, "Sleep", created_name(&result), &result);
         result
     }
@@ -40,9 +41,11 @@ impl DiagnosticsService {
         &self,
         caller: &Principal,
         req: &SleepRequest,
+        trace: Option<crate::model::TraceContext>,
     ) -> Result<Response<Operation>, Status> {
         let options = SubmitOptions {
             tenant: caller.tenant.clone(),
+            trace,
             request_id: convert::request_id(&req.request_id)?,
             timeout: req
                 .timeout

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{audit, caller, created_name};
+use super::auth::{audit, caller, created_name, trace};
 use super::status::stalled;
 use crate::auth::Principal;
 use crate::engine::{Engine, EngineError, SubmitOptions};
@@ -46,10 +46,12 @@ impl ReportsService {
         &self,
         caller: &Principal,
         mut messages: Streaming<ImportOrdersRequest>,
+        trace: Option<crate::model::TraceContext>,
     ) -> Result<Response<ProtoOperation>, Status> {
         let mut upload = self.reports.upload().await.map_err(EngineError::from)?;
         let mut options = SubmitOptions {
             tenant: caller.tenant.clone(),
+            trace,
             ..SubmitOptions::default()
         };
         let mut first = true;
@@ -88,7 +90,8 @@ impl ReportService for ReportsService {
         request: Request<Streaming<ImportOrdersRequest>>,
     ) -> Result<Response<ProtoOperation>, Status> {
         let caller = caller(&request)?;
-        let result = self.import(&caller, request.into_inner()).await;
+        let trace = trace(&request);
+        let result = self.import(&caller, request.into_inner(), trace).await;
         audit(&caller, "ImportOrders", created_name(&result), &result);
         result
     }
@@ -98,10 +101,12 @@ impl ReportService for ReportsService {
         request: Request<CreateReportRequest>,
     ) -> Result<Response<ProtoOperation>, Status> {
         let caller = caller(&request)?;
+        let trace = trace(&request);
         let req = request.into_inner();
         let result = async {
             let options = SubmitOptions {
                 tenant: caller.tenant.clone(),
+                trace,
                 request_id: convert::request_id(&req.request_id)?,
                 notification: convert::notification(req.notification.as_ref())?,
                 run: convert::run_spec(req.run.as_ref(), std::time::SystemTime::now())?,

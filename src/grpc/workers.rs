@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::{Stream, stream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{audit, caller, created_name};
+use super::auth::{audit, caller, created_name, trace};
 use super::status::{invalid_field, kind_not_allowed, stalled, unknown_kind};
 use crate::engine::batches::ChildDraft;
 use crate::engine::{
@@ -107,17 +107,26 @@ type LeaseStream = Pin<Box<dyn Stream<Item = Result<LeaseResponse, Status>> + Se
 /// A message for the worker, on the wire.
 fn to_wire(message: ToWorker) -> LeaseResponse {
     let message = match message {
-        ToWorker::Assign(a) => ForWorker::Assignment(Assignment {
-            name: a.id.name(),
-            attempt: a.attempt.get() as i32,
-            kind: a.kind,
-            tenant: a.tenant.as_str().to_owned(),
-            payload: Some(convert::to_any(&a.payload)),
-            lease_expire_time: Some(crate::pb::timestamp(a.lease_expires)),
-            deadline: Some(crate::pb::timestamp(a.deadline)),
-            max_attempts: a.max_attempts as i32,
-            lease_token: a.lease_token,
-        }),
+        ToWorker::Assign(a) => {
+            let (traceparent, tracestate) = a
+                .trace
+                .as_ref()
+                .map(crate::telemetry::to_headers)
+                .unwrap_or_default();
+            ForWorker::Assignment(Assignment {
+                name: a.id.name(),
+                attempt: a.attempt.get() as i32,
+                kind: a.kind,
+                tenant: a.tenant.as_str().to_owned(),
+                payload: Some(convert::to_any(&a.payload)),
+                lease_expire_time: Some(crate::pb::timestamp(a.lease_expires)),
+                deadline: Some(crate::pb::timestamp(a.deadline)),
+                max_attempts: a.max_attempts as i32,
+                lease_token: a.lease_token,
+                traceparent,
+                tracestate: tracestate.unwrap_or_default(),
+            })
+        }
         ToWorker::Cancel { id, attempt } => ForWorker::Cancellation(Cancellation {
             name: id.name(),
             attempt: attempt.get() as i32,
@@ -177,9 +186,11 @@ impl Jobs for WorkersService {
         request: Request<EnqueueRequest>,
     ) -> Result<Response<Operation>, Status> {
         let caller = caller(&request)?;
+        let trace = trace(&request);
         let req = request.into_inner();
         let result = async {
-            let draft = enqueued(&caller.tenant, &req)?;
+            let mut draft = enqueued(&caller.tenant, &req)?;
+            draft.options.trace = trace;
             if !self
                 .engine
                 .find_outside_kind(&caller.tenant, &req.kind)

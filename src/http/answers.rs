@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 
 use super::Rest;
 use super::binding::{Binding, Found, Shape};
+use super::bridge::TraceHeaders;
 use crate::auth::Principal;
 use crate::grpc::status::{from_rpc, garbled, http_error, retry_after_seconds};
 use crate::model::Reason;
@@ -140,7 +141,10 @@ pub(super) async fn result(
     path: &str,
     message: Bytes,
 ) -> Answer {
-    let bytes = rest.bridge.unary(caller, path, message).await?;
+    let bytes = rest
+        .bridge
+        .unary(caller, path, message, &TraceHeaders::default())
+        .await?;
     let op = Operation::decode(bytes.as_ref())
         .map_err(|e| garbled(format!("an undecodable operation: {e}")))?;
     if !op.done {

@@ -58,6 +58,32 @@ impl Decoder for Raw {
 /// The largest message the bridge reads back.
 const MAX_ANSWER: usize = 64 << 20;
 
+/// The caller's W3C trace headers (`traceparent`, `tracestate`), passed on
+/// to the service as gRPC metadata, so that a create over HTTP continues
+/// the caller's trace as one over gRPC does.
+#[derive(Clone, Debug, Default)]
+pub struct TraceHeaders(
+    Vec<(
+        &'static str,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )>,
+);
+
+impl TraceHeaders {
+    /// The trace headers among `headers`.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        Self(
+            ["traceparent", "tracestate"]
+                .into_iter()
+                .filter_map(|name| {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    Some((name, value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+}
+
 /// A client of the server's gRPC router.
 #[derive(Clone)]
 pub struct Bridge {
@@ -84,6 +110,14 @@ impl Bridge {
         request
     }
 
+    fn traced<T>(caller: &Arc<Principal>, message: T, trace: &TraceHeaders) -> Request<T> {
+        let mut request = Self::request(caller, message);
+        for (name, value) in &trace.0 {
+            request.metadata_mut().insert(*name, value.clone());
+        }
+        request
+    }
+
     fn path(path: &str) -> Result<PathAndQuery, Status> {
         PathAndQuery::try_from(path).map_err(|_| crate::grpc::status::no_route(path))
     }
@@ -94,11 +128,12 @@ impl Bridge {
         caller: &Arc<Principal>,
         path: &str,
         message: Bytes,
+        trace: &TraceHeaders,
     ) -> Result<Bytes, Status> {
         let answer = self
             .client()
             .await
-            .unary(Self::request(caller, message), Self::path(path)?, Raw)
+            .unary(Self::traced(caller, message, trace), Self::path(path)?, Raw)
             .await?;
         Ok(answer.into_inner())
     }
@@ -124,11 +159,16 @@ impl Bridge {
         caller: &Arc<Principal>,
         path: &str,
         messages: impl Stream<Item = Bytes> + Send + 'static,
+        trace: &TraceHeaders,
     ) -> Result<Bytes, Status> {
         let answer = self
             .client()
             .await
-            .client_streaming(Self::request(caller, messages), Self::path(path)?, Raw)
+            .client_streaming(
+                Self::traced(caller, messages, trace),
+                Self::path(path)?,
+                Raw,
+            )
             .await?;
         Ok(answer.into_inner())
     }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::answers::{Answer, Refused, answered, result};
 use super::binding::{Binding, Found, Shape};
+use super::bridge::TraceHeaders;
 use super::files::{download, upload};
 use super::streams::events;
 use super::transcode::{body_of, idempotency_key, last_event_id, message};
@@ -225,6 +226,7 @@ pub(super) async fn route(
 ) -> Answer {
     let caller = door(rest, &request, binding)?;
     let key = idempotency_key(request.headers())?;
+    let trace = TraceHeaders::of(request.headers());
     let query = request.uri().query().map(str::to_owned);
     // A body is read only as the type the route expects, so that a form
     // or a text/plain request from another site is never taken for one.
@@ -280,7 +282,7 @@ pub(super) async fn route(
     let path = binding.grpc_path();
     match binding.shape {
         Shape::Unary | Shape::Upload => {
-            let answer = rest.bridge.unary(&caller, &path, message).await;
+            let answer = rest.bridge.unary(&caller, &path, message, &trace).await;
             answered(rest, binding, answer)
         }
         Shape::Result => result(rest, &caller, &path, message).await,

@@ -16,6 +16,7 @@ use tonic::Status;
 use super::Rest;
 use super::answers::{Answer, Refused, answered};
 use super::binding::{Binding, Found, Shape};
+use super::bridge::TraceHeaders;
 use crate::auth::Principal;
 use crate::grpc::status::{garbled, invalid_field, no_route};
 
@@ -48,7 +49,12 @@ pub(super) async fn download(
     {
         let bytes = rest
             .bridge
-            .unary(caller, &record.grpc_path(), message.clone())
+            .unary(
+                caller,
+                &record.grpc_path(),
+                message.clone(),
+                &TraceHeaders::default(),
+            )
             .await?;
         if let Ok(record) = DynamicMessage::decode(record.rpc.output(), bytes.as_ref()) {
             describe_file(&record, &mut headers);
@@ -137,6 +143,7 @@ pub(super) async fn upload(
         return Err(no_route("the upload's body field is gone").into());
     };
     let (broke, broken) = tokio::sync::oneshot::channel::<String>();
+    let trace = TraceHeaders::of(request.headers());
     let pieces = request.into_body().into_data_stream();
     let messages = stream::unfold((pieces, Some(broke)), move |(mut pieces, mut broke)| {
         let input = input.clone();
@@ -161,7 +168,9 @@ pub(super) async fn upload(
     });
     let messages = stream::once(std::future::ready(first)).chain(messages);
     let path = binding.grpc_path();
-    let call = rest.bridge.client_streaming(caller, &path, messages);
+    let call = rest
+        .bridge
+        .client_streaming(caller, &path, messages, &trace);
     tokio::select! {
         answer = call => answered(rest, binding, answer),
         Ok(error) = broken => Err(Refused::with(

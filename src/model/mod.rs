@@ -36,6 +36,7 @@ pub mod reason;
 pub mod schedule;
 pub mod status;
 pub mod tenant;
+pub mod trace;
 pub mod transition;
 pub mod when;
 
@@ -56,5 +57,6 @@ pub use self::reason::Reason;
 pub use self::schedule::{Overlap, RunTemplate, Schedule, ScheduleRun, TickAction};
 pub use self::status::{Code, FieldViolation, MAX_MESSAGE, OperationError, bounded_message};
 pub use self::tenant::{Scope, Tenant};
+pub use self::trace::{MAX_TRACE_STATE, TraceContext};
 pub use self::transition::{Claim, Edit, Finish, OrphanRetry, Rejection, Transition};
 pub use self::when::{When, WhenError};

@@ -11,6 +11,7 @@ use super::id::{OperationId, RequestId};
 use super::payload::Payload;
 use super::status::OperationError;
 use super::tenant::Tenant;
+use super::trace::TraceContext;
 
 /// Where an operation is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -191,6 +192,9 @@ pub struct Operation {
     /// For a bulk action: how far it has walked its matching set, and
     /// what it counted. Written with each page's edits.
     pub bulk: Option<Box<Tally>>,
+    /// The trace it belongs to: its create's span, whose children its
+    /// attempts and webhook deliveries are. Fixed at the create.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 /// What a batch does when a child fails.
@@ -402,6 +406,7 @@ impl Operation {
             parent: None,
             batch: None,
             bulk: None,
+            trace: None,
         }
     }
 

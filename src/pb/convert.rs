@@ -135,6 +135,11 @@ pub fn metadata(op: &Operation) -> api::OperationMetadata {
         scheduled_time: op.schedule.as_ref().map(|s| timestamp(s.tick)),
         parent: op.parent.map(|p| p.name()).unwrap_or_default(),
         batch: op.batch.as_deref().map(batch_counts),
+        trace_id: op
+            .trace
+            .as_ref()
+            .map(|t| t.trace_id_hex())
+            .unwrap_or_default(),
     }
 }
 

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub pg_pool_size: u32,
     /// Concurrency, queue and shutdown settings.
     pub engine: EngineConfig,
+    /// A link to a trace viewer for the dashboard, with `{trace_id}` in
+    /// it.
+    pub trace_url_template: Option<String>,
     /// Whether the Diagnostics service (and its Sleep kind) is on.
     pub diagnostics: bool,
     /// The policy Sleep operations run under.
@@ -141,6 +144,7 @@ impl Default for ServerConfig {
             sled: SledConfig::default(),
             pg_pool_size: DEFAULT_POOL_SIZE,
             engine: EngineConfig::default(),
+            trace_url_template: None,
             diagnostics: true,
             sleep_policy: SleepTask.policy(),
             max_wait: Duration::from_secs(600),
@@ -455,8 +459,11 @@ impl Server {
                     .max_decoding_message_size(max),
             )
             .add_service(
-                ConsoleServer::new(ConsoleService::new(engine.clone()))
-                    .max_decoding_message_size(max),
+                ConsoleServer::new(ConsoleService::new(
+                    engine.clone(),
+                    config.trace_url_template.clone().unwrap_or_default(),
+                ))
+                .max_decoding_message_size(max),
             )
             .add_service(
                 QueuesServer::new(QueuesService::new(engine.clone()))

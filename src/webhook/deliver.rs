@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::guard::{GuardedResolver, check_url};
 use super::{TenantSecrets, WebhookConfig, sign};
@@ -71,11 +71,26 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     )
 }
 
+/// The span of one delivery attempt: a child of its operation's create,
+/// so that the trace ends with the webhook.
+fn delivery_span(delivery: &Delivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "webhook",
+        operation = %delivery.operation,
+        event = delivery.event.as_str(),
+        attempt = delivery.attempts + 1,
+        status_code = tracing::field::Empty,
+    );
+    crate::telemetry::adopt(&span, delivery.snapshot.trace.as_deref());
+    span
+}
+
 async fn attempt(
     client: &reqwest::Client,
     config: &WebhookConfig,
     tenants: &dyn TenantSecrets,
     delivery: &Delivery,
+    span: &tracing::Span,
 ) -> Attempt {
     let failed = |error: String| Attempt {
         status: None,
@@ -95,15 +110,24 @@ async fn attempt(
         .secrets_for(tenant)
         .unwrap_or_else(|| super::tenant_secrets(&config.secrets, tenant));
     let signature = sign::sign(&secrets, &id, timestamp, &body);
-    let sent = client
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
+        .header("webhook-signature", signature);
+    // The receiver continues the trace: this delivery's span when traces
+    // are exported, else the operation's.
+    let trace =
+        crate::telemetry::context_of(span).or_else(|| delivery.snapshot.trace.as_deref().cloned());
+    if let Some(trace) = trace {
+        let (parent, state) = crate::telemetry::to_headers(&trace);
+        request = request.header(crate::telemetry::TRACEPARENT, parent);
+        if let Some(state) = state {
+            request = request.header(crate::telemetry::TRACESTATE, state);
+        }
+    }
+    let sent = request.body(body).send().await;
     match sent {
         Ok(response) => {
             let status = response.status();
@@ -229,7 +253,14 @@ pub async fn run(
                         let engine = engine.clone();
                         in_flight.spawn(async move {
                             let id = delivery.id;
-                            let outcome = attempt(&client, &config, &*tenants, &delivery).await;
+                            let span = delivery_span(&delivery);
+                            let outcome = attempt(&client, &config, &*tenants, &delivery, &span)
+                                .instrument(span.clone())
+                                .await;
+                            span.record(
+                                "status_code",
+                                outcome.status.map_or(0, |s| s.as_u16()),
+                            );
                             let updated = record(&config, delivery, outcome);
                             engine.metrics().delivery(match updated.state {
                                 DeliveryState::Delivered => "delivered",

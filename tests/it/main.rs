@@ -37,6 +37,7 @@ mod spy;
 mod store_conformance;
 mod timing;
 mod tls;
+mod traces;
 mod watch;
 mod webhooks;
 mod workers;

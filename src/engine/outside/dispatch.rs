@@ -175,7 +175,11 @@ fn assign(inner: &Arc<Inner>, group: &Group, op: Operation) {
             .unwrap_or_default(),
         op.attempt == Attempt::new(1),
     );
+    // The attempt's span, made now so that the worker continues it.
+    let span = attempt::span(&op);
+    let trace = crate::telemetry::context_of(&span).or_else(|| op.trace.as_deref().cloned());
     let assignment = Assignment {
+        trace,
         id: op.id,
         attempt: op.attempt,
         kind: op.kind.clone(),
@@ -192,7 +196,10 @@ fn assign(inner: &Arc<Inner>, group: &Group, op: Operation) {
             .credits
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
             .is_ok();
-        took && worker.outbox.send(ToWorker::Assign(assignment)).is_ok()
+        took && worker
+            .outbox
+            .send(ToWorker::Assign(Box::new(assignment)))
+            .is_ok()
     });
     if sent && let Some((_, worker)) = &named {
         // Who holds it, for people: lazy, like progress.
@@ -213,5 +220,5 @@ fn assign(inner: &Arc<Inner>, group: &Group, op: Operation) {
     let kind = declared.kind.clone();
     inner
         .tracker
-        .spawn(attempt::run(Arc::clone(inner), op, kind, true));
+        .spawn(attempt::run(Arc::clone(inner), op, kind, true, span));
 }

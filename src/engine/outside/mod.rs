@@ -45,7 +45,7 @@ pub use self::kinds::{DEFAULT_WORKER_LEASE, KindSpec, MAX_OUTSIDE_KINDS, Owner};
 pub use self::session::WorkerSession;
 use super::error::EngineError;
 use super::task::TaskError;
-use crate::model::{Attempt, OperationId, Payload, Progress, Scope, Tenant};
+use crate::model::{Attempt, OperationId, Payload, Progress, Scope, Tenant, TraceContext};
 
 /// The most Lease streams one principal may have open on this server, by
 /// default.
@@ -79,12 +79,14 @@ pub struct Assignment {
     pub deadline: SystemTime,
     /// The lease's secret, which every call about it must present.
     pub lease_token: String,
+    /// The attempt's span, which the worker's work continues.
+    pub trace: Option<TraceContext>,
 }
 
 /// A message for a worker.
 #[derive(Clone, Debug)]
 pub enum ToWorker {
-    Assign(Assignment),
+    Assign(Box<Assignment>),
     /// A client asked to cancel this attempt.
     Cancel {
         id: OperationId,

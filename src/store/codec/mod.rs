@@ -24,7 +24,7 @@ use crate::model::operation::ScheduleTick;
 use crate::model::order::{Order, OrderStatus};
 use crate::model::{
     Attempt, Code, Delivery, DeliveryState, FailedAttempt, Lease, Notification, Operation,
-    OperationError, OperationId, Outcome, Payload, RequestId, State, Tenant,
+    OperationError, OperationId, Outcome, Payload, RequestId, State, Tenant, TraceContext,
 };
 
 /// Numbers for the strings records repeat.
@@ -132,6 +132,21 @@ pub(crate) struct StoredOperation {
     batch: Option<StoredRollup>,
     #[prost(message, optional, tag = "45")]
     bulk: Option<StoredTally>,
+    #[prost(message, optional, tag = "46")]
+    trace: Option<StoredTrace>,
+}
+
+/// An operation's trace context.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredTrace {
+    #[prost(bytes = "vec", tag = "1")]
+    trace_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    span_id: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    sampled: bool,
+    #[prost(string, tag = "4")]
+    state: String,
 }
 
 /// An attempt that ended without ending its operation; times are offsets
@@ -394,6 +409,12 @@ pub(crate) fn encode(op: &Operation, strings: &mut impl Strings) -> Vec<u8> {
         parent: op.parent.map(|p| p.as_bytes().to_vec()),
         batch: op.batch.as_deref().map(store_rollup),
         bulk: op.bulk.as_deref().map(store_tally),
+        trace: op.trace.as_deref().map(|t| StoredTrace {
+            trace_id: t.trace_id.to_vec(),
+            span_id: t.span_id.to_vec(),
+            sampled: t.sampled,
+            state: t.state.clone(),
+        }),
         ..StoredOperation::default()
     }
     .encode_to_vec()
@@ -519,6 +540,15 @@ pub(crate) fn from_stored(
         },
         bulk: match s.bulk {
             Some(t) => Some(Box::new(load_tally(t)?)),
+            None => None,
+        },
+        trace: match s.trace {
+            Some(t) => Some(Box::new(TraceContext {
+                trace_id: t.trace_id.try_into().map_err(|_| corrupt("a trace id"))?,
+                span_id: t.span_id.try_into().map_err(|_| corrupt("a span id"))?,
+                sampled: t.sampled,
+                state: t.state,
+            })),
             None => None,
         },
         notification: match s.notification {
