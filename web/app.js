@@ -540,11 +540,20 @@ function renderFacts(op) {
     ["Version", meta.version],
     ["Batch", meta.parent],
     ["Children", childrenText(meta.batch)],
+    ["Trace", meta.traceId],
   ];
   $("detail-meta").replaceChildren(
     ...facts.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v), "data-fact": k })]),
   );
   $("detail-meta").querySelector('[data-fact="State"]')?.replaceChildren(stateBadge(op));
+  // With the server's --trace-url-template, the trace id leads to the
+  // trace viewer.
+  const template = state.caller?.traceUrlTemplate;
+  const trace = $("detail-meta").querySelector('[data-fact="Trace"]');
+  if (trace && template) {
+    const href = template.replaceAll("{trace_id}", encodeURIComponent(meta.traceId));
+    trace.replaceChildren(el("a", { href, id: "trace-link", target: "_blank", rel: "noopener", text: meta.traceId }));
+  }
   const parent = $("detail-meta").querySelector('[data-fact="Batch"]');
   parent?.replaceChildren(el("a", { href: `#/${meta.parent}`, text: shortId(meta.parent ?? "") }));
   const children = $("detail-meta").querySelector('[data-fact="Children"]');

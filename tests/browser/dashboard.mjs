@@ -241,6 +241,21 @@ try {
   await page.waitForSelector('#detail-meta [data-fact="State"] .badge.failed');
   await page.waitForFunction(() => document.querySelectorAll("#attempts li.failed").length === 2);
 
+  step("an operation's trace id leads to its trace");
+  const traced = await fetch(`${open}/v1/diagnostics:sleep`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    },
+    body: JSON.stringify({ duration: "0s" }),
+  }).then((r) => r.json());
+  await page.goto(`${open}#/operations/${idOf(traced.name)}`);
+  await page.waitForSelector("#trace-link");
+  const traceHref = await page.getAttribute("#trace-link", "href");
+  if (traceHref !== "https://jaeger.example/trace/4bf92f3577b34da6a3ce929d0e0e4736") throw new Error(`the trace link is ${traceHref}`);
+  await page.screenshot({ path: `${shots}/trace-1280x800.png` });
+
   step("a batch shows its children's counts and lists them");
   const batch = await api(open, "POST", "/v1/batches", {
     children: [0, 1, 2].map(() => ({

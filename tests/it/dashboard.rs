@@ -35,7 +35,10 @@ async fn the_dashboard_works_in_a_real_browser() {
     if !browser_ready(root) {
         return;
     }
-    let open = TestServer::start().await;
+    let open = TestServer::start_with(|c| {
+        c.trace_url_template = Some("https://jaeger.example/trace/{trace_id}".into());
+    })
+    .await;
     let reader = Person::new("rita", "acme", "reader");
     let writer = Person::new("alice", "acme", "writer");
     let secured = TestServer::start_with_auth(&auth_toml(&[&reader, &writer], ""), |_| {}).await;

@@ -558,6 +558,7 @@ async fn the_cli_runs_a_command_per_operation() {
         case "$input" in
           boom) echo "it blew up" >&2; exit 3 ;;
           again) [ "$LONGRUN_ATTEMPT" = 1 ] && exit 75 ;;
+          trace) printf '%s' "$TRACEPARENT"; exit 0 ;;
         esac
         printf '%s' "$input" | tr a-z A-Z
     "#;
@@ -571,7 +572,7 @@ async fn the_cli_runs_a_command_per_operation() {
             "--capacity",
             "2",
             "--max-operations",
-            "4",
+            "5",
             "--",
             "sh",
             "-c",
@@ -601,6 +602,22 @@ async fn the_cli_runs_a_command_per_operation() {
     let hello = enqueue(&server, None, "shell.upper", "hello").await;
     let boom = enqueue(&server, None, "shell.upper", "boom").await;
     let again = enqueue(&server, None, "shell.upper", "again").await;
+    // The attempt's trace reaches the command as TRACEPARENT (this test's
+    // server exports no spans, so it is the caller's own).
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = tonic::Request::new(EnqueueRequest {
+        kind: "shell.upper".into(),
+        payload: Some(text_any("trace")),
+        ..EnqueueRequest::default()
+    });
+    traced
+        .metadata_mut()
+        .insert("traceparent", parent.parse().unwrap());
+    let traced = JobsClient::new(server.authed(None).await)
+        .enqueue(traced)
+        .await
+        .unwrap()
+        .into_inner();
 
     let done = wait_done_as(&server, None, &hello.name).await;
     assert_eq!(response_text(&done), "HELLO");
@@ -618,7 +635,9 @@ async fn the_cli_runs_a_command_per_operation() {
     let retried = wait_done_as(&server, None, &again.name).await;
     assert_eq!(response_text(&retried), "AGAIN");
     assert_eq!(meta(&retried).attempt, 2);
-    // Four operations (one retried), then the worker exits by itself.
+    let done = wait_done_as(&server, None, &traced.name).await;
+    assert_eq!(response_text(&done), parent);
+    // Five operations (one retried), then the worker exits by itself.
     let status = tokio::time::timeout(PATIENCE, child.wait())
         .await
         .expect("the worker stopped after --max-operations")
