@@ -15,9 +15,16 @@ The protocol, in short:
      Fail(name, attempt, lease_token, error, retryable). A call for an
      attempt that lost its lease gets FAILED_PRECONDITION (STALE_ATTEMPT):
      drop the work, it is someone else's now.
+
+Traces: each Assignment carries the attempt's span as a W3C traceparent.
+With OTEL_EXPORTER_OTLP_ENDPOINT set (OTEL_SERVICE_NAME names the
+service), the work runs in a span of its own whose parent is that one,
+exported over OTLP/gRPC, so the worker shows up in the operation's trace.
 """
 
 import argparse
+import contextlib
+import os
 import pathlib
 import queue
 import sys
@@ -40,6 +47,41 @@ from longrun.v1 import workers_pb2, workers_pb2_grpc  # noqa: E402
 
 KIND = "text.reverse"
 LEASE_SECONDS = 10
+
+
+def tracer():
+    """An OpenTelemetry tracer exporting to OTEL_EXPORTER_OTLP_ENDPOINT, or
+    None when no collector is named."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return None
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    service = os.environ.get("OTEL_SERVICE_NAME", "longrun-python-worker")
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    # Exported as each span ends: a worker's spans are few and long.
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(insecure=True)))
+    return provider.get_tracer("longrun.example")
+
+
+def traced(tracer, assignment):
+    """A span for the work of `assignment`, a child of its attempt's span;
+    nothing without a tracer."""
+    if tracer is None or not assignment.traceparent:
+        return contextlib.nullcontext()
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {"traceparent": assignment.traceparent}
+    if assignment.tracestate:
+        carrier["tracestate"] = assignment.tracestate
+    parent = TraceContextTextMapPropagator().extract(carrier)
+    return tracer.start_as_current_span(
+        f"{KIND} work",
+        context=parent,
+        attributes={"longrun.operation": assignment.name, "longrun.attempt": assignment.attempt},
+    )
 
 
 def requests(outgoing: "queue.Queue"):
@@ -131,13 +173,15 @@ def main() -> int:
     # the kind's declaration) is accepted.
     stream.initial_metadata()
     print(f"serving {KIND}", flush=True)
+    spans = tracer()
     done = 0
     try:
         for message in stream:
             if message.HasField("assignment"):
                 a = message.assignment
                 print(f"{a.name} attempt {a.attempt}", flush=True)
-                reverse(stub, a, metadata)
+                with traced(spans, a):
+                    reverse(stub, a, metadata)
                 done += 1
                 if args.max_operations is not None and done >= args.max_operations:
                     break

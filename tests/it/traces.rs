@@ -319,3 +319,80 @@ async fn with_the_collector_down_spans_are_dropped_and_counted_and_work_goes_on(
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_outside_python_workers_span_continues_its_attempt() {
+    let Some(python) = crate::workers::python() else {
+        return;
+    };
+    let collector = Collector::default();
+    let endpoint = collector.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--otlp-endpoint", &endpoint, "--metrics-listen", "off"];
+    let (mut server, url) = spawn(dir.path(), &flags).await;
+    let address = url.trim_start_matches("http://").to_owned();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python_worker/worker.py"
+    );
+    let mut worker = tokio::process::Command::new(python)
+        .args([script, "--server", &address, "--max-operations", "1"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_SERVICE_NAME", "python-worker")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    wait_for_line(
+        worker.stdout.take().unwrap(),
+        Duration::from_secs(120),
+        "the Python worker's subscription",
+        |line| line.starts_with("serving text.reverse").then_some(()),
+    )
+    .await;
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let op = longrun::pb::longrun::v1::jobs_client::JobsClient::new(channel.clone())
+        .enqueue(longrun::pb::longrun::v1::EnqueueRequest {
+            kind: "text.reverse".into(),
+            payload: Some(prost_types::Any::from_msg(&"hello".to_owned()).unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ops = OperationsClient::new(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer(None),
+    ));
+    let done = tokio::time::timeout(PATIENCE, wait_done_on(&mut ops, &op.name))
+        .await
+        .expect("done in time");
+    assert_eq!(state(&done), State::Succeeded);
+    let name = op.name.clone();
+    let spans = collector
+        .until(|spans| {
+            spans.iter().any(|s| s.name == "text.reverse work")
+                && spans
+                    .iter()
+                    .any(|s| s.name == "task" && attributes(s).get("id") == Some(&name))
+        })
+        .await;
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "task" && attributes(s).get("id") == Some(&name))
+        .unwrap();
+    let work = spans
+        .iter()
+        .find(|s| s.name == "text.reverse work")
+        .unwrap();
+    assert_eq!(work.trace_id, attempt.trace_id);
+    assert_eq!(
+        work.parent_span_id, attempt.span_id,
+        "the worker's span hangs off the attempt"
+    );
+    assert_eq!(attributes(work)["longrun.operation"], op.name);
+    let _ = tokio::time::timeout(PATIENCE, worker.wait()).await;
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+}

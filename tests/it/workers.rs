@@ -649,7 +649,7 @@ async fn the_cli_runs_a_command_per_operation() {
 /// The Python interpreter with the example's requirements (`.ci/run`
 /// prepares a venv and sets LONGRUN_TEST_PYTHON); None skips the test
 /// loudly unless LONGRUN_TEST_PYTHON_REQUIRED=1 makes that a failure.
-fn python() -> Option<String> {
+pub(crate) fn python() -> Option<String> {
     match std::env::var("LONGRUN_TEST_PYTHON") {
         Ok(python) => Some(python),
         Err(_) => {
