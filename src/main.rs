@@ -53,8 +53,7 @@ fn main() -> ExitCode {
                 );
             let config = args.config(Vec::new());
             let metrics = std::sync::Arc::clone(&config.engine.metrics);
-            // Traces, when asked for: every longrun span down to debug
-            // (the creates), whatever the log level.
+            // Traces, when asked for (see telemetry::Exporting::layer).
             let exporting = match args.traces() {
                 None => None,
                 Some(traces) => {
@@ -69,12 +68,7 @@ fn main() -> ExitCode {
                     }
                 }
             };
-            let spans = exporting.as_ref().map(|e| {
-                e.layer().with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target("longrun", tracing::Level::DEBUG),
-                )
-            });
+            let spans = exporting.as_ref().map(Exporting::layer);
             tracing_subscriber::registry().with(logs).with(spans).init();
             let served = runtime.block_on(async {
                 let served = serve(*args, config.engine.metrics).await;

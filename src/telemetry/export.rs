@@ -4,11 +4,14 @@
 //! task takes what waits, up to a batch, and hands it to the OTLP exporter
 //! (gRPC or HTTP/protobuf) with a deadline. A full queue or a failed
 //! export drops the spans and counts them, so a collector that is down
-//! costs memory up to the queue and nothing else.
+//! costs memory up to the queue and nothing else. While exports fail, a
+//! breaker keeps spans from being made at all (each one counted as
+//! dropped), trying again every few seconds, so that an outage costs the
+//! hot path nearly nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -20,6 +23,40 @@ use tokio_util::task::TaskTracker;
 
 /// Spans sent in one export.
 const BATCH: usize = 512;
+/// How long spans are not made after a failed export, before one more
+/// batch is tried.
+const BREAK: Duration = Duration::from_secs(5);
+
+/// Open while the collector does not take spans: then spans are not made
+/// (and count as dropped) until the next try.
+#[derive(Debug)]
+struct Breaker {
+    /// Milliseconds since `base` until which spans are not made; 0 while
+    /// closed.
+    open_until: AtomicU64,
+    base: Instant,
+}
+
+impl Breaker {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a span may be made now.
+    fn allows(&self) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        until == 0 || self.now() >= until
+    }
+
+    fn open(&self) {
+        let until = self.now() + BREAK.as_millis() as u64;
+        self.open_until.store(until.max(1), Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        self.open_until.store(0, Ordering::Relaxed);
+    }
+}
 /// How long one export may take before its spans count as dropped.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +95,8 @@ pub struct TraceError {
 /// sends what waits.
 pub struct Exporting {
     provider: SdkTracerProvider,
+    breaker: Arc<Breaker>,
+    dropped: DropCounter,
     queue: mpsc::Sender<Message>,
     /// The export task's (it ends with the runtime).
     _tasks: TaskTracker,
@@ -91,11 +130,16 @@ impl Exporting {
             .with_service_name(config.service_name.clone())
             .build();
         let tasks = TaskTracker::new();
+        let breaker = Arc::new(Breaker {
+            open_until: AtomicU64::new(0),
+            base: Instant::now(),
+        });
         let processor = Bounded::start(
             exporter,
             resource.clone(),
             config.queue.max(1),
-            dropped,
+            DropCounter(Arc::clone(&dropped)),
+            Arc::clone(&breaker),
             &tasks,
         );
         let queue = processor.queue.clone();
@@ -106,18 +150,35 @@ impl Exporting {
         tasks.close();
         Ok(Self {
             provider,
+            breaker,
+            dropped: DropCounter(dropped),
             queue,
             _tasks: tasks,
         })
     }
 
-    /// A layer that makes the `tracing` spans it sees OpenTelemetry spans
-    /// exported here.
+    /// A layer that makes longrun's `tracing` spans (down to debug, the
+    /// creates among them, whatever the log level) OpenTelemetry spans
+    /// exported here; none while the breaker is open.
     pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("longrun"))
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::filter::FilterExt;
+        let (breaker, dropped) = (Arc::clone(&self.breaker), self.dropped.clone());
+        let flowing = tracing_subscriber::filter::filter_fn(move |meta| {
+            let allowed = breaker.allows();
+            if !allowed && meta.is_span() {
+                (dropped.0)(1);
+            }
+            allowed
+        });
+        let ours = tracing_subscriber::filter::Targets::new()
+            .with_target("longrun", tracing::Level::DEBUG);
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("longrun"))
+            .with_filter(ours.and(flowing))
     }
 
     /// Sends the spans that wait (for at most a few seconds), then stops.
@@ -159,12 +220,12 @@ impl Bounded {
         mut exporter: E,
         resource: Resource,
         queue: usize,
-        dropped: Arc<dyn Fn(u64) + Send + Sync>,
+        counter: DropCounter,
+        breaker: Arc<Breaker>,
         tasks: &TaskTracker,
     ) -> Self {
         exporter.set_resource(&resource);
         let (tx, mut rx) = mpsc::channel::<Message>(queue);
-        let counter = DropCounter(dropped);
         let on_failure = counter.clone();
         tasks.spawn(async move {
             // Said once per outage, not per batch.
@@ -190,11 +251,13 @@ impl Bounded {
                     match error {
                         None if failing => {
                             failing = false;
+                            breaker.close();
                             tracing::info!("trace export works again");
                         }
                         None => {}
                         Some(error) => {
                             (on_failure.0)(n);
+                            breaker.open();
                             if !failing {
                                 failing = true;
                                 tracing::warn!(
