@@ -8,6 +8,7 @@
 mod batches;
 mod bench_smoke;
 mod cli;
+mod clients;
 mod cluster;
 mod common;
 mod connections;

@@ -1,0 +1,97 @@
+"""The client against a real server, which the test suite starts and
+names in LONGRUN_SERVER (host:port)."""
+
+import os
+import sys
+
+import pytest
+
+from longrun_client import Client, LongrunError, OperationFailed
+
+SERVER = os.environ.get("LONGRUN_SERVER", "127.0.0.1:50051")
+
+
+@pytest.fixture
+def client():
+    with Client(SERVER) as c:
+        yield c
+
+
+def sleep_response():
+    # The generated messages are importable once the client is.
+    from longrun.v1 import diagnostics_pb2
+
+    return diagnostics_pb2.SleepResponse
+
+
+def test_a_result_is_waited_for_and_typed(client):
+    op = client.sleep(0.2, steps=2)
+    assert op.name.startswith("operations/")
+    assert not op.done or op.state == "SUCCEEDED"
+    response = op.result(timeout=30, response_type=sleep_response())
+    assert response.steps == 2
+    assert op.done and op.state == "SUCCEEDED" and op.progress_percent == 100
+
+
+def test_a_failure_raises_with_its_status_and_reason(client):
+    op = client.sleep(0, fail_code=9)
+    with pytest.raises(OperationFailed) as failed:
+        op.result(timeout=30)
+    assert failed.value.code == 9
+    assert failed.value.reason == "REQUESTED_FAILURE"
+    assert failed.value.operation.state == "FAILED"
+
+
+def test_an_operation_is_resumed_by_name_from_a_new_client(client):
+    name = client.sleep(0.1).name
+    with Client(SERVER) as again:
+        op = again.operation(name)
+        op.result(timeout=30)
+        assert op.state == "SUCCEEDED"
+
+
+def test_watch_follows_progress_to_the_end_and_cancel_stops_it(client):
+    op = client.sleep(0.5, steps=5)
+    seen = [o.progress_percent for o in op.watch()]
+    assert seen == sorted(seen) and op.done and seen[-1] == 100
+    long = client.sleep(600, steps=600)
+    long.cancel()
+    with pytest.raises(OperationFailed) as cancelled:
+        long.result(timeout=30)
+    assert cancelled.value.code == 1 and long.state == "CANCELLED"
+    assert long.estimated_end_time is not None
+
+
+def test_list_pages_through_every_match(client):
+    names = {client.sleep(0).name for _ in range(5)}
+    listed = {op.name for op in client.operations.list(page_size=2)}
+    assert names <= listed
+
+
+def test_a_bad_request_names_its_field(client):
+    with pytest.raises(LongrunError) as refused:
+        client.operation("not-a-name")
+    assert refused.value.code == 3
+    assert [v.field for v in refused.value.field_violations] == ["name"]
+
+
+def test_a_request_id_makes_a_create_safe_to_repeat(client):
+    first = client.sleep(0, request_id="6f1c2b0e-8a7d-4c1e-9f3a-2b5d7e9c1a41")
+    again = client.sleep(0, request_id="6f1c2b0e-8a7d-4c1e-9f3a-2b5d7e9c1a41")
+    assert first.name == again.name
+
+
+def test_a_failed_operation_is_retried_as_its_next_attempt(client):
+    op = client.sleep(0, fail_code=9)
+    with pytest.raises(OperationFailed):
+        op.result(timeout=30)
+    retried = client.retry(op.name)
+    assert retried.state == "QUEUED"
+    with pytest.raises(OperationFailed):
+        retried.result(timeout=30)
+    assert retried.metadata.attempt == 2
+    assert len(retried.metadata.failed_attempts) == 1
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
