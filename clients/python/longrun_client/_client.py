@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
 import sys
 import time
@@ -238,6 +239,49 @@ class _Reports:
         return self._client._created(self._client._reports.CreateReport, request)
 
 
+class _Orders:
+    def __init__(self, client: "Client"):
+        self._client = client
+
+    def import_file(
+        self,
+        path: str,
+        *,
+        progress: Optional[Callable[[int, int], None]] = None,
+        request_id: Optional[str] = None,
+        chunk_size: int = 1 << 20,
+    ) -> Operation:
+        """Uploads an orders CSV and starts its import; `progress(sent,
+        total)` is called as the bytes go."""
+        total = os.path.getsize(path)
+        request_id = request_id or str(uuid.uuid4())
+
+        def chunks():
+            sent = 0
+            with open(path, "rb") as f:
+                first = True
+                while True:
+                    data = f.read(chunk_size)
+                    if not data and not first:
+                        return
+                    message = reports_pb2.ImportOrdersRequest(csv_chunk=data)
+                    if first:
+                        message.request_id = request_id
+                        first = False
+                    sent += len(data)
+                    yield message
+                    if progress is not None:
+                        progress(sent, total)
+                    if not data:
+                        return
+
+        try:
+            proto = self._client._reports.ImportOrders(chunks(), metadata=self._client._metadata)
+        except grpc.RpcError as e:
+            raise LongrunError.of_rpc(e) from None
+        return Operation(self._client, proto)
+
+
 class _Operations:
     def __init__(self, client: "Client"):
         self._client = client
@@ -282,6 +326,7 @@ class Client:
         self._bulk = batches_pb2_grpc.BulkStub(self._channel)
         self.jobs = _Jobs(self)
         self.reports = _Reports(self)
+        self.orders = _Orders(self)
         self.operations = _Operations(self)
 
     def close(self) -> None:

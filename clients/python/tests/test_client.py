@@ -95,3 +95,43 @@ def test_a_failed_operation_is_retried_as_its_next_attempt(client):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_an_orders_file_is_uploaded_with_progress_and_imported(client, tmp_path):
+    csv = tmp_path / "orders.csv"
+    rows = ["order_id,created_at,customer_id,status,amount_cents"]
+    rows += [f"o{i},2024-06-0{1 + i % 9}T00:00:00Z,c{i},placed,{100 + i}" for i in range(50)]
+    csv.write_text("\n".join(rows) + "\n")
+    seen = []
+    op = client.orders.import_file(
+        str(csv), progress=lambda sent, total: seen.append((sent, total))
+    )
+    op.result(timeout=60)
+    assert seen and seen[-1][0] == seen[-1][1] == csv.stat().st_size
+    report = client.reports.create(month="2024-06", format="JSON")
+    assert report.result(timeout=60).type_url.endswith("longrun.v1.Report")
+
+
+def test_a_webhook_is_verified_and_a_forgery_refused():
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    from longrun_client.webhooks import WebhookError, verify
+
+    key = b"k" * 32
+    secret = "whsec_" + base64.b64encode(key).decode()
+    body = b'{"type": "operation.succeeded"}'
+    stamp = str(int(time.time()))
+    mac = hmac.new(key, f"msg_1.{stamp}.".encode() + body, hashlib.sha256).digest()
+    headers = {
+        "Webhook-Id": "msg_1",
+        "Webhook-Timestamp": stamp,
+        "Webhook-Signature": "v1," + base64.b64encode(mac).decode(),
+    }
+    assert verify(secret, headers, body) == {"type": "operation.succeeded"}
+    with pytest.raises(WebhookError):
+        verify(secret, headers, body + b" ")
+    with pytest.raises(WebhookError):
+        verify(secret, headers, body, now=time.time() + 3600)
