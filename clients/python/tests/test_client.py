@@ -135,3 +135,43 @@ def test_a_webhook_is_verified_and_a_forgery_refused():
         verify(secret, headers, body + b" ")
     with pytest.raises(WebhookError):
         verify(secret, headers, body, now=time.time() + 3600)
+
+
+def test_a_decorated_function_serves_a_kind_with_progress_and_retries(client):
+    import threading
+
+    from google.protobuf import wrappers_pb2
+
+    from longrun_client.worker import Retry, Worker
+
+    worker = Worker(SERVER, capacity=2)
+    tries = {}
+
+    @worker.kind("py.upper", max_attempts=3)
+    def upper(job):
+        text = job.unpack(wrappers_pb2.StringValue).value
+        job.progress(50, "halfway")
+        tries[text] = tries.get(text, 0) + 1
+        if text == "flaky" and job.attempt == 1:
+            raise Retry("not yet")
+        if text == "boom":
+            raise ValueError("it blew up")
+        return wrappers_pb2.StringValue(value=text.upper())
+
+    ready = threading.Event()
+    serving = threading.Thread(target=worker.run, kwargs={"on_ready": ready.set}, daemon=True)
+    serving.start()
+    assert ready.wait(30)
+    try:
+        hello = client.jobs.enqueue("py.upper", wrappers_pb2.StringValue(value="hello"))
+        assert hello.result(timeout=30, response_type=wrappers_pb2.StringValue).value == "HELLO"
+        flaky = client.jobs.enqueue("py.upper", wrappers_pb2.StringValue(value="flaky"))
+        assert flaky.result(timeout=60, response_type=wrappers_pb2.StringValue).value == "FLAKY"
+        assert flaky.metadata.attempt == 2 and tries["flaky"] == 2
+        boom = client.jobs.enqueue("py.upper", wrappers_pb2.StringValue(value="boom"))
+        with pytest.raises(OperationFailed) as failed:
+            boom.result(timeout=30)
+        assert "it blew up" in failed.value.message
+    finally:
+        worker.stop()
+        serving.join(30)
