@@ -9,6 +9,14 @@ cancel it or come back to it by name.
 """
 
 from ._client import Client, LongrunError, Operation, OperationFailed
+from .aio import AsyncClient, AsyncOperation
 
-__all__ = ["Client", "LongrunError", "Operation", "OperationFailed"]
+__all__ = [
+    "AsyncClient",
+    "AsyncOperation",
+    "Client",
+    "LongrunError",
+    "Operation",
+    "OperationFailed",
+]
 __version__ = "0.1.0"

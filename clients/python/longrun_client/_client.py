@@ -38,6 +38,8 @@ M = TypeVar("M", bound=message.Message)
 
 # The longest one WaitOperation call is asked to block.
 _WAIT_STEP = 30.0
+# How many times in a row a broken watch is opened again.
+_RECONNECTS = 8
 # How often the library itself retries a call the server could not take
 # (UNAVAILABLE), with the same request_id, so a retry never creates twice.
 _ATTEMPTS = 4
@@ -176,16 +178,26 @@ class Operation:
         return response
 
     def watch(self) -> Iterator["Operation"]:
-        """Its states as they change, ending with the final one."""
+        """Its states as they change, ending with the final one. A stream
+        that breaks (the server restarted, say) is opened again, and goes
+        on from the state the server has then."""
         request = watch_pb2.WatchOperationRequest(name=self.name)
-        try:
-            for proto in self._client._watcher.WatchOperation(
-                request, metadata=self._client._metadata
-            ):
-                self._set(proto)
-                yield self
-        except grpc.RpcError as e:
-            raise LongrunError.of_rpc(e) from None
+        broken = 0
+        while True:
+            try:
+                for proto in self._client._watcher.WatchOperation(
+                    request, metadata=self._client._metadata
+                ):
+                    broken = 0
+                    self._set(proto)
+                    yield self
+                if self.done:
+                    return
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or broken >= _RECONNECTS:
+                    raise LongrunError.of_rpc(e) from None
+            broken += 1
+            time.sleep(min(0.2 * 2**broken, 5.0))
 
     def cancel(self) -> None:
         """Asks it to stop; it ends CANCELLED (or as it ends anyway)."""

@@ -175,3 +175,22 @@ def test_a_decorated_function_serves_a_kind_with_progress_and_retries(client):
     finally:
         worker.stop()
         serving.join(30)
+
+
+def test_the_asyncio_client_waits_and_watches():
+    import asyncio
+
+    from longrun_client.aio import AsyncClient
+
+    async def main():
+        async with AsyncClient(SERVER) as client:
+            op = await client.sleep(0.3, steps=3)
+            seen = [o.progress_percent async for o in op.watch()]
+            assert seen == sorted(seen) and op.done
+            again = await client.operation(op.name)
+            assert (await again.result(timeout=30)).type_url.endswith("SleepResponse")
+            failed = await client.sleep(0, fail_code=9)
+            with pytest.raises(OperationFailed):
+                await failed.result(timeout=30)
+
+    asyncio.run(main())

@@ -1,0 +1,162 @@
+"""The asyncio client: the same calls as `Client`, awaited.
+
+from longrun_client.aio import AsyncClient
+
+async with AsyncClient("127.0.0.1:50051") as client:
+    op = await client.sleep(2.0)
+    response = await op.result(timeout=30)
+    async for state in op.watch():
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import AsyncIterator, Optional
+
+import grpc
+
+from . import _client
+from ._client import LongrunError, OperationFailed, _duration
+from google.longrunning import operations_pb2, operations_pb2_grpc  # noqa: E402
+from google.protobuf import any_pb2, message  # noqa: E402
+from longrun.v1 import (  # noqa: E402
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
+    metadata_pb2,
+    watch_pb2,
+    watch_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
+
+
+async def _call(fn, request, metadata):
+    for attempt in range(_client._ATTEMPTS):
+        try:
+            return await fn(request, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < _client._ATTEMPTS:
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            raise LongrunError.of_rpc(e) from None
+    raise AssertionError("unreachable")
+
+
+class AsyncOperation:
+    """An operation, followed with asyncio."""
+
+    def __init__(self, client: "AsyncClient", proto: operations_pb2.Operation):
+        self._client = client
+        self._set(proto)
+
+    def _set(self, proto: operations_pb2.Operation) -> None:
+        self.proto = proto
+        self.metadata = metadata_pb2.OperationMetadata()
+        proto.metadata.Unpack(self.metadata)
+
+    name = property(lambda self: self.proto.name)
+    done = property(lambda self: self.proto.done)
+    state = property(lambda self: metadata_pb2.State.Name(self.metadata.state))
+    progress_percent = property(lambda self: self.metadata.progress_percent)
+
+    async def refresh(self) -> "AsyncOperation":
+        request = operations_pb2.GetOperationRequest(name=self.name)
+        self._set(
+            await _call(self._client._operations.GetOperation, request, self._client._metadata)
+        )
+        return self
+
+    async def result(self, timeout: Optional[float] = None, response_type=None):
+        """As `Operation.result`, awaited."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.done:
+            left = _client._WAIT_STEP if deadline is None else deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"{self.name} is not done after {timeout} s")
+            request = operations_pb2.WaitOperationRequest(
+                name=self.name, timeout=_duration(min(left, _client._WAIT_STEP))
+            )
+            self._set(
+                await _call(self._client._operations.WaitOperation, request, self._client._metadata)
+            )
+        if self.proto.HasField("error"):
+            raise OperationFailed(self, self.proto.error)
+        if response_type is None:
+            return self.proto.response
+        response = response_type()
+        if not self.proto.response.Unpack(response):
+            raise TypeError(f"{self.name}'s response is a {self.proto.response.type_url}")
+        return response
+
+    async def watch(self) -> AsyncIterator["AsyncOperation"]:
+        """Its states as they change, ending with the final one."""
+        request = watch_pb2.WatchOperationRequest(name=self.name)
+        try:
+            async for proto in self._client._watcher.WatchOperation(
+                request, metadata=self._client._metadata
+            ):
+                self._set(proto)
+                yield self
+        except grpc.aio.AioRpcError as e:
+            raise LongrunError.of_rpc(e) from None
+
+    async def cancel(self) -> None:
+        request = operations_pb2.CancelOperationRequest(name=self.name)
+        await _call(self._client._operations.CancelOperation, request, self._client._metadata)
+
+
+class AsyncClient:
+    """As `Client`, for asyncio."""
+
+    def __init__(self, server: str = "127.0.0.1:50051", *, token: Optional[str] = None, tls=False):
+        if tls:
+            credentials = (
+                tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
+            )
+            self._channel = grpc.aio.secure_channel(server, credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(server)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._operations = operations_pb2_grpc.OperationsStub(self._channel)
+        self._watcher = watch_pb2_grpc.OperationWatcherStub(self._channel)
+        self._diagnostics = diagnostics_pb2_grpc.DiagnosticsStub(self._channel)
+        self._jobs = workers_pb2_grpc.JobsStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *_) -> None:
+        await self.close()
+
+    async def sleep(self, seconds: float, *, steps: int = 1, fail_code: int = 0) -> AsyncOperation:
+        request = diagnostics_pb2.SleepRequest(
+            duration=_duration(seconds),
+            steps=steps,
+            fail_code=fail_code,
+            request_id=str(uuid.uuid4()),
+        )
+        return AsyncOperation(self, await _call(self._diagnostics.Sleep, request, self._metadata))
+
+    async def enqueue(
+        self, kind: str, payload: message.Message, *, request_id: Optional[str] = None
+    ) -> AsyncOperation:
+        """Creates an operation of an outside kind."""
+        any_payload = any_pb2.Any()
+        any_payload.Pack(payload)
+        request = workers_pb2.EnqueueRequest(
+            kind=kind, payload=any_payload, request_id=request_id or str(uuid.uuid4())
+        )
+        return AsyncOperation(self, await _call(self._jobs.Enqueue, request, self._metadata))
+
+    async def operation(self, name: str) -> AsyncOperation:
+        """Comes back to an operation by name."""
+        request = operations_pb2.GetOperationRequest(name=name)
+        return AsyncOperation(
+            self, await _call(self._operations.GetOperation, request, self._metadata)
+        )
