@@ -25,3 +25,72 @@ async fn the_python_client_passes_its_tests_against_the_server() {
     );
     server.stop().await;
 }
+
+/// A free port on loopback, for a server that must come back where it was.
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn serve_at(dir: &std::path::Path, port: u16) -> tokio::process::Child {
+    let (child, _) = spawn_listening(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--shutdown-grace", "1s", "--metrics-listen", "off"])
+            .arg("--data-dir")
+            .arg(dir),
+    )
+    .await;
+    child
+}
+
+#[tokio::test]
+async fn a_python_watch_survives_a_server_restart_and_ends_with_the_final_state() {
+    let Some(python) = crate::workers::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().await;
+    let mut server = serve_at(dir.path(), port).await;
+    // The script creates a sleep, says its name, then follows it to its end
+    // and prints the last state it saw.
+    let script = r#"
+import sys
+from longrun_client import Client
+client = Client(sys.argv[1])
+op = client.sleep(3.0, steps=30)
+print(op.name, flush=True)
+for state in op.watch():
+    pass
+print("final", state.state, state.progress_percent, flush=True)
+"#;
+    let mut watcher = tokio::process::Command::new(python)
+        .args(["-c", script, &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let name = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the script made its operation")
+        .unwrap()
+        .unwrap();
+    assert!(name.starts_with("operations/"), "{name}");
+    // Down while the watch is open; the work is taken again after the
+    // restart, and the watch, opened again, ends with it.
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    let mut server = serve_at(dir.path(), port).await;
+    let last = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the watch ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, "final SUCCEEDED 100");
+    assert!(watcher.wait().await.unwrap().success());
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+}
