@@ -19,8 +19,9 @@
 The helper holds the Lease stream, runs up to `capacity` jobs at once in
 threads, heartbeats each job's lease with its latest progress, passes
 cancellation on (`job.cancelled`), and ends each attempt: Complete with
-the returned message, Fail with `Retry` (retryable) or any other
-exception (final, with its message). A job's attempt `traceparent` is
+the returned message, Fail with `Retry` (retryable), `Failure` (final,
+with its code) or any other exception (final, UNKNOWN, with its
+message). A job's attempt `traceparent` is
 `job.traceparent`.
 """
 
@@ -46,6 +47,15 @@ _CANCELLED = 1
 class Retry(Exception):
     """Fails the attempt retryably: the operation is tried again later,
     while it has attempts left."""
+
+
+class Failure(Exception):
+    """Fails the operation for good with a google.rpc code (3 is
+    INVALID_ARGUMENT, say) and a message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -219,6 +229,8 @@ class Worker:
                 )
         except Retry as e:
             self._fail(stub, ids, _UNKNOWN, str(e) or "retry", retryable=True)
+        except Failure as e:
+            self._fail(stub, ids, e.code, str(e), retryable=False)
         except Exception as e:  # a handler's failure ends its attempt
             self._fail(stub, ids, _UNKNOWN, f"{type(e).__name__}: {e}", retryable=False)
         finally:
