@@ -94,3 +94,67 @@ print("final", state.state, state.progress_percent, flush=True)
     server.start_kill().unwrap();
     server.wait().await.unwrap();
 }
+
+/// Starts the Python example (on the client's Worker helper) against
+/// `server`, with short leases and slow steps, and waits until it serves.
+async fn python_worker(python: &str, server: &TestServer) -> tokio::process::Child {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python_worker/worker.py"
+    );
+    let mut child = tokio::process::Command::new(python)
+        .args([script, "--server", &server.addr.to_string()])
+        .args(["--lease-seconds", "2", "--step-seconds", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    wait_for_line(
+        child.stdout.take().unwrap(),
+        std::time::Duration::from_secs(120),
+        "the Python worker's subscription",
+        |line| line.starts_with("serving text.reverse").then_some(()),
+    )
+    .await;
+    child
+}
+
+#[tokio::test]
+async fn a_decorated_python_worker_killed_midway_is_replaced_and_the_work_finishes_once() {
+    let Some(python) = crate::workers::python() else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let mut first = python_worker(&python, &server).await;
+    let op = crate::workers::enqueue(&server, None, "text.reverse", "hello").await;
+    // Killed once it is working on it (it reported progress).
+    let mut watch = server
+        .watcher()
+        .await
+        .watch_operation(longrun::pb::longrun::v1::WatchOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, async {
+        use tokio_stream::StreamExt;
+        while let Some(seen) = watch.next().await {
+            if meta(&seen.unwrap()).progress_percent > 0 {
+                return;
+            }
+        }
+        panic!("the watch ended first");
+    })
+    .await
+    .expect("the first worker started on it");
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    // Its lease lapses; a new worker process takes the next attempt.
+    let _second = python_worker(&python, &server).await;
+    let done = wait_done(&server, &op.name).await;
+    assert_eq!(crate::workers::response_text(&done), "olleh");
+    assert_eq!(meta(&done).attempt, 2);
+    server.stop().await;
+}

@@ -156,14 +156,19 @@ async fn complete(
 }
 
 /// A google.protobuf.StringValue as an Any.
-fn text_any(text: &str) -> prost_types::Any {
+pub(crate) fn text_any(text: &str) -> prost_types::Any {
     prost_types::Any {
         type_url: "type.googleapis.com/google.protobuf.StringValue".into(),
         value: text.to_owned().encode_to_vec(),
     }
 }
 
-async fn enqueue(server: &TestServer, token: Option<&str>, kind: &str, text: &str) -> Operation {
+pub(crate) async fn enqueue(
+    server: &TestServer,
+    token: Option<&str>,
+    kind: &str,
+    text: &str,
+) -> Operation {
     JobsClient::new(server.authed(token).await)
         .enqueue(EnqueueRequest {
             kind: kind.into(),
@@ -183,7 +188,7 @@ async fn get(server: &TestServer, name: &str) -> Operation {
         .into_inner()
 }
 
-fn response_text(op: &Operation) -> String {
+pub(crate) fn response_text(op: &Operation) -> String {
     match &op.result {
         Some(OpResult::Response(any)) => String::decode(any.value.as_slice()).unwrap(),
         other => panic!("no response: {other:?}"),
