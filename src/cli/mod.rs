@@ -90,6 +90,9 @@ pub enum Command {
     /// create --file children.jsonl --watch`.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
+    /// Print the HTTP/JSON API's OpenAPI 3.1 document (what GET
+    /// /v1/openapi.json serves), e.g. for generating client types.
+    Openapi,
 }
 
 /// Options every client command takes.
@@ -238,6 +241,10 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Queue(cmd) => queue::run(cmd).await,
         Command::Schedule(cmd) => schedule::run(*cmd).await,
         Command::Batch(cmd) => batch::run(cmd).await,
+        Command::Openapi => {
+            say!("{}", longrun::http::openapi_json());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -133,6 +133,23 @@ impl Origins {
     }
 }
 
+/// The OpenAPI document of longrun's own services, as `GET
+/// /v1/openapi.json` serves it on a server without custom kinds: what the
+/// TypeScript client's types are generated from (`longrun openapi`).
+pub fn openapi_json() -> String {
+    let mut pool = DescriptorPool::new();
+    for set in [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        if let Err(e) = pool.decode_file_descriptor_set(set) {
+            warn!(error = %e, "a descriptor set could not be read");
+        }
+    }
+    serde_json::to_string_pretty(&openapi::document(&Bindings::from_pool(&pool)))
+        .unwrap_or_default()
+}
+
 impl Rest {
     /// The face over `grpc`, the router of the gRPC services alone.
     pub fn new(

@@ -10,7 +10,8 @@
 // Exits non-zero with the failing step's message.
 
 import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 
 const [open, secured, readerToken, writerToken, shots] = process.argv.slice(2);
 const executablePath = process.env.LONGRUN_CHROMIUM ?? "/usr/bin/chromium";
@@ -296,6 +297,26 @@ try {
   await page.screenshot({ path: `${shots}/bulk-1280x800.png` });
   await page.goto(`${open}#/operations`);
   await page.waitForSelector("#operations:not([hidden])");
+
+  // The TypeScript client, served to the page by the harness, against the
+  // server the page came from (when it has been built).
+  const clientScript = fileURLToPath(new URL("../../clients/typescript/dist/index.js", import.meta.url));
+  if (existsSync(clientScript)) {
+    step("the TypeScript client runs in the browser");
+    await page.route("**/test-client/index.js", (route) => route.fulfill({ path: clientScript, contentType: "text/javascript" }));
+    const [clientState, clientType] = await page.evaluate(async () => {
+      const { Client } = await import("/test-client/index.js");
+      const client = new Client({ baseUrl: location.origin });
+      const op = await client.sleep("0.2s", { steps: 2 });
+      const response = await op.result({ timeout: 30000 });
+      return [op.state, response["@type"]];
+    });
+    if (clientState !== "SUCCEEDED" || !clientType.endsWith("SleepResponse")) {
+      throw new Error(`the TypeScript client in the browser saw ${clientState} ${clientType}`);
+    }
+  } else if (process.env.LONGRUN_TEST_CLIENTS_REQUIRED === "1") {
+    throw new Error("clients/typescript is not built, and LONGRUN_TEST_CLIENTS_REQUIRED=1");
+  }
 
   step("a phone's width: nothing wider than the screen, no word broken");
   await page.setViewportSize({ width: 390, height: 844 });

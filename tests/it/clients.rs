@@ -158,3 +158,31 @@ async fn a_decorated_python_worker_killed_midway_is_replaced_and_the_work_finish
     assert_eq!(meta(&done).attempt, 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_typescript_client_passes_its_tests_against_the_server() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/typescript");
+    if !root.join("dist/index.js").exists() {
+        assert!(
+            std::env::var("LONGRUN_TEST_CLIENTS_REQUIRED").as_deref() != Ok("1"),
+            "clients/typescript is not built, and LONGRUN_TEST_CLIENTS_REQUIRED=1"
+        );
+        eprintln!("SKIPPED: build clients/typescript (npm ci --prefix clients/typescript)");
+        return;
+    }
+    let server = TestServer::start().await;
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(&root)
+        .env("LONGRUN_URL", server.url())
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "node --test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await;
+}
