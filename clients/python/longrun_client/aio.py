@@ -22,9 +22,13 @@ from ._client import LongrunError, OperationFailed, _duration
 from google.longrunning import operations_pb2, operations_pb2_grpc  # noqa: E402
 from google.protobuf import any_pb2, message  # noqa: E402
 from longrun.v1 import (  # noqa: E402
+    batches_pb2,
+    batches_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
     metadata_pb2,
+    reports_pb2,
+    reports_pb2_grpc,
     watch_pb2,
     watch_pb2_grpc,
     workers_pb2,
@@ -124,6 +128,8 @@ class AsyncClient:
         self._watcher = watch_pb2_grpc.OperationWatcherStub(self._channel)
         self._diagnostics = diagnostics_pb2_grpc.DiagnosticsStub(self._channel)
         self._jobs = workers_pb2_grpc.JobsStub(self._channel)
+        self._reports = reports_pb2_grpc.ReportServiceStub(self._channel)
+        self._bulk = batches_pb2_grpc.BulkStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -160,3 +166,35 @@ class AsyncClient:
         return AsyncOperation(
             self, await _call(self._operations.GetOperation, request, self._metadata)
         )
+
+    async def create_report(
+        self, month: str, format: str = "CSV", *, request_id: Optional[str] = None
+    ) -> AsyncOperation:
+        """Renders the month (YYYY-MM) as CSV, JSON or PDF."""
+        request = reports_pb2.CreateReportRequest(
+            month=month,
+            format=reports_pb2.ReportFormat.Value(format.upper()),
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        return AsyncOperation(
+            self, await _call(self._reports.CreateReport, request, self._metadata)
+        )
+
+    async def retry(self, name: str) -> AsyncOperation:
+        """Puts a failed or cancelled operation back in the queue."""
+        request = batches_pb2.RetryOperationRequest(name=name)
+        return AsyncOperation(self, await _call(self._bulk.RetryOperation, request, self._metadata))
+
+    async def list(self, filter: str = "", page_size: int = 100) -> AsyncIterator[AsyncOperation]:
+        """Every operation the filter matches, newest first, page by page."""
+        token = ""
+        while True:
+            request = operations_pb2.ListOperationsRequest(
+                name="operations", filter=filter, page_size=page_size, page_token=token
+            )
+            page = await _call(self._operations.ListOperations, request, self._metadata)
+            for proto in page.operations:
+                yield AsyncOperation(self, proto)
+            token = page.next_page_token
+            if not token:
+                return

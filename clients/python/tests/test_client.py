@@ -192,5 +192,11 @@ def test_the_asyncio_client_waits_and_watches():
             failed = await client.sleep(0, fail_code=9)
             with pytest.raises(OperationFailed):
                 await failed.result(timeout=30)
+            retried = await client.retry(failed.name)
+            assert retried.state == "QUEUED"
+            names = [o.name async for o in client.list(page_size=2)]
+            assert op.name in names and failed.name in names
+            report = await client.create_report("2024-01", "JSON")
+            assert (await report.result(timeout=60)).type_url.endswith("Report")
 
     asyncio.run(main())
