@@ -95,29 +95,10 @@ print("final", state.state, state.progress_percent, flush=True)
     server.wait().await.unwrap();
 }
 
-/// Starts the Python example (on the client's Worker helper) against
-/// `server`, with short leases and slow steps, and waits until it serves.
+/// The Python example against `server`, with short leases and slow steps.
 async fn python_worker(python: &str, server: &TestServer) -> tokio::process::Child {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/python_worker/worker.py"
-    );
-    let mut child = tokio::process::Command::new(python)
-        .args([script, "--server", &server.addr.to_string()])
-        .args(["--lease-seconds", "2", "--step-seconds", "1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    wait_for_line(
-        child.stdout.take().unwrap(),
-        std::time::Duration::from_secs(120),
-        "the Python worker's subscription",
-        |line| line.starts_with("serving text.reverse").then_some(()),
-    )
-    .await;
-    child
+    let args = ["--lease-seconds", "2", "--step-seconds", "1"];
+    python_example(python, &server.addr.to_string(), &args, &[]).await
 }
 
 #[tokio::test]

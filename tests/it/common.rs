@@ -517,3 +517,35 @@ pub async fn wait_for_line<T>(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     result
 }
+
+/// Starts the Python worker example (examples/python_worker, on the
+/// Python client's Worker helper) with `python`, serving the server at
+/// `address` with `args` and `envs` more, and waits until it serves.
+pub async fn python_example(
+    python: &str,
+    address: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> tokio::process::Child {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python_worker/worker.py"
+    );
+    let mut child = tokio::process::Command::new(python)
+        .args([script, "--server", address])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    wait_for_line(
+        child.stdout.take().unwrap(),
+        Duration::from_secs(120),
+        "the Python worker's subscription",
+        |line| line.starts_with("serving text.reverse").then_some(()),
+    )
+    .await;
+    child
+}

@@ -331,26 +331,11 @@ async fn an_outside_python_workers_span_continues_its_attempt() {
     let flags = ["--otlp-endpoint", &endpoint, "--metrics-listen", "off"];
     let (mut server, url) = spawn(dir.path(), &flags).await;
     let address = url.trim_start_matches("http://").to_owned();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/python_worker/worker.py"
-    );
-    let mut worker = tokio::process::Command::new(python)
-        .args([script, "--server", &address, "--max-operations", "1"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_SERVICE_NAME", "python-worker")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    wait_for_line(
-        worker.stdout.take().unwrap(),
-        Duration::from_secs(120),
-        "the Python worker's subscription",
-        |line| line.starts_with("serving text.reverse").then_some(()),
-    )
-    .await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "python-worker"),
+    ];
+    let mut worker = python_example(&python, &address, &["--max-operations", "1"], &env).await;
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
     let op = longrun::pb::longrun::v1::jobs_client::JobsClient::new(channel.clone())
         .enqueue(longrun::pb::longrun::v1::EnqueueRequest {

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::common::{
-    Authed, PATIENCE, Person, TestServer, assert_status, auth_toml, meta, wait_done_as,
-    wait_for_line,
+    Authed, PATIENCE, Person, TestServer, assert_status, auth_toml, meta, python_example,
+    wait_done_as, wait_for_line,
 };
 use longrun::pb::google::longrunning::operation::Result as OpResult;
 use longrun::pb::google::longrunning::operations_client::OperationsClient;
@@ -674,30 +674,8 @@ pub(crate) fn python() -> Option<String> {
 async fn the_python_example_serves_operations() {
     let Some(python) = python() else { return };
     let server = TestServer::start().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/python_worker/worker.py"
-    );
-    let mut child = tokio::process::Command::new(python)
-        .args([
-            script,
-            "--server",
-            &server.addr.to_string(),
-            "--max-operations",
-            "2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    wait_for_line(
-        child.stdout.take().unwrap(),
-        Duration::from_secs(120),
-        "the Python worker's subscription",
-        |line| line.starts_with("serving text.reverse").then_some(()),
-    )
-    .await;
+    let address = server.addr.to_string();
+    let mut child = python_example(&python, &address, &["--max-operations", "2"], &[]).await;
 
     let hello = enqueue(&server, None, "text.reverse", "hello").await;
     let done = wait_done_as(&server, None, &hello.name).await;

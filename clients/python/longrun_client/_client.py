@@ -81,7 +81,7 @@ class LongrunError(Exception):
 class OperationFailed(LongrunError):
     """The operation ended with an error."""
 
-    def __init__(self, operation: "Operation", status: status_pb2.Status):
+    def __init__(self, operation, status: status_pb2.Status):
         self.operation = operation
         super().__init__(status)
 
@@ -109,13 +109,8 @@ def _call(fn: Callable, request, metadata):
     raise AssertionError("unreachable")
 
 
-class Operation:
-    """A handle on one operation: its latest known state, and ways to
-    follow it."""
-
-    def __init__(self, client: "Client", proto: operations_pb2.Operation):
-        self._client = client
-        self._set(proto)
+class _Handle:
+    """What both operation handles know: the latest state read."""
 
     def _set(self, proto: operations_pb2.Operation) -> None:
         self.proto = proto
@@ -146,6 +141,40 @@ class Operation:
             return None
         return self.metadata.estimated_end_time.ToDatetime(tzinfo=datetime.timezone.utc)
 
+    def _wait_request(self, deadline: Optional[float], timeout: Optional[float], now: float):
+        """The next WaitOperation request, or TimeoutError once `deadline`
+        has passed."""
+        left = _WAIT_STEP if deadline is None else deadline - now
+        if left <= 0:
+            raise TimeoutError(f"{self.name} is not done after {timeout} s")
+        return operations_pb2.WaitOperationRequest(
+            name=self.name, timeout=_duration(min(left, _WAIT_STEP))
+        )
+
+    def _outcome(self, response_type: Optional[type]):
+        """The response of a done operation (unpacked into `response_type`
+        when given), or OperationFailed."""
+        if self.proto.HasField("error"):
+            raise OperationFailed(self, self.proto.error)
+        if response_type is None:
+            return self.proto.response
+        response = response_type()
+        if not self.proto.response.Unpack(response):
+            raise TypeError(f"{self.name}'s response is a {self.proto.response.type_url}")
+        return response
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.state}, {self.progress_percent}%)"
+
+
+class Operation(_Handle):
+    """A handle on one operation: its latest known state, and ways to
+    follow it."""
+
+    def __init__(self, client: "Client", proto: operations_pb2.Operation):
+        self._client = client
+        self._set(proto)
+
     def refresh(self) -> "Operation":
         """Reads its state again."""
         self._set(self._client._get(self.name))
@@ -159,23 +188,11 @@ class Operation:
         seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
-            left = _WAIT_STEP if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.name} is not done after {timeout} s")
-            request = operations_pb2.WaitOperationRequest(
-                name=self.name, timeout=_duration(min(left, _WAIT_STEP))
-            )
+            request = self._wait_request(deadline, timeout, time.monotonic())
             self._set(
                 _call(self._client._operations.WaitOperation, request, self._client._metadata)
             )
-        if self.proto.HasField("error"):
-            raise OperationFailed(self, self.proto.error)
-        if response_type is None:
-            return self.proto.response
-        response = response_type()
-        if not self.proto.response.Unpack(response):
-            raise TypeError(f"{self.name}'s response is a {self.proto.response.type_url}")
-        return response
+        return self._outcome(response_type)
 
     def watch(self) -> Iterator["Operation"]:
         """Its states as they change, ending with the final one. A stream
@@ -206,9 +223,6 @@ class Operation:
             operations_pb2.CancelOperationRequest(name=self.name),
             self._client._metadata,
         )
-
-    def __repr__(self) -> str:
-        return f"Operation({self.name!r}, {self.state}, {self.progress_percent}%)"
 
 
 class _Jobs:

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Optional
 import grpc
 
 from . import _client
-from ._client import LongrunError, OperationFailed, _duration
+from ._client import LongrunError, _duration
 from google.longrunning import operations_pb2, operations_pb2_grpc  # noqa: E402
 from google.protobuf import any_pb2, message  # noqa: E402
 from longrun.v1 import (  # noqa: E402
@@ -26,7 +26,6 @@ from longrun.v1 import (  # noqa: E402
     batches_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
-    metadata_pb2,
     reports_pb2,
     reports_pb2_grpc,
     watch_pb2,
@@ -48,22 +47,12 @@ async def _call(fn, request, metadata):
     raise AssertionError("unreachable")
 
 
-class AsyncOperation:
+class AsyncOperation(_client._Handle):
     """An operation, followed with asyncio."""
 
     def __init__(self, client: "AsyncClient", proto: operations_pb2.Operation):
         self._client = client
         self._set(proto)
-
-    def _set(self, proto: operations_pb2.Operation) -> None:
-        self.proto = proto
-        self.metadata = metadata_pb2.OperationMetadata()
-        proto.metadata.Unpack(self.metadata)
-
-    name = property(lambda self: self.proto.name)
-    done = property(lambda self: self.proto.done)
-    state = property(lambda self: metadata_pb2.State.Name(self.metadata.state))
-    progress_percent = property(lambda self: self.metadata.progress_percent)
 
     async def refresh(self) -> "AsyncOperation":
         request = operations_pb2.GetOperationRequest(name=self.name)
@@ -77,23 +66,11 @@ class AsyncOperation:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self.done:
-            left = _client._WAIT_STEP if deadline is None else deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"{self.name} is not done after {timeout} s")
-            request = operations_pb2.WaitOperationRequest(
-                name=self.name, timeout=_duration(min(left, _client._WAIT_STEP))
-            )
+            request = self._wait_request(deadline, timeout, loop.time())
             self._set(
                 await _call(self._client._operations.WaitOperation, request, self._client._metadata)
             )
-        if self.proto.HasField("error"):
-            raise OperationFailed(self, self.proto.error)
-        if response_type is None:
-            return self.proto.response
-        response = response_type()
-        if not self.proto.response.Unpack(response):
-            raise TypeError(f"{self.name}'s response is a {self.proto.response.type_url}")
-        return response
+        return self._outcome(response_type)
 
     async def watch(self) -> AsyncIterator["AsyncOperation"]:
         """Its states as they change, ending with the final one."""
