@@ -11,15 +11,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use longrun::model::BulkAction;
 use longrun::model::order::{Month, Order, OrderStatus};
 use longrun::model::{
     Attempt, Claim, Code, DeliveryState, Edit, Filter, Finish, Holds, Lease, Limit, LimitScope,
     Limits, Notification, Operation, OperationError, OrphanRetry, Outcome, Payload, Policy,
-    Progress, Rejection, RequestId, State, Tenant,
+    Progress, Rejection, RequestId, State, Tally, Tenant,
 };
 use longrun::store::{
-    Applied, Change, ClaimRequest, Created, ListQuery, OperationStore, PutOrders, StoreError,
-    Stores, Write,
+    Applied, BulkPage, Change, ClaimRequest, Created, ListQuery, OperationStore, PutOrders,
+    StoreError, Stores, Write,
 };
 
 /// One write per commit, as most cases need; the batch cases commit
@@ -2062,6 +2063,78 @@ async fn due_schedules_are_taken_once_until_their_hold_ends(s: Stores) {
 
 /// A batch's children are counted on its parent, changed in the same
 /// write as the child that moved (created, claimed, ended), so that the
+/// A bulk page is all or nothing: under the action's current attempt, the
+/// items it may change change, the others count as skipped, and the tally
+/// lands on the action's operation in the same write; under a stale
+/// attempt nothing changes at all.
+async fn a_bulk_page_changes_its_items_and_its_tally_together(s: Stores) {
+    let action = created(&s, new_op("conformance.bulk", None, 1)).await;
+    let (_, held) = claim(&s, &action).await;
+    let queued = created(&s, new_op("conformance.bulk.item", None, 2)).await;
+    let finished = created(&s, new_op("conformance.bulk.item", None, 3)).await;
+    let (_, item_claim) = claim(&s, &finished).await;
+    edit(
+        &s,
+        &finished,
+        Edit::Finish {
+            claim: item_claim,
+            finish: Finish::Done {
+                outcome: Outcome::Response(Payload::pack(&())),
+                progress: None,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let page = |claim: Claim| {
+        Write::Bulk(Box::new(BulkPage {
+            claim,
+            action: BulkAction::Cancel,
+            items: vec![queued.id, finished.id],
+            tally: Tally {
+                total: 2,
+                matched: 2,
+                cursor: Some(finished.id),
+                ..Tally::default()
+            },
+        }))
+    };
+    // A stale attempt changes nothing.
+    let stale = Claim {
+        id: action.id,
+        attempt: Attempt::new(held.attempt.get() + 1),
+    };
+    assert!(
+        s.operations
+            .one(page(stale), SystemTime::now())
+            .await
+            .is_err()
+    );
+    let still = s.operations.get(queued.id).await.unwrap().unwrap();
+    assert_eq!(still.state, State::Queued);
+    match s
+        .operations
+        .one(page(held), SystemTime::now())
+        .await
+        .unwrap()
+    {
+        Applied::Bulk { operation, changed } => {
+            let tally = operation.bulk.as_deref().unwrap();
+            assert_eq!((tally.matched, tally.changed, tally.skipped), (2, 1, 1));
+            assert_eq!(tally.cursor, Some(finished.id));
+            assert_eq!(changed.len(), 1);
+            assert_eq!(changed[0].id, queued.id);
+        }
+        other => panic!("a bulk page answered {other:?}"),
+    }
+    let stored = s.operations.get(action.id).await.unwrap().unwrap();
+    assert_eq!(stored.bulk.as_deref().unwrap().changed, 1);
+    let cancelled = s.operations.get(queued.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, State::Cancelled);
+    let kept = s.operations.get(finished.id).await.unwrap().unwrap();
+    assert_eq!(kept.state, State::Succeeded);
+}
+
 /// counts are exact without reading the children again; the children are
 /// listed through their own index, and the parent, among the open batches
 /// until then, ends with its last child.
@@ -2222,6 +2295,7 @@ macro_rules! conformance {
             case!(schedules_are_stored_by_tenant_and_written_by_revision);
             case!(due_schedules_are_taken_once_until_their_hold_ends);
             case!(a_batch_rolls_its_children_up_in_the_same_write);
+            case!(a_bulk_page_changes_its_items_and_its_tally_together);
         }
     };
 }
