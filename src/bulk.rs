@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::engine::bulk::bulk_filter;
 use crate::engine::schedules::WeakEngine;
-use crate::engine::{EngineError, Task, TaskContext, TaskError, TaskPolicy};
+use crate::engine::{Task, TaskContext, TaskError, TaskPolicy};
 use crate::model::{BulkAction, Code, FieldViolation, Tally};
 use crate::pb::longrun::v1::{BulkResult, MatchingRequest};
 
@@ -79,13 +79,7 @@ impl<M: Matching> Task for BulkTask<M> {
     const SHORT_NAME: Option<&'static str> = Some(M::SHORT_NAME);
 
     fn validate(&self, request: &MatchingRequest) -> Result<(), FieldViolation> {
-        match bulk_filter(&request.filter) {
-            Err(EngineError::InvalidArgument { mut violations }) if !violations.is_empty() => {
-                Err(violations.swap_remove(0))
-            }
-            Err(e) => Err(FieldViolation::new("filter", e.to_string())),
-            Ok(_) => Ok(()),
-        }
+        bulk_filter(&request.filter).map(|_| ())
     }
 
     fn policy(&self) -> TaskPolicy {

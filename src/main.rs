@@ -51,8 +51,10 @@ fn main() -> ExitCode {
                     EnvFilter::try_from_env("LONGRUN_LOG")
                         .unwrap_or_else(|_| EnvFilter::new("info")),
                 );
-            let config = args.config(Vec::new());
-            let metrics = std::sync::Arc::clone(&config.engine.metrics);
+            // The server's metrics, made here so that the trace exporter
+            // can count its drops in them.
+            let metrics = std::sync::Arc::new(longrun::metrics::Metrics::new());
+            let counters = std::sync::Arc::clone(&metrics);
             // Traces, when asked for (see telemetry::Exporting::layer).
             let exporting = match args.traces() {
                 None => None,
@@ -71,7 +73,7 @@ fn main() -> ExitCode {
             let spans = exporting.as_ref().map(Exporting::layer);
             tracing_subscriber::registry().with(logs).with(spans).init();
             let served = runtime.block_on(async {
-                let served = serve(*args, config.engine.metrics).await;
+                let served = serve(*args, counters).await;
                 if let Some(exporting) = &exporting {
                     exporting.shutdown().await;
                 }

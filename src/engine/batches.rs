@@ -11,6 +11,7 @@
 //! The cascade (`cascade.rs`) cancels the children of a cancelled or
 //! failing batch; deleting a done batch deletes its children first.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::admission::Reservation;
@@ -194,20 +195,20 @@ impl OpenBatch {
         let mut chunk = Vec::with_capacity(BATCH_CHUNK.min(children.len()));
         // Each child's room in the queue is held until its chunk is stored.
         let mut rooms = Vec::with_capacity(chunk.capacity());
+        // Per kind, the children of this chunk not stored yet: ahead of a
+        // new one of that kind in the queue.
+        let mut ahead: HashMap<String, u64> = HashMap::new();
         for child in children {
-            // Its siblings of the same kind in this chunk are ahead of it
-            // in the queue, though not stored yet.
-            let behind = chunk
-                .iter()
-                .filter(|op: &&Operation| op.kind == child.kind)
-                .count();
-            let (mut op, room) = prepare(&engine, &tenant, parent, child, behind as u64).await?;
+            let behind = ahead.get(&child.kind).copied().unwrap_or(0);
+            let (mut op, room) = prepare(&engine, &tenant, parent, child, behind).await?;
+            *ahead.entry(op.kind.clone()).or_default() += 1;
             op.trace.clone_from(&trace);
             chunk.push(op);
             rooms.push(room);
             if chunk.len() == BATCH_CHUNK {
                 self.store_chunk(std::mem::take(&mut chunk)).await?;
                 rooms.clear();
+                ahead.clear();
             }
         }
         if !chunk.is_empty() {

@@ -12,7 +12,8 @@
 use super::task::TaskContext;
 use super::{Engine, EngineError};
 use crate::model::{
-    Attempt, BulkAction, Claim, Filter, Operation, OperationId, Scope, State, Tally, Tenant,
+    Attempt, BulkAction, Claim, FieldViolation, Filter, Operation, OperationId, Scope, State,
+    Tally, Tenant,
 };
 use crate::store::{Applied, BulkPage, ListPage, ListQuery, Write};
 
@@ -24,20 +25,20 @@ const BULK_SCAN_BUDGET: usize = 10_000;
 pub const MAX_BULK_FILTER_LEN: usize = 1024;
 
 /// A bulk action's filter as the caller wrote it: required, and parsed.
-pub fn bulk_filter(filter: &str) -> Result<Filter, EngineError> {
+pub fn bulk_filter(filter: &str) -> Result<Filter, FieldViolation> {
     if filter.trim().is_empty() {
-        return Err(EngineError::invalid(
+        return Err(FieldViolation::new(
             "filter",
             "a bulk action needs a filter (\"done = true\", say, for every done operation)",
         ));
     }
     if filter.len() > MAX_BULK_FILTER_LEN {
-        return Err(EngineError::invalid(
+        return Err(FieldViolation::new(
             "filter",
             format!("the filter is longer than {MAX_BULK_FILTER_LEN} bytes"),
         ));
     }
-    Filter::parse(filter).map_err(|e| EngineError::invalid("filter", e.to_string()))
+    Filter::parse(filter).map_err(|e| FieldViolation::new("filter", e.to_string()))
 }
 
 impl Engine {
@@ -51,7 +52,9 @@ impl Engine {
         filter: &str,
     ) -> Result<Tally, EngineError> {
         let tenant = ctx.tenant().clone();
-        let mut filter = bulk_filter(filter)?;
+        let mut filter = bulk_filter(filter).map_err(|v| EngineError::InvalidArgument {
+            violations: vec![v],
+        })?;
         filter.restrict_to_tenant(&tenant);
         let own = self
             .get(&Scope::Tenant(tenant.clone()), ctx.operation_id())

@@ -11,7 +11,6 @@ use super::status::{invalid_field, stalled};
 use super::workers::enqueued;
 use crate::bulk::{BulkTask, CancelMatching, DeleteMatching, Matching, RetryMatching};
 use crate::engine::batches::{BatchDraft, ChildDraft, OpenBatch};
-use crate::engine::bulk::bulk_filter;
 use crate::engine::{Engine, SubmitOptions};
 use crate::model::{FieldViolation, Policy, Reason, Tenant, TraceContext};
 use crate::pb::convert;
@@ -75,8 +74,8 @@ impl BatchesService {
         let caller = caller(&request)?;
         let trace = trace(&request);
         let req = request.into_inner();
+        // The kind's own check refuses a missing or bad filter, naming it.
         let result = async {
-            bulk_filter(&req.filter)?;
             let options = SubmitOptions {
                 tenant: caller.tenant.clone(),
                 trace,
