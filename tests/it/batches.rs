@@ -583,13 +583,7 @@ fn an_hour_later() -> EnqueueRequest {
 
 /// Starts the real binary on `dir` and waits until it serves.
 async fn spawn(dir: &std::path::Path) -> (tokio::process::Child, Channel) {
-    let (child, url) = spawn_listening(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "1s"])
-            .arg("--data-dir")
-            .arg(dir),
-    )
-    .await;
+    let (child, url) = serve_binary(dir, "127.0.0.1:0", &[]).await;
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
     (child, channel)
 }

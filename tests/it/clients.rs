@@ -33,15 +33,10 @@ async fn free_port() -> u16 {
 }
 
 async fn serve_at(dir: &std::path::Path, port: u16) -> tokio::process::Child {
-    let (child, _) = spawn_listening(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--shutdown-grace", "1s", "--metrics-listen", "off"])
-            .arg("--data-dir")
-            .arg(dir),
-    )
-    .await;
-    child
+    let listen = format!("127.0.0.1:{port}");
+    serve_binary(dir, &listen, &["--metrics-listen", "off"])
+        .await
+        .0
 }
 
 #[tokio::test]

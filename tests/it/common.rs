@@ -549,3 +549,21 @@ pub async fn python_example(
     .await;
     child
 }
+
+/// Starts the real binary's `serve` on `listen`, keeping its state in
+/// `dir`, with a short shutdown grace and `flags` more; waits until it
+/// serves and returns it and its `http://` URL.
+pub async fn serve_binary(
+    dir: &Path,
+    listen: &str,
+    flags: &[&str],
+) -> (tokio::process::Child, String) {
+    spawn_listening(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+            .args(["serve", "--listen", listen, "--shutdown-grace", "1s"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(flags),
+    )
+    .await
+}

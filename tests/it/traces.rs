@@ -129,15 +129,8 @@ impl LogLines {
 
 /// Starts the real binary with `flags`; returns it and its gRPC URL.
 async fn spawn(dir: &std::path::Path, flags: &[&str]) -> (tokio::process::Child, String) {
-    spawn_listening(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "1s"])
-            .arg("--webhook-allow-private")
-            .arg("--data-dir")
-            .arg(dir)
-            .args(flags),
-    )
-    .await
+    let flags = [&["--webhook-allow-private"], flags].concat();
+    serve_binary(dir, "127.0.0.1:0", &flags).await
 }
 
 /// A webhook receiver that answers 200 and passes on each delivery's

@@ -22,6 +22,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc  # noqa: E402
 from google.protobuf import any_pb2, duration_pb2, message  # noqa: E402
 from google.rpc import error_details_pb2, status_pb2  # noqa: E402
 from longrun.v1 import (  # noqa: E402
+    batches_pb2,
     batches_pb2_grpc,
     diagnostics_pb2,
     diagnostics_pb2_grpc,
@@ -93,6 +94,43 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromTimedelta(datetime.timedelta(seconds=seconds))
     return d
+
+
+def _fresh(request_id: Optional[str]) -> str:
+    return request_id or str(uuid.uuid4())
+
+
+# The requests both clients send, made in one place.
+
+
+def _sleep_request(seconds: float, steps: int, fail_code: int, request_id: Optional[str]):
+    return diagnostics_pb2.SleepRequest(
+        duration=_duration(seconds), steps=steps, fail_code=fail_code, request_id=_fresh(request_id)
+    )
+
+
+def _enqueue_request(
+    kind: str, payload: message.Message, request_id: Optional[str], max_attempts=0
+):
+    any_payload = any_pb2.Any()
+    any_payload.Pack(payload)
+    return workers_pb2.EnqueueRequest(
+        kind=kind, payload=any_payload, request_id=_fresh(request_id), max_attempts=max_attempts
+    )
+
+
+def _report_request(month: str, format: str, request_id: Optional[str]):
+    return reports_pb2.CreateReportRequest(
+        month=month,
+        format=reports_pb2.ReportFormat.Value(format.upper()),
+        request_id=_fresh(request_id),
+    )
+
+
+def _list_request(filter: str, page_size: int, token: str):
+    return operations_pb2.ListOperationsRequest(
+        name="operations", filter=filter, page_size=page_size, page_token=token
+    )
 
 
 def _call(fn: Callable, request, metadata):
@@ -238,14 +276,7 @@ class _Jobs:
         max_attempts: int = 0,
     ) -> Operation:
         """Creates an operation of an outside kind, served by workers."""
-        any_payload = any_pb2.Any()
-        any_payload.Pack(payload)
-        request = workers_pb2.EnqueueRequest(
-            kind=kind,
-            payload=any_payload,
-            request_id=request_id or str(uuid.uuid4()),
-            max_attempts=max_attempts,
-        )
+        request = _enqueue_request(kind, payload, request_id, max_attempts)
         return self._client._created(self._client._jobs.Enqueue, request)
 
 
@@ -257,11 +288,7 @@ class _Reports:
         self, month: str, format: str = "CSV", *, request_id: Optional[str] = None
     ) -> Operation:
         """Renders the month (YYYY-MM) as CSV, JSON or PDF."""
-        request = reports_pb2.CreateReportRequest(
-            month=month,
-            format=reports_pb2.ReportFormat.Value(format.upper()),
-            request_id=request_id or str(uuid.uuid4()),
-        )
+        request = _report_request(month, format, request_id)
         return self._client._created(self._client._reports.CreateReport, request)
 
 
@@ -317,9 +344,7 @@ class _Operations:
         time."""
         token = ""
         while True:
-            request = operations_pb2.ListOperationsRequest(
-                name="operations", filter=filter, page_size=page_size, page_token=token
-            )
+            request = _list_request(filter, page_size, token)
             page = _call(self._client._operations.ListOperations, request, self._client._metadata)
             for proto in page.operations:
                 yield Operation(self._client, proto)
@@ -380,12 +405,7 @@ class Client:
         request_id: Optional[str] = None,
     ) -> Operation:
         """A Diagnostics.Sleep operation of known length (for trying things)."""
-        request = diagnostics_pb2.SleepRequest(
-            duration=_duration(seconds),
-            steps=steps,
-            fail_code=fail_code,
-            request_id=request_id or str(uuid.uuid4()),
-        )
+        request = _sleep_request(seconds, steps, fail_code, request_id)
         return self._created(self._diagnostics.Sleep, request)
 
     def operation(self, name: str) -> Operation:
@@ -394,7 +414,5 @@ class Client:
 
     def retry(self, name: str) -> Operation:
         """Puts a failed or cancelled operation back in the queue."""
-        from longrun.v1 import batches_pb2
-
         request = batches_pb2.RetryOperationRequest(name=name)
         return self._created(self._bulk.RetryOperation, request)

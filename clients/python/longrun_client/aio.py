@@ -12,25 +12,21 @@ async with AsyncClient("127.0.0.1:50051") as client:
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import AsyncIterator, Optional
 
 import grpc
 
 from . import _client
-from ._client import LongrunError, _duration
+from ._client import LongrunError
 from google.longrunning import operations_pb2, operations_pb2_grpc  # noqa: E402
-from google.protobuf import any_pb2, message  # noqa: E402
+from google.protobuf import message  # noqa: E402
 from longrun.v1 import (  # noqa: E402
     batches_pb2,
     batches_pb2_grpc,
-    diagnostics_pb2,
     diagnostics_pb2_grpc,
-    reports_pb2,
     reports_pb2_grpc,
     watch_pb2,
     watch_pb2_grpc,
-    workers_pb2,
     workers_pb2_grpc,
 )
 
@@ -118,23 +114,14 @@ class AsyncClient:
         await self.close()
 
     async def sleep(self, seconds: float, *, steps: int = 1, fail_code: int = 0) -> AsyncOperation:
-        request = diagnostics_pb2.SleepRequest(
-            duration=_duration(seconds),
-            steps=steps,
-            fail_code=fail_code,
-            request_id=str(uuid.uuid4()),
-        )
+        request = _client._sleep_request(seconds, steps, fail_code, None)
         return AsyncOperation(self, await _call(self._diagnostics.Sleep, request, self._metadata))
 
     async def enqueue(
         self, kind: str, payload: message.Message, *, request_id: Optional[str] = None
     ) -> AsyncOperation:
         """Creates an operation of an outside kind."""
-        any_payload = any_pb2.Any()
-        any_payload.Pack(payload)
-        request = workers_pb2.EnqueueRequest(
-            kind=kind, payload=any_payload, request_id=request_id or str(uuid.uuid4())
-        )
+        request = _client._enqueue_request(kind, payload, request_id)
         return AsyncOperation(self, await _call(self._jobs.Enqueue, request, self._metadata))
 
     async def operation(self, name: str) -> AsyncOperation:
@@ -148,11 +135,7 @@ class AsyncClient:
         self, month: str, format: str = "CSV", *, request_id: Optional[str] = None
     ) -> AsyncOperation:
         """Renders the month (YYYY-MM) as CSV, JSON or PDF."""
-        request = reports_pb2.CreateReportRequest(
-            month=month,
-            format=reports_pb2.ReportFormat.Value(format.upper()),
-            request_id=request_id or str(uuid.uuid4()),
-        )
+        request = _client._report_request(month, format, request_id)
         return AsyncOperation(
             self, await _call(self._reports.CreateReport, request, self._metadata)
         )
@@ -166,9 +149,7 @@ class AsyncClient:
         """Every operation the filter matches, newest first, page by page."""
         token = ""
         while True:
-            request = operations_pb2.ListOperationsRequest(
-                name="operations", filter=filter, page_size=page_size, page_token=token
-            )
+            request = _client._list_request(filter, page_size, token)
             page = await _call(self._operations.ListOperations, request, self._metadata)
             for proto in page.operations:
                 yield AsyncOperation(self, proto)
