@@ -11,6 +11,7 @@ pub mod auth;
 pub mod batches;
 pub mod console;
 pub mod diagnostics;
+pub mod direct;
 pub mod limits;
 pub mod metered;
 pub mod notifications;

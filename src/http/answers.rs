@@ -75,15 +75,16 @@ pub(super) fn version(op: &Operation) -> Option<i64> {
 }
 
 impl Rest {
-    /// An encoded message of type `descriptor` as its JSON.
-    pub(super) fn to_json(
+    /// An encoded message of type `descriptor` as its JSON, `code`.
+    pub(super) fn json(
         &self,
+        code: StatusCode,
         descriptor: &MessageDescriptor,
         bytes: &[u8],
-    ) -> serde_json::Value {
-        DynamicMessage::decode(descriptor.clone(), bytes)
-            .map(|m| pb::json::message(&m))
-            .unwrap_or(serde_json::Value::Null)
+    ) -> Response {
+        let body = DynamicMessage::decode(descriptor.clone(), bytes)
+            .map_or_else(|_| b"null".to_vec(), |m| pb::json::to_vec(&m));
+        json_response(code, body)
     }
 
     /// The message an Any holds, decoded through the served descriptors.
@@ -96,11 +97,13 @@ impl Rest {
     /// An operation as JSON, `code`, with `Retry-After` while it is not
     /// done.
     pub(super) fn operation(&self, code: StatusCode, op: &Operation, bytes: &[u8]) -> Response {
-        let descriptor = self
+        let mut response = match self
             .pool
-            .get_message_by_name("google.longrunning.Operation");
-        let body = descriptor.map_or(serde_json::Value::Null, |d| self.to_json(&d, bytes));
-        let mut response = (code, axum::Json(body)).into_response();
+            .get_message_by_name("google.longrunning.Operation")
+        {
+            Some(descriptor) => self.json(code, &descriptor, bytes),
+            None => json_response(code, b"null".to_vec()),
+        };
         if !op.done {
             response
                 .headers_mut()
@@ -110,6 +113,19 @@ impl Rest {
     }
 }
 
+/// `body`, JSON already written, as the answer `code`.
+fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+    (
+        code,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// A unary answer: JSON; an operation with `Retry-After` while not done,
 /// and 202 with a `Location` when the method created it. (A reused
 /// Idempotency-Key with another body is ALREADY_EXISTS: 409.)
@@ -117,7 +133,7 @@ pub(super) fn answered(rest: &Rest, binding: &Binding, answer: Result<Bytes, Sta
     let bytes = answer?;
     let output = binding.rpc.output();
     if output.full_name() != Operation::full_name() {
-        return Ok((StatusCode::OK, axum::Json(rest.to_json(&output, &bytes))).into_response());
+        return Ok(rest.json(StatusCode::OK, &output, &bytes));
     }
     let op = Operation::decode(bytes.as_ref())
         .map_err(|e| garbled(format!("an undecodable operation: {e}")))?;
@@ -175,7 +191,7 @@ pub(super) async fn result(
             }
             Ok(see_other)
         }
-        None => Ok((StatusCode::OK, axum::Json(pb::json::message(&response))).into_response()),
+        None => Ok(json_response(StatusCode::OK, pb::json::to_vec(&response))),
     }
 }
 

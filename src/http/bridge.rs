@@ -1,9 +1,11 @@
-//! Calls the server's own gRPC services in-process, as a gRPC client would
-//! over the wire but without one: the request is encoded, framed and handed
-//! to the services' router, and the answer decoded from its frames and
-//! trailers. So the HTTP face runs exactly the code a gRPC call runs, with
-//! the same validation, statuses and details, for every bound method,
-//! embedders' services included.
+//! Calls the server's own gRPC services in-process. A unary method of
+//! longrun's own services is called directly (`grpc::direct`: the handler
+//! with its decoded request, no frames); any other method (streams,
+//! embedders' services) as a gRPC client would over the wire but without
+//! one: the request is encoded, framed and handed to the services' router,
+//! and the answer decoded from its frames and trailers. Either way the HTTP
+//! face runs exactly the code a gRPC call runs, with the same validation,
+//! statuses and details, for every bound method.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use tonic::{Request, Status};
 
 use crate::auth::Principal;
 use crate::grpc::auth::Caller;
+use crate::grpc::direct::Direct;
 
 /// Messages as their encoded bytes: the bridge's payloads are encoded
 /// and decoded by the caller, from and to JSON.
@@ -84,16 +87,21 @@ impl TraceHeaders {
     }
 }
 
-/// A client of the server's gRPC router.
+/// A client of the server's gRPC services.
 #[derive(Clone)]
 pub struct Bridge {
     router: axum::Router,
+    direct: Arc<Direct>,
 }
 
 impl Bridge {
-    /// Calls into `router`, the gRPC services alone.
-    pub fn new(router: axum::Router) -> Self {
-        Self { router }
+    /// Calls into `router`, the gRPC services alone, or straight into
+    /// `direct`'s methods.
+    pub fn new(router: axum::Router, direct: Direct) -> Self {
+        Self {
+            router,
+            direct: Arc::new(direct),
+        }
     }
 
     /// A client of the router, ready for a call (the router always is).
@@ -130,10 +138,14 @@ impl Bridge {
         message: Bytes,
         trace: &TraceHeaders,
     ) -> Result<Bytes, Status> {
+        let request = Self::traced(caller, message, trace);
+        if let Some(call) = self.direct.get(path) {
+            return call(request).await;
+        }
         let answer = self
             .client()
             .await
-            .unary(Self::traced(caller, message, trace), Self::path(path)?, Raw)
+            .unary(request, Self::path(path)?, Raw)
             .await?;
         Ok(answer.into_inner())
     }

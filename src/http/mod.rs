@@ -151,9 +151,11 @@ pub fn openapi_json() -> String {
 }
 
 impl Rest {
-    /// The face over `grpc`, the router of the gRPC services alone.
+    /// The face over `grpc`, the router of the gRPC services alone, and
+    /// `direct`, the unary methods it calls without the router.
     pub fn new(
         grpc: Router,
+        direct: crate::grpc::direct::Direct,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: &RestConfig,
@@ -167,7 +169,7 @@ impl Rest {
         let bindings = Bindings::from_pool(&pool);
         let openapi = Bytes::from(openapi::document(&bindings).to_string());
         Ok(Self {
-            bridge: Bridge::new(grpc),
+            bridge: Bridge::new(grpc, direct),
             auth,
             pool,
             bindings,

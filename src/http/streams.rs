@@ -62,7 +62,7 @@ pub(super) async fn events(
                     let json = pool
                         .get_message_by_name(output.full_name())
                         .and_then(|d| DynamicMessage::decode(d, bytes.as_ref()).ok())
-                        .map(|m| pb::json::message(&m).to_string())
+                        .map(|m| pb::json::to_string(&m))
                         .unwrap_or_else(|| "null".into());
                     let event = Event::default().data(json);
                     Some(match id {
@@ -107,7 +107,7 @@ pub(super) fn change_event(pool: &DescriptorPool, bytes: &[u8]) -> Event {
             let descriptor = pool.get_message_by_name(Operation::full_name().as_str())?;
             DynamicMessage::decode(descriptor, op.encode_to_vec().as_slice()).ok()
         })
-        .map_or_else(|| "{}".to_owned(), |m| pb::json::message(&m).to_string());
+        .map_or_else(|| "{}".to_owned(), |m| pb::json::to_string(&m));
     let event = Event::default().id(change.cursor).data(data);
     match r#type {
         operation_change::Type::Updated | operation_change::Type::Unspecified => event,

@@ -14,6 +14,23 @@ use serde_json::{Map, Value as Json};
 /// The full name of `google.protobuf.Any`.
 const ANY: &str = "google.protobuf.Any";
 
+/// `message` in the proto3 JSON mapping, written straight to its bytes
+/// (no tree of values in between); never fails.
+pub fn to_vec(message: &DynamicMessage) -> Vec<u8> {
+    if message.descriptor().full_name() != ANY
+        && let Ok(bytes) = serde_json::to_vec(message)
+    {
+        return bytes;
+    }
+    serde_json::to_vec(&self::message(message)).unwrap_or_else(|_| b"null".to_vec())
+}
+
+/// `message` in the proto3 JSON mapping as text; never fails.
+pub fn to_string(message: &DynamicMessage) -> String {
+    // serde_json writes only UTF-8.
+    String::from_utf8(to_vec(message)).unwrap_or_default()
+}
+
 /// `message` in the proto3 JSON mapping; never fails.
 pub fn message(message: &DynamicMessage) -> Json {
     if message.descriptor().full_name() == ANY {

@@ -430,62 +430,61 @@ impl Server {
             <BulkServer<BatchesService> as tonic::server::NamedService>::NAME,
         ];
         let max = config.max_message_size;
+        // Each service is shared by its gRPC route and the HTTP face's
+        // direct calls of its unary methods.
+        let mut direct = crate::grpc::direct::Direct::default();
+        let operations = Arc::new(OperationsService::new(engine.clone(), config.max_wait));
+        direct.operations(&operations);
+        let reports = Arc::new(ReportsService::new(
+            engine.clone(),
+            reports,
+            config.upload_idle_timeout,
+        ));
+        direct.reports(&reports);
+        let notifications = Arc::new(NotificationsService::new(engine.clone()));
+        direct.notifications(&notifications);
+        let jobs = Arc::new(WorkersService::new(engine.clone()));
+        direct.jobs(&jobs);
+        let console = Arc::new(ConsoleService::new(
+            engine.clone(),
+            config.trace_url_template.clone().unwrap_or_default(),
+        ));
+        direct.console(&console);
+        let queues = Arc::new(QueuesService::new(engine.clone()));
+        direct.queues(&queues);
+        let schedules = Arc::new(SchedulesService::new(engine.clone()));
+        direct.schedules(&schedules);
+        let batches = Arc::new(BatchesService::new(engine.clone()));
+        direct.batches(&batches);
         routes
-            .add_service(
-                OperationsServer::new(OperationsService::new(engine.clone(), config.max_wait))
-                    .max_decoding_message_size(max),
-            )
+            .add_service(OperationsServer::from_arc(operations).max_decoding_message_size(max))
             .add_service(
                 OperationWatcherServer::new(WatcherService::new(engine.clone()))
                     .max_decoding_message_size(max),
             )
+            .add_service(ReportServiceServer::from_arc(reports).max_decoding_message_size(max))
             .add_service(
-                ReportServiceServer::new(ReportsService::new(
-                    engine.clone(),
-                    reports,
-                    config.upload_idle_timeout,
-                ))
-                .max_decoding_message_size(max),
+                NotificationsServer::from_arc(notifications).max_decoding_message_size(max),
             )
-            .add_service(
-                NotificationsServer::new(NotificationsService::new(engine.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(
-                JobsServer::new(WorkersService::new(engine.clone())).max_decoding_message_size(max),
-            )
+            .add_service(JobsServer::from_arc(jobs).max_decoding_message_size(max))
             .add_service(
                 WorkersServer::new(WorkersService::new(engine.clone()))
                     .max_decoding_message_size(max),
             )
+            .add_service(ConsoleServer::from_arc(console).max_decoding_message_size(max))
+            .add_service(QueuesServer::from_arc(queues).max_decoding_message_size(max))
+            .add_service(SchedulesServer::from_arc(schedules).max_decoding_message_size(max))
             .add_service(
-                ConsoleServer::new(ConsoleService::new(
-                    engine.clone(),
-                    config.trace_url_template.clone().unwrap_or_default(),
-                ))
-                .max_decoding_message_size(max),
+                BatchesServer::from_arc(Arc::clone(&batches)).max_decoding_message_size(max),
             )
-            .add_service(
-                QueuesServer::new(QueuesService::new(engine.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(
-                SchedulesServer::new(SchedulesService::new(engine.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(
-                BatchesServer::new(BatchesService::new(engine.clone()))
-                    .max_decoding_message_size(max),
-            )
-            .add_service(
-                BulkServer::new(BatchesService::new(engine.clone())).max_decoding_message_size(max),
-            );
+            .add_service(BulkServer::from_arc(batches).max_decoding_message_size(max));
         if config.diagnostics {
             names
                 .push(<DiagnosticsServer<DiagnosticsService> as tonic::server::NamedService>::NAME);
+            let diagnostics = Arc::new(DiagnosticsService::new(engine.clone()));
+            direct.diagnostics(&diagnostics);
             routes.add_service(
-                DiagnosticsServer::new(DiagnosticsService::new(engine.clone()))
-                    .max_decoding_message_size(max),
+                DiagnosticsServer::from_arc(diagnostics).max_decoding_message_size(max),
             );
         }
         let readiness = probes::Readiness::new(health, names);
@@ -504,7 +503,7 @@ impl Server {
             .add_service(reflection_v1alpha);
 
         // The HTTP/JSON face, on the same listener: it calls the gRPC
-        // services in-process.
+        // services in-process (their unary methods directly).
         let grpc = routes.routes().into_axum_router();
         let rest_config = crate::http::RestConfig {
             descriptors: descriptors.clone(),
@@ -515,6 +514,7 @@ impl Server {
         };
         let rest = crate::http::Rest::new(
             grpc.clone(),
+            direct,
             Arc::clone(&auth),
             Arc::clone(engine.metrics()),
             &rest_config,
