@@ -12,6 +12,8 @@
 #   bench/h2load.sh [BINARY]        # BINARY defaults to target/release/longrun
 #   N=20000 CONNECTIONS=4 STREAMS=16 SERVE_ARGS="--sync always" bench/h2load.sh
 #   KEY=acme bench/h2load.sh        # every create names concurrency key acme
+#   PG=postgres://postgres@127.0.0.1:5432 bench/h2load.sh   # one node on
+#                                   # PostgreSQL, a fresh database per measure
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/longrun}
@@ -20,9 +22,11 @@ CONNECTIONS=${CONNECTIONS:-4}
 STREAMS=${STREAMS:-16}
 SERVE_ARGS=${SERVE_ARGS:-}
 KEY=${KEY:-}
+PG=${PG:-}
 
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+db=
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"; drop_database' EXIT
 sleep_body "$work/empty" "$KEY"
 
 pid=
@@ -45,13 +49,36 @@ undone() {
     --page-size 1000 --all --output json | grep -q '"operations"'
 }
 
-# shellcheck disable=SC2086
-start_server $SERVE_ARGS
-ceiling=$(drive grpc.health.v1.Health/Check)
-stop_server
+drop_database() {
+  if [ -n "$db" ]; then
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null
+    db=
+  fi
+}
 
-# shellcheck disable=SC2086
-start_server $SERVE_ARGS
+# A fresh server: on a fresh data directory, and with PG on a fresh
+# database.
+serve() {
+  local store=()
+  if [ -n "$PG" ]; then
+    db=longrun_bench_$RANDOM$RANDOM
+    psql "$PG/postgres" -qc "CREATE DATABASE $db" > /dev/null
+    store=(--store "$PG/$db")
+  fi
+  # shellcheck disable=SC2086
+  start_server "${store[@]}" $SERVE_ARGS
+}
+
+finish() {
+  stop_server
+  drop_database
+}
+
+serve
+ceiling=$(drive grpc.health.v1.Health/Check)
+finish
+
+serve
 create=$(drive longrun.v1.Diagnostics/Sleep)
 # h2load sees HTTP status 200 even for a gRPC error: check every create
 # made an operation.
@@ -61,15 +88,14 @@ if [ "$made" -ne "$N" ]; then
   echo "only $made of $N creates made an operation" >&2
   exit 1
 fi
-stop_server
+finish
 
-# shellcheck disable=SC2086
-start_server $SERVE_ARGS
+serve
 began=$(date +%s.%N)
 drive longrun.v1.Diagnostics/Sleep > /dev/null
 while undone; do sleep 0.01; done
 ended=$(date +%s.%N)
 e2e=$(python3 -c "print($N / ($ended - $began))")
-stop_server
+finish
 
 printf '{"ceiling": %s, "create": %s, "e2e": %s, "n": %s}\n' "$ceiling" "$create" "$e2e" "$N"

@@ -61,19 +61,28 @@ impl Locked {
         }
         // With the batches they belong to, all the way up: a child's change
         // is rolled up into them in the same transaction. One statement
-        // locks every row in id order, so batches never deadlock.
+        // locks every row in id order, so batches never deadlock. Every
+        // row is found by an index lookup of its own (a scalar subquery per
+        // id or request, then `= ANY` of the ids): written as a join or an
+        // `IN ... OR IN ...`, the planner scanned the whole table on every
+        // commit.
         let rows = sqlx::query(&format!(
             "WITH RECURSIVE wanted(id) AS (
                  SELECT unnest($1::uuid[])
                UNION
-                 SELECT o.parent FROM longrun_operations o JOIN wanted w ON o.id = w.id
-                  WHERE o.parent IS NOT NULL
+                 SELECT (SELECT o.parent FROM longrun_operations o WHERE o.id = w.id)
+                   FROM wanted w WHERE w.id IS NOT NULL
+             ), ids(id) AS (
+                 SELECT id FROM wanted
+               UNION
+                 SELECT (SELECT o.id FROM longrun_operations o
+                          WHERE o.tenant = u.t AND o.request_id = u.r
+                            AND o.request_id IS NOT NULL)
+                   FROM unnest($2::text[], $3::uuid[]) AS u(t, r)
              )
              SELECT {OP_COLUMNS} FROM longrun_operations
-             WHERE id IN (SELECT id FROM wanted)
-                OR (request_id IS NOT NULL AND (tenant, request_id) IN
-                    (SELECT * FROM unnest($2::text[], $3::uuid[])))
-             ORDER BY id FOR UPDATE"
+              WHERE id = ANY (ARRAY(SELECT id FROM ids WHERE id IS NOT NULL))
+              ORDER BY id FOR UPDATE"
         ))
         .bind(&ids)
         .bind(&tenants)
@@ -134,11 +143,12 @@ impl Locked {
             "WITH RECURSIVE up(id) AS (
                  SELECT unnest($1::uuid[])
                UNION
-                 SELECT o.parent FROM longrun_operations o JOIN up ON o.id = up.id
-                  WHERE o.parent IS NOT NULL
+                 SELECT (SELECT o.parent FROM longrun_operations o WHERE o.id = up.id)
+                   FROM up WHERE up.id IS NOT NULL
              )
              SELECT {OP_COLUMNS} FROM longrun_operations
-              WHERE id IN (SELECT id FROM up) ORDER BY id FOR UPDATE SKIP LOCKED"
+              WHERE id = ANY (ARRAY(SELECT id FROM up WHERE id IS NOT NULL))
+              ORDER BY id FOR UPDATE SKIP LOCKED"
         ))
         .bind(&parents)
         .fetch_all(&mut **tx)
@@ -223,6 +233,8 @@ pub(super) async fn save(
             .iter()
             .map(|(was, _)| (was.attempt.get() as i32, was.version as i64))
             .unzip();
+        // `o.id = ANY` lets the planner look each row up by its key; joined
+        // with a large array alone, it scanned the table instead.
         let query = sqlx::query(
             "UPDATE longrun_operations o SET
                 state = u.state, due_us = u.due_us, ended_us = u.ended_us,
@@ -232,7 +244,8 @@ pub(super) async fn save(
                 $6::int8[], $7::text[], $8::int8[], $9::int4[], $10::int8[], $11::bytea[])
                 AS u(id, was_attempt, was_version, state, due_us, ended_us,
                      lease_holder, lease_expires_us, attempt, version, record)
-             WHERE o.id = u.id AND o.attempt = u.was_attempt AND o.version = u.was_version",
+             WHERE o.id = u.id AND o.attempt = u.was_attempt AND o.version = u.was_version
+               AND o.id = ANY ($1::uuid[])",
         );
         let query = columns.bind_changing(
             query

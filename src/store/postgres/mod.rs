@@ -85,6 +85,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0008_schedules.sql"),
     ),
     (9, "batches", include_str!("migrations/0009_batches.sql")),
+    (
+        10,
+        "fewer indexes",
+        include_str!("migrations/0010_fewer_indexes.sql"),
+    ),
 ];
 
 /// How the PostgreSQL backend is set up.
