@@ -148,7 +148,7 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
 }
 
 /// From create to the start of the first attempt, from the metadata.
-fn dispatch_latency(op: &Operation) -> Option<Duration> {
+pub(super) fn dispatch_latency(op: &Operation) -> Option<Duration> {
     let m = meta(op)?;
     ts(&m.start_time)?.duration_since(ts(&m.create_time)?).ok()
 }
@@ -163,7 +163,7 @@ pub fn spread_over_keys(keys: usize) {
     KEYS.store(keys, Ordering::Relaxed);
 }
 
-async fn create(channel: Connection) -> Result<Operation, tonic::Status> {
+pub(super) async fn create(channel: Connection) -> Result<Operation, tonic::Status> {
     let keys = KEYS.load(Ordering::Relaxed);
     let run = (keys > 0).then(|| RunOptions {
         concurrency_key: format!("key-{}", CREATED.fetch_add(1, Ordering::Relaxed) % keys),

@@ -9,6 +9,7 @@ mod churn;
 mod load;
 mod reports;
 mod store;
+mod sustained;
 mod target;
 
 use std::time::Duration;
@@ -127,6 +128,28 @@ pub enum BenchCommand {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         tail: Duration,
     },
+    /// Sleep(0) creates at a steady rate for a long time, on a server with
+    /// a short retention: create-to-start latency, RSS and disk per window,
+    /// which must all stay flat.
+    Sustained {
+        #[command(flatten)]
+        common: Common,
+        /// Creates per second.
+        #[arg(long)]
+        rate: f64,
+        /// How long to keep it up.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The window each reported figure covers.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Follow every N-th operation to its start (WaitOperation).
+        #[arg(long, default_value_t = 50)]
+        sample: u64,
+        /// The started server's --retention.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        retention: Duration,
+    },
 
     /// Import generated orders, then render one month: rows per second for
     /// each, and the server's peak RSS.
@@ -173,6 +196,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             sample_every,
             tail,
         } => churn::run(common, count, retention, sample_every, tail).await,
+        BenchCommand::Sustained {
+            common,
+            rate,
+            duration,
+            window,
+            sample,
+            retention,
+        } => sustained::run(common, rate, duration, window, sample, retention).await,
         BenchCommand::Run {
             common,
             scenarios,
