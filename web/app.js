@@ -1021,10 +1021,8 @@ async function loadSchedules() {
   } catch (error) {
     return say(error.message, true);
   }
-  // The list leaves out runs' states; each schedule's own read has them.
-  const schedules = await Promise.all(
-    (page.schedules ?? []).map((s) => call("GET", `/v1/${s.name}`).catch(() => s)),
-  );
+  // The page carries each schedule's last runs with their states.
+  const schedules = page.schedules ?? [];
   say("");
   const cell = (label, ...children) => el("td", { "data-label": label }, ...children);
   $("schedule-rows").replaceChildren(

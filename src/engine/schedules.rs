@@ -312,21 +312,21 @@ impl Engine {
         Ok(op)
     }
 
-    /// The states of a schedule's runs (None for one that is gone).
-    pub async fn run_states(&self, runs: &[ScheduleRun]) -> Vec<Option<State>> {
-        let mut states = Vec::with_capacity(runs.len());
-        for run in runs {
-            states.push(
-                self.inner
-                    .ops
-                    .get(run.operation)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|op| op.state),
-            );
-        }
-        states
+    /// The states of each schedule's runs (None for one that is gone), for
+    /// a whole page of schedules in one read of the store.
+    pub async fn run_states(&self, schedules: &[&[ScheduleRun]]) -> Vec<Vec<Option<State>>> {
+        let ids: Vec<_> = schedules
+            .iter()
+            .flat_map(|runs| runs.iter().map(|run| run.operation))
+            .collect();
+        // A store that cannot answer leaves the states blank, as for runs
+        // that are gone: the schedules themselves are still shown.
+        let found = self.inner.ops.get_many(&ids).await.unwrap_or_default();
+        let mut states = found.into_iter().map(|op| op.map(|op| op.state));
+        schedules
+            .iter()
+            .map(|runs| runs.iter().map(|_| states.next().flatten()).collect())
+            .collect()
     }
 
     /// The ticks of `[from, to)` a backfill runs, checked: a range in the

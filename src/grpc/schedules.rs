@@ -37,8 +37,8 @@ impl SchedulesService {
 
     /// The message of a schedule, with its recent runs' states read.
     async fn shown(&self, s: &Schedule) -> api::Schedule {
-        let states = self.engine.run_states(&s.recent).await;
-        message(s, &states)
+        let states = self.engine.run_states(&[&s.recent]).await;
+        message(s, states.first().map_or(&[], Vec::as_slice))
     }
 }
 
@@ -257,8 +257,15 @@ impl Schedules for SchedulesService {
             .engine
             .schedules(&caller.tenant, req.page_size, &req.page_token)
             .await?;
+        let runs: Vec<&[_]> = page.schedules.iter().map(|s| s.recent.as_slice()).collect();
+        let states = self.engine.run_states(&runs).await;
         Ok(Response::new(ListSchedulesResponse {
-            schedules: page.schedules.iter().map(|s| message(s, &[])).collect(),
+            schedules: page
+                .schedules
+                .iter()
+                .zip(&states)
+                .map(|(s, states)| message(s, states))
+                .collect(),
             next_page_token: page.next_page_token,
         }))
     }

@@ -282,6 +282,17 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Reads one operation.
     async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>>;
 
+    /// Reads several operations, in the order of `ids` (None for one that
+    /// is gone). By default one by one; a backend with a round trip per
+    /// read reads them all in one.
+    async fn get_many(&self, ids: &[OperationId]) -> StoreResult<Vec<Option<Operation>>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.push(self.get(*id).await?);
+        }
+        Ok(found)
+    }
+
     /// Lists operations newest first.
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage>;
 

@@ -15,8 +15,8 @@ use longrun::pb::longrun::v1::schedule::OverlapPolicy;
 use longrun::pb::longrun::v1::schedules_client::SchedulesClient;
 use longrun::pb::longrun::v1::{
     BackfillRequest, BackfillResponse, CreateScheduleRequest, DeleteScheduleRequest,
-    GetScheduleRequest, ListRunsRequest, PauseScheduleRequest, RunNowRequest, RunOptions, Schedule,
-    UpdateScheduleRequest, WatchChangesRequest,
+    GetScheduleRequest, ListRunsRequest, ListSchedulesRequest, PauseScheduleRequest, RunNowRequest,
+    RunOptions, Schedule, UpdateScheduleRequest, WatchChangesRequest,
 };
 use prost::Message;
 use tokio_stream::StreamExt;
@@ -172,6 +172,20 @@ async fn a_clock_makes_one_run_per_tick_and_a_schedule_is_run_paused_and_changed
         .into_inner();
     assert_eq!(got.recent_runs[0].operation, now.name);
     assert!(!got.recent_runs[0].state.is_empty());
+    // A page of the list carries the runs' states too.
+    let listed = client
+        .list_schedules(ListSchedulesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let run = listed
+        .schedules
+        .iter()
+        .find(|s| s.name == "schedules/every-second")
+        .map(|s| &s.recent_runs[0])
+        .unwrap();
+    assert_eq!(run.operation, now.name);
+    assert!(!run.state.is_empty());
 
     // An update changes the clock; a stale etag is refused.
     let mut change = sleeper("0 3 * * *", "Europe/Berlin");

@@ -202,6 +202,22 @@ pub async fn create_then_get(s: Stores) {
     ));
 }
 
+pub async fn several_are_read_at_once_in_the_order_asked(s: Stores) {
+    let first = created(&s, new_op("k", None, 1)).await;
+    let second = created(&s, new_op("k", None, 2)).await;
+    let missing = longrun::model::OperationId::generate();
+    let got = s
+        .operations
+        .get_many(&[second.id, missing, first.id, second.id])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Some(second.clone()), None, Some(first), Some(second)]
+    );
+    assert!(s.operations.get_many(&[]).await.unwrap().is_empty());
+}
+
 pub async fn request_ids_dedupe_and_conflict(s: Stores) {
     let rid: RequestId = "8a1f7c1e-9a55-4a49-bb1e-3f6f1b7f2c10".parse().unwrap();
     let first = created(&s, new_op("k", Some(rid), 1)).await;
@@ -2249,6 +2265,7 @@ macro_rules! conformance {
             }
 
             case!(create_then_get);
+            case!(several_are_read_at_once_in_the_order_asked);
             case!(request_ids_dedupe_and_conflict);
             case!(request_ids_are_per_tenant);
             case!(a_tenants_listing_sees_only_its_own);

@@ -220,6 +220,29 @@ impl OperationStore for PgStore {
         .await
     }
 
+    async fn get_many(&self, ids: &[OperationId]) -> StoreResult<Vec<Option<Operation>>> {
+        let wanted: Vec<uuid::Uuid> = ids
+            .iter()
+            .map(|id| uuid::Uuid::from_bytes(*id.as_bytes()))
+            .collect();
+        self.call(async {
+            let rows = sqlx::query(&format!(
+                "SELECT {OP_COLUMNS} FROM longrun_operations WHERE id = ANY ($1)"
+            ))
+            .bind(&wanted)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let op = operation(row)?;
+                found.insert(op.id, op);
+            }
+            Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+        })
+        .await
+    }
+
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
         let after = query.after.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
         let tenant = query.tenant.map(|t| t.as_str().to_owned());
