@@ -87,13 +87,21 @@ impl SledStore {
     }
 
     /// Hands a staged batch to sled and takes in what it changed: new
-    /// strings, recent records, and the ready queue. Returns the feed
-    /// announcements and whether the batch must be flushed. Called under
-    /// the apply lock.
+    /// strings, recent records, and the ready queue; with `supersedes`, the
+    /// claims kept in memory are dropped as well, since the batch wrote
+    /// them or newer versions. Returns the feed announcements and whether
+    /// the batch must be flushed.
+    ///
+    /// Called under the apply lock, but not holding `claimed` or `recent`:
+    /// Gets look there from async threads and must not wait while sled
+    /// applies the batch. Until the records below are swapped (both locks
+    /// at once, so a read never goes back to an older version) reads see
+    /// the state before the batch.
     fn write_batch(
         &self,
         finished: Finished,
         applier: &mut Applier,
+        supersedes: bool,
     ) -> StoreResult<(Vec<Change>, bool)> {
         let Finished {
             writes,
@@ -108,7 +116,11 @@ impl SledStore {
         self.inner.tree.apply_batch(writes).map_err(disk)?;
         applier.applied(&created, &ended, low_water);
         {
+            let mut claimed = lock(&self.inner.claimed);
             let mut recent = self.inner.recent.write().unwrap_or_else(|e| e.into_inner());
+            if supersedes {
+                claimed.clear();
+            }
             for change in &changes {
                 match change {
                     Change::Updated(op) => recent.put(std::sync::Arc::clone(op)),
@@ -268,15 +280,14 @@ impl SledStore {
         let finished = staging
             .plan(&plan, &mut claimed, false)
             .map(|()| staging.finish(plan, Some(&claimed), &apply));
-        // `write_batch` takes both of these for writing.
+        // `write_batch` takes these for writing. The claims, written
+        // by this batch or superseded by what it wrote, go once it is
+        // applied; meanwhile only claims (which wait for the apply lock)
+        // could add to them.
         drop(recent);
         drop(strings);
-        let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply));
-        if applied.is_ok() {
-            // Written, or superseded by what the batch wrote.
-            claimed.clear();
-        }
         drop(claimed);
+        let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply, true));
         drop(apply);
         let failure = match applied {
             Ok((changes, durable)) => {
@@ -366,11 +377,11 @@ impl SledStore {
         let finished = failed
             .map_or_else(|| staging.plan(&plan, &mut claimed, true), Err)
             .map(|()| staging.finish(plan, None, &apply));
-        // `write_batch` takes both of these for writing.
+        // `write_batch` takes these for writing.
         drop(recent);
         drop(strings);
-        let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply));
         drop(claimed);
+        let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply, false));
         let changes = match applied {
             Ok((changes, _)) => changes,
             Err(e) => {
