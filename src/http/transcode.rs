@@ -65,6 +65,12 @@ pub(super) fn message(
             }
         }
     }
+    if object.is_empty()
+        && query.is_none_or(str::is_empty)
+        && let Some(encoded) = strings_alone(&input, fields, key)
+    {
+        return Ok(encoded);
+    }
     if let Some(query) = query {
         let pairs: Vec<(String, String)> =
             axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
@@ -155,6 +161,42 @@ pub(super) fn message(
     Ok(message.encode_to_vec().into())
 }
 
+/// The request when only path fields and an `Idempotency-Key` make it (a
+/// Get, a Delete, a create with an empty body) and each of them is a plain
+/// string field of the request itself: encoded as the JSON mapping would
+/// have it, without building the message. None when anything else is
+/// asked for, which then goes the general way.
+fn strings_alone(
+    input: &prost_reflect::MessageDescriptor,
+    fields: &[(String, String)],
+    key: Option<&str>,
+) -> Option<Bytes> {
+    let plain = |name: &str| {
+        input.get_field_by_name(name).filter(|f| {
+            f.kind() == prost_reflect::Kind::String && !f.is_list() && !f.supports_presence()
+        })
+    };
+    let mut set = Vec::with_capacity(fields.len() + 1);
+    for (name, value) in fields {
+        set.push((plain(name)?.number(), value.as_str()));
+    }
+    if let Some(key) = key {
+        set.push((plain("request_id")?.number(), key));
+    }
+    // The last value of a field wins, as in the message; fields go out in
+    // number order, as an encoded message has them.
+    set.reverse();
+    set.sort_by_key(|(number, _)| *number);
+    set.dedup_by_key(|(number, _)| *number);
+    let mut out = Vec::new();
+    for (number, value) in set.into_iter().filter(|(_, v)| !v.is_empty()) {
+        prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(value.len() as u64, &mut out);
+        out.extend_from_slice(value.as_bytes());
+    }
+    Some(out.into())
+}
+
 /// The request_id an `Idempotency-Key` header names: a UUID, quoted as a
 /// structured-field string or bare.
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
@@ -195,4 +237,72 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Refused>
             )
             .into()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use prost_reflect::DynamicMessage;
+
+    use super::strings_alone;
+
+    /// What the JSON mapping encodes for `object` as a message `name`.
+    fn mapped(name: &str, object: serde_json::Value) -> Vec<u8> {
+        let input = crate::pb::descriptor_pool()
+            .get_message_by_name(name)
+            .expect("a known message");
+        DynamicMessage::deserialize(input, object)
+            .expect("a valid request")
+            .encode_to_vec()
+    }
+
+    fn alone(name: &str, fields: &[(&str, &str)], key: Option<&str>) -> Option<Vec<u8>> {
+        let input = crate::pb::descriptor_pool()
+            .get_message_by_name(name)
+            .expect("a known message");
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(f, v)| ((*f).to_owned(), (*v).to_owned()))
+            .collect();
+        strings_alone(&input, &fields, key).map(|b| b.to_vec())
+    }
+
+    #[test]
+    fn path_fields_encode_as_the_mapping_does() {
+        let get = "google.longrunning.GetOperationRequest";
+        assert_eq!(
+            alone(get, &[("name", "operations/abc")], None),
+            Some(mapped(get, serde_json::json!({"name": "operations/abc"})))
+        );
+        // Several fields go out in number order (name is 4, filter 1).
+        let list = "google.longrunning.ListOperationsRequest";
+        assert_eq!(
+            alone(list, &[("name", "operations"), ("filter", "done")], None),
+            Some(mapped(
+                list,
+                serde_json::json!({"name": "operations", "filter": "done"})
+            ))
+        );
+        // An Idempotency-Key is the request_id; an empty value is unset.
+        let sleep = "longrun.v1.SleepRequest";
+        let key = "4b5e7a1c-0d3f-4e2a-9b8c-1f2e3d4c5b6a";
+        assert_eq!(
+            alone(sleep, &[], Some(key)),
+            Some(mapped(sleep, serde_json::json!({"requestId": key})))
+        );
+        assert_eq!(alone(get, &[("name", "")], None), Some(Vec::new()));
+    }
+
+    #[test]
+    fn anything_but_plain_strings_goes_the_general_way() {
+        // Not a field, a number, and a field of a field.
+        let list = "google.longrunning.ListOperationsRequest";
+        assert_eq!(alone(list, &[("nonesuch", "x")], None), None);
+        assert_eq!(alone(list, &[("page_size", "5")], None), None);
+        let update = "longrun.v1.UpdateScheduleRequest";
+        assert_eq!(
+            alone(update, &[("schedule.name", "schedules/x")], None),
+            None
+        );
+    }
 }
