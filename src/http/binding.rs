@@ -56,6 +56,9 @@ pub struct Template {
     verb: Option<String>,
     /// As written in the annotation.
     text: String,
+    /// The literal segments before the first variable, each after a `/`:
+    /// a path without them is told apart without being split.
+    prefix: String,
 }
 
 impl Template {
@@ -111,11 +114,19 @@ impl Template {
         if rests > 1 {
             return Err(format!("{text}: at most one ** is supported"));
         }
+        let prefix = parts
+            .iter()
+            .map_while(|part| match part {
+                Part::Literal(literal) => Some(format!("/{literal}")),
+                Part::Any | Part::Rest => None,
+            })
+            .collect();
         Ok(Self {
             parts,
             variables,
             verb,
             text: text.to_owned(),
+            prefix,
         })
     }
 
@@ -136,6 +147,9 @@ impl Template {
 
     /// The field values `path` sets, when it matches.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        if !path.starts_with(&self.prefix) {
+            return None;
+        }
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
@@ -247,24 +261,44 @@ pub struct Binding {
     pub body: String,
     pub rpc: MethodDescriptor,
     pub shape: Shape,
+    /// Worked out once, as every request asks.
+    grpc_path: String,
+    creates: bool,
 }
 
 impl Binding {
+    fn new(
+        method: Method,
+        template: Template,
+        body: String,
+        rpc: &MethodDescriptor,
+        shape: Shape,
+    ) -> Self {
+        let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
+        let creates = rpc
+            .parent_pool()
+            .get_extension_by_name("google.longrunning.operation_info")
+            .is_some_and(|ext| rpc.options().has_extension(&ext));
+        Self {
+            method,
+            template,
+            body,
+            rpc: rpc.clone(),
+            shape,
+            grpc_path,
+            creates,
+        }
+    }
+
     /// The gRPC path of the bound method, `/package.Service/Method`.
-    pub fn grpc_path(&self) -> String {
-        format!(
-            "/{}/{}",
-            self.rpc.parent_service().full_name(),
-            self.rpc.name()
-        )
+    pub fn grpc_path(&self) -> &str {
+        &self.grpc_path
     }
 
     /// Whether the method creates an operation (it declares
     /// `google.longrunning.operation_info`).
     pub fn creates(&self) -> bool {
-        let pool = self.rpc.parent_pool();
-        pool.get_extension_by_name("google.longrunning.operation_info")
-            .is_some_and(|ext| self.rpc.options().has_extension(&ext))
+        self.creates
     }
 }
 
@@ -318,13 +352,13 @@ impl Bindings {
                 if rpc.full_name() == GET_OPERATION
                     && let Ok(template) = Template::parse(RESULT_TEMPLATE)
                 {
-                    all.push(Binding {
-                        method: Method::GET,
+                    all.push(Binding::new(
+                        Method::GET,
                         template,
-                        body: String::new(),
-                        rpc: rpc.clone(),
-                        shape: Shape::Result,
-                    });
+                        String::new(),
+                        &rpc,
+                        Shape::Result,
+                    ));
                 }
             }
         }
@@ -415,13 +449,13 @@ fn binding(rpc: &MethodDescriptor, rule: &HttpRule) -> Result<Option<Binding>, S
         }
         (true, true) => return Err("bidirectional streams have no HTTP form".into()),
     };
-    Ok(Some(Binding {
+    Ok(Some(Binding::new(
         method,
         template,
-        body: rule.body.clone(),
-        rpc: rpc.clone(),
+        rule.body.clone(),
+        rpc,
         shape,
-    }))
+    )))
 }
 
 #[cfg(test)]

@@ -214,7 +214,7 @@ pub(super) fn door(
     request: &Request,
     binding: &Binding,
 ) -> Result<Arc<Principal>, Refused> {
-    let role = required_role(&binding.grpc_path()).unwrap_or(Role::Writer);
+    let role = required_role(binding.grpc_path()).unwrap_or(Role::Writer);
     admit_as(&rest.auth, request, role).map_err(Refused::from)
 }
 
@@ -282,10 +282,10 @@ pub(super) async fn route(
     let path = binding.grpc_path();
     match binding.shape {
         Shape::Unary | Shape::Upload => {
-            let answer = rest.bridge.unary(&caller, &path, message, &trace).await;
+            let answer = rest.bridge.unary(&caller, path, message, &trace).await;
             answered(rest, binding, answer)
         }
-        Shape::Result => result(rest, &caller, &path, message).await,
+        Shape::Result => result(rest, &caller, path, message).await,
         Shape::Download => download(rest, binding, &caller, &fields, message).await,
         Shape::Events => events(rest, binding, &caller, message, last_event).await,
     }

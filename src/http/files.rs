@@ -51,7 +51,7 @@ pub(super) async fn download(
             .bridge
             .unary(
                 caller,
-                &record.grpc_path(),
+                record.grpc_path(),
                 message.clone(),
                 &TraceHeaders::default(),
             )
@@ -63,7 +63,7 @@ pub(super) async fn download(
     let output = binding.rpc.output();
     let chunks = rest
         .bridge
-        .server_streaming(caller, &binding.grpc_path(), message)
+        .server_streaming(caller, binding.grpc_path(), message)
         .await?;
     let body = Body::from_stream(chunks.map(move |chunk| {
         let chunk = chunk?;
@@ -170,7 +170,7 @@ pub(super) async fn upload(
     let path = binding.grpc_path();
     let call = rest
         .bridge
-        .client_streaming(caller, &path, messages, &trace);
+        .client_streaming(caller, path, messages, &trace);
     tokio::select! {
         answer = call => answered(rest, binding, answer),
         Ok(error) = broken => Err(Refused::with(

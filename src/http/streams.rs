@@ -39,7 +39,7 @@ pub(super) async fn events(
 ) -> Answer {
     let messages = rest
         .bridge
-        .server_streaming(caller, &binding.grpc_path(), message)
+        .server_streaming(caller, binding.grpc_path(), message)
         .await?;
     let output = binding.rpc.output();
     let operations = output.full_name() == Operation::full_name();
