@@ -168,9 +168,7 @@ pub(super) async fn upload(
     });
     let messages = stream::once(std::future::ready(first)).chain(messages);
     let path = binding.grpc_path();
-    let call = rest
-        .bridge
-        .client_streaming(caller, path, messages, &trace);
+    let call = rest.bridge.client_streaming(caller, path, messages, &trace);
     tokio::select! {
         answer = call => answered(rest, binding, answer),
         Ok(error) = broken => Err(Refused::with(

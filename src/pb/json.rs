@@ -81,15 +81,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind) {
         Value::F32(f) => not_finite(out, f64::from(*f)),
         Value::F64(f) => not_finite(out, *f),
         Value::String(text) => string(out, text),
-        Value::Bytes(bytes) => {
-            out.push(b'"');
-            out.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(bytes)
-                    .as_bytes(),
-            );
-            out.push(b'"');
-        }
+        Value::Bytes(bytes) => write_base64(out, bytes),
         Value::EnumNumber(n) => match kind {
             Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => {
                 out.extend_from_slice(b"null");
@@ -166,6 +158,18 @@ fn not_finite(out: &mut Vec<u8>, f: f64) {
     );
 }
 
+/// Appends `bytes` as a JSON string in standard base64 (which needs no
+/// escaping).
+fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .as_bytes(),
+    );
+    out.push(b'"');
+}
+
 /// Appends `text` as a JSON string.
 fn string(out: &mut Vec<u8>, text: &str) {
     // Writing a str to a Vec cannot fail.
@@ -231,13 +235,9 @@ fn write_any(out: &mut Vec<u8>, any: &DynamicMessage) {
     out.extend_from_slice(b"{\"@type\":");
     string(out, type_url);
     let Some(inner) = inner else {
-        out.extend_from_slice(b",\"value\":\"");
-        out.extend_from_slice(
-            base64::engine::general_purpose::STANDARD
-                .encode(bytes)
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\"}");
+        out.extend_from_slice(b",\"value\":");
+        write_base64(out, bytes);
+        out.push(b'}');
         return;
     };
     if inner
