@@ -21,6 +21,10 @@ use serde_json::Value as Json;
 /// The full name of `google.protobuf.Any`.
 const ANY: &str = "google.protobuf.Any";
 
+/// How deep messages are written before an Any is left as its bytes: the
+/// same limit as prost's decoder.
+const MAX_DEPTH: usize = 100;
+
 /// The range of a Timestamp the mapping can write: years 1 to 9999.
 const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 /// The largest Duration the mapping can write: about 10,000 years.
@@ -30,7 +34,7 @@ const DURATION_SECONDS: u64 = 315_576_000_000;
 /// (no tree of values in between); never fails.
 pub fn to_vec(message: &DynamicMessage) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    write(&mut out, message);
+    write(&mut out, message, 0);
     out
 }
 
@@ -47,9 +51,10 @@ pub fn message(message: &DynamicMessage) -> Json {
 
 /// Appends `message`: an object of its set fields, or a well-known type's
 /// own form.
-fn write(out: &mut Vec<u8>, message: &DynamicMessage) {
+fn write(out: &mut Vec<u8>, message: &DynamicMessage, depth: usize) {
+    let depth = depth + 1;
     match message.descriptor().full_name() {
-        ANY => return write_any(out, message),
+        ANY => return write_any(out, message, depth),
         "google.protobuf.Timestamp" => return write_time(out, message, true),
         "google.protobuf.Duration" => return write_time(out, message, false),
         name if name.starts_with("google.protobuf.") => return delegate(out, message),
@@ -62,14 +67,14 @@ fn write(out: &mut Vec<u8>, message: &DynamicMessage) {
         }
         string(out, field.json_name());
         out.push(b':');
-        write_value(out, value, &field.kind());
+        write_value(out, value, &field.kind(), depth);
     }
     out.push(b'}');
 }
 
 /// Appends a field's value, of `kind` (for a list, its items' kind; for a
 /// map, its entries').
-fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind) {
+fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind, depth: usize) {
     match value {
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::I32(n) => number(out, n),
@@ -92,14 +97,14 @@ fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind) {
             },
             _ => number(out, n),
         },
-        Value::Message(m) => write(out, m),
+        Value::Message(m) => write(out, m, depth),
         Value::List(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item, kind);
+                write_value(out, item, kind, depth);
             }
             out.push(b']');
         }
@@ -115,7 +120,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value, kind: &Kind) {
                 }
                 string(out, &map_key(key));
                 out.push(b':');
-                write_value(out, value, &values);
+                write_value(out, value, &values, depth);
             }
             out.push(b'}');
         }
@@ -213,9 +218,9 @@ fn write_time(out: &mut Vec<u8>, message: &DynamicMessage, timestamp: bool) {
 
 /// Appends an Any: its message's fields with `@type`, or `{"@type",
 /// "value"}` for a type with a JSON form of its own (a Duration, say), or
-/// for a type the descriptors do not know (then the value is the bytes,
-/// in base64).
-fn write_any(out: &mut Vec<u8>, any: &DynamicMessage) {
+/// for a type the descriptors do not know or one nested too deep (then the
+/// value is the bytes, in base64).
+fn write_any(out: &mut Vec<u8>, any: &DynamicMessage, depth: usize) {
     let type_url = any.get_field_by_number(1);
     let type_url = type_url
         .as_deref()
@@ -227,10 +232,14 @@ fn write_any(out: &mut Vec<u8>, any: &DynamicMessage) {
         .and_then(Value::as_bytes)
         .map_or(&[][..], |b| b.as_ref());
     let name = type_url.rsplit('/').next().unwrap_or_default();
+    // Each Any's value is decoded afresh, so the decoder's own nesting
+    // limit does not bound a chain of Anys, each inside the one before
+    // (a worker's error details, say): past `MAX_DEPTH` they stay bytes.
     let inner = any
         .descriptor()
         .parent_pool()
         .get_message_by_name(name)
+        .filter(|_| depth <= MAX_DEPTH)
         .and_then(|descriptor| DynamicMessage::decode(descriptor, bytes).ok());
     out.extend_from_slice(b"{\"@type\":");
     string(out, type_url);
@@ -246,13 +255,13 @@ fn write_any(out: &mut Vec<u8>, any: &DynamicMessage) {
         .starts_with("google.protobuf.")
     {
         out.extend_from_slice(b",\"value\":");
-        write(out, &inner);
+        write(out, &inner, depth);
         out.push(b'}');
         return;
     }
     // The message's own fields follow `@type` in the same object.
     let start = out.len();
-    write(out, &inner);
+    write(out, &inner, depth);
     if out.len() - start <= 2 {
         // `{}`: nothing to add.
         out.truncate(start);
@@ -405,6 +414,34 @@ mod tests {
             last_attempt_error: Some(status),
             ..api::OperationMetadata::default()
         });
+    }
+
+    #[test]
+    fn a_chain_of_anys_is_unpacked_only_so_deep() {
+        use crate::pb::google::rpc::Status;
+        // Each Status holds the one before as its only detail: a decoder
+        // sees one level of bytes at a time, whatever the chain's length.
+        let mut status = Status {
+            code: 1,
+            ..Status::default()
+        };
+        for _ in 0..300 {
+            status = Status {
+                code: 2,
+                details: vec![any(&status)],
+                ..Status::default()
+            };
+        }
+        let written = to_string(&dynamic(&status));
+        let unpacked = written.matches("\"code\":2").count();
+        assert!(
+            (40..=MAX_DEPTH).contains(&unpacked),
+            "{unpacked} levels unpacked"
+        );
+        // The rest is one Any left as its bytes, and the object closes.
+        assert_eq!(written.matches("\"value\":\"").count(), 1);
+        assert_eq!(written.matches('{').count(), written.matches('}').count());
+        assert!(written.ends_with("}]}"));
     }
 
     #[test]
