@@ -316,7 +316,7 @@ mod tests {
             errors: vec![api::RowError {
                 row: 7,
                 column: "amount".into(),
-                reason: "not a number".into(),
+                reason: crate::model::Reason::InvalidArgument.into(),
             }],
         };
         let duration = prost_types::Duration {
@@ -383,7 +383,7 @@ mod tests {
         });
         // A map, an enum, and details of known types in a Status.
         let info = rpc::ErrorInfo {
-            reason: "R".into(),
+            reason: crate::model::Reason::InvalidArgument.into(),
             domain: "longrun".into(),
             metadata: [
                 ("a".to_owned(), "1".to_owned()),
