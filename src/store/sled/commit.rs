@@ -124,7 +124,9 @@ impl Applier {
 
 /// A staged batch, ready for sled.
 pub(super) struct Finished {
-    pub(super) writes: sled::Batch,
+    /// None when there is nothing to write (a claim kept in memory):
+    /// sled is not called at all then.
+    pub(super) writes: Option<sled::Batch>,
     /// Operations the batch created, and those it ended.
     pub(super) created: Vec<OperationId>,
     pub(super) ended: Vec<OperationId>,
@@ -358,15 +360,18 @@ impl<'a> Staging<'a> {
             let value = low.map_or_else(Vec::new, |id| id.as_bytes().to_vec());
             self.insert(keys::LOW_WATER, value);
         }
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.staged {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+        let writes = (!self.staged.is_empty()).then(|| {
+            let mut batch = sled::Batch::default();
+            for (key, value) in self.staged {
+                match value {
+                    Some(value) => batch.insert(key, value),
+                    None => batch.remove(key),
+                }
             }
-        }
+            batch
+        });
         Finished {
-            writes: batch,
+            writes,
             created: self.created,
             ended: self.ended,
             low_water,

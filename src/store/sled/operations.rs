@@ -87,16 +87,19 @@ impl SledStore {
     }
 
     /// Hands a staged batch to sled and takes in what it changed: new
-    /// strings, recent records, and the ready queue; with `supersedes`, the
-    /// claims kept in memory are dropped as well, since the batch wrote
-    /// them or newer versions. Returns the feed announcements and whether
-    /// the batch must be flushed.
+    /// strings, recent records, and the ready queue; with `supersedes` (a
+    /// commit), the claims kept in memory are dropped as well, since the
+    /// batch wrote them or newer versions. Returns the feed announcements
+    /// and whether the batch must be flushed.
     ///
-    /// Called under the apply lock, but not holding `claimed` or `recent`:
-    /// Gets look there from async threads and must not wait while sled
-    /// applies the batch. Until the records below are swapped (both locks
-    /// at once, so a read never goes back to an older version) reads see
-    /// the state before the batch.
+    /// Called under the apply lock and not holding `recent`. A commit does
+    /// not hold `claimed` either: Gets look in both from async threads and
+    /// must not wait while sled applies a commit's batch; until the swap
+    /// below (both locks at once, so a read never goes back to an older
+    /// version) they see the state before it. A claim holds `claimed`
+    /// throughout, so that no read sees a claim that then fails; its batch
+    /// is empty, and sled not called, unless an expiry or a delivery came
+    /// with it.
     fn write_batch(
         &self,
         finished: Finished,
@@ -113,12 +116,15 @@ impl SledStore {
             moved,
             durable,
         } = finished;
-        self.inner.tree.apply_batch(writes).map_err(disk)?;
+        if let Some(writes) = writes {
+            self.inner.tree.apply_batch(writes).map_err(disk)?;
+        }
         applier.applied(&created, &ended, low_water);
         {
-            let mut claimed = lock(&self.inner.claimed);
+            // Both held to the end of the block.
+            let mut claimed = supersedes.then(|| lock(&self.inner.claimed));
             let mut recent = self.inner.recent.write().unwrap_or_else(|e| e.into_inner());
-            if supersedes {
+            if let Some(claimed) = claimed.as_mut() {
                 claimed.clear();
             }
             for change in &changes {
@@ -377,11 +383,11 @@ impl SledStore {
         let finished = failed
             .map_or_else(|| staging.plan(&plan, &mut claimed, true), Err)
             .map(|()| staging.finish(plan, None, &apply));
-        // `write_batch` takes these for writing.
+        // `write_batch` takes both of these for writing.
         drop(recent);
         drop(strings);
-        drop(claimed);
         let applied = finished.and_then(|finished| self.write_batch(finished, &mut apply, false));
+        drop(claimed);
         let changes = match applied {
             Ok((changes, _)) => changes,
             Err(e) => {
