@@ -505,6 +505,15 @@ mod schedules {
         let stores = Stores::from_backend(SledStore::open(dir.path(), SyncMode::Always).unwrap());
         // One clock for both: a stopped node's time passes too.
         let clock = Clock::following_tokio();
+        // Begin just past a minute's turn, so that the stop holds exactly
+        // ten ticks wherever within a minute the test happens to start.
+        let into = clock
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60;
+        tokio::time::sleep(Duration::from_secs(61 - into)).await;
         let first = engine(&stores, &clock).await;
         let mut draft = every_minute(Duration::from_secs(1), Overlap::AllowAll, window);
         draft.catch_up_latest_only = latest_only;
