@@ -283,8 +283,8 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn get(&self, id: OperationId) -> StoreResult<Option<Operation>>;
 
     /// Reads several operations, in the order of `ids` (None for one that
-    /// is gone). By default one by one; a backend with a round trip per
-    /// read reads them all in one.
+    /// is gone). By default one by one; a backend whose every read pays a
+    /// trip (a query, a hop to the blocking pool) reads them all in one.
     async fn get_many(&self, ids: &[OperationId]) -> StoreResult<Vec<Option<Operation>>> {
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {

@@ -571,6 +571,13 @@ impl OperationStore for SledStore {
         }
     }
 
+    /// All in one trip to the blocking pool, not one per id.
+    async fn get_many(&self, ids: &[OperationId]) -> StoreResult<Vec<Option<Operation>>> {
+        let ids = ids.to_vec();
+        self.off_thread(move |store| ids.iter().map(|id| store.read(*id)).collect())
+            .await
+    }
+
     async fn list(&self, query: ListQuery<'_>) -> StoreResult<ListPage> {
         let (after, tenant, filter) = (query.after, query.tenant.cloned(), query.filter.clone());
         let (limit, scan_budget, parent) = (query.limit, query.scan_budget, query.parent);
