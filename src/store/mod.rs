@@ -547,15 +547,25 @@ pub struct OrderCursor(pub(crate) Vec<u8>);
 pub trait OrderStore: Send + Sync + 'static {
     /// Inserts orders of `tenant`, replacing any of its stored orders with
     /// the same order_id (wherever its month), and keeps per-month counts in
-    /// step. The batch is applied atomically, or not at all when it would
-    /// take the tenant past `limit` orders (replacements do not count); it
-    /// is made durable by the next flush.
+    /// step. Nothing is stored when the call would take the tenant past
+    /// `limit` orders (replacements do not count). A store may apply a
+    /// large call in slices, each atomic with its counts, so that one
+    /// import never holds the store up for long: a failure part-way keeps
+    /// the slices before it, which a retry of the call replaces. It is made
+    /// durable by the next flush.
     async fn put_orders(
         &self,
         tenant: &Tenant,
         orders: Vec<Order>,
         limit: Option<u64>,
     ) -> StoreResult<PutOrders>;
+
+    /// How many `put_orders` calls of one tenant, on disjoint order_ids,
+    /// are worth making at once: 1 where the store applies them one at a
+    /// time anyway.
+    fn writers(&self) -> usize {
+        1
+    }
 
     /// How many orders `tenant` has in `month`.
     async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64>;

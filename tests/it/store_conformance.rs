@@ -1273,6 +1273,139 @@ pub async fn the_order_limit_holds_whole_batches(s: Stores) {
     assert_eq!(s.orders.month_count(&acme, march).await.unwrap(), 3);
 }
 
+pub async fn a_large_call_keeps_counts_and_the_last_of_each_order_id(s: Stores) {
+    let acme = tenant("acme");
+    let (march, april): (Month, Month) = ("2024-03".parse().unwrap(), "2024-04".parse().unwrap());
+    // 1,000 orders in March, then the first 300 of them again, moved to
+    // April, and the first 100 a third time, back to March: more than a
+    // store takes in one slice, with an order_id's rows far apart.
+    let mut orders: Vec<Order> = (0..1000)
+        .map(|i| {
+            order(
+                &format!("o{i:04}"),
+                "2024-03-10T00:00:00Z",
+                OrderStatus::Placed,
+                i,
+            )
+        })
+        .collect();
+    orders.extend((0..300).map(|i| {
+        order(
+            &format!("o{i:04}"),
+            "2024-04-10T00:00:00Z",
+            OrderStatus::Approved,
+            10_000 + i,
+        )
+    }));
+    orders.extend((0..100).map(|i| {
+        order(
+            &format!("o{i:04}"),
+            "2024-03-01T00:00:00Z",
+            OrderStatus::Delivered,
+            20_000 + i,
+        )
+    }));
+    let put = s
+        .orders
+        .put_orders(&acme, orders, Some(1000))
+        .await
+        .unwrap();
+    assert_eq!(put, PutOrders::Stored);
+    assert_eq!(s.orders.month_count(&acme, march).await.unwrap(), 800);
+    assert_eq!(s.orders.month_count(&acme, april).await.unwrap(), 200);
+    let (in_march, _) = s.orders.month_page(&acme, march, None, 2000).await.unwrap();
+    assert_eq!(in_march.len(), 800);
+    // The third rows come first (the 1st of March), then the untouched ones.
+    assert_eq!(in_march[0].amount_cents, 20_000);
+    assert_eq!(in_march[99].amount_cents, 20_099);
+    assert_eq!(in_march[100].order_id, "o0300");
+    let (in_april, _) = s.orders.month_page(&acme, april, None, 2000).await.unwrap();
+    assert_eq!(in_april.len(), 200);
+    assert_eq!(in_april[0].order_id, "o0100");
+    assert_eq!(in_april[0].amount_cents, 10_100);
+}
+
+pub async fn as_many_writers_as_the_store_takes_store_every_order(s: Stores) {
+    let acme = tenant("acme");
+    let march: Month = "2024-03".parse().unwrap();
+    let writers = s.orders.writers();
+    assert!((1..=4).contains(&writers), "{writers}");
+    // Disjoint parts, one call each, all at once, as an import makes them.
+    let puts = (0..writers).map(|w| {
+        let s = s.clone();
+        let acme = acme.clone();
+        let orders: Vec<Order> = (0..500)
+            .map(|i| {
+                order(
+                    &format!("w{w}-{i:04}"),
+                    "2024-03-01T00:00:00Z",
+                    OrderStatus::Placed,
+                    i,
+                )
+            })
+            .collect();
+        tokio::spawn(async move { s.orders.put_orders(&acme, orders, None).await })
+    });
+    for put in futures_util::future::join_all(puts).await {
+        assert_eq!(put.unwrap().unwrap(), PutOrders::Stored);
+    }
+    assert_eq!(
+        s.orders.month_count(&acme, march).await.unwrap(),
+        500 * writers as u64
+    );
+}
+
+pub async fn calls_of_one_tenant_at_once_share_its_limit(s: Stores) {
+    let acme = tenant("acme");
+    let march: Month = "2024-03".parse().unwrap();
+    let batch = |from: i64, to: i64, reverse: bool| {
+        let mut orders: Vec<Order> = (from..to)
+            .map(|i| {
+                order(
+                    &format!("p{i:04}"),
+                    "2024-03-01T00:00:00Z",
+                    OrderStatus::Placed,
+                    i,
+                )
+            })
+            .collect();
+        if reverse {
+            orders.reverse();
+        }
+        orders
+    };
+    // The same 400 orders in opposite orders, eight times at once: all are
+    // stored (replacements), none waits forever on another.
+    let puts = (0..8).map(|i| {
+        let s = s.clone();
+        let acme = acme.clone();
+        let orders = batch(0, 400, i % 2 == 1);
+        tokio::spawn(async move { s.orders.put_orders(&acme, orders, None).await })
+    });
+    for put in futures_util::future::join_all(puts).await {
+        assert_eq!(put.unwrap().unwrap(), PutOrders::Stored);
+    }
+    assert_eq!(s.orders.month_count(&acme, march).await.unwrap(), 400);
+    // Two calls of 300 new orders each, at once, against a limit of 999:
+    // exactly one fits.
+    let puts = [batch(1000, 1300, false), batch(2000, 2300, false)].map(|orders| {
+        let s = s.clone();
+        let acme = acme.clone();
+        tokio::spawn(async move { s.orders.put_orders(&acme, orders, Some(999)).await })
+    });
+    let puts: Vec<PutOrders> = futures_util::future::join_all(puts)
+        .await
+        .into_iter()
+        .map(|put| put.unwrap().unwrap())
+        .collect();
+    assert!(puts.contains(&PutOrders::Stored), "{puts:?}");
+    assert!(
+        puts.contains(&PutOrders::OverLimit { stored: 700 }),
+        "{puts:?}"
+    );
+    assert_eq!(s.orders.month_count(&acme, march).await.unwrap(), 700);
+}
+
 pub async fn each_tenants_orders_are_apart(s: Stores) {
     let (acme, globex) = (tenant("acme"), tenant("globex"));
     let march: Month = "2024-03".parse().unwrap();
@@ -2290,6 +2423,9 @@ macro_rules! conformance {
             case!(orders_are_kept_by_month_in_order);
             case!(an_order_id_is_replaced_wherever_it_was);
             case!(the_order_limit_holds_whole_batches);
+            case!(a_large_call_keeps_counts_and_the_last_of_each_order_id);
+            case!(calls_of_one_tenant_at_once_share_its_limit);
+            case!(as_many_writers_as_the_store_takes_store_every_order);
             case!(each_tenants_orders_are_apart);
             case!(a_batch_commits_what_it_can_and_refuses_the_rest);
             case!(claims_take_work_by_kind_with_tenants_in_turn);

@@ -1,7 +1,7 @@
 //! [`OrderStore`] on PostgreSQL: a batch arrives by COPY into a staging
 //! table and is merged in one statement; each tenant's count of orders is
-//! a row locked for the batch, so concurrent imports of one tenant cannot
-//! both pass its limit.
+//! a row updated last in the batch's transaction, so concurrent imports of
+//! one tenant merge side by side and still cannot both pass its limit.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -96,32 +96,20 @@ impl OrderStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        sqlx::query(
-            "INSERT INTO longrun_order_tenants (tenant, stored) VALUES ($1, 0)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let stored: i64 =
-            sqlx::query("SELECT stored FROM longrun_order_tenants WHERE tenant = $1 FOR UPDATE")
-                .bind(tenant.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?
-                .try_get("stored")
-                .map_err(db)?;
         let mut copy = tx
             .copy_in_raw("COPY longrun_orders_stage FROM STDIN")
             .await
             .map_err(db)?;
         copy.send(text.as_bytes()).await.map_err(db)?;
         copy.finish().await.map_err(db)?;
+        // Rows are merged in order_id order, so that calls merging into
+        // the same orders at once lock them in one order and never
+        // deadlock.
         let added: i64 = sqlx::query(
             "WITH merged AS (
                 INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
                 SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
+                 ORDER BY order_id COLLATE \"C\"
                 ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
                    created_at = EXCLUDED.created_at, record = EXCLUDED.record
                 RETURNING (xmax = 0) AS inserted)
@@ -133,22 +121,44 @@ impl OrderStore for PgStore {
         .map_err(db)?
         .try_get("added")
         .map_err(db)?;
-        let stored = u64::try_from(stored).unwrap_or(0);
+        // The tenant's count is locked last, after the merge, so that calls
+        // of one tenant on disjoint orders merge side by side; its holder
+        // waits for nothing more before it commits. Concurrent calls cannot
+        // both pass the limit: each checks the count its own update made.
+        let total: i64 = sqlx::query(
+            "INSERT INTO longrun_order_tenants AS t (tenant, stored) VALUES ($1, $2)
+             ON CONFLICT (tenant) DO UPDATE SET stored = t.stored + EXCLUDED.stored
+             RETURNING stored",
+        )
+        .bind(tenant.as_str())
+        .bind(added)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?
+        .try_get("stored")
+        .map_err(db)?;
+        let total = u64::try_from(total).unwrap_or(0);
         if let Some(limit) = limit
             && added > 0
-            && stored.saturating_add(added as u64) > limit
+            && total > limit
         {
             tx.rollback().await.map_err(db)?;
-            return Ok(PutOrders::OverLimit { stored });
+            return Ok(PutOrders::OverLimit {
+                stored: total.saturating_sub(added as u64),
+            });
         }
-        sqlx::query("UPDATE longrun_order_tenants SET stored = stored + $2 WHERE tenant = $1")
-            .bind(tenant.as_str())
-            .bind(added)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(PutOrders::Stored)
+    }
+
+    /// Each call merges on a connection of its own, which PostgreSQL runs
+    /// on a core of its own: as many as this machine has cores (a guess
+    /// at the database's), up to 4, and no more than a quarter of the pool.
+    /// More than the cores made imports slower when measured.
+    fn writers(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = self.pool().options().get_max_connections() as usize;
+        cores.min(4).min(pool / 4).max(1)
     }
 
     async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64> {

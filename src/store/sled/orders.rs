@@ -1,6 +1,7 @@
 //! Orders in sled: one tree per tenant, keyed month, `created_at` and
 //! `order_id` (see `keys::orders`), with per-month counts kept in the same
-//! batch as the orders.
+//! batch as the orders; a call is applied in slices of a few milliseconds'
+//! work each, as sled stops the whole store for the length of a batch.
 
 use async_trait::async_trait;
 use sled::Tree;
@@ -72,9 +73,12 @@ impl SledStore {
         use std::collections::HashMap;
         let tree = &self.orders_tree(tenant)?;
         let _turn = lock(&self.inner.orders_writer);
-        let mut batch = sled::Batch::default();
-        let mut placed: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+        // Where each order goes and which key it replaces, all worked out
+        // before anything is written (an order_id seen earlier in the call
+        // replaces the key it was placed at then).
+        let mut placed: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(orders.len());
+        let mut placements = Vec::with_capacity(orders.len());
+        let mut added = 0u64;
         for order in &orders {
             let key = keys::orders::order(order);
             let id_key = keys::orders::by_id(&order.order_id);
@@ -82,46 +86,103 @@ impl SledStore {
                 Some(k) => Some(k.clone()),
                 None => tree.get(&id_key).map_err(backend)?.map(|v| v.to_vec()),
             };
-            match previous {
-                Some(old) if old == key => {}
-                Some(old) => {
-                    batch.remove(old.as_slice());
-                    *deltas
-                        .entry(keys::orders::month_of(&old).to_vec())
-                        .or_default() -= 1;
-                    *deltas
-                        .entry(keys::orders::month_of(&key).to_vec())
-                        .or_default() += 1;
-                }
-                None => {
-                    *deltas
-                        .entry(keys::orders::month_of(&key).to_vec())
-                        .or_default() += 1
-                }
-            }
-            batch.insert(key.as_slice(), encode_order(order));
-            batch.insert(id_key.as_slice(), key.as_slice());
-            placed.insert(id_key, key);
+            added += u64::from(previous.is_none());
+            placed.insert(id_key.clone(), key.clone());
+            placements.push(Placement {
+                key,
+                id_key,
+                previous,
+            });
         }
         // Checked under the writer's turn, so concurrent imports of one
         // tenant cannot both pass it.
-        let added: i64 = deltas.values().sum();
         if let Some(limit) = limit
             && added > 0
         {
             let stored = total_count(tree)?;
-            if stored.saturating_add(added as u64) > limit {
+            if stored.saturating_add(added) > limit {
                 return Ok(PutOrders::OverLimit { stored });
             }
         }
-        for (month, delta) in deltas {
-            let count_key = keys::orders::count(&month);
-            let current = read_count(tree, &count_key)?;
-            let next = (current as i64 + delta).max(0) as u64;
-            batch.insert(count_key, &next.to_be_bytes());
+        let mut counts = MonthCounts::default();
+        for (orders, placements) in orders
+            .chunks(SLICE_ORDERS)
+            .zip(placements.chunks(SLICE_ORDERS))
+        {
+            let mut batch = sled::Batch::default();
+            let mut touched = Vec::new();
+            for (order, placement) in orders.iter().zip(placements) {
+                let month = keys::orders::month_of(&placement.key);
+                match &placement.previous {
+                    Some(old) if *old == placement.key => {}
+                    Some(old) => {
+                        batch.remove(old.as_slice());
+                        let old_month = keys::orders::month_of(old);
+                        counts.add(tree, old_month, -1, &mut touched)?;
+                        counts.add(tree, month, 1, &mut touched)?;
+                    }
+                    None => counts.add(tree, month, 1, &mut touched)?,
+                }
+                batch.insert(placement.key.as_slice(), encode_order(order));
+                batch.insert(placement.id_key.as_slice(), placement.key.as_slice());
+            }
+            for month in touched {
+                batch.insert(
+                    keys::orders::count(&month),
+                    &counts.of(&month).to_be_bytes(),
+                );
+            }
+            tree.apply_batch(batch).map_err(backend)?;
         }
-        tree.apply_batch(batch).map_err(backend)?;
         Ok(PutOrders::Stored)
+    }
+}
+
+/// Orders sled applies in one batch. sled applies every batch under a
+/// lock that all reads and writes of the store wait on, operations'
+/// included, so one batch is kept to a few milliseconds of work: a large
+/// import goes in slices, and the rest of the store runs between them.
+const SLICE_ORDERS: usize = 128;
+
+/// Where one order of a call goes.
+struct Placement {
+    /// Its key under its month.
+    key: Vec<u8>,
+    /// Its order_id's key.
+    id_key: Vec<u8>,
+    /// The key it replaces, if its order_id was stored.
+    previous: Option<Vec<u8>>,
+}
+
+/// The month counts a call changes, each read once.
+#[derive(Default)]
+struct MonthCounts(std::collections::HashMap<Vec<u8>, u64>);
+
+impl MonthCounts {
+    /// Adds `delta` to `month`'s count and notes the month in `touched`.
+    fn add(
+        &mut self,
+        tree: &Tree,
+        month: &[u8],
+        delta: i64,
+        touched: &mut Vec<Vec<u8>>,
+    ) -> StoreResult<()> {
+        let count = match self.0.get_mut(month) {
+            Some(count) => count,
+            None => {
+                let stored = read_count(tree, &keys::orders::count(month))?;
+                self.0.entry(month.to_vec()).or_insert(stored)
+            }
+        };
+        *count = count.saturating_add_signed(delta);
+        if !touched.iter().any(|m| m.as_slice() == month) {
+            touched.push(month.to_vec());
+        }
+        Ok(())
+    }
+
+    fn of(&self, month: &[u8]) -> u64 {
+        self.0.get(month).copied().unwrap_or(0)
     }
 }
 
