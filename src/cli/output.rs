@@ -3,7 +3,6 @@
 use std::time::SystemTime;
 
 use prost::{Message, Name};
-use prost_reflect::DynamicMessage;
 
 use longrun::pb;
 use longrun::pb::google::longrunning::{Operation, operation};
@@ -181,9 +180,9 @@ fn any_json(any: &prost_types::Any) -> String {
     let Some(descriptor) = pb::descriptor_pool().get_message_by_name(name) else {
         return format!("({} bytes of {})", any.value.len(), any.type_url);
     };
-    match DynamicMessage::decode(descriptor, any.value.as_slice()) {
-        Ok(m) => format!("{name} {}", pb::json::message(&m)),
-        Err(_) => format!("(undecodable {})", any.type_url),
+    match pb::json::value(&descriptor, &any.value) {
+        Some(json) => format!("{name} {json}"),
+        None => format!("(undecodable {})", any.type_url),
     }
 }
 

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::{Message, Name};
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::{Code, Status};
 
 use super::Rest;
@@ -82,8 +82,7 @@ impl Rest {
         descriptor: &MessageDescriptor,
         bytes: &[u8],
     ) -> Response {
-        let body = DynamicMessage::decode(descriptor.clone(), bytes)
-            .map_or_else(|_| b"null".to_vec(), |m| pb::json::to_vec(&m));
+        let body = pb::json::from_bytes(descriptor, bytes).unwrap_or_else(|| b"null".to_vec());
         json_response(code, body)
     }
 
@@ -166,10 +165,10 @@ pub(super) async fn result(
     if !op.done {
         return Ok(rest.operation(StatusCode::ACCEPTED, &op, &bytes));
     }
-    let response = match &op.result {
+    let (response, any) = match &op.result {
         Some(OpResult::Error(error)) => return Err(failed(&op.name, error).into()),
-        Some(OpResult::Response(any)) => rest.unpack(any),
-        None => None,
+        Some(OpResult::Response(any)) => (rest.unpack(any), any),
+        None => (None, &prost_types::Any::default()),
     };
     let Some(response) = response else {
         return Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response());
@@ -191,7 +190,11 @@ pub(super) async fn result(
             }
             Ok(see_other)
         }
-        None => Ok(json_response(StatusCode::OK, pb::json::to_vec(&response))),
+        None => Ok(json_response(
+            StatusCode::OK,
+            pb::json::from_bytes(&response.descriptor(), &any.value)
+                .unwrap_or_else(|| b"null".to_vec()),
+        )),
     }
 }
 

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt;
 use prost::{Message, Name};
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DescriptorPool;
 
 use super::Rest;
 use super::answers::{Answer, version};
@@ -61,8 +61,8 @@ pub(super) async fn events(
                 } else {
                     let json = pool
                         .get_message_by_name(output.full_name())
-                        .and_then(|d| DynamicMessage::decode(d, bytes.as_ref()).ok())
-                        .map(|m| pb::json::to_string(&m))
+                        .and_then(|d| pb::json::from_bytes(&d, bytes.as_ref()))
+                        .and_then(|json| String::from_utf8(json).ok())
                         .unwrap_or_else(|| "null".into());
                     let event = Event::default().data(json);
                     Some(match id {
@@ -105,9 +105,10 @@ pub(super) fn change_event(pool: &DescriptorPool, bytes: &[u8]) -> Event {
         .as_ref()
         .and_then(|op| {
             let descriptor = pool.get_message_by_name(Operation::full_name().as_str())?;
-            DynamicMessage::decode(descriptor, op.encode_to_vec().as_slice()).ok()
+            pb::json::from_bytes(&descriptor, &op.encode_to_vec())
         })
-        .map_or_else(|| "{}".to_owned(), |m| pb::json::to_string(&m));
+        .and_then(|json| String::from_utf8(json).ok())
+        .unwrap_or_else(|| "{}".to_owned());
     let event = Event::default().id(change.cursor).data(data);
     match r#type {
         operation_change::Type::Updated | operation_change::Type::Unspecified => event,

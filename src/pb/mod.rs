@@ -45,10 +45,7 @@ pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Valu
     let Some(descriptor) = POOL.get_message_by_name(&M::full_name()) else {
         return serde_json::Value::Null;
     };
-    match prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) {
-        Ok(dynamic) => json::message(&dynamic),
-        Err(_) => serde_json::Value::Null,
-    }
+    json::value(&descriptor, &message.encode_to_vec()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Reads a message from its proto3 JSON mapping; the error says what is
