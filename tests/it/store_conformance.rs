@@ -1323,6 +1323,39 @@ pub async fn a_large_call_keeps_counts_and_the_last_of_each_order_id(s: Stores) 
     assert_eq!(in_april.len(), 200);
     assert_eq!(in_april[0].order_id, "o0100");
     assert_eq!(in_april[0].amount_cents, 10_100);
+
+    // New ids on either side of one stored order, which moves to April:
+    // the stored one is found though the ends of the call are new.
+    let mut orders: Vec<Order> = (0..50)
+        .map(|i| {
+            order(
+                &format!("n{i:04}"),
+                "2024-04-20T00:00:00Z",
+                OrderStatus::Placed,
+                i,
+            )
+        })
+        .collect();
+    orders.push(order(
+        "o0500",
+        "2024-04-21T00:00:00Z",
+        OrderStatus::Placed,
+        1,
+    ));
+    orders.push(order(
+        "p0000",
+        "2024-04-20T00:00:00Z",
+        OrderStatus::Placed,
+        1,
+    ));
+    let put = s
+        .orders
+        .put_orders(&acme, orders, Some(1052))
+        .await
+        .unwrap();
+    assert_eq!(put, PutOrders::Stored);
+    assert_eq!(s.orders.month_count(&acme, march).await.unwrap(), 799);
+    assert_eq!(s.orders.month_count(&acme, april).await.unwrap(), 252);
 }
 
 pub async fn as_many_writers_as_the_store_takes_store_every_order(s: Stores) {
