@@ -174,27 +174,28 @@ fn oneof_winners(descriptor: &MessageDescriptor, found: &[Occurrence]) -> Vec<On
     if descriptor.oneofs().len() == 0 {
         return winners;
     }
-    let member = |number: u32| {
-        descriptor
-            .get_field(number)
-            .and_then(|f| f.containing_oneof())
-    };
+    // The oneof of each occurrence, looked up once.
+    let members: Vec<Option<OneofDescriptor>> = found
+        .iter()
+        .map(|&(number, _, _)| descriptor.get_field(number)?.containing_oneof())
+        .collect();
     let mut last: Vec<(OneofDescriptor, u32, usize)> = Vec::new();
-    for &(number, position, _) in found {
-        let Some(oneof) = member(number) else {
+    for (&(number, position, _), oneof) in found.iter().zip(&members) {
+        let Some(oneof) = oneof else {
             continue;
         };
-        match last.iter_mut().find(|(o, _, _)| *o == oneof) {
-            Some(best) if best.2 < position => *best = (oneof, number, position),
+        match last.iter_mut().find(|(o, _, _)| o == oneof) {
+            Some(best) if best.2 < position => *best = (oneof.clone(), number, position),
             Some(_) => {}
-            None => last.push((oneof, number, position)),
+            None => last.push((oneof.clone(), number, position)),
         }
     }
     for (oneof, number, _) in last {
         let after = found
             .iter()
-            .filter(|&&(n, _, _)| n != number && member(n).as_ref() == Some(&oneof))
-            .map(|&(_, position, _)| position)
+            .zip(&members)
+            .filter(|(found, member)| found.0 != number && member.as_ref() == Some(&oneof))
+            .map(|(found, _)| found.1)
             .max()
             .unwrap_or(0);
         winners.push(OneofWinner {
