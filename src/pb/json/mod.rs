@@ -22,7 +22,7 @@
 use std::io::Write as _;
 
 use base64::Engine as _;
-use prost::encoding::{WireType, decode_key, decode_varint};
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, OneofDescriptor, Value,
 };
@@ -92,7 +92,14 @@ fn occurrences(bytes: &[u8]) -> Result<Vec<Occurrence<'_>>, Malformed> {
                 buf = rest;
                 Raw::Bytes(value)
             }
-            WireType::StartGroup | WireType::EndGroup => return Err(Malformed),
+            // Groups are proto2's; no message here has one, so a group is
+            // an unknown field, skipped as a decoder skips it.
+            WireType::StartGroup => {
+                skip_field(wire, number, &mut buf, DecodeContext::default())
+                    .map_err(|_| Malformed)?;
+                continue;
+            }
+            WireType::EndGroup => return Err(Malformed),
         };
         found.push((number, found.len(), raw));
     }

@@ -271,8 +271,8 @@ fn the_wire_is_read_as_a_decoder_reads_it() {
     }
     .encode_to_vec();
     // Appended: a later name (the last wins), an error (the oneof's
-    // last member wins), a metadata Any given twice (merged), and a
-    // field the descriptor does not know (skipped).
+    // last member wins), a metadata Any given twice (merged), and
+    // fields the descriptor does not know (skipped, a group too).
     bytes.extend(
         Operation {
             name: "operations/second".into(),
@@ -299,6 +299,7 @@ fn the_wire_is_read_as_a_decoder_reads_it() {
         .encode_to_vec(),
     );
     bytes.extend([0xf8, 0x06, 0x01]); // field 111, varint 1
+    bytes.extend([0x83, 0x07, 0x08, 0x01, 0x84, 0x07]); // field 112, a group
     let ours: serde_json::Value =
         serde_json::from_slice(&from_bytes(&operation, &bytes).unwrap()).unwrap();
     let decoded = DynamicMessage::decode(operation.clone(), bytes.as_slice()).unwrap();
@@ -342,4 +343,68 @@ fn the_wire_is_read_as_a_decoder_reads_it() {
     let ours = json(&broken);
     assert_eq!(ours["name"], "operations/x");
     assert_eq!(ours["metadata"]["value"], "CA==");
+}
+
+#[test]
+fn any_bytes_are_written_as_prost_reflect_reads_them_or_refused() {
+    use crate::pb::longrun::v1 as api;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let descriptor = descriptor_of::<Operation>();
+    let seed = Operation {
+        name: "operations/a".into(),
+        metadata: Some(any(&api::OperationMetadata {
+            kind: "k".into(),
+            progress_percent: 7,
+            create_time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 1,
+            }),
+            ..api::OperationMetadata::default()
+        })),
+        done: true,
+        result: Some(operation::Result::Response(any(&api::SleepResponse {
+            steps: 2,
+            ..api::SleepResponse::default()
+        }))),
+    }
+    .encode_to_vec();
+    let mut rng = StdRng::seed_from_u64(30);
+    let (mut compared, mut refused) = (0, 0);
+    for round in 0..20_000 {
+        // A valid message with a few bytes changed, cut short or grown;
+        // or bytes at random.
+        let mut bytes = seed.clone();
+        if round % 4 == 3 {
+            bytes = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();
+        } else {
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] = rng.random();
+            }
+            if round % 4 == 1 {
+                bytes.truncate(rng.random_range(0..bytes.len()));
+            }
+            if round % 4 == 2 {
+                bytes.extend((0..rng.random_range(1..8)).map(|_| rng.random::<u8>()));
+            }
+        }
+        let ours = from_bytes(&descriptor, &bytes);
+        let Ok(decoded) = DynamicMessage::decode(descriptor.clone(), bytes.as_slice()) else {
+            // What prost-reflect cannot read, ours need not either; it
+            // must only not panic.
+            refused += usize::from(ours.is_none());
+            continue;
+        };
+        let ours = ours.unwrap_or_else(|| panic!("refused what prost-reflect reads: {bytes:?}"));
+        // prost-reflect refuses to write an Any it cannot unpack; ours
+        // writes it as base64, so only the rest can be compared then.
+        if let Ok(theirs) = serde_json::to_value(&decoded) {
+            let ours: serde_json::Value = serde_json::from_slice(&ours).unwrap();
+            assert_eq!(ours, theirs, "{bytes:?}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 500, "{compared} compared");
+    assert!(refused > 500, "{refused} refused");
 }
