@@ -1,5 +1,6 @@
 //! [`OrderStore`] on PostgreSQL: a batch arrives by COPY into a staging
-//! table and is merged in one statement; each tenant's count of orders is
+//! table and is inserted in one statement (merged, when some of its
+//! order_ids may be stored); each tenant's count of orders is
 //! a row updated last in the batch's transaction, so concurrent imports of
 //! one tenant merge side by side and still cannot both pass its limit.
 
@@ -102,25 +103,65 @@ impl OrderStore for PgStore {
             .map_err(db)?;
         copy.send(text.as_bytes()).await.map_err(db)?;
         copy.finish().await.map_err(db)?;
-        // Rows are merged in order_id order, so that calls merging into
-        // the same orders at once lock them in one order and never
-        // deadlock.
-        let added: i64 = sqlx::query(
-            "WITH merged AS (
-                INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
-                SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
-                 ORDER BY order_id COLLATE \"C\"
-                ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
-                   created_at = EXCLUDED.created_at, record = EXCLUDED.record
-                RETURNING (xmax = 0) AS inserted)
-             SELECT count(*) FILTER (WHERE inserted) AS added FROM merged",
+        // When no stored order of the tenant lies between the call's least
+        // and greatest order_id (a file of new, ascending ids, say), none
+        // is stored, and a plain insert skips the conflict checks. Should
+        // another call store some of the same ids meanwhile, the insert
+        // fails on them and is undone (a savepoint), and the merge runs.
+        let ids = || orders.iter().map(|o| o.order_id.as_str());
+        let fresh = !sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM longrun_orders
+                             WHERE tenant = $1 AND order_id BETWEEN $2 AND $3)",
         )
         .bind(tenant.as_str())
+        .bind(ids().min().unwrap_or_default())
+        .bind(ids().max().unwrap_or_default())
         .fetch_one(&mut *tx)
         .await
-        .map_err(db)?
-        .try_get("added")
         .map_err(db)?;
+        let mut added = None;
+        if fresh {
+            let mut attempt = sqlx::Acquire::begin(&mut tx).await.map_err(db)?;
+            // Rows go in order_id order, so that calls storing the same
+            // orders at once lock them in one order and never deadlock.
+            let inserted = sqlx::query(
+                "INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
+                 SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
+                  ORDER BY order_id COLLATE \"C\"",
+            )
+            .bind(tenant.as_str())
+            .execute(&mut *attempt)
+            .await;
+            match inserted {
+                Ok(done) => {
+                    attempt.commit().await.map_err(db)?;
+                    added = Some(i64::try_from(done.rows_affected()).unwrap_or(i64::MAX));
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    attempt.rollback().await.map_err(db)?;
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
+        let added: i64 = match added {
+            Some(added) => added,
+            None => sqlx::query(
+                "WITH merged AS (
+                    INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
+                    SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
+                     ORDER BY order_id COLLATE \"C\"
+                    ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
+                       created_at = EXCLUDED.created_at, record = EXCLUDED.record
+                    RETURNING (xmax = 0) AS inserted)
+                 SELECT count(*) FILTER (WHERE inserted) AS added FROM merged",
+            )
+            .bind(tenant.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?
+            .try_get("added")
+            .map_err(db)?,
+        };
         // The tenant's count is locked last, after the merge, so that calls
         // of one tenant on disjoint orders merge side by side; its holder
         // waits for nothing more before it commits. Concurrent calls cannot
