@@ -191,6 +191,14 @@ impl Order {
     pub fn created_at_rfc3339(&self) -> String {
         format_micros(self.created_at)
     }
+
+    /// The least and greatest order_id among `orders` (in byte order, as
+    /// both stores keep them); None when there are none. When no stored
+    /// order_id lies between the two, none of `orders` is stored.
+    pub fn id_range(orders: &[Order]) -> Option<(&str, &str)> {
+        let ids = || orders.iter().map(|o| o.order_id.as_str());
+        Some((ids().min()?, ids().max()?))
+    }
 }
 
 /// Running totals over a set of orders: how many, their amount, and how

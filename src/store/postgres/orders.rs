@@ -69,6 +69,63 @@ fn uncursor(cursor: &OrderCursor) -> StoreResult<(i64, String)> {
     Ok((time, String::from_utf8(id.to_vec()).map_err(|_| bad())?))
 }
 
+/// Inserts the staged rows, none of whose order_ids was stored when
+/// probed: how many, or None, having undone the insert (a savepoint), when
+/// another call stored some of them meanwhile. Rows go in order_id order,
+/// so that calls storing the same orders at once lock them in one order
+/// and never deadlock.
+async fn insert_new(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &Tenant,
+) -> StoreResult<Option<i64>> {
+    let mut attempt = sqlx::Acquire::begin(&mut *tx).await.map_err(db)?;
+    let inserted = sqlx::query(
+        "INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
+         SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
+          ORDER BY order_id COLLATE \"C\"",
+    )
+    .bind(tenant.as_str())
+    .execute(&mut *attempt)
+    .await;
+    match inserted {
+        Ok(done) => {
+            attempt.commit().await.map_err(db)?;
+            Ok(Some(
+                i64::try_from(done.rows_affected()).unwrap_or(i64::MAX),
+            ))
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            attempt.rollback().await.map_err(db)?;
+            Ok(None)
+        }
+        Err(e) => Err(db(e)),
+    }
+}
+
+/// Merges the staged rows, replacing the stored orders with their
+/// order_ids (in order_id order, as `insert_new`): how many were new.
+async fn merge(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &Tenant,
+) -> StoreResult<i64> {
+    sqlx::query(
+        "WITH merged AS (
+            INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
+            SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
+             ORDER BY order_id COLLATE \"C\"
+            ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
+               created_at = EXCLUDED.created_at, record = EXCLUDED.record
+            RETURNING (xmax = 0) AS inserted)
+         SELECT count(*) FILTER (WHERE inserted) AS added FROM merged",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?
+    .try_get("added")
+    .map_err(db)
+}
+
 #[async_trait]
 impl OrderStore for PgStore {
     async fn put_orders(
@@ -108,59 +165,24 @@ impl OrderStore for PgStore {
         // is stored, and a plain insert skips the conflict checks. Should
         // another call store some of the same ids meanwhile, the insert
         // fails on them and is undone (a savepoint), and the merge runs.
-        let ids = || orders.iter().map(|o| o.order_id.as_str());
+        let (least, greatest) = Order::id_range(&orders).unwrap_or_default();
         let fresh = !sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM longrun_orders
                              WHERE tenant = $1 AND order_id BETWEEN $2 AND $3)",
         )
         .bind(tenant.as_str())
-        .bind(ids().min().unwrap_or_default())
-        .bind(ids().max().unwrap_or_default())
+        .bind(least)
+        .bind(greatest)
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-        let mut added = None;
-        if fresh {
-            let mut attempt = sqlx::Acquire::begin(&mut tx).await.map_err(db)?;
-            // Rows go in order_id order, so that calls storing the same
-            // orders at once lock them in one order and never deadlock.
-            let inserted = sqlx::query(
-                "INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
-                 SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
-                  ORDER BY order_id COLLATE \"C\"",
-            )
-            .bind(tenant.as_str())
-            .execute(&mut *attempt)
-            .await;
-            match inserted {
-                Ok(done) => {
-                    attempt.commit().await.map_err(db)?;
-                    added = Some(i64::try_from(done.rows_affected()).unwrap_or(i64::MAX));
-                }
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    attempt.rollback().await.map_err(db)?;
-                }
-                Err(e) => return Err(db(e)),
-            }
-        }
-        let added: i64 = match added {
+        let inserted = match fresh {
+            true => insert_new(&mut tx, tenant).await?,
+            false => None,
+        };
+        let added = match inserted {
             Some(added) => added,
-            None => sqlx::query(
-                "WITH merged AS (
-                    INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
-                    SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
-                     ORDER BY order_id COLLATE \"C\"
-                    ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
-                       created_at = EXCLUDED.created_at, record = EXCLUDED.record
-                    RETURNING (xmax = 0) AS inserted)
-                 SELECT count(*) FILTER (WHERE inserted) AS added FROM merged",
-            )
-            .bind(tenant.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?
-            .try_get("added")
-            .map_err(db)?,
+            None => merge(&mut tx, tenant).await?,
         };
         // The tenant's count is locked last, after the merge, so that calls
         // of one tenant on disjoint orders merge side by side; its holder

@@ -73,35 +73,34 @@ impl SledStore {
         use std::collections::HashMap;
         let tree = &self.orders_tree(tenant)?;
         let _turn = lock(&self.inner.orders_writer);
-        // Where each order goes and which key it replaces, all worked out
-        // before anything is written (an order_id seen earlier in the call
-        // replaces the key it was placed at then).
-        // When no stored order_id lies between the call's least and
-        // greatest (a file of new, ascending ids, say), none of its orders
-        // is stored: one probe instead of a lookup per order.
-        let ids = || orders.iter().map(|o| o.order_id.as_str());
-        let fresh = match (ids().min(), ids().max()) {
-            (Some(least), Some(greatest)) => tree
+        // A file of new, ascending ids (say) has no stored order_id within
+        // its range: one probe instead of a lookup per order.
+        let fresh = match Order::id_range(&orders) {
+            Some((least, greatest)) => tree
                 .range(keys::orders::by_id(least)..=keys::orders::by_id(greatest))
                 .next()
                 .transpose()
                 .map_err(backend)?
                 .is_none(),
-            _ => true,
+            None => true,
         };
-        let mut placed: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(orders.len());
-        let mut placements = Vec::with_capacity(orders.len());
+        // Where each order goes and which key it replaces, all worked out
+        // before anything is written (an order_id seen earlier in the call
+        // replaces the key it was placed at then: `placed` holds the index
+        // of its latest placement).
+        let mut placed: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
+        let mut placements: Vec<Placement> = Vec::with_capacity(orders.len());
         let mut added = 0u64;
         for order in &orders {
             let key = keys::orders::order(order);
             let id_key = keys::orders::by_id(&order.order_id);
-            let previous = match placed.get(&id_key) {
-                Some(k) => Some(k.clone()),
+            let previous = match placed.get(order.order_id.as_str()) {
+                Some(&earlier) => Some(placements[earlier].key.clone()),
                 None if fresh => None,
                 None => tree.get(&id_key).map_err(backend)?.map(|v| v.to_vec()),
             };
             added += u64::from(previous.is_none());
-            placed.insert(id_key.clone(), key.clone());
+            placed.insert(&order.order_id, placements.len());
             placements.push(Placement {
                 key,
                 id_key,
