@@ -165,13 +165,14 @@ pub(super) async fn result(
     if !op.done {
         return Ok(rest.operation(StatusCode::ACCEPTED, &op, &bytes));
     }
-    let (response, any) = match &op.result {
+    let nothing = || (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
+    let any = match &op.result {
         Some(OpResult::Error(error)) => return Err(failed(&op.name, error).into()),
-        Some(OpResult::Response(any)) => (rest.unpack(any), any),
-        None => (None, &prost_types::Any::default()),
+        Some(OpResult::Response(any)) => any,
+        None => return Ok(nothing()),
     };
-    let Some(response) = response else {
-        return Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response());
+    let Some(response) = rest.unpack(any) else {
+        return Ok(nothing());
     };
     let download = response
         .get_field_by_name("name")
@@ -190,11 +191,7 @@ pub(super) async fn result(
             }
             Ok(see_other)
         }
-        None => Ok(json_response(
-            StatusCode::OK,
-            pb::json::from_bytes(&response.descriptor(), &any.value)
-                .unwrap_or_else(|| b"null".to_vec()),
-        )),
+        None => Ok(rest.json(StatusCode::OK, &response.descriptor(), &any.value)),
     }
 }
 

@@ -61,8 +61,7 @@ pub(super) async fn events(
                 } else {
                     let json = pool
                         .get_message_by_name(output.full_name())
-                        .and_then(|d| pb::json::from_bytes(&d, bytes.as_ref()))
-                        .and_then(|json| String::from_utf8(json).ok())
+                        .and_then(|d| pb::json::to_string(&d, bytes.as_ref()))
                         .unwrap_or_else(|| "null".into());
                     let event = Event::default().data(json);
                     Some(match id {
@@ -105,9 +104,8 @@ pub(super) fn change_event(pool: &DescriptorPool, bytes: &[u8]) -> Event {
         .as_ref()
         .and_then(|op| {
             let descriptor = pool.get_message_by_name(Operation::full_name().as_str())?;
-            pb::json::from_bytes(&descriptor, &op.encode_to_vec())
+            pb::json::to_string(&descriptor, &op.encode_to_vec())
         })
-        .and_then(|json| String::from_utf8(json).ok())
         .unwrap_or_else(|| "{}".to_owned());
     let event = Event::default().id(change.cursor).data(data);
     match r#type {

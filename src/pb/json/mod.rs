@@ -56,6 +56,13 @@ pub fn from_bytes(descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<Vec<u8
     Some(out)
 }
 
+/// The message of type `descriptor` encoded in `bytes`, in the proto3 JSON
+/// mapping, as text; None when the bytes are not such a message.
+pub fn to_string(descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<String> {
+    // Everything here writes UTF-8 only.
+    String::from_utf8(from_bytes(descriptor, bytes)?).ok()
+}
+
 /// The message of type `descriptor` encoded in `bytes` as a tree of JSON
 /// values; None when the bytes are not such a message.
 pub fn value(descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<Json> {
@@ -416,16 +423,19 @@ fn write_map(
         entry.map_entry_key_field().kind(),
         entry.map_entry_value_field().kind(),
     );
+    // Each key's value occurrences, from its last entry.
     let mut order: Vec<String> = Vec::new();
-    let mut last: std::collections::HashMap<String, (Raw<'static>, Vec<u8>)> =
+    let mut last: std::collections::HashMap<String, Vec<Occurrence>> =
         std::collections::HashMap::new();
     for &(_, _, raw) in group {
         let Raw::Bytes(bytes) = raw else {
             return Err(Malformed);
         };
         let found = occurrences(bytes)?;
-        let part = |number: u32| found.iter().filter(move |o| o.0 == number);
-        let key = part(1).next_back().map_or(zero(&keys), |o| o.2);
+        let key = found
+            .iter()
+            .rfind(|o| o.0 == 1)
+            .map_or(zero(&keys), |o| o.2);
         let key = match (&keys, key) {
             (Kind::String, Raw::Bytes(text)) => {
                 std::str::from_utf8(text).map_err(|_| Malformed)?.to_owned()
@@ -439,36 +449,24 @@ fn write_map(
                 _ => return Err(Malformed),
             },
         };
-        let given: Vec<Occurrence> = part(2).copied().collect();
-        let mut merged = Vec::new();
-        let value = match given.is_empty() {
-            true => zero(&values),
-            false => singular(&values, &given, &mut merged)?,
-        };
-        // Owned, so that the entry outlives this entry's occurrences.
-        let value = match value {
-            Raw::Bytes(bytes) => (Raw::Bytes(&[]), bytes.to_vec()),
-            Raw::Varint(v) => (Raw::Varint(v), Vec::new()),
-            Raw::Fixed64(v) => (Raw::Fixed64(v), Vec::new()),
-            Raw::Fixed32(v) => (Raw::Fixed32(v), Vec::new()),
-        };
-        if last.insert(key.clone(), value).is_none() {
+        let given = found.into_iter().filter(|o| o.0 == 2).collect();
+        if last.insert(key.clone(), given).is_none() {
             order.push(key);
         }
     }
     out.push(b'{');
-    for (i, key) in order.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    let mut items = 0;
+    for key in &order {
+        items = comma(out, items);
         string(out, key);
         out.push(b':');
-        let (raw, bytes) = &last[key];
-        let raw = match raw {
-            Raw::Bytes(_) => Raw::Bytes(bytes),
-            other => *other,
+        let given = &last[key];
+        let mut merged = Vec::new();
+        let value = match given.is_empty() {
+            true => zero(&values),
+            false => singular(&values, given, &mut merged)?,
         };
-        write_single(out, &values, raw, depth)?;
+        write_single(out, &values, value, depth)?;
     }
     out.push(b'}');
     Ok(!order.is_empty())
