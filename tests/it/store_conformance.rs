@@ -1358,29 +1358,47 @@ pub async fn a_large_call_keeps_counts_and_the_last_of_each_order_id(s: Stores) 
     assert_eq!(s.orders.month_count(&acme, april).await.unwrap(), 252);
 }
 
+/// Each of `calls` as a put_orders call of its own, all at once; their
+/// results in order.
+async fn put_at_once(
+    s: &Stores,
+    tenant: &Tenant,
+    calls: Vec<Vec<Order>>,
+    limit: Option<u64>,
+) -> Vec<PutOrders> {
+    let puts = calls.into_iter().map(|orders| {
+        let (s, tenant) = (s.clone(), tenant.clone());
+        tokio::spawn(async move { s.orders.put_orders(&tenant, orders, limit).await })
+    });
+    futures_util::future::join_all(puts)
+        .await
+        .into_iter()
+        .map(|put| put.unwrap().unwrap())
+        .collect()
+}
+
 pub async fn as_many_writers_as_the_store_takes_store_every_order(s: Stores) {
     let acme = tenant("acme");
     let march: Month = "2024-03".parse().unwrap();
     let writers = s.orders.writers();
     assert!((1..=4).contains(&writers), "{writers}");
     // Disjoint parts, one call each, all at once, as an import makes them.
-    let puts = (0..writers).map(|w| {
-        let s = s.clone();
-        let acme = acme.clone();
-        let orders: Vec<Order> = (0..500)
-            .map(|i| {
-                order(
-                    &format!("w{w}-{i:04}"),
-                    "2024-03-01T00:00:00Z",
-                    OrderStatus::Placed,
-                    i,
-                )
-            })
-            .collect();
-        tokio::spawn(async move { s.orders.put_orders(&acme, orders, None).await })
-    });
-    for put in futures_util::future::join_all(puts).await {
-        assert_eq!(put.unwrap().unwrap(), PutOrders::Stored);
+    let calls = (0..writers)
+        .map(|w| {
+            (0..500)
+                .map(|i| {
+                    order(
+                        &format!("w{w}-{i:04}"),
+                        "2024-03-01T00:00:00Z",
+                        OrderStatus::Placed,
+                        i,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    for put in put_at_once(&s, &acme, calls, None).await {
+        assert_eq!(put, PutOrders::Stored);
     }
     assert_eq!(
         s.orders.month_count(&acme, march).await.unwrap(),
@@ -1409,28 +1427,15 @@ pub async fn calls_of_one_tenant_at_once_share_its_limit(s: Stores) {
     };
     // The same 400 orders in opposite orders, eight times at once: all are
     // stored (replacements), none waits forever on another.
-    let puts = (0..8).map(|i| {
-        let s = s.clone();
-        let acme = acme.clone();
-        let orders = batch(0, 400, i % 2 == 1);
-        tokio::spawn(async move { s.orders.put_orders(&acme, orders, None).await })
-    });
-    for put in futures_util::future::join_all(puts).await {
-        assert_eq!(put.unwrap().unwrap(), PutOrders::Stored);
+    let calls = (0..8).map(|i| batch(0, 400, i % 2 == 1)).collect();
+    for put in put_at_once(&s, &acme, calls, None).await {
+        assert_eq!(put, PutOrders::Stored);
     }
     assert_eq!(s.orders.month_count(&acme, march).await.unwrap(), 400);
     // Two calls of 300 new orders each, at once, against a limit of 999:
     // exactly one fits.
-    let puts = [batch(1000, 1300, false), batch(2000, 2300, false)].map(|orders| {
-        let s = s.clone();
-        let acme = acme.clone();
-        tokio::spawn(async move { s.orders.put_orders(&acme, orders, Some(999)).await })
-    });
-    let puts: Vec<PutOrders> = futures_util::future::join_all(puts)
-        .await
-        .into_iter()
-        .map(|put| put.unwrap().unwrap())
-        .collect();
+    let calls = vec![batch(1000, 1300, false), batch(2000, 2300, false)];
+    let puts = put_at_once(&s, &acme, calls, Some(999)).await;
     assert!(puts.contains(&PutOrders::Stored), "{puts:?}");
     assert!(
         puts.contains(&PutOrders::OverLimit { stored: 700 }),
