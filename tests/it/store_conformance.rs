@@ -985,6 +985,69 @@ pub async fn leases_are_renewed_by_their_holder_and_lapse(s: Stores) {
     assert_eq!(s.operations.lapsed(after, 1).await.unwrap().len(), 1);
 }
 
+/// A running operation's progress and finish never undo what happened to
+/// it meanwhile. (PostgreSQL decides a node's writes to the rows it runs
+/// against its own last copy of them; here another node asks for
+/// cancellation and the holder renews its lease between two reports.)
+pub async fn a_running_operations_writes_keep_what_changed_meanwhile(
+    s: Stores,
+    reopen: impl AsyncFn() -> Stores,
+) {
+    let op = created(&s, new_op("k", None, 1)).await;
+    let now = SystemTime::now();
+    let (lease, request) = leased_by_node_a(1, now);
+    let claimed = s.operations.claim(&request, now).await.unwrap();
+    let claim = Claim::of(&claimed.operations[0]);
+    let first = progress(&s, claim, 10, "first").await.unwrap();
+    assert_eq!(first.progress_percent, 10);
+    let shared = s.operations.shared();
+    // One process alone has no other node, and keeps no lease.
+    let other = if shared { Some(reopen().await) } else { None };
+    if let Some(other) = &other {
+        let cancelling = edit(other, &first, Edit::Cancel).await.unwrap();
+        assert_eq!(cancelling.state, State::Cancelling);
+    }
+    let second = progress(&s, claim, 20, "second").await.unwrap();
+    assert_eq!(second.progress_percent, 20);
+    assert_eq!(second.requested_cancellation, shared);
+
+    // A renewal moves the lease alone; the next report keeps it.
+    let until = lease.expires + Duration::from_secs(60);
+    let renewed = s
+        .operations
+        .renew("node-a", &[(op.id, claim.attempt)], until)
+        .await
+        .unwrap();
+    assert_eq!(renewed, vec![op.id]);
+    let third = progress(&s, claim, 30, "third").await.unwrap();
+    let stored = s.operations.get(op.id).await.unwrap().unwrap();
+    assert_eq!(stored, third);
+    assert_eq!(stored.progress_percent, 30);
+    assert_eq!(stored.requested_cancellation, shared);
+    if let Some(other) = &other {
+        assert_eq!(stored.lease.map(|l| micros(l.expires)), Some(micros(until)));
+        // A renewal the writing node has not seen (as if it committed
+        // while the report was on its way) holds too.
+        let later = until + Duration::from_secs(60);
+        let renewed = other
+            .operations
+            .renew("node-a", &[(op.id, claim.attempt)], later)
+            .await
+            .unwrap();
+        assert_eq!(renewed, vec![op.id]);
+        progress(&s, claim, 35, "fourth").await.unwrap();
+        let stored = s.operations.get(op.id).await.unwrap().unwrap();
+        assert_eq!(stored.progress_percent, 35);
+        assert_eq!(stored.lease.map(|l| micros(l.expires)), Some(micros(later)));
+    }
+    let done = finish(&s, claim, done(ok())).await.unwrap();
+    assert!(done.is_done());
+    assert_eq!(s.operations.get(op.id).await.unwrap().unwrap(), done);
+    // The ended attempt is stale everywhere.
+    let late = progress(&s, claim, 40, "late").await.unwrap_err();
+    assert!(matches!(late, StoreError::Rejected(_)), "{late:?}");
+}
+
 /// A delivery for `op`, due now.
 async fn due_delivery(s: &Stores, digest: u8, tenant_name: &str) -> longrun::model::Delivery {
     let mut op = notified(digest, Vec::new());
@@ -2457,6 +2520,7 @@ macro_rules! conformance {
             case!(the_backlog_counts_unfinished_work_by_kind_and_state);
             case!(a_healthy_store_says_so_and_a_probe_keeps_it);
             case!(leases_are_renewed_by_their_holder_and_lapse);
+            case_with_reopen!(a_running_operations_writes_keep_what_changed_meanwhile);
             case!(deliveries_are_taken_oldest_first_within_each_tenants_room);
             case!(orders_are_kept_by_month_in_order);
             case!(an_order_id_is_replaced_wherever_it_was);

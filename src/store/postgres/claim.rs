@@ -13,7 +13,7 @@ use super::operations::lazy;
 use super::{PgStore, db, micros, operation};
 use crate::model::{Edit, Holds, Operation, State};
 use crate::store::rules::Rulebook;
-use crate::store::{ClaimRequest, StoreError, StoreResult};
+use crate::store::{ClaimRequest, StoreResult};
 
 /// The queued, due operations of one kind, up to `$3`, the higher
 /// priorities first and within one the tenants taking turns: the first
@@ -180,10 +180,7 @@ impl PgStore {
         lazy(&mut tx).await?;
         let moves = save(&mut tx, &plan, &self.inner.tag)
             .await
-            .map_err(|e| match e {
-                SaveError::Store(e) => e,
-                SaveError::RequestIdRace => StoreError::Backend("a claim raced a create".into()),
-            })?;
+            .map_err(SaveError::locked)?;
         tx.commit().await.map_err(db)?;
         self.queue_moved(&moves.added, &moves.taken);
         self.announce(plan);

@@ -234,11 +234,18 @@ pub(super) async fn save(
             .map(|(was, _)| (was.attempt.get() as i32, was.version as i64))
             .unzip();
         // `o.id = ANY` lets the planner look each row up by its key; joined
-        // with a large array alone, it scanned the table instead.
+        // with a large array alone, it scanned the table instead. Within
+        // one attempt a lease's expiry only grows (renewals write it
+        // alone), so a change decided against an older copy of the row
+        // (see `held`) keeps the later one.
         let query = sqlx::query(
             "UPDATE longrun_operations o SET
                 state = u.state, due_us = u.due_us, ended_us = u.ended_us,
-                lease_holder = u.lease_holder, lease_expires_us = u.lease_expires_us,
+                lease_holder = u.lease_holder,
+                lease_expires_us = CASE WHEN u.attempt = o.attempt
+                    AND u.lease_expires_us IS NOT NULL
+                    THEN greatest(o.lease_expires_us, u.lease_expires_us)
+                    ELSE u.lease_expires_us END,
                 attempt = u.attempt, version = u.version, record = u.record
              FROM unnest($1::uuid[], $2::int4[], $3::int8[], $4::int2[], $5::int8[],
                 $6::int8[], $7::text[], $8::int8[], $9::int4[], $10::int8[], $11::bytea[])
@@ -258,9 +265,7 @@ pub(super) async fn save(
             .await
             .map_err(|e| SaveError::Store(db(e)))?;
         if done.rows_affected() != updated.len() as u64 {
-            return Err(SaveError::Store(StoreError::Backend(
-                "an operation changed under a batch that held its lock".into(),
-            )));
+            return Err(SaveError::Moved);
         }
         for (was, op) in &updated {
             match (was.state == State::Queued, op.state == State::Queued) {
@@ -372,7 +377,26 @@ pub(super) async fn save_new(
 pub(super) enum SaveError {
     /// A concurrent create took a request_id first: retry the batch.
     RequestIdRace,
+    /// A row was not at the attempt and version the plan was decided
+    /// against: it moved after it was read.
+    Moved,
     Store(StoreError),
+}
+
+impl SaveError {
+    /// The failure of a batch that read its rows under lock, where
+    /// neither race can happen.
+    pub(super) fn locked(self) -> StoreError {
+        match self {
+            SaveError::Store(e) => e,
+            SaveError::RequestIdRace => {
+                StoreError::Backend("a create lost its request_id under lock".into())
+            }
+            SaveError::Moved => {
+                StoreError::Backend("an operation changed under a batch that held its lock".into())
+            }
+        }
+    }
 }
 
 fn uuid_of(id: &OperationId) -> uuid::Uuid {

@@ -25,6 +25,7 @@ mod commit;
 mod feed;
 mod files;
 mod flow;
+mod held;
 mod operations;
 mod orders;
 mod outbox;
@@ -152,6 +153,8 @@ struct Inner {
     depth: Arc<Mutex<Depth>>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// The rows this node runs, as it last wrote them.
+    held: held::Held,
 }
 
 impl Drop for Inner {
@@ -247,6 +250,7 @@ impl PgStore {
             depth: Arc::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            held: held::Held::default(),
         });
         let store = Self { inner };
         store.count_queued().await?;

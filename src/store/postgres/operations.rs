@@ -8,6 +8,7 @@ use sqlx::Row;
 use tokio::sync::{broadcast, watch};
 
 use super::commit::{Locked, QueueMoves, SaveError, only_creates, save, save_new};
+use super::held::HeldView;
 use super::{OP_COLUMNS, PgStore, db, micros, operation};
 use crate::model::flow::{SlotId, Usage};
 use crate::model::{Attempt, Backlog, KindLimits, Limit, Operation, OperationId, State};
@@ -51,6 +52,41 @@ impl PgStore {
         Ok((results, plan))
     }
 
+    /// One try at a batch of progress reports and finishes of rows this
+    /// node holds (and creates that read nothing), decided against its
+    /// copies (see `held`): no locking read. None, with nothing written, when a row moved since it was
+    /// kept or the rulebook wanted more than the copies: the batch then
+    /// goes the long way.
+    async fn try_held(
+        &self,
+        writes: &[Write],
+        mut view: HeldView,
+        now: SystemTime,
+    ) -> StoreResult<Option<(Vec<StoreResult<Applied>>, Plan)>> {
+        let mut book = Rulebook::new(&mut view, now);
+        let results: Vec<_> = writes.iter().map(|w| book.write(w)).collect();
+        let plan = book.plan();
+        if results.iter().any(Result::is_err) || !view.fenced(&plan) {
+            return Ok(None);
+        }
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        if !plan.durable {
+            lazy(&mut tx).await?;
+        }
+        match save(&mut tx, &plan, &self.inner.tag).await {
+            Ok(moves) => {
+                tx.commit().await.map_err(db)?;
+                self.committed(&moves);
+                Ok(Some((results, plan)))
+            }
+            // Rolled back as `tx` drops. (Its creates name no request_id,
+            // so a race for one cannot happen; were it to, the long way
+            // would settle it.)
+            Err(SaveError::Moved | SaveError::RequestIdRace) => Ok(None),
+            Err(e) => Err(e.locked()),
+        }
+    }
+
     /// Commits a batch of creates alone in one statement, with nothing to
     /// read first (see [`save_new`]).
     async fn try_creates(
@@ -75,8 +111,10 @@ impl PgStore {
         }
     }
 
-    /// Announces a committed batch's changes on the local feed.
+    /// Announces a committed batch's changes on the local feed, and keeps
+    /// the rows it leaves running (see `held`).
     pub(super) fn announce(&self, plan: Plan) {
+        self.inner.held.keep(&plan);
         for announce in plan.changes {
             let _ = self.inner.feed.send(announce.change);
         }
@@ -124,9 +162,22 @@ impl OperationStore for PgStore {
                 let mut tries = 0;
                 // Creates alone take one round trip; should one meet a
                 // request_id already stored, the batch goes the long way,
-                // which reads it.
+                // which reads it. Progress and finishes of the rows this
+                // node runs are decided against its own copies, and go the
+                // long way should one have moved.
                 let mut creates = only_creates(&writes);
+                let mut held = if creates {
+                    None
+                } else {
+                    self.inner.held.take(&writes)
+                };
                 loop {
+                    if let Some(view) = held.take() {
+                        match self.try_held(&writes, view, now).await? {
+                            Some(done) => return Ok(done),
+                            None => continue,
+                        }
+                    }
                     let tried = if creates {
                         self.try_creates(&writes, now).await
                     } else {
@@ -141,7 +192,9 @@ impl OperationStore for PgStore {
                                 "creates kept racing for a request_id".into(),
                             ));
                         }
-                        Err(SaveError::Store(e)) => return Err(e),
+                        Err(e @ (SaveError::Store(_) | SaveError::Moved)) => {
+                            return Err(e.locked());
+                        }
                     }
                 }
             })
@@ -553,12 +606,17 @@ impl OperationStore for PgStore {
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
-            rows.iter()
+            let renewed = rows
+                .iter()
                 .map(|row| {
                     let id: uuid::Uuid = row.try_get("id").map_err(db)?;
                     Ok(OperationId::from_bytes(*id.as_bytes()))
                 })
-                .collect()
+                .collect::<StoreResult<Vec<_>>>()?;
+            self.inner
+                .held
+                .renewed(&renewed, from_micros(micros(until)));
+            Ok(renewed)
         })
         .await
     }
