@@ -213,11 +213,33 @@ impl OperationStore for PgStore {
             let mut claimed = Claimed::default();
             let mut short = Vec::new();
             let mut wake_at = None;
+            // Most claims of a busy node find nothing: each slot a quick
+            // task frees wakes the dispatcher, whose last claim took every
+            // queued row already. One look at the queue index (is anything
+            // of the kind queued, due or not?) spares those the claim's
+            // transaction and statement, whose planning alone costs more.
+            let wanted: Vec<&str> = request
+                .wants
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(kind, _)| kind.as_str())
+                .collect();
+            if wanted.is_empty() {
+                return Ok(claimed);
+            }
+            let queued: Vec<String> = sqlx::query_scalar(
+                "SELECT k FROM unnest($1::text[]) AS k
+                  WHERE EXISTS (SELECT 1 FROM longrun_operations WHERE state = 1 AND kind = k)",
+            )
+            .bind(&wanted)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
             // A paused kind is skipped by CLAIM itself: the statement reads
             // the pause as of its own start, so a claim that begins after a
             // pause is stored never takes the kind, on any node.
             for (kind, n) in &request.wants {
-                if *n == 0 {
+                if *n == 0 || !queued.contains(kind) {
                     continue;
                 }
                 let got = self.claim_kind(kind, *n, request, now).await?;
