@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::commit::{Locked, SaveError, save};
 use super::flow::Claiming;
-use super::operations::lazy;
+use super::operations::BEGIN_LAZY;
 use super::{PgStore, db, micros, operation};
 use crate::model::{Edit, Holds, Operation, State};
 use crate::store::rules::Rulebook;
@@ -94,7 +94,9 @@ impl PgStore {
         request: &ClaimRequest,
         now: SystemTime,
     ) -> StoreResult<KindClaim> {
-        let mut tx = self.pool().begin().await.map_err(db)?;
+        // A claim is lazy: a crash loses it, and recovery treats it as
+        // never made.
+        let mut tx = self.pool().begin_with(BEGIN_LAZY).await.map_err(db)?;
         let mut gate = match Claiming::begin(&mut tx, kind, now).await? {
             None => None,
             Some(Ok(gate)) => Some(gate),
@@ -177,7 +179,6 @@ impl PgStore {
             gate.taken(&mut tx, kind, &claimed, now).await?;
         }
         let plan = book.plan();
-        lazy(&mut tx).await?;
         let moves = save(&mut tx, &plan, &self.inner.tag)
             .await
             .map_err(SaveError::locked)?;

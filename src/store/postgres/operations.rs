@@ -69,10 +69,12 @@ impl PgStore {
         if results.iter().any(Result::is_err) || !view.fenced(&plan) {
             return Ok(None);
         }
-        let mut tx = self.pool().begin().await.map_err(db)?;
-        if !plan.durable {
-            lazy(&mut tx).await?;
+        let mut tx = if plan.durable {
+            self.pool().begin().await
+        } else {
+            self.pool().begin_with(BEGIN_LAZY).await
         }
+        .map_err(db)?;
         match save(&mut tx, &plan, &self.inner.tag).await {
             Ok(moves) => {
                 tx.commit().await.map_err(db)?;
@@ -138,8 +140,13 @@ impl PgStore {
 
 type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
+/// Begins a transaction that commits without waiting for its WAL to reach
+/// the disk (for claims and progress, which a crash may lose), in the
+/// same round trip as its BEGIN.
+pub(super) const BEGIN_LAZY: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
 /// Lets the transaction commit without waiting for its WAL to reach the
-/// disk: for claims and progress, which a crash may lose.
+/// disk, once it turns out to hold only lazy writes.
 pub(super) async fn lazy(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> StoreResult<()> {
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut **tx)
