@@ -54,9 +54,9 @@ impl PgStore {
 
     /// One try at a batch of progress reports and finishes of rows this
     /// node holds (and creates that read nothing), decided against its
-    /// copies (see `held`): no locking read. None, with nothing written, when a row moved since it was
-    /// kept or the rulebook wanted more than the copies: the batch then
-    /// goes the long way.
+    /// copies (see `held`): no locking read. None, with nothing written,
+    /// when a row moved since it was kept or the rulebook wanted more than
+    /// the copies: the batch then goes the long way.
     async fn try_held(
         &self,
         writes: &[Write],
