@@ -4,9 +4,11 @@
 # creates from h2load and runs them all; the database's own counters
 # around the run are divided by N. Prints one JSON object:
 #   xacts            committed transactions
-#   statements       statements the server sent (counted from PostgreSQL's
-#                    log in a second run with log_statement = all; the
-#                    first run is not slowed by logging)
+#   statements       statements the server ran (counted from PostgreSQL's
+#                    log in a second run that logs every statement with its
+#                    time, which also prints where that time went, by
+#                    statement, to stderr; the first run is not slowed by
+#                    logging)
 #   wal_records, wal_bytes, wal_fpi   write-ahead log written
 #   inserted, updated, hot_updated, deleted   rows of longrun_operations
 #   pg_cpu_us, longrun_cpu_us   CPU of PostgreSQL's processes and of the
@@ -90,18 +92,40 @@ sleep 1
 read -r x1 r1 b1 f1 i1 u1 h1 d1 <<< "$(counters)"
 drop_database
 
-# The second run counts statements: PostgreSQL logs every one it parses
-# or runs while log_statement is all.
+# The second run counts statements: with log_min_duration_statement = 0
+# PostgreSQL logs each statement's parse, bind and execute with the time
+# it took. PG_LOG is the server's log file (Debian's by default).
 fresh
-q "ALTER DATABASE $db SET log_statement = 'all'" > /dev/null
+q "ALTER DATABASE $db SET log_min_duration_statement = 0" > /dev/null
 stop_server
 start_server --store "$PG/$db" --metrics-listen off
-log=$(ls -t /var/log/postgresql/postgresql-*-main.log | head -1)
+log=${PG_LOG:-$(ls -t /var/log/postgresql/postgresql-*-main.log | head -1)}
 before=$(wc -l < "$log")
 run
 stop_server
-statements=$(tail -n +"$((before + 1))" "$log" | grep -c "$db.*LOG:  \(statement\|execute\)" || true)
+tail -n +"$((before + 1))" "$log" | grep "$db" > "$work/statements" || true
+statements=$(grep -c "LOG:  duration: [0-9.]* ms  \(statement\|execute\)" "$work/statements" || true)
 drop_database
+
+# Where PostgreSQL's time went, by statement and phase (wall time as
+# logged, so it includes waiting for the CPU and the disk): printed to
+# stderr, the largest first.
+python3 - "$work/statements" "$N" >&2 <<'PY'
+import collections, re, sys
+n = int(sys.argv[2])
+pattern = re.compile(r"duration: ([0-9.]+) ms  (parse|bind|execute|statement)[^:]*: (.*)")
+spent = collections.defaultdict(lambda: [0, 0.0])
+for line in open(sys.argv[1], errors="replace"):
+    m = pattern.search(line)
+    if m:
+        text = " ".join(m.group(3).split())[:60] or "(the claim statement)"
+        entry = spent[(m.group(2), text)]
+        entry[0] += 1
+        entry[1] += float(m.group(1))
+print(f"{'us/op':>7} {'calls':>7} {'us/call':>9}  phase    statement")
+for (phase, text), (calls, ms) in sorted(spent.items(), key=lambda kv: -kv[1][1])[:14]:
+    print(f"{ms * 1000 / n:7.1f} {calls:7d} {ms * 1000 / calls:9.1f}  {phase:8} {text}")
+PY
 
 python3 - <<PY
 n = $N
