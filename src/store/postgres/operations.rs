@@ -173,18 +173,13 @@ impl OperationStore for PgStore {
                 // node runs are decided against its own copies, and go the
                 // long way should one have moved.
                 let mut creates = only_creates(&writes);
-                let mut held = if creates {
-                    None
-                } else {
-                    self.inner.held.take(&writes)
-                };
+                if !creates
+                    && let Some(view) = self.inner.held.take(&writes)
+                    && let Some(done) = self.try_held(&writes, view, now).await?
+                {
+                    return Ok(done);
+                }
                 loop {
-                    if let Some(view) = held.take() {
-                        match self.try_held(&writes, view, now).await? {
-                            Some(done) => return Ok(done),
-                            None => continue,
-                        }
-                    }
                     let tried = if creates {
                         self.try_creates(&writes, now).await
                     } else {
