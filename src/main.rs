@@ -96,9 +96,10 @@ fn main() -> ExitCode {
 /// Turns transparent huge pages off for this process, before any thread
 /// starts. With them, mimalloc asks the kernel for 2 MiB pages, and every
 /// block it hands back and takes again under load comes back as a fresh
-/// 2 MiB page zeroed at once: durable creates ran 11–20% slower and the
-/// server held nearly twice the memory (BENCHMARKS.md, "huge pages").
-/// A kernel that refuses the call just keeps its own setting.
+/// 2 MiB page zeroed at once: durable creates ran 10–17% slower and the
+/// server's peak memory was two thirds higher (BENCHMARKS.md, "No
+/// transparent huge pages"). A kernel that refuses the call keeps its
+/// own setting.
 fn without_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);

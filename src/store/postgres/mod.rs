@@ -58,8 +58,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// trip before it is handed out. sqlx tests every connection as it goes
 /// back into the pool, so one used moments ago is handed out untested:
 /// under load that is one round trip less per transaction. A connection
-/// lost in between fails its statement like any connection lost mid-use,
-/// which every caller already retries.
+/// lost in between fails its statement as one lost mid-use does: as
+/// unavailable, which writes retry and a read reports.
 const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the queue depth that admission reads is counted again, and
