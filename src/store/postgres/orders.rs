@@ -1,6 +1,7 @@
-//! [`OrderStore`] on PostgreSQL: a batch arrives by COPY into a staging
-//! table and is inserted in one statement (merged, when some of its
-//! order_ids may be stored); each tenant's count of orders is
+//! [`OrderStore`] on PostgreSQL: a batch none of whose order_ids is stored
+//! yet is copied straight into the table; one that may replace stored
+//! orders arrives by COPY into a staging table and is merged in one
+//! statement. Each tenant's count of orders is
 //! a row updated last in the batch's transaction, so concurrent imports of
 //! one tenant merge side by side and still cannot both pass its limit.
 
@@ -34,17 +35,29 @@ fn escaped(line: &mut String, text: &str) {
     }
 }
 
-/// The staging rows of `orders` in COPY's text format, the last of each
-/// order_id only (one statement may not touch a row twice).
-fn copy_text(orders: &[Order]) -> String {
+/// `orders` as rows of COPY's text format, the last of each order_id only
+/// (one statement may not touch a row twice): for the staging table, or,
+/// given the tenant, for `longrun_orders` itself, in order_id order.
+fn copy_text(orders: &[Order], tenant: Option<&Tenant>) -> String {
     let mut last: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
     for (i, order) in orders.iter().enumerate() {
         last.insert(order.order_id.as_str(), i);
     }
-    let mut text = String::with_capacity(orders.len() * 96);
-    for (i, order) in orders.iter().enumerate() {
-        if last.get(order.order_id.as_str()) != Some(&i) {
-            continue;
+    let mut kept: Vec<&Order> = orders
+        .iter()
+        .enumerate()
+        .filter(|(i, order)| last.get(order.order_id.as_str()) == Some(i))
+        .map(|(_, order)| order)
+        .collect();
+    if tenant.is_some() {
+        // Bytes order, as the column's "C" collation.
+        kept.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
+    }
+    let mut text = String::with_capacity(kept.len() * 112);
+    for order in kept {
+        if let Some(tenant) = tenant {
+            escaped(&mut text, tenant.as_str());
+            text.push('\t');
         }
         escaped(&mut text, &order.order_id);
         let month = month_number(Month::of_micros(order.created_at));
@@ -69,30 +82,35 @@ fn uncursor(cursor: &OrderCursor) -> StoreResult<(i64, String)> {
     Ok((time, String::from_utf8(id.to_vec()).map_err(|_| bad())?))
 }
 
-/// Inserts the staged rows, none of whose order_ids was stored when
-/// probed: how many, or None, having undone the insert (a savepoint), when
-/// another call stored some of them meanwhile. Rows go in order_id order,
-/// so that calls storing the same orders at once lock them in one order
-/// and never deadlock.
-async fn insert_new(
+/// Copies `orders`, none of whose order_ids was stored when probed,
+/// straight into the table: how many, or None, having undone the copy (a
+/// savepoint), when another call stored some of them meanwhile. Rows go
+/// in order_id order, so that calls storing the same orders at once lock
+/// them in one order and never deadlock.
+async fn copy_new(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant: &Tenant,
+    orders: &[Order],
 ) -> StoreResult<Option<i64>> {
+    let text = copy_text(orders, Some(tenant));
     let mut attempt = sqlx::Acquire::begin(&mut *tx).await.map_err(db)?;
-    let inserted = sqlx::query(
-        "INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
-         SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
-          ORDER BY order_id COLLATE \"C\"",
-    )
-    .bind(tenant.as_str())
-    .execute(&mut *attempt)
-    .await;
-    match inserted {
-        Ok(done) => {
+    let copied = {
+        let mut copy = attempt
+            .copy_in_raw(
+                "COPY longrun_orders (tenant, order_id, month, created_at, record) FROM STDIN",
+            )
+            .await
+            .map_err(db)?;
+        // A copy dropped unfinished is abandoned (CopyFail).
+        match copy.send(text.as_bytes()).await {
+            Ok(_) => copy.finish().await,
+            Err(e) => Err(e),
+        }
+    };
+    match copied {
+        Ok(rows) => {
             attempt.commit().await.map_err(db)?;
-            Ok(Some(
-                i64::try_from(done.rows_affected()).unwrap_or(i64::MAX),
-            ))
+            Ok(Some(i64::try_from(rows).unwrap_or(i64::MAX)))
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             attempt.rollback().await.map_err(db)?;
@@ -102,8 +120,32 @@ async fn insert_new(
     }
 }
 
+/// Stages `orders` in a temporary table for the merge.
+async fn stage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    orders: &[Order],
+) -> StoreResult<()> {
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS longrun_orders_stage
+           (order_id text, month integer, created_at bigint, record bytea)
+         ON COMMIT DELETE ROWS",
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut copy = tx
+        .copy_in_raw("COPY longrun_orders_stage FROM STDIN")
+        .await
+        .map_err(db)?;
+    copy.send(copy_text(orders, None).as_bytes())
+        .await
+        .map_err(db)?;
+    copy.finish().await.map_err(db)?;
+    Ok(())
+}
+
 /// Merges the staged rows, replacing the stored orders with their
-/// order_ids (in order_id order, as `insert_new`): how many were new.
+/// order_ids (in order_id order, as `copy_new`): how many were new.
 async fn merge(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant: &Tenant,
@@ -137,7 +179,6 @@ impl OrderStore for PgStore {
         if orders.is_empty() {
             return Ok(PutOrders::Stored);
         }
-        let text = copy_text(&orders);
         let mut tx = self.pool().begin().await.map_err(db)?;
         // Orders need only be durable by the next flush (see OrderStore),
         // and on PostgreSQL the next durable commit (the import's finish)
@@ -146,25 +187,12 @@ impl OrderStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        sqlx::query(
-            "CREATE TEMP TABLE IF NOT EXISTS longrun_orders_stage
-               (order_id text, month integer, created_at bigint, record bytea)
-             ON COMMIT DELETE ROWS",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let mut copy = tx
-            .copy_in_raw("COPY longrun_orders_stage FROM STDIN")
-            .await
-            .map_err(db)?;
-        copy.send(text.as_bytes()).await.map_err(db)?;
-        copy.finish().await.map_err(db)?;
         // When no stored order of the tenant lies between the call's least
         // and greatest order_id (a file of new, ascending ids, say), none
-        // is stored, and a plain insert skips the conflict checks. Should
-        // another call store some of the same ids meanwhile, the insert
-        // fails on them and is undone (a savepoint), and the merge runs.
+        // is stored, and the rows are copied straight in, with no staging
+        // and no conflict checks. Should another call store some of the
+        // same ids meanwhile, the copy fails on them and is undone (a
+        // savepoint), and the merge runs.
         let (least, greatest) = Order::id_range(&orders).unwrap_or_default();
         let fresh = !sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM longrun_orders
@@ -176,13 +204,16 @@ impl OrderStore for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-        let inserted = match fresh {
-            true => insert_new(&mut tx, tenant).await?,
+        let copied = match fresh {
+            true => copy_new(&mut tx, tenant, &orders).await?,
             false => None,
         };
-        let added = match inserted {
+        let added = match copied {
             Some(added) => added,
-            None => merge(&mut tx, tenant).await?,
+            None => {
+                stage(&mut tx, &orders).await?;
+                merge(&mut tx, tenant).await?
+            }
         };
         // The tenant's count is locked last, after the merge, so that calls
         // of one tenant on disjoint orders merge side by side; its holder
