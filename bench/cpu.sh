@@ -24,21 +24,17 @@ pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 printf '\0\0\0\0\0' > "$work/empty-grpc"
 printf '{}' > "$work/empty-json"
-tick=$(getconf CLK_TCK)
-
-# The server's CPU seconds so far.
-cpu() { awk -v t="$tick" '{ print ($14 + $15) / t }' "/proc/$pid/stat"; }
 
 # Microseconds of server CPU per request for h2load with these arguments
 # (every answer a 2xx), counted until the server is idle again.
 per_request() {
   local before after
-  before=$(cpu)
+  before=$(cpu_seconds)
   h2load -n "$N" -c 4 -m 16 "$@" > "$work/h2load" 2>&1
   grep -q "status codes: $N 2xx" "$work/h2load" || { cat "$work/h2load" >&2; exit 1; }
   # Creates run on after their answer: wait until the queue is empty.
   sleep 1
-  after=$(cpu)
+  after=$(cpu_seconds)
   echo "($after - $before) * 1000000 / $N" | bc -l
 }
 

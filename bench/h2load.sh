@@ -42,13 +42,6 @@ drive() {
   sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$work/h2load"
 }
 
-# True while some operation is not done. Follows every page, since a page
-# of a selective filter may come back empty with a token to go on.
-undone() {
-  "$BIN" ops list --server "http://$address" --filter 'done = false' \
-    --page-size 1000 --all --output json | grep -q '"operations"'
-}
-
 drop_database() {
   if [ -n "$db" ]; then
     psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null

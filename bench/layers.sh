@@ -36,7 +36,6 @@ db=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work";
   [ -n "$db" ] && psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null' EXIT
 sleep_body "$work/empty"
-tick=$(getconf CLK_TCK)
 
 store=()
 if [ -n "$PG" ]; then
@@ -45,8 +44,6 @@ if [ -n "$PG" ]; then
   store=(--store "$PG/$db")
 fi
 start_server "${store[@]}" --metrics-listen off
-
-cpu() { awk -v t="$tick" '{ print ($14 + $15) / t }' "/proc/$pid/stat"; }
 
 # N calls of a method.
 call() {
@@ -59,24 +56,21 @@ call() {
 # N creates, each run to its end.
 drive() {
   call longrun.v1.Diagnostics/Sleep
-  while "$BIN" ops list --server "http://$address" --filter 'done = false' \
-    --page-size 1000 --all --output json | grep -q '"operations"'; do
-    sleep 0.05
-  done
+  while undone; do sleep 0.05; done
 }
 
 # The gRPC ceiling's cost, a health Check, for scale.
-before=$(cpu)
+before=$(cpu_seconds)
 call grpc.health.v1.Health/Check
-after=$(cpu)
+after=$(cpu_seconds)
 awk -v a="$after" -v b="$before" -v n="$N" \
   'BEGIN { printf "server CPU per health Check: %.1f us\n", (a - b) * 1e6 / n }'
 
 # First unobserved, for the CPU per operation (perf's sampling costs the
 # server CPU of its own), then again under perf for the shares.
-before=$(cpu)
+before=$(cpu_seconds)
 drive
-after=$(cpu)
+after=$(cpu_seconds)
 sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/creates per second: \1/p' "$work/h2load"
 awk -v a="$after" -v b="$before" -v n="$N" \
   'BEGIN { printf "server CPU per operation: %.1f us\n", (a - b) * 1e6 / n }'

@@ -26,6 +26,20 @@ start_server() {
   wait_listening "$work/log" "$pid"
 }
 
+# True while some operation on the server at $address is not done.
+# Follows every page, since a page of a selective filter may come back
+# empty with a token to go on.
+undone() {
+  "$BIN" ops list --server "http://$address" --filter 'done = false' \
+    --page-size 1000 --all --output json | grep -q '"operations"'
+}
+
+# The CPU seconds (user + system) process $1, by default the server
+# ($pid), has used so far.
+cpu_seconds() {
+  awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/${1:-$pid}/stat"
+}
+
 # Stops the server start_server started.
 stop_server() {
   kill "$pid"

@@ -49,12 +49,6 @@ pg_cpu() {
   done
   echo "$total"
 }
-our_cpu() { awk -v t="$tick" '{ print ($14 + $15) / t }' "/proc/$pid/stat"; }
-
-undone() {
-  "$BIN" ops list --server "http://$address" --filter 'done = false' \
-    --page-size 1000 --all --output json | grep -q '"operations"'
-}
 
 # Creates N operations and waits until all are done.
 run() {
@@ -83,9 +77,9 @@ counters() {
 fresh
 sleep 1
 read -r x0 r0 b0 f0 i0 u0 h0 d0 <<< "$(counters)"
-pc0=$(pg_cpu); oc0=$(our_cpu)
+pc0=$(pg_cpu); oc0=$(cpu_seconds)
 run
-pc1=$(pg_cpu); oc1=$(our_cpu)
+pc1=$(pg_cpu); oc1=$(cpu_seconds)
 # The server's sessions report their counts as they end.
 stop_server
 sleep 1

@@ -22,10 +22,7 @@ wait_listening "$work/log" "$pid"
 h2load -n "$N" -c 4 -m 16 -d "$work/empty" \
   -H 'content-type: application/grpc' -H 'te: trailers' \
   "http://$address/longrun.v1.Diagnostics/Sleep" > /dev/null
-while "$BIN" ops list --server "http://$address" --filter 'done = false' \
-  --page-size 1000 --all --output json | grep -q '"operations"'; do
-  sleep 0.1
-done
+while undone; do sleep 0.1; done
 # strace passes no SIGINT on to the server it started: stop the server.
 kill -INT "$(pgrep -P "$pid")"
 wait "$pid" || true
