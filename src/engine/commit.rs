@@ -6,7 +6,8 @@
 //! changes. The batch is whatever waited, not a timer's worth: a lone write
 //! goes at once, and under load the batch grows by itself while the
 //! previous one is on its way to disk. A store that takes concurrent
-//! commits (PostgreSQL) gets a few batches in flight at once.
+//! commits (PostgreSQL) gets a few batches in flight at once while they
+//! are small, and half as many once they have grown (see [`Parallelism`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,13 +139,14 @@ async fn run(
     stats: Arc<Stats>,
 ) {
     // A store that takes concurrent commits (a database server) gets
-    // several batches at once, so that their flushes are shared; a batch
-    // still holds everything that waited when it was taken.
-    let parallel = store.parallel_commits().max(1);
+    // several batches at once, so that their flushes are shared (as many
+    // as `Parallelism` allows); a batch still holds everything that waited
+    // when it was taken.
+    let mut parallelism = Parallelism::new(store.parallel_commits());
     let mut in_flight = FuturesUnordered::new();
     let mut stopping = false;
     loop {
-        if in_flight.len() >= parallel {
+        if in_flight.len() >= parallelism.allowed() {
             in_flight.next().await;
             continue;
         }
@@ -177,11 +179,50 @@ async fn run(
                 }
             }
         }
+        parallelism.took(batch.len());
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         in_flight.push(commit(batch, &*store, &clock, &metrics));
+    }
+}
+
+/// How many batches may be in flight at once. While writes trickle in,
+/// the store's whole allowance goes, so that small batches wait for their
+/// flushes side by side. Once batches are large on average the committer
+/// is busy, and each transaction's own cost in the database's CPU is the
+/// limit: half as many then go, each larger (BENCHMARKS.md, "sixth
+/// session"). The mean is smoothed over several batches, so one small
+/// batch between large ones does not double the count.
+struct Parallelism {
+    most: usize,
+    mean_batch: f64,
+}
+
+impl Parallelism {
+    /// Batches this large on average mean the committer is busy.
+    const LARGE_BATCH: f64 = 8.0;
+    /// How many recent batches the mean gives weight to.
+    const SMOOTHING: f64 = 8.0;
+
+    fn new(most: usize) -> Self {
+        Self {
+            most: most.max(1),
+            mean_batch: 0.0,
+        }
+    }
+
+    fn allowed(&self) -> usize {
+        if self.mean_batch >= Self::LARGE_BATCH {
+            self.most.div_ceil(2)
+        } else {
+            self.most
+        }
+    }
+
+    fn took(&mut self, batch: usize) {
+        self.mean_batch += (batch as f64 - self.mean_batch) / Self::SMOOTHING;
     }
 }
 
@@ -197,5 +238,43 @@ async fn commit(batch: Vec<Pending>, store: &dyn OperationStore, clock: &Clock, 
             // A caller that gave up is not an error.
             let _ = reply.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Parallelism;
+
+    #[test]
+    fn small_batches_use_the_whole_allowance_and_large_ones_half() {
+        let mut p = Parallelism::new(4);
+        assert_eq!(p.allowed(), 4);
+        for _ in 0..50 {
+            p.took(1);
+        }
+        assert_eq!(p.allowed(), 4, "writes trickling in go side by side");
+        for _ in 0..3 {
+            p.took(40);
+        }
+        assert_eq!(p.allowed(), 2, "large batches go two at a time");
+        p.took(1);
+        assert_eq!(p.allowed(), 2, "one small batch between large ones");
+        for _ in 0..30 {
+            p.took(2);
+        }
+        assert_eq!(p.allowed(), 4, "back to trickling");
+    }
+
+    #[test]
+    fn a_store_that_commits_one_batch_at_a_time_keeps_one() {
+        for most in [0, 1] {
+            let mut p = Parallelism::new(most);
+            assert_eq!(p.allowed(), 1);
+            p.took(4096);
+            assert_eq!(p.allowed(), 1);
+        }
+        let mut p = Parallelism::new(3);
+        p.took(4096);
+        assert_eq!(p.allowed(), 2);
     }
 }

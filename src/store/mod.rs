@@ -357,9 +357,10 @@ pub trait OperationStore: Send + Sync + 'static {
     /// reach), so that health recovers without waiting for the next write.
     async fn probe(&self);
 
-    /// How many batches may be committed at once. One for an embedded
-    /// store, which applies batches in turn; a database server takes
-    /// several and flushes them together.
+    /// The most batches committed at once. One for an embedded store,
+    /// which applies batches in turn; a database server takes several and
+    /// flushes them together (the committer keeps half as many in flight
+    /// while its batches are large).
     fn parallel_commits(&self) -> usize {
         1
     }
