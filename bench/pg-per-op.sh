@@ -16,6 +16,10 @@
 #
 #   bench/pg-per-op.sh [BINARY]     # BINARY defaults to target/release/longrun
 #   N=20000 PG=postgres://postgres@127.0.0.1:5432 bench/pg-per-op.sh
+#
+# SETUP_SQL, if set, runs on each fresh database once the server has laid
+# out its schema: to weigh a layout (say, dropping an index) before it
+# becomes a migration.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BIN=${1:-target/release/longrun}
@@ -63,6 +67,7 @@ fresh() {
   db=longrun_bench_$RANDOM$RANDOM
   psql "$PG/postgres" -qc "CREATE DATABASE $db" > /dev/null
   start_server --store "$PG/$db" --metrics-listen off
+  if [ -n "${SETUP_SQL:-}" ]; then q "$SETUP_SQL" > /dev/null; fi
 }
 
 counters() {
