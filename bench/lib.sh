@@ -34,10 +34,15 @@ undone() {
     --page-size 1000 --all --output json | grep -q '"operations"'
 }
 
-# The CPU seconds (user + system) process $1, by default the server
-# ($pid), has used so far.
+# The CPU seconds (user + system) the processes named, by default the
+# server ($pid), have used so far, summed; one gone meanwhile counts
+# nothing.
 cpu_seconds() {
-  awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/${1:-$pid}/stat"
+  local stats=()
+  for p in "${@:-$pid}"; do stats+=("/proc/$p/stat"); done
+  # cat reads past a file that is gone; awk alone would stop there.
+  cat "${stats[@]}" 2>/dev/null |
+    awk -v t="$(getconf CLK_TCK)" '{ s += ($14 + $15) / t } END { print s + 0 }' || true
 }
 
 # Stops the server start_server started.

@@ -33,7 +33,6 @@ db=
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"; drop_database' EXIT
 sleep_body "$work/empty"
-tick=$(getconf CLK_TCK)
 
 drop_database() {
   if [ -n "$db" ]; then
@@ -44,14 +43,13 @@ drop_database() {
 
 q() { psql "$PG/$db" -AtXc "$1"; }
 
-# CPU seconds of PostgreSQL's processes (every process of the server's
-# owner named postgres) and of the longrun server.
+# CPU seconds of PostgreSQL's processes (every process named postgres;
+# none found stops the script).
 pg_cpu() {
-  local total=0
-  for p in $(pgrep -x postgres); do
-    total=$(awk -v t="$tick" -v s="$total" '{ print s + ($14 + $15) / t }' "/proc/$p/stat" 2>/dev/null || echo "$total")
-  done
-  echo "$total"
+  local pids
+  pids=$(pgrep -x postgres)
+  # shellcheck disable=SC2086 # one argument per pid
+  cpu_seconds $pids
 }
 
 # Creates N operations and waits until all are done.
