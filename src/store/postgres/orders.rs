@@ -92,21 +92,13 @@ async fn copy_new(
     tenant: &Tenant,
     orders: &[Order],
 ) -> StoreResult<Option<i64>> {
-    let text = copy_text(orders, Some(tenant));
     let mut attempt = sqlx::Acquire::begin(&mut *tx).await.map_err(db)?;
-    let copied = {
-        let mut copy = attempt
-            .copy_in_raw(
-                "COPY longrun_orders (tenant, order_id, month, created_at, record) FROM STDIN",
-            )
-            .await
-            .map_err(db)?;
-        // A copy dropped unfinished is abandoned (CopyFail).
-        match copy.send(text.as_bytes()).await {
-            Ok(_) => copy.finish().await,
-            Err(e) => Err(e),
-        }
-    };
+    let copied = copy_in(
+        &mut attempt,
+        "COPY longrun_orders (tenant, order_id, month, created_at, record) FROM STDIN",
+        &copy_text(orders, Some(tenant)),
+    )
+    .await;
     match copied {
         Ok(rows) => {
             attempt.commit().await.map_err(db)?;
@@ -133,15 +125,27 @@ async fn stage(
     .execute(&mut **tx)
     .await
     .map_err(db)?;
-    let mut copy = tx
-        .copy_in_raw("COPY longrun_orders_stage FROM STDIN")
-        .await
-        .map_err(db)?;
-    copy.send(copy_text(orders, None).as_bytes())
-        .await
-        .map_err(db)?;
-    copy.finish().await.map_err(db)?;
+    copy_in(
+        tx,
+        "COPY longrun_orders_stage FROM STDIN",
+        &copy_text(orders, None),
+    )
+    .await
+    .map_err(db)?;
     Ok(())
+}
+
+/// Runs `statement`, a COPY FROM STDIN, with `text` as its rows: how many
+/// it stored. A copy that fails partway is abandoned (CopyFail as it
+/// drops), and its error returned as it came.
+async fn copy_in(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    text: &str,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(text.as_bytes()).await?;
+    copy.finish().await
 }
 
 /// Merges the staged rows, replacing the stored orders with their
