@@ -263,46 +263,92 @@ pub(super) fn secret(name: &str) -> Vec<u8> {
     [b"m".as_slice(), name.as_bytes()].concat()
 }
 
-/// Keys of an orders tree. Three kinds share it, so that one sled batch
-/// updates them together:
-/// - `m` month(6) created_at(8) order_id: the order;
-/// - `i` order_id: the `m` key the order is stored under;
+/// Keys of an orders tree. Its kinds share one tree, so that one sled
+/// batch updates them together. Orders are kept in sorted runs (see
+/// `runs`), a few hundred to a key:
+/// - `r` month(6) run(8) first: a chunk of the month's orders in run
+///   `run`, by position (created_at(8) order_id), `first` being its first
+///   entry's position; each entry's value is the encoded order;
+/// - `j` run(8) first: a chunk of order_id locations in run `run`, by
+///   order_id; each value is the month(6) and created_at(8) it is at;
+/// - `M` month(6) and `I`: the manifests of the month's runs and of the
+///   location runs;
+/// - `s`: the next run number (u64, big-endian);
 /// - `c` month(6): how many orders the month has (u64, big-endian).
+///
+/// Trees written before runs keep a key per order, read as they are and
+/// never written again: `m` month(6) position: the order, and `i`
+/// order_id: the `m` key it is under.
 pub(super) mod orders {
     use crate::model::Tenant;
-    use crate::model::order::{Month, Order};
+    use crate::model::order::Order;
 
-    pub(in crate::store::sled) fn order(order: &Order) -> Vec<u8> {
-        let mut key = Vec::with_capacity(15 + order.order_id.len());
-        key.push(b'm');
-        key.extend_from_slice(&order.month().key());
+    /// An order's position within its month: created_at, then order_id,
+    /// sorting as bytes.
+    pub(in crate::store::sled) fn position(order: &Order) -> Vec<u8> {
+        let mut key = Vec::with_capacity(8 + order.order_id.len());
         // Flipping the sign bit makes signed times sort as unsigned bytes.
         key.extend_from_slice(&((order.created_at as u64) ^ (1 << 63)).to_be_bytes());
         key.extend_from_slice(order.order_id.as_bytes());
         key
     }
 
-    pub(in crate::store::sled) fn month_start(month: Month) -> Vec<u8> {
-        let mut key = vec![b'm'];
-        key.extend_from_slice(&month.key());
+    /// The month and created_at an order is at, from its month and position.
+    pub(in crate::store::sled) fn location(month: &[u8], position: &[u8]) -> Vec<u8> {
+        [month, &position[..8]].concat()
+    }
+
+    /// A month's runs, or one of them, or the chunk of it from `first`.
+    pub(in crate::store::sled) fn month_chunk(
+        month: &[u8],
+        run: Option<u64>,
+        first: &[u8],
+    ) -> Vec<u8> {
+        let mut key = Vec::with_capacity(15 + first.len());
+        key.push(b'r');
+        key.extend_from_slice(month);
+        if let Some(run) = run {
+            key.extend_from_slice(&run.to_be_bytes());
+        }
+        key.extend_from_slice(first);
         key
     }
 
-    pub(in crate::store::sled) fn by_id(order_id: &str) -> Vec<u8> {
-        let mut key = vec![b'i'];
-        key.extend_from_slice(order_id.as_bytes());
+    /// The location runs, or one of them, or the chunk of it from `first`.
+    pub(in crate::store::sled) fn id_chunk(run: Option<u64>, first: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(9 + first.len());
+        key.push(b'j');
+        if let Some(run) = run {
+            key.extend_from_slice(&run.to_be_bytes());
+        }
+        key.extend_from_slice(first);
         key
     }
 
-    pub(in crate::store::sled) fn count(month_key: &[u8]) -> Vec<u8> {
-        let mut key = vec![b'c'];
-        key.extend_from_slice(month_key);
-        key
+    pub(in crate::store::sled) fn month_manifest(month: &[u8]) -> Vec<u8> {
+        [b"M".as_slice(), month].concat()
     }
 
-    /// The month part of an `m` key.
-    pub(in crate::store::sled) fn month_of(order_key: &[u8]) -> &[u8] {
-        &order_key[1..7]
+    pub(in crate::store::sled) const ID_MANIFEST: &[u8] = b"I";
+
+    pub(in crate::store::sled) const NEXT_RUN: &[u8] = b"s";
+
+    /// The `m` key of an order in a tree written before runs.
+    #[cfg(test)]
+    pub(in crate::store::sled) fn legacy_order(order: &Order) -> Vec<u8> {
+        [b"m".as_slice(), &order.month().key(), &position(order)].concat()
+    }
+
+    pub(in crate::store::sled) fn legacy_month(month: &[u8]) -> Vec<u8> {
+        [b"m".as_slice(), month].concat()
+    }
+
+    pub(in crate::store::sled) fn legacy_by_id(order_id: &[u8]) -> Vec<u8> {
+        [b"i".as_slice(), order_id].concat()
+    }
+
+    pub(in crate::store::sled) fn count(month: &[u8]) -> Vec<u8> {
+        [b"c".as_slice(), month].concat()
     }
 
     /// The name of `tenant`'s order tree; the default tenant's is `orders`.

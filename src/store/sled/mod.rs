@@ -27,6 +27,7 @@ mod operations;
 mod orders;
 mod outbox;
 mod recent;
+mod runs;
 mod schedules;
 mod space;
 mod strings;
