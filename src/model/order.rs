@@ -129,11 +129,20 @@ impl Month {
     }
 
     /// Six bytes that sort like months: the storage key prefix.
+    /// (Years outside 0 to 9999, which no order's RFC 3339 time has, are
+    /// clamped to them.)
     pub fn key(self) -> [u8; 6] {
-        let text = format!("{:04}{:02}", self.year, self.month);
-        let mut out = [0u8; 6];
-        out.copy_from_slice(text.as_bytes());
-        out
+        let year = self.year.clamp(0, 9999) as u32;
+        let month = u32::from(self.month);
+        let digit = |n: u32| b'0' + (n % 10) as u8;
+        [
+            digit(year / 1000),
+            digit(year / 100),
+            digit(year / 10),
+            digit(year),
+            digit(month / 10),
+            digit(month),
+        ]
     }
 }
 
@@ -277,5 +286,7 @@ mod tests {
             assert!(bad.parse::<Month>().is_err(), "{bad}");
         }
         assert!(Month::new(2024, 2).unwrap().key() < Month::new(2024, 10).unwrap().key());
+        assert_eq!(&Month::new(2024, 3).unwrap().key(), b"202403");
+        assert_eq!(&Month::new(7, 11).unwrap().key(), b"000711");
     }
 }

@@ -20,15 +20,15 @@ use crate::model::order::{Month, Order};
 use crate::store::codec::{decode_order, encode_order};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
 
-/// Orders sled applies in one batch: their runs are a few dozen keys and
-/// about half a megabyte. sled applies every batch under a lock that all
+/// Orders sled applies in one batch: their runs are a few hundred keys and
+/// about two megabytes. sled applies every batch under a lock that all
 /// reads and writes of the store wait on, operations' included, so one
 /// batch is kept to a few milliseconds of work: a large import goes in
 /// slices, and the rest of the store runs between them.
-const SLICE_ORDERS: usize = 4096;
+const SLICE_ORDERS: usize = 16_384;
 
 /// Chunks a merge writes per batch, for the same reason.
-const MERGE_CHUNKS: usize = 96;
+const MERGE_CHUNKS: usize = 256;
 
 /// Keys a batch deletes when a merge's inputs are cleared away.
 const DELETE_KEYS: usize = 256;
