@@ -364,3 +364,115 @@ async fn a_batch_cut_short_by_sigkill_is_all_or_nothing() {
         }
     }
 }
+
+/// An import killed with SIGKILL while its slices are written and its
+/// runs merged resumes after the restart and leaves the store holding
+/// exactly the file: every order in its month, once, with its own
+/// values, in listing order, and each month's count right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_cut_short_by_sigkill_stores_the_file_exactly_once_resumed() {
+    use longrun::model::Tenant;
+    use longrun::model::order::Month;
+    use longrun::pb::longrun::v1::ImportOrdersRequest;
+    use longrun::pb::longrun::v1::report_service_client::ReportServiceClient;
+    use longrun::reports::generate::{Spec, write_csv};
+    use longrun::store::OrderStore;
+
+    let months: Vec<Month> = (1..=4).map(|m| Month::new(2024, m).unwrap()).collect();
+    let mut csv = Vec::new();
+    let spec = Spec {
+        count: 120_000,
+        months: (months[0], months[3]),
+        seed: rand::rng().random(),
+    };
+    write_csv(&spec, &mut csv).unwrap();
+    // What each month must hold: order_id to amount, from the file itself.
+    let text = String::from_utf8(csv.clone()).unwrap();
+    let mut expected: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        expected
+            .entry(fields[1][..7].to_owned())
+            .or_default()
+            .insert(fields[0].to_owned(), fields[4].parse().unwrap());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = start(dir.path()).await;
+    let chunks: Vec<ImportOrdersRequest> = csv
+        .chunks(256 * 1024)
+        .map(|c| ImportOrdersRequest {
+            csv_chunk: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    let op = ReportServiceClient::new(channel(&process).await)
+        .import_orders(tokio_stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_inner();
+    // Killed once the import has stored a random part of the file.
+    let at = rand::rng().random_range(5..80);
+    let mut ops = operations(&process).await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let now = ops
+                .get_operation(GetOperationRequest {
+                    name: op.name.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if now.done || meta(&now).progress_percent >= at {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the import progressed");
+    process.child.kill().await.expect("SIGKILL");
+
+    let mut process = start(dir.path()).await;
+    let done = wait_done(&mut operations(&process).await, &op.name).await;
+    assert_eq!(meta(&done).state, State::Succeeded as i32, "{done:?}");
+    process.child.kill().await.unwrap();
+
+    let store = loop {
+        match longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always) {
+            Ok(store) => break store,
+            Err(e) if e.to_string().contains("lock") => std::thread::yield_now(),
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    let tenant = Tenant::default();
+    for month in months {
+        let want = &expected[&month.to_string()];
+        let count = store.month_count(&tenant, month).await.unwrap();
+        assert_eq!(count, want.len() as u64, "{month}'s count");
+        let mut listed = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = store
+                .month_page(&tenant, month, cursor, 7_000)
+                .await
+                .unwrap();
+            listed.extend(page);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert!(
+            listed
+                .windows(2)
+                .all(|w| (w[0].created_at, &w[0].order_id) < (w[1].created_at, &w[1].order_id)),
+            "{month} is listed in order, each order once"
+        );
+        let got: HashMap<String, i64> = listed
+            .into_iter()
+            .map(|o| (o.order_id, o.amount_cents))
+            .collect();
+        assert_eq!(&got, want, "{month}'s orders");
+    }
+}
