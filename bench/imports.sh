@@ -2,9 +2,9 @@
 # Imports side by side: each binary given, alternated round by round, on a
 # fresh sled data directory and a fresh PostgreSQL database, driven by
 # `longrun bench reports` (COUNT generated orders over 10 months). Beside a
-# second sled import, the dispatch scenario (`longrun bench run
-# --scenarios dispatch`: one client, a paced 1,000/s, then flat out) shows
-# what an import does to everyone else's operations. Prints one JSON
+# second sled import (BESIDE_COUNT orders), the dispatch scenario
+# (`longrun bench run --scenarios dispatch`: one client, a paced 1,000/s,
+# then flat out) shows what an import does to everyone else's operations. Prints one JSON
 # object per binary, medians of RUNS rounds:
 #   sled_rows_per_second, pg_rows_per_second   imports alone
 #   beside_paced_p99_ms, beside_paced_max_ms   create to start, paced
@@ -18,6 +18,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 COUNT=${COUNT:-1000000}
+# Large enough that the import outlasts the dispatch scenario beside it.
+BESIDE_COUNT=${BESIDE_COUNT:-3000000}
 RUNS=${RUNS:-3}
 [ $# -gt 0 ] || set -- target/release/longrun
 
@@ -48,13 +50,15 @@ for run in $(seq "$RUNS"); do
     stop_server
     psql "$PG/postgres" -qc "DROP DATABASE $db WITH (FORCE)"
 
-    # Dispatch beside an import: started once the import has had three
-    # seconds (its upload takes well under one), over before it ends.
+    # Dispatch beside an import of BESIDE_COUNT orders: started a second
+    # after the import operation exists (its upload done), over before it
+    # ends.
     start_server
-    "$BIN" bench reports --server "http://$address" --count "$COUNT" --months 10 \
+    "$BIN" bench reports --server "http://$address" --count "$BESIDE_COUNT" --months 10 \
       --output json > "$work/import.json" &
     import=$!
-    sleep 3
+    until undone; do sleep 0.2; done
+    sleep 1
     "$BIN" bench run --server "http://$address" --scenarios dispatch --duration 4s \
       --output json | tail -1 >> "$out.beside"
     wait "$import"
