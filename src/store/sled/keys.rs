@@ -298,31 +298,16 @@ pub(super) mod orders {
         [month, &position[..8]].concat()
     }
 
-    /// A month's runs, or one of them, or the chunk of it from `first`.
-    pub(in crate::store::sled) fn month_chunk(
-        month: &[u8],
-        run: Option<u64>,
-        first: &[u8],
-    ) -> Vec<u8> {
-        let mut key = Vec::with_capacity(15 + first.len());
-        key.push(b'r');
-        key.extend_from_slice(month);
-        if let Some(run) = run {
-            key.extend_from_slice(&run.to_be_bytes());
-        }
-        key.extend_from_slice(first);
-        key
+    /// The chunk of a month's run `run` that starts at `first` (the run's
+    /// prefix when `first` is empty).
+    pub(in crate::store::sled) fn month_chunk(month: &[u8], run: u64, first: &[u8]) -> Vec<u8> {
+        [b"r".as_slice(), month, &run.to_be_bytes(), first].concat()
     }
 
-    /// The location runs, or one of them, or the chunk of it from `first`.
-    pub(in crate::store::sled) fn id_chunk(run: Option<u64>, first: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(9 + first.len());
-        key.push(b'j');
-        if let Some(run) = run {
-            key.extend_from_slice(&run.to_be_bytes());
-        }
-        key.extend_from_slice(first);
-        key
+    /// The chunk of location run `run` that starts at `first` (the run's
+    /// prefix when `first` is empty).
+    pub(in crate::store::sled) fn id_chunk(run: u64, first: &[u8]) -> Vec<u8> {
+        [b"j".as_slice(), &run.to_be_bytes(), first].concat()
     }
 
     pub(in crate::store::sled) fn month_manifest(month: &[u8]) -> Vec<u8> {
