@@ -131,7 +131,7 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
     }
     Ok(found
         .into_iter()
-        .map(|(id, (_, at))| (id, at.to_vec()))
+        .map(|(id, (_, at))| (id, at))
         .collect())
 }
 
