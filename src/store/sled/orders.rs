@@ -129,10 +129,7 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
             }
         }
     }
-    Ok(found
-        .into_iter()
-        .map(|(id, (_, at))| (id, at))
-        .collect())
+    Ok(found.into_iter().map(|(id, (_, at))| (id, at)).collect())
 }
 
 /// The last row of each order_id of a call (the one that wins), in the
