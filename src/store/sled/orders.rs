@@ -66,10 +66,31 @@ fn decode_count(value: &[u8]) -> StoreResult<u64> {
         .map_err(|_| StoreError::Corrupt("month count".into()))
 }
 
-/// Where each of `orders`' order_ids is stored now (month and created_at),
-/// for those that are. `orders` holds each order_id once.
-fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, Vec<u8>>> {
-    let mut found: HashMap<&str, (u64, Vec<u8>)> = HashMap::new();
+/// Where a stored order is: its month, and its `created_at` as the first
+/// eight bytes of its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    month: [u8; 6],
+    created: [u8; 8],
+}
+
+impl Location {
+    /// From the value of a location entry (or the month and created_at
+    /// of a key from before runs): fourteen bytes.
+    fn decode(bytes: &[u8]) -> StoreResult<Self> {
+        let corrupt = || StoreError::Corrupt("order location".into());
+        let (month, created) = bytes.split_at_checked(6).ok_or_else(corrupt)?;
+        Ok(Location {
+            month: month.try_into().map_err(|_| corrupt())?,
+            created: created.try_into().map_err(|_| corrupt())?,
+        })
+    }
+}
+
+/// Where each of `orders`' order_ids is stored now, for those that are.
+/// `orders` holds each order_id once.
+fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, Location>> {
+    let mut found: HashMap<&str, (u64, Location)> = HashMap::new();
     let Some((least, greatest)) = Order::id_range(orders) else {
         return Ok(HashMap::new());
     };
@@ -100,7 +121,7 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
                 && let Some(location) = entry.value
                 && found.get(id).is_none_or(|(seq, _)| entry.seq > *seq)
             {
-                found.insert(id, (entry.seq, location));
+                found.insert(id, (entry.seq, Location::decode(&location)?));
             }
         }
     }
@@ -122,10 +143,8 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
                 .get(keys::orders::legacy_by_id(id.as_bytes()))
                 .map_err(disk)?
             {
-                let location = key
-                    .get(1..15)
-                    .ok_or_else(|| StoreError::Corrupt("order_id index".into()))?;
-                found.insert(id, (0, location.to_vec()));
+                let location = key.get(1..15).unwrap_or_default();
+                found.insert(id, (0, Location::decode(location)?));
             }
         }
     }
@@ -158,16 +177,12 @@ fn last_of_each(orders: Vec<Order>) -> Vec<Order> {
 
 /// `orders` cut into slices of at most `SLICE_ORDERS` orders and
 /// `SLICE_MONTHS` months; `stored_at` says where moving orders were.
-fn slices<'o>(orders: &'o [Order], stored_at: &HashMap<&str, Vec<u8>>) -> Vec<&'o [Order]> {
+fn slices<'o>(orders: &'o [Order], stored_at: &HashMap<&str, Location>) -> Vec<&'o [Order]> {
     let mut slices = Vec::new();
     let (mut start, mut months) = (0, Vec::<[u8; 6]>::new());
     for (i, order) in orders.iter().enumerate() {
         let mut touched = vec![order.month().key()];
-        touched.extend(
-            stored_at
-                .get(order.order_id.as_str())
-                .and_then(|at| <[u8; 6]>::try_from(at.get(..6)?).ok()),
-        );
+        touched.extend(stored_at.get(order.order_id.as_str()).map(|at| at.month));
         touched.dedup();
         let new = touched.iter().filter(|m| !months.contains(m)).count();
         if i > start && (i - start == SLICE_ORDERS || months.len() + new > SLICE_MONTHS) {
@@ -248,19 +263,16 @@ impl SledStore {
                 let month = order.month().key();
                 let position = keys::orders::position(order);
                 match stored_at.get(order.order_id.as_str()) {
-                    Some(at) if at[..6] == month && at[6..] == position[..8] => {}
+                    Some(at) if at.month == month && at.created[..] == position[..8] => {}
                     Some(at) => {
                         // It moves: a kill where it was hides the old version.
-                        let old_month: [u8; 6] = at[..6]
-                            .try_into()
-                            .map_err(|_| StoreError::Corrupt("order location".into()))?;
-                        let old = [&at[6..], order.order_id.as_bytes()].concat();
-                        months.entry(old_month).or_default().push(Entry {
+                        let old = [&at.created[..], order.order_id.as_bytes()].concat();
+                        months.entry(at.month).or_default().push(Entry {
                             key: old,
                             seq: run,
                             value: None,
                         });
-                        counts.add(tree, &old_month, -1, &mut touched)?;
+                        counts.add(tree, &at.month, -1, &mut touched)?;
                         counts.add(tree, &month, 1, &mut touched)?;
                     }
                     None => counts.add(tree, &month, 1, &mut touched)?,

@@ -273,8 +273,13 @@ fn a_call_over_many_months_is_sliced_by_months_too() {
             o
         })
         .collect();
-    let stored_at: HashMap<&str, Vec<u8>> =
-        HashMap::from([("o0", keys::orders::location(b"199912", &[0; 8]))]);
+    let stored_at = HashMap::from([(
+        "o0",
+        Location {
+            month: *b"199912",
+            created: [0; 8],
+        },
+    )]);
     let cut = slices(&orders, &stored_at);
     assert_eq!(cut.concat(), orders);
     for slice in &cut {
@@ -310,5 +315,14 @@ fn a_call_over_many_months_is_sliced_by_months_too() {
         .unwrap();
     for o in orders.iter().step_by(97) {
         assert_eq!(listing(&store, &tenant, o.month(), 10), vec![o.clone()]);
+    }
+}
+
+#[test]
+fn a_damaged_location_is_reported_not_sliced() {
+    let at = Location::decode(b"20240300000000").unwrap();
+    assert_eq!((at.month, at.created), (*b"202403", *b"00000000"));
+    for bad in [&b""[..], b"202403", b"2024030000000", b"202403000000000"] {
+        assert!(matches!(Location::decode(bad), Err(StoreError::Corrupt(_))));
     }
 }
