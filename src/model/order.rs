@@ -1,5 +1,6 @@
 //! Orders and months: the data the report service imports and reports on.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -208,6 +209,27 @@ impl Order {
         let ids = || orders.iter().map(|o| o.order_id.as_str());
         Some((ids().min()?, ids().max()?))
     }
+
+    /// The last row of each order_id among `orders` (the one a store
+    /// keeps), in their order.
+    pub fn last_of_each(orders: Vec<Order>) -> Vec<Order> {
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
+        for (i, order) in orders.iter().enumerate() {
+            last.insert(order.order_id.as_str(), i);
+        }
+        if last.len() == orders.len() {
+            return orders;
+        }
+        let mut keep = vec![false; orders.len()];
+        for &i in last.values() {
+            keep[i] = true;
+        }
+        orders
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(order, keep)| keep.then_some(order))
+            .collect()
+    }
 }
 
 /// Running totals over a set of orders: how many, their amount, and how
@@ -263,6 +285,30 @@ pub fn format_micros(micros: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_row_of_each_order_id_is_kept_in_place() {
+        let row = |id: &str, amount| Order {
+            order_id: id.into(),
+            created_at: 0,
+            customer_id: "c".into(),
+            status: OrderStatus::Placed,
+            amount_cents: amount,
+        };
+        let rows = vec![
+            row("a", 1),
+            row("b", 2),
+            row("a", 3),
+            row("c", 4),
+            row("b", 5),
+        ];
+        assert_eq!(
+            Order::last_of_each(rows),
+            vec![row("a", 3), row("c", 4), row("b", 5)]
+        );
+        let distinct = vec![row("x", 1), row("y", 2)];
+        assert_eq!(Order::last_of_each(distinct.clone()), distinct);
+    }
 
     #[test]
     fn months_parse_strictly_and_order_by_time() {

@@ -5,7 +5,6 @@
 //! a row updated last in the batch's transaction, so concurrent imports of
 //! one tenant merge side by side and still cannot both pass its limit.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use async_trait::async_trait;
@@ -35,20 +34,11 @@ fn escaped(line: &mut String, text: &str) {
     }
 }
 
-/// `orders` as rows of COPY's text format, the last of each order_id only
-/// (one statement may not touch a row twice): for the staging table, or,
-/// given the tenant, for `longrun_orders` itself, in order_id order.
+/// `orders` (each order_id once) as rows of COPY's text format: for the
+/// staging table, or, given the tenant, for `longrun_orders` itself, in
+/// order_id order.
 fn copy_text(orders: &[Order], tenant: Option<&Tenant>) -> String {
-    let mut last: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
-    for (i, order) in orders.iter().enumerate() {
-        last.insert(order.order_id.as_str(), i);
-    }
-    let mut kept: Vec<&Order> = orders
-        .iter()
-        .enumerate()
-        .filter(|(i, order)| last.get(order.order_id.as_str()) == Some(i))
-        .map(|(_, order)| order)
-        .collect();
+    let mut kept: Vec<&Order> = orders.iter().collect();
     if tenant.is_some() {
         // Bytes order, as the column's "C" collation.
         kept.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
@@ -183,6 +173,9 @@ impl OrderStore for PgStore {
         if orders.is_empty() {
             return Ok(PutOrders::Stored);
         }
+        // One statement may not touch a row twice: the last row of each
+        // order_id wins.
+        let orders = Order::last_of_each(orders);
         let mut tx = self.pool().begin().await.map_err(db)?;
         // Orders need only be durable by the next flush (see OrderStore),
         // and on PostgreSQL the next durable commit (the import's finish)

@@ -151,30 +151,6 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
     Ok(found.into_iter().map(|(id, (_, at))| (id, at)).collect())
 }
 
-/// The last row of each order_id of a call (the one that wins), in the
-/// call's order.
-fn last_of_each(orders: Vec<Order>) -> Vec<Order> {
-    let mut last: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
-    for (i, order) in orders.iter().enumerate() {
-        last.insert(order.order_id.as_str(), i);
-    }
-    if last.len() == orders.len() {
-        return orders;
-    }
-    let keep: Vec<bool> = {
-        let mut keep = vec![false; orders.len()];
-        for &i in last.values() {
-            keep[i] = true;
-        }
-        keep
-    };
-    orders
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(order, keep)| keep.then_some(order))
-        .collect()
-}
-
 /// `orders` cut into slices of at most `SLICE_ORDERS` orders and
 /// `SLICE_MONTHS` months; `stored_at` says where moving orders were.
 fn slices<'o>(orders: &'o [Order], stored_at: &HashMap<&str, Location>) -> Vec<&'o [Order]> {
@@ -236,7 +212,7 @@ impl SledStore {
     ) -> StoreResult<PutOrders> {
         let tree = &self.orders_tree(tenant)?;
         let _turn = lock(&self.inner.orders_writer);
-        let orders = last_of_each(orders);
+        let orders = Order::last_of_each(orders);
         // Where each stored order_id is, all worked out before anything is
         // written, under the writer's turn.
         let stored_at = locate(tree, &orders)?;
