@@ -44,7 +44,7 @@ const READ_ATTEMPTS: usize = 64;
 /// A month's count (0 when it has none).
 fn read_count(tree: &Tree, count_key: &[u8]) -> StoreResult<u64> {
     match tree.get(count_key).map_err(disk)? {
-        Some(v) => decode_count(&v),
+        Some(v) => decode_u64(&v, "month count"),
         None => Ok(0),
     }
 }
@@ -54,16 +54,17 @@ fn total_count(tree: &Tree) -> StoreResult<u64> {
     let mut total = 0u64;
     for entry in tree.scan_prefix([b'c']) {
         let (_, value) = entry.map_err(disk)?;
-        total = total.saturating_add(decode_count(&value)?);
+        total = total.saturating_add(decode_u64(&value, "month count")?);
     }
     Ok(total)
 }
 
-fn decode_count(value: &[u8]) -> StoreResult<u64> {
+/// A stored u64 (big-endian): a month count, or the next run number.
+fn decode_u64(value: &[u8], what: &str) -> StoreResult<u64> {
     value
         .try_into()
         .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("month count".into()))
+        .map_err(|_| StoreError::Corrupt(what.into()))
 }
 
 /// Where a stored order is: its month, and its `created_at` as the first
@@ -276,10 +277,7 @@ impl SledStore {
             }
             tree.apply_batch(batch).map_err(disk)?;
         }
-        let families: Vec<Family> = runs.manifests.keys().copied().collect();
-        for family in families {
-            runs.tidy(family)?;
-        }
+        runs.tidy_all()?;
         Ok(PutOrders::Stored)
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sled::Tree;
 
-use super::decode_count;
+use super::decode_u64;
 use crate::store::StoreResult;
 use crate::store::sled::commit::disk;
 use crate::store::sled::keys;
@@ -153,13 +153,13 @@ fn write_chunk(
 pub(super) struct Runs<'t> {
     tree: &'t Tree,
     next: u64,
-    pub(super) manifests: BTreeMap<Family, Manifest>,
+    manifests: BTreeMap<Family, Manifest>,
 }
 
 impl<'t> Runs<'t> {
     pub(super) fn open(tree: &'t Tree) -> StoreResult<Self> {
         let next = match tree.get(keys::orders::NEXT_RUN).map_err(disk)? {
-            Some(v) => decode_count(&v)?,
+            Some(v) => decode_u64(&v, "next run number")?,
             None => 1,
         };
         Ok(Runs {
@@ -217,9 +217,17 @@ impl<'t> Runs<'t> {
         Ok(())
     }
 
+    /// Tidies (`tidy`) every family this writer has read or written.
+    pub(super) fn tidy_all(&mut self) -> StoreResult<()> {
+        let families: Vec<Family> = self.manifests.keys().copied().collect();
+        families
+            .into_iter()
+            .try_for_each(|family| self.tidy(family))
+    }
+
     /// Deletes the chunks of `family`'s stale runs, then merges its runs
     /// until no tier is full.
-    pub(super) fn tidy(&mut self, family: Family) -> StoreResult<()> {
+    fn tidy(&mut self, family: Family) -> StoreResult<()> {
         self.clear_stale(family)?;
         while let Some(inputs) = runs::plan(&self.manifest(family)?.live) {
             self.merge(family, &inputs)?;
