@@ -55,6 +55,23 @@ async fn open_retrying(config: ServerConfig, registry: Registry) -> Server {
     }
 }
 
+/// Opens the sled store in `dir` once the process or handles that held it
+/// are gone. sled lets go of its directory lock from its own threads, a
+/// moment after the last handle is dropped (or the process has exited),
+/// and announces nothing, so this tries again for up to 30 seconds.
+pub async fn reopen_sled(dir: &Path) -> longrun::store::SledStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match longrun::store::SledStore::open(dir, longrun::store::SyncMode::Always) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    }
+}
+
 /// Runs one Sleep at a time, so that the next ones stay queued.
 pub fn one_sleep_at_a_time(config: &mut ServerConfig) {
     config.engine.concurrency.insert("sleep".into(), 1);

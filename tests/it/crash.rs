@@ -337,13 +337,7 @@ async fn a_batch_cut_short_by_sigkill_is_all_or_nothing() {
             reported += 1;
         }
 
-        let store = loop {
-            match longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always) {
-                Ok(store) => break store,
-                Err(e) if e.to_string().contains("lock") => std::thread::yield_now(),
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let store = crate::common::reopen_sled(dir.path()).await;
         let unfinished = longrun::store::OperationStore::unfinished(&store)
             .await
             .expect("every record reads back");
@@ -438,13 +432,7 @@ async fn an_import_cut_short_by_sigkill_stores_the_file_exactly_once_resumed() {
     assert_eq!(meta(&done).state, State::Succeeded as i32, "{done:?}");
     process.child.kill().await.unwrap();
 
-    let store = loop {
-        match longrun::store::SledStore::open(dir.path(), longrun::store::SyncMode::Always) {
-            Ok(store) => break store,
-            Err(e) if e.to_string().contains("lock") => std::thread::yield_now(),
-            Err(e) => panic!("reopen: {e}"),
-        }
-    };
+    let store = crate::common::reopen_sled(dir.path()).await;
     let tenant = Tenant::default();
     for month in months {
         let want = &expected[&month.to_string()];

@@ -2563,22 +2563,9 @@ impl SledFixture {
         Some(Self(tempfile::tempdir().unwrap()))
     }
 
-    /// Opens the store. sled lets go of its directory lock from its own
-    /// threads, a moment after the last handle is dropped, and announces
-    /// nothing; a reopen right after a close may have to try again.
+    /// Opens the store (again, right after a close: `reopen_sled`).
     async fn open(&self) -> Stores {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match longrun::store::SledStore::open(self.0.path(), longrun::store::SyncMode::Always) {
-                Ok(store) => return Stores::from_backend(store),
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    tokio::task::yield_now().await
-                }
-                Err(e) => panic!("open sled: {e}"),
-            }
-        }
+        Stores::from_backend(crate::common::reopen_sled(self.0.path()).await)
     }
 }
 
