@@ -152,26 +152,6 @@ fn parse(
     Ok(())
 }
 
-/// Splits `orders` into `n` parts, each in the file's order, by a hash of
-/// the order_id: every row of one order_id lands in the same part, so parts
-/// stored side by side still leave the file's last row of each order.
-fn split_by_order_id(orders: Vec<Order>, n: usize) -> Vec<Vec<Order>> {
-    use std::hash::{Hash, Hasher};
-    if n <= 1 {
-        return vec![orders];
-    }
-    let mut parts: Vec<Vec<Order>> = (0..n)
-        .map(|_| Vec::with_capacity(orders.len() / n + 1))
-        .collect();
-    for order in orders {
-        let mut hasher = std::hash::DefaultHasher::new();
-        order.order_id.hash(&mut hasher);
-        parts[(hasher.finish() % n as u64) as usize].push(order);
-    }
-    parts.retain(|part| !part.is_empty());
-    parts
-}
-
 impl Task for ImportOrdersTask {
     type Request = ImportJob;
     type Response = api::ImportOrdersResponse;
@@ -218,7 +198,6 @@ impl Task for ImportOrdersTask {
         let cancel = ctx.cancellation().clone();
         let parser = tokio::task::spawn_blocking(move || parse(file, tx, cancel));
 
-        let writers = self.reports.orders().writers().max(1);
         let mut response = api::ImportOrdersResponse::default();
         let mut rows = 0u64;
         let mut cancelled = false;
@@ -239,38 +218,26 @@ impl Task for ImportOrdersTask {
                 ctx.tenant(),
                 self.reports.max_orders(),
             );
-            let parts = split_by_order_id(batch.orders, writers);
-            let puts = futures_util::future::join_all(parts.into_iter().map(|part| async move {
-                let n = part.len() as i64;
-                let put = orders.put_orders(tenant, part, limit).await;
-                (n, put)
-            }))
-            .await;
-            let mut over_limit = None;
-            let mut failure = None;
-            for (n, put) in puts {
-                match put {
-                    Ok(PutOrders::Stored) => response.imported += n,
-                    Ok(PutOrders::OverLimit { stored }) => over_limit = Some(stored),
-                    Err(e) => failure = Some(e),
+            let n = batch.orders.len() as i64;
+            match orders.put_orders(tenant, batch.orders, limit).await {
+                Ok(PutOrders::Stored) => response.imported += n,
+                Ok(PutOrders::OverLimit { stored }) => {
+                    return Err(TaskError::new(
+                        Code::ResourceExhausted,
+                        "TENANT_ORDER_LIMIT",
+                        format!(
+                            "the tenant's order limit would be passed (it stores {stored}); the {} orders imported so far are kept",
+                            response.imported
+                        ),
+                    ));
                 }
-            }
-            if let Some(e) = failure {
-                return Err(TaskError::retryable(
-                    Code::Unavailable,
-                    "ORDERS_NOT_STORED",
-                    e.to_string(),
-                ));
-            }
-            if let Some(held) = over_limit {
-                return Err(TaskError::new(
-                    Code::ResourceExhausted,
-                    "TENANT_ORDER_LIMIT",
-                    format!(
-                        "the tenant's order limit would be passed (it stores {held}); the {} orders imported so far are kept",
-                        response.imported
-                    ),
-                ));
+                Err(e) => {
+                    return Err(TaskError::retryable(
+                        Code::Unavailable,
+                        "ORDERS_NOT_STORED",
+                        e.to_string(),
+                    ));
+                }
             }
             response.failed += batch.errors.len() as i64;
             let room = MAX_ROW_ERRORS.saturating_sub(response.errors.len());
@@ -316,49 +283,5 @@ impl Task for ImportOrdersTask {
             .files()
             .remove(&Reports::upload_file(&job.upload))
             .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::order::OrderStatus;
-
-    fn order(id: &str, amount: i64) -> Order {
-        Order {
-            order_id: id.into(),
-            created_at: 0,
-            customer_id: String::new(),
-            status: OrderStatus::Placed,
-            amount_cents: amount,
-        }
-    }
-
-    #[test]
-    fn each_order_id_lands_in_one_part_in_the_files_order() {
-        let ids: Vec<String> = (0..200).map(|i| format!("o{}", i % 50)).collect();
-        let orders: Vec<Order> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| order(id, i as i64))
-            .collect();
-        let parts = split_by_order_id(orders, 3);
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 200);
-        for id in ids.iter().take(50) {
-            let holding: Vec<&Vec<Order>> = parts
-                .iter()
-                .filter(|p| p.iter().any(|o| &o.order_id == id))
-                .collect();
-            assert_eq!(holding.len(), 1, "{id} is in several parts");
-            let amounts: Vec<i64> = holding[0]
-                .iter()
-                .filter(|o| &o.order_id == id)
-                .map(|o| o.amount_cents)
-                .collect();
-            assert!(amounts.is_sorted(), "{id}: {amounts:?}");
-            assert_eq!(amounts.len(), 4);
-        }
-        assert_eq!(split_by_order_id(vec![order("a", 1)], 1).len(), 1);
     }
 }

@@ -33,6 +33,7 @@ pub mod files;
 pub mod postgres;
 pub mod ready;
 pub(crate) mod rules;
+pub(crate) mod runs;
 mod schedules;
 pub mod sled;
 
@@ -560,13 +561,6 @@ pub trait OrderStore: Send + Sync + 'static {
         orders: Vec<Order>,
         limit: Option<u64>,
     ) -> StoreResult<PutOrders>;
-
-    /// How many `put_orders` calls of one tenant, on disjoint order_ids,
-    /// are worth making at once: 1 where the store applies them one at a
-    /// time anyway.
-    fn writers(&self) -> usize {
-        1
-    }
 
     /// How many orders `tenant` has in `month`.
     async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64>;

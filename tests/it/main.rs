@@ -25,6 +25,7 @@ mod operations;
 mod outage;
 mod parsers;
 mod pg;
+mod pg_orders;
 mod proxy;
 mod queues;
 mod recovery;

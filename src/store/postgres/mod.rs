@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fewer indexes",
         include_str!("migrations/0010_fewer_indexes.sql"),
     ),
+    (
+        11,
+        "order runs",
+        include_str!("migrations/0011_order_runs.sql"),
+    ),
 ];
 
 /// How the PostgreSQL backend is set up.
@@ -163,6 +168,8 @@ struct Inner {
     tasks: TaskTracker,
     /// The rows this node runs, as it last wrote them.
     held: held::Held,
+    /// Imported orders' runs waiting to be merged.
+    merging: orders::Merging,
 }
 
 impl Drop for Inner {
@@ -268,6 +275,7 @@ impl PgStore {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             held: held::Held::default(),
+            merging: orders::Merging::default(),
         });
         let store = Self { inner };
         store.count_queued().await?;

@@ -1,165 +1,250 @@
-//! [`OrderStore`] on PostgreSQL: a batch none of whose order_ids is stored
-//! yet is copied straight into the table; one that may replace stored
-//! orders arrives by COPY into a staging table and is merged in one
-//! statement. Each tenant's count of orders is
-//! a row updated last in the batch's transaction, so concurrent imports of
-//! one tenant merge side by side and still cannot both pass its limit.
+//! [`OrderStore`] on PostgreSQL: a tenant's orders as sorted runs
+//! (`store::runs`), a row per chunk of a few hundred orders, with each
+//! family's runs listed in `longrun_order_runs` and each month's count in
+//! `longrun_order_months`. A tenant's writes take turns on its row of
+//! `longrun_order_tenants`, on every node; each call is one transaction:
+//! where its orders are stored, its runs and the counts. Runs are merged
+//! afterwards, in the background, each family by one node at a time, so
+//! that an import's next call need not wait for them; a writer reading
+//! the locations checks that no merge took a run it read meanwhile, and a
+//! listing reads a page in one snapshot. Rows stored before runs
+//! (`longrun_orders`) are read beside them and never written again.
 
-use std::fmt::Write as _;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{PgConnection, PgPool, Row};
 
 use super::{PgStore, db};
 use crate::model::Tenant;
 use crate::model::order::{Month, Order};
-use crate::store::codec::{decode_order, encode_order};
+use crate::store::codec::decode_order;
+use crate::store::runs::{self, Family, Location, written};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
+use chunks::{Pending, Reader, add_run, after, has_legacy, manifest, month_number};
 
-/// A month as the table keeps it: year × 100 + month.
-fn month_number(month: Month) -> i32 {
-    month.year() * 100 + i32::from(month.month())
+mod chunks;
+
+/// How often a writer reads the locations again because a merge took a
+/// run it was reading before it gives up.
+const READ_ATTEMPTS: usize = 16;
+
+/// Where each of `orders`' order_ids is stored now, for those that are.
+/// `orders` holds each order_id once.
+async fn locate<'o>(
+    conn: &mut PgConnection,
+    tenant: &str,
+    orders: &'o [Order],
+) -> StoreResult<HashMap<&'o str, Location>> {
+    let Some((least, greatest)) = Order::id_range(orders) else {
+        return Ok(HashMap::new());
+    };
+    for _ in 0..READ_ATTEMPTS {
+        let runs: Vec<i64> = manifest(conn, tenant, Family::Locations)
+            .await?
+            .iter()
+            .filter(|run| run.overlaps(least.as_bytes(), greatest.as_bytes()))
+            .map(|run| run.id as i64)
+            .collect();
+        let found = read_locations(conn, tenant, orders, &runs).await?;
+        // A merge that committed meanwhile may have deleted a run read
+        // here part way through: read again. (Merges delete only the runs
+        // they replace, and numbers are never reused.)
+        let now = manifest(conn, tenant, Family::Locations).await?;
+        if runs
+            .iter()
+            .all(|&id| now.iter().any(|run| run.id as i64 == id))
+        {
+            return Ok(found);
+        }
+    }
+    Err(StoreError::Unavailable(
+        "the order locations kept being merged while read; try again".into(),
+    ))
 }
 
-/// Appends `text` to a COPY line, escaped for the text format.
-fn escaped(line: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => line.push_str("\\\\"),
-            '\t' => line.push_str("\\t"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            c => line.push(c),
+/// Where `orders` (from `least` to `greatest` order_id) are stored, read
+/// from location runs `runs` and the rows from before runs.
+async fn read_locations<'o>(
+    conn: &mut PgConnection,
+    tenant: &str,
+    orders: &'o [Order],
+    overlapping: &[i64],
+) -> StoreResult<HashMap<&'o str, Location>> {
+    let mut found = HashMap::new();
+    let Some((least, greatest)) = Order::id_range(orders) else {
+        return Ok(found);
+    };
+    if !overlapping.is_empty() {
+        let mut ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
+        ids.sort_unstable();
+        let mut next = 0;
+        let from = Some(least.as_bytes().to_vec());
+        let mut reader = Reader::new(tenant, Family::Locations, overlapping, false, from);
+        // Both sides in order_id order: one pass over the runs' stretch.
+        'read: loop {
+            let window = reader.window(conn).await?;
+            if window.is_empty() {
+                break;
+            }
+            for entry in window {
+                if entry.key.as_slice() > greatest.as_bytes() {
+                    break 'read;
+                }
+                while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
+                    next += 1;
+                }
+                let Some(&id) = ids.get(next) else {
+                    break 'read;
+                };
+                if id.as_bytes() == entry.key.as_slice()
+                    && let Some(location) = entry.value
+                {
+                    found.insert(id, Location::decode(&location)?);
+                }
+            }
         }
+    }
+    // Rows from before runs, for the order_ids the runs do not have.
+    if has_legacy(conn, tenant, Family::Locations).await? {
+        let missing: Vec<&str> = orders
+            .iter()
+            .map(|o| o.order_id.as_str())
+            .filter(|id| !found.contains_key(id))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT order_id, created_at FROM longrun_orders
+              WHERE tenant = $1 AND order_id = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(&missing)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+        let by_id: HashMap<&str, &Order> =
+            orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
+        for row in &rows {
+            let order_id: String = row.try_get("order_id").map_err(db)?;
+            let created_at: i64 = row.try_get("created_at").map_err(db)?;
+            if let Some((&id, _)) = by_id.get_key_value(order_id.as_str()) {
+                let month = Month::of_micros(created_at).key();
+                let created = runs::position_of(created_at, "")[..8]
+                    .try_into()
+                    .expect("eight bytes");
+                found.insert(id, Location { month, created });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Merges `family`'s runs until no tier is full, a merge per transaction,
+/// unless another node is merging the family already.
+async fn tidy(pool: &PgPool, tenant: &str, family: Family) -> StoreResult<()> {
+    loop {
+        let mut tx = pool.begin().await.map_err(db)?;
+        // A merge loses nothing if its commit is lost: its inputs stay.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let ours: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext('longrun_order_runs:' || $1 || '/' || $2))",
+        )
+        .bind(tenant)
+        .bind(chunks::family_name(family))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !ours {
+            return Ok(());
+        }
+        let live = manifest(&mut tx, tenant, family).await?;
+        let Some(inputs) = runs::plan(&live) else {
+            return Ok(());
+        };
+        // Kills hide older versions; once every run is merged (and no row
+        // from before runs is left under them), nothing is older. A run
+        // written meanwhile is newer than all of them.
+        let everything = inputs.len() == live.len() && !has_legacy(&mut tx, tenant, family).await?;
+        let out: i64 = sqlx::query_scalar("SELECT nextval('longrun_order_run_numbers')")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        chunks::merge(&mut tx, tenant, family, &inputs, everything, out as u64).await?;
+        tx.commit().await.map_err(db)?;
     }
 }
 
-/// `orders` (each order_id once) as rows of COPY's text format: for the
-/// staging table, or, given the tenant, for `longrun_orders` itself, in
-/// order_id order.
-fn copy_text(orders: &[Order], tenant: Option<&Tenant>) -> String {
-    let mut kept: Vec<&Order> = orders.iter().collect();
-    if tenant.is_some() {
-        // Bytes order, as the column's "C" collation.
-        kept.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
-    }
-    let mut text = String::with_capacity(kept.len() * 112);
-    for order in kept {
-        if let Some(tenant) = tenant {
-            escaped(&mut text, tenant.as_str());
-            text.push('\t');
-        }
-        escaped(&mut text, &order.order_id);
-        let month = month_number(Month::of_micros(order.created_at));
-        let _ = write!(text, "\t{month}\t{}\t\\\\x", order.created_at);
-        text.push_str(&hex::encode(encode_order(order)));
-        text.push('\n');
-    }
-    text
-}
+/// Merges this node runs at once, each on a connection of its own: the
+/// pool is left to everyone else however many tenants import.
+const MERGES_AT_ONCE: usize = 2;
 
-/// A month listing's position: `created_at`, then the order_id.
-fn cursor(order: &Order) -> OrderCursor {
-    let mut bytes = order.created_at.to_be_bytes().to_vec();
-    bytes.extend_from_slice(order.order_id.as_bytes());
-    OrderCursor(bytes)
-}
+/// The families of each tenant this node is to merge, while a task of
+/// its own merges them, and the turns of those tasks.
+#[derive(Clone)]
+pub(super) struct Merging(
+    Arc<Mutex<HashMap<String, BTreeSet<Family>>>>,
+    Arc<tokio::sync::Semaphore>,
+);
 
-fn uncursor(cursor: &OrderCursor) -> StoreResult<(i64, String)> {
-    let bad = || StoreError::Corrupt("order cursor".into());
-    let (time, id) = cursor.0.split_at_checked(8).ok_or_else(bad)?;
-    let time = i64::from_be_bytes(time.try_into().map_err(|_| bad())?);
-    Ok((time, String::from_utf8(id.to_vec()).map_err(|_| bad())?))
-}
-
-/// Copies `orders`, none of whose order_ids was stored when probed,
-/// straight into the table: how many, or None, having undone the copy (a
-/// savepoint), when another call stored some of them meanwhile. Rows go
-/// in order_id order, so that calls storing the same orders at once lock
-/// them in one order and never deadlock.
-async fn copy_new(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    tenant: &Tenant,
-    orders: &[Order],
-) -> StoreResult<Option<i64>> {
-    let mut attempt = sqlx::Acquire::begin(&mut *tx).await.map_err(db)?;
-    let copied = copy_in(
-        &mut attempt,
-        "COPY longrun_orders (tenant, order_id, month, created_at, record) FROM STDIN",
-        &copy_text(orders, Some(tenant)),
-    )
-    .await;
-    match copied {
-        Ok(rows) => {
-            attempt.commit().await.map_err(db)?;
-            Ok(Some(i64::try_from(rows).unwrap_or(i64::MAX)))
-        }
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            attempt.rollback().await.map_err(db)?;
-            Ok(None)
-        }
-        Err(e) => Err(db(e)),
+impl Default for Merging {
+    fn default() -> Self {
+        Merging(
+            Arc::default(),
+            Arc::new(tokio::sync::Semaphore::new(MERGES_AT_ONCE)),
+        )
     }
 }
 
-/// Stages `orders` in a temporary table for the merge.
-async fn stage(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    orders: &[Order],
-) -> StoreResult<()> {
-    sqlx::query(
-        "CREATE TEMP TABLE IF NOT EXISTS longrun_orders_stage
-           (order_id text, month integer, created_at bigint, record bytea)
-         ON COMMIT DELETE ROWS",
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    copy_in(
-        tx,
-        "COPY longrun_orders_stage FROM STDIN",
-        &copy_text(orders, None),
-    )
-    .await
-    .map_err(db)?;
-    Ok(())
+impl Merging {
+    /// The next family of `tenant` to merge, or None, the task done.
+    fn next(&self, tenant: &str) -> Option<Family> {
+        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let next = waiting.get_mut(tenant).and_then(BTreeSet::pop_first);
+        if next.is_none() {
+            waiting.remove(tenant);
+        }
+        next
+    }
 }
 
-/// Runs `statement`, a COPY FROM STDIN, with `text` as its rows: how many
-/// it stored. A copy that fails partway is abandoned (CopyFail as it
-/// drops), and its error returned as it came.
-async fn copy_in(
-    conn: &mut sqlx::PgConnection,
-    statement: &str,
-    text: &str,
-) -> Result<u64, sqlx::Error> {
-    let mut copy = conn.copy_in_raw(statement).await?;
-    copy.send(text.as_bytes()).await?;
-    copy.finish().await
-}
-
-/// Merges the staged rows, replacing the stored orders with their
-/// order_ids (in order_id order, as `copy_new`): how many were new.
-async fn merge(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    tenant: &Tenant,
-) -> StoreResult<i64> {
-    sqlx::query(
-        "WITH merged AS (
-            INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
-            SELECT $1, order_id, month, created_at, record FROM longrun_orders_stage
-             ORDER BY order_id COLLATE \"C\"
-            ON CONFLICT (tenant, order_id) DO UPDATE SET month = EXCLUDED.month,
-               created_at = EXCLUDED.created_at, record = EXCLUDED.record
-            RETURNING (xmax = 0) AS inserted)
-         SELECT count(*) FILTER (WHERE inserted) AS added FROM merged",
-    )
-    .bind(tenant.as_str())
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db)?
-    .try_get("added")
-    .map_err(db)
+impl PgStore {
+    /// Has `families` of `tenant` merged in the background: by the task
+    /// merging the tenant's runs already, or by a new one. A merge that
+    /// fails is tried again after the tenant's next write.
+    fn merge_later(&self, tenant: &str, families: Vec<Family>) {
+        {
+            let mut waiting = self
+                .inner
+                .merging
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(queued) = waiting.get_mut(tenant) {
+                queued.extend(families);
+                return;
+            }
+            waiting.insert(tenant.to_owned(), families.into_iter().collect());
+        }
+        let (pool, merging) = (self.pool().clone(), self.inner.merging.clone());
+        let (tenant, stop) = (tenant.to_owned(), self.inner.stop.clone());
+        self.inner.tasks.spawn(async move {
+            while let Some(family) = merging.next(&tenant) {
+                let merged = tokio::select! {
+                    merged = async {
+                        let _turn = merging.1.acquire().await;
+                        tidy(&pool, &tenant, family).await
+                    } => merged,
+                    () = stop.cancelled() => return,
+                };
+                if let Err(e) = merged {
+                    tracing::warn!(tenant, error = %e, "merging imported orders failed; the next import retries");
+                }
+            }
+        });
+    }
 }
 
 #[async_trait]
@@ -173,9 +258,8 @@ impl OrderStore for PgStore {
         if orders.is_empty() {
             return Ok(PutOrders::Stored);
         }
-        // One statement may not touch a row twice: the last row of each
-        // order_id wins.
         let orders = Order::last_of_each(orders);
+        let name = tenant.as_str();
         let mut tx = self.pool().begin().await.map_err(db)?;
         // Orders need only be durable by the next flush (see OrderStore),
         // and on PostgreSQL the next durable commit (the import's finish)
@@ -184,124 +268,137 @@ impl OrderStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        // When no stored order of the tenant lies between the call's least
-        // and greatest order_id (a file of new, ascending ids, say), none
-        // is stored, and the rows are copied straight in, with no staging
-        // and no conflict checks. Should another call store some of the
-        // same ids meanwhile, the copy fails on them and is undone (a
-        // savepoint), and the merge runs.
-        let (least, greatest) = Order::id_range(&orders).unwrap_or_default();
-        let fresh = !sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM longrun_orders
-                             WHERE tenant = $1 AND order_id BETWEEN $2 AND $3)",
+        // The tenant's turn: its row, locked until the commit.
+        let turn = sqlx::query(
+            "INSERT INTO longrun_order_tenants AS t (tenant, stored) VALUES ($1, 0)
+             ON CONFLICT (tenant) DO UPDATE SET stored = t.stored
+             RETURNING stored, nextval('longrun_order_run_numbers') AS run",
         )
-        .bind(tenant.as_str())
-        .bind(least)
-        .bind(greatest)
+        .bind(name)
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-        let copied = match fresh {
-            true => copy_new(&mut tx, tenant, &orders).await?,
-            false => None,
-        };
-        let added = match copied {
-            Some(added) => added,
-            None => {
-                stage(&mut tx, &orders).await?;
-                merge(&mut tx, tenant).await?
-            }
-        };
-        // The tenant's count is locked last, after the merge, so that calls
-        // of one tenant on disjoint orders merge side by side; its holder
-        // waits for nothing more before it commits. Concurrent calls cannot
-        // both pass the limit: each checks the count its own update made.
-        let total: i64 = sqlx::query(
-            "INSERT INTO longrun_order_tenants AS t (tenant, stored) VALUES ($1, $2)
-             ON CONFLICT (tenant) DO UPDATE SET stored = t.stored + EXCLUDED.stored
-             RETURNING stored",
-        )
-        .bind(tenant.as_str())
-        .bind(added)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?
-        .try_get("stored")
-        .map_err(db)?;
-        let total = u64::try_from(total).unwrap_or(0);
+        let stored = u64::try_from(turn.try_get::<i64, _>("stored").map_err(db)?).unwrap_or(0);
+        let run = u64::try_from(turn.try_get::<i64, _>("run").map_err(db)?).unwrap_or(1);
+
+        let stored_at = locate(&mut tx, name, &orders).await?;
+        let added = (orders.len() - stored_at.len()) as u64;
         if let Some(limit) = limit
             && added > 0
-            && total > limit
+            && stored.saturating_add(added) > limit
         {
             tx.rollback().await.map_err(db)?;
-            return Ok(PutOrders::OverLimit {
-                stored: total.saturating_sub(added as u64),
-            });
+            return Ok(PutOrders::OverLimit { stored });
         }
+
+        let out = written(&orders, &stored_at, run);
+        let mut pending = Pending::new(name);
+        let families: Vec<Family> = out.families.keys().copied().collect();
+        for (family, entries) in out.families {
+            add_run(&mut tx, &mut pending, family, run, entries).await?;
+        }
+        pending.flush(&mut tx).await?;
+        let (months, deltas): (Vec<i32>, Vec<i64>) = out
+            .counts
+            .iter()
+            .map(|(month, delta)| (month_number(month), *delta))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO longrun_order_months AS m (tenant, month, stored)
+             SELECT $1, * FROM unnest($2::int4[], $3::int8[])
+             ON CONFLICT (tenant, month) DO UPDATE SET stored = m.stored + EXCLUDED.stored",
+        )
+        .bind(name)
+        .bind(&months)
+        .bind(&deltas)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("UPDATE longrun_order_tenants SET stored = stored + $2 WHERE tenant = $1")
+            .bind(name)
+            .bind(added as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        self.merge_later(name, families);
         Ok(PutOrders::Stored)
     }
 
-    /// Each call merges on a connection of its own, which PostgreSQL runs
-    /// on a core of its own: as many as this machine has cores (a guess
-    /// at the database's), up to 4, and no more than a quarter of the pool.
-    /// More than the cores made imports slower when measured.
-    fn writers(&self) -> usize {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let pool = self.pool().options().get_max_connections() as usize;
-        cores.min(4).min(pool / 4).max(1)
-    }
-
     async fn month_count(&self, tenant: &Tenant, month: Month) -> StoreResult<u64> {
-        let n: i64 = sqlx::query(
-            "SELECT count(*) AS n FROM longrun_orders WHERE tenant = $1 AND month = $2",
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT stored FROM longrun_order_months WHERE tenant = $1 AND month = $2",
         )
         .bind(tenant.as_str())
-        .bind(month_number(month))
-        .fetch_one(self.pool())
+        .bind(month_number(&month.key()))
+        .fetch_optional(self.pool())
         .await
-        .map_err(db)?
-        .try_get("n")
         .map_err(db)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn month_page(
         &self,
         tenant: &Tenant,
         month: Month,
-        after: Option<OrderCursor>,
+        cursor: Option<OrderCursor>,
         limit: usize,
     ) -> StoreResult<(Vec<Order>, Option<OrderCursor>)> {
-        let (after_time, after_id) = match &after {
-            Some(c) => {
-                let (t, id) = uncursor(c)?;
-                (Some(t), Some(id))
-            }
-            None => (None, None),
-        };
-        let rows = sqlx::query(
-            "SELECT record FROM longrun_orders
-              WHERE tenant = $1 AND month = $2
-                AND ($3::int8 IS NULL OR (created_at, order_id) > ($3, $4::text))
-              ORDER BY created_at, order_id LIMIT $5",
-        )
-        .bind(tenant.as_str())
-        .bind(month_number(month))
-        .bind(after_time)
-        .bind(after_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db)?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let record: Vec<u8> = row.try_get("record").map_err(db)?;
-            orders.push(decode_order(&record)?);
+        if limit == 0 {
+            return Ok((Vec::new(), None));
         }
-        let next = (orders.len() == limit)
-            .then(|| orders.last().map(cursor))
-            .flatten();
+        let family = Family::Month(month.key());
+        // One snapshot for the page: a merge committed meanwhile cannot
+        // take runs away between its queries.
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let live: Vec<i64> = manifest(&mut tx, tenant.as_str(), family)
+            .await?
+            .iter()
+            .map(|run| run.id as i64)
+            .collect();
+        let legacy = has_legacy(&mut tx, tenant.as_str(), family).await?;
+        let from = cursor.as_ref().map(|OrderCursor(at)| after(at));
+        // A chunk holds about 150 orders.
+        let chunks = i64::try_from(limit / 128 + 1).unwrap_or(i64::MAX);
+        let mut reader = Reader::new(tenant.as_str(), family, &live, legacy, from).paged(chunks);
+        let mut orders = Vec::with_capacity(limit.min(65_536));
+        let mut last = None;
+        'read: loop {
+            let window = reader.window(&mut tx).await?;
+            if window.is_empty() {
+                break;
+            }
+            for entry in window {
+                if orders.len() == limit {
+                    break 'read;
+                }
+                if let Some(value) = entry.value {
+                    orders.push(decode_order(&value)?);
+                    last = Some(entry.key);
+                }
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        let next = if orders.len() == limit {
+            last.map(OrderCursor)
+        } else {
+            None
+        };
         Ok((orders, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks::month_number;
+
+    #[test]
+    fn a_month_key_reads_as_its_number() {
+        let key = crate::model::order::Month::new(2024, 3).unwrap().key();
+        assert_eq!(month_number(&key), 202_403);
     }
 }

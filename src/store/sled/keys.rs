@@ -281,22 +281,6 @@ pub(super) fn secret(name: &str) -> Vec<u8> {
 /// order_id: the `m` key it is under.
 pub(super) mod orders {
     use crate::model::Tenant;
-    use crate::model::order::Order;
-
-    /// An order's position within its month: created_at, then order_id,
-    /// sorting as bytes.
-    pub(in crate::store::sled) fn position(order: &Order) -> Vec<u8> {
-        let mut key = Vec::with_capacity(8 + order.order_id.len());
-        // Flipping the sign bit makes signed times sort as unsigned bytes.
-        key.extend_from_slice(&((order.created_at as u64) ^ (1 << 63)).to_be_bytes());
-        key.extend_from_slice(order.order_id.as_bytes());
-        key
-    }
-
-    /// The month and created_at an order is at, from its month and position.
-    pub(in crate::store::sled) fn location(month: &[u8], position: &[u8]) -> Vec<u8> {
-        [month, &position[..8]].concat()
-    }
 
     /// The chunk of a month's run `run` that starts at `first` (the run's
     /// prefix when `first` is empty).
@@ -320,8 +304,13 @@ pub(super) mod orders {
 
     /// The `m` key of an order in a tree written before runs.
     #[cfg(test)]
-    pub(in crate::store::sled) fn legacy_order(order: &Order) -> Vec<u8> {
-        [b"m".as_slice(), &order.month().key(), &position(order)].concat()
+    pub(in crate::store::sled) fn legacy_order(order: &crate::model::order::Order) -> Vec<u8> {
+        [
+            b"m".as_slice(),
+            &order.month().key(),
+            &crate::store::runs::position(order),
+        ]
+        .concat()
     }
 
     pub(in crate::store::sled) fn legacy_month(month: &[u8]) -> Vec<u8> {

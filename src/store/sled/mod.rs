@@ -27,7 +27,6 @@ mod operations;
 mod orders;
 mod outbox;
 mod recent;
-mod runs;
 mod schedules;
 mod space;
 mod strings;

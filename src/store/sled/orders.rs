@@ -7,19 +7,19 @@
 //! own. Trees written before runs keep their key per order, read beside
 //! the runs and never written again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use sled::Tree;
 
 use super::commit::{backend, disk};
-use super::runs::{Entry, Merge};
 use super::{SledStore, keys, lock};
 use crate::model::Tenant;
 use crate::model::order::{Month, Order};
-use crate::store::codec::{decode_order, encode_order};
+use crate::store::codec::decode_order;
+use crate::store::runs::{Family, Location, Merge, written};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
-use families::{Family, Runs, read_legacy_month, read_run};
+use families::{Runs, read_legacy_month, read_run};
 
 mod families;
 
@@ -65,27 +65,6 @@ fn decode_u64(value: &[u8], what: &str) -> StoreResult<u64> {
         .try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| StoreError::Corrupt(what.into()))
-}
-
-/// Where a stored order is: its month, and its `created_at` as the first
-/// eight bytes of its position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Location {
-    month: [u8; 6],
-    created: [u8; 8],
-}
-
-impl Location {
-    /// From the value of a location entry (or the month and created_at
-    /// of a key from before runs): fourteen bytes.
-    fn decode(bytes: &[u8]) -> StoreResult<Self> {
-        let corrupt = || StoreError::Corrupt("order location".into());
-        let (month, created) = bytes.split_at_checked(6).ok_or_else(corrupt)?;
-        Ok(Location {
-            month: month.try_into().map_err(|_| corrupt())?,
-            created: created.try_into().map_err(|_| corrupt())?,
-        })
-    }
 }
 
 /// Where each of `orders`' order_ids is stored now, for those that are.
@@ -233,47 +212,13 @@ impl SledStore {
         for slice in slices(&orders, &stored_at) {
             let mut batch = sled::Batch::default();
             let run = runs.take(&mut batch);
-            let mut months: BTreeMap<[u8; 6], Vec<Entry>> = BTreeMap::new();
-            let mut locations = Vec::with_capacity(slice.len());
-            let mut touched = Vec::new();
-            for order in slice {
-                let month = order.month().key();
-                let position = keys::orders::position(order);
-                match stored_at.get(order.order_id.as_str()) {
-                    Some(at) if at.month == month && at.created[..] == position[..8] => {}
-                    Some(at) => {
-                        // It moves: a kill where it was hides the old version.
-                        let old = [&at.created[..], order.order_id.as_bytes()].concat();
-                        months.entry(at.month).or_default().push(Entry {
-                            key: old,
-                            seq: run,
-                            value: None,
-                        });
-                        counts.add(tree, &at.month, -1, &mut touched)?;
-                        counts.add(tree, &month, 1, &mut touched)?;
-                    }
-                    None => counts.add(tree, &month, 1, &mut touched)?,
-                }
-                locations.push(Entry {
-                    key: order.order_id.as_bytes().to_vec(),
-                    seq: run,
-                    value: Some(keys::orders::location(&month, &position)),
-                });
-                months.entry(month).or_default().push(Entry {
-                    key: position,
-                    seq: run,
-                    value: Some(encode_order(order)),
-                });
+            let out = written(slice, &stored_at, run);
+            for (family, entries) in out.families {
+                runs.add(&mut batch, family, run, entries)?;
             }
-            for (month, entries) in months {
-                runs.add(&mut batch, Family::Month(month), run, entries)?;
-            }
-            runs.add(&mut batch, Family::Locations, run, locations)?;
-            for month in touched {
-                batch.insert(
-                    keys::orders::count(&month),
-                    &counts.of(&month).to_be_bytes(),
-                );
+            for (month, delta) in out.counts {
+                let count = counts.add(tree, &month, delta)?;
+                batch.insert(keys::orders::count(&month), &count.to_be_bytes());
             }
             tree.apply_batch(batch).map_err(disk)?;
         }
@@ -337,14 +282,8 @@ fn month_page_blocking(
 struct MonthCounts(HashMap<[u8; 6], u64>);
 
 impl MonthCounts {
-    /// Adds `delta` to `month`'s count and notes the month in `touched`.
-    fn add(
-        &mut self,
-        tree: &Tree,
-        month: &[u8; 6],
-        delta: i64,
-        touched: &mut Vec<[u8; 6]>,
-    ) -> StoreResult<()> {
+    /// Adds `delta` to `month`'s count: the count now.
+    fn add(&mut self, tree: &Tree, month: &[u8; 6], delta: i64) -> StoreResult<u64> {
         let count = match self.0.get_mut(month) {
             Some(count) => count,
             None => {
@@ -353,14 +292,7 @@ impl MonthCounts {
             }
         };
         *count = count.saturating_add_signed(delta);
-        if !touched.contains(month) {
-            touched.push(*month);
-        }
-        Ok(())
-    }
-
-    fn of(&self, month: &[u8; 6]) -> u64 {
-        self.0.get(month).copied().unwrap_or(0)
+        Ok(*count)
     }
 }
 

@@ -8,9 +8,9 @@ use sled::Tree;
 
 use super::decode_u64;
 use crate::store::StoreResult;
+use crate::store::runs::{self, CHUNK_BYTES, Entry, Family, Manifest, Merge, Run};
 use crate::store::sled::commit::disk;
 use crate::store::sled::keys;
-use crate::store::sled::runs::{self, CHUNK_BYTES, Entry, Manifest, Merge, Run};
 
 /// Chunks a merge writes per batch: sled applies every batch under a lock
 /// the whole store waits on, so a merge goes in batches about as long as
@@ -20,13 +20,7 @@ const MERGE_CHUNKS: usize = 256;
 /// Keys a batch deletes when a merge's inputs are cleared away.
 const DELETE_KEYS: usize = 256;
 
-/// The runs of one month's orders, or of the order_id locations.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Family {
-    Month([u8; 6]),
-    Locations,
-}
-
+/// Where a family's runs are in an orders tree.
 impl Family {
     pub(super) fn manifest_key(self) -> Vec<u8> {
         match self {

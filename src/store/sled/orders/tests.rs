@@ -8,7 +8,8 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::model::order::OrderStatus;
 use crate::store::SyncMode;
-use crate::store::sled::runs;
+use crate::store::codec::encode_order;
+use crate::store::runs::{self, Entry};
 
 fn store() -> (tempfile::TempDir, SledStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +204,7 @@ fn a_merge_cut_short_is_cleared_by_the_next_writer() {
     let mut manifest = january.manifest(&tree).unwrap();
     manifest.stale.push(99);
     let stray = vec![Entry {
-        key: keys::orders::position(&order("zz", 1, 1, 1)),
+        key: runs::position(&order("zz", 1, 1, 1)),
         seq: 99,
         value: Some(encode_order(&order("zz", 1, 1, 1))),
     }];

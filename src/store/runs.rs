@@ -1,48 +1,172 @@
-//! Sorted runs: how an orders tree keeps many entries in few sled keys.
+//! Sorted runs: how both stores keep a tenant's orders as a few large
+//! values instead of a row or key per order.
 //!
-//! sled copies a B-tree leaf for every key it inserts, so its cost is
-//! counted in keys, not bytes. An order tree therefore writes each slice
-//! of a call as runs: its entries sorted and packed a few hundred to a
-//! value, one run per family (each month's orders; the order_id
-//! locations). A run never changes once written; entries of later runs
-//! override earlier ones by sequence number, and a kill marks the place an
-//! order moved away from. A reader merges a family's runs; runs of a
-//! family are merged tier by tier (see [`plan`]) so that there are never
-//! more than a few per size, and each entry is rewritten about once per
-//! tier it climbs.
+//! Each store's cost is counted in rows or keys, not bytes: sled copies a
+//! B-tree leaf for every key it inserts, and PostgreSQL writes a tuple and
+//! an index entry per row. So a call is written as runs: its entries
+//! sorted and packed a few hundred to a chunk, one run per family (each
+//! month's orders; the order_id locations). A run never changes once
+//! written; entries of later runs override earlier ones by sequence
+//! number, and a kill marks the place an order moved away from. A reader
+//! merges a family's runs; runs of a family are merged tier by tier (see
+//! [`plan`]) so that there are never more than a few per size, and each
+//! entry is rewritten about once per tier it climbs.
 //!
-//! This module is the format and the rules, with no sled in it: entries,
-//! chunks, manifests, merging, and which runs to merge.
+//! This module is the format and the rules, with no store in it: entries,
+//! chunks, manifests, merging, which runs to merge, and what a call
+//! writes ([`written`]). Each store keeps chunks and manifests its own way.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prost::encoding::{decode_varint, encode_varint};
 
+use crate::model::order::Order;
+use crate::store::codec::encode_order;
 use crate::store::{StoreError, StoreResult};
+
+/// The runs of one month's orders (by the month's key), or of the order_id
+/// locations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Family {
+    Month([u8; 6]),
+    Locations,
+}
+
+/// An order's position within its month, the key of its month entry:
+/// created_at, then order_id, sorting as bytes.
+pub(crate) fn position(order: &Order) -> Vec<u8> {
+    position_of(order.created_at, &order.order_id)
+}
+
+/// The position of an order created at `created_at` with `order_id`.
+pub(crate) fn position_of(created_at: i64, order_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + order_id.len());
+    // Flipping the sign bit makes signed times sort as unsigned bytes.
+    key.extend_from_slice(&((created_at as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(order_id.as_bytes());
+    key
+}
+
+/// The created_at and order_id of a position, if it is one.
+pub(crate) fn unposition(position: &[u8]) -> Option<(i64, &str)> {
+    let (time, id) = position.split_at_checked(8)?;
+    let time = u64::from_be_bytes(time.try_into().ok()?) ^ (1 << 63);
+    Some((time as i64, std::str::from_utf8(id).ok()?))
+}
+
+/// Where a stored order is: its month, and its `created_at` as the first
+/// eight bytes of its position. The value of a location entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub month: [u8; 6],
+    pub created: [u8; 8],
+}
+
+impl Location {
+    /// From the value of a location entry: fourteen bytes.
+    pub fn decode(bytes: &[u8]) -> StoreResult<Self> {
+        let corrupt = || StoreError::Corrupt("order location".into());
+        let (month, created) = bytes.split_at_checked(6).ok_or_else(corrupt)?;
+        Ok(Location {
+            month: month.try_into().map_err(|_| corrupt())?,
+            created: created.try_into().map_err(|_| corrupt())?,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        [&self.month[..], &self.created[..]].concat()
+    }
+
+    /// The position the order with `order_id` has here.
+    pub fn position(&self, order_id: &str) -> Vec<u8> {
+        [&self.created[..], order_id.as_bytes()].concat()
+    }
+}
+
+/// What storing some orders as one run writes.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    /// Each family's entries, unsorted.
+    pub families: BTreeMap<Family, Vec<Entry>>,
+    /// How each month's count of orders changes.
+    pub counts: BTreeMap<[u8; 6], i64>,
+}
+
+/// The entries of run `run` storing `orders` (each order_id once), given
+/// where those already stored are (`stored_at`): each order at its
+/// position and its location; a kill where a moving order was.
+pub(crate) fn written(orders: &[Order], stored_at: &HashMap<&str, Location>, run: u64) -> Written {
+    let mut out = Written::default();
+    let mut locations = Vec::with_capacity(orders.len());
+    for order in orders {
+        let month = order.month().key();
+        let position = position(order);
+        match stored_at.get(order.order_id.as_str()) {
+            Some(at) if at.month == month && at.created[..] == position[..8] => {}
+            Some(at) => {
+                // It moves: a kill where it was hides the old version.
+                out.families
+                    .entry(Family::Month(at.month))
+                    .or_default()
+                    .push(Entry {
+                        key: at.position(&order.order_id),
+                        seq: run,
+                        value: None,
+                    });
+                *out.counts.entry(at.month).or_default() -= 1;
+                *out.counts.entry(month).or_default() += 1;
+            }
+            None => *out.counts.entry(month).or_default() += 1,
+        }
+        let created = position[..8].try_into().expect("eight bytes");
+        locations.push(Entry {
+            key: order.order_id.as_bytes().to_vec(),
+            seq: run,
+            value: Some(Location { month, created }.encode()),
+        });
+        out.families
+            .entry(Family::Month(month))
+            .or_default()
+            .push(Entry {
+                key: position,
+                seq: run,
+                value: Some(encode_order(order)),
+            });
+    }
+    if !locations.is_empty() {
+        out.families.insert(Family::Locations, locations);
+    }
+    out
+}
 
 /// One entry of a run: a key written by run `seq`, with a value, or a kill
 /// (`None`) hiding the key's earlier versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Entry {
+pub(crate) struct Entry {
     pub key: Vec<u8>,
     pub seq: u64,
     pub value: Option<Vec<u8>>,
 }
 
-/// A chunk (one sled value) is closed once its entries reach this many
-/// bytes. sled splits a leaf past 16 keys whatever their size, and writes
-/// a leaf larger than a quarter of its 512 KiB segment to a file of its
-/// own, rewritten whole on each change: 16 chunks of this size stay in
-/// the log.
-pub(super) const CHUNK_BYTES: usize = 6 * 1024;
+/// A chunk (one sled value, one PostgreSQL row) is closed once its
+/// entries reach this many bytes. sled splits a leaf past 16 keys whatever
+/// their size, and writes a leaf larger than a quarter of its 512 KiB
+/// segment to a file of its own, rewritten whole on each change: 16 chunks
+/// of this size stay in the log. On PostgreSQL a chunk fits a page.
+pub(crate) const CHUNK_BYTES: usize = 6 * 1024;
 
 /// What `entry` adds to a chunk's size, near enough.
-pub(super) fn size(entry: &Entry) -> usize {
+pub(crate) fn size(entry: &Entry) -> usize {
     entry.key.len() + entry.value.as_ref().map_or(0, Vec::len) + 4
 }
 
 /// `entries` cut into chunks of about `CHUNK_BYTES` each.
-pub(super) fn chunks(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
+pub(crate) fn chunks(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
+    chunks_of(entries, CHUNK_BYTES)
+}
+
+/// `entries` cut into chunks of about `bytes` each.
+pub(crate) fn chunks_of(entries: &[Entry], limit: usize) -> impl Iterator<Item = &[Entry]> {
     let mut rest = entries;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -53,7 +177,7 @@ pub(super) fn chunks(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
             .iter()
             .position(|entry| {
                 bytes += size(entry);
-                bytes >= CHUNK_BYTES
+                bytes >= limit
             })
             .map_or(rest.len(), |last| last + 1);
         let (chunk, tail) = rest.split_at(end);
@@ -65,7 +189,7 @@ pub(super) fn chunks(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
 /// A chunk's entries as one value: for each, the key's length and the key,
 /// the sequence number, then 0 for a kill or the value's length plus one
 /// and the value, all lengths and numbers as varints.
-pub(super) fn encode_chunk(entries: &[Entry]) -> Vec<u8> {
+pub(crate) fn encode_chunk(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.iter().map(size).sum::<usize>() + 8);
     for entry in entries {
         encode_varint(entry.key.len() as u64, &mut out);
@@ -99,7 +223,7 @@ fn varint(buf: &mut &[u8], what: &str) -> StoreResult<u64> {
 }
 
 /// The entries of a chunk, in the order written.
-pub(super) fn decode_chunk(mut buf: &[u8]) -> StoreResult<VecDeque<Entry>> {
+pub(crate) fn decode_chunk(mut buf: &[u8]) -> StoreResult<VecDeque<Entry>> {
     let mut entries = VecDeque::new();
     while !buf.is_empty() {
         let len = varint(&mut buf, "key length")?;
@@ -116,7 +240,7 @@ pub(super) fn decode_chunk(mut buf: &[u8]) -> StoreResult<VecDeque<Entry>> {
 
 /// A live run as its family's manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Run {
+pub(crate) struct Run {
     pub id: u64,
     pub entries: u64,
     /// Its least and greatest keys (empty when it has no entries).
@@ -136,7 +260,7 @@ impl Run {
 /// merge that has replaced them, or the output of a merge cut short),
 /// to be deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Manifest {
+pub(crate) struct Manifest {
     pub live: Vec<Run>,
     pub stale: Vec<u64>,
 }
@@ -202,7 +326,7 @@ fn tier(entries: u64) -> u32 {
 
 /// The runs to merge next, if any tier holds `FANOUT` or more (the
 /// smallest such tier first).
-pub(super) fn plan(live: &[Run]) -> Option<Vec<u64>> {
+pub(crate) fn plan(live: &[Run]) -> Option<Vec<u64>> {
     let mut tiers: Vec<u32> = live.iter().map(|run| tier(run.entries)).collect();
     tiers.sort_unstable();
     tiers.dedup();
@@ -219,7 +343,7 @@ pub(super) fn plan(live: &[Run]) -> Option<Vec<u64>> {
 /// Several sources of entries, each in key order, merged into the winning
 /// entry of each key: the one with the highest sequence number (kills
 /// included; the caller decides what a kill means to it).
-pub(super) struct Merge<I> {
+pub(crate) struct Merge<I> {
     sources: Vec<I>,
     heads: Vec<Option<Entry>>,
     started: bool,
@@ -284,113 +408,4 @@ impl<I: Iterator<Item = StoreResult<Entry>>> Iterator for Merge<I> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(key: &str, seq: u64, value: &str) -> Entry {
-        Entry {
-            key: key.into(),
-            seq,
-            value: Some(value.into()),
-        }
-    }
-
-    fn kill(key: &str, seq: u64) -> Entry {
-        Entry {
-            key: key.into(),
-            seq,
-            value: None,
-        }
-    }
-
-    fn source(entries: Vec<Entry>) -> std::vec::IntoIter<StoreResult<Entry>> {
-        entries.into_iter().map(Ok).collect::<Vec<_>>().into_iter()
-    }
-
-    #[test]
-    fn a_chunk_reads_back_as_written_and_damage_is_reported() {
-        let entries = vec![put("a", 1, ""), kill("b", 7), put("c", 300, "xyz")];
-        let bytes = encode_chunk(&entries);
-        assert_eq!(Vec::from(decode_chunk(&bytes).unwrap()), entries);
-        assert!(decode_chunk(&bytes[..bytes.len() - 1]).is_err());
-        assert!(decode_chunk(&[0x80]).is_err());
-    }
-
-    #[test]
-    fn chunks_close_at_their_size_and_keep_every_entry() {
-        let entries: Vec<Entry> = (0..1000)
-            .map(|i| put(&format!("{i:04}"), 1, "0123456789"))
-            .collect();
-        let chunks: Vec<&[Entry]> = chunks(&entries).collect();
-        // 18 bytes an entry: 342 to a chunk.
-        assert_eq!(
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            [342, 342, 316]
-        );
-        assert_eq!(chunks.concat(), entries);
-        assert_eq!(super::chunks(&[]).count(), 0);
-    }
-
-    #[test]
-    fn a_manifest_reads_back_as_written() {
-        let manifest = Manifest {
-            live: vec![Run {
-                id: 9,
-                entries: 1000,
-                least: b"a".to_vec(),
-                greatest: b"zz".to_vec(),
-            }],
-            stale: vec![3, 4],
-        };
-        assert_eq!(Manifest::decode(&manifest.encode()).unwrap(), manifest);
-        assert_eq!(Manifest::decode(&[]).ok(), None);
-        let mut trailing = manifest.encode();
-        trailing.push(0);
-        assert!(Manifest::decode(&trailing).is_err());
-    }
-
-    #[test]
-    fn the_latest_version_of_each_key_wins_kills_included() {
-        let old = source(vec![
-            put("a", 1, "a1"),
-            put("b", 1, "b1"),
-            put("d", 1, "d1"),
-        ]);
-        let new = source(vec![kill("a", 2), put("b", 2, "b2"), put("c", 2, "c2")]);
-        let merged: Vec<Entry> = Merge::new(vec![new, old]).map(Result::unwrap).collect();
-        assert_eq!(
-            merged,
-            vec![
-                kill("a", 2),
-                put("b", 2, "b2"),
-                put("c", 2, "c2"),
-                put("d", 1, "d1")
-            ]
-        );
-        // A later write over a kill brings the key back.
-        let merged: Vec<Entry> = Merge::new(vec![
-            source(vec![kill("a", 2)]),
-            source(vec![put("a", 3, "a3")]),
-        ])
-        .map(Result::unwrap)
-        .collect();
-        assert_eq!(merged, vec![put("a", 3, "a3")]);
-    }
-
-    #[test]
-    fn a_tier_is_merged_once_it_holds_eight_runs() {
-        let run = |id, entries| Run {
-            id,
-            entries,
-            least: vec![0],
-            greatest: vec![1],
-        };
-        // 512 to 4,095 entries share a tier; 5,000 is the next one up.
-        let mut live = vec![run(1, 5000)];
-        live.extend((2..9).map(|id| run(id, 400 * id + 100)));
-        assert_eq!(plan(&live), None);
-        live.push(run(9, 4095));
-        assert_eq!(plan(&live), Some((2..10).collect()));
-        assert_eq!(plan(&[]), None);
-    }
-}
+mod tests;

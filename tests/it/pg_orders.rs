@@ -1,0 +1,160 @@
+//! Orders on PostgreSQL across the change to runs: rows stored one per
+//! order before it are counted by the migration, read beside the runs,
+//! replaced, moved and merged over, and the runs stay few.
+
+use sqlx::Connection;
+
+use longrun::model::Tenant;
+use longrun::model::order::{Month, Order, OrderStatus};
+use longrun::store::postgres::PgConfig;
+use longrun::store::{OrderStore, PgStore, PutOrders};
+
+/// An order as the table before runs stored it (the store's own record
+/// format, written out here as the wire contract it is).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredOrder {
+    #[prost(string, tag = "1")]
+    order_id: String,
+    #[prost(int64, tag = "2")]
+    created_at_us: i64,
+    #[prost(string, tag = "3")]
+    customer_id: String,
+    #[prost(uint32, tag = "4")]
+    status: u32,
+    #[prost(int64, tag = "5")]
+    amount_cents: i64,
+}
+
+fn order(id: &str, month: u8, day: i64, amount: i64) -> Order {
+    let start = Month::new(2024, month).unwrap().start_micros();
+    Order {
+        order_id: id.into(),
+        created_at: start + day * 86_400_000_000,
+        customer_id: "c".into(),
+        status: OrderStatus::Placed,
+        amount_cents: amount,
+    }
+}
+
+async fn all(store: &PgStore, tenant: &Tenant, month: u8) -> Vec<Order> {
+    let month = Month::new(2024, month).unwrap();
+    let (mut orders, mut cursor) = (Vec::new(), None);
+    loop {
+        let (page, next) = store.month_page(tenant, month, cursor, 64).await.unwrap();
+        orders.extend(page);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let count = store.month_count(tenant, month).await.unwrap();
+    assert_eq!(count, orders.len() as u64, "count of month {month}");
+    orders
+}
+
+fn ids(orders: &[Order]) -> Vec<&str> {
+    orders.iter().map(|o| o.order_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn orders_stored_before_runs_are_counted_read_replaced_and_merged_over() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let config = PgConfig::new(db.url.clone());
+    drop(PgStore::open(&config).await.unwrap());
+
+    // Back to the schema before runs, holding 300 orders in March.
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for statement in [
+        "DROP TABLE longrun_order_runs, longrun_order_chunks, longrun_order_months",
+        "DROP SEQUENCE longrun_order_run_numbers",
+        "DELETE FROM _sqlx_migrations WHERE version = 11",
+        "INSERT INTO longrun_order_tenants (tenant, stored) VALUES ('acme', 300)",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    for i in 0..300 {
+        let o = order(&format!("o{i:04}"), 3, i % 28, i);
+        let record = StoredOrder {
+            order_id: o.order_id.clone(),
+            created_at_us: o.created_at,
+            customer_id: o.customer_id.clone(),
+            status: 1,
+            amount_cents: o.amount_cents,
+        };
+        sqlx::query(
+            "INSERT INTO longrun_orders (tenant, order_id, month, created_at, record)
+             VALUES ('acme', $1, 202403, $2, $3)",
+        )
+        .bind(&o.order_id)
+        .bind(o.created_at)
+        .bind(prost::Message::encode_to_vec(&record))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let store = PgStore::open(&config).await.unwrap();
+    let acme = Tenant::named("acme").unwrap();
+    assert_eq!(all(&store, &acme, 3).await.len(), 300);
+
+    // The first 100 move to April, the next 50 change in place, and 50
+    // new ones arrive; the limit counts only the new.
+    let mut orders: Vec<Order> = (0..100)
+        .map(|i| order(&format!("o{i:04}"), 4, 1, i))
+        .collect();
+    orders.extend((100..150).map(|i| order(&format!("o{i:04}"), 3, i % 28, 5000 + i)));
+    orders.extend((0..50).map(|i| order(&format!("n{i:04}"), 3, 27, i)));
+    let put = store.put_orders(&acme, orders, Some(350)).await.unwrap();
+    assert_eq!(put, PutOrders::Stored);
+    let over = vec![order("x", 3, 1, 1)];
+    let put = store.put_orders(&acme, over, Some(350)).await.unwrap();
+    assert_eq!(put, PutOrders::OverLimit { stored: 350 });
+
+    // Twenty calls, each moving one more March order to April: the runs
+    // of both months merge over the rows from before, kills kept.
+    for i in 150..170 {
+        let put = store
+            .put_orders(&acme, vec![order(&format!("o{i:04}"), 4, 2, i)], None)
+            .await
+            .unwrap();
+        assert_eq!(put, PutOrders::Stored);
+    }
+    let march = all(&store, &acme, 3).await;
+    let april = all(&store, &acme, 4).await;
+    let moved = |id: &str| ("o0000".."o0100").contains(&id) || ("o0150".."o0170").contains(&id);
+    assert_eq!(march.len(), 230);
+    assert!(ids(&march).iter().all(|id| !moved(id)));
+    let new = ids(&march).iter().filter(|id| id.starts_with('n')).count();
+    assert_eq!(new, 50);
+    let changed = march.iter().find(|o| o.order_id == "o0120").unwrap();
+    assert_eq!(changed.amount_cents, 5120);
+    assert_eq!(april.len(), 120);
+    assert!(ids(&april).iter().all(|id| moved(id)));
+
+    // Merging, in the background, leaves no family with eight runs of
+    // one tier (sizes within a factor of eight). Nothing announces a
+    // merge, so the table is polled until then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut polls = tokio::time::interval(std::time::Duration::from_millis(20));
+    loop {
+        polls.tick().await;
+        let most: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(n), 0) FROM
+               (SELECT count(*) AS n FROM longrun_order_runs
+                 GROUP BY tenant, family,
+                          (length(ltrim(greatest(entries, 1)::bit(64)::text, '0')) - 1) / 3) AS f",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if most < 8 {
+            assert!(most >= 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{most} runs in one tier of a family"
+        );
+    }
+}
