@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prost::encoding::{decode_varint, encode_varint};
 
-use crate::model::order::Order;
+use crate::model::order::{Month, Order};
 use crate::store::codec::encode_order;
 use crate::store::{StoreError, StoreResult};
 
@@ -32,19 +32,22 @@ pub(crate) enum Family {
     Locations,
 }
 
-/// An order's position within its month, the key of its month entry:
-/// created_at, then order_id, sorting as bytes.
+/// `order`'s position (`position_of`), for tests.
+#[cfg(test)]
 pub(crate) fn position(order: &Order) -> Vec<u8> {
     position_of(order.created_at, &order.order_id)
 }
 
-/// The position of an order created at `created_at` with `order_id`.
+/// `created_at` as the first eight bytes of a position: the sign bit
+/// flipped, so that signed times sort as unsigned bytes.
+fn sortable(created_at: i64) -> [u8; 8] {
+    ((created_at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// An order's position within its month, the key of its month entry:
+/// created_at, then order_id, sorting as bytes.
 pub(crate) fn position_of(created_at: i64, order_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + order_id.len());
-    // Flipping the sign bit makes signed times sort as unsigned bytes.
-    key.extend_from_slice(&((created_at as u64) ^ (1 << 63)).to_be_bytes());
-    key.extend_from_slice(order_id.as_bytes());
-    key
+    [&sortable(created_at)[..], order_id.as_bytes()].concat()
 }
 
 /// The created_at and order_id of a position, if it is one.
@@ -63,6 +66,14 @@ pub(crate) struct Location {
 }
 
 impl Location {
+    /// Where an order created at `created_at` is.
+    pub fn of(created_at: i64) -> Self {
+        Location {
+            month: Month::of_micros(created_at).key(),
+            created: sortable(created_at),
+        }
+    }
+
     /// From the value of a location entry: fourteen bytes.
     pub fn decode(bytes: &[u8]) -> StoreResult<Self> {
         let corrupt = || StoreError::Corrupt("order location".into());
@@ -99,10 +110,10 @@ pub(crate) fn written(orders: &[Order], stored_at: &HashMap<&str, Location>, run
     let mut out = Written::default();
     let mut locations = Vec::with_capacity(orders.len());
     for order in orders {
-        let month = order.month().key();
-        let position = position(order);
+        let here = Location::of(order.created_at);
+        let month = here.month;
         match stored_at.get(order.order_id.as_str()) {
-            Some(at) if at.month == month && at.created[..] == position[..8] => {}
+            Some(at) if *at == here => {}
             Some(at) => {
                 // It moves: a kill where it was hides the old version.
                 out.families
@@ -118,17 +129,16 @@ pub(crate) fn written(orders: &[Order], stored_at: &HashMap<&str, Location>, run
             }
             None => *out.counts.entry(month).or_default() += 1,
         }
-        let created = position[..8].try_into().expect("eight bytes");
         locations.push(Entry {
             key: order.order_id.as_bytes().to_vec(),
             seq: run,
-            value: Some(Location { month, created }.encode()),
+            value: Some(here.encode()),
         });
         out.families
             .entry(Family::Month(month))
             .or_default()
             .push(Entry {
-                key: position,
+                key: here.position(&order.order_id),
                 seq: run,
                 value: Some(encode_order(order)),
             });

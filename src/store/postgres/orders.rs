@@ -108,11 +108,12 @@ async fn read_locations<'o>(
     }
     // Rows from before runs, for the order_ids the runs do not have.
     if has_legacy(conn, tenant, Family::Locations).await? {
-        let missing: Vec<&str> = orders
+        let mut missing: Vec<&str> = orders
             .iter()
             .map(|o| o.order_id.as_str())
             .filter(|id| !found.contains_key(id))
             .collect();
+        missing.sort_unstable();
         let rows = sqlx::query(
             "SELECT order_id, created_at FROM longrun_orders
               WHERE tenant = $1 AND order_id = ANY($2)",
@@ -122,17 +123,11 @@ async fn read_locations<'o>(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-        let by_id: HashMap<&str, &Order> =
-            orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
         for row in &rows {
             let order_id: String = row.try_get("order_id").map_err(db)?;
             let created_at: i64 = row.try_get("created_at").map_err(db)?;
-            if let Some((&id, _)) = by_id.get_key_value(order_id.as_str()) {
-                let month = Month::of_micros(created_at).key();
-                let created = runs::position_of(created_at, "")[..8]
-                    .try_into()
-                    .expect("eight bytes");
-                found.insert(id, Location { month, created });
+            if let Ok(i) = missing.binary_search(&order_id.as_str()) {
+                found.insert(missing[i], Location::of(created_at));
             }
         }
     }

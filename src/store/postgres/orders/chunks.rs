@@ -1,7 +1,8 @@
 //! The runs of a tenant's orders in PostgreSQL: reading a family's runs
 //! (and the rows from before runs) merged in key order, a page of chunks
-//! at a time, and writing runs and merging them, inside the writer's
-//! transaction. The format and the rules are `store::runs`'s.
+//! at a time; writing runs; and merging them. Each works inside its
+//! caller's transaction. The format and the rules are `store::runs`'s;
+//! chunks are packed here.
 
 use std::collections::VecDeque;
 
@@ -11,16 +12,17 @@ use super::super::db;
 use crate::store::runs::{self, Entry, Family, Merge, Run};
 use crate::store::{StoreError, StoreResult};
 
-/// The most chunks a source reads per query (about 800 KiB before
-/// unpacking), and rows from before runs per chunk it may read.
+/// The most chunks a source reads per query (about 400 KiB packed), and
+/// rows from before runs per chunk it may read.
 const PAGE_CHUNKS: i64 = 64;
 const ROWS_PER_CHUNK: i64 = 64;
 
-/// Chunks an insert statement carries (about 1.5 MiB before packing).
+/// Chunks an insert statement carries (about 1.5 MiB packed).
 const INSERT_CHUNKS: usize = 256;
 
-/// Bytes of entries a chunk closes at: packed, about half of it, so that
-/// a row fills most of a page and is never moved out of line.
+/// Bytes of entries a chunk closes at. Packed, orders take about half,
+/// so a row fills most of a page and stays in it (one that packs worse
+/// is stored out of line, as it is).
 const CHUNK_BYTES: usize = 12 * 1024;
 
 /// The most bytes a stored chunk may unpack to: a chunk closes once past
