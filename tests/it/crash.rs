@@ -37,10 +37,16 @@ struct Process {
 /// Starts `longrun serve` on a free port, with default settings but for
 /// a short shutdown grace, and waits until it is serving.
 async fn start(dir: &Path) -> Process {
+    start_on(dir, None).await
+}
+
+/// `start`, on the PostgreSQL database at `store` if given.
+async fn start_on(dir: &Path, store: Option<&str>) -> Process {
     let (child, url) = crate::common::spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_longrun"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(["--shutdown-grace", "1s"])
+            .args(store.map(|url| ["--store", url]).into_iter().flatten())
             .arg("--data-dir")
             .arg(dir),
     )
@@ -365,6 +371,23 @@ async fn a_batch_cut_short_by_sigkill_is_all_or_nothing() {
 /// values, in listing order, and each month's count right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_cut_short_by_sigkill_stores_the_file_exactly_once_resumed() {
+    import_cut_short(None).await;
+}
+
+/// The same on PostgreSQL, whose runs are merged in the background: the
+/// kill may also cut a merge short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_on_postgresql_cut_short_by_sigkill_stores_the_file_exactly_once_resumed() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    import_cut_short(Some(&db.url)).await;
+}
+
+/// Imports a generated file on the sled store, or on PostgreSQL at
+/// `store`, kills the server part way, and checks the file after the
+/// restart.
+async fn import_cut_short(store: Option<&str>) {
     use longrun::model::Tenant;
     use longrun::model::order::Month;
     use longrun::pb::longrun::v1::ImportOrdersRequest;
@@ -392,7 +415,7 @@ async fn an_import_cut_short_by_sigkill_stores_the_file_exactly_once_resumed() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let mut process = start(dir.path()).await;
+    let mut process = start_on(dir.path(), store).await;
     let chunks: Vec<ImportOrdersRequest> = csv
         .chunks(256 * 1024)
         .map(|c| ImportOrdersRequest {
@@ -427,12 +450,18 @@ async fn an_import_cut_short_by_sigkill_stores_the_file_exactly_once_resumed() {
     .expect("the import progressed");
     process.child.kill().await.expect("SIGKILL");
 
-    let mut process = start(dir.path()).await;
+    let mut process = start_on(dir.path(), store).await;
     let done = wait_done(&mut operations(&process).await, &op.name).await;
     assert_eq!(meta(&done).state, State::Succeeded as i32, "{done:?}");
     process.child.kill().await.unwrap();
 
-    let store = crate::common::reopen_sled(dir.path()).await;
+    let store: Box<dyn OrderStore> = match store {
+        None => Box::new(crate::common::reopen_sled(dir.path()).await),
+        Some(url) => {
+            let config = longrun::store::postgres::PgConfig::new(url.to_owned());
+            Box::new(longrun::store::PgStore::open(&config).await.unwrap())
+        }
+    };
     let tenant = Tenant::default();
     for month in months {
         let want = &expected[&month.to_string()];
