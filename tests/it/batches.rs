@@ -689,7 +689,9 @@ async fn a_batch_run_on_three_postgresql_nodes_rolls_up_exactly() {
     });
     let parent = batches(nodes[0].channel.clone())
         .create_batch(CreateBatchRequest {
-            children: vec![child(&sleep(Duration::from_millis(50), 1)); 300],
+            // Each long enough to be seen running on the other nodes'
+            // feed even on a loaded machine (50 ms was not, once in CI).
+            children: vec![child(&sleep(Duration::from_millis(150), 1)); 150],
             ..Default::default()
         })
         .await
@@ -714,10 +716,10 @@ async fn a_batch_run_on_three_postgresql_nodes_rolls_up_exactly() {
             counts.running,
             counts.failed
         ),
-        (300, 300, 0, 0, 0)
+        (150, 150, 0, 0, 0)
     );
     let kids = children(nodes[2].channel.clone(), &parent.name).await;
-    assert_eq!(kids.len(), 300);
+    assert_eq!(kids.len(), 150);
     assert!(kids.iter().all(|k| state(k) == State::Succeeded));
     let holders = tokio::time::timeout(PATIENCE, seen)
         .await
