@@ -22,7 +22,6 @@ CREATE TABLE longrun_order_chunks (
     family  text NOT NULL,
     run     bigint NOT NULL,
     last    bytea NOT NULL,
-    first   bytea NOT NULL,
     entries bytea NOT NULL,
     PRIMARY KEY (tenant, family, run, last)
 ) WITH (toast_tuple_target = 8160);

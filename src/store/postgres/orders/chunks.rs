@@ -316,7 +316,6 @@ pub(super) struct Pending<'a> {
     families: Vec<String>,
     runs: Vec<i64>,
     lasts: Vec<Vec<u8>>,
-    firsts: Vec<Vec<u8>>,
     bytes: Vec<Vec<u8>>,
 }
 
@@ -327,7 +326,6 @@ impl<'a> Pending<'a> {
             families: Vec::new(),
             runs: Vec::new(),
             lasts: Vec::new(),
-            firsts: Vec::new(),
             bytes: Vec::new(),
         }
     }
@@ -342,8 +340,8 @@ impl<'a> Pending<'a> {
     ) -> StoreResult<()> {
         self.families.push(family_name(family));
         self.runs.push(run as i64);
-        self.firsts.push(entries[0].key.clone());
-        self.lasts.push(entries[entries.len() - 1].key.clone());
+        self.lasts
+            .push(entries.last().map(|e| e.key.clone()).unwrap_or_default());
         self.bytes.push(pack(entries));
         if self.bytes.len() >= INSERT_CHUNKS {
             self.flush(conn).await?;
@@ -357,14 +355,13 @@ impl<'a> Pending<'a> {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO longrun_order_chunks (tenant, family, run, last, first, entries)
-             SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::bytea[], $5::bytea[], $6::bytea[])",
+            "INSERT INTO longrun_order_chunks (tenant, family, run, last, entries)
+             SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::bytea[], $5::bytea[])",
         )
         .bind(self.tenant)
         .bind(std::mem::take(&mut self.families))
         .bind(std::mem::take(&mut self.runs))
         .bind(std::mem::take(&mut self.lasts))
-        .bind(std::mem::take(&mut self.firsts))
         .bind(std::mem::take(&mut self.bytes))
         .execute(&mut *conn)
         .await
