@@ -47,7 +47,7 @@ async fn locate<'o>(
             .filter(|run| run.overlaps(least.as_bytes(), greatest.as_bytes()))
             .map(|run| run.id as i64)
             .collect();
-        let found = read_locations(conn, tenant, orders, &runs).await?;
+        let found = read_locations(conn, tenant, orders, (least, greatest), &runs).await?;
         // A merge that committed meanwhile may have deleted a run read
         // here part way through: read again. (Merges delete only the runs
         // they replace, and numbers are never reused.)
@@ -64,18 +64,16 @@ async fn locate<'o>(
     ))
 }
 
-/// Where `orders` (from `least` to `greatest` order_id) are stored, read
-/// from location runs `runs` and the rows from before runs.
+/// Where `orders` (order_ids `least` to `greatest`) are stored, read
+/// from location runs `overlapping` and the rows from before runs.
 async fn read_locations<'o>(
     conn: &mut PgConnection,
     tenant: &str,
     orders: &'o [Order],
+    (least, greatest): (&str, &str),
     overlapping: &[i64],
 ) -> StoreResult<HashMap<&'o str, Location>> {
     let mut found = HashMap::new();
-    let Some((least, greatest)) = Order::id_range(orders) else {
-        return Ok(found);
-    };
     if !overlapping.is_empty() {
         let mut ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
         ids.sort_unstable();
@@ -194,6 +192,18 @@ impl Default for Merging {
 }
 
 impl Merging {
+    /// Adds `families` of `tenant` to merge: true when no task merges the
+    /// tenant's runs yet, so that one must be started.
+    fn queue(&self, tenant: &str, families: Vec<Family>) -> bool {
+        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queued) = waiting.get_mut(tenant) {
+            queued.extend(families);
+            return false;
+        }
+        waiting.insert(tenant.to_owned(), families.into_iter().collect());
+        true
+    }
+
     /// The next family of `tenant` to merge, or None, the task done.
     fn next(&self, tenant: &str) -> Option<Family> {
         let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,18 +220,8 @@ impl PgStore {
     /// merging the tenant's runs already, or by a new one. A merge that
     /// fails is tried again after the tenant's next write.
     fn merge_later(&self, tenant: &str, families: Vec<Family>) {
-        {
-            let mut waiting = self
-                .inner
-                .merging
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(queued) = waiting.get_mut(tenant) {
-                queued.extend(families);
-                return;
-            }
-            waiting.insert(tenant.to_owned(), families.into_iter().collect());
+        if !self.inner.merging.queue(tenant, families) {
+            return;
         }
         let (pool, merging) = (self.pool().clone(), self.inner.merging.clone());
         let (tenant, stop) = (tenant.to_owned(), self.inner.stop.clone());
