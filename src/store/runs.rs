@@ -325,6 +325,65 @@ impl Manifest {
     }
 }
 
+/// A merge's output run, written from the merged entries in key order:
+/// it closes a chunk each time the entries reach `chunk_bytes`, and keeps
+/// what the manifest lists. When the merge takes in everything its family
+/// holds, kills are left out: nothing older is left for them to hide.
+pub(crate) struct MergedRun {
+    listed: Run,
+    chunk: Vec<Entry>,
+    bytes: usize,
+    chunk_bytes: usize,
+    everything: bool,
+}
+
+impl MergedRun {
+    pub fn new(id: u64, chunk_bytes: usize, everything: bool) -> Self {
+        MergedRun {
+            listed: Run {
+                id,
+                entries: 0,
+                least: Vec::new(),
+                greatest: Vec::new(),
+            },
+            chunk: Vec::new(),
+            bytes: 0,
+            chunk_bytes,
+            everything,
+        }
+    }
+
+    /// Takes the next entry: a chunk to store, when this one closes it.
+    pub fn push(&mut self, entry: Entry) -> Option<Vec<Entry>> {
+        if self.everything && entry.value.is_none() {
+            return None;
+        }
+        if self.listed.entries == 0 {
+            self.listed.least = entry.key.clone();
+        }
+        self.listed.entries += 1;
+        self.bytes += size(&entry);
+        self.chunk.push(entry);
+        (self.bytes >= self.chunk_bytes).then(|| self.close())
+    }
+
+    fn close(&mut self) -> Vec<Entry> {
+        self.bytes = 0;
+        let chunk = std::mem::take(&mut self.chunk);
+        if let Some(last) = chunk.last() {
+            self.listed.greatest = last.key.clone();
+        }
+        chunk
+    }
+
+    /// The last chunk (if entries are left over), and the run as its
+    /// manifest lists it (None when it holds nothing).
+    pub fn finish(mut self) -> (Option<Vec<Entry>>, Option<Run>) {
+        let last = (!self.chunk.is_empty()).then(|| self.close());
+        (last, (self.listed.entries > 0).then_some(self.listed))
+    }
+}
+
 /// Runs of similar size are merged once there are this many of them.
 const FANOUT: usize = 8;
 

@@ -109,3 +109,33 @@ fn a_tier_is_merged_once_it_holds_eight_runs() {
     assert_eq!(plan(&live), Some((2..10).collect()));
     assert_eq!(plan(&[]), None);
 }
+
+#[test]
+fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
+    // 15 bytes for each value, 5 for the kill: a chunk of 20 bytes
+    // closes with the kill.
+    let mut kept = MergedRun::new(9, 20, false);
+    let mut chunks = Vec::new();
+    for entry in [
+        put("a", 1, "0123456789"),
+        kill("b", 2),
+        put("c", 1, "0123456789"),
+    ] {
+        chunks.extend(kept.push(entry));
+    }
+    let (last, listed) = kept.finish();
+    assert_eq!(chunks, vec![vec![put("a", 1, "0123456789"), kill("b", 2)]]);
+    assert_eq!(last, Some(vec![put("c", 1, "0123456789")]));
+    let listed = listed.unwrap();
+    assert_eq!((listed.id, listed.entries), (9, 3));
+    assert_eq!(
+        (listed.least, listed.greatest),
+        (b"a".to_vec(), b"c".to_vec())
+    );
+
+    // Merging everything a family holds leaves kills out; a run of
+    // nothing but kills is not listed.
+    let mut everything = MergedRun::new(10, 20, true);
+    assert_eq!(everything.push(kill("b", 2)), None);
+    assert_eq!(everything.finish(), (None, None));
+}

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use sqlx::{PgConnection, Row};
 
 use super::super::db;
-use crate::store::runs::{self, Entry, Family, Merge, Run};
+use crate::store::runs::{self, Entry, Family, Merge, MergedRun, Run};
 use crate::store::{StoreError, StoreResult};
 
 /// The most chunks a source reads per query (about 400 KiB packed), and
@@ -428,39 +428,21 @@ pub(super) async fn merge(
     let ids: Vec<i64> = inputs.iter().map(|&id| id as i64).collect();
     let mut reader = Reader::new(tenant, family, &ids, false, None);
     let mut pending = Pending::new(tenant);
-    let mut chunk: Vec<Entry> = Vec::new();
-    let mut bytes = 0;
-    let mut listed = Run {
-        id: out,
-        entries: 0,
-        least: Vec::new(),
-        greatest: Vec::new(),
-    };
+    let mut merged = MergedRun::new(out, CHUNK_BYTES, everything);
     loop {
         let window = reader.window(conn).await?;
         if window.is_empty() {
             break;
         }
         for entry in window {
-            if everything && entry.value.is_none() {
-                continue;
-            }
-            if listed.entries == 0 {
-                listed.least = entry.key.clone();
-            }
-            listed.entries += 1;
-            bytes += runs::size(&entry);
-            chunk.push(entry);
-            if bytes >= CHUNK_BYTES {
+            if let Some(chunk) = merged.push(entry) {
                 pending.chunk(conn, family, out, &chunk).await?;
-                listed.greatest = std::mem::take(&mut chunk).pop().expect("not empty").key;
-                bytes = 0;
             }
         }
     }
-    if !chunk.is_empty() {
+    let (last, listed) = merged.finish();
+    if let Some(chunk) = last {
         pending.chunk(conn, family, out, &chunk).await?;
-        listed.greatest = chunk.pop().expect("not empty").key;
     }
     pending.flush(conn).await?;
     for table in ["longrun_order_chunks", "longrun_order_runs"] {
@@ -474,7 +456,7 @@ pub(super) async fn merge(
         .await
         .map_err(db)?;
     }
-    if listed.entries > 0 {
+    if let Some(listed) = listed {
         list_run(conn, tenant, family, &listed).await?;
     }
     Ok(())

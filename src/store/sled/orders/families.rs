@@ -8,7 +8,7 @@ use sled::Tree;
 
 use super::decode_u64;
 use crate::store::StoreResult;
-use crate::store::runs::{self, CHUNK_BYTES, Entry, Family, Manifest, Merge, Run};
+use crate::store::runs::{self, CHUNK_BYTES, Entry, Family, Manifest, Merge, MergedRun, Run};
 use crate::store::sled::commit::disk;
 use crate::store::sled::keys;
 
@@ -125,23 +125,6 @@ pub(super) fn read_legacy_month(tree: &Tree, month: [u8; 6], from: Option<&[u8]>
     )
 }
 
-/// Puts `chunk` in `batch` as a chunk of run `run` and empties it; returns
-/// its last key.
-fn write_chunk(
-    batch: &mut sled::Batch,
-    family: Family,
-    run: u64,
-    chunk: &mut Vec<Entry>,
-) -> Vec<u8> {
-    batch.insert(
-        family.chunk_key(run, &chunk[0].key),
-        runs::encode_chunk(chunk),
-    );
-    let last = chunk.last().map(|e| e.key.clone()).unwrap_or_default();
-    chunk.clear();
-    last
-}
-
 /// The runs of one tree while a writer holds its turn: the next run
 /// number, and each family's manifest as read or last written.
 pub(super) struct Runs<'t> {
@@ -249,40 +232,29 @@ impl<'t> Runs<'t> {
             .iter()
             .map(|&run| read_run(tree, family, run, None))
             .collect::<StoreResult<Vec<_>>>()?;
-        let mut chunk: Vec<Entry> = Vec::new();
-        let (mut chunks, mut bytes) = (0, 0);
-        let (mut entries, mut least, mut greatest) = (0u64, Vec::new(), Vec::new());
+        let mut merged = MergedRun::new(out, CHUNK_BYTES, everything);
+        let mut chunks = 0;
         for entry in Merge::new(sources) {
-            let entry = entry?;
-            if everything && entry.value.is_none() {
-                continue;
-            }
-            if entries == 0 {
-                least = entry.key.clone();
-            }
-            entries += 1;
-            bytes += runs::size(&entry);
-            chunk.push(entry);
-            if bytes >= CHUNK_BYTES {
-                greatest = write_chunk(&mut batch, family, out, &mut chunk);
-                (chunks, bytes) = (chunks + 1, 0);
+            if let Some(chunk) = merged.push(entry?) {
+                batch.insert(
+                    family.chunk_key(out, &chunk[0].key),
+                    runs::encode_chunk(&chunk),
+                );
+                chunks += 1;
                 if chunks % MERGE_CHUNKS == 0 {
                     tree.apply_batch(std::mem::take(&mut batch)).map_err(disk)?;
                 }
             }
         }
-        if !chunk.is_empty() {
-            greatest = write_chunk(&mut batch, family, out, &mut chunk);
+        let (last, listed) = merged.finish();
+        if let Some(chunk) = last {
+            batch.insert(
+                family.chunk_key(out, &chunk[0].key),
+                runs::encode_chunk(&chunk),
+            );
         }
         manifest.live.retain(|run| !inputs.contains(&run.id));
-        if entries > 0 {
-            manifest.live.push(Run {
-                id: out,
-                entries,
-                least,
-                greatest,
-            });
-        }
+        manifest.live.extend(listed);
         manifest.stale.retain(|&run| run != out);
         manifest.stale.extend_from_slice(inputs);
         self.set_manifest(&mut batch, family, manifest);
