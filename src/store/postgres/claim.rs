@@ -25,7 +25,7 @@ use crate::store::{ClaimRequest, StoreResult};
 /// concurrency (`$5` per key, `$6` per tenant) or with a spent bucket
 /// (`$7`, `$8`: each key rate's tokens per microsecond and burst; `$11`,
 /// `$12` the same per tenant).
-/// How soon work skipped because its batch was busy is claimed again.
+/// How soon work whose batch stayed busy is claimed again.
 const BUSY_RETRY: Duration = Duration::from_millis(20);
 
 const CLAIM: &str = "
@@ -151,8 +151,8 @@ impl PgStore {
             }
         }
         // A batch's child is claimed with its batch locked (the claim
-        // rolls up into it); one whose batch is busy waits for a later
-        // claim.
+        // rolls up into it), waiting its turn for a busy batch up to a
+        // bound; one whose batch stayed busy waits for a later claim.
         let busy = locked.lock_parents(&mut tx, &mut picked).await?;
         let mut ids = Vec::with_capacity(picked.len());
         for op in picked {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection, Postgres, Transaction};
 
 use super::feed::Note;
 use super::{OP_COLUMNS, db, micros, operation};
@@ -124,9 +124,16 @@ impl View for Locked {
 
 impl Locked {
     /// Locks the batches the claimed `candidates` belong to, all the way
-    /// up, skipping any another transaction holds (a claim never waits, so
-    /// it never deadlocks with a commit): the candidates that are left, a
-    /// batch being busy, are not claimed this time (the count returned).
+    /// up: the candidates that are left, their batch being busy, are not
+    /// claimed this time (the count returned).
+    ///
+    /// A busy batch is waited for, in its row's queue of waiters, so that
+    /// every node gets its turn on a batch two others keep busy with
+    /// their claims and ends (skipping it instead left a third node out
+    /// every time). The wait is bounded by [`PARENT_WAIT`], in a savepoint:
+    /// the claim already holds its candidates, and a commit locks a batch
+    /// before its children, so the two can wait for each other; the claim
+    /// is the one that gives up, keeping the rest of its work.
     pub(super) async fn lock_parents(
         &mut self,
         tx: &mut Transaction<'_, Postgres>,
@@ -139,6 +146,16 @@ impl Locked {
         if parents.is_empty() {
             return Ok(0);
         }
+        let mut waiting = Connection::begin(&mut **tx).await.map_err(db)?;
+        let before: String = sqlx::query_scalar(
+            "SELECT before FROM
+               (SELECT current_setting('lock_timeout') AS before OFFSET 0) b,
+               LATERAL (SELECT set_config('lock_timeout', $1, true) WHERE b.before IS NOT NULL) s",
+        )
+        .bind(PARENT_WAIT)
+        .fetch_one(&mut *waiting)
+        .await
+        .map_err(db)?;
         let rows = sqlx::query(&format!(
             "WITH RECURSIVE up(id) AS (
                  SELECT unnest($1::uuid[])
@@ -148,12 +165,32 @@ impl Locked {
              )
              SELECT {OP_COLUMNS} FROM longrun_operations
               WHERE id = ANY (ARRAY(SELECT id FROM up WHERE id IS NOT NULL))
-              ORDER BY id FOR UPDATE SKIP LOCKED"
+              ORDER BY id FOR UPDATE"
         ))
         .bind(&parents)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db)?;
+        .fetch_all(&mut *waiting)
+        .await;
+        let rows = match rows {
+            Ok(rows) => {
+                sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                    .bind(&before)
+                    .execute(&mut *waiting)
+                    .await
+                    .map_err(db)?;
+                waiting.commit().await.map_err(db)?;
+                rows
+            }
+            // Gave up waiting (lock_not_available), or caught in a cycle
+            // (deadlock_detected): the savepoint's rollback lets go of what
+            // it locked and of its lock_timeout.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("55P03" | "40P01")) =>
+            {
+                waiting.rollback().await.map_err(db)?;
+                Vec::new()
+            }
+            Err(e) => return Err(db(e)),
+        };
         for row in &rows {
             self.take_in(operation(row)?);
         }
@@ -172,6 +209,12 @@ impl Locked {
         Ok(before - candidates.len())
     }
 }
+
+/// How long a claim waits for a batch another transaction holds: longer
+/// than a commit holds one, and shorter than PostgreSQL's deadlock check
+/// (a second by default), so that a claim in a cycle with a commit gives up
+/// before the commit is made to.
+const PARENT_WAIT: &str = "100ms";
 
 /// What a committed batch did to the queue of claimable work.
 #[derive(Default)]
