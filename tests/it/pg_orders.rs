@@ -1,8 +1,11 @@
 //! Orders on PostgreSQL across the change to runs: rows stored one per
 //! order before it are counted by the migration, read beside the runs,
-//! replaced, moved and merged over, and the runs stay few.
+//! replaced, moved and merged over, and the runs stay few, even when the
+//! database goes away in the middle of a merge.
 
 use sqlx::Connection;
+
+use crate::proxy::{Link, Proxy, target_of};
 
 use longrun::model::Tenant;
 use longrun::model::order::{Month, Order, OrderStatus};
@@ -133,8 +136,14 @@ async fn orders_stored_before_runs_are_counted_read_replaced_and_merged_over() {
     assert!(ids(&april).iter().all(|id| moved(id)));
 
     // Merging, in the background, leaves no family with eight runs of
-    // one tier (sizes within a factor of eight). Nothing announces a
-    // merge, so the table is polled until then.
+    // one tier.
+    runs_settle(&mut conn).await;
+}
+
+/// Waits until merging, in the background, leaves no family with eight
+/// runs of one tier (sizes within a factor of eight). Nothing announces a
+/// merge, so the table is polled until then.
+async fn runs_settle(conn: &mut sqlx::PgConnection) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut polls = tokio::time::interval(std::time::Duration::from_millis(20));
     loop {
@@ -145,16 +154,88 @@ async fn orders_stored_before_runs_are_counted_read_replaced_and_merged_over() {
                  GROUP BY tenant, family,
                           (length(ltrim(greatest(entries, 1)::bit(64)::text, '0')) - 1) / 3) AS f",
         )
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await
         .unwrap();
         if most < 8 {
             assert!(most >= 1);
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "{most} runs in one tier of a family"
         );
     }
+}
+
+#[tokio::test]
+async fn a_merge_cut_off_from_the_database_is_made_once_it_is_back() {
+    let Some(db) = crate::pg::TestDb::create().await else {
+        return;
+    };
+    let proxy = Proxy::start(target_of(&db.url)).await;
+    let store = PgStore::open(&PgConfig::new(proxy.url(&db.url)))
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let own: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let acme = Tenant::named("acme").unwrap();
+    // Seven calls make seven runs of one tier in each family; the eighth
+    // fills the tier, and its merge runs after the call.
+    for i in 0..7 {
+        let put = store
+            .put_orders(&acme, vec![order(&format!("o{i}"), 3, i, i)], None)
+            .await
+            .unwrap();
+        assert_eq!(put, PutOrders::Stored);
+    }
+    // The merge deletes the runs it merged: held here, it waits for them.
+    let mut holding = conn.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM longrun_order_runs FOR SHARE")
+        .execute(&mut *holding)
+        .await
+        .unwrap();
+    let put = store
+        .put_orders(&acme, vec![order("o7", 3, 7, 7)], None)
+        .await
+        .unwrap();
+    assert_eq!(put, PutOrders::Stored);
+    let mut watcher = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut polls = tokio::time::interval(std::time::Duration::from_millis(10));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        polls.tick().await;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the merge waits");
+    }
+    // The database goes away under the merge: the link is cut, and the
+    // store's sessions end (one waiting for a lock would not notice the
+    // cut by itself, and would keep the merge's hold on the family).
+    proxy.set(Link::Cut);
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()
+            AND pid <> $1",
+    )
+    .bind(own)
+    .execute(&mut watcher)
+    .await
+    .unwrap();
+    holding.rollback().await.unwrap();
+    proxy.set(Link::Up);
+    // No call follows: the merge is tried again by itself.
+    runs_settle(&mut conn).await;
+    assert_eq!(all(&store, &acme, 3).await.len(), 8);
 }

@@ -12,8 +12,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{PgStore, db};
@@ -217,8 +219,10 @@ impl Merging {
 
 impl PgStore {
     /// Has `families` of `tenant` merged in the background: by the task
-    /// merging the tenant's runs already, or by a new one. A merge that
-    /// fails is tried again after the tenant's next write.
+    /// merging the tenant's runs already, or by a new one. A merge the
+    /// database could not take (unreachable, restarting) is tried again,
+    /// waiting longer each time, until it is made or the store stops; one
+    /// that failed otherwise is tried again after the tenant's next write.
     fn merge_later(&self, tenant: &str, families: Vec<Family>) {
         if !self.inner.merging.queue(tenant, families) {
             return;
@@ -227,11 +231,20 @@ impl PgStore {
         let (tenant, stop) = (tenant.to_owned(), self.inner.stop.clone());
         self.inner.tasks.spawn(async move {
             while let Some(family) = merging.next(&tenant) {
+                // Each try takes a turn of its own, so that one waiting
+                // between tries holds none.
+                let merge = || async {
+                    let _turn = merging.1.acquire().await;
+                    tidy(&pool, &tenant, family).await
+                };
                 let merged = tokio::select! {
-                    merged = async {
-                        let _turn = merging.1.acquire().await;
-                        tidy(&pool, &tenant, family).await
-                    } => merged,
+                    merged = merge
+                        .retry(merge_backoff())
+                        .sleep(tokio::time::sleep)
+                        .when(|e| matches!(e, StoreError::Unavailable(_)))
+                        .notify(|e, wait| tracing::warn!(
+                            tenant, error = %e, ?wait, "merging imported orders failed; trying again"
+                        )) => merged,
                     () = stop.cancelled() => return,
                 };
                 if let Err(e) = merged {
@@ -240,6 +253,15 @@ impl PgStore {
             }
         });
     }
+}
+
+/// The waits between tries at a merge the database could not take.
+fn merge_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
 }
 
 #[async_trait]
