@@ -15,6 +15,9 @@ use crate::model::{Edit, Holds, Operation, State};
 use crate::store::rules::Rulebook;
 use crate::store::{ClaimRequest, StoreResult};
 
+/// How soon work whose batch stayed busy is claimed again.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
 /// The queued, due operations of one kind, up to `$3`, the higher
 /// priorities first and within one the tenants taking turns: the first
 /// `weight` of every tenant (`$9`, `$10`; 1 unless listed), then the next,
@@ -25,9 +28,6 @@ use crate::store::{ClaimRequest, StoreResult};
 /// concurrency (`$5` per key, `$6` per tenant) or with a spent bucket
 /// (`$7`, `$8`: each key rate's tokens per microsecond and burst; `$11`,
 /// `$12` the same per tenant).
-/// How soon work whose batch stayed busy is claimed again.
-const BUSY_RETRY: Duration = Duration::from_millis(20);
-
 const CLAIM: &str = "
 WITH RECURSIVE tenants(t) AS (
     (SELECT tenant FROM longrun_operations
