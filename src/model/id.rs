@@ -12,6 +12,38 @@ use uuid::Uuid;
 /// The collection prefix of every operation name.
 pub const OPERATIONS_COLLECTION: &str = "operations";
 
+/// Version 7 UUIDs in the order they are made.
+struct Sequence {
+    context: uuid::ContextV7,
+    /// The latest time given so far.
+    last: std::time::Duration,
+}
+
+impl Sequence {
+    const fn new() -> Self {
+        Self {
+            context: uuid::ContextV7::new(),
+            last: std::time::Duration::ZERO,
+        }
+    }
+
+    /// The next UUID, carrying `since` (from the epoch), or the latest time
+    /// given before it when `since` is earlier. The context alone keeps
+    /// ids in order within one millisecond, but a clock that steps back
+    /// across a second boundary gave it the earlier second's fraction on
+    /// the later second: one id about a second ahead, and the ids after
+    /// it behind it again.
+    fn next(&mut self, since: std::time::Duration) -> Uuid {
+        self.last = self.last.max(since);
+        let timestamp = uuid::Timestamp::from_unix(
+            &self.context,
+            self.last.as_secs(),
+            self.last.subsec_nanos(),
+        );
+        Uuid::new_v7(timestamp)
+    }
+}
+
 /// The id of one operation; its resource name is `operations/{id}`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OperationId(Uuid);
@@ -27,15 +59,12 @@ impl OperationId {
     /// sorts after every id made before it in this process (a time earlier
     /// than the last one given takes the last one's).
     pub fn at(time: std::time::SystemTime) -> Self {
-        static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
-            std::sync::Mutex::new(uuid::ContextV7::new());
+        static SEQUENCE: std::sync::Mutex<Sequence> = std::sync::Mutex::new(Sequence::new());
         let since = time
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let context = CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
-        let timestamp =
-            uuid::Timestamp::from_unix(&*context, since.as_secs(), since.subsec_nanos());
-        Self(Uuid::new_v7(timestamp))
+        let mut sequence = SEQUENCE.lock().unwrap_or_else(|e| e.into_inner());
+        Self(sequence.next(since))
     }
 
     /// Rebuilds an id from the 16 bytes `as_bytes` returned.
@@ -166,6 +195,21 @@ mod tests {
         let b = OperationId::generate();
         assert!(a.as_bytes() < b.as_bytes());
         assert_eq!(OperationId::parse_name(&a.name()), Ok(a));
+    }
+
+    #[test]
+    fn ids_stay_in_order_when_the_clock_steps_back_across_a_second() {
+        let at = |millis: u64| std::time::Duration::from_millis(1_700_000_000_000 + millis);
+        let mut sequence = Sequence::new();
+        let ids = [
+            sequence.next(at(1_028)),
+            sequence.next(at(997)),
+            sequence.next(at(1_030)),
+        ];
+        assert!(ids[0] < ids[1] && ids[1] < ids[2], "{ids:?}");
+        let millis = |id: &Uuid| id.get_timestamp().unwrap().to_unix();
+        // The step back takes the latest time, not a second ahead of it.
+        assert_eq!(millis(&ids[1]), (1_700_000_001, 28_000_000));
     }
 
     #[test]
