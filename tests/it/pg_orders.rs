@@ -233,6 +233,25 @@ async fn a_merge_cut_off_from_the_database_is_made_once_it_is_back() {
     .execute(&mut watcher)
     .await
     .unwrap();
+    // Ending a session takes a moment; until it has, it keeps the merge's
+    // hold on the family, and a merge tried meanwhile leaves the family
+    // to it. No session comes back while the link is cut.
+    loop {
+        polls.tick().await;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND pid <> $1",
+        )
+        .bind(own)
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sessions end");
+    }
     holding.rollback().await.unwrap();
     proxy.set(Link::Up);
     // No call follows: the merge is tried again by itself.
