@@ -23,6 +23,9 @@ use prost::encoding::{decode_varint, encode_varint};
 use crate::model::order::{Month, Order};
 use crate::store::codec::encode_order;
 use crate::store::{StoreError, StoreResult};
+use filter::KeyFilter;
+
+mod filter;
 
 /// The runs of one month's orders (by the month's key), or of the order_id
 /// locations.
@@ -30,6 +33,52 @@ use crate::store::{StoreError, StoreResult};
 pub(crate) enum Family {
     Month([u8; 6]),
     Locations,
+}
+
+impl Family {
+    /// Whether this family's runs have filters: only the locations are
+    /// looked up by key.
+    pub fn filtered(self) -> bool {
+        self == Family::Locations
+    }
+
+    /// The filter of a run of this family holding `entries`, encoded, if
+    /// it has one.
+    pub fn filter_of(self, entries: &[Entry]) -> Option<Vec<u8>> {
+        if !self.filtered() {
+            return None;
+        }
+        let hashes: Vec<u64> = entries.iter().map(|e| filter::hash(&e.key)).collect();
+        KeyFilter::build(&hashes).map(|f| f.encode())
+    }
+}
+
+/// Which of `ids` (sorted) a run may hold, by its stored `filter`: None
+/// when it has none this version reads, so that it must be read through.
+pub(crate) fn may_hold<'i>(
+    filter: Option<&[u8]>,
+    run: &Run,
+    ids: &[&'i str],
+) -> Option<Vec<&'i str>> {
+    let filter = KeyFilter::decode(filter?)?;
+    Some(
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                id.as_bytes() >= run.least.as_slice()
+                    && id.as_bytes() <= run.greatest.as_slice()
+                    && filter.may_contain(filter::hash(id.as_bytes()))
+            })
+            .collect(),
+    )
+}
+
+/// The entry for `key` in a chunk's `entries` (sorted by key), if any.
+pub(crate) fn entry_in<'e>(entries: &'e [Entry], key: &[u8]) -> Option<&'e Entry> {
+    entries
+        .binary_search_by(|e| e.key.as_slice().cmp(key))
+        .ok()
+        .map(|i| &entries[i])
 }
 
 /// `order`'s position (`position_of`), for tests.
@@ -335,10 +384,13 @@ pub(crate) struct MergedRun {
     bytes: usize,
     chunk_bytes: usize,
     everything: bool,
+    /// The hashes of its keys, when it is to have a filter.
+    hashes: Option<Vec<u64>>,
 }
 
 impl MergedRun {
-    pub fn new(id: u64, chunk_bytes: usize, everything: bool) -> Self {
+    /// The output run `id` of a merge of `family`'s runs.
+    pub fn new(id: u64, family: Family, chunk_bytes: usize, everything: bool) -> Self {
         MergedRun {
             listed: Run {
                 id,
@@ -350,6 +402,7 @@ impl MergedRun {
             bytes: 0,
             chunk_bytes,
             everything,
+            hashes: family.filtered().then(Vec::new),
         }
     }
 
@@ -362,6 +415,9 @@ impl MergedRun {
             self.listed.least = entry.key.clone();
         }
         self.listed.entries += 1;
+        if let Some(hashes) = &mut self.hashes {
+            hashes.push(filter::hash(&entry.key));
+        }
         self.bytes += size(&entry);
         self.chunk.push(entry);
         (self.bytes >= self.chunk_bytes).then(|| self.close())
@@ -376,11 +432,21 @@ impl MergedRun {
         chunk
     }
 
-    /// The last chunk (if entries are left over), and the run as its
-    /// manifest lists it (None when it holds nothing).
-    pub fn finish(mut self) -> (Option<Vec<Entry>>, Option<Run>) {
+    /// The last chunk (if entries are left over), the run as its
+    /// manifest lists it (None when it holds nothing), and its filter's
+    /// bytes, if it has one.
+    pub fn finish(mut self) -> (Option<Vec<Entry>>, Option<Run>, Option<Vec<u8>>) {
         let last = (!self.chunk.is_empty()).then(|| self.close());
-        (last, (self.listed.entries > 0).then_some(self.listed))
+        let filter = self
+            .hashes
+            .filter(|hashes| !hashes.is_empty())
+            .and_then(|hashes| KeyFilter::build(&hashes))
+            .map(|f| f.encode());
+        (
+            last,
+            (self.listed.entries > 0).then_some(self.listed),
+            filter,
+        )
     }
 }
 

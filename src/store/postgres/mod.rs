@@ -104,6 +104,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "order runs",
         include_str!("migrations/0011_order_runs.sql"),
     ),
+    (
+        12,
+        "order run filters",
+        include_str!("migrations/0012_order_run_filters.sql"),
+    ),
 ];
 
 /// How the PostgreSQL backend is set up.

@@ -43,11 +43,10 @@ async fn locate<'o>(
         return Ok(HashMap::new());
     };
     for _ in 0..READ_ATTEMPTS {
-        let runs: Vec<i64> = manifest(conn, tenant, Family::Locations)
+        let runs: Vec<runs::Run> = manifest(conn, tenant, Family::Locations)
             .await?
-            .iter()
+            .into_iter()
             .filter(|run| run.overlaps(least.as_bytes(), greatest.as_bytes()))
-            .map(|run| run.id as i64)
             .collect();
         let found = read_locations(conn, tenant, orders, (least, greatest), &runs).await?;
         // A merge that committed meanwhile may have deleted a run read
@@ -56,7 +55,7 @@ async fn locate<'o>(
         let now = manifest(conn, tenant, Family::Locations).await?;
         if runs
             .iter()
-            .all(|&id| now.iter().any(|run| run.id as i64 == id))
+            .all(|read| now.iter().any(|run| run.id == read.id))
         {
             return Ok(found);
         }
@@ -66,44 +65,69 @@ async fn locate<'o>(
     ))
 }
 
+/// Each order_id found so far, with the sequence of the entry that said
+/// where it is: a later entry overrides.
+type Found<'o> = HashMap<&'o str, (u64, Location)>;
+
+/// Takes `entry`, which is `id`'s, into `found` if it is newer than what
+/// `found` has.
+fn take<'o>(found: &mut Found<'o>, id: &'o str, entry: &runs::Entry) -> StoreResult<()> {
+    if let Some(location) = &entry.value
+        && found.get(id).is_none_or(|(seq, _)| entry.seq > *seq)
+    {
+        found.insert(id, (entry.seq, Location::decode(location)?));
+    }
+    Ok(())
+}
+
 /// Where `orders` (order_ids `least` to `greatest`) are stored, read
-/// from location runs `overlapping` and the rows from before runs.
+/// from location runs `overlapping` and the rows from before runs. A run
+/// with a filter is read only in the chunks its filter may hold an
+/// order_id in; the runs without one are read through their stretch.
 async fn read_locations<'o>(
     conn: &mut PgConnection,
     tenant: &str,
     orders: &'o [Order],
     (least, greatest): (&str, &str),
-    overlapping: &[i64],
+    overlapping: &[runs::Run],
 ) -> StoreResult<HashMap<&'o str, Location>> {
-    let mut found = HashMap::new();
+    let mut found: Found<'o> = HashMap::new();
     if !overlapping.is_empty() {
         let mut ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
         ids.sort_unstable();
-        let mut next = 0;
-        let from = Some(least.as_bytes().to_vec());
-        let mut reader = Reader::new(tenant, Family::Locations, overlapping, false, from);
-        // Both sides in order_id order: one pass over the runs' stretch.
-        'read: loop {
-            let window = reader.window(conn).await?;
-            if window.is_empty() {
-                break;
+        let numbers: Vec<i64> = overlapping.iter().map(|run| run.id as i64).collect();
+        let filters = chunks::filters(conn, tenant, &numbers).await?;
+        let mut wanted = Vec::new();
+        let mut unfiltered = Vec::new();
+        for run in overlapping {
+            match runs::may_hold(filters.get(&run.id).map(Vec::as_slice), run, &ids) {
+                Some(candidates) => {
+                    wanted.extend(candidates.into_iter().map(|id| (run.id as i64, id)))
+                }
+                None => unfiltered.push(run.id as i64),
             }
-            for entry in window {
-                if entry.key.as_slice() > greatest.as_bytes() {
-                    break 'read;
-                }
-                while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
-                    next += 1;
-                }
-                let Some(&id) = ids.get(next) else {
-                    break 'read;
-                };
-                if id.as_bytes() == entry.key.as_slice()
-                    && let Some(location) = entry.value
+        }
+        if !wanted.is_empty() {
+            let held = chunks::chunks_holding(conn, tenant, &wanted).await?;
+            for (run, id) in wanted {
+                if let Some(entry) = held
+                    .get(&(run as u64))
+                    .and_then(|entries| runs::entry_in(entries, id.as_bytes()))
                 {
-                    found.insert(id, Location::decode(&location)?);
+                    take(&mut found, id, entry)?;
                 }
             }
+        }
+        if !unfiltered.is_empty() {
+            scan(
+                conn,
+                tenant,
+                &ids,
+                (least, greatest),
+                &unfiltered,
+                &mut found,
+            )
+            .await?;
         }
     }
     // Rows from before runs, for the order_ids the runs do not have.
@@ -127,11 +151,47 @@ async fn read_locations<'o>(
             let order_id: String = row.try_get("order_id").map_err(db)?;
             let created_at: i64 = row.try_get("created_at").map_err(db)?;
             if let Ok(i) = missing.binary_search(&order_id.as_str()) {
-                found.insert(missing[i], Location::of(created_at));
+                found.insert(missing[i], (0, Location::of(created_at)));
             }
         }
     }
-    Ok(found)
+    Ok(found.into_iter().map(|(id, (_, at))| (id, at)).collect())
+}
+
+/// Finds `ids` (sorted) in location runs `runs` by reading their stretch
+/// from `least` to `greatest`, merged: for runs stored without a filter.
+async fn scan<'o>(
+    conn: &mut PgConnection,
+    tenant: &str,
+    ids: &[&'o str],
+    (least, greatest): (&str, &str),
+    runs: &[i64],
+    found: &mut Found<'o>,
+) -> StoreResult<()> {
+    let mut next = 0;
+    let from = Some(least.as_bytes().to_vec());
+    let mut reader = Reader::new(tenant, Family::Locations, runs, false, from);
+    // Both sides in order_id order: one pass over the runs' stretch.
+    loop {
+        let window = reader.window(conn).await?;
+        if window.is_empty() {
+            return Ok(());
+        }
+        for entry in window {
+            if entry.key.as_slice() > greatest.as_bytes() {
+                return Ok(());
+            }
+            while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
+                next += 1;
+            }
+            let Some(&id) = ids.get(next) else {
+                return Ok(());
+            };
+            if id.as_bytes() == entry.key.as_slice() {
+                take(found, id, &entry)?;
+            }
+        }
+    }
 }
 
 /// Merges `family`'s runs until no tier is full, a merge per transaction,

@@ -114,7 +114,7 @@ fn a_tier_is_merged_once_it_holds_eight_runs() {
 fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
     // 15 bytes for each value, 5 for the kill: a chunk of 20 bytes
     // closes with the kill.
-    let mut kept = MergedRun::new(9, 20, false);
+    let mut kept = MergedRun::new(9, Family::Month(*b"202403"), 20, false);
     let mut chunks = Vec::new();
     for entry in [
         put("a", 1, "0123456789"),
@@ -123,7 +123,8 @@ fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
     ] {
         chunks.extend(kept.push(entry));
     }
-    let (last, listed) = kept.finish();
+    let (last, listed, filter) = kept.finish();
+    assert_eq!(filter, None, "only location runs have filters");
     assert_eq!(chunks, vec![vec![put("a", 1, "0123456789"), kill("b", 2)]]);
     assert_eq!(last, Some(vec![put("c", 1, "0123456789")]));
     let listed = listed.unwrap();
@@ -135,7 +136,36 @@ fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
 
     // Merging everything a family holds leaves kills out; a run of
     // nothing but kills is not listed.
-    let mut everything = MergedRun::new(10, 20, true);
+    let mut everything = MergedRun::new(10, Family::Locations, 20, true);
     assert_eq!(everything.push(kill("b", 2)), None);
-    assert_eq!(everything.finish(), (None, None));
+    assert_eq!(everything.finish(), (None, None, None));
+}
+
+#[test]
+fn a_location_runs_filter_lets_through_every_key_it_holds() {
+    let keys: Vec<String> = (0..1000).map(|i| format!("o{i:05}")).collect();
+    let entries: Vec<Entry> = keys.iter().map(|k| put(k, 1, "at")).collect();
+    let mut merged = MergedRun::new(11, Family::Locations, 1 << 20, false);
+    for entry in entries.clone() {
+        assert_eq!(merged.push(entry), None);
+    }
+    let (_, listed, filter) = merged.finish();
+    let (listed, filter) = (listed.unwrap(), filter.unwrap());
+    // The same filter whether built by a merge or for a written run.
+    assert_eq!(Family::Locations.filter_of(&entries), Some(filter.clone()));
+    let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let held = may_hold(Some(&filter), &listed, &ids).unwrap();
+    assert_eq!(held, ids);
+    // Keys it does not hold mostly stay out, and those outside its
+    // bounds always do.
+    let others: Vec<String> = (0..1000).map(|i| format!("o{i:05}x")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    assert!(may_hold(Some(&filter), &listed, &others).unwrap().len() < 50);
+    assert_eq!(may_hold(Some(&filter), &listed, &["a", "z"]), Some(vec![]));
+    // A run without a filter, or with one this version cannot read, is
+    // read through.
+    assert_eq!(may_hold(None, &listed, &ids), None);
+    assert_eq!(may_hold(Some(&[9, 9]), &listed, &ids), None);
+    assert_eq!(entry_in(&entries, b"o00500"), Some(&entries[500]));
+    assert_eq!(entry_in(&entries, b"o00500x"), None);
 }

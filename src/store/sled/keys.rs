@@ -271,6 +271,8 @@ pub(super) fn secret(name: &str) -> Vec<u8> {
 ///   entry's position; each entry's value is the encoded order;
 /// - `j` run(8) first: a chunk of order_id locations in run `run`, by
 ///   order_id; each value is the month(6) and created_at(8) it is at;
+/// - `f` run(8): the filter of location run `run` (`runs::filter`),
+///   written with the batch that lists the run;
 /// - `M` month(6) and `I`: the manifests of the month's runs and of the
 ///   location runs;
 /// - `s`: the next run number (u64, big-endian);
@@ -292,6 +294,11 @@ pub(super) mod orders {
     /// prefix when `first` is empty).
     pub(in crate::store::sled) fn id_chunk(run: u64, first: &[u8]) -> Vec<u8> {
         [b"j".as_slice(), &run.to_be_bytes(), first].concat()
+    }
+
+    /// The filter of location run `run`.
+    pub(in crate::store::sled) fn id_filter(run: u64) -> Vec<u8> {
+        [b"f".as_slice(), &run.to_be_bytes()].concat()
     }
 
     pub(in crate::store::sled) fn month_manifest(month: &[u8]) -> Vec<u8> {

@@ -17,7 +17,7 @@ use super::{SledStore, keys, lock};
 use crate::model::Tenant;
 use crate::model::order::{Month, Order};
 use crate::store::codec::decode_order;
-use crate::store::runs::{Family, Location, Merge, written};
+use crate::store::runs::{self, Entry, Family, Location, Merge, written};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
 use families::{Runs, read_legacy_month, read_run};
 
@@ -70,7 +70,7 @@ fn decode_u64(value: &[u8], what: &str) -> StoreResult<u64> {
 /// Where each of `orders`' order_ids is stored now, for those that are.
 /// `orders` holds each order_id once.
 fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, Location>> {
-    let mut found: HashMap<&str, (u64, Location)> = HashMap::new();
+    let mut found: Found<'o> = HashMap::new();
     let Some((least, greatest)) = Order::id_range(orders) else {
         return Ok(HashMap::new());
     };
@@ -86,23 +86,13 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
             ids = orders.iter().map(|o| o.order_id.as_str()).collect();
             ids.sort_unstable();
         }
-        // Both sides in order_id order: one pass over the run's stretch.
-        let mut next = 0;
-        for entry in read_run(tree, Family::Locations, run.id, Some(least))? {
-            let entry = entry?;
-            if entry.key.as_slice() > greatest {
-                break;
-            }
-            while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
-                next += 1;
-            }
-            let Some(&id) = ids.get(next) else { break };
-            if id.as_bytes() == entry.key.as_slice()
-                && let Some(location) = entry.value
-                && found.get(id).is_none_or(|(seq, _)| entry.seq > *seq)
-            {
-                found.insert(id, (entry.seq, Location::decode(&location)?));
-            }
+        let filter = match Family::Locations.filter_key(run.id) {
+            Some(key) => tree.get(key).map_err(disk)?,
+            None => None,
+        };
+        match runs::may_hold(filter.as_deref(), run, &ids) {
+            Some(candidates) => look_up(tree, run.id, &candidates, &mut found)?,
+            None => scan(tree, run.id, &ids, (least, greatest), &mut found)?,
         }
     }
     // A tree from before runs: one lookup for each order_id the runs do
@@ -129,6 +119,81 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
         }
     }
     Ok(found.into_iter().map(|(id, (_, at))| (id, at)).collect())
+}
+
+/// Each order_id found so far, with the sequence of the entry that said
+/// where it is: a later entry overrides.
+type Found<'o> = HashMap<&'o str, (u64, Location)>;
+
+/// Takes `entry`, which is `id`'s, into `found` if it is newer than what
+/// `found` has.
+fn take<'o>(found: &mut Found<'o>, id: &'o str, entry: &Entry) -> StoreResult<()> {
+    if let Some(location) = &entry.value
+        && found.get(id).is_none_or(|(seq, _)| entry.seq > *seq)
+    {
+        found.insert(id, (entry.seq, Location::decode(location)?));
+    }
+    Ok(())
+}
+
+/// Looks `candidates` (sorted; those the run's filter may hold) up in
+/// location run `run`, reading only the chunks they fall in, each once.
+fn look_up<'o>(
+    tree: &Tree,
+    run: u64,
+    candidates: &[&'o str],
+    found: &mut Found<'o>,
+) -> StoreResult<()> {
+    let prefix = Family::Locations.chunk_key(run, &[]);
+    let mut chunk: Vec<Entry> = Vec::new();
+    for &id in candidates {
+        let past = chunk
+            .last()
+            .is_none_or(|last| id.as_bytes() > last.key.as_slice());
+        if past {
+            // The chunk holding `id` is the last one starting at or before it.
+            chunk = match tree
+                .range(prefix.clone()..=Family::Locations.chunk_key(run, id.as_bytes()))
+                .next_back()
+                .transpose()
+                .map_err(disk)?
+            {
+                Some((_, value)) => runs::decode_chunk(&value)?.into(),
+                None => continue,
+            };
+        }
+        if let Some(entry) = runs::entry_in(&chunk, id.as_bytes()) {
+            take(found, id, entry)?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds `ids` (sorted) in location run `run` by reading its stretch from
+/// `least` to `greatest`: for a run stored without a filter.
+fn scan<'o>(
+    tree: &Tree,
+    run: u64,
+    ids: &[&'o str],
+    (least, greatest): (&[u8], &[u8]),
+    found: &mut Found<'o>,
+) -> StoreResult<()> {
+    // Both sides in order_id order: one pass over the run's stretch.
+    let mut next = 0;
+    for entry in read_run(tree, Family::Locations, run, Some(least))? {
+        let entry = entry?;
+        if entry.key.as_slice() > greatest {
+            break;
+        }
+        while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
+            next += 1;
+        }
+        let Some(&id) = ids.get(next) else { break };
+        if id.as_bytes() == entry.key.as_slice() {
+            take(found, id, &entry)?;
+        }
+    }
+    Ok(())
 }
 
 /// `orders` cut into slices of at most `SLICE_ORDERS` orders and

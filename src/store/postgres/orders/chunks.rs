@@ -4,7 +4,7 @@
 //! caller's transaction. The format and the rules are `store::runs`'s;
 //! chunks are packed here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use sqlx::{PgConnection, Row};
 
@@ -46,6 +46,73 @@ fn unpack(bytes: &[u8]) -> StoreResult<VecDeque<Entry>> {
     }
     let raw = lz4_flex::block::decompress(body, size).map_err(|_| corrupt())?;
     runs::decode_chunk(&raw)
+}
+
+/// The stored filters of location runs `runs` (those without one left
+/// out).
+pub(super) async fn filters(
+    conn: &mut PgConnection,
+    tenant: &str,
+    runs: &[i64],
+) -> StoreResult<HashMap<u64, Vec<u8>>> {
+    let rows = sqlx::query(
+        "SELECT run, filter FROM longrun_order_runs
+          WHERE tenant = $1 AND family = $2 AND run = ANY($3) AND filter IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(family_name(Family::Locations))
+    .bind(runs)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            let run: i64 = row.try_get("run").map_err(db)?;
+            Ok((run as u64, row.try_get("filter").map_err(db)?))
+        })
+        .collect()
+}
+
+/// The entries of the location chunks that `wanted` (run, order_id) pairs
+/// fall in, each chunk read once: per run, in key order.
+pub(super) async fn chunks_holding(
+    conn: &mut PgConnection,
+    tenant: &str,
+    wanted: &[(i64, &str)],
+) -> StoreResult<HashMap<u64, Vec<Entry>>> {
+    let (runs, ids): (Vec<i64>, Vec<&[u8]>) =
+        wanted.iter().map(|(run, id)| (*run, id.as_bytes())).unzip();
+    // A chunk is keyed by its last entry: the one an order_id falls in is
+    // the first whose last is at or past it.
+    let rows = sqlx::query(
+        "WITH wanted AS (
+             SELECT DISTINCT q.run,
+                    (SELECT c.last FROM longrun_order_chunks c
+                      WHERE c.tenant = $1 AND c.family = $2 AND c.run = q.run AND c.last >= q.id
+                      ORDER BY c.last LIMIT 1) AS last
+               FROM unnest($3::int8[], $4::bytea[]) AS q(run, id)
+         )
+         SELECT c.run, c.entries FROM wanted w
+           JOIN longrun_order_chunks c
+             ON c.tenant = $1 AND c.family = $2 AND c.run = w.run AND c.last = w.last
+          ORDER BY c.run, c.last",
+    )
+    .bind(tenant)
+    .bind(family_name(Family::Locations))
+    .bind(&runs)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut held: HashMap<u64, Vec<Entry>> = HashMap::new();
+    for row in &rows {
+        let run: i64 = row.try_get("run").map_err(db)?;
+        let entries: Vec<u8> = row.try_get("entries").map_err(db)?;
+        held.entry(run as u64)
+            .or_default()
+            .extend(unpack(&entries)?);
+    }
+    Ok(held)
 }
 
 /// A family as the tables name it: the month's key (`YYYYMM`), or `ids`.
@@ -376,10 +443,11 @@ pub(super) async fn list_run(
     tenant: &str,
     family: Family,
     run: &Run,
+    filter: Option<Vec<u8>>,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO longrun_order_runs (tenant, family, run, entries, least, greatest)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO longrun_order_runs (tenant, family, run, entries, least, greatest, filter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(tenant)
     .bind(family_name(family))
@@ -387,6 +455,7 @@ pub(super) async fn list_run(
     .bind(run.entries as i64)
     .bind(&run.least)
     .bind(&run.greatest)
+    .bind(filter)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -412,7 +481,8 @@ pub(super) async fn add_run(
         least: entries.first().map(|e| e.key.clone()).unwrap_or_default(),
         greatest: entries.last().map(|e| e.key.clone()).unwrap_or_default(),
     };
-    list_run(conn, pending.tenant, family, &listed).await
+    let filter = family.filter_of(&entries);
+    list_run(conn, pending.tenant, family, &listed, filter).await
 }
 
 /// Merges runs `inputs` of `family` into run `out`, and deletes them.
@@ -428,7 +498,7 @@ pub(super) async fn merge(
     let ids: Vec<i64> = inputs.iter().map(|&id| id as i64).collect();
     let mut reader = Reader::new(tenant, family, &ids, false, None);
     let mut pending = Pending::new(tenant);
-    let mut merged = MergedRun::new(out, CHUNK_BYTES, everything);
+    let mut merged = MergedRun::new(out, family, CHUNK_BYTES, everything);
     loop {
         let window = reader.window(conn).await?;
         if window.is_empty() {
@@ -440,7 +510,7 @@ pub(super) async fn merge(
             }
         }
     }
-    let (last, listed) = merged.finish();
+    let (last, listed, filter) = merged.finish();
     if let Some(chunk) = last {
         pending.chunk(conn, family, out, &chunk).await?;
     }
@@ -457,7 +527,7 @@ pub(super) async fn merge(
         .map_err(db)?;
     }
     if let Some(listed) = listed {
-        list_run(conn, tenant, family, &listed).await?;
+        list_run(conn, tenant, family, &listed, filter).await?;
     }
     Ok(())
 }

@@ -38,6 +38,11 @@ impl Family {
         }
     }
 
+    /// The key of run `run`'s filter, for a family whose runs have one.
+    pub(super) fn filter_key(self, run: u64) -> Option<Vec<u8>> {
+        self.filtered().then(|| keys::orders::id_filter(run))
+    }
+
     pub(super) fn manifest(self, tree: &Tree) -> StoreResult<Manifest> {
         match tree.get(self.manifest_key()).map_err(disk)? {
             Some(bytes) => Manifest::decode(&bytes),
@@ -183,6 +188,9 @@ impl<'t> Runs<'t> {
                 runs::encode_chunk(chunk),
             );
         }
+        if let (Some(key), Some(filter)) = (family.filter_key(run), family.filter_of(&entries)) {
+            batch.insert(key, filter);
+        }
         let mut manifest = self.manifest(family)?.clone();
         manifest.live.push(Run {
             id: run,
@@ -232,7 +240,7 @@ impl<'t> Runs<'t> {
             .iter()
             .map(|&run| read_run(tree, family, run, None))
             .collect::<StoreResult<Vec<_>>>()?;
-        let mut merged = MergedRun::new(out, CHUNK_BYTES, everything);
+        let mut merged = MergedRun::new(out, family, CHUNK_BYTES, everything);
         let mut chunks = 0;
         for entry in Merge::new(sources) {
             if let Some(chunk) = merged.push(entry?) {
@@ -246,12 +254,15 @@ impl<'t> Runs<'t> {
                 }
             }
         }
-        let (last, listed) = merged.finish();
+        let (last, listed, filter) = merged.finish();
         if let Some(chunk) = last {
             batch.insert(
                 family.chunk_key(out, &chunk[0].key),
                 runs::encode_chunk(&chunk),
             );
+        }
+        if let (Some(key), Some(filter)) = (family.filter_key(out), filter) {
+            batch.insert(key, filter);
         }
         manifest.live.retain(|run| !inputs.contains(&run.id));
         manifest.live.extend(listed);
@@ -279,6 +290,9 @@ impl<'t> Runs<'t> {
                 }
                 let done = chunks.len() < DELETE_KEYS;
                 if done {
+                    if let Some(key) = family.filter_key(run) {
+                        batch.remove(key);
+                    }
                     let mut manifest = self.manifest(family)?.clone();
                     manifest.stale.retain(|&stale| stale != run);
                     self.set_manifest(&mut batch, family, manifest);

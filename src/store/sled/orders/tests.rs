@@ -73,6 +73,17 @@ fn check(store: &SledStore, tenant: &Tenant, model: &HashMap<String, Order>) {
 
 #[test]
 fn many_calls_with_moves_and_merges_read_as_a_plain_map_would() {
+    calls_with_moves_and_merges(false);
+}
+
+#[test]
+fn location_runs_with_and_without_filters_read_alike() {
+    // Runs written before filters have none: every other call's are
+    // taken away, so that runs with and without meet in reads and merges.
+    calls_with_moves_and_merges(true);
+}
+
+fn calls_with_moves_and_merges(strip_filters: bool) {
     let (_dir, store) = store();
     let tenant = Tenant::default();
     let mut rng = StdRng::seed_from_u64(7);
@@ -102,6 +113,12 @@ fn many_calls_with_moves_and_merges_read_as_a_plain_map_would() {
         }
         let put = store.put_orders_blocking(&tenant, orders, None).unwrap();
         assert_eq!(put, PutOrders::Stored);
+        if strip_filters && call % 2 == 0 {
+            let tree = store.orders_tree(&tenant).unwrap();
+            for key in tree.scan_prefix(b"f").keys() {
+                tree.remove(key.unwrap()).unwrap();
+            }
+        }
         if call % 8 == 7 {
             check(&store, &tenant, &model);
         }
@@ -117,6 +134,21 @@ fn many_calls_with_moves_and_merges_read_as_a_plain_map_would() {
         assert!(manifest.live.len() < 16, "{} runs", manifest.live.len());
         assert!(manifest.stale.is_empty());
         assert_eq!(runs::plan(&manifest.live), None);
+    }
+    // Every location run written or merged since has its filter, and no
+    // filter is left of a run merged away.
+    let filters: Vec<Vec<u8>> = tree
+        .scan_prefix(b"f")
+        .keys()
+        .map(|key| key.unwrap().to_vec())
+        .collect();
+    let live = Family::Locations.manifest(&tree).unwrap().live;
+    assert!(filters.iter().all(|key| {
+        live.iter()
+            .any(|run| keys::orders::id_filter(run.id) == *key)
+    }));
+    if !strip_filters {
+        assert_eq!(filters.len(), live.len());
     }
 }
 

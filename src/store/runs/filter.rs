@@ -1,0 +1,147 @@
+//! A filter over the keys of one location run: whether an order_id may be
+//! in the run, or surely is not. A run never changes once written, so its
+//! filter is built once, when the run is written or merged, and stored
+//! beside it; a writer then reads only the chunks that may hold the
+//! order_ids it looks for, however far apart they fall.
+//!
+//! A Bloom filter of [`BITS_PER_KEY`] bits a key and [`PROBES`] probes
+//! (about one false positive in a hundred). The stored layout and the hash
+//! are this module's own, fixed by [`VERSION`]: a stored filter must read
+//! the same for as long as its run lives, whatever a library does next.
+//! Bytes it cannot read are a filter that lets every key through.
+
+/// The layout written: a version byte, then the bits, little-endian words.
+const VERSION: u8 = 1;
+
+/// Bits kept per key.
+const BITS_PER_KEY: u64 = 10;
+
+/// Bits probed per key.
+const PROBES: u64 = 7;
+
+/// The largest filter kept, in bytes (a run of about 200 million keys);
+/// a larger run is stored without one, and read as before.
+const MAX_BYTES: u64 = 256 << 20;
+
+/// A built or stored filter.
+pub(crate) struct KeyFilter {
+    words: Vec<u64>,
+}
+
+impl KeyFilter {
+    /// A filter for keys whose hashes (see [`hash`]) are `hashes`, or None
+    /// when there are too many to keep one.
+    pub fn build(hashes: &[u64]) -> Option<Self> {
+        let bits = (hashes.len() as u64).saturating_mul(BITS_PER_KEY).max(64);
+        if bits / 8 > MAX_BYTES {
+            return None;
+        }
+        let mut filter = KeyFilter {
+            words: vec![0; bits.div_ceil(64) as usize],
+        };
+        let bits = filter.bits();
+        for &h in hashes {
+            for bit in probes(bits, h) {
+                filter.words[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+        Some(filter)
+    }
+
+    /// Whether a key of hash `h` may be in the run: false only when it
+    /// surely is not.
+    pub fn may_contain(&self, h: u64) -> bool {
+        probes(self.bits(), h).all(|bit| self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    fn bits(&self) -> u64 {
+        self.words.len() as u64 * 64
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.words.len() * 8);
+        out.push(VERSION);
+        for word in &self.words {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    /// A stored filter, or None when the bytes are not one this version
+    /// reads (the run is then read as if it had none).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&version, words) = bytes.split_first()?;
+        if version != VERSION || words.is_empty() || words.len() % 8 != 0 {
+            return None;
+        }
+        Some(KeyFilter {
+            words: words
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("eight bytes")))
+                .collect(),
+        })
+    }
+}
+
+/// The bits of a filter of `bits` bits that a key of hash `h` sets:
+/// double hashing, the second hash mixed out of the first.
+fn probes(bits: u64, h: u64) -> impl Iterator<Item = u64> {
+    let step = mix(h) | 1;
+    (0..PROBES).map(move |i| h.wrapping_add(i.wrapping_mul(step)) % bits)
+}
+
+/// The hash of a key, as filters take it: FNV-1a over its bytes, then
+/// mixed so that keys that differ in their last bytes spread over every
+/// bit.
+pub(crate) fn hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in key {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// SplitMix64's finalizer: every input bit moves every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_put_in_is_found_and_few_others_are() {
+        let keys: Vec<String> = (0..20_000).map(|i| format!("ord-1-{i:010}")).collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| hash(k.as_bytes())).collect();
+        let filter = KeyFilter::decode(&KeyFilter::build(&hashes).unwrap().encode()).unwrap();
+        assert!(hashes.iter().all(|&h| filter.may_contain(h)));
+        let false_positives = (0..20_000)
+            .filter(|i| filter.may_contain(hash(format!("ord-1-{i:010}r").as_bytes())))
+            .count();
+        assert!(false_positives < 600, "{false_positives} of 20,000");
+    }
+
+    #[test]
+    fn bytes_of_another_version_or_torn_read_as_no_filter() {
+        let filter = KeyFilter::build(&[hash(b"a")]).unwrap().encode();
+        assert!(KeyFilter::decode(&filter).is_some());
+        assert!(KeyFilter::decode(&[]).is_none());
+        assert!(KeyFilter::decode(&filter[..filter.len() - 1]).is_none());
+        let mut other = filter.clone();
+        other[0] = VERSION + 1;
+        assert!(KeyFilter::decode(&other).is_none());
+    }
+
+    #[test]
+    fn the_hash_is_fixed() {
+        // Stored filters depend on it: it must never change. (The values
+        // were worked out apart from this code, from FNV-1a's and
+        // SplitMix64's published constants.)
+        assert_eq!(hash(b"ord-1-0000000000"), 0x50bd_7b1a_9924_912c);
+        assert_eq!(hash(b""), 0xf52a_15e9_a9b5_e89b);
+    }
+}
