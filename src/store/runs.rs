@@ -384,13 +384,14 @@ pub(crate) struct MergedRun {
     bytes: usize,
     chunk_bytes: usize,
     everything: bool,
-    /// The hashes of its keys, when it is to have a filter.
-    hashes: Option<Vec<u64>>,
+    /// Its filter, filled as entries come, when it is to have one.
+    filter: Option<KeyFilter>,
 }
 
 impl MergedRun {
-    /// The output run `id` of a merge of `family`'s runs.
-    pub fn new(id: u64, family: Family, chunk_bytes: usize, everything: bool) -> Self {
+    /// The output run `id` of a merge of `family`'s runs, which hold
+    /// `inputs` entries between them (what its filter is sized for).
+    pub fn new(id: u64, family: Family, inputs: u64, chunk_bytes: usize, everything: bool) -> Self {
         MergedRun {
             listed: Run {
                 id,
@@ -402,7 +403,10 @@ impl MergedRun {
             bytes: 0,
             chunk_bytes,
             everything,
-            hashes: family.filtered().then(Vec::new),
+            filter: family
+                .filtered()
+                .then(|| KeyFilter::with_capacity(inputs))
+                .flatten(),
         }
     }
 
@@ -415,8 +419,8 @@ impl MergedRun {
             self.listed.least = entry.key.clone();
         }
         self.listed.entries += 1;
-        if let Some(hashes) = &mut self.hashes {
-            hashes.push(filter::hash(&entry.key));
+        if let Some(filter) = &mut self.filter {
+            filter.insert(filter::hash(&entry.key));
         }
         self.bytes += size(&entry);
         self.chunk.push(entry);
@@ -437,16 +441,9 @@ impl MergedRun {
     /// bytes, if it has one.
     pub fn finish(mut self) -> (Option<Vec<Entry>>, Option<Run>, Option<Vec<u8>>) {
         let last = (!self.chunk.is_empty()).then(|| self.close());
-        let filter = self
-            .hashes
-            .filter(|hashes| !hashes.is_empty())
-            .and_then(|hashes| KeyFilter::build(&hashes))
-            .map(|f| f.encode());
-        (
-            last,
-            (self.listed.entries > 0).then_some(self.listed),
-            filter,
-        )
+        let listed = (self.listed.entries > 0).then_some(self.listed);
+        let filter = self.filter.filter(|_| listed.is_some()).map(|f| f.encode());
+        (last, listed, filter)
     }
 }
 

@@ -227,7 +227,20 @@ async fn tidy(pool: &PgPool, tenant: &str, family: Family) -> StoreResult<()> {
             .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
-        chunks::merge(&mut tx, tenant, family, &inputs, everything, out as u64).await?;
+        let held = live
+            .iter()
+            .filter(|run| inputs.contains(&run.id))
+            .map(|run| run.entries)
+            .sum();
+        chunks::merge(
+            &mut tx,
+            tenant,
+            family,
+            (&inputs, held),
+            everything,
+            out as u64,
+        )
+        .await?;
         tx.commit().await.map_err(db)?;
     }
 }

@@ -19,9 +19,9 @@ const BITS_PER_KEY: u64 = 10;
 /// Bits probed per key.
 const PROBES: u64 = 7;
 
-/// The largest filter kept, in bytes (a run of about 200 million keys);
-/// a larger run is stored without one, and read as before.
-const MAX_BYTES: u64 = 256 << 20;
+/// The largest filter kept, in bytes (a run of about 50 million keys);
+/// a larger run is stored without one, and read through as before.
+const MAX_BYTES: u64 = 64 << 20;
 
 /// A built or stored filter.
 pub(crate) struct KeyFilter {
@@ -29,23 +29,33 @@ pub(crate) struct KeyFilter {
 }
 
 impl KeyFilter {
-    /// A filter for keys whose hashes (see [`hash`]) are `hashes`, or None
-    /// when there are too many to keep one.
-    pub fn build(hashes: &[u64]) -> Option<Self> {
-        let bits = (hashes.len() as u64).saturating_mul(BITS_PER_KEY).max(64);
+    /// An empty filter sized for `keys` keys, or None when there are too
+    /// many to keep one.
+    pub fn with_capacity(keys: u64) -> Option<Self> {
+        let bits = keys.saturating_mul(BITS_PER_KEY).max(64);
         if bits / 8 > MAX_BYTES {
             return None;
         }
-        let mut filter = KeyFilter {
+        Some(KeyFilter {
             words: vec![0; bits.div_ceil(64) as usize],
-        };
-        let bits = filter.bits();
+        })
+    }
+
+    /// A filter for keys whose hashes (see [`hash`]) are `hashes`, or None
+    /// when there are too many to keep one.
+    pub fn build(hashes: &[u64]) -> Option<Self> {
+        let mut filter = Self::with_capacity(hashes.len() as u64)?;
         for &h in hashes {
-            for bit in probes(bits, h) {
-                filter.words[(bit / 64) as usize] |= 1 << (bit % 64);
-            }
+            filter.insert(h);
         }
         Some(filter)
+    }
+
+    /// Puts a key of hash `h` in.
+    pub fn insert(&mut self, h: u64) {
+        for bit in probes(self.bits(), h) {
+            self.words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
     }
 
     /// Whether a key of hash `h` may be in the run: false only when it

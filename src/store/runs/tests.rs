@@ -114,7 +114,7 @@ fn a_tier_is_merged_once_it_holds_eight_runs() {
 fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
     // 15 bytes for each value, 5 for the kill: a chunk of 20 bytes
     // closes with the kill.
-    let mut kept = MergedRun::new(9, Family::Month(*b"202403"), 20, false);
+    let mut kept = MergedRun::new(9, Family::Month(*b"202403"), 3, 20, false);
     let mut chunks = Vec::new();
     for entry in [
         put("a", 1, "0123456789"),
@@ -136,7 +136,7 @@ fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
 
     // Merging everything a family holds leaves kills out; a run of
     // nothing but kills is not listed.
-    let mut everything = MergedRun::new(10, Family::Locations, 20, true);
+    let mut everything = MergedRun::new(10, Family::Locations, 1, 20, true);
     assert_eq!(everything.push(kill("b", 2)), None);
     assert_eq!(everything.finish(), (None, None, None));
 }
@@ -145,7 +145,7 @@ fn a_merged_run_closes_chunks_at_their_size_and_lists_its_bounds() {
 fn a_location_runs_filter_lets_through_every_key_it_holds() {
     let keys: Vec<String> = (0..1000).map(|i| format!("o{i:05}")).collect();
     let entries: Vec<Entry> = keys.iter().map(|k| put(k, 1, "at")).collect();
-    let mut merged = MergedRun::new(11, Family::Locations, 1 << 20, false);
+    let mut merged = MergedRun::new(11, Family::Locations, 1000, 1 << 20, false);
     for entry in entries.clone() {
         assert_eq!(merged.push(entry), None);
     }

@@ -485,20 +485,21 @@ pub(super) async fn add_run(
     list_run(conn, pending.tenant, family, &listed, filter).await
 }
 
-/// Merges runs `inputs` of `family` into run `out`, and deletes them.
-/// Kills are dropped when the inputs are everything the family holds.
+/// Merges runs `inputs` of `family`, which hold `held` entries between
+/// them, into run `out`, and deletes them. Kills are dropped when the
+/// inputs are everything the family holds.
 pub(super) async fn merge(
     conn: &mut PgConnection,
     tenant: &str,
     family: Family,
-    inputs: &[u64],
+    (inputs, held): (&[u64], u64),
     everything: bool,
     out: u64,
 ) -> StoreResult<()> {
     let ids: Vec<i64> = inputs.iter().map(|&id| id as i64).collect();
     let mut reader = Reader::new(tenant, family, &ids, false, None);
     let mut pending = Pending::new(tenant);
-    let mut merged = MergedRun::new(out, family, CHUNK_BYTES, everything);
+    let mut merged = MergedRun::new(out, family, held, CHUNK_BYTES, everything);
     loop {
         let window = reader.window(conn).await?;
         if window.is_empty() {
