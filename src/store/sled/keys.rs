@@ -271,8 +271,9 @@ pub(super) fn secret(name: &str) -> Vec<u8> {
 ///   entry's position; each entry's value is the encoded order;
 /// - `j` run(8) first: a chunk of order_id locations in run `run`, by
 ///   order_id; each value is the month(6) and created_at(8) it is at;
-/// - `f` run(8): the filter of location run `run` (`runs::filter`),
-///   written with the batch that lists the run;
+/// - `f` run(8) part(4): the filter of location run `run`
+///   (`runs::filter`) in parts of at most 256 KiB, the last written with
+///   the batch that lists the run;
 /// - `M` month(6) and `I`: the manifests of the month's runs and of the
 ///   location runs;
 /// - `s`: the next run number (u64, big-endian);
@@ -296,9 +297,16 @@ pub(super) mod orders {
         [b"j".as_slice(), &run.to_be_bytes(), first].concat()
     }
 
-    /// The filter of location run `run`.
-    pub(in crate::store::sled) fn id_filter(run: u64) -> Vec<u8> {
-        [b"f".as_slice(), &run.to_be_bytes()].concat()
+    /// Part `part` of the filter of location run `run`; the run's prefix
+    /// when `part` is None.
+    pub(in crate::store::sled) fn id_filter(run: u64, part: Option<u32>) -> Vec<u8> {
+        let part = part.map(u32::to_be_bytes);
+        [
+            b"f".as_slice(),
+            &run.to_be_bytes(),
+            part.as_ref().map_or(&[], |p| p.as_slice()),
+        ]
+        .concat()
     }
 
     pub(in crate::store::sled) fn month_manifest(month: &[u8]) -> Vec<u8> {

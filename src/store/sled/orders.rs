@@ -19,7 +19,7 @@ use crate::model::order::{Month, Order};
 use crate::store::codec::decode_order;
 use crate::store::runs::{self, Entry, Family, Location, Merge, written};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
-use families::{Runs, read_legacy_month, read_run};
+use families::{Runs, read_filter, read_legacy_month, read_run};
 
 mod families;
 
@@ -86,10 +86,7 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
             ids = orders.iter().map(|o| o.order_id.as_str()).collect();
             ids.sort_unstable();
         }
-        let filter = match Family::Locations.filter_key(run.id) {
-            Some(key) => tree.get(key).map_err(disk)?,
-            None => None,
-        };
+        let filter = read_filter(tree, run.id)?;
         match runs::may_hold(filter.as_deref(), run, &ids) {
             Some(candidates) => look_up(tree, run.id, &candidates, &mut found)?,
             None => scan(tree, run.id, &ids, (least, greatest), &mut found)?,

@@ -38,9 +38,10 @@ impl Family {
         }
     }
 
-    /// The key of run `run`'s filter, for a family whose runs have one.
-    pub(super) fn filter_key(self, run: u64) -> Option<Vec<u8>> {
-        self.filtered().then(|| keys::orders::id_filter(run))
+    /// The prefix of run `run`'s filter parts, for a family whose runs
+    /// have one.
+    pub(super) fn filter_prefix(self, run: u64) -> Option<Vec<u8>> {
+        self.filtered().then(|| keys::orders::id_filter(run, None))
     }
 
     pub(super) fn manifest(self, tree: &Tree) -> StoreResult<Manifest> {
@@ -130,6 +131,43 @@ pub(super) fn read_legacy_month(tree: &Tree, month: [u8; 6], from: Option<&[u8]>
     )
 }
 
+/// The most bytes of a filter in one value, and so in one batch: sled
+/// applies every batch under a lock all the store waits on, and a large
+/// run's filter is megabytes.
+const FILTER_PART: usize = 256 << 10;
+
+/// Writes location run `run`'s `filter` in parts: every part but the last
+/// in a batch of its own, the last in `batch` (which lists the run).
+pub(super) fn put_filter(
+    tree: &Tree,
+    batch: &mut sled::Batch,
+    run: u64,
+    filter: &[u8],
+) -> StoreResult<()> {
+    let parts: Vec<&[u8]> = filter.chunks(FILTER_PART).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let key = keys::orders::id_filter(run, Some(i as u32));
+        if i + 1 == parts.len() {
+            batch.insert(key, *part);
+        } else {
+            tree.insert(key, *part).map_err(disk)?;
+        }
+    }
+    Ok(())
+}
+
+/// Location run `run`'s filter, its parts joined, if it has one.
+pub(super) fn read_filter(tree: &Tree, run: u64) -> StoreResult<Option<Vec<u8>>> {
+    let mut filter = Vec::new();
+    for part in tree
+        .scan_prefix(keys::orders::id_filter(run, None))
+        .values()
+    {
+        filter.extend_from_slice(&part.map_err(disk)?);
+    }
+    Ok((!filter.is_empty()).then_some(filter))
+}
+
 /// The runs of one tree while a writer holds its turn: the next run
 /// number, and each family's manifest as read or last written.
 pub(super) struct Runs<'t> {
@@ -188,8 +226,8 @@ impl<'t> Runs<'t> {
                 runs::encode_chunk(chunk),
             );
         }
-        if let (Some(key), Some(filter)) = (family.filter_key(run), family.filter_of(&entries)) {
-            batch.insert(key, filter);
+        if let Some(filter) = family.filter_of(&entries) {
+            put_filter(self.tree, batch, run, &filter)?;
         }
         let mut manifest = self.manifest(family)?.clone();
         manifest.live.push(Run {
@@ -267,8 +305,8 @@ impl<'t> Runs<'t> {
                 runs::encode_chunk(&chunk),
             );
         }
-        if let (Some(key), Some(filter)) = (family.filter_key(out), filter) {
-            batch.insert(key, filter);
+        if let Some(filter) = filter {
+            put_filter(tree, &mut batch, out, &filter)?;
         }
         manifest.live.retain(|run| !inputs.contains(&run.id));
         manifest.live.extend(listed);
@@ -296,8 +334,10 @@ impl<'t> Runs<'t> {
                 }
                 let done = chunks.len() < DELETE_KEYS;
                 if done {
-                    if let Some(key) = family.filter_key(run) {
-                        batch.remove(key);
+                    if let Some(prefix) = family.filter_prefix(run) {
+                        for key in tree.scan_prefix(prefix).keys() {
+                            batch.remove(key.map_err(disk)?);
+                        }
                     }
                     let mut manifest = self.manifest(family)?.clone();
                     manifest.stale.retain(|&stale| stale != run);
