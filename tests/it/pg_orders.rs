@@ -228,57 +228,48 @@ async fn a_merge_cut_off_from_the_database_is_made_once_it_is_back() {
         .unwrap();
     assert_eq!(put, PutOrders::Stored);
     let mut watcher = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mut polls = tokio::time::interval(std::time::Duration::from_millis(10));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        polls.tick().await;
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the merge waits");
-    }
+    let waiting = "SELECT count(*) > 0 FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'
+                      AND pid <> $1";
+    until(&mut watcher, waiting, own, "the merge waits").await;
     // The database goes away under the merge: the link is cut, and the
     // store's sessions end (one waiting for a lock would not notice the
     // cut by itself, and would keep the merge's hold on the family).
     proxy.set(Link::Cut);
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND pid <> pg_backend_pid()
-            AND pid <> $1",
-    )
-    .bind(own)
-    .execute(&mut watcher)
-    .await
-    .unwrap();
+    let others = "FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> $1";
+    sqlx::query(&format!("SELECT pg_terminate_backend(pid) {others}"))
+        .bind(own)
+        .execute(&mut watcher)
+        .await
+        .unwrap();
     // Ending a session takes a moment; until it has, it keeps the merge's
     // hold on the family, and a merge tried meanwhile leaves the family
     // to it. No session comes back while the link is cut.
-    loop {
-        polls.tick().await;
-        let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()
-                AND pid <> $1",
-        )
-        .bind(own)
-        .fetch_one(&mut watcher)
-        .await
-        .unwrap();
-        if others == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the sessions end");
-    }
+    let gone = format!("SELECT count(*) = 0 {others}");
+    until(&mut watcher, &gone, own, "the sessions end").await;
     holding.rollback().await.unwrap();
     proxy.set(Link::Up);
     // No call follows: the merge is tried again by itself.
     runs_settle(&mut conn).await;
     assert_eq!(all(&store, &acme, 3).await.len(), 8);
+}
+
+/// Polls `query` (a boolean, of the sessions other than `own`, `$1`)
+/// until it holds, for at most 30 seconds.
+async fn until(conn: &mut sqlx::PgConnection, query: &str, own: i32, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut polls = tokio::time::interval(std::time::Duration::from_millis(10));
+    loop {
+        polls.tick().await;
+        let held: bool = sqlx::query_scalar(query)
+            .bind(own)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        if held {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+    }
 }
