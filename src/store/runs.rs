@@ -24,8 +24,10 @@ use crate::model::order::{Month, Order};
 use crate::store::codec::encode_order;
 use crate::store::{StoreError, StoreResult};
 use filter::KeyFilter;
+pub(crate) use lookup::{Found, Walk, entry_in, may_hold};
 
 mod filter;
+mod lookup;
 
 /// The runs of one month's orders (by the month's key), or of the order_id
 /// locations.
@@ -48,37 +50,8 @@ impl Family {
         if !self.filtered() {
             return None;
         }
-        let hashes: Vec<u64> = entries.iter().map(|e| filter::hash(&e.key)).collect();
-        KeyFilter::build(&hashes).map(|f| f.encode())
+        KeyFilter::build(entries.iter().map(|e| filter::hash(&e.key))).map(|f| f.encode())
     }
-}
-
-/// Which of `ids` (sorted) a run may hold, by its stored `filter`: None
-/// when it has none this version reads, so that it must be read through.
-pub(crate) fn may_hold<'i>(
-    filter: Option<&[u8]>,
-    run: &Run,
-    ids: &[&'i str],
-) -> Option<Vec<&'i str>> {
-    let filter = KeyFilter::decode(filter?)?;
-    Some(
-        ids.iter()
-            .copied()
-            .filter(|id| {
-                id.as_bytes() >= run.least.as_slice()
-                    && id.as_bytes() <= run.greatest.as_slice()
-                    && filter.may_contain(filter::hash(id.as_bytes()))
-            })
-            .collect(),
-    )
-}
-
-/// The entry for `key` in a chunk's `entries` (sorted by key), if any.
-pub(crate) fn entry_in<'e>(entries: &'e [Entry], key: &[u8]) -> Option<&'e Entry> {
-    entries
-        .binary_search_by(|e| e.key.as_slice().cmp(key))
-        .ok()
-        .map(|i| &entries[i])
 }
 
 /// `order`'s position (`position_of`), for tests.
@@ -445,6 +418,15 @@ impl MergedRun {
         let filter = self.filter.filter(|_| listed.is_some()).map(|f| f.encode());
         (last, listed, filter)
     }
+}
+
+/// How many entries runs `inputs` of `live` hold between them: what a
+/// merge of them writes at most.
+pub(crate) fn held(live: &[Run], inputs: &[u64]) -> u64 {
+    live.iter()
+        .filter(|run| inputs.contains(&run.id))
+        .map(|run| run.entries)
+        .sum()
 }
 
 /// Runs of similar size are merged once there are this many of them.

@@ -22,7 +22,7 @@ use super::{PgStore, db};
 use crate::model::Tenant;
 use crate::model::order::{Month, Order};
 use crate::store::codec::decode_order;
-use crate::store::runs::{self, Family, Location, written};
+use crate::store::runs::{self, Family, Found, Location, Walk, written};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
 use chunks::{Pending, Reader, add_run, after, has_legacy, manifest, month_number};
 
@@ -65,21 +65,6 @@ async fn locate<'o>(
     ))
 }
 
-/// Each order_id found so far, with the sequence of the entry that said
-/// where it is: a later entry overrides.
-type Found<'o> = HashMap<&'o str, (u64, Location)>;
-
-/// Takes `entry`, which is `id`'s, into `found` if it is newer than what
-/// `found` has.
-fn take<'o>(found: &mut Found<'o>, id: &'o str, entry: &runs::Entry) -> StoreResult<()> {
-    if let Some(location) = &entry.value
-        && found.get(id).is_none_or(|(seq, _)| entry.seq > *seq)
-    {
-        found.insert(id, (entry.seq, Location::decode(location)?));
-    }
-    Ok(())
-}
-
 /// Where `orders` (order_ids `least` to `greatest`) are stored, read
 /// from location runs `overlapping` and the rows from before runs. A run
 /// with a filter is read only in the chunks its filter may hold an
@@ -91,7 +76,7 @@ async fn read_locations<'o>(
     (least, greatest): (&str, &str),
     overlapping: &[runs::Run],
 ) -> StoreResult<HashMap<&'o str, Location>> {
-    let mut found: Found<'o> = HashMap::new();
+    let mut found = Found::default();
     if !overlapping.is_empty() {
         let mut ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
         ids.sort_unstable();
@@ -114,7 +99,7 @@ async fn read_locations<'o>(
                     .get(&(run as u64))
                     .and_then(|entries| runs::entry_in(entries, id.as_bytes()))
                 {
-                    take(&mut found, id, entry)?;
+                    found.take(id, entry)?;
                 }
             }
         }
@@ -135,7 +120,7 @@ async fn read_locations<'o>(
         let mut missing: Vec<&str> = orders
             .iter()
             .map(|o| o.order_id.as_str())
-            .filter(|id| !found.contains_key(id))
+            .filter(|id| !found.has(id))
             .collect();
         missing.sort_unstable();
         let rows = sqlx::query(
@@ -151,11 +136,11 @@ async fn read_locations<'o>(
             let order_id: String = row.try_get("order_id").map_err(db)?;
             let created_at: i64 = row.try_get("created_at").map_err(db)?;
             if let Ok(i) = missing.binary_search(&order_id.as_str()) {
-                found.insert(missing[i], (0, Location::of(created_at)));
+                found.take_legacy(missing[i], Location::of(created_at));
             }
         }
     }
-    Ok(found.into_iter().map(|(id, (_, at))| (id, at)).collect())
+    Ok(found.locations())
 }
 
 /// Finds `ids` (sorted) in location runs `runs` by reading their stretch
@@ -168,27 +153,17 @@ async fn scan<'o>(
     runs: &[i64],
     found: &mut Found<'o>,
 ) -> StoreResult<()> {
-    let mut next = 0;
+    let mut walk = Walk::new(ids, greatest.as_bytes());
     let from = Some(least.as_bytes().to_vec());
     let mut reader = Reader::new(tenant, Family::Locations, runs, false, from);
-    // Both sides in order_id order: one pass over the runs' stretch.
     loop {
         let window = reader.window(conn).await?;
         if window.is_empty() {
             return Ok(());
         }
         for entry in window {
-            if entry.key.as_slice() > greatest.as_bytes() {
+            if !walk.step(&entry, found)? {
                 return Ok(());
-            }
-            while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
-                next += 1;
-            }
-            let Some(&id) = ids.get(next) else {
-                return Ok(());
-            };
-            if id.as_bytes() == entry.key.as_slice() {
-                take(found, id, &entry)?;
             }
         }
     }
@@ -227,11 +202,7 @@ async fn tidy(pool: &PgPool, tenant: &str, family: Family) -> StoreResult<()> {
             .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
-        let held = live
-            .iter()
-            .filter(|run| inputs.contains(&run.id))
-            .map(|run| run.entries)
-            .sum();
+        let held = runs::held(&live, &inputs);
         chunks::merge(
             &mut tx,
             tenant,

@@ -49,9 +49,9 @@ impl KeyFilter {
 
     /// A filter for keys whose hashes (see [`hash`]) are `hashes`, or None
     /// when there are too many to keep one.
-    pub fn build(hashes: &[u64]) -> Option<Self> {
+    pub fn build(hashes: impl ExactSizeIterator<Item = u64>) -> Option<Self> {
         let mut filter = Self::with_capacity(hashes.len() as u64)?;
-        for &h in hashes {
+        for h in hashes {
             filter.insert(h);
         }
         Some(filter)
@@ -139,7 +139,8 @@ mod tests {
     fn every_key_put_in_is_found_and_few_others_are() {
         let keys: Vec<String> = (0..20_000).map(|i| format!("ord-1-{i:010}")).collect();
         let hashes: Vec<u64> = keys.iter().map(|k| hash(k.as_bytes())).collect();
-        let filter = KeyFilter::decode(&KeyFilter::build(&hashes).unwrap().encode()).unwrap();
+        let filter =
+            KeyFilter::decode(&KeyFilter::build(hashes.iter().copied()).unwrap().encode()).unwrap();
         assert!(hashes.iter().all(|&h| filter.may_contain(h)));
         let false_positives = (0..20_000)
             .filter(|i| filter.may_contain(hash(format!("ord-1-{i:010}r").as_bytes())))
@@ -149,7 +150,7 @@ mod tests {
 
     #[test]
     fn bytes_of_another_version_or_torn_read_as_no_filter() {
-        let filter = KeyFilter::build(&[hash(b"a")]).unwrap().encode();
+        let filter = KeyFilter::build([hash(b"a")].into_iter()).unwrap().encode();
         assert!(KeyFilter::decode(&filter).is_some());
         assert!(KeyFilter::decode(&[]).is_none());
         assert!(KeyFilter::decode(&filter[..filter.len() - 1]).is_none());

@@ -17,7 +17,7 @@ use super::{SledStore, keys, lock};
 use crate::model::Tenant;
 use crate::model::order::{Month, Order};
 use crate::store::codec::decode_order;
-use crate::store::runs::{self, Entry, Family, Location, Merge, written};
+use crate::store::runs::{self, Entry, Family, Found, Location, Merge, Walk, written};
 use crate::store::{OrderCursor, OrderStore, PutOrders, StoreError, StoreResult};
 use families::{Runs, read_filter, read_legacy_month, read_run};
 
@@ -70,7 +70,7 @@ fn decode_u64(value: &[u8], what: &str) -> StoreResult<u64> {
 /// Where each of `orders`' order_ids is stored now, for those that are.
 /// `orders` holds each order_id once.
 fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, Location>> {
-    let mut found: Found<'o> = HashMap::new();
+    let mut found = Found::default();
     let Some((least, greatest)) = Order::id_range(orders) else {
         return Ok(HashMap::new());
     };
@@ -103,7 +103,7 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
     if legacy {
         for order in orders {
             let id = order.order_id.as_str();
-            if found.contains_key(id) {
+            if found.has(id) {
                 continue;
             }
             if let Some(key) = tree
@@ -111,26 +111,11 @@ fn locate<'o>(tree: &Tree, orders: &'o [Order]) -> StoreResult<HashMap<&'o str, 
                 .map_err(disk)?
             {
                 let location = key.get(1..15).unwrap_or_default();
-                found.insert(id, (0, Location::decode(location)?));
+                found.take_legacy(id, Location::decode(location)?);
             }
         }
     }
-    Ok(found.into_iter().map(|(id, (_, at))| (id, at)).collect())
-}
-
-/// Each order_id found so far, with the sequence of the entry that said
-/// where it is: a later entry overrides.
-type Found<'o> = HashMap<&'o str, (u64, Location)>;
-
-/// Takes `entry`, which is `id`'s, into `found` if it is newer than what
-/// `found` has.
-fn take<'o>(found: &mut Found<'o>, id: &'o str, entry: &Entry) -> StoreResult<()> {
-    if let Some(location) = &entry.value
-        && found.get(id).is_none_or(|(seq, _)| entry.seq > *seq)
-    {
-        found.insert(id, (entry.seq, Location::decode(location)?));
-    }
-    Ok(())
+    Ok(found.locations())
 }
 
 /// Looks `candidates` (sorted; those the run's filter may hold) up in
@@ -160,7 +145,7 @@ fn look_up<'o>(
             };
         }
         if let Some(entry) = runs::entry_in(&chunk, id.as_bytes()) {
-            take(found, id, entry)?;
+            found.take(id, entry)?;
         }
     }
     Ok(())
@@ -175,19 +160,10 @@ fn scan<'o>(
     (least, greatest): (&[u8], &[u8]),
     found: &mut Found<'o>,
 ) -> StoreResult<()> {
-    // Both sides in order_id order: one pass over the run's stretch.
-    let mut next = 0;
+    let mut walk = Walk::new(ids, greatest);
     for entry in read_run(tree, Family::Locations, run, Some(least))? {
-        let entry = entry?;
-        if entry.key.as_slice() > greatest {
+        if !walk.step(&entry?, found)? {
             break;
-        }
-        while next < ids.len() && ids[next].as_bytes() < entry.key.as_slice() {
-            next += 1;
-        }
-        let Some(&id) = ids.get(next) else { break };
-        if id.as_bytes() == entry.key.as_slice() {
-            take(found, id, &entry)?;
         }
     }
     Ok(())

@@ -278,12 +278,7 @@ impl<'t> Runs<'t> {
             .iter()
             .map(|&run| read_run(tree, family, run, None))
             .collect::<StoreResult<Vec<_>>>()?;
-        let held = manifest
-            .live
-            .iter()
-            .filter(|run| inputs.contains(&run.id))
-            .map(|run| run.entries)
-            .sum();
+        let held = runs::held(&manifest.live, inputs);
         let mut merged = MergedRun::new(out, family, held, CHUNK_BYTES, everything);
         let mut chunks = 0;
         for entry in Merge::new(sources) {
