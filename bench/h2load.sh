@@ -42,13 +42,6 @@ drive() {
   sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$work/h2load"
 }
 
-drop_database() {
-  if [ -n "$db" ]; then
-    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null
-    db=
-  fi
-}
-
 # A fresh server: on a fresh data directory, and with PG on a fresh
 # database.
 serve() {

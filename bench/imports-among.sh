@@ -31,13 +31,6 @@ pid=
 db=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; drop_database' EXIT
 
-drop_database() {
-  if [ -n "$db" ]; then
-    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null
-    db=
-  fi
-}
-
 "$1" orders generate --count "$STORED" --months 2024-01..2024-10 --seed 1 --out "$work/stored.csv"
 "$1" orders generate --count "$FRESH" --months 2024-01..2024-10 --seed 3 --out "$work/source.csv"
 python3 - "$work/source.csv" "$work/fresh.csv" "$STORED" <<'PY'
@@ -50,13 +43,10 @@ with open(source) as f, open(fresh, "w") as out:
         out.write("ord-1-%010dr,%s" % (random.randrange(stored), line.split(",", 1)[1]))
 PY
 
-# CPU seconds (user and system) of process $1, and of PostgreSQL's.
-cpu_of() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+# The CPU seconds PostgreSQL's processes have used so far.
 db_cpu() {
-  local pids
-  pids=$(pgrep -u postgres postgres | sed 's|.*|/proc/&/stat|')
-  # shellcheck disable=SC2086
-  cat $pids 2>/dev/null | awk '{t += $14 + $15} END {print t / 100}'
+  # shellcheck disable=SC2046
+  cpu_seconds $(pgrep -u postgres postgres)
 }
 
 for run in $(seq "$RUNS"); do
@@ -72,12 +62,12 @@ for run in $(seq "$RUNS"); do
       start_server "${args[@]}"
       "$BIN" orders import --server "http://$address" --wait "$work/stored.csv" > /dev/null
       sleep "$SETTLE"
-      server0=$(cpu_of "$pid")
+      server0=$(cpu_seconds)
       db0=$(db_cpu)
       began=$(date +%s.%N)
       "$BIN" orders import --server "http://$address" --wait "$work/fresh.csv" > /dev/null
       ended=$(date +%s.%N)
-      echo "$FRESH $began $ended $server0 $(cpu_of "$pid") $db0 $(db_cpu)" >> "$out.$store"
+      echo "$FRESH $began $ended $server0 $(cpu_seconds) $db0 $(db_cpu)" >> "$out.$store"
       stop_server
       drop_database
     done

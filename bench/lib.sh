@@ -45,6 +45,15 @@ cpu_seconds() {
     awk -v t="$(getconf CLK_TCK)" '{ s += ($14 + $15) / t } END { print s + 0 }' || true
 }
 
+# Drops the database $db on the server at $PG, if one is named, and
+# forgets it.
+drop_database() {
+  if [ -n "${db:-}" ]; then
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null
+    db=
+  fi
+}
+
 # Stops the server start_server started.
 stop_server() {
   kill "$pid"

@@ -34,13 +34,6 @@ pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"; drop_database' EXIT
 sleep_body "$work/empty"
 
-drop_database() {
-  if [ -n "$db" ]; then
-    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null
-    db=
-  fi
-}
-
 q() { psql "$PG/$db" -AtXc "$1"; }
 
 # CPU seconds of PostgreSQL's processes (every process named postgres;
