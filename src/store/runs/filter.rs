@@ -10,7 +10,8 @@
 //! once a probe: about one false positive in a thousand, so that a writer
 //! whose order_ids fall among a large tenant's stored ones reads few
 //! chunks for nothing (ten bits a key let one in a hundred through, and
-//! those reads were a third of a PostgreSQL import's time). The stored
+//! those reads took a third of the server's time in such an import on
+//! PostgreSQL). The stored
 //! layout and the hash are this module's own, fixed by [`VERSION`]: a
 //! stored filter must read the same for as long as its run lives,
 //! whatever a library does next. Its size is not part of the layout: the
@@ -31,7 +32,7 @@ const PROBES: u64 = 7;
 const BLOCK_BITS: u64 = 512;
 const BLOCK_WORDS: u64 = BLOCK_BITS / 64;
 
-/// The largest filter kept, in bytes (a run of about 50 million keys);
+/// The largest filter kept, in bytes (a run of about 33 million keys);
 /// a larger run is stored without one, and read through as before.
 const MAX_BYTES: u64 = 64 << 20;
 
