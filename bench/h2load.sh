@@ -47,8 +47,7 @@ drive() {
 serve() {
   local store=()
   if [ -n "$PG" ]; then
-    db=longrun_bench_$RANDOM$RANDOM
-    psql "$PG/postgres" -qc "CREATE DATABASE $db" > /dev/null
+    create_database
     store=(--store "$PG/$db")
   fi
   # shellcheck disable=SC2086

@@ -55,8 +55,7 @@ for run in $(seq "$RUNS"); do
     for store in sled pg; do
       args=()
       if [ "$store" = pg ]; then
-        db=longrun_bench_$RANDOM$RANDOM
-        psql "$PG/postgres" -qc "CREATE DATABASE $db"
+        create_database
         args=(--store "$PG/$db")
       fi
       start_server "${args[@]}"

@@ -25,7 +25,8 @@ RUNS=${RUNS:-3}
 
 work=$(mktemp -d)
 pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+db=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; drop_database' EXIT
 
 # The import's rows per second, from `bench reports`' JSON on stdin.
 rate() {
@@ -40,15 +41,12 @@ for run in $(seq "$RUNS"); do
       --output json | rate >> "$out.sled"
     stop_server
 
-    db=longrun_bench_$RANDOM$RANDOM
-    psql "$PG/postgres" -qc "CREATE DATABASE $db"
-    "$BIN" serve --listen 127.0.0.1:0 --store "$PG/$db" --data-dir "$work/pgdata" 2> "$work/log" &
-    pid=$!
-    wait_listening "$work/log" "$pid"
+    create_database
+    start_server --store "$PG/$db"
     "$BIN" bench reports --server "http://$address" --count "$COUNT" --months 10 \
       --output json | rate >> "$out.pg"
     stop_server
-    psql "$PG/postgres" -qc "DROP DATABASE $db WITH (FORCE)"
+    drop_database
 
     # Dispatch beside an import of BESIDE_COUNT orders: started a second
     # after the import operation exists (its upload done), over before it

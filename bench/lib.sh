@@ -45,6 +45,12 @@ cpu_seconds() {
     awk -v t="$(getconf CLK_TCK)" '{ s += ($14 + $15) / t } END { print s + 0 }' || true
 }
 
+# Creates a fresh database on the server at $PG, named in $db.
+create_database() {
+  db=longrun_bench_$RANDOM$RANDOM
+  psql "$PG/postgres" -qc "CREATE DATABASE $db" > /dev/null
+}
+
 # Drops the database $db on the server at $PG, if one is named, and
 # forgets it.
 drop_database() {

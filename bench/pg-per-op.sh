@@ -55,8 +55,7 @@ run() {
 }
 
 fresh() {
-  db=longrun_bench_$RANDOM$RANDOM
-  psql "$PG/postgres" -qc "CREATE DATABASE $db" > /dev/null
+  create_database
   start_server --store "$PG/$db" --metrics-listen off
   if [ -n "${SETUP_SQL:-}" ]; then q "$SETUP_SQL" > /dev/null; fi
 }
