@@ -11,13 +11,14 @@
 //! whose order_ids fall among a large tenant's stored ones reads few
 //! chunks for nothing (ten bits a key let one in a hundred through, and
 //! those reads took a third of the server's time in such an import on
-//! PostgreSQL). The stored
-//! layout and the hash are this module's own, fixed by [`VERSION`]: a
-//! stored filter must read the same for as long as its run lives,
-//! whatever a library does next. Its size is not part of the layout: the
-//! blocks are as many as its bytes hold, so filters written with fewer
-//! bits a key read as they were. Bytes it cannot read are a filter that
-//! lets every key through.
+//! PostgreSQL).
+//!
+//! The stored layout and the hash are this module's own, fixed by
+//! [`VERSION`]: a stored filter must read the same for as long as its run
+//! lives, whatever a library does next. Its size is not part of the
+//! layout: the blocks are as many as its bytes hold, so filters written
+//! with fewer bits a key read as they were. Bytes it cannot read are a
+//! filter that lets every key through.
 
 /// The layout written: a version byte, then the bits, little-endian words.
 const VERSION: u8 = 1;
