@@ -43,12 +43,6 @@ with open(source) as f, open(fresh, "w") as out:
         out.write("ord-1-%010dr,%s" % (random.randrange(stored), line.split(",", 1)[1]))
 PY
 
-# The CPU seconds PostgreSQL's processes have used so far.
-db_cpu() {
-  # shellcheck disable=SC2046
-  cpu_seconds $(pgrep -u postgres postgres)
-}
-
 for run in $(seq "$RUNS"); do
   for BIN in "$@"; do
     out="$work/$(echo "$BIN" | tr / _)"
@@ -62,11 +56,11 @@ for run in $(seq "$RUNS"); do
       "$BIN" orders import --server "http://$address" --wait "$work/stored.csv" > /dev/null
       sleep "$SETTLE"
       server0=$(cpu_seconds)
-      db0=$(db_cpu)
+      db0=$(postgres_cpu_seconds)
       began=$(date +%s.%N)
       "$BIN" orders import --server "http://$address" --wait "$work/fresh.csv" > /dev/null
       ended=$(date +%s.%N)
-      echo "$FRESH $began $ended $server0 $(cpu_seconds) $db0 $(db_cpu)" >> "$out.$store"
+      echo "$FRESH $began $ended $server0 $(cpu_seconds) $db0 $(postgres_cpu_seconds)" >> "$out.$store"
       stop_server
       drop_database
     done

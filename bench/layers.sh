@@ -76,8 +76,7 @@ awk -v a="$after" -v b="$before" -v n="$N" \
 # CPU seconds of PostgreSQL's processes (none without PG).
 pg_cpu() {
   if [ -n "$PG" ]; then
-    # shellcheck disable=SC2046 # one argument per pid
-    cpu_seconds $(pgrep -x postgres)
+    postgres_cpu_seconds
   else
     echo 0
   fi

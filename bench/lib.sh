@@ -45,6 +45,15 @@ cpu_seconds() {
     awk -v t="$(getconf CLK_TCK)" '{ s += ($14 + $15) / t } END { print s + 0 }' || true
 }
 
+# The CPU seconds every process named postgres has used so far, summed;
+# none found stops the script (set -e), rather than count nothing.
+postgres_cpu_seconds() {
+  local pids
+  pids=$(pgrep -x postgres)
+  # shellcheck disable=SC2086 # one argument per pid
+  cpu_seconds $pids
+}
+
 # Creates a fresh database on the server at $PG, named in $db.
 create_database() {
   db=longrun_bench_$RANDOM$RANDOM

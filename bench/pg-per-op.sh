@@ -36,15 +36,6 @@ sleep_body "$work/empty"
 
 q() { psql "$PG/$db" -AtXc "$1"; }
 
-# CPU seconds of PostgreSQL's processes (every process named postgres;
-# none found stops the script).
-pg_cpu() {
-  local pids
-  pids=$(pgrep -x postgres)
-  # shellcheck disable=SC2086 # one argument per pid
-  cpu_seconds $pids
-}
-
 # Creates N operations and waits until all are done.
 run() {
   h2load -n "$N" -c "$CONNECTIONS" -m "$STREAMS" -d "$work/empty" \
@@ -72,9 +63,9 @@ counters() {
 fresh
 sleep 1
 read -r x0 r0 b0 f0 i0 u0 h0 d0 <<< "$(counters)"
-pc0=$(pg_cpu); oc0=$(cpu_seconds)
+pc0=$(postgres_cpu_seconds); oc0=$(cpu_seconds)
 run
-pc1=$(pg_cpu); oc1=$(cpu_seconds)
+pc1=$(postgres_cpu_seconds); oc1=$(cpu_seconds)
 # The server's sessions report their counts as they end.
 stop_server
 sleep 1
